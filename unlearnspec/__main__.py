@@ -1,0 +1,5 @@
+"""`python -m unlearnspec` runs the CLI."""
+
+from unlearnspec.cli import main
+
+main()

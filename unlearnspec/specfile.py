@@ -1,0 +1,395 @@
+"""Reading spec files: YAML with line numbers, `--set` overrides, profiles, friendly errors.
+
+Every user mistake becomes a `UserError` holding one `Problem` per error (file, line, field path,
+what is wrong and the fix); callers render it and exit 2. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec import Spec, SpecRuleError
+
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+# --------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-5` as a float (YAML 1.2), as people write learning rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
+    """Parse YAML text into data plus its node tree (for line numbers)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise UserError([Problem(file, "", f"YAML syntax error: {what}. Fix the YAML at this line.", line)]) from None
+    except yaml.YAMLError as exc:
+        raise UserError([Problem(file, "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    return data, node
+
+
+def read_yaml_file(path: Path) -> tuple[Any, Optional[yaml.Node]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError([Problem(str(path), "", "file not found. Check the path.")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError([Problem(str(path), "", f"cannot read the file: {exc}")]) from None
+    return parse_yaml(text, str(path))
+
+
+def _line_of(node: Optional[yaml.Node], loc: tuple[Any, ...]) -> Optional[int]:
+    """Line (1-based) of the deepest node along `loc` that exists in the YAML."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    best = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
+                return best
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            best = node.start_mark.line + 1
+        else:
+            return best
+    return best
+
+
+# --------------------------------------------------------------------------- overrides
+def apply_overrides(data: Any, overrides: Iterable[str]) -> Any:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a plain-data spec, in place."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem("--set", item, "an override must look like `section.field=value`, e.g. `training.lr=1e-5`."))
+            continue
+        value, _ = parse_yaml(raw, f"--set {key}") if raw.strip() else (None, None)
+        parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        if not isinstance(data, dict):
+            problems.append(Problem("--set", key, "the spec is not a mapping; fix the file first."))
+            continue
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            elif isinstance(node, dict):
+                if not isinstance(node.get(part), (dict, list)):
+                    node[part] = [] if isinstance(nxt, int) else {}
+                node = node[part]
+            else:
+                problems.append(Problem("--set", key, f"cannot index {'.'.join(map(str, parts[: i + 1]))}: not a mapping or list."))
+                break
+        else:
+            last = parts[-1]
+            if isinstance(node, list) and isinstance(last, int) and last < len(node):
+                node[last] = value
+            elif isinstance(node, dict):
+                node[last] = value
+            else:
+                problems.append(Problem("--set", key, "the path does not name a field or list element."))
+    if problems:
+        raise UserError(problems)
+    return data
+
+
+# --------------------------------------------------------------------------- validation errors
+def _unwrap_model(annotation: Any) -> Optional[type[BaseModel]]:
+    """The BaseModel inside Optional[...]/dict[str, ...]/list[...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, dict, tuple):
+        for arg in typing.get_args(annotation):
+            found = _unwrap_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> Optional[type[BaseModel]]:
+    model: Optional[type[BaseModel]] = Spec
+    pending_container = False
+    for part in loc:
+        if model is None:
+            return None
+        if pending_container:  # a dict key or list index inside a container field
+            pending_container = False
+            continue
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        origin = typing.get_origin(field.annotation)
+        inner = [typing.get_origin(a) for a in typing.get_args(field.annotation)]
+        pending_container = origin in (list, dict) or any(o in (list, dict) for o in inner)
+        model = _unwrap_model(field.annotation)
+    return None if pending_container else model
+
+
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop pydantic's union-member tags (e.g. 'float', 'list[float]') that are not data keys."""
+    out: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if part < len(node) else None
+        elif i == len(loc) - 1 and node is None:
+            out.append(part)
+        # else: a union tag: skip it
+    return tuple(out)
+
+
+def _fmt_loc(loc: Iterable[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        return f"unknown key `{loc[-1]}`.{hint} Valid keys here: {', '.join(valid)}."
+    if kind == "missing":
+        return "required field is missing; add it."
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{err['msg'][0].lower()}{err['msg'][1:]} (got {shown})."
+
+
+def _misspelled_missing(errors: list[Any], data: Any) -> set[tuple[Any, ...]]:
+    """Locs of 'missing' errors explained by an unknown sibling key that is a close match:
+    one "did you mean" message says it all."""
+    extra = {}
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            loc = _clean_loc(tuple(err["loc"]), data)
+            extra.setdefault(loc[:-1], []).append(str(loc[-1]))
+    explained = set()
+    for err in errors:
+        if err["type"] == "missing":
+            loc = _clean_loc(tuple(err["loc"]), data)
+            if difflib.get_close_matches(str(loc[-1]), extra.get(loc[:-1], []), n=1, cutoff=0.6):
+                explained.add(loc)
+    return explained
+
+
+def validation_problems(exc: ValidationError, data: Any, node: Optional[yaml.Node], file: str) -> list[Problem]:
+    problems: dict[tuple[str, str], Problem] = {}
+    errors = exc.errors(include_url=False)
+    skip = _misspelled_missing(errors, data)
+    for err in errors:
+        if err["type"] == "missing" and _clean_loc(tuple(err["loc"]), data) in skip:
+            continue
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, SpecRuleError):
+            loc = _clean_loc(tuple(err["loc"]), data) + ctx_error.loc
+            message = ctx_error.message
+        else:
+            loc = _clean_loc(tuple(err["loc"]), data)
+            message = _message(err, loc)
+        key = (_fmt_loc(loc), err["type"] if not ctx_error else message)
+        if key in problems:  # one union member's error is enough
+            continue
+        problems[key] = Problem(file, _fmt_loc(loc), message, _line_of(node, loc))
+    return list(problems.values())
+
+
+# --------------------------------------------------------------------------- paths
+def project_root(spec_path: Path) -> Path:
+    """Relative paths in a spec resolve against the nearest folder above the spec holding a
+    pyproject.toml or .git (the project root); with none, the current directory."""
+    for parent in Path(os.path.abspath(spec_path)).parents:
+        if (parent / "pyproject.toml").is_file() or (parent / ".git").exists():
+            return parent
+    return Path.cwd()
+
+
+def resolve_path(spec_path: Path, rel: str) -> Path:
+    p = Path(rel).expanduser()
+    return p if p.is_absolute() else project_root(spec_path) / p
+
+
+# --------------------------------------------------------------------------- loading
+def validate_data(data: Any, node: Optional[yaml.Node], file: str) -> Spec:
+    if not isinstance(data, dict):
+        raise UserError([Problem(file, "", "a spec must be a YAML mapping of sections (model, data, training, ...).")])
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_problems(exc, data, node, file)) from None
+
+
+def load_spec(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    profile: Optional[str | Path] = None,
+    check_refs: bool = True,
+) -> Spec:
+    """Read, override, (optionally) map through a profile, validate and cross-check one spec."""
+    path = Path(path)
+    data, node = read_yaml_file(path)
+    file = str(path)
+    if overrides:
+        if not isinstance(data, dict):
+            data = {}
+        apply_overrides(data, list(overrides))
+        file += " (with --set)"
+    if profile is not None:
+        from unlearnspec.profile import apply_profile  # light: yaml + pydantic
+
+        data = apply_profile(data, Path(profile), spec_path=path)
+        node = None  # lines refer to the original file, not the mapped result
+        file += f" (through profile {profile})"
+    spec = validate_data(data, node, file)
+    if check_refs:
+        problems = reference_problems(spec, path, node)
+        if problems:
+            raise UserError(problems)
+    return spec
+
+
+def _load_ref(path: Path, cache: dict[Path, Spec | UserError], profile: Optional[Path] = None) -> Spec | UserError:
+    key = path.resolve()
+    if key not in cache:
+        try:
+            cache[key] = load_spec(path, profile=profile, check_refs=False)
+        except UserError as exc:
+            cache[key] = exc
+    return cache[key]
+
+
+def reference_problems(
+    spec: Spec,
+    path: Path,
+    node: Optional[yaml.Node] = None,
+    cache: Optional[dict[Path, Spec | UserError]] = None,
+    profile: Optional[Path] = None,
+) -> list[Problem]:
+    """Cross-file rules: producers and controls exist and fit this spec."""
+    cache = {} if cache is None else cache
+    file = str(path)
+    problems = []
+    for name, src in spec.scores.items():
+        if src.produced_by is None:
+            continue
+        loc = ("scores", name, "produced_by")
+        target = resolve_path(path, src.produced_by)
+        if not target.is_file():
+            problems.append(Problem(file, _fmt_loc(loc), f"the producing spec {src.produced_by} does not exist (looked at {target}).", _line_of(node, loc)))
+            continue
+        producer = _load_ref(target, cache, profile)
+        if isinstance(producer, UserError):
+            problems.append(Problem(file, _fmt_loc(loc), f"the producing spec {src.produced_by} is invalid; run `unlearnspec validate {src.produced_by}`.", _line_of(node, loc)))
+            continue
+        if producer.magic is None:
+            problems.append(Problem(file, _fmt_loc(loc), f"{src.produced_by} has no `magic` section, so it produces no scores.", _line_of(node, loc)))
+            continue
+        columns = producer.data.max_seq_len
+        msl = spec.data.max_seq_len
+        if msl > columns:
+            loc2 = ("data", "max_seq_len")
+            problems.append(Problem(file, _fmt_loc(loc2), f"data.max_seq_len={msl} is larger than the {columns} score columns produced by {src.produced_by}; lower max_seq_len or rescore.", _line_of(node, loc2)))
+        elif msl < columns and not src.truncate_columns:
+            loc2 = ("scores", name, "truncate_columns")
+            problems.append(Problem(file, _fmt_loc(loc2), f"{src.produced_by} produces {columns} columns but data.max_seq_len={msl}; using a prefix of the columns must be explicit: set `truncate_columns: true`.", _line_of(node, loc)))
+    if spec.control is not None:
+        loc = ("control",)
+        target = resolve_path(path, spec.control)
+        if not target.is_file():
+            problems.append(Problem(file, "control", f"the control spec {spec.control} does not exist (looked at {target}).", _line_of(node, loc)))
+        elif isinstance(_load_ref(target, cache, profile), UserError):
+            problems.append(Problem(file, "control", f"the control spec {spec.control} is invalid; run `unlearnspec validate {spec.control}`.", _line_of(node, loc)))
+    return problems
+
+
+def find_spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    """Spec files under the given files/folders (recursive, sorted); missing paths are problems."""
+    found: list[Path] = []
+    problems = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.suffix in SPEC_SUFFIXES and q.is_file()))
+        elif p.is_file():
+            found.append(p)
+        else:
+            problems.append(Problem(str(p), "", "no such file or folder."))
+    return found, problems
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as YAML (defaults included, unset optionals omitted)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
+
+
+def is_profile_path(path: Path) -> bool:
+    return "profiles" in path.parent.parts
+
+
+def validate_files(files: Iterable[Path]) -> tuple[int, list[Problem]]:
+    """Validate spec files (and profile files under a `profiles/` folder); returns (count, problems)."""
+    cache: dict[Path, Spec | UserError] = {}
+    problems: list[Problem] = []
+    count = 0
+    for path in files:
+        count += 1
+        try:
+            if is_profile_path(path):
+                from unlearnspec.profile import load_profile
+
+                load_profile(path)
+                continue
+            data, node = read_yaml_file(path)
+            spec = validate_data(data, node, str(path))
+            cache[path.resolve()] = spec
+            problems.extend(reference_problems(spec, path, node, cache))
+        except UserError as exc:
+            problems.extend(exc.problems)
+    return count, problems
