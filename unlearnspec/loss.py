@@ -1,0 +1,65 @@
+"""The signed per-token weighted loss, as small pure functions the trainer and MAGIC share.
+
+Alignment is `target`: `weights[:, t]` and `labels[:, t]` refer to the prediction of token t from
+positions < t, so column 0 never contributes. A negative weight is gradient ascent on that token;
+a zero weight (or label -100) contributes exactly nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+Normalizer = Literal["selected", "valid", "batch_tokens", "abs_weight"]
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each target token, [B, S-1]; 0 where the label is IGNORE_INDEX.
+
+    `logits` is [B, S, V] (position t predicts token t+1); `labels` is [B, S] in target alignment.
+    """
+    b, s, v = logits.shape
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, v).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(b, s - 1)
+
+
+def normalizer_count(labels: torch.Tensor, weights: torch.Tensor, kind: Normalizer) -> torch.Tensor:
+    """The divisor of one batch (sum these over an accumulation window before dividing).
+
+    `selected`: valid target tokens with nonzero weight (what masking with -100 gives);
+    `valid`: all valid target tokens; `batch_tokens`: rows x (S-1); `abs_weight`: sum |w| over valid.
+    """
+    valid = labels[:, 1:] != IGNORE_INDEX
+    w = weights[:, 1:]
+    if kind == "selected":
+        return (valid & (w != 0)).sum()
+    if kind == "valid":
+        return valid.sum()
+    if kind == "batch_tokens":
+        return torch.tensor(valid.numel(), device=labels.device)
+    if kind == "abs_weight":
+        return (w.abs() * valid).sum()
+    raise ValueError(f"unknown normalizer {kind!r}")
+
+
+def weighted_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    denominator: torch.Tensor | float,
+) -> torch.Tensor:
+    """sum_{i,t} w[i,t] * CE[i,t] / denominator, with CE = 0 at ignored labels.
+
+    `denominator` is the normalizer count of the whole optimizer step (accumulation window), so
+    micro-batch losses add up to the loss of the full batch.
+    """
+    nll = token_nll(logits, labels)
+    w = weights[:, 1:].to(nll.dtype)
+    return (w * nll).sum() / denominator
