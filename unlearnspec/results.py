@@ -1,0 +1,190 @@
+"""Typed `results.json` of one spec run (written by the runner, read by report, diff and doctor).
+
+Per-question correctness lives beside it in each run dir as `samples.json` ({task: [0|1, ...]} by
+doc id) so reports can run paired tests without bloating results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from unlearnspec.errors import UserError
+
+RESULTS_FORMAT = 1
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.json"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class TaskMetrics(_Record):
+    """lm-eval numbers of one task (or group)."""
+
+    acc: float
+    """Accuracy."""
+    acc_stderr: Optional[float] = None
+    """lm-eval's standard error of acc."""
+    acc_norm: Optional[float] = None
+    """Length-normalised accuracy, when the task reports it."""
+    acc_norm_stderr: Optional[float] = None
+    """Standard error of acc_norm."""
+    n: int
+    """Number of questions."""
+
+
+class TokenStats(_Record):
+    """Selected-token statistics of one run's weight grid (valid = non-pad target tokens)."""
+
+    valid_tokens: int
+    """Valid target tokens in the grid."""
+    selected_tokens: int
+    """Valid tokens with nonzero weight."""
+    selected_fraction: float
+    """selected_tokens / valid_tokens."""
+    ascending_tokens: int
+    """Tokens with negative weight (gradient ascent)."""
+    descending_tokens: int
+    """Tokens with positive weight (gradient descent)."""
+    mean_abs_weight: float
+    """Mean |weight| over valid tokens."""
+    normalizer: str
+    """The spec's loss normalizer."""
+    per_token_lr_factor: float
+    """Per-token step relative to an all-tokens run with normalizer `valid` (1.0 = same)."""
+
+
+class EvalRecord(_Record):
+    """One evaluation (baseline or a sweep point)."""
+
+    metrics: dict[str, TaskMetrics] = {}
+    """Task name -> metrics."""
+    samples_file: Optional[str] = None
+    """Per-question correctness, relative to the results.json folder."""
+
+
+class RunRecord(EvalRecord):
+    """One sweep point."""
+
+    point: str
+    """Point id, e.g. `lr=1e-05` (also the run dir name, made filesystem-safe)."""
+    hparams: dict[str, float] = {}
+    """The swept hyperparameters of this point (at least `lr`)."""
+    status: Literal["ok", "failed"]
+    """ok, or failed with `reason`."""
+    reason: Optional[str] = None
+    """Why the point failed (e.g. non-finite loss at step 12)."""
+    token_stats: Optional[TokenStats] = None
+    """Selected-token statistics."""
+    run_dir: str
+    """The point's folder, relative to the results.json folder."""
+    train_seconds: Optional[float] = None
+    """Wall seconds of training."""
+    eval_seconds: Optional[float] = None
+    """Wall seconds of evaluation."""
+
+
+class BaselineRecord(EvalRecord):
+    """The untouched base model."""
+
+    status: Literal["ok", "failed", "skipped"] = "ok"
+    """skipped when the spec sets baseline.evaluate: false."""
+    reason: Optional[str] = None
+    """Why it failed or was skipped."""
+    recorded: Optional[dict[str, float]] = None
+    """Recorded baseline numbers from the spec (not measured here)."""
+    recorded_source: Optional[str] = None
+    """Where the recorded numbers come from."""
+
+
+class SpecInfo(_Record):
+    """Which spec produced the results."""
+
+    name: str
+    """Spec name."""
+    hash: str
+    """sha256 of the resolved spec (after overrides and profile)."""
+    path: str
+    """Spec path as given."""
+    profile: Optional[str] = None
+    """Profile the spec was mapped through (e.g. toy)."""
+    control: Optional[str] = None
+    """Name of the matched control spec, if any."""
+    control_path: Optional[str] = None
+    """Path of the control spec as written in the spec."""
+    metric: str = "acc"
+    """Headline metric."""
+    tasks: list[str] = []
+    """Evaluated tasks in spec order."""
+
+
+class Results(_Record):
+    """results.json: one spec run."""
+
+    format: int = Field(default=RESULTS_FORMAT)
+    """File format version."""
+    spec: SpecInfo
+    """The spec."""
+    baseline: Optional[BaselineRecord] = None
+    """Baseline evaluation."""
+    runs: list[RunRecord] = []
+    """Sweep points, in spec order."""
+    provenance: dict[str, str] = {}
+    """Versions, git sha, machine, date."""
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON via a temp file in the same folder and os.replace: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_results(results: Results, folder: Path) -> Path:
+    path = folder / RESULTS_FILE
+    write_json_atomic(path, results.model_dump(mode="json"))
+    return path
+
+
+def load_results(path: Path) -> Results:
+    """Read results.json (or a folder holding one); a wrong file is a UserError, not a traceback."""
+    path = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError.one(str(path), "no results.json here; run the spec first (`unlearnspec run SPEC`).") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError.one(str(path), f"cannot read results: {exc}. Rerun the spec to rewrite it.") from None
+    try:
+        return Results.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError.one(str(path), f"not a valid results.json ({loc}: {first['msg']}). Rerun the spec to rewrite it.") from None
+
+
+def load_samples(results_dir: Path, record: EvalRecord) -> Optional[dict[str, list[int]]]:
+    """Per-question correctness of a record, or None when not logged."""
+    if record.samples_file is None:
+        return None
+    path = results_dir / record.samples_file
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {str(k): [int(x) for x in v] for k, v in raw.items()}
