@@ -22,8 +22,10 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     `logits` is [B, S, V] (position t predicts token t+1); `labels` is [B, S] in target alignment.
     """
     b, s, v = logits.shape
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()  # half-precision logits: compute the CE in float32; float64 stays float64
     return F.cross_entropy(
-        logits[:, :-1].reshape(-1, v).float(),
+        logits[:, :-1].reshape(-1, v),
         labels[:, 1:].reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",

@@ -1,0 +1,184 @@
+"""Training data -> a fixed token grid [N, S] with labels and a fingerprint.
+
+Rows are chosen exactly as the spec says (filter, order, offset, count), tokenized, truncated and
+right-padded to S. The fingerprint (sha256 of ids, mask, tokenizer id and S) ties score files to the
+exact tokens they were computed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from unlearnspec.errors import UserError
+from unlearnspec.loss import IGNORE_INDEX
+from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """N rows x S tokens. labels == input_ids where attention_mask is 1, IGNORE_INDEX elsewhere."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    fingerprint: str
+    tokenizer_id: str
+    texts: tuple[str, ...] = field(repr=False, default=())
+    source_rows: tuple[int, ...] = field(repr=False, default=())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_ids.shape)  # type: ignore[return-value]
+
+    @property
+    def valid_targets(self) -> torch.Tensor:
+        """Bool [N, S]: positions whose token is a training target (column 0 never is)."""
+        valid = self.labels != IGNORE_INDEX
+        valid[:, 0] = False
+        return valid
+
+
+def grid_fingerprint(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer_id: str) -> str:
+    n, s = input_ids.shape
+    h = hashlib.sha256()
+    h.update(f"unlearnspec-grid-v1|{tokenizer_id}|N={n}|S={s}|".encode())
+    h.update(input_ids.to(torch.int64).contiguous().numpy().astype("<i8").tobytes())
+    h.update(attention_mask.to(torch.int8).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- rows
+def chat_text(messages: Sequence[dict[str, Any]], chat: ChatSpec, tokenizer: Any = None) -> str:
+    """One training text from a list of {role, content} messages."""
+    if chat.format == "join_contents":
+        return chat.separator.join(str(m.get("content", "")) for m in messages)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False)
+    # Documented fallback for tokenizers without a template: "role: content" lines.
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+
+
+def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data") -> list[int]:
+    """Indices of the chosen rows: filter by length, order, offset, then take `count`."""
+    kept = [i for i, t in enumerate(texts) if len(t.strip()) > select.min_chars]
+    if select.order == "length":
+        kept.sort(key=lambda i: len(texts[i]))  # stable: ties keep dataset order
+    elif select.order == "shuffle":
+        random.Random(select.shuffle_seed).shuffle(kept)
+    start = select.offset or 0
+    if select.offset_fraction is not None:
+        start = int(len(kept) * select.offset_fraction)
+    chosen = kept[start : start + select.count]
+    if len(chosen) < select.count:
+        raise UserError.one(
+            where,
+            f"only {len(chosen)} rows remain after filtering (> {select.min_chars} chars) and offset {start}, "
+            f"but select.count is {select.count}. Lower the count or the offset, or use more data.",
+            loc="data.select.count",
+        )
+    return chosen
+
+
+def _load_dataset(data: DataSpec, spec_path: Path) -> Any:
+    import datasets
+
+    from unlearnspec.specfile import resolve_path
+
+    try:
+        if data.hub is not None:
+            return datasets.load_dataset(data.hub.path, data.hub.name, split=data.hub.split, revision=data.hub.revision)
+        if data.files is not None:
+            files = [str(resolve_path(spec_path, p)) for p in data.files.paths]
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix data.files.paths.", loc="data.files.paths")
+            return datasets.load_dataset(data.files.format, data_files=files, split="train")
+        assert data.toy is not None
+        from unlearnspec.toy.build import ensure_toy_world
+
+        world = ensure_toy_world()
+        return datasets.load_dataset("json", data_files=str(world.corpus_path(data.toy.corpus)), split="train")
+    except UserError:
+        raise
+    except Exception as exc:  # datasets raises many types for "not available offline"
+        what = f"{data.hub.path}" + (f" ({data.hub.name})" if data.hub.name else "") if data.hub else "the data files"
+        raise UserError.one(
+            str(spec_path),
+            f"cannot load dataset {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+            "Without hub access, run on the embedded toy world with `--toy`, or point data.files at local copies.",
+            loc="data",
+        ) from None
+
+
+def load_texts(data: DataSpec, spec_path: Path, tokenizer: Any = None) -> tuple[list[str], list[int]]:
+    """The N chosen texts (and their row indices in the loaded dataset)."""
+    ds = _load_dataset(data, spec_path)
+    column = data.chat.messages_field if data.chat is not None else data.text_field
+    if column not in ds.column_names:
+        raise UserError.one(
+            str(spec_path),
+            f"the dataset has no column {column!r} (columns: {', '.join(ds.column_names)}). "
+            f"Set data.{'chat.messages_field' if data.chat else 'text_field'}.",
+            loc="data",
+        )
+    raw = ds[column]
+    texts = [chat_text(m, data.chat, tokenizer) for m in raw] if data.chat is not None else [str(t) for t in raw]
+    rows = select_rows(texts, data.select, str(spec_path))
+    return [texts[i] for i in rows], rows
+
+
+# --------------------------------------------------------------------------- tokens
+def build_grid(
+    texts: Sequence[str],
+    tokenizer: Any,
+    max_seq_len: int,
+    tokenizer_id: str,
+    append_eos: bool = False,
+    source_rows: Sequence[int] = (),
+) -> TokenGrid:
+    """Tokenize, truncate and right-pad to exactly max_seq_len; labels are -100 at pads."""
+    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        raise UserError.one(tokenizer_id, "the tokenizer has neither a pad nor an EOS token; set one.")
+    n = len(encoded)
+    input_ids = torch.full((n, max_seq_len), pad, dtype=torch.long)
+    attention_mask = torch.zeros((n, max_seq_len), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        if append_eos and eos is not None:
+            ids = list(ids) + [eos]
+        ids = ids[:max_seq_len]
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, : len(ids)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return TokenGrid(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        fingerprint=grid_fingerprint(input_ids, attention_mask, tokenizer_id),
+        tokenizer_id=tokenizer_id,
+        texts=tuple(texts),
+        source_rows=tuple(source_rows),
+    )
+
+
+def load_grid(
+    data: DataSpec,
+    spec_path: Path,
+    tokenizer: Any,
+    tokenizer_id: str,
+    texts: Optional[tuple[list[str], list[int]]] = None,
+) -> TokenGrid:
+    """The spec's token grid (texts may be passed in when already loaded)."""
+    chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer)
+    return build_grid(chosen, tokenizer, data.max_seq_len, tokenizer_id, data.append_eos, rows)
+
+
+FingerprintAt = Callable[[int], str]

@@ -1,0 +1,197 @@
+"""Score files (safe load, checks, alignment) and token rules -> signed per-token weights.
+
+Sign convention (the seed's): score = d(query loss)/d(token weight), negative = proponent.
+`value_weighted` -> w = score / mean|score| and `sign` -> w = sign(score), so proponents get
+negative weights (gradient ascent); `where` -> w = 1 on selected tokens, 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from unlearnspec.errors import UserError
+from unlearnspec.loss import IGNORE_INDEX, Normalizer
+from unlearnspec.results import TokenStats
+from unlearnspec.rules import evaluate, parse_rule
+from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
+
+SCORES_FILE = "per_token_scores.pt"
+SIDECAR_FILE = "scores.json"
+
+
+@dataclass(frozen=True)
+class ScoreFile:
+    path: Path
+    scores: torch.Tensor
+    sidecar: Optional[dict]
+
+
+def _fail(path: Path, message: str) -> UserError:
+    return UserError.one(str(path), message)
+
+
+def load_score_file(path: Path) -> ScoreFile:
+    """Read a [N, S] score tensor from .pt (weights_only: never unpickles code) or .safetensors."""
+    if not path.is_file():
+        raise _fail(path, "score file not found. Run the producing MAGIC spec first, or fix the path.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise _fail(path, f"not a readable safetensors file ({exc}).") from None
+        if len(tensors) != 1:
+            key = "scores" if "scores" in tensors else None
+            if key is None:
+                raise _fail(path, f"expected one tensor (or one named 'scores'), found {sorted(tensors)}.")
+            tensor = tensors[key]
+        else:
+            tensor = next(iter(tensors.values()))
+    else:
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            text = str(exc)
+            culprit = next((line.strip() for line in text.splitlines() if "unsupported global" in line.lower()), None)
+            if culprit is None:
+                raise _fail(path, "not a readable torch file (the weights-only loader could not parse it).") from None
+            raise _fail(
+                path,
+                "refused to load: the file holds Python objects beyond plain tensors, and unpickling them could run "
+                f"code ({culprit[:160]}). Re-save the scores as a plain tensor or safetensors.",
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+            raise _fail(path, f"not a readable torch file ({type(exc).__name__}: {str(exc)[:160]}).") from None
+        if isinstance(tensor, dict) and "scores" in tensor:
+            tensor = tensor["scores"]
+        if not isinstance(tensor, torch.Tensor):
+            raise _fail(path, f"expected a tensor [N, S], found {type(tensor).__name__}.")
+    sidecar = None
+    side = path.parent / SIDECAR_FILE
+    if side.is_file():
+        try:
+            sidecar = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise _fail(side, f"unreadable sidecar ({exc}). Fix or delete it.") from None
+        if not isinstance(sidecar, dict):
+            raise _fail(side, "the sidecar must be a JSON object.")
+    return ScoreFile(path=path, scores=tensor, sidecar=sidecar)
+
+
+def to_target_alignment(scores: torch.Tensor, alignment: str) -> torch.Tensor:
+    """`input` column t is the loss predicted at t (of token t+1) -> `target` column t+1."""
+    if alignment == "target":
+        return scores
+    out = torch.zeros_like(scores)
+    out[:, 1:] = scores[:, :-1]
+    return out
+
+
+def checked_scores(
+    sf: ScoreFile,
+    source: ScoreSourceSpec,
+    name: str,
+    labels: torch.Tensor,
+    fingerprint: str,
+    fingerprint_at: Callable[[int], str],
+) -> torch.Tensor:
+    """Validate a score file against the training grid; return float32 [N, S] in target alignment,
+    zero wherever the grid has no training target."""
+    path, t = sf.path, sf.scores
+    where = f"score source {name!r}"
+    if not t.is_floating_point():
+        raise _fail(path, f"{where}: scores must be floating point, found {t.dtype}.")
+    if t.ndim != 2:
+        raise _fail(path, f"{where}: expected shape [N, S], found {list(t.shape)}.")
+    n, s_data = labels.shape
+    if t.shape[0] != n:
+        raise _fail(path, f"{where}: {t.shape[0]} rows of scores but {n} training rows. The scores belong to other data; rescore with the producing spec.")
+    s_scores = t.shape[1]
+    if s_data > s_scores:
+        raise _fail(path, f"{where}: max_seq_len {s_data} is wider than the {s_scores} score columns. Lower data.max_seq_len or rescore.")
+    if s_data < s_scores and not source.truncate_columns:
+        raise _fail(path, f"{where}: the scores have {s_scores} columns but max_seq_len is {s_data}; set `truncate_columns: true` to use the first {s_data} explicitly.")
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        first = bad.nonzero()[0].tolist()
+        raise _fail(path, f"{where}: {int(bad.sum())} NaN/inf values (first at row {first[0]}, column {first[1]}). The producing run diverged; rescore.")
+    side = sf.sidecar or {}
+    declared = source.alignment
+    recorded = side.get("alignment")
+    if declared and recorded and declared != recorded:
+        raise _fail(path, f"{where}: the spec declares alignment {declared!r} but the sidecar says {recorded!r}. Fix the spec's alignment.")
+    alignment = declared or recorded
+    if alignment not in ("target", "input"):
+        raise _fail(path, f"{where}: the alignment is unknown (no `alignment` in the spec, none in the sidecar). Declare `alignment: target` or `input`; it is never guessed.")
+    if "N" in side and side["N"] != t.shape[0] or "S" in side and side["S"] != s_scores:
+        raise _fail(path, f"{where}: the sidecar says N={side.get('N')}, S={side.get('S')} but the tensor is {list(t.shape)}.")
+    if "fingerprint" in side:
+        expected = fingerprint if s_scores == s_data else fingerprint_at(s_scores)
+        if side["fingerprint"] != expected:
+            raise _fail(
+                path,
+                f"{where}: data fingerprint mismatch: the scores were computed on other tokens (another corpus, row choice, "
+                "tokenizer or max_seq_len) than this spec trains on. Rescore with matching data.",
+            )
+    aligned = to_target_alignment(t.float(), alignment)[:, :s_data].contiguous()
+    valid = labels != IGNORE_INDEX
+    valid[:, 0] = False
+    return aligned.masked_fill(~valid, 0.0)
+
+
+# --------------------------------------------------------------------------- token rules
+def token_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Signed weights [N, S] (target alignment), zero wherever there is no training target."""
+    valid = labels != IGNORE_INDEX
+    valid[:, 0] = False
+    if rule.mode == "all":
+        w = valid.float()
+    elif rule.mode == "value_weighted":
+        s = scores[rule.source]  # type: ignore[index]
+        scale = s[valid].abs().mean()
+        if not scale > 0:
+            raise UserError.one(f"score source {rule.source!r}", "every valid token has score 0, so value weighting is undefined.")
+        w = s / scale
+    elif rule.mode == "sign":
+        w = torch.sign(scores[rule.source])  # type: ignore[index]
+    else:
+        w = evaluate(parse_rule(rule.where or ""), scores).float()
+    return w.float().masked_fill(~valid, 0.0)
+
+
+def token_stats(weights: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer) -> TokenStats:
+    """Selected-token statistics, and the per-token step relative to an all-tokens `valid` run."""
+    valid = labels != IGNORE_INDEX
+    valid[:, 0] = False
+    w = weights[valid]
+    n_valid = int(valid.sum())
+    selected = int((w != 0).sum())
+    mean_abs = float(w.abs().mean()) if n_valid else 0.0
+    mean_abs_sel = float(w[w != 0].abs().mean()) if selected else 0.0
+    # Expected divisor per valid token under each normalizer (V = valid tokens of a batch):
+    per_valid = {
+        "selected": selected / max(n_valid, 1),
+        "valid": 1.0,
+        "batch_tokens": valid[:, 1:].numel() / max(n_valid, 1) if valid.numel() else 1.0,
+        "abs_weight": mean_abs,
+    }[normalizer]
+    factor = mean_abs_sel / per_valid if per_valid > 0 else float("inf")
+    return TokenStats(
+        valid_tokens=n_valid,
+        selected_tokens=selected,
+        selected_fraction=selected / max(n_valid, 1),
+        ascending_tokens=int((w < 0).sum()),
+        descending_tokens=int((w > 0).sum()),
+        mean_abs_weight=mean_abs,
+        normalizer=normalizer,
+        per_token_lr_factor=factor,
+    )
