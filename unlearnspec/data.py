@@ -85,7 +85,7 @@ def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data") -
     return chosen
 
 
-def _load_dataset(data: DataSpec, spec_path: Path) -> Any:
+def _load_dataset(data: DataSpec, spec_path: Path, toy: Any = None) -> Any:
     import datasets
 
     from unlearnspec.specfile import resolve_path
@@ -102,7 +102,7 @@ def _load_dataset(data: DataSpec, spec_path: Path) -> Any:
         assert data.toy is not None
         from unlearnspec.toy.build import ensure_toy_world
 
-        world = ensure_toy_world()
+        world = toy if toy is not None else ensure_toy_world()
         return datasets.load_dataset("json", data_files=str(world.corpus_path(data.toy.corpus)), split="train")
     except UserError:
         raise
@@ -116,9 +116,9 @@ def _load_dataset(data: DataSpec, spec_path: Path) -> Any:
         ) from None
 
 
-def load_texts(data: DataSpec, spec_path: Path, tokenizer: Any = None) -> tuple[list[str], list[int]]:
-    """The N chosen texts (and their row indices in the loaded dataset)."""
-    ds = _load_dataset(data, spec_path)
+def load_texts(data: DataSpec, spec_path: Path, tokenizer: Any = None, toy: Any = None) -> tuple[list[str], list[int]]:
+    """The N chosen texts (and their row indices in the loaded dataset); `toy` is the ToyWorld to read."""
+    ds = _load_dataset(data, spec_path, toy)
     column = data.chat.messages_field if data.chat is not None else data.text_field
     if column not in ds.column_names:
         raise UserError.one(
@@ -175,9 +175,10 @@ def load_grid(
     tokenizer: Any,
     tokenizer_id: str,
     texts: Optional[tuple[list[str], list[int]]] = None,
+    toy: Any = None,
 ) -> TokenGrid:
     """The spec's token grid (texts may be passed in when already loaded)."""
-    chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer)
+    chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer, toy)
     return build_grid(chosen, tokenizer, data.max_seq_len, tokenizer_id, data.append_eos, rows)
 
 

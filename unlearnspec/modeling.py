@@ -13,25 +13,30 @@ from unlearnspec.spec import LoraSpec, ModelSpec
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def model_id(model: ModelSpec) -> str:
-    """A machine-independent name of the model (used in fingerprints and caches)."""
-    if model.toy is not None:
-        from unlearnspec.toy.build import toy_world_id
+def _world(toy: Any) -> Any:
+    if toy is not None:
+        return toy
+    from unlearnspec.toy.build import ensure_toy_world
 
-        return f"toy:{model.toy}@{toy_world_id()}"
+    return ensure_toy_world()
+
+
+def model_id(model: ModelSpec, toy: Any = None) -> str:
+    """A machine-independent name of the model (used in fingerprints and caches); a toy model is
+    named by its world's cache key, since the world config determines its weights."""
+    if model.toy is not None:
+        return f"toy:{model.toy}@{_world(toy).root.name}"
     rev = f"@{model.revision}" if model.revision else ""
     return f"{model.name_or_path}{rev}"
 
 
-def tokenizer_id(model: ModelSpec) -> str:
-    return model.tokenizer if model.tokenizer else model_id(model)
+def tokenizer_id(model: ModelSpec, toy: Any = None) -> str:
+    return model.tokenizer if model.tokenizer else model_id(model, toy)
 
 
-def _location(model: ModelSpec) -> str:
+def _location(model: ModelSpec, toy: Any = None) -> str:
     if model.toy is not None:
-        from unlearnspec.toy.build import ensure_toy_world
-
-        return str(ensure_toy_world().model_dir)
+        return str(_world(toy).model_dir)
     assert model.name_or_path is not None
     return model.name_or_path
 
@@ -45,10 +50,10 @@ def _offline_error(what: str, name: str, exc: Exception) -> UserError:
     )
 
 
-def load_tokenizer(model: ModelSpec) -> Any:
+def load_tokenizer(model: ModelSpec, toy: Any = None) -> Any:
     from transformers import AutoTokenizer
 
-    name = model.tokenizer or _location(model)
+    name = model.tokenizer or _location(model, toy)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=model.revision if not model.tokenizer else None)
     except (OSError, ValueError) as exc:
@@ -59,11 +64,11 @@ def load_tokenizer(model: ModelSpec) -> Any:
     return tok
 
 
-def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dtype] = None) -> Any:
+def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dtype] = None, toy: Any = None) -> Any:
     """The base causal LM, with dropout set from the spec (GPT-NeoX attention/hidden dropout)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    where = _location(model)
+    where = _location(model, toy)
     try:
         config = AutoConfig.from_pretrained(where, revision=model.revision)
     except (OSError, ValueError) as exc:

@@ -144,8 +144,8 @@ def _unwrap_model(annotation: Any) -> Optional[type[BaseModel]]:
     return None
 
 
-def _model_at(loc: tuple[Any, ...]) -> Optional[type[BaseModel]]:
-    model: Optional[type[BaseModel]] = Spec
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Spec) -> Optional[type[BaseModel]]:
+    model: Optional[type[BaseModel]] = root
     pending_container = False
     for part in loc:
         if model is None:
@@ -187,10 +187,10 @@ def _fmt_loc(loc: Iterable[Any]) -> str:
     return text
 
 
-def _message(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+def _message(err: Mapping[str, Any], loc: tuple[Any, ...], root: type[BaseModel] = Spec) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
+        model = _model_at(loc[:-1], root)
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
         hint = f" Did you mean `{close[0]}`?" if close else ""
@@ -222,6 +222,13 @@ def _misspelled_missing(errors: list[Any], data: Any) -> set[tuple[Any, ...]]:
 
 
 def validation_problems(exc: ValidationError, data: Any, node: Optional[yaml.Node], file: str) -> list[Problem]:
+    return validation_problems_for(Spec, exc, data, node, file)
+
+
+def validation_problems_for(
+    root: type[BaseModel], exc: ValidationError, data: Any, node: Optional[yaml.Node], file: str
+) -> list[Problem]:
+    """One Problem per validation error of `root` (did-you-mean for unknown keys, YAML line numbers)."""
     problems: dict[tuple[str, str], Problem] = {}
     errors = exc.errors(include_url=False)
     skip = _misspelled_missing(errors, data)
@@ -234,7 +241,7 @@ def validation_problems(exc: ValidationError, data: Any, node: Optional[yaml.Nod
             message = ctx_error.message
         else:
             loc = _clean_loc(tuple(err["loc"]), data)
-            message = _message(err, loc)
+            message = _message(err, loc, root)
         key = (_fmt_loc(loc), err["type"] if not ctx_error else message)
         if key in problems:  # one union member's error is enough
             continue
@@ -290,7 +297,7 @@ def load_spec(
         file += f" (through profile {profile})"
     spec = validate_data(data, node, file)
     if check_refs:
-        problems = reference_problems(spec, path, node)
+        problems = reference_problems(spec, path, node, profile=Path(profile) if profile is not None else None)
         if problems:
             raise UserError(problems)
     return spec

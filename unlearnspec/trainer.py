@@ -141,6 +141,9 @@ class WeightedSFTTrainer(SFTTrainer):
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
         super().__init__(*args, **kwargs)
+        from transformers.trainer_callback import PrinterCallback
+
+        self.remove_callback(PrinterCallback)  # the runner reports progress itself
         self.normalizer: Normalizer = normalizer
         self.batch_listeners: list[BatchListener] = []
 

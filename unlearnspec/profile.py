@@ -1,0 +1,228 @@
+"""Profiles: visible files that map a real spec onto another world (the embedded toy world).
+
+A profile rewrites the raw spec mapping before validation: model, datasets and eval tasks by name;
+N, max_seq_len, steps and learning rates by explicit factors. `unlearnspec show SPEC --toy` prints
+the result. Files named `*_world.yaml` under profiles/ are toy-world configs, not mapping profiles.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+
+from unlearnspec.errors import Problem, UserError
+from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "specs" / "profiles"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ProfileModel(_Section):
+    """Replaces every spec's model section."""
+
+    toy: str
+    """Toy model name."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Parameter dtype on the toy world."""
+    attn_implementation: Literal["eager", "sdpa"] = "eager"
+    """Attention kernel."""
+
+
+class ProfileData(_Section):
+    """Maps hub datasets to toy corpora and scales the grid."""
+
+    corpora: dict[str, str]
+    """Hub dataset (`path` or `path/config`) -> toy corpus name."""
+    count_scale: PositiveFloat
+    """N is multiplied by this (rounded, at least 1)."""
+    min_chars: int = Field(ge=0)
+    """Replaces select.min_chars (toy passages are short)."""
+    max_seq_len_scale: PositiveFloat
+    """max_seq_len (and declared score columns) are multiplied by this (rounded, at least 8)."""
+
+
+class ProfileTraining(_Section):
+    """Scales the optimisation to the toy's size."""
+
+    steps_scale: PositiveFloat
+    """max_steps and warmup_steps are multiplied by this (rounded, at least 1)."""
+    lr_scale: dict[Literal["sgd", "adam", "adamw"], PositiveFloat]
+    """Per optimizer: every learning rate of the grid is multiplied by this."""
+
+
+class ProfileMagic(_Section):
+    """MAGIC settings on the toy world."""
+
+    query_loss: Literal["answer_continuation", "answer_letter"]
+    """Query loss used on the toy tasks."""
+    storage: Literal["ram", "disk"] = "ram"
+    """Where kept parameter states live."""
+
+
+class ProfileEval(_Section):
+    """Evaluation settings on the toy world."""
+
+    batch_size: int = Field(gt=0)
+    """lm-eval batch size."""
+
+
+class Profile(_Section):
+    """A mapping profile (e.g. specs/profiles/toy.yaml)."""
+
+    name: str
+    """Short name recorded in results (e.g. toy)."""
+    world: Optional[str] = None
+    """Toy world config file, relative to this profile."""
+    model: ProfileModel
+    """Model replacement."""
+    data: ProfileData
+    """Data mapping."""
+    tasks: dict[str, str]
+    """lm-eval task name -> toy task name (evaluation and MAGIC queries)."""
+    training: ProfileTraining
+    """Training scaling."""
+    magic: ProfileMagic
+    """MAGIC settings."""
+    eval: ProfileEval
+    """Evaluation settings."""
+    output_prefix: str
+    """Output dirs `runs/x` become `<output_prefix>/x`, so toy runs never mix with real ones."""
+    drop_recorded_baseline: bool = True
+    """Drop the spec's recorded baseline numbers (they belong to the real model)."""
+
+
+def default_toy_profile() -> Path:
+    path = PROFILE_DIR / "toy.yaml"
+    if not path.is_file():
+        raise UserError.one(str(path), "the toy profile is missing from this checkout; pass --profile PATH.")
+    return path
+
+
+def is_world_file(path: Path) -> bool:
+    return path.name.endswith("_world.yaml") or path.name.endswith("_world.yml")
+
+
+def load_profile(path: Path) -> Any:
+    """Validate a profile file (a mapping profile, or a `*_world.yaml` toy-world config)."""
+    from unlearnspec.specfile import read_yaml_file, validation_problems_for
+
+    if is_world_file(path):
+        from unlearnspec.toy.config import load_world_config
+
+        return load_world_config(path)
+    data, node = read_yaml_file(path)
+    if not isinstance(data, dict):
+        raise UserError.one(str(path), "a profile must be a YAML mapping.")
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_problems_for(Profile, exc, data, node, str(path))) from None
+    problems = []
+    if profile.model.toy not in TOY_MODELS:
+        problems.append(Problem(str(path), "model.toy", f"unknown toy model {profile.model.toy!r}; available: {', '.join(TOY_MODELS)}."))
+    for hub, corpus in profile.data.corpora.items():
+        if corpus not in TOY_CORPORA:
+            problems.append(Problem(str(path), f"data.corpora.{hub}", f"unknown toy corpus {corpus!r}; available: {', '.join(TOY_CORPORA)}."))
+    for task, toy in profile.tasks.items():
+        if toy not in TOY_TASKS:
+            problems.append(Problem(str(path), f"tasks.{task}", f"unknown toy task {toy!r}; available: {', '.join(TOY_TASKS)}."))
+    if profile.world is not None and not (path.parent / profile.world).is_file():
+        problems.append(Problem(str(path), "world", f"world file {profile.world} not found next to the profile."))
+    if problems:
+        raise UserError(problems)
+    return profile
+
+
+def world_config_path(profile_path: Path) -> Optional[Path]:
+    profile = load_profile(profile_path)
+    return (profile_path.parent / profile.world).resolve() if profile.world else None
+
+
+def _scaled(value: int, factor: float, floor: int) -> int:
+    return max(floor, int(round(value * factor)))
+
+
+def _lr(value: Any, factor: float) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(f"{value * factor:.6g}")  # no 1.0000000000000002e-4 noise in resolved specs
+    return value
+
+
+def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> dict[str, Any]:
+    """The raw spec mapping rewritten through the profile (the input is not modified)."""
+    profile = load_profile(profile_path)
+    if not isinstance(profile, Profile):
+        raise UserError.one(str(profile_path), "this is a toy-world config, not a mapping profile; use specs/profiles/toy.yaml.")
+    out = copy.deepcopy(data)
+    where = f"{spec_path} (through profile {profile_path})"
+
+    def section(name: str) -> dict[str, Any]:
+        value = out.get(name)
+        return value if isinstance(value, dict) else {}
+
+    out["model"] = profile.model.model_dump()
+
+    data_sec = section("data")
+    hub = data_sec.get("hub")
+    if isinstance(hub, dict):
+        keys = [f"{hub.get('path')}/{hub.get('name')}", str(hub.get("path"))]
+        corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
+        if corpus is None:
+            raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc="data.hub")
+        del data_sec["hub"]
+        data_sec["toy"] = {"corpus": corpus}
+    select = data_sec.get("select")
+    if isinstance(select, dict):
+        if isinstance(select.get("count"), int):
+            select["count"] = _scaled(select["count"], profile.data.count_scale, 1)
+        select["min_chars"] = profile.data.min_chars
+        if isinstance(select.get("offset"), int):
+            select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0)
+    if isinstance(data_sec.get("max_seq_len"), int):
+        data_sec["max_seq_len"] = _scaled(data_sec["max_seq_len"], profile.data.max_seq_len_scale, 8)
+    for src in section("scores").values():
+        if isinstance(src, dict) and isinstance(src.get("columns"), int):
+            src["columns"] = _scaled(src["columns"], profile.data.max_seq_len_scale, 8)
+
+    training = section("training")
+    for key in ("max_steps", "warmup_steps"):
+        if isinstance(training.get(key), int):
+            training[key] = _scaled(training[key], profile.training.steps_scale, 1 if key == "max_steps" else 0)
+    opt = training.get("optimizer")
+    name = opt.get("name") if isinstance(opt, dict) else None
+    factor = profile.training.lr_scale.get(name) if isinstance(name, str) else None  # type: ignore[call-overload]
+    if factor is not None:
+        lr = training.get("lr")
+        training["lr"] = [_lr(v, factor) for v in lr] if isinstance(lr, list) else _lr(lr, factor)
+
+    def task(name: Any) -> Any:
+        return profile.tasks.get(name, name) if isinstance(name, str) else name
+
+    ev = section("eval")
+    for t in ev.get("tasks", []) if isinstance(ev.get("tasks"), list) else []:
+        if isinstance(t, dict):
+            t["name"] = task(t.get("name"))
+    if ev:
+        ev["batch_size"] = profile.eval.batch_size
+    magic = section("magic")
+    if magic:
+        magic["storage"] = profile.magic.storage
+        query = magic.get("query")
+        if isinstance(query, dict):
+            query["task"] = task(query.get("task"))
+            query["loss"] = profile.magic.query_loss
+    baseline = section("baseline")
+    if profile.drop_recorded_baseline and "recorded" in baseline:
+        del baseline["recorded"]
+    output = section("output")
+    if isinstance(output.get("dir"), str):
+        rel = output["dir"]
+        rel = rel[len("runs/"):] if rel.startswith("runs/") else rel
+        output["dir"] = f"{profile.output_prefix.rstrip('/')}/{rel}"
+    return out
