@@ -123,6 +123,143 @@ def show(
     sys.stdout.write(dump_spec(resolved))
 
 
+@app.command()
+@user_errors
+def report(
+    inputs: Optional[List[str]] = typer.Argument(None, help="Run folders (holding results.json) or spec files; with --reference-only: spec files, names or reference JSONs (none: all)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for <spec>.md/.json/.png (default: reports/; with --reference-only: print only)."),
+    reference: Optional[bool] = typer.Option(None, "--reference/--no-reference", help="Show the seed's recorded numbers beside the run (default: on when reports/reference/<spec>.json exists and the run is not a toy run)."),
+    reference_only: bool = typer.Option(False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."),
+    toy: bool = ToyOption,
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write PNG plots (needs the `plot` extra: matplotlib)."),
+) -> None:
+    """Tables vs baseline and matched control (intervals, paired/unpaired tests, chance flags), Markdown + JSON + plot.
+
+    Example: [bold]unlearnspec report specs/exp5_selective.yaml specs/exp7_all_tokens.yaml[/bold]
+    """
+    from unlearnspec.report.commands import run_reference_only, run_report
+
+    console = _console()
+    if reference_only:
+        run_reference_only(inputs or [], out, plot, console)
+    else:
+        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console)
+
+
+@app.command()
+@user_errors
+def diff(
+    old: str = typer.Argument(..., help="Report JSON, reference JSON, results.json, run folder or spec file."),
+    new: str = typer.Argument(..., help="The same kinds of input, to compare against OLD."),
+) -> None:
+    """Cells that changed (old -> new), each marked beyond or within noise. Exit 0 if nothing changed beyond noise, else 1.
+
+    Example: [bold]unlearnspec diff reports/reference/exp7_all_tokens.json reports/exp7_all_tokens.json[/bold]
+    """
+    from unlearnspec.report.commands import run_diff
+
+    raise typer.Exit(run_diff(old, new, _console()))
+
+
+@app.command()
+@user_errors
+def doctor(
+    paths: List[Path] = typer.Argument(..., help="Spec files or folders (searched recursively)."),
+    format: str = typer.Option("table", "--format", help="table | json."),
+    strict: bool = typer.Option(False, "--strict", help="Count warnings as errors (exit 2)."),
+    lr_factor: float = typer.Option(1.25, "--lr-factor", help="Flag a per-token LR ratio to the control above this."),
+) -> None:
+    """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
+    masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls.
+    Exit 0 clean, 1 warnings only, 2 errors (or warnings with --strict).
+
+    Example: [bold]unlearnspec doctor specs/[/bold]
+    """
+    from unlearnspec.doctor import diagnose, exit_code, print_findings, to_json
+
+    if format not in ("table", "json"):
+        raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
+    findings, count = diagnose(paths, lr_factor)
+    if format == "json":
+        sys.stdout.write(to_json(findings, count, strict))
+    else:
+        print_findings(findings, count, _console())
+    raise typer.Exit(exit_code(findings, strict))
+
+
+@app.command()
+@user_errors
+def run(
+    paths: List[Path] = typer.Argument(..., help="Spec files or folders. Score specs run first, then controls, then the rest."),
+    set_: Optional[List[str]] = SetOption,
+    toy: bool = ToyOption,
+    profile: Optional[Path] = ProfileOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (one spec only); default: the spec's output.dir."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun sweep points recorded as failed."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write reports/<spec>.md/.json for the experiments run."),
+    reports_dir: Path = typer.Option(Path("reports"), "--reports-dir", help="Where reports go."),
+) -> None:
+    """Run specs: baseline, one run dir per sweep point (resumable), results.json, then reports.
+
+    Examples: [bold]unlearnspec run specs/exp7_all_tokens.yaml --toy[/bold] ;
+    [bold]unlearnspec run specs/ --toy[/bold] (the whole toy study)
+    """
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from unlearnspec.study import run_study
+
+    code = run_study(paths, overrides=set_ or [], profile=resolve_profile(toy, profile), out=out,
+                     retry_failed=retry_failed, auto_produce=toy, report=report, reports_dir=reports_dir,
+                     console=_console())
+    raise typer.Exit(code)
+
+
+toy_app = typer.Typer(help="The embedded offline toy world: tiny model, corpora and cloze tasks.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+WorldOption = typer.Option(None, "--config", help="Toy world file (default: specs/profiles/toy_world.yaml).")
+
+
+@toy_app.command("build")
+@user_errors
+def toy_build(
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cache holds this world."),
+    config: Optional[Path] = WorldOption,
+) -> None:
+    """Build (or find) the cached toy world and print where it is and its baseline accuracy.
+
+    Example: [bold]UNLEARNSPEC_CACHE=.cache/unlearnspec unlearnspec toy build --force[/bold]
+    """
+    from unlearnspec.toy.build import ensure_toy_world
+
+    console = _console()
+    world = ensure_toy_world(config, force=force, log=lambda msg: console.print(msg))
+    info = world.info
+    console.print(f"[green]toy world[/green] {world.root}  (built in {info['build_seconds']}s)")
+    console.print(f"model     {world.model_dir}\ntasks     {world.task_dir}")
+    for task, m in info["baseline"].items():
+        console.print(f"baseline  {task}: acc {m['acc']:.4f} ± {m['acc_stderr']:.4f}, acc_norm {m['acc_norm']:.4f} (n={m['n']})")
+
+
+@toy_app.command("write-tasks")
+@user_errors
+def toy_write_tasks(
+    out: Path = typer.Option(Path("plugins/toy"), "--out", help="Task folder to (over)write."),
+    config: Optional[Path] = WorldOption,
+) -> None:
+    """Regenerate the toy lm-eval task folder (YAML, loader, JSONL docs) from the world file.
+
+    Example: [bold]unlearnspec toy write-tasks[/bold]  (then commit plugins/toy)
+    """
+    from unlearnspec.toy.build import load_config
+    from unlearnspec.toy.taskfiles import write_task_folder
+    from unlearnspec.toy.world import generate_world
+
+    for path in write_task_folder(generate_world(load_config(config)), out):
+        _console().print(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

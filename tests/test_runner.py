@@ -1,0 +1,128 @@
+"""`unlearnspec run` end to end on the toy world: results, resume after SIGKILL, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+EXP7 = "specs/exp7_all_tokens.yaml"
+# Two sweep points and 100 questions per task keep the test short; the full sweep is the README's.
+SMALL = ["--set", "training.lr=[1.0e-5, 1.0e-4]", "--set", "eval.tasks.0.limit=100", "--set", "eval.tasks.1.limit=100"]
+
+
+def _env(toy_world) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["UNLEARNSPEC_CACHE"] = str(toy_world.root.parents[1])
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unlearnspec", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _points(out: Path) -> dict[str, dict]:
+    return {p.name: json.loads((p / "point.json").read_text()) for p in out.iterdir()
+            if p.is_dir() and p.name.startswith("lr_")}
+
+
+def test_exp7_toy_sweep_writes_results(toy_world, tmp_path):
+    out = tmp_path / "exp7"
+    proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["spec"]["name"] == "exp7_all_tokens" and results["spec"]["profile"] == "toy"
+    assert results["baseline"]["status"] == "ok"
+    assert [r["hparams"]["lr"] for r in results["runs"]] == [1e-4, 1e-3]  # the toy profile scales AdamW LRs x10
+    for run in [results["baseline"], *results["runs"]]:
+        assert set(run["metrics"]) == {"toy_wmdp", "toy_mmlu"}
+        for m in run["metrics"].values():
+            assert 0.0 <= m["acc"] <= 1.0 and m["acc_stderr"] > 0 and m["n"] == 100
+    for run in results["runs"]:
+        assert run["status"] == "ok"
+        folder = out / run["run_dir"]
+        for name in ("spec.yaml", "point.json", "log_history.json", "token_stats.json", "samples.json", "provenance.json"):
+            assert (folder / name).is_file(), name
+        samples = json.loads((folder / "samples.json").read_text())
+        assert len(samples["toy_wmdp"]) == 100
+        stats = run["token_stats"]
+        assert stats["selected_fraction"] == 1.0 and stats["per_token_lr_factor"] == pytest.approx(1.0)
+        log = json.loads((folder / "log_history.json").read_text())
+        assert any("loss" in row for row in log)
+    prov = json.loads((out / results["runs"][0]["run_dir"] / "provenance.json").read_text())
+    assert "git_sha" in prov and "version.torch" in prov
+    assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
+
+
+def test_sigkill_then_resume_skips_finished_points(toy_world, tmp_path):
+    out = tmp_path / "exp7"
+    args = [sys.executable, "-m", "unlearnspec", "run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL]
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(toy_world), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if out.is_dir() and any(p.name.startswith(".tmp-lr_0.001") for p in out.iterdir()):
+                break  # the first point is finished and the second is being written
+            time.sleep(0.5)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = _points(out)
+    assert list(before) == ["lr_0.0001"]  # only the completed point is visible; the half-written one is hidden
+    mtime = (out / "lr_0.0001" / "point.json").stat().st_mtime_ns
+
+    again = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "lr=0.0001 already ok; skipped" in again.stdout
+    assert (out / "lr_0.0001" / "point.json").stat().st_mtime_ns == mtime
+    assert sorted(_points(out)) == ["lr_0.0001", "lr_0.001"]
+    assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+
+
+def test_resume_refuses_a_different_spec(toy_world, tmp_path):
+    out = tmp_path / "exp7"
+    (out / "lr_0.0001").mkdir(parents=True)
+    (out / "lr_0.0001" / "point.json").write_text(json.dumps({"status": "ok", "spec_hash": "something-else"}))
+    proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
+    assert proc.returncode == 2 and "different spec" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unavailable_model_suggests_toy(toy_world, tmp_path):
+    proc = _run(["run", EXP7, "--out", str(tmp_path / "o"), "--no-report"], _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "EleutherAI/deep-ignorance-unfiltered" in proc.stderr and "--toy" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unavailable_dataset_suggests_toy(toy_world, tmp_path):
+    args = ["run", EXP7, "--out", str(tmp_path / "o"), "--no-report", "--set", "model.name_or_path=null",
+            "--set", "model.toy=tiny-neox", "--set", "model.dtype=float32"]
+    proc = _run(args, _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Salesforce/wikitext" in proc.stderr and "--toy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_scores_name_the_producer_and_command(toy_world, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "specs", project / "specs")
+    (project / "pyproject.toml").write_text("")  # marks the project root for relative spec paths
+    profile = project / "specs" / "profiles" / "toy.yaml"
+    proc = _run(["run", "specs/exp4_negative_only.yaml", "--profile", str(profile), "--no-report"], _env(toy_world), cwd=project)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "specs/magic/magic_wmdp.yaml" in proc.stderr and "unlearnspec run specs/magic/magic_wmdp.yaml" in proc.stderr

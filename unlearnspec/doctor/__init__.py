@@ -1,0 +1,58 @@
+"""`unlearnspec doctor`: find what made the recorded experiments invalid — unmatched controls, scores
+from other data or another regime, low precision, ambiguous alignment, masked-LR shifts, collapse,
+effects within noise — in specs, score sidecars, results.json and the recorded tables.
+
+Imports no torch/transformers/lm_eval: it reads YAML and JSON only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from unlearnspec.doctor.context import Workspace
+from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
+from unlearnspec.doctor.result_rules import result_findings
+from unlearnspec.doctor.spec_rules import (
+    alignment_ambiguity,
+    invalid_spec,
+    lr_shift,
+    score_data_mismatch,
+    score_regime_mismatch,
+    sidecar_precision,
+    unmatched_control,
+)
+from unlearnspec.errors import Problem, UserError
+from unlearnspec.specfile import find_spec_files, is_profile_path
+
+DEFAULT_LR_FACTOR = 1.25
+
+
+def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR) -> tuple[list[Finding], int]:
+    """All findings for the spec files under `paths` (profiles skipped) and how many specs were read."""
+    if not lr_factor >= 1.0:
+        raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
+    files, problems = find_spec_files(paths)
+    if problems:
+        raise UserError(problems)
+    files = [f for f in files if not is_profile_path(f)]
+    if not files:
+        raise UserError([Problem(" ".join(map(str, paths)), "", "no .yaml/.yml spec files found.")])
+    ws = Workspace()
+    findings: list[Finding] = []
+    for path in files:
+        entry = ws.spec(path)
+        findings += invalid_spec(entry)
+        if entry.spec is None:
+            continue
+        findings += unmatched_control(entry, ws)
+        findings += score_data_mismatch(entry, ws)
+        findings += score_regime_mismatch(entry, ws)
+        findings += sidecar_precision(entry, ws)
+        findings += alignment_ambiguity(entry, ws)
+        findings += lr_shift(entry, ws, lr_factor)
+        findings += result_findings(entry, ws)
+    return sort_findings(findings), len(files)
+
+
+__all__ = ["DEFAULT_LR_FACTOR", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]

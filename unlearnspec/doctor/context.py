@@ -1,0 +1,129 @@
+"""What doctor reads about a spec: the spec (or why it is invalid), its control and score producers,
+score sidecars, results.json in its output dir, and the recorded reference — each loaded once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from unlearnspec.errors import UserError
+from unlearnspec.report.reference import ReferenceFile, find_reference
+from unlearnspec.results import RESULTS_FILE, Results, load_results
+from unlearnspec.spec import ScoreSourceSpec, Spec
+from unlearnspec.specfile import load_spec, project_root, resolve_path
+
+SIDECAR_FILE = "scores.json"
+
+
+def display(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when below it."""
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else str(path)
+
+
+@dataclass
+class Entry:
+    """One spec file: the validated spec, or the error that stopped validation."""
+
+    path: Path
+    spec: Optional[Spec]
+    error: Optional[UserError]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec is not None else self.path.stem
+
+    @property
+    def shown(self) -> str:
+        return display(self.path)
+
+    @property
+    def is_experiment(self) -> bool:
+        return self.spec is not None and self.spec.magic is None
+
+
+class Workspace:
+    """Caches specs, sidecars, results and references by resolved path."""
+
+    def __init__(self) -> None:
+        self._specs: dict[Path, Entry] = {}
+        self._sidecars: dict[Path, Optional[dict[str, Any]]] = {}
+        self._results: dict[Path, Optional[tuple[Results, Path]]] = {}
+
+    def spec(self, path: Path) -> Entry:
+        key = path.resolve()
+        if key not in self._specs:
+            try:
+                self._specs[key] = Entry(path, load_spec(path, check_refs=False), None)
+            except UserError as exc:
+                self._specs[key] = Entry(path, None, exc)
+        return self._specs[key]
+
+    def control(self, entry: Entry) -> Optional[Entry]:
+        if entry.spec is None or entry.spec.control is None:
+            return None
+        path = resolve_path(entry.path, entry.spec.control)
+        return self.spec(path) if path.is_file() else None
+
+    def producer(self, entry: Entry, src: ScoreSourceSpec) -> Optional[Entry]:
+        if src.produced_by is None:
+            return None
+        path = resolve_path(entry.path, src.produced_by)
+        return self.spec(path) if path.is_file() else None
+
+    def sidecar(self, entry: Entry, src: ScoreSourceSpec) -> Optional[dict[str, Any]]:
+        """The producer's `scores.json` (in its output dir), or the one beside a `path` source."""
+        if src.path is not None:
+            where = resolve_path(entry.path, src.path).parent / SIDECAR_FILE
+        else:
+            producer = self.producer(entry, src)
+            if producer is None or producer.spec is None:
+                return None
+            where = resolve_path(producer.path, producer.spec.output.dir) / SIDECAR_FILE
+        key = where.resolve()
+        if key not in self._sidecars:
+            try:
+                raw = json.loads(where.read_text(encoding="utf-8"))
+                self._sidecars[key] = raw if isinstance(raw, dict) else None
+            except (OSError, json.JSONDecodeError):
+                self._sidecars[key] = None
+        return self._sidecars[key]
+
+    def results(self, entry: Entry) -> Optional[tuple[Results, Path]]:
+        """results.json in the spec's output dir, when a run has written one."""
+        if entry.spec is None:
+            return None
+        folder = resolve_path(entry.path, entry.spec.output.dir)
+        key = folder.resolve()
+        if key not in self._results:
+            found = None
+            if (folder / RESULTS_FILE).is_file():
+                try:
+                    found = (load_results(folder), folder)
+                except UserError:
+                    found = None
+            self._results[key] = found
+        return self._results[key]
+
+    def reference(self, entry: Entry) -> Optional[ReferenceFile]:
+        if entry.spec is None:
+            return None
+        try:
+            return find_reference(project_root(entry.path), entry.spec.name)
+        except UserError:
+            return None
+
+
+def sidecar_value(sidecar: Optional[dict[str, Any]], *keys: str) -> Any:
+    """First present key of a sidecar (the writer's key names may vary: N/n/rows, S/columns)."""
+    if not sidecar:
+        return None
+    for key in keys:
+        node: Any = sidecar
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None

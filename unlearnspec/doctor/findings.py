@@ -1,0 +1,98 @@
+"""Doctor findings: rule, severity, evidence and fix; rendering as a rich table or JSON; exit code."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+RULES: dict[str, str] = {
+    "D0": "invalid-spec",
+    "D1": "unmatched-control",
+    "D2": "score-data-mismatch",
+    "D3": "score-regime-mismatch",
+    "D4": "precision",
+    "D5": "alignment-ambiguity",
+    "D6": "effective-lr-shift",
+    "D7": "collapse",
+    "D8": "within-noise",
+    "D9": "control-moves-metrics",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem of one spec, with the evidence that shows it and how to fix it."""
+
+    code: str
+    severity: Severity
+    spec: str
+    message: str
+    evidence: tuple[str, ...] = field(default_factory=tuple)
+    fix: str = ""
+
+    @property
+    def rule(self) -> str:
+        return RULES[self.code]
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["rule"] = self.rule
+        out["evidence"] = list(self.evidence)
+        return {k: out[k] for k in ("code", "rule", "severity", "spec", "message", "evidence", "fix")}
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.spec, f.code, f.severity, f.message))
+
+
+def exit_code(findings: list[Finding], strict: bool = False) -> int:
+    """0 clean, 1 warnings only, 2 errors (warnings count as errors with --strict)."""
+    if any(f.severity == "error" for f in findings):
+        return 2
+    if findings:
+        return 2 if strict else 1
+    return 0
+
+
+def summary(findings: list[Finding], n_specs: int) -> dict[str, int]:
+    return {
+        "specs": n_specs,
+        "errors": sum(f.severity == "error" for f in findings),
+        "warnings": sum(f.severity == "warning" for f in findings),
+    }
+
+
+def to_json(findings: list[Finding], n_specs: int, strict: bool) -> str:
+    payload = {
+        "summary": summary(findings, n_specs),
+        "exit_code": exit_code(findings, strict),
+        "findings": [f.to_json() for f in findings],
+    }
+    return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+
+
+def print_findings(findings: list[Finding], n_specs: int, console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    counts = summary(findings, n_specs)
+    if not findings:
+        console.print(f"[green]clean[/green]: no problems in {n_specs} spec(s)")
+        return
+    table = Table(show_lines=True, title="unlearnspec doctor")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("spec", overflow="fold")
+    table.add_column("finding and evidence", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=2)
+    for f in findings:
+        body = Text(f.message, style="bold")
+        for line in f.evidence:
+            body.append("\n  • " + line, style="")
+        colour = "red" if f.severity == "error" else "yellow"
+        table.add_row(Text(f.severity, style=colour), f"{f.code} {f.rule}", f.spec, body, f.fix)
+    console.print(table)
+    console.print(f"{counts['errors']} error(s), {counts['warnings']} warning(s) in {n_specs} spec(s)")

@@ -1,0 +1,346 @@
+"""Doctor rules that read specs (and score sidecars): validity, matched control, score data, score
+regime, precision, alignment and the effective-LR shift of masking (rules D0-D6)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Optional
+
+from unlearnspec.doctor.context import Entry, Workspace, sidecar_value
+from unlearnspec.doctor.findings import Finding
+from unlearnspec.report.build import format_lr
+from unlearnspec.rules import And, Compare, Expr, Not, Or, parse_rule
+from unlearnspec.spec import Spec
+
+TRAINER_ALIGNMENT = "target"
+"""Column t weights the loss of predicting token t: the trainer's and the recorded files' convention."""
+
+LOW_PRECISION = {"bf16", "bfloat16", "fp16", "float16", "half", "torch.bfloat16", "torch.float16"}
+
+# Fields a control may differ in: identity, outputs, and the token rule under test.
+_NOT_COMPARED = ("name", "description", "control", "scores", "tokens", "output", "baseline", "magic", "training.lr")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return format_lr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "unset" if value is None else str(value)
+
+
+def _d1_normalizer(spec: Spec) -> str:
+    # `selected` equals `valid` on an all-tokens run; what it does to a masked run (a larger
+    # per-token step) is measured and bounded by D6 (--lr-factor), so D1 does not count it twice.
+    return "valid" if spec.loss.normalizer == "selected" else spec.loss.normalizer
+
+
+def _comparable(spec: Spec) -> dict[str, Any]:
+    flat = _flatten(spec.model_dump(mode="json"))
+    flat["loss.normalizer"] = _d1_normalizer(spec)
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in _NOT_COMPARED)}
+
+
+def _lrs_text(lrs: list[float]) -> str:
+    return ", ".join(format_lr(x) for x in sorted(lrs))
+
+
+def _missing_lrs(mine: tuple[float, ...], theirs: tuple[float, ...]) -> list[float]:
+    return [x for x in mine if not any(math.isclose(x, y, rel_tol=1e-9) for y in theirs)]
+
+
+# --------------------------------------------------------------------------- D0 / D4 validity
+def invalid_spec(entry: Entry) -> Iterator[Finding]:
+    if entry.error is None:
+        return
+    for problem in entry.error.problems:
+        if problem.loc in ("model.dtype", "training.precision") and "MAGIC" in problem.message:
+            yield Finding(
+                "D4", "error", entry.shown,
+                "MAGIC scores requested in low precision: the spec fails validation",
+                (f"{problem.loc}: {problem.message}",),
+                "Set `model.dtype: float32` and `training.precision: fp32` in the MAGIC spec.",
+            )
+        else:
+            where = f"{problem.loc}: " if problem.loc else ""
+            yield Finding("D0", "error", entry.shown, "the spec does not validate", (f"{where}{problem.message}",), f"Run `unlearnspec validate {entry.shown}` and fix it.")
+
+
+# --------------------------------------------------------------------------- D1 matched control
+def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
+    spec = entry.spec
+    if spec is None or spec.magic is not None:
+        return
+    if spec.control is None:
+        if spec.tokens.mode != "all":
+            yield Finding(
+                "D1", "warning", entry.shown,
+                "no matched control: effects can only be read against the untouched baseline",
+                (f"tokens.mode: {spec.tokens.mode}; control: unset",),
+                "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; the seed's exp7 showed training alone moves WMDP and MMLU.",
+            )
+        return
+    control = ws.control(entry)
+    if control is None or control.spec is None:
+        yield Finding("D1", "error", entry.shown, "the declared control cannot be read", (f"control: {spec.control}",), "Fix the path or the control spec (`unlearnspec validate`).")
+        return
+    mine, theirs = _comparable(spec), _comparable(control.spec)
+    evidence = [
+        f"{k}: {_fmt(mine.get(k))} ({spec.name}) vs {_fmt(theirs.get(k))} ({control.spec.name})"
+        for k in sorted(set(mine) | set(theirs))
+        if mine.get(k) != theirs.get(k)
+    ]
+    lrs, ctrl_lrs = spec.training.lrs, control.spec.training.lrs
+    missing = _missing_lrs(lrs, ctrl_lrs)
+    if missing:
+        evidence.append(f"training.lr: {spec.name} sweeps {_lrs_text(missing)} where the control has no run (control sweeps {_lrs_text(list(ctrl_lrs))})")
+    if control.spec.tokens.mode != "all":
+        evidence.append(f"tokens.mode: the control {control.spec.name} is not an all-tokens run ({control.spec.tokens.mode})")
+    if evidence:
+        yield Finding(
+            "D1", "error", entry.shown,
+            f"control {control.spec.name} differs in more than the token rule",
+            tuple(evidence),
+            f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, LR grid, schedule, batch, steps, data and normalizer.",
+        )
+
+
+# --------------------------------------------------------------------------- D2 score data
+def _data_of(spec: Spec) -> dict[str, Any]:
+    d = spec.data
+    return {
+        "corpus": d.hub.model_dump(mode="json") if d.hub else (d.files.model_dump(mode="json") if d.files else d.toy.model_dump(mode="json") if d.toy else None),
+        "data.text_field": d.text_field if d.chat is None else None,
+        "data.chat": d.chat.model_dump(mode="json") if d.chat else None,
+        "N (data.select.count)": d.select.count,
+        "data.select (filter, order, offset)": d.select.model_dump(mode="json", exclude={"count"}),
+        "data.append_eos": d.append_eos,
+        "model": spec.model.name_or_path or f"toy:{spec.model.toy}",
+        "model.revision": spec.model.revision,
+        "model.tokenizer": spec.model.tokenizer,
+    }
+
+
+def _fmt_corpus(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return _fmt(value)
+
+
+def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
+    spec = entry.spec
+    if spec is None or spec.magic is not None:
+        return
+    for name, src in sorted(spec.scores.items()):
+        sidecar = ws.sidecar(entry, src)
+        producer = ws.producer(entry, src)
+        evidence: list[str] = []
+        if producer is not None and producer.spec is not None:
+            mine, theirs = _data_of(spec), _data_of(producer.spec)
+            for key in mine:
+                if mine[key] != theirs[key]:
+                    evidence.append(f"{key}: {_fmt_corpus(theirs[key])} (scores, {producer.spec.name}) vs {_fmt_corpus(mine[key])} (training)")
+            cols, msl = producer.spec.data.max_seq_len, spec.data.max_seq_len
+            if cols != msl:
+                prefix = f"; the experiment uses the first {msl} of {cols} score columns (truncate_columns: true)" if msl < cols and src.truncate_columns else ""
+                evidence.append(f"data.max_seq_len: {cols} (scores) vs {msl} (training){prefix}")
+        n_side = sidecar_value(sidecar, "N", "n", "rows", "num_rows")
+        s_side = sidecar_value(sidecar, "S", "columns", "max_seq_len", "seq_len")
+        if n_side is not None and int(n_side) != spec.data.select.count:
+            evidence.append(f"N: {n_side} rows in the score file (scores.json) vs {spec.data.select.count} trained")
+        if s_side is not None and int(s_side) != spec.data.max_seq_len and not any(e.startswith("data.max_seq_len") for e in evidence):
+            evidence.append(f"columns: {s_side} in the score file (scores.json) vs max_seq_len {spec.data.max_seq_len}")
+        side_model = sidecar_value(sidecar, "model", "model_name", "model.name_or_path")
+        if isinstance(side_model, str) and spec.model.name_or_path and side_model != spec.model.name_or_path:
+            evidence.append(f"model: {side_model} (score file) vs {spec.model.name_or_path} (training)")
+        if evidence:
+            yield Finding(
+                "D2", "error", entry.shown,
+                f"score source `{name}` was computed on other data than {spec.name} trains on",
+                tuple(evidence),
+                "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/).",
+            )
+        elif producer is None and sidecar is None:
+            yield Finding(
+                "D2", "warning", entry.shown,
+                f"score source `{name}` has unknown provenance",
+                (f"scores.{name}.path: {src.path}; no producing spec and no scores.json sidecar",),
+                "Point `produced_by` at the MAGIC spec that made the scores, or keep its scores.json beside the file.",
+            )
+
+
+# --------------------------------------------------------------------------- D3 score regime
+def _total_steps(spec: Spec) -> Optional[int]:
+    t = spec.training
+    if t.max_steps is not None:
+        return t.max_steps
+    per_epoch = math.ceil(spec.data.select.count / (t.batch_size * t.grad_accum))
+    return math.ceil(per_epoch * (t.epochs or 0))
+
+
+def _regime(spec: Spec) -> dict[str, Any]:
+    t, opt = spec.training, spec.training.optimizer
+    out: dict[str, Any] = {
+        "optimizer": opt.name,
+        "momentum": opt.momentum,
+        "weight_decay": opt.weight_decay,
+        "schedule": t.schedule,
+        "warmup": t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0),
+        "batch (rows per step)": t.batch_size * t.grad_accum,
+        "steps": _total_steps(spec),
+        "data order": "shuffled" if t.shuffle else "grid order",
+        "max_grad_norm (clipping)": t.max_grad_norm,
+        "model.dtype": spec.model.dtype,
+        "training.precision": t.precision,
+        "lora": spec.lora is not None,
+    }
+    if t.shuffle:
+        out["seed (data order)"] = t.seed
+    return out
+
+
+def _sidecar_regime(sidecar: Optional[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    opt = sidecar_value(sidecar, "optimizer.name", "optimizer")
+    if isinstance(opt, str):
+        out["optimizer"] = opt.lower()
+    steps = sidecar_value(sidecar, "steps", "max_steps")
+    if steps is not None:
+        out["steps"] = int(steps)
+    return out
+
+
+def score_regime_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
+    spec = entry.spec
+    if spec is None or spec.magic is not None:
+        return
+    for name, src in sorted(spec.scores.items()):
+        producer = ws.producer(entry, src)
+        sidecar = ws.sidecar(entry, src)
+        theirs: dict[str, Any] = _regime(producer.spec) if producer is not None and producer.spec is not None else {}
+        theirs.update(_sidecar_regime(sidecar))
+        lr = sidecar_value(sidecar, "lr", "optimizer.lr")
+        if lr is None and producer is not None and producer.spec is not None:
+            lr = producer.spec.training.lrs[0]
+        if not theirs and lr is None:
+            continue
+        mine = _regime(spec)
+        evidence = [f"{k}: {_fmt(theirs[k])} (scores) vs {_fmt(mine.get(k))} (steered run)" for k in theirs if k in mine and theirs[k] != mine[k]]
+        if lr is not None:
+            other = _missing_lrs(spec.training.lrs, (float(lr),))
+            if other:
+                evidence.append(f"lr: {format_lr(float(lr))} (scores) vs {_lrs_text(other)} (steered run)")
+        if evidence:
+            who = producer.spec.name if producer is not None and producer.spec is not None else "the score file"
+            yield Finding(
+                "D3", "warning", entry.shown,
+                f"score source `{name}` ({who}) was computed in another training regime than the run it steers; "
+                "metagradients are local to the trajectory they were computed on",
+                tuple(evidence),
+                "Steer the same regime the scores were computed in (plain SGD with the producer's lr, batch, steps, schedule, order), or rescore in the steered regime.",
+            )
+
+
+# --------------------------------------------------------------------------- D4 precision (sidecars)
+def sidecar_precision(entry: Entry, ws: Workspace) -> Iterator[Finding]:
+    spec = entry.spec
+    if spec is None:
+        return
+    for name, src in sorted(spec.scores.items()):
+        dtype = sidecar_value(ws.sidecar(entry, src), "dtype", "param_dtype", "precision")
+        if isinstance(dtype, str) and dtype.lower() in LOW_PRECISION:
+            yield Finding(
+                "D4", "error", entry.shown,
+                f"score source `{name}` was produced in {dtype}",
+                (f"scores.json dtype: {dtype}: with bf16/fp16 parameters most SGD updates round away, so the scores are gradient similarity plus rounding noise",),
+                "Recompute the scores with float32 parameters (`model.dtype: float32`, `training.precision: fp32`).",
+            )
+
+
+# --------------------------------------------------------------------------- D5 alignment
+def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
+    spec = entry.spec
+    if spec is None:
+        return
+    for name, src in sorted(spec.scores.items()):
+        side = sidecar_value(ws.sidecar(entry, src), "alignment")
+        declared = src.alignment
+        if declared is None and side is None:
+            yield Finding(
+                "D5", "error", entry.shown,
+                f"score source `{name}` has no declared alignment",
+                (f"scores.{name}.alignment: unset, and no scores.json sidecar to take it from",),
+                "Declare `alignment: target` (column t weights the loss of predicting token t, the recorded convention) or `input`.",
+            )
+            continue
+        if declared is not None and side is not None and declared != side:
+            yield Finding(
+                "D5", "error", entry.shown,
+                f"score source `{name}`: declared alignment differs from the score file's",
+                (f"scores.{name}.alignment: {declared} (spec) vs {side} (scores.json)",),
+                "Delete the spec's `alignment` to take the sidecar's, or fix whichever is wrong; the two are off by one token.",
+            )
+            continue
+        effective = declared or side
+        if effective != TRAINER_ALIGNMENT:
+            yield Finding(
+                "D5", "warning", entry.shown,
+                f"score source `{name}` is {effective}-aligned; the trainer weights targets (`{TRAINER_ALIGNMENT}`)",
+                (f"scores.{name}.alignment: {effective}; it is shifted by one column before use",),
+                "Check the file really is input-aligned (column t = loss predicted at position t); a wrong declaration shifts every weight by one token.",
+            )
+
+
+# --------------------------------------------------------------------------- D6 effective LR shift
+def estimate_fraction(expr: Expr) -> float:
+    """Rough share of tokens a rule selects: a sign test takes about half, `and` multiplies."""
+    if isinstance(expr, Compare):
+        return {"!=": 1.0, "==": 0.0}.get(expr.op, 0.5) if expr.value == 0 else 0.5
+    if isinstance(expr, Not):
+        return 1.0 - estimate_fraction(expr.arg)
+    if isinstance(expr, And):
+        return estimate_fraction(expr.left) * estimate_fraction(expr.right)
+    if isinstance(expr, Or):
+        a, b = estimate_fraction(expr.left), estimate_fraction(expr.right)
+        return a + b - a * b
+    raise TypeError(type(expr))
+
+
+def lr_shift(entry: Entry, ws: Workspace, limit: float) -> Iterator[Finding]:
+    spec = entry.spec
+    if spec is None or spec.magic is not None:
+        return
+    found = ws.results(entry)
+    stats = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
+    factor: Optional[float] = None
+    if stats:
+        # A shift either way breaks the same-LR comparison with the control.
+        factor = max((max(s.per_token_lr_factor, 1.0 / s.per_token_lr_factor) for s in stats if s.per_token_lr_factor > 0), default=1.0)
+        fraction = min(s.selected_fraction for s in stats)
+        origin, measured = f"selected fraction {100 * fraction:.1f}% measured in results.json", True
+    elif spec.loss.normalizer == "selected" and spec.tokens.mode == "where" and spec.tokens.where:
+        ref = ws.reference(entry)
+        if ref is not None and ref.token_stats is not None:
+            fraction, measured = ref.token_stats.selected_fraction, True
+            origin = f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json"
+        else:
+            fraction, measured = estimate_fraction(parse_rule(spec.tokens.where)), False
+            origin = f"selected fraction ~{100 * fraction:.0f}% ESTIMATED from `{spec.tokens.where}` (a sign test keeps about half the tokens, each `and` halves it)"
+        factor = 1.0 / fraction if fraction > 0 else math.inf
+    if factor is None or factor <= limit:
+        return
+    yield Finding(
+        "D6", "error" if measured else "warning", entry.shown,
+        f"the token rule changes the per-token step x{factor:.2f} relative to the all-tokens control at the same LR",
+        (f"loss.normalizer: {spec.loss.normalizer}; {origin}; factor = 1/fraction = {factor:.2f} > --lr-factor {limit:g}",),
+        "Set `loss.normalizer: valid` (per-token LR equal to the control), or compare against the control at LR x fraction.",
+    )

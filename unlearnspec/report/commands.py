@@ -1,0 +1,141 @@
+"""The `report` and `diff` commands: read inputs, write reports/<spec>.{md,json,png}, print tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from unlearnspec.errors import UserError
+from unlearnspec.report.build import table_from_reference
+from unlearnspec.report.diff import diff_tables
+from unlearnspec.report.inputs import load_run_input, load_table, report_for
+from unlearnspec.report.model import ReportTable, dumps
+from unlearnspec.report.plot import plot_tables
+from unlearnspec.report.reference import ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
+from unlearnspec.report.render import markdown, print_table
+from unlearnspec.specfile import SPEC_SUFFIXES, load_spec, project_root
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+
+
+def write_report(table: ReportTable, out: Path, plot: bool, control: Optional[ReportTable] = None) -> tuple[list[Path], Optional[str]]:
+    """reports/<spec>.md, .json and (with matplotlib) .png with the control's sweep beside the
+    run's; returns the files and a plot note."""
+    written = []
+    note = None
+    plot_line = None
+    if plot:
+        png = out / f"{table.spec}.png"
+        tables = [table] + ([control] if control is not None else [])
+        labels = [table.spec] + ([f"{control.spec} (control)"] if control is not None else [])
+        note = plot_tables(tables, png, f"{table.spec}: hazard vs general accuracy over the LR sweep", labels)
+        if note is None:
+            written.append(png)
+            plot_line = f"![{table.spec}: hazard vs general accuracy]({png.name})"
+        else:
+            plot_line = f"_{note}_"
+    md, js = out / f"{table.spec}.md", out / f"{table.spec}.json"
+    _write(md, markdown(table, plot_line))
+    _write(js, dumps(table))
+    return [md, js, *written], note
+
+
+def write_study(tables: list[ReportTable], out: Path, plot: bool, name: str = "study") -> list[Path]:
+    """An index of several reports with one plot of all their sweeps."""
+    lines = [f"# {name}", ""]
+    written = []
+    if plot:
+        png = out / f"{name}.png"
+        note = plot_tables(tables, png, "Hazard vs general accuracy, one line per experiment (LRs annotated)")
+        if note is None:
+            lines += [f"![{name}]({png.name})", ""]
+            written.append(png)
+        else:
+            lines += [f"_{note}_", ""]
+    lines += [f"- [{t.spec}]({t.spec}.md)" + (f": {t.title}" if t.title != t.spec else "") for t in sorted(tables, key=lambda t: t.spec)]
+    md = out / f"{name}.md"
+    _write(md, "\n".join(lines) + "\n")
+    return [md, *written]
+
+
+def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console) -> list[Path]:
+    if not args:
+        raise UserError.one("unlearnspec report", "needs run folders (holding results.json) or spec files, e.g. `unlearnspec report specs/exp7_all_tokens.yaml`.")
+    runs = [load_run_input(a, toy=toy) for a in args]
+    names = [r.results.spec.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError.one("unlearnspec report", f"got two runs of the same spec ({', '.join(dupes)}); their reports would overwrite each other. Report them into different --out folders.")
+    written: list[Path] = []
+    tables = []
+    for run in runs:
+        built = report_for(run, runs, reference)
+        table, note = built.table, built.note
+        files, plot_note = write_report(table, out, plot, built.control)
+        written += files
+        tables.append(table)
+        print_table(table, console, plot_note)
+        if note:
+            console.print(f"  note: {note}", markup=False)
+    if len(tables) > 1:
+        written += write_study(tables, out, plot)
+    console.print("wrote " + ", ".join(str(p) for p in written), markup=False)
+    return written
+
+
+def _reference_for(arg: str, root: Path) -> ReferenceFile:
+    path = Path(arg)
+    if path.suffix == ".json" and path.is_file():
+        return load_reference(path)
+    name = load_spec(path, check_refs=False).name if path.suffix in SPEC_SUFFIXES and path.is_file() else arg
+    ref = find_reference(root, name)
+    if ref is None:
+        raise UserError.one(arg, f"no recorded reference for {name!r} in reports/reference/.")
+    return ref
+
+
+def reference_markdown(args: list[str], root: Path) -> tuple[str, list[ReferenceFile]]:
+    refs = [_reference_for(a, root) for a in args] if args else all_references(root)
+    if not refs:
+        raise UserError.one(str(root / "reports" / "reference"), "no recorded reference files found.")
+    return "\n".join(render_reference_markdown(r) for r in refs), refs
+
+
+def run_reference_only(args: list[str], out: Optional[Path], plot: bool, console) -> list[Path]:
+    """Print the seed's tables as recorded; with --out also write recorded.md and its plot."""
+    root = project_root(Path.cwd() / "x")
+    text, refs = reference_markdown(args, root)
+    console.out(text, highlight=False)
+    if out is None:
+        return []
+    written = []
+    body = text
+    if plot:
+        png = out / "recorded_study.png"
+        tables = [table_from_reference(r) for r in refs]
+        note = plot_tables(tables, png, "Recorded seed runs (invalid: bad HPs): hazard vs general accuracy")
+        body = (f"![recorded study]({png.name})\n\n" if note is None else f"_{note}_\n\n") + text
+        if note is None:
+            written.append(png)
+    md = out / "recorded.md"
+    _write(md, "# Recorded tables of the seed\n\n" + body)
+    written.insert(0, md)
+    console.print("wrote " + ", ".join(str(p) for p in written), markup=False)
+    return written
+
+
+def run_diff(old: str, new: str, console) -> int:
+    """Print changed cells; exit code 0 when nothing changed beyond noise, else 1."""
+    changes = diff_tables(load_table(old), load_table(new))
+    if not changes:
+        console.print("no changes", markup=False)
+        return 0
+    for change in changes:
+        console.print(change.render(), markup=False)
+    real = sum(c.beyond_noise for c in changes)
+    console.print(f"{len(changes)} change(s), {real} beyond noise (|Δ| > 1.96·sqrt(se_old² + se_new²))", markup=False)
+    return 1 if real else 0

@@ -1,0 +1,81 @@
+"""Compare two report tables cell by cell and say which changes are beyond noise.
+
+Noise: a change of acc is beyond noise when |new - old| > 1.96 * sqrt(se_old^2 + se_new^2).
+Rows that appear or vanish, status changes and token-selection changes are always real changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from unlearnspec.report.model import ReportTable, Row
+from unlearnspec.stats import Z95, beyond_noise
+
+RowKey = Union[str, float]
+
+
+@dataclass(frozen=True)
+class Change:
+    row: str
+    column: str
+    old: str
+    new: str
+    beyond_noise: bool
+    detail: str = ""
+
+    def render(self) -> str:
+        verdict = "BEYOND NOISE" if self.beyond_noise else "within noise"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.row} | {self.column}: {self.old} -> {self.new}  [{verdict}]{detail}"
+
+
+def _key(row: Row) -> RowKey:
+    return "baseline" if row.kind == "baseline" else (row.lr if row.lr is not None else row.point)
+
+
+def _match(key: RowKey, rows: dict[RowKey, Row]) -> Optional[Row]:
+    if isinstance(key, float):
+        return next((r for k, r in rows.items() if isinstance(k, float) and math.isclose(k, key, rel_tol=1e-9)), None)
+    return rows.get(key)
+
+
+def _sort_key(key: RowKey) -> tuple[int, float, str]:
+    if key == "baseline":
+        return (0, 0.0, "")
+    return (1, key, "") if isinstance(key, float) else (2, 0.0, str(key))
+
+
+def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
+    changes: list[Change] = []
+    spec = new.spec if new.spec == old.spec else f"{old.spec}->{new.spec}"
+    old_rows = {_key(r): r for r in old.rows}
+    new_rows = {_key(r): r for r in new.rows}
+    keys = list(new_rows)
+    keys += [k for k in old_rows if _match(k, new_rows) is None]
+    displays = {t.name: t.display for t in old.tasks + new.tasks}
+    for key in sorted(keys, key=_sort_key):
+        n_row = _match(key, new_rows)
+        o_row = _match(key, old_rows)
+        label = f"{spec} {(n_row or o_row).label}"  # type: ignore[union-attr]
+        if o_row is None or n_row is None:
+            changes.append(Change(label, "row", "absent" if o_row is None else "present", "present" if o_row is None else "absent", True))
+            continue
+        if o_row.status != n_row.status:
+            changes.append(Change(label, "status", o_row.status, n_row.status, True, n_row.reason or o_row.reason or ""))
+        if o_row.selected_fraction != n_row.selected_fraction:
+            changes.append(Change(label, "selected tokens", str(o_row.selected_fraction), str(n_row.selected_fraction), True))
+        for task in sorted(set(o_row.cells) | set(n_row.cells), key=lambda t: list(displays).index(t) if t in displays else 0):
+            name = f"{displays.get(task, task)} {new.metric}"
+            o_cell, n_cell = o_row.cells.get(task), n_row.cells.get(task)
+            if o_cell is None or n_cell is None:
+                changes.append(Change(label, name, "—" if o_cell is None else f"{o_cell.acc:.4f}", "—" if n_cell is None else f"{n_cell.acc:.4f}", True))
+                continue
+            if f"{o_cell.acc:.4f}" == f"{n_cell.acc:.4f}":
+                continue
+            real = beyond_noise(o_cell.acc, o_cell.stderr, n_cell.acc, n_cell.stderr)
+            threshold = Z95 * math.sqrt(o_cell.stderr**2 + n_cell.stderr**2)
+            detail = f"Δ {n_cell.acc - o_cell.acc:+.4f}, noise ±{threshold:.4f}"
+            changes.append(Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", real, detail))
+    return changes

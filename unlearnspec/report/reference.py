@@ -1,0 +1,94 @@
+"""The seed's recorded tables (reports/reference/<spec>.json): load, render in the seed's own
+Markdown layout, and turn into a report table (stderr from the known question counts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from unlearnspec.errors import UserError
+from unlearnspec.report.model import RECORDED_LABEL, RecordedRow, RecordedTable
+
+REFERENCE_DIR = Path("reports") / "reference"
+
+
+class ReferenceTokenStats(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    selected_fraction: float
+    valid_tokens: Optional[int] = None
+    note: Optional[str] = None
+
+
+class ReferenceFile(BaseModel):
+    """One transcribed seed experiment; numbers are kept as the recorded strings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: str
+    title: str
+    status: str
+    recorded: bool
+    source: str
+    script: Optional[str] = None
+    model: Optional[str] = None
+    baseline: dict[str, str]
+    columns: dict[str, str]
+    rows: list[RecordedRow]
+    token_stats: Optional[ReferenceTokenStats] = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return [k for k in self.columns if k != "lr"]
+
+    def recorded_table(self, comparable: bool) -> RecordedTable:
+        return RecordedTable(label=RECORDED_LABEL, title=self.title, baseline=dict(self.baseline), rows=list(self.rows), comparable=comparable)
+
+
+def load_reference(path: Path) -> ReferenceFile:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return ReferenceFile.model_validate(raw)
+    except FileNotFoundError:
+        raise UserError.one(str(path), "no recorded reference file here.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError.one(str(path), f"cannot read the reference file: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError.one(str(path), f"not a reference file ({'.'.join(map(str, first['loc']))}: {first['msg']}).") from None
+
+
+def reference_path(root: Path, spec_name: str) -> Path:
+    return root / REFERENCE_DIR / f"{spec_name}.json"
+
+
+def find_reference(root: Path, spec_name: str) -> Optional[ReferenceFile]:
+    path = reference_path(root, spec_name)
+    return load_reference(path) if path.is_file() else None
+
+
+def all_references(root: Path) -> list[ReferenceFile]:
+    folder = root / REFERENCE_DIR
+    return [load_reference(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def markdown_grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table padded to column width, the layout of the seed's tables."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)]
+
+
+def render_reference_markdown(ref: ReferenceFile) -> str:
+    """The recorded table as the seed wrote it: heading, then LR and one column per task."""
+    keys = list(ref.columns)
+    header = [ref.columns[k] for k in keys]
+    rows = [[row.lr if k == "lr" else row.metrics[k] for k in keys] for row in ref.rows]
+    lines = [f"## {ref.title}", "", f"_{RECORDED_LABEL}; source: {ref.source}_", "", *markdown_grid(header, rows)]
+    return "\n".join(lines) + "\n"

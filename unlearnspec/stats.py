@@ -1,0 +1,145 @@
+"""Small pure statistics for accuracy tables: Wilson intervals, two-proportion z test, McNemar's
+test on paired per-question correctness, and the chance-level check. Standard library only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+Z95 = 1.959963984540054
+"""Two-sided 95% normal quantile."""
+
+CHANCE = 0.25
+"""Chance accuracy of a four-choice task answered at random."""
+
+CHANCE_TOLERANCE = 0.02
+"""Half-width of the chance band. A collapsed model often answers one letter and then scores that
+letter's frequency, not 0.25: on MMLU (14,042 questions) 0.2295 (A) to 0.2689 (D), both recorded
+in the seed. So "at chance" means the interval touches [0.23, 0.27], not just 0.25."""
+
+EXACT_BELOW = 25
+"""McNemar uses the exact binomial test when there are fewer discordant pairs than this, else
+the chi-square statistic with Edwards' continuity correction (the usual rule of thumb)."""
+
+TestName = Literal["mcnemar-exact", "mcnemar-chi2", "z-unpaired"]
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """Outcome of one significance test of acc_a - acc_b."""
+
+    test: TestName
+    p: float
+    statistic: float
+    b: int | None = None
+    """Paired tests: questions right in a, wrong in b."""
+    c: int | None = None
+    """Paired tests: questions wrong in a, right in b."""
+
+    @property
+    def paired(self) -> bool:
+        return self.test != "z-unpaired"
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p < alpha
+
+
+def binomial_stderr(acc: float, n: int) -> float:
+    """sqrt(p(1-p)/n); 0 for n <= 0."""
+    return math.sqrt(max(acc * (1.0 - acc), 0.0) / n) if n > 0 else 0.0
+
+
+def wilson_interval(acc: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `acc` observed on `n` trials (95% by default).
+
+    Unlike acc +- z*stderr it stays inside [0, 1] and keeps its coverage near 0 and 1."""
+    if n <= 0:
+        return (0.0, 1.0)
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (acc + z2 / (2 * n)) / denom
+    half = z * math.sqrt(max(acc * (1.0 - acc), 0.0) / n + z2 / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def normal_two_sided_p(z: float) -> float:
+    """P(|Z| >= |z|) for a standard normal Z."""
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def chi2_1df_sf(x: float) -> float:
+    """Survival function of the chi-square distribution with one degree of freedom."""
+    return math.erfc(math.sqrt(max(x, 0.0) / 2.0))
+
+
+def two_proportion_z(acc_a: float, n_a: int, acc_b: float, n_b: int) -> TestResult:
+    """Unpaired two-proportion z test with pooled variance (H0: equal accuracies).
+
+    For two evaluations on the same questions it ignores their correlation and is conservative;
+    use McNemar when per-question correctness is available."""
+    if n_a <= 0 or n_b <= 0:
+        return TestResult("z-unpaired", 1.0, 0.0)
+    pooled = (acc_a * n_a + acc_b * n_b) / (n_a + n_b)
+    se = math.sqrt(max(pooled * (1.0 - pooled), 0.0) * (1.0 / n_a + 1.0 / n_b))
+    if se == 0.0:
+        return TestResult("z-unpaired", 1.0 if acc_a == acc_b else 0.0, 0.0)
+    z = (acc_a - acc_b) / se
+    return TestResult("z-unpaired", normal_two_sided_p(z), z)
+
+
+def binomial_two_sided_p(k: int, n: int) -> float:
+    """Exact two-sided p of k successes in n fair coin flips: 2 * P(X <= min(k, n-k)), capped at 1."""
+    if n == 0:
+        return 1.0
+    low = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(low + 1))
+    return min(1.0, 2.0 * tail / 2.0**n)
+
+
+def mcnemar(a: Sequence[int], b: Sequence[int]) -> TestResult:
+    """McNemar's test on paired per-question correctness (0/1) of two evaluations.
+
+    Exact binomial test on the discordant pairs when there are fewer than EXACT_BELOW of them,
+    otherwise chi-square (1 df) with continuity correction: (|b - c| - 1)^2 / (b + c)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length ({len(a)} vs {len(b)})")
+    right_a = sum(1 for x, y in zip(a, b) if x and not y)
+    right_b = sum(1 for x, y in zip(a, b) if y and not x)
+    disc = right_a + right_b
+    if disc < EXACT_BELOW:
+        return TestResult("mcnemar-exact", binomial_two_sided_p(right_a, disc), float(right_a), right_a, right_b)
+    stat = (abs(right_a - right_b) - 1.0) ** 2 / disc
+    return TestResult("mcnemar-chi2", chi2_1df_sf(stat), stat, right_a, right_b)
+
+
+def at_chance(acc: float, n: int, chance: float = CHANCE, tolerance: float = CHANCE_TOLERANCE, z: float = Z95) -> bool:
+    """True when the Wilson interval of acc overlaps [chance - tolerance, chance + tolerance]:
+    the accuracy cannot be told apart from guessing or from always answering one letter."""
+    low, high = wilson_interval(acc, n, z)
+    return low <= chance + tolerance and high >= chance - tolerance
+
+
+def beyond_noise(old: float, se_old: float, new: float, se_new: float, z: float = Z95) -> bool:
+    """|new - old| > z * sqrt(se_old^2 + se_new^2): a change larger than two independent
+    measurements with these standard errors would show by chance (95%)."""
+    return abs(new - old) > z * math.sqrt(se_old**2 + se_new**2)
+
+
+__all__ = [
+    "CHANCE",
+    "CHANCE_TOLERANCE",
+    "EXACT_BELOW",
+    "Z95",
+    "TestResult",
+    "TestName",
+    "at_chance",
+    "beyond_noise",
+    "binomial_stderr",
+    "binomial_two_sided_p",
+    "chi2_1df_sf",
+    "mcnemar",
+    "normal_two_sided_p",
+    "two_proportion_z",
+    "wilson_interval",
+]
