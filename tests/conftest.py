@@ -19,3 +19,12 @@ SPECS = REPO / "specs"
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def toy_world():
+    """The embedded toy world, built once into a stable cache (UNLEARNSPEC_CACHE, default .cache/ in the repo)."""
+    os.environ.setdefault("UNLEARNSPEC_CACHE", str(REPO / ".cache" / "unlearnspec"))
+    from unlearnspec.toy.build import ensure_toy_world
+
+    return ensure_toy_world()

@@ -327,7 +327,7 @@ def _save(spec: Spec, spec_path: Path, options: RunOptions, out: Path, base: Opt
           records: list[RunRecord]) -> Results:
     control_name = None
     if spec.control is not None:
-        control_name = Path(spec.control).stem
+        control_name = load_spec(resolve_path(spec_path, spec.control), profile=options.profile, check_refs=False).name
     info = SpecInfo(
         name=spec.name,
         hash=spec_hash(spec.model_dump(mode="json", exclude_none=True)),

@@ -1,0 +1,171 @@
+"""Build the toy world once and cache it: corpora, facts, task folder, tokenizer and pretrained model.
+
+The cache dir ($UNLEARNSPEC_CACHE, default ~/.cache/unlearnspec) holds one folder per hash of the
+world config and generator version; it is built in a temp dir and renamed into place, so an
+interrupted build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from unlearnspec.errors import UserError
+from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
+from unlearnspec.toy.config import WorldConfig, load_world_config
+from unlearnspec.toy.taskfiles import folder_matches, write_task_folder
+from unlearnspec.toy.world import GENERATOR_VERSION, World, generate_world, jsonl, row_text
+
+CACHE_ENV = "UNLEARNSPEC_CACHE"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO / "specs" / "profiles" / "toy_world.yaml"
+SHIPPED_TASKS = REPO / "plugins" / "toy"
+INFO_FILE = "world.json"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """A built toy world in the cache."""
+
+    root: Path
+    """Cache folder of this world."""
+    config: WorldConfig
+    """The world config it was built from."""
+    task_dir: Path
+    """lm-eval include path of toy_wmdp/toy_mmlu: plugins/toy when it matches this world, else a copy in the cache."""
+
+    @property
+    def model_dir(self) -> Path:
+        """Model and tokenizer (save_pretrained); load with AutoModelForCausalLM / AutoTokenizer."""
+        return self.root / "model"
+
+    @property
+    def facts_path(self) -> Path:
+        """JSONL of every fact: id, domain, kind, entity, attribute, value, lie, weight, stem."""
+        return self.root / "facts.jsonl"
+
+    def corpus_path(self, name: str) -> Path:
+        """JSONL of one corpus (`text` or `messages` rows, each with id, domain and fact spans)."""
+        if name not in TOY_CORPORA:
+            raise UserError.one("toy world", f"unknown toy corpus {name!r}; available: {', '.join(TOY_CORPORA)}.")
+        return self.root / "corpora" / f"{name}.jsonl"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Build record: key, generator version, build seconds, baseline metrics of the model."""
+        return json.loads((self.root / INFO_FILE).read_text())
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "unlearnspec").expanduser()
+
+
+def world_key(cfg: WorldConfig) -> str:
+    """Hash of everything that determines the built world."""
+    payload = json.dumps({"generator": GENERATOR_VERSION, "config": cfg.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_config(config_path: Optional[Path]) -> WorldConfig:
+    path = Path(config_path) if config_path is not None else DEFAULT_CONFIG
+    if config_path is None and not path.is_file():
+        raise UserError.one(str(path), "the default toy world file is missing; pass the path of a toy_world.yaml.")
+    return load_world_config(path)
+
+
+def ensure_toy_world(config_path: Optional[Path] = None, *, force: bool = False, log: Optional[Log] = None) -> ToyWorld:
+    """The toy world of `config_path` (default specs/profiles/toy_world.yaml), built on first use."""
+    cfg = load_config(config_path)
+    root = cache_root() / "toy_world" / world_key(cfg)
+    if force or not (root / INFO_FILE).is_file():
+        _build_atomically(cfg, root, log or (lambda _msg: None))
+    return ToyWorld(root=root, config=cfg, task_dir=_task_dir(root))
+
+
+def _task_dir(root: Path) -> Path:
+    """Use the shipped plugins/toy when its files are this world's (the default config); else the cache copy."""
+    cached = root / "tasks"
+    if SHIPPED_TASKS.is_dir() and all(
+        (SHIPPED_TASKS / f.name).is_file() and (SHIPPED_TASKS / f.name).read_bytes() == f.read_bytes()
+        for f in cached.iterdir() if f.is_file()
+    ):
+        return SHIPPED_TASKS
+    return cached
+
+
+def _build_atomically(cfg: WorldConfig, root: Path, log: Log) -> None:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
+    try:
+        build_world(cfg, tmp, log)
+        if root.exists():  # --force, or another process finished first: replace it
+            trash = root.with_name(f".{root.name}.old-{os.getpid()}")
+            os.replace(root, trash)
+            os.replace(tmp, root)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
+    """Generate, pretrain and evaluate into `dest` (an empty folder); returns the build record."""
+    start = time.perf_counter()
+    world = generate_world(cfg)
+    write_world_data(world, dest)
+    log(f"generated {len(world.facts)} facts, corpora and tasks in {time.perf_counter() - start:.1f}s")
+
+    from unlearnspec.toy.pretrain import pretrain, train_tokenizer
+
+    tokenizer = train_tokenizer((row_text(r) for rows in world.corpora.values() for r in rows), cfg.model)
+    model = pretrain(cfg, world.corpora, tokenizer, log)
+    model.save_pretrained(dest / "model")
+    tokenizer.save_pretrained(dest / "model")
+    train_s = time.perf_counter() - start
+
+    baseline = _baseline(model, tokenizer, dest / "tasks")
+    for task, m in baseline.items():
+        log(f"baseline {task}: acc {m['acc']:.4f} ± {m['acc_stderr']:.4f}  acc_norm {m['acc_norm']:.4f}  (n={m['n']})")
+    info = {
+        "key": world_key(cfg),
+        "generator_version": GENERATOR_VERSION,
+        "config": cfg.model_dump(mode="json"),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "pretrain_seconds": round(train_s, 1),
+        "baseline": baseline,
+    }
+    (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def write_world_data(world: World, dest: Path) -> None:
+    """The pure-Python part of a world: corpora, facts and the task folder."""
+    (dest / "corpora").mkdir(parents=True, exist_ok=True)
+    for name, rows in world.corpora.items():
+        (dest / "corpora" / f"{name}.jsonl").write_text(jsonl(rows), encoding="utf-8")
+    (dest / "facts.jsonl").write_text(jsonl(f.to_json() for f in world.facts), encoding="utf-8")
+    write_task_folder(world, dest / "tasks")
+
+
+def _baseline(model: Any, tokenizer: Any, task_dir: Path) -> dict[str, Any]:
+    from unlearnspec.evaluation import evaluate_model
+    from unlearnspec.spec import EvalSpec, EvalTaskSpec
+
+    spec = EvalSpec(tasks=[EvalTaskSpec(name=t, num_fewshot=0) for t in TOY_TASKS], batch_size=32)
+    result = evaluate_model(model, tokenizer, spec, [task_dir])
+    return {task: m.model_dump(mode="json") for task, m in result.metrics.items()}
+
+
+def shipped_tasks_current(config_path: Optional[Path] = None) -> bool:
+    """True when plugins/toy holds exactly the generator's task files for the config."""
+    return folder_matches(generate_world(load_config(config_path)), SHIPPED_TASKS)
