@@ -95,6 +95,8 @@ class Profile(_Section):
     """Output dirs `runs/x` become `<output_prefix>/x`, so toy runs never mix with real ones."""
     drop_recorded_baseline: bool = True
     """Drop the spec's recorded baseline numbers (they belong to the real model)."""
+    threads: Optional[int] = Field(default=None, gt=0)
+    """torch CPU threads for runs through this profile (tiny models on a shared CPU run faster on one)."""
 
 
 def default_toy_profile() -> Path:

@@ -75,6 +75,10 @@ def toy_world(options: RunOptions) -> Any:
     if options.profile is None:
         return None
     profile = load_profile(options.profile)
+    if profile.threads is not None:
+        import torch
+
+        torch.set_num_threads(profile.threads)
     from unlearnspec.toy.build import ensure_toy_world
 
     world = (options.profile.parent / profile.world) if profile.world else None
@@ -150,7 +154,10 @@ class _ProgressCallback:
 
 
 def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: RunOptions, world: Any,
-                extra_callbacks: list[Any] = ()) -> Any:
+                extra_callbacks: list[Any] = (), setup: Optional[Callable[[Any], None]] = None,
+                exact_replay: bool = False) -> Any:
+    """Train one sweep point. `exact_replay` (MAGIC runs) trains with the replay attention kernel and
+    the full-logits loss, so the recorded run is exactly what the reverse pass differentiates."""
     import torch
     from transformers import TrainerCallback
 
@@ -159,6 +166,10 @@ def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: R
 
     torch.manual_seed(spec.training.seed)
     model = load_model(spec.model, dropout=spec.training.dropout, toy=world)
+    if exact_replay:
+        from unlearnspec.magic.attention import use_replay_attention
+
+        use_replay_attention(model)
     if spec.lora is not None:
         model = apply_lora(model, spec.lora)
     n = prep.grid.input_ids.shape[0]
@@ -179,7 +190,10 @@ def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: R
         optimizers=(optimizer, scheduler),
         callbacks=callbacks,
         normalizer=spec.loss.normalizer,
+        fused_head=not exact_replay,
     )
+    if setup is not None:
+        setup(trainer)
     try:
         trainer.train()
     finally:

@@ -134,9 +134,10 @@ def checked_scores(
         raise _fail(path, f"{where}: the alignment is unknown (no `alignment` in the spec, none in the sidecar). Declare `alignment: target` or `input`; it is never guessed.")
     if "N" in side and side["N"] != t.shape[0] or "S" in side and side["S"] != s_scores:
         raise _fail(path, f"{where}: the sidecar says N={side.get('N')}, S={side.get('S')} but the tensor is {list(t.shape)}.")
-    if "fingerprint" in side:
+    recorded_fp = side.get("data_fingerprint", side.get("fingerprint"))
+    if recorded_fp is not None:
         expected = fingerprint if s_scores == s_data else fingerprint_at(s_scores)
-        if side["fingerprint"] != expected:
+        if recorded_fp != expected:
             raise _fail(
                 path,
                 f"{where}: data fingerprint mismatch: the scores were computed on other tokens (another corpus, row choice, "

@@ -341,7 +341,7 @@ class QuerySpec(_Section):
     num_fewshot: int = Field(default=0, ge=0)
     """Few-shot examples in the query prompt."""
     limit: Optional[int] = Field(default=None, gt=0)
-    """Use only the first `limit` questions."""
+    """Use only the first `limit` questions of each leaf task (as lm-eval's --limit)."""
     batch_size: PositiveInt = 8
     """Questions per forward pass in the query gradient."""
 
@@ -507,6 +507,12 @@ class Spec(_Section):
             raise SpecRuleError(("lora",), "MAGIC scores are computed for full fine-tuning; remove `lora`.")
         if self.tokens.mode != "all":
             raise SpecRuleError(("tokens", "mode"), "a MAGIC spec scores the all-tokens run; set `tokens.mode: all`.")
+        if self.loss.normalizer != "valid":
+            raise SpecRuleError(
+                ("loss", "normalizer"),
+                f"MAGIC differentiates w * CE / D with D independent of the weights; `{self.loss.normalizer}` depends on "
+                "them. Use `normalizer: valid`.",
+            )
 
     @property
     def produces_scores(self) -> bool:

@@ -14,7 +14,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
-from unlearnspec.loss import Normalizer, normalizer_count
+from unlearnspec.loss import Normalizer, normalizer_count, token_nll
 from unlearnspec.spec import TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
@@ -137,7 +137,7 @@ class WeightedSFTTrainer(SFTTrainer):
 
     loss_is_scaled_for_ga = True  # divided by the window's normalizer already
 
-    def __init__(self, *args: Any, normalizer: Normalizer = "valid", **kwargs: Any):
+    def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True, **kwargs: Any):
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
         super().__init__(*args, **kwargs)
@@ -145,6 +145,9 @@ class WeightedSFTTrainer(SFTTrainer):
 
         self.remove_callback(PrinterCallback)  # the runner reports progress itself
         self.normalizer: Normalizer = normalizer
+        # TRL's fused LM head computes log-probs in float32 without building the logits (fast, lean);
+        # MAGIC runs use the full logits and loss.token_nll so training is exactly what the replay computes.
+        self.fused_head = fused_head
         self.batch_listeners: list[BatchListener] = []
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
@@ -160,8 +163,12 @@ class WeightedSFTTrainer(SFTTrainer):
         weights = inputs.pop("token_weights")
         inputs.pop("row_id", None)
         labels = inputs["labels"]
-        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
-        nll = -outputs.log_probs  # [B, S-1], aligned with labels[:, 1:], 0 where ignored
+        if self.fused_head:
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+            nll = -outputs.log_probs  # [B, S-1], aligned with labels[:, 1:], 0 where ignored
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            nll = token_nll(outputs.logits, labels)
         denominator = num_items_in_batch
         if denominator is None:
             denominator = normalizer_count(labels, weights, self.normalizer)

@@ -1,0 +1,75 @@
+"""MagicCallback: records the WeightedSFTTrainer's SGD trajectory for the exact reverse pass.
+
+Hyperparameters come in `__init__`; model-dependent state is built in `on_train_begin`, where every
+setup the reverse pass cannot differentiate (Adam, momentum, clipping, dropout, half precision,
+packing) is refused before the first step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from transformers import TrainerCallback
+
+from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args
+from unlearnspec.magic.trajectory import DiskStore, RamStore, Schedule, Trajectory, TrajectoryRecorder
+
+
+class MagicCallback(TrainerCallback):
+    """Record parameters (per the checkpoint schedule), batches by row id and every step's lr.
+
+    Use: `cb = MagicCallback(T, "sqrt"); trainer.add_callback(cb); cb.attach(trainer); trainer.train()`,
+    then `cb.trajectory` feeds `magic_scores`.
+    """
+
+    def __init__(self, total_steps: int, schedule: Schedule = "sqrt", storage: str = "ram",
+                 storage_dir: Optional[Path] = None, precision: str = "fp32", dropout: float = 0.0):
+        if storage == "disk" and storage_dir is None:
+            raise ValueError("storage 'disk' needs storage_dir")
+        self.total_steps = total_steps
+        self.schedule: Schedule = schedule
+        self.storage = storage
+        self.storage_dir = storage_dir
+        self.precision = precision
+        self.dropout = dropout
+        self.recorder: Optional[TrajectoryRecorder] = None
+        self.trajectory: Optional[Trajectory] = None
+        self._params: dict[str, torch.Tensor] = {}
+        self._pending: list[torch.Tensor] = []
+        self._attached = False
+
+    def attach(self, trainer: Any) -> None:
+        """Listen to the row ids of each optimizer step's micro-batches (fetched before the step begins)."""
+        trainer.batch_listeners.append(self._on_batches)
+        self._attached = True
+
+    def _on_batches(self, batches: list[dict[str, torch.Tensor]], count: torch.Tensor) -> None:
+        self._pending = [b["row_id"].detach().cpu() for b in batches]
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if not self._attached:
+            raise RuntimeError("MagicCallback.attach(trainer) must be called before training")
+        check_training_args(max_grad_norm=args.max_grad_norm or None, packing=bool(getattr(args, "packing", False)),
+                            precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision, dropout=self.dropout)
+        self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        weight_decay = check_optimizer(inner, self._params)
+        check_model_replayable(model, self._params)
+        store = DiskStore(self.storage_dir) if self.storage == "disk" else RamStore()
+        self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay)
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        assert self.recorder is not None
+        lrs = {group["lr"] for group in optimizer.param_groups}
+        if len(lrs) != 1:
+            raise ValueError(f"parameter groups have different learning rates {sorted(lrs)}; MAGIC assumes one")
+        self.recorder.begin_step(self._params, lrs.pop())
+        for rows in self._pending:
+            self.recorder.add_micro_batch(rows)
+        self._pending = []
+
+    def on_train_end(self, args, state, control, **kwargs):
+        assert self.recorder is not None
+        self.trajectory = self.recorder.finish(self._params)

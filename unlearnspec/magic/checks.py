@@ -1,0 +1,128 @@
+"""Refuse setups the exact SGD reverse pass cannot differentiate, before any training starts.
+
+Each error says what to change. Spec-level rules live in `spec.Spec._magic_rules`; these check the
+live objects (model, optimizer, trainer arguments) that a spec cannot see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+import torch
+from torch import nn
+
+from unlearnspec.errors import UserError
+
+_SOURCE = "magic"
+REPLAY_DTYPES = (torch.float32, torch.float64)
+
+
+def _fail(message: str, loc: str = "") -> UserError:
+    return UserError.one(_SOURCE, message, loc=loc)
+
+
+def check_model_replayable(model: nn.Module, names: Iterable[str] | None = None) -> None:
+    """Parameters in float32/float64 and every dropout probability 0."""
+    params = dict(model.named_parameters())
+    if names is not None:
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise _fail(
+                f"the trajectory records parameters the model does not have: {missing[:3]}; "
+                "replay on the model that was trained."
+            )
+    for name, p in params.items():
+        if p.dtype not in REPLAY_DTYPES:
+            raise _fail(
+                f"parameter {name} is {p.dtype}; MAGIC needs float32 or float64 parameters (with bf16/fp16, SGD updates "
+                "round away and scores become noise). Load the model with dtype float32.",
+                loc="model.dtype",
+            )
+    for key, value in _dropout_settings(model):
+        if value:
+            raise _fail(
+                f"{key}={value}; MAGIC replays the run deterministically and needs every dropout at 0. "
+                "Set the config's dropout fields (and training.dropout) to 0.",
+                loc="training.dropout",
+            )
+
+
+def _is_rate(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _dropout_settings(model: nn.Module) -> list[tuple[str, float]]:
+    """Dropout rates of the config and modules; heads the LM never runs (classifier, summary) are skipped."""
+    found: list[tuple[str, float]] = []
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key, value in sorted(vars(config).items()):
+            if ("dropout" in key or key.endswith("pdrop")) and not key.startswith(("classifier", "summary")) and _is_rate(value):
+                found.append((f"config.{key}", float(value)))
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            found.append((f"{name or 'model'}.p", float(module.p)))
+        rate = getattr(module, "attention_dropout", None)
+        if _is_rate(rate):
+            found.append((f"{name or 'model'}.attention_dropout", float(rate)))  # type: ignore[arg-type]
+    return found
+
+
+def check_optimizer(
+    optimizer: torch.optim.Optimizer, named_params: Mapping[str, torch.Tensor] | None = None
+) -> float | dict[str, float]:
+    """Plain SGD only. Returns its weight decay: one value, or per name when groups differ
+    (the HF Trainer exempts biases and norm weights); per-name needs `named_params`."""
+    if type(optimizer) is not torch.optim.SGD:
+        raise _fail(
+            f"the optimizer is {type(optimizer).__name__}; the exact reverse pass is implemented for plain SGD. "
+            "Use training.optimizer.name: sgd.",
+            loc="training.optimizer.name",
+        )
+    by_id: dict[int, float] = {}
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0) or group.get("nesterov", False):
+            raise _fail(
+                "SGD momentum/nesterov is not supported by the reverse pass; set momentum: 0.",
+                loc="training.optimizer.momentum",
+            )
+        if group.get("maximize", False):
+            raise _fail("SGD(maximize=True) is not supported; minimise the loss.", loc="training.optimizer")
+        for p in group["params"]:
+            by_id[id(p)] = float(group.get("weight_decay", 0.0))
+    decays = set(by_id.values())
+    if len(decays) <= 1:
+        return decays.pop() if decays else 0.0
+    if named_params is None:
+        raise ValueError("parameter groups have different weight decays; pass named_params to map them to names")
+    missing = [n for n, p in named_params.items() if id(p) not in by_id]
+    if missing:
+        raise _fail(f"parameters {missing[:3]} are not in the optimizer; MAGIC records only what SGD updates.", loc="training")
+    return {n: by_id[id(p)] for n, p in named_params.items()}
+
+
+def check_training_args(
+    *,
+    max_grad_norm: float | None = None,
+    packing: bool = False,
+    precision: str = "fp32",
+    dropout: float = 0.0,
+) -> None:
+    """Trainer settings that change the update rule the reverse pass assumes."""
+    if max_grad_norm:
+        raise _fail(
+            f"gradient clipping (max_grad_norm={max_grad_norm}) is not differentiated by the reverse pass; unset it "
+            "(for the HF Trainer pass max_grad_norm=0 or None).",
+            loc="training.max_grad_norm",
+        )
+    if packing:
+        raise _fail(
+            "packing mixes rows inside a sequence, so per-row token scores lose their meaning; disable packing.",
+            loc="data",
+        )
+    if precision != "fp32":
+        raise _fail(
+            f"mixed precision ({precision}) is not replayed exactly; use training.precision: fp32.",
+            loc="training.precision",
+        )
+    if dropout:
+        raise _fail(f"dropout={dropout}; MAGIC needs dropout 0.", loc="training.dropout")

@@ -1,0 +1,127 @@
+"""Write score files atomically: per_token_scores.pt [N, S], per_example_scores.pt [N], scores.json.
+
+Tensors are plain float32 tensors (load with `torch.load(path, weights_only=True)`); the sidecar
+says how to read them (alignment, sign, normalizer) and what produced them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearnspec import __version__
+from unlearnspec.magic.trajectory import Trajectory
+
+SCORES_FORMAT_VERSION = 1
+PER_TOKEN_FILE = "per_token_scores.pt"
+PER_EXAMPLE_FILE = "per_example_scores.pt"
+SIDECAR_FILE = "scores.json"
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def lr_schedule_summary(lrs: Sequence[float]) -> dict[str, Any]:
+    """First/last/min/max of the per-step learning rates plus a hash of the exact list."""
+    digest = hashlib.sha256(json.dumps([float(x) for x in lrs]).encode()).hexdigest()[:16]
+    return {
+        "kind": "constant" if len(set(lrs)) == 1 else "varying",
+        "first": lrs[0],
+        "last": lrs[-1],
+        "min": min(lrs),
+        "max": max(lrs),
+        "sha256_16": digest,
+    }
+
+
+def _decay_summary(trajectory: Trajectory) -> float | dict[str, Any]:
+    decays = trajectory.decays()
+    if len(set(decays)) == 1:
+        return decays[0]
+    return {"values": sorted(set(decays)), "decayed_params": sum(1 for d in decays if d), "params": len(decays)}
+
+
+def scores_metadata(
+    scores: torch.Tensor,
+    trajectory: Trajectory,
+    *,
+    fingerprint: str,
+    query: Mapping[str, Any],
+    dtype: str,
+    lr: float | None = None,
+) -> dict[str, Any]:
+    """The sidecar contents. `query` needs task, loss and n_questions (see `QueryBatch.info`)."""
+    missing = {"task", "loss", "n_questions"} - set(query)
+    if missing:
+        raise ValueError(f"query metadata lacks {sorted(missing)}")
+    steps = trajectory.steps
+    rows = sorted({s.rows for s in steps})
+    micro = sorted({len(s.micro_batches) for s in steps})
+    lrs = trajectory.lrs
+    return {
+        "format_version": SCORES_FORMAT_VERSION,
+        "alignment": "target",
+        "sign": "d(query loss)/d(token weight); negative = training on the token lowers the query loss (proponent)",
+        "N": int(scores.shape[0]),
+        "S": int(scores.shape[1]),
+        "data_fingerprint": fingerprint,
+        "normalizer": "valid",
+        "query": {"task": query["task"], "loss": query["loss"], "n_questions": int(query["n_questions"])},
+        "optimizer": {
+            "name": "sgd",
+            "lr": float(lr) if lr is not None else max(lrs),
+            "weight_decay": _decay_summary(trajectory),
+            "momentum": 0.0,
+        },
+        "lr_schedule": lr_schedule_summary(lrs),
+        "steps": trajectory.total_steps,
+        "batch_size": rows[0] if len(rows) == 1 else rows,
+        "grad_accum": micro[0] if len(micro) == 1 else micro,
+        "dtype": dtype,
+        "checkpoints": trajectory.schedule,
+        "files": {"per_token": PER_TOKEN_FILE, "per_example": PER_EXAMPLE_FILE},
+        "unlearnspec_version": __version__,
+    }
+
+
+def write_scores(
+    out_dir: str | os.PathLike[str],
+    scores: torch.Tensor,
+    trajectory: Trajectory,
+    *,
+    fingerprint: str,
+    query: Mapping[str, Any],
+    dtype: str,
+    lr: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the three files (sidecar last, so its presence marks a complete set); returns their paths.
+    `extra` adds provenance keys to the sidecar (spec name and hash, model id, timings)."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [N, S] (got {tuple(scores.shape)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_token = scores.detach().to(torch.float32).cpu().contiguous()
+    per_example = per_token.sum(dim=1)
+    meta = scores_metadata(per_token, trajectory, fingerprint=fingerprint, query=query, dtype=dtype, lr=lr)
+    meta.update(extra or {})
+    paths = {"per_token": out / PER_TOKEN_FILE, "per_example": out / PER_EXAMPLE_FILE, "sidecar": out / SIDECAR_FILE}
+    _atomic_write(paths["per_token"], lambda p: torch.save(per_token, p))
+    _atomic_write(paths["per_example"], lambda p: torch.save(per_example, p))
+    _atomic_write(paths["sidecar"], lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    return paths

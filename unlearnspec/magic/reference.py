@@ -1,0 +1,115 @@
+"""Reference implementations: a stock torch.optim.SGD training loop that records a trajectory, and
+the unrolled autograd metagradient the reverse pass must reproduce (tests and benchmarks use both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from unlearnspec.magic.attention import replay_mode
+from unlearnspec.magic.replay import GridLike, forward_logits, replay_weighted_loss, valid_targets
+from unlearnspec.magic.reverse import Query
+from unlearnspec.magic.trajectory import Step, Trajectory, TrajectoryRecorder, WeightDecay, decay_list
+
+
+def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters SGD updates, by name (what a recorder stores)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def sgd_train(
+    model: nn.Module,
+    grid: GridLike,
+    plan: Sequence[Step],
+    *,
+    weight_decay: WeightDecay = 0.0,
+    weights: torch.Tensor | None = None,
+    recorder: TrajectoryRecorder | None = None,
+    use_replay_attention: bool = False,
+) -> Trajectory | None:
+    """Train `model` in place: per step, sum over micro-batches of weighted_token_loss / D_t, then SGD.
+
+    D_t counts the valid target tokens of the whole step (normalizer `valid`). Returns the recorded
+    trajectory when a recorder is given. `use_replay_attention` trains with the replay kernel.
+    """
+    params = trainable_params(model)
+    groups: dict[float, list[torch.Tensor]] = {}
+    for (name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
+        groups.setdefault(wd, []).append(p)
+    optimizer = torch.optim.SGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=plan[0].lr)
+    context = replay_mode(model) if use_replay_attention else nullcontext()
+    with context:
+        for step in plan:
+            if recorder is not None:
+                recorder.begin_step(params, step.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = step.lr
+            optimizer.zero_grad(set_to_none=True)
+            denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
+            for rows in step.micro_batches:
+                labels = grid.labels[rows]
+                logits = model(input_ids=grid.input_ids[rows], attention_mask=grid.attention_mask[rows], use_cache=False).logits
+                w = weights[rows] if weights is not None else torch.ones(labels.shape, dtype=logits.dtype)
+                replay_weighted_loss(logits, labels, w, denom).backward()
+                if recorder is not None:
+                    recorder.add_micro_batch(rows)
+            optimizer.step()
+    return recorder.finish(params) if recorder is not None else None
+
+
+def unrolled_query(
+    model: nn.Module,
+    grid: GridLike,
+    plan: Sequence[Step],
+    query: Query,
+    theta0: Mapping[str, torch.Tensor],
+    weights: torch.Tensor,
+    *,
+    weight_decay: WeightDecay = 0.0,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """Q(theta_T(weights)) by running the SGD steps functionally from theta0.
+
+    With `create_graph=True` the result is differentiable in `weights` through all T steps.
+    """
+    names = list(theta0)
+    decays = decay_list(weight_decay, names)
+    theta = [p.detach().clone().requires_grad_() for p in theta0.values()]
+    with replay_mode(model):
+        for step in plan:
+            denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
+            grad: list[torch.Tensor] | None = None
+            for rows in step.micro_batches:
+                logits = forward_logits(model, dict(zip(names, theta)), grid.input_ids[rows], grid.attention_mask[rows])
+                loss = replay_weighted_loss(logits, grid.labels[rows], weights[rows], denom)
+                g = list(torch.autograd.grad(loss, theta, create_graph=create_graph, materialize_grads=True))
+                grad = g if grad is None else [a + b for a, b in zip(grad, g)]
+            assert grad is not None
+            theta = [p - step.lr * (g + wd * p) for p, g, wd in zip(theta, grad, decays)]
+            if not create_graph:
+                theta = [p.detach().requires_grad_() for p in theta]
+        params = dict(zip(names, theta))
+        if hasattr(query, "parts"):
+            return torch.stack(list(query.parts(params))).sum()  # type: ignore[union-attr]
+        return query(params)  # type: ignore[operator]
+
+
+def unrolled_scores(
+    model: nn.Module,
+    grid: GridLike,
+    plan: Sequence[Step],
+    query: Query,
+    theta0: Mapping[str, torch.Tensor],
+    *,
+    weight_decay: WeightDecay = 0.0,
+) -> torch.Tensor:
+    """dQ/dw at w = 1 by full autograd through the unrolled run ([N, S], model dtype). Tiny models only."""
+    dtype = next(iter(theta0.values())).dtype
+    weights = torch.ones(grid.labels.shape, dtype=dtype, requires_grad=True)
+    q = unrolled_query(model, grid, plan, query, theta0, weights, weight_decay=weight_decay, create_graph=True)
+    (grad,) = torch.autograd.grad(q, weights)
+    return grad

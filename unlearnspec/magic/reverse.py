@@ -1,0 +1,253 @@
+"""The exact MAGIC reverse pass: per-token metagradients dQ(theta_T)/dw of a recorded plain-SGD run.
+
+v_T = grad Q(theta_T); for t = T-1..0: scores[B_t] += -lr_t * d<grad L_t(theta_t, w), v_{t+1}>/dw and
+v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}). Both come out of ONE double backward per
+micro-batch: the gradient of <grad L_t, v> with respect to (theta, w) is (H_t v, per-token terms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+import torch
+from torch import nn
+
+from unlearnspec.magic.attention import replay_mode
+from unlearnspec.magic.checks import check_model_replayable
+from unlearnspec.magic.replay import GridLike, forward_logits, replay_weighted_loss, valid_targets
+from unlearnspec.magic.trajectory import Trajectory
+
+
+class BatchedQuery(Protocol):
+    """A query loss given in parts (e.g. one per batch of questions) that sum to Q(params)."""
+
+    def parts(self, params: Mapping[str, torch.Tensor]) -> Iterable[torch.Tensor]: ...
+
+
+Query = Union[Callable[[Mapping[str, torch.Tensor]], torch.Tensor], BatchedQuery]
+
+
+@dataclass
+class ReplayStats:
+    """Cost figures of one reverse pass."""
+
+    reverse_steps: int = 0
+    recomputed_steps: int = 0
+    peak_state_copies: int = 0
+    """Most parameter states held in RAM at once: kept states in a RAM store plus recomputed/loaded ones."""
+    seconds: float = 0.0
+
+
+def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor]) -> list[torch.Tensor]:
+    """grad Q at theta, accumulated over the query's parts so only one part's graph is alive at a time."""
+    params = [p.detach().requires_grad_() for p in theta]
+    pdict = dict(zip(names, params))
+    parts = query.parts(pdict) if hasattr(query, "parts") else [query(pdict)]  # type: ignore[operator, union-attr]
+    total: list[torch.Tensor] | None = None
+    for part in parts:
+        if part.dim() != 0:
+            raise ValueError(f"the query must return a scalar loss (got shape {tuple(part.shape)})")
+        grads = list(torch.autograd.grad(part, params, materialize_grads=True))
+        total = grads if total is None else torch._foreach_add(total, grads)
+    if total is None:
+        raise ValueError("the query produced no loss")
+    return total
+
+
+class _Replay:
+    """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
+
+    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats):
+        self.model = model
+        self.grid = grid
+        self.traj = trajectory
+        self.hessian = hessian
+        self.stats = stats
+        self.names = list(trajectory.param_names)
+        self.decays = trajectory.decays()
+        self.uniform_decay = self.decays[0] if len(set(self.decays)) == 1 else None
+        self.denoms = [self._denominator(t) for t in range(trajectory.total_steps)]
+        self._live = 0
+        self._hold(0)
+
+    def _denominator(self, t: int) -> torch.Tensor:
+        step = self.traj.steps[t]
+        n = self.grid.labels.shape[0]
+        for rows in step.micro_batches:
+            if rows.min() < 0 or rows.max() >= n:
+                raise ValueError(f"step {t} names a row outside the grid of {n} rows")
+        denom = sum(int(valid_targets(self.grid.labels[rows])) for rows in step.micro_batches)
+        if denom == 0:
+            raise ValueError(f"step {t} has no valid target token; the trainer's loss would divide by zero")
+        return torch.tensor(denom)
+
+    # ------------------------------------------------------------------ state bookkeeping
+    def _hold(self, n: int = 1) -> None:
+        self._live += n
+        self.stats.peak_state_copies = max(self.stats.peak_state_copies, self.traj.store.ram_copies + self._live)
+
+    def _release(self, n: int = 1) -> None:
+        self._live -= n
+
+    def load(self, step: int) -> list[torch.Tensor]:
+        state = self.traj.store.get(step)
+        if not getattr(self.traj.store, "keeps_in_ram", False):
+            self._hold()
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"state of step {step} lacks parameters {missing[:3]}")
+        return [state[n] for n in self.names]
+
+    def unload(self, step: int) -> None:
+        if not getattr(self.traj.store, "keeps_in_ram", False):
+            self._release()
+
+    # ------------------------------------------------------------------ one step forward / backward
+    def _batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = self.grid
+        return g.input_ids[rows], g.attention_mask[rows], g.labels[rows]
+
+    def _loss(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, weights: torch.Tensor | None):
+        ids, mask, labels = self._batch(rows)
+        logits = forward_logits(self.model, dict(zip(self.names, params)), ids, mask)
+        if weights is None:
+            weights = torch.ones(labels.shape, dtype=logits.dtype)
+        return replay_weighted_loss(logits, labels, weights, denom)
+
+    def _add_decay(self, into: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
+        """into += wd * tensors, per parameter."""
+        if self.uniform_decay is not None:
+            if self.uniform_decay:
+                torch._foreach_add_(into, tensors, alpha=self.uniform_decay)
+            return
+        for a, b, wd in zip(into, tensors, self.decays):
+            if wd:
+                a.add_(b, alpha=wd)
+
+    def sgd_step(self, theta: list[torch.Tensor], t: int) -> list[torch.Tensor]:
+        """theta_{t+1} from theta_t, with torch.optim.SGD's arithmetic (grad + wd * p, then p - lr * d)."""
+        step = self.traj.steps[t]
+        params = [p.detach().requires_grad_() for p in theta]
+        grad: list[torch.Tensor] | None = None
+        for rows in step.micro_batches:
+            g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], None), params, materialize_grads=True))
+            grad = g if grad is None else torch._foreach_add(grad, g)
+        assert grad is not None
+        with torch.no_grad():
+            self._add_decay(grad, theta)
+            out = torch._foreach_add(theta, grad, alpha=-step.lr)
+        self.stats.recomputed_steps += 1
+        return out
+
+    def reverse_step(self, theta: list[torch.Tensor], v: list[torch.Tensor], t: int, scores: torch.Tensor) -> None:
+        """Add step t's per-token terms to `scores` and turn v_{t+1} into v_t in place."""
+        step, denom = self.traj.steps[t], self.denoms[t]
+        need_hv = self.hessian and t > 0  # v_0 is never used
+        params = [p.detach().requires_grad_() for p in theta]
+        hv: list[torch.Tensor] | None = None
+        for rows in step.micro_batches:
+            weights = torch.ones(self.grid.labels[rows].shape, dtype=scores.dtype, requires_grad=True)
+            loss = self._loss(params, rows, denom, weights)
+            grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
+            dot = torch.stack([(g * d).sum() for g, d in zip(grads, v)]).sum()
+            inputs = params + [weights] if need_hv else [weights]
+            outs = torch.autograd.grad(dot, inputs, materialize_grads=True)
+            scores.index_add_(0, rows, outs[-1].detach(), alpha=-step.lr)
+            if need_hv:
+                part = [o.detach() for o in outs[:-1]]
+                hv = part if hv is None else torch._foreach_add(hv, part)
+        if t > 0:
+            with torch.no_grad():
+                if hv is None:  # hessian=False: only the weight-decay part of the adjoint update
+                    hv = [torch.zeros_like(x) for x in v]
+                self._add_decay(hv, v)
+                torch._foreach_add_(v, hv, alpha=-step.lr)
+        self.stats.reverse_steps += 1
+
+    # ------------------------------------------------------------------ segment strategies
+    def reverse_linear(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
+        """Recompute theta_{a+1..b-1} once, keep them, then reverse b-1..a (the `all`/`sqrt` schedules)."""
+        states = [theta_a]
+        for t in range(a, b - 1):
+            states.append(self.sgd_step(states[-1], t))
+            self._hold()
+        for t in range(b - 1, a - 1, -1):
+            self.reverse_step(states.pop(), v, t, scores)
+            if t > a:
+                self._release()
+
+    def reverse_bisect(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
+        """Recursive halving (the `log` schedule): O(log) live states, O(n log n) recomputed steps."""
+        if b - a == 1:
+            self.reverse_step(theta_a, v, a, scores)
+            return
+        mid = (a + b) // 2
+        theta = theta_a
+        for t in range(a, mid):
+            nxt = self.sgd_step(theta, t)
+            if theta is not theta_a:
+                self._release()
+            theta = nxt
+            self._hold()
+        self.reverse_bisect(mid, b, theta, v, scores)
+        del theta
+        self._release()
+        self.reverse_bisect(a, mid, theta_a, v, scores)
+
+
+def magic_scores(
+    model: nn.Module,
+    grid: GridLike,
+    trajectory: Trajectory,
+    query: Query,
+    *,
+    hessian: bool = True,
+    dtype: torch.dtype | None = torch.float32,
+    stats: ReplayStats | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Per-token scores dQ/dw [N, S] in target alignment (exactly 0 at column 0, pads, ignored labels).
+
+    Computed in the parameters' dtype and returned as `dtype` (None keeps the compute dtype).
+    `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
+    `unlearnspec.query.QueryLoss`. The checkpoint schedule and storage are the trajectory's.
+    `hessian=False` drops the H v term (first-order scores); it exists for the mutation test.
+    """
+    stats = stats if stats is not None else ReplayStats()
+    started = time.perf_counter()
+    check_model_replayable(model, trajectory.param_names)
+    n, s = grid.labels.shape
+    if grid.input_ids.shape != (n, s) or grid.attention_mask.shape != (n, s):
+        raise ValueError("input_ids, attention_mask and labels must all be [N, S]")
+    total = trajectory.total_steps
+    kept = [k for k in trajectory.store.steps() if k < total]
+    if not kept or kept[0] != 0 or total not in trajectory.store.steps():
+        raise ValueError("the trajectory must hold theta_0 and theta_T; record with TrajectoryRecorder")
+
+    with replay_mode(model):
+        replay = _Replay(model, grid, trajectory, hessian, stats)
+        theta_final = replay.load(total)
+        compute_dtype = theta_final[0].dtype
+        v = [g.detach() for g in query_gradient(query, replay.names, theta_final)]
+        del theta_final
+        replay.unload(total)
+        scores = torch.zeros(n, s, dtype=compute_dtype)
+        bounds = kept + [total]
+        done = 0
+        for j in range(len(kept) - 1, -1, -1):
+            a, b = bounds[j], bounds[j + 1]
+            theta_a = replay.load(a)
+            if trajectory.schedule == "log":
+                replay.reverse_bisect(a, b, theta_a, v, scores)
+            else:
+                replay.reverse_linear(a, b, theta_a, v, scores)
+            del theta_a
+            replay.unload(a)
+            done += b - a
+            if progress is not None:
+                progress(done, total)
+    stats.seconds = time.perf_counter() - started
+    return scores if dtype is None else scores.to(dtype)
