@@ -348,3 +348,17 @@ def test_cli_bad_arguments_are_short_errors():
     for args in (("nope/",), ("specs/fixed/", "--format", "xml"), ("specs/fixed/", "--lr-factor", "0.5")):
         out = _cli(*args)
         assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.strip()
+
+
+def test_doctor_through_the_toy_profile_reads_toy_outputs_and_skips_recorded_numbers():
+    from unlearnspec.doctor.context import Workspace
+    from unlearnspec.profile import default_toy_profile
+
+    from .conftest import SPECS
+
+    ws = Workspace(default_toy_profile())
+    entry = ws.spec(SPECS / "exp7_all_tokens.yaml")
+    assert entry.spec is not None and entry.spec.output.dir == "runs/toy/exp7_all_tokens"
+    assert entry.spec.model.toy == "tiny-neox"
+    assert ws.reference(entry) is None
+    assert Workspace().reference(Workspace().spec(SPECS / "exp7_all_tokens.yaml")) is not None

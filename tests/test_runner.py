@@ -126,3 +126,28 @@ def test_missing_scores_name_the_producer_and_command(toy_world, tmp_path):
     proc = _run(["run", "specs/exp4_negative_only.yaml", "--profile", str(profile), "--no-report"], _env(toy_world), cwd=project)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "specs/magic/magic_wmdp.yaml" in proc.stderr and "unlearnspec run specs/magic/magic_wmdp.yaml" in proc.stderr
+
+
+def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
+    """The score specs an experiment names are produced first under --toy; their scores steer the run."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "specs", project / "specs")
+    shutil.copytree(REPO / "plugins", project / "plugins")
+    (project / "pyproject.toml").write_text("")  # project root: runs/ go here, not into the repo
+    args = ["run", "specs/exp5_selective.yaml", "--toy", "--no-report", "--set", "training.lr=[1.0e-4]",
+            "--set", "eval.tasks.0.limit=50", "--set", "eval.tasks.1.limit=50"]
+    proc = _run(args, _env(toy_world), cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for producer in ("magic_wmdp", "magic_mmlu"):
+        side = json.loads((project / "runs/toy/magic" / producer / "scores.json").read_text())
+        assert side["alignment"] == "target" and side["query"]["loss"] == "answer_continuation"
+        assert side["N"] == 250 and side["S"] == 64 and side["dtype"] == "float32"
+    results = json.loads((project / "runs/toy/exp5_selective/results.json").read_text())
+    stats = results["runs"][0]["token_stats"]
+    assert results["runs"][0]["status"] == "ok"
+    assert 0.0 < stats["selected_fraction"] < 1.0 and stats["ascending_tokens"] == 0
+    assert stats["per_token_lr_factor"] == pytest.approx(1 / stats["selected_fraction"])
+    # a rerun reuses the scores and the finished point
+    again = _run(args, _env(toy_world), cwd=project)
+    assert again.returncode == 0 and "scores already computed" not in again.stdout  # producers not even loaded
+    assert "already ok; skipped" in again.stdout

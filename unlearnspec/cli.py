@@ -32,7 +32,10 @@ ProfileOption = typer.Option(None, "--profile", help="Map the spec through this 
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Tables are wide: when output goes to a file or CI log, don't squeeze them into 80 columns.
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def render_problems(problems: list[Problem], title: str = "error") -> None:
@@ -168,6 +171,8 @@ def doctor(
     format: str = typer.Option("table", "--format", help="table | json."),
     strict: bool = typer.Option(False, "--strict", help="Count warnings as errors (exit 2)."),
     lr_factor: float = typer.Option(1.25, "--lr-factor", help="Flag a per-token LR ratio to the control above this."),
+    toy: bool = ToyOption,
+    profile: Optional[Path] = ProfileOption,
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
     masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls.
@@ -179,7 +184,7 @@ def doctor(
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
-    findings, count = diagnose(paths, lr_factor)
+    findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile))
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:

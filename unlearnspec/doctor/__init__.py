@@ -8,7 +8,7 @@ Imports no torch/transformers/lm_eval: it reads YAML and JSON only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Optional, Iterable
 
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
@@ -28,8 +28,10 @@ from unlearnspec.specfile import find_spec_files, is_profile_path
 DEFAULT_LR_FACTOR = 1.25
 
 
-def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR) -> tuple[list[Finding], int]:
-    """All findings for the spec files under `paths` (profiles skipped) and how many specs were read."""
+def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
+             profile: Optional[Path] = None) -> tuple[list[Finding], int]:
+    """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
+    With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked."""
     if not lr_factor >= 1.0:
         raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
     files, problems = find_spec_files(paths)
@@ -38,7 +40,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR) 
     files = [f for f in files if not is_profile_path(f)]
     if not files:
         raise UserError([Problem(" ".join(map(str, paths)), "", "no .yaml/.yml spec files found.")])
-    ws = Workspace()
+    ws = Workspace(profile)
     findings: list[Finding] = []
     for path in files:
         entry = ws.spec(path)

@@ -47,7 +47,8 @@ class Entry:
 class Workspace:
     """Caches specs, sidecars, results and references by resolved path."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: Optional[Path] = None) -> None:
+        self.profile = profile
         self._specs: dict[Path, Entry] = {}
         self._sidecars: dict[Path, Optional[dict[str, Any]]] = {}
         self._results: dict[Path, Optional[tuple[Results, Path]]] = {}
@@ -56,7 +57,7 @@ class Workspace:
         key = path.resolve()
         if key not in self._specs:
             try:
-                self._specs[key] = Entry(path, load_spec(path, check_refs=False), None)
+                self._specs[key] = Entry(path, load_spec(path, profile=self.profile, check_refs=False), None)
             except UserError as exc:
                 self._specs[key] = Entry(path, None, exc)
         return self._specs[key]
@@ -108,8 +109,8 @@ class Workspace:
         return self._results[key]
 
     def reference(self, entry: Entry) -> Optional[ReferenceFile]:
-        if entry.spec is None:
-            return None
+        if entry.spec is None or self.profile is not None:
+            return None  # recorded numbers belong to the real model, not to a profile's world
         try:
             return find_reference(project_root(entry.path), entry.spec.name)
         except UserError:
