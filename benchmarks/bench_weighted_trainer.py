@@ -2,7 +2,7 @@
 
 Same GPT-NeoX (4 layers, d=128, seq 128, batch 8) and data, alternated in one process for several
 rounds. Last line: `weighted_over_stock=<median over rounds of the ratio of median step times>`.
-Target: <= 1.03. Usage: python benchmarks/bench_weighted_trainer.py [--rounds 5] [--steps 12]
+Target: <= 1.03. Usage: python benchmarks/bench_weighted_trainer.py [--rounds 5] [--steps 12] [--threads 1]
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     import datasets
     from trl import SFTTrainer
