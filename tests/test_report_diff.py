@@ -74,4 +74,4 @@ def test_report_json_vs_reference_json(tmp_path):
 def test_bad_input_is_a_short_error(tmp_path):
     (tmp_path / "x.json").write_text("{\"hello\": 1}")
     out = _cli(str(tmp_path / "x.json"), str(tmp_path / "x.json"))
-    assert out.returncode == 2 and "not a report JSON" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "not a valid report JSON" in out.stderr and "Traceback" not in out.stderr

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -161,21 +161,30 @@ def save_results(results: Results, folder: Path) -> Path:
     return path
 
 
-def load_results(path: Path) -> Results:
-    """Read results.json (or a folder holding one); a wrong file is a UserError, not a traceback."""
-    path = path / RESULTS_FILE if path.is_dir() else path
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_json_model(path: Path, cls: type[M], what: str, missing: str, fix: str) -> M:
+    """Read a JSON file into a Pydantic model; every failure is a UserError naming the file and the fix."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError.one(str(path), "no results.json here; run the spec first (`unlearnspec run SPEC`).") from None
+        raise UserError.one(str(path), missing) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError.one(str(path), f"cannot read results: {exc}. Rerun the spec to rewrite it.") from None
+        raise UserError.one(str(path), f"cannot read the {what}: {exc}. {fix}") from None
     try:
-        return Results.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise UserError.one(str(path), f"not a valid results.json ({loc}: {first['msg']}). Rerun the spec to rewrite it.") from None
+        raise UserError.one(str(path), f"not a valid {what} ({loc}: {first['msg']}). {fix}") from None
+
+
+def load_results(path: Path) -> Results:
+    """Read results.json (or a folder holding one); a wrong file is a UserError, not a traceback."""
+    path = path / RESULTS_FILE if path.is_dir() else path
+    return read_json_model(path, Results, "results.json", "no results.json here; run the spec first (`unlearnspec run SPEC`).",
+                           "Rerun the spec to rewrite it.")
 
 
 def load_samples(results_dir: Path, record: EvalRecord) -> Optional[dict[str, list[int]]]:

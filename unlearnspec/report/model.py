@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from unlearnspec.errors import UserError
+from unlearnspec.results import read_json_model
 from unlearnspec.stats import TestName
 
 REPORT_FORMAT = 1
@@ -139,15 +139,4 @@ def dumps(table: ReportTable) -> str:
 
 
 def load_report(path: Path) -> ReportTable:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError.one(str(path), "file not found.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError.one(str(path), f"cannot read the report: {exc}") from None
-    try:
-        return ReportTable.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError.one(str(path), f"not a report JSON ({loc}: {first['msg']}). Rewrite it with `unlearnspec report`.") from None
+    return read_json_model(path, ReportTable, "report JSON", "file not found.", "Rewrite it with `unlearnspec report`.")
