@@ -151,3 +151,17 @@ def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     again = _run(args, _env(toy_world), cwd=project)
     assert again.returncode == 0 and "scores already computed" not in again.stdout  # producers not even loaded
     assert "already ok; skipped" in again.stdout
+
+
+def test_diverging_point_is_recorded_and_the_sweep_goes_on(toy_world, tmp_path):
+    out = tmp_path / "exp7"
+    args = ["run", EXP7, "--toy", "--out", str(out), "--set", "training.lr=[1.0e+4, 1.0e-5]",
+            "--set", "eval.tasks.0.limit=50", "--set", "eval.tasks.1.limit=50", "--reports-dir", str(tmp_path / "reports")]
+    proc = _run(args, _env(toy_world))
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a failed point is not a user error
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["failed", "ok"]
+    assert "non-finite loss" in runs[0]["reason"] and runs[0]["metrics"] == {}
+    assert not (out / runs[0]["run_dir"] / "samples.json").exists()  # nothing evaluated from a broken model
+    report = (tmp_path / "reports" / "exp7_all_tokens.md").read_text()
+    assert "failed: non-finite loss" in report

@@ -202,7 +202,18 @@ def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: R
     return trainer
 
 
-def evaluate(spec: Spec, model: Any, tokenizer: Any, spec_path: Path, world: Any) -> Any:
+def evaluate(spec: Spec, model: Any, tokenizer: Any, spec_path: Path, world: Any, progress: Any = None) -> Any:
+    """lm-eval on the in-memory model, with an (indeterminate) progress line while it runs."""
+    assert spec.eval is not None
+    task = progress.add_task(f"evaluate {', '.join(t.name for t in spec.eval.tasks)}", total=None) if progress else None
+    try:
+        return _evaluate(spec, model, tokenizer, spec_path, world)
+    finally:
+        if task is not None:
+            progress.remove_task(task)
+
+
+def _evaluate(spec: Spec, model: Any, tokenizer: Any, spec_path: Path, world: Any) -> Any:
     from unlearnspec.evaluation import evaluate_model
 
     assert spec.eval is not None
@@ -239,7 +250,7 @@ def run_point(spec: Spec, resolved: dict[str, Any], spec_path: Path, prep: Prepa
             record["train_seconds"] = time.perf_counter() - start
             write_json(tmp / "log_history.json", trainer.state.log_history)
             start = time.perf_counter()
-            result = evaluate(spec, merged_for_eval(trainer.model, spec.lora), prep.tokenizer, spec_path, world)
+            result = evaluate(spec, merged_for_eval(trainer.model, spec.lora), prep.tokenizer, spec_path, world, options.progress)
             record["eval_seconds"] = time.perf_counter() - start
             write_json(tmp / "eval.json", result.to_json())
             write_json(tmp / SAMPLES_FILE, result.samples)
@@ -274,7 +285,7 @@ def baseline(spec: Spec, spec_path: Path, out: Path, prep: Prepared, world: Any,
     else:
         options.say("[baseline] evaluating the base model")
         model = load_model(spec.model, toy=world)
-        result = evaluate(spec, model, prep.tokenizer, spec_path, world)
+        result = evaluate(spec, model, prep.tokenizer, spec_path, world, options.progress)
         write_json(cached, result.to_json())
     write_json(out / "baseline" / "eval.json", result.to_json())
     write_json(out / "baseline" / SAMPLES_FILE, result.samples)
