@@ -165,3 +165,13 @@ def test_diverging_point_is_recorded_and_the_sweep_goes_on(toy_world, tmp_path):
     assert not (out / runs[0]["run_dir"] / "samples.json").exists()  # nothing evaluated from a broken model
     report = (tmp_path / "reports" / "exp7_all_tokens.md").read_text()
     assert "failed: non-finite loss" in report
+
+
+def test_a_toy_run_dir_spec_reruns_without_double_scaling(toy_world, tmp_path):
+    from unlearnspec.profile import default_toy_profile
+    from unlearnspec.specfile import dump_spec, load_spec
+
+    mapped = load_spec(REPO / EXP7, profile=default_toy_profile())
+    (tmp_path / "spec.yaml").write_text(dump_spec(mapped))
+    again = load_spec(tmp_path / "spec.yaml", profile=default_toy_profile())
+    assert again == mapped  # the profile maps real specs only; a mapped spec passes through unchanged

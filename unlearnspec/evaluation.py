@@ -7,7 +7,10 @@ evaluation in the middle of a run leaves the run unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
+import logging
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -148,6 +151,20 @@ def _is_dataset_error(exc: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- evaluation
+@contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """Silence lm-eval's per-task notices and progress bars (tqdm writes to stderr); errors still raise."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+
 def evaluate_model(model: Any, tokenizer: Any, eval_spec: EvalSpec, include_paths: Sequence[Path]) -> EvalResult:
     """Evaluate `model` (a transformers causal LM) on the spec's tasks with lm-eval in-process.
 
@@ -183,7 +200,8 @@ def _evaluate(model: Any, tokenizer: Any, eval_spec: EvalSpec, include_paths: Se
 
     names = [t.name for t in eval_spec.tasks]
     tm = task_manager(names, include_paths)
-    loaded = {t.name: _load(tm, t.name) for t in eval_spec.tasks}
+    with quiet_lm_eval():
+        loaded = {t.name: _load(tm, t.name) for t in eval_spec.tasks}
 
     objects: list[Any] = []
     samples_request: dict[str, list[int]] = {}
@@ -204,19 +222,20 @@ def _evaluate(model: Any, tokenizer: Any, eval_spec: EvalSpec, include_paths: Se
 
     was_training = bool(getattr(model, "training", False))
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=eval_spec.batch_size, device=str(model.device))
-        res = simple_evaluate(
-            model=lm,
-            tasks=objects,
-            task_manager=tm,
-            samples=samples_request or None,
-            bootstrap_iters=eval_spec.bootstrap_iters,
-            log_samples=True,
-            random_seed=None,
-            numpy_random_seed=None,
-            torch_random_seed=None,
-            fewshot_random_seed=FEWSHOT_SEED,
-        )
+        with quiet_lm_eval():
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=eval_spec.batch_size, device=str(model.device))
+            res = simple_evaluate(
+                model=lm,
+                tasks=objects,
+                task_manager=tm,
+                samples=samples_request or None,
+                bootstrap_iters=eval_spec.bootstrap_iters,
+                log_samples=True,
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+                fewshot_random_seed=FEWSHOT_SEED,
+            )
     finally:
         if was_training:
             model.train()

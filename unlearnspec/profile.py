@@ -162,6 +162,11 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
     if not isinstance(profile, Profile):
         raise UserError.one(str(profile_path), "this is a toy-world config, not a mapping profile; use specs/profiles/toy.yaml.")
     out = copy.deepcopy(data)
+    model = out.get("model")
+    if isinstance(model, dict) and model.get("toy") is not None:
+        # Already a toy-world spec (e.g. the resolved spec.yaml of a toy run dir): mapping it again
+        # would scale N, max_seq_len, steps and LRs twice. Its producers are still mapped when loaded.
+        return out
     where = f"{spec_path} (through profile {profile_path})"
 
     def section(name: str) -> dict[str, Any]:

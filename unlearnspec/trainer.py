@@ -124,7 +124,13 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
         average_tokens_across_devices=True,
     )
     kwargs.update(overrides)
-    return SFTConfig(**kwargs)
+    try:
+        return SFTConfig(**kwargs)
+    except ValueError as exc:  # e.g. bf16/fp16 autocast requested on a machine that cannot run it
+        from unlearnspec.errors import UserError
+
+        raise UserError.one("training", f"the trainer refused these settings: {str(exc).splitlines()[0][:240]}. "
+                            "Check training.precision for this machine.", loc="training.precision") from None
 
 
 class WeightedSFTTrainer(SFTTrainer):
