@@ -11,7 +11,9 @@ import contextlib
 import difflib
 import io
 import logging
+import os
 import random
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,10 +159,20 @@ def quiet_lm_eval() -> Iterator[None]:
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    # lm-eval also shells out to `git describe` for its env info; outside a git checkout that
+    # prints "fatal: not a git repository" on file descriptor 2, which redirect_stderr cannot catch.
+    saved_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        os.close(devnull)
         logger.setLevel(level)
 
 
