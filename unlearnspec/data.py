@@ -11,7 +11,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -181,5 +181,3 @@ def load_grid(
     chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer, toy)
     return build_grid(chosen, tokenizer, data.max_seq_len, tokenizer_id, data.append_eos, rows)
 
-
-FingerprintAt = Callable[[int], str]

@@ -27,7 +27,7 @@ def _done(out: Path, digest: str) -> bool:
 
 
 def run_magic_spec(spec: Spec, spec_path: Path, options: Any) -> Results:
-    from unlearnspec.runner import output_dir, prepare, toy_world, train_point
+    from unlearnspec.runner import output_dir
 
     assert spec.magic is not None
     out = output_dir(spec, spec_path, options)
@@ -38,7 +38,7 @@ def run_magic_spec(spec: Spec, spec_path: Path, options: Any) -> Results:
     if _done(out, digest):
         options.say(f"[{spec.name}] scores already computed in {out}; skipped")
     else:
-        record = _produce(spec, spec_path, options, out, digest, lr, prepare, toy_world, train_point)
+        record = _produce(spec, spec_path, options, out, digest, lr)
     results = Results(
         spec=SpecInfo(name=spec.name, hash=digest, path=str(spec_path),
                       profile=options.profile.stem if options.profile else None),
@@ -49,9 +49,10 @@ def run_magic_spec(spec: Spec, spec_path: Path, options: Any) -> Results:
     return results
 
 
-def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, lr: float,
-             prepare: Any, toy_world: Any, train_point: Any) -> RunRecord:
+def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, lr: float) -> RunRecord:
     import torch
+
+    from unlearnspec.runner import prepare, toy_world, train_point
 
     from unlearnspec.magic import magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback

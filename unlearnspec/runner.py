@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,19 +139,15 @@ def prepare(spec: Spec, spec_path: Path, options: RunOptions, world: Any) -> Pre
 
 
 # --------------------------------------------------------------------------- one point
-class _ProgressCallback:
-    """Advances a rich progress task each optimizer step (duck-typed TrainerCallback)."""
+def _progress_callback(progress: Any, task: Any) -> Any:
+    """A TrainerCallback that advances a rich progress task each optimizer step."""
+    from transformers import TrainerCallback
 
-    def __init__(self, progress: Any, task: Any):
-        self.progress, self.task = progress, task
+    class ProgressCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            progress.update(task, completed=state.global_step)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.progress.update(self.task, completed=state.global_step)
+    return ProgressCallback()
 
 
 def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: RunOptions, world: Any,
@@ -159,7 +156,6 @@ def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: R
     """Train one sweep point. `exact_replay` (MAGIC runs) trains with the replay attention kernel and
     the full-logits loss, so the recorded run is exactly what the reverse pass differentiates."""
     import torch
-    from transformers import TrainerCallback
 
     from unlearnspec.modeling import apply_lora, load_model
     from unlearnspec.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, sft_config, total_steps
@@ -180,8 +176,7 @@ def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: R
     task = None
     if options.progress is not None:
         task = options.progress.add_task(f"train lr={lr:g}", total=steps)
-        cb = _ProgressCallback(options.progress, task)
-        callbacks.append(type("ProgressCallback", (TrainerCallback,), {"on_step_end": cb.on_step_end})())
+        callbacks.append(_progress_callback(options.progress, task))
     trainer = WeightedSFTTrainer(
         model=model,
         args=sft_config(spec.training, lr, workdir / "trainer", n),
@@ -224,17 +219,13 @@ def _evaluate(spec: Spec, model: Any, tokenizer: Any, spec_path: Path, world: An
     return evaluate_model(model, tokenizer, spec.eval, include)
 
 
-def _hparams(lr: float) -> dict[str, float]:
-    return {"lr": lr}
-
-
 def run_point(spec: Spec, resolved: dict[str, Any], spec_path: Path, prep: Prepared, lr: float, final: Path,
               options: RunOptions, world: Any, digest: str) -> dict[str, Any]:
     from unlearnspec.modeling import merged_for_eval
     from unlearnspec.trainer import TrainingDiverged
 
     point = f"lr={lr:g}"
-    record: dict[str, Any] = {"point": point, "hparams": _hparams(lr), "spec_hash": digest,
+    record: dict[str, Any] = {"point": point, "hparams": {"lr": lr}, "spec_hash": digest,
                               "token_stats": prep.stats.model_dump()}
     with atomic_dir(final) as tmp:
         point_spec = json.loads(json.dumps(resolved))
@@ -255,8 +246,6 @@ def run_point(spec: Spec, resolved: dict[str, Any], spec_path: Path, prep: Prepa
             write_json(tmp / "eval.json", result.to_json())
             write_json(tmp / SAMPLES_FILE, result.samples)
             record.update(status="ok", metrics={k: v.model_dump() for k, v in result.metrics.items()})
-        import shutil
-
         shutil.rmtree(tmp / "trainer", ignore_errors=True)  # HF's empty output folder
         write_json(tmp / "provenance.json", provenance(project_root(spec_path)))
         write_json(tmp / POINT_FILE, record)
