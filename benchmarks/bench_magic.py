@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from unlearnspec.loss import IGNORE_INDEX, weighted_token_loss
+from unlearnspec.train.loss import IGNORE_INDEX, weighted_token_loss
 from unlearnspec.magic import (
     ReplayStats,
     TrajectoryRecorder,
@@ -33,7 +33,7 @@ from unlearnspec.magic import (
     sgd_train,
     trainable_params,
 )
-from unlearnspec.query import QueryBatch, QueryLoss
+from unlearnspec.magic.query import QueryBatch, QueryLoss
 
 VOCAB, SEQ, BATCH, STEPS, LR = 4096, 64, 8, 20, 1e-2
 

@@ -57,10 +57,10 @@ def main() -> None:
         sidecar = json.loads((out / "scores.json").read_text())
 
     from unlearnspec.data import load_texts
-    from unlearnspec.modeling import load_tokenizer
-    from unlearnspec.profile import default_toy_profile
-    from unlearnspec.runner import RunOptions, toy_world
-    from unlearnspec.specfile import load_spec
+    from unlearnspec.train.modeling import load_tokenizer
+    from unlearnspec.spec.profile import default_toy_profile
+    from unlearnspec.run.runner import RunOptions, toy_world
+    from unlearnspec.spec.load import load_spec
 
     profile = default_toy_profile()
     spec = load_spec(spec_path, overrides=args.overrides, profile=profile)

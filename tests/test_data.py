@@ -9,7 +9,7 @@ import torch
 
 from unlearnspec.data import build_grid, chat_text, load_grid, load_texts, select_rows
 from unlearnspec.errors import UserError
-from unlearnspec.loss import IGNORE_INDEX
+from unlearnspec.train.loss import IGNORE_INDEX
 from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
 
 from .tiny import tiny_texts, tiny_tokenizer

@@ -12,7 +12,7 @@ import pytest
 
 from unlearnspec.doctor import diagnose, exit_code
 from unlearnspec.doctor.spec_rules import estimate_fraction
-from unlearnspec.rules import parse_rule
+from unlearnspec.spec.rules import parse_rule
 
 from .conftest import REPO
 from .fixtures.reportkit import answers, flip, load_yaml, make_project, token_stats, write_json_atomic, write_run
@@ -352,7 +352,7 @@ def test_cli_bad_arguments_are_short_errors():
 
 def test_doctor_through_the_toy_profile_reads_toy_outputs_and_skips_recorded_numbers():
     from unlearnspec.doctor.context import Workspace
-    from unlearnspec.profile import default_toy_profile
+    from unlearnspec.spec.profile import default_toy_profile
 
     from .conftest import SPECS
 

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
-from unlearnspec.loss import IGNORE_INDEX, token_nll, weighted_token_loss
+from unlearnspec.train.loss import IGNORE_INDEX, token_nll, weighted_token_loss
 from unlearnspec.magic import (
     DiskStore,
     ReplayStats,
@@ -29,7 +29,7 @@ from unlearnspec.magic import (
     unrolled_scores,
 )
 from unlearnspec.magic.replay import forward_logits, replay_token_nll
-from unlearnspec.query import QueryBatch, QueryLoss
+from unlearnspec.magic.query import QueryBatch, QueryLoss
 
 N, S, VOCAB = 6, 8, 50
 LR = 2.0  # large, so the Hessian term changes the scores by ~90% (asserted below)

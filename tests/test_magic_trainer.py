@@ -11,7 +11,7 @@ from unlearnspec.errors import UserError
 from unlearnspec.magic import magic_scores, register_replay_attention, sgd_train, unrolled_scores
 from unlearnspec.magic.callback import MagicCallback
 from unlearnspec.spec import TrainingSpec
-from unlearnspec.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
+from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
 
 from .tiny import tiny_model, tiny_texts, tiny_tokenizer
 

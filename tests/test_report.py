@@ -16,7 +16,7 @@ from unlearnspec.report.inputs import RunInput, find_control, report_for
 from unlearnspec.report.model import load_report
 from unlearnspec.report.reference import load_reference
 from unlearnspec.report.render import grid, headers, markdown
-from unlearnspec.results import load_results
+from unlearnspec.run.results import load_results
 
 from .conftest import REPO
 from .fixtures.reportkit import answers, copy_reference, flip, token_stats, write_run
@@ -231,7 +231,7 @@ def test_report_does_not_import_torch():
 
 
 def test_recorded_baseline_used_when_not_evaluated(tmp_path):
-    from unlearnspec.results import BaselineRecord
+    from unlearnspec.run.results import BaselineRecord
 
     write_run(tmp_path, "exp_x", None, [{"lr": 1e-5, "values": {"wmdp_bio_robust": BASE_W, "mmlu": BASE_M}}])
     results = load_results(tmp_path)

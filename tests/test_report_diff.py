@@ -9,7 +9,7 @@ from pathlib import Path
 from unlearnspec.report.build import table_from_results
 from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.model import dumps
-from unlearnspec.results import load_results
+from unlearnspec.run.results import load_results
 
 from .conftest import REPO
 from .fixtures.reportkit import write_run

@@ -15,15 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unlearnspec.errors import UserError
-from unlearnspec.specfile import (
-    apply_overrides,
-    find_spec_files,
-    is_profile_path,
-    load_spec,
-    parse_yaml,
-    validate_data,
-    validate_files,
-)
+from unlearnspec.spec.yamlio import apply_overrides, parse_yaml
+from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, validate_data, validate_files
 from unlearnspec.spec import json_schema
 
 from .conftest import REPO, SPECS
@@ -253,7 +246,7 @@ def test_overrides_are_applied_before_validation():
 # --------------------------------------------------------------------------- import hygiene
 def test_spec_modules_import_no_heavy_packages():
     code = (
-        "import sys, unlearnspec.spec, unlearnspec.specfile, unlearnspec.cli, unlearnspec.results;"
+        "import sys, unlearnspec.spec, unlearnspec.spec.load, unlearnspec.cli, unlearnspec.run.results, unlearnspec.run.plan;"
         "heavy = {'torch', 'transformers', 'trl', 'peft', 'lm_eval', 'datasets'} & set(sys.modules);"
         "print(sorted(heavy))"
     )

@@ -1,4 +1,4 @@
-"""unlearnspec.stats against hand-computed values: Wilson intervals, z test, McNemar, chance check."""
+"""unlearnspec.report.stats against hand-computed values: Wilson intervals, z test, McNemar, chance check."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from unlearnspec.stats import (
+from unlearnspec.report.stats import (
     at_chance,
     beyond_noise,
     binomial_two_sided_p,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from unlearnspec.data import build_grid
-from unlearnspec.loss import normalizer_count, token_nll, weighted_token_loss
+from unlearnspec.train.loss import normalizer_count, token_nll, weighted_token_loss
 from unlearnspec.spec import LoraSpec, TrainingSpec
-from unlearnspec.trainer import (
+from unlearnspec.train.trainer import (
     GridCollator,
     TrainingDiverged,
     WeightedSFTTrainer,
@@ -177,7 +177,7 @@ def test_weights_survive_collation_aligned_with_labels(tmp_path):
 
 
 def test_lora_changes_only_adapters_and_lowers_loss(tmp_path):
-    from unlearnspec.modeling import apply_lora
+    from unlearnspec.train.modeling import apply_lora
 
     grid = _grid(n=16)
     ones = grid.valid_targets.float()
@@ -197,7 +197,7 @@ def test_lora_changes_only_adapters_and_lowers_loss(tmp_path):
     assert changed == set()
     lora_changed = [n for n, p in trainer.model.named_parameters() if "lora_B" in n and p.detach().abs().sum() > 0]
     assert lora_changed
-    from unlearnspec.modeling import merged_for_eval
+    from unlearnspec.train.modeling import merged_for_eval
 
     merged = merged_for_eval(trainer.model, LoraSpec())
     with torch.no_grad():

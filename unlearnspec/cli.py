@@ -68,7 +68,7 @@ def resolve_profile(toy: bool, profile: Optional[Path]) -> Optional[Path]:
     if profile is not None:
         return profile
     if toy:
-        from unlearnspec.profile import default_toy_profile
+        from unlearnspec.spec.profile import default_toy_profile
 
         return default_toy_profile()
     return None
@@ -84,7 +84,7 @@ def validate(
 
     Example: [bold]unlearnspec validate specs/[/bold]
     """
-    from unlearnspec.specfile import find_spec_files, validate_files
+    from unlearnspec.spec.load import find_spec_files, validate_files
 
     files, problems = find_spec_files(paths)
     if not files and not problems:
@@ -120,7 +120,7 @@ def show(
 
     Example: [bold]unlearnspec show specs/exp7_all_tokens.yaml --toy --set training.lr=1e-3[/bold]
     """
-    from unlearnspec.specfile import dump_spec, load_spec
+    from unlearnspec.spec.load import dump_spec, load_spec
 
     resolved = load_spec(spec, overrides=set_ or [], profile=resolve_profile(toy, profile))
     sys.stdout.write(dump_spec(resolved))
@@ -213,7 +213,7 @@ def run(
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from unlearnspec.study import run_study
+    from unlearnspec.run.study import run_study
 
     code = run_study(paths, overrides=set_ or [], profile=resolve_profile(toy, profile), out=out,
                      retry_failed=retry_failed, auto_produce=toy, report=report, reports_dir=reports_dir,

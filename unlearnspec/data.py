@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from unlearnspec.errors import UserError
-from unlearnspec.loss import IGNORE_INDEX
+from unlearnspec.train.loss import IGNORE_INDEX
 from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
 
 
@@ -88,7 +88,7 @@ def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data") -
 def _load_dataset(data: DataSpec, spec_path: Path, toy: Any = None) -> Any:
     import datasets
 
-    from unlearnspec.specfile import resolve_path
+    from unlearnspec.spec.load import resolve_path
 
     try:
         if data.hub is not None:

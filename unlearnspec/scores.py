@@ -17,9 +17,9 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from unlearnspec.errors import UserError
-from unlearnspec.loss import IGNORE_INDEX, Normalizer
-from unlearnspec.results import TokenStats
-from unlearnspec.rules import evaluate, parse_rule
+from unlearnspec.train.loss import IGNORE_INDEX, Normalizer
+from unlearnspec.run.results import TokenStats
+from unlearnspec.spec.rules import evaluate, parse_rule
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 
 SCORES_FILE = "per_token_scores.pt"

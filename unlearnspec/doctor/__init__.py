@@ -23,7 +23,7 @@ from unlearnspec.doctor.spec_rules import (
     unmatched_control,
 )
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.specfile import find_spec_files, is_profile_path
+from unlearnspec.spec.load import find_spec_files, is_profile_path
 
 DEFAULT_LR_FACTOR = 1.25
 

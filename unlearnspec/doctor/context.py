@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.report.reference import ReferenceFile, find_reference
-from unlearnspec.results import RESULTS_FILE, Results, load_results
+from unlearnspec.run.results import RESULTS_FILE, Results, load_results
 from unlearnspec.spec import ScoreSourceSpec, Spec
-from unlearnspec.specfile import load_spec, project_root, resolve_path
+from unlearnspec.spec.load import load_spec, project_root, resolve_path
 
 SIDECAR_FILE = "scores.json"
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Optional
 from unlearnspec.doctor.context import Entry, Workspace, sidecar_value
 from unlearnspec.doctor.findings import Finding
 from unlearnspec.report.build import format_lr
-from unlearnspec.rules import And, Compare, Expr, Not, Or, parse_rule
+from unlearnspec.spec.rules import And, Compare, Expr, Not, Or, parse_rule
 from unlearnspec.spec import Spec
 
 TRAINER_ALIGNMENT = "target"

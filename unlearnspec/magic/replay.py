@@ -1,5 +1,5 @@
 """Pure functional forward and loss of one micro-batch, shared by the reverse pass, the replayed
-SGD steps, the query and the reference implementations: the trainer's loss (`unlearnspec.loss`).
+SGD steps, the query and the reference implementations: the trainer's loss (`unlearnspec.train.loss`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from unlearnspec.loss import IGNORE_INDEX, token_nll, weighted_token_loss
+from unlearnspec.train.loss import IGNORE_INDEX, token_nll, weighted_token_loss
 
 
 class GridLike(Protocol):

@@ -213,7 +213,7 @@ def magic_scores(
 
     Computed in the parameters' dtype and returned as `dtype` (None keeps the compute dtype).
     `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
-    `unlearnspec.query.QueryLoss`. The checkpoint schedule and storage are the trajectory's.
+    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule and storage are the trajectory's.
     `hessian=False` drops the H v term (first-order scores); it exists for the mutation test.
     """
     stats = stats if stats is not None else ReplayStats()

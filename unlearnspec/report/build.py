@@ -10,8 +10,8 @@ from typing import Optional
 
 from unlearnspec.report.model import KNOWN_TASK_SIZES, Cell, Comparison, RecordedTable, ReportTable, Row, TaskInfo, display_name, task_role
 from unlearnspec.report.reference import ReferenceFile
-from unlearnspec.results import EvalRecord, Results, RunRecord, load_samples
-from unlearnspec.stats import at_chance, binomial_stderr, mcnemar, two_proportion_z, wilson_interval
+from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
+from unlearnspec.report.stats import at_chance, binomial_stderr, mcnemar, two_proportion_z, wilson_interval
 
 ALPHA = 0.05
 

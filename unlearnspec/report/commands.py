@@ -13,7 +13,8 @@ from unlearnspec.report.model import ReportTable, dumps
 from unlearnspec.report.plot import plot_tables
 from unlearnspec.report.reference import ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
 from unlearnspec.report.render import markdown, print_table
-from unlearnspec.specfile import SPEC_SUFFIXES, load_spec, project_root
+from unlearnspec.spec.load import SPEC_SUFFIXES
+from unlearnspec.spec.load import load_spec, project_root
 
 
 def _write(path: Path, text: str) -> None:

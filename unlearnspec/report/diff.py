@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from unlearnspec.report.model import ReportTable, Row
-from unlearnspec.stats import Z95, beyond_noise
+from unlearnspec.report.stats import Z95, beyond_noise
 
 RowKey = Union[str, float]
 

@@ -14,8 +14,9 @@ from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, load_report
 from unlearnspec.report.reference import ReferenceFile, find_reference, load_reference
-from unlearnspec.results import RESULTS_FILE, Results, load_results
-from unlearnspec.specfile import SPEC_SUFFIXES, load_spec, project_root, resolve_path
+from unlearnspec.run.results import RESULTS_FILE, Results, load_results
+from unlearnspec.spec.load import SPEC_SUFFIXES
+from unlearnspec.spec.load import load_spec, project_root, resolve_path
 
 
 @dataclass
@@ -39,9 +40,9 @@ class RunInput:
 
 def toy_profile() -> Path:
     try:
-        from unlearnspec.profile import default_toy_profile
+        from unlearnspec.spec.profile import default_toy_profile
     except ImportError:
-        raise UserError.one("--toy", "the toy profile (unlearnspec.profile) is not available in this checkout; pass the toy run's output folder instead.") from None
+        raise UserError.one("--toy", "the toy profile (unlearnspec.spec.profile) is not available in this checkout; pass the toy run's output folder instead.") from None
     return Path(default_toy_profile())
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from unlearnspec.report.model import ReportTable
-from unlearnspec.stats import CHANCE
+from unlearnspec.report.stats import CHANCE
 
 MISSING = "plot skipped: matplotlib is not installed (pip install 'unlearnspec[plot]')"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.results import write_json_atomic
+from unlearnspec.run.results import write_json_atomic
 
 POINT_FILE = "point.json"
 TMP_PREFIX = ".tmp-"

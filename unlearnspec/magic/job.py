@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unlearnspec.results import Results, RunRecord, SpecInfo, save_results
-from unlearnspec.rundirs import provenance, spec_hash
+from unlearnspec.run.results import Results, RunRecord, SpecInfo, save_results
+from unlearnspec.run.rundirs import provenance, spec_hash
 from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE
 from unlearnspec.spec import Spec
-from unlearnspec.specfile import project_root
+from unlearnspec.spec.load import project_root
 
 
 def _done(out: Path, digest: str) -> bool:
@@ -27,7 +27,7 @@ def _done(out: Path, digest: str) -> bool:
 
 
 def run_magic_spec(spec: Spec, spec_path: Path, options: Any) -> Results:
-    from unlearnspec.runner import output_dir
+    from unlearnspec.run.runner import output_dir
 
     assert spec.magic is not None
     out = output_dir(spec, spec_path, options)
@@ -52,13 +52,13 @@ def run_magic_spec(spec: Spec, spec_path: Path, options: Any) -> Results:
 def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, lr: float) -> RunRecord:
     import torch
 
-    from unlearnspec.runner import prepare, toy_world, train_point
+    from unlearnspec.run.runner import prepare, toy_world, train_point
 
     from unlearnspec.magic import magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
-    from unlearnspec.modeling import model_id
-    from unlearnspec.query import build_query
-    from unlearnspec.trainer import total_steps
+    from unlearnspec.train.modeling import model_id
+    from unlearnspec.magic.query import build_query
+    from unlearnspec.train.trainer import total_steps
 
     assert spec.magic is not None
     world = toy_world(options)

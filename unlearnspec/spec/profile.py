@@ -14,9 +14,10 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "specs" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "specs" / "profiles"
 
 
 class _Section(BaseModel):
@@ -112,8 +113,6 @@ def is_world_file(path: Path) -> bool:
 
 def load_profile(path: Path) -> Any:
     """Validate a profile file (a mapping profile, or a `*_world.yaml` toy-world config)."""
-    from unlearnspec.specfile import read_yaml_file, validation_problems_for
-
     if is_world_file(path):
         from unlearnspec.toy.config import load_world_config
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.results import (
+from unlearnspec.run.results import (
     SAMPLES_FILE,
     BaselineRecord,
     Results,
@@ -24,7 +24,7 @@ from unlearnspec.results import (
     TokenStats,
     save_results,
 )
-from unlearnspec.rundirs import (
+from unlearnspec.run.rundirs import (
     POINT_FILE,
     atomic_dir,
     check_same_spec,
@@ -36,7 +36,7 @@ from unlearnspec.rundirs import (
     write_json,
 )
 from unlearnspec.spec import Spec
-from unlearnspec.specfile import dump_spec, load_spec, project_root, resolve_path
+from unlearnspec.spec.load import dump_spec, load_spec, project_root, resolve_path
 
 Say = Callable[[str], None]
 
@@ -71,7 +71,7 @@ def output_dir(spec: Spec, spec_path: Path, options: RunOptions) -> Path:
 
 def toy_world(options: RunOptions) -> Any:
     """The toy world of the profile (built on first use), or None for real runs."""
-    from unlearnspec.profile import load_profile
+    from unlearnspec.spec.profile import load_profile
 
     if options.profile is None:
         return None
@@ -117,9 +117,9 @@ def prepare(spec: Spec, spec_path: Path, options: RunOptions, world: Any) -> Pre
     import torch
 
     from unlearnspec.data import build_grid, load_texts
-    from unlearnspec.modeling import load_tokenizer, tokenizer_id
+    from unlearnspec.train.modeling import load_tokenizer, tokenizer_id
     from unlearnspec.scores import checked_scores, load_score_file, token_stats, token_weights
-    from unlearnspec.trainer import grid_dataset
+    from unlearnspec.train.trainer import grid_dataset
 
     tokenizer = load_tokenizer(spec.model, toy=world)
     tok_id = tokenizer_id(spec.model, toy=world)
@@ -157,8 +157,8 @@ def train_point(spec: Spec, prep: Prepared, lr: float, workdir: Path, options: R
     the full-logits loss, so the recorded run is exactly what the reverse pass differentiates."""
     import torch
 
-    from unlearnspec.modeling import apply_lora, load_model
-    from unlearnspec.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, sft_config, total_steps
+    from unlearnspec.train.modeling import apply_lora, load_model
+    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, sft_config, total_steps
 
     torch.manual_seed(spec.training.seed)
     model = load_model(spec.model, dropout=spec.training.dropout, toy=world)
@@ -221,8 +221,8 @@ def _evaluate(spec: Spec, model: Any, tokenizer: Any, spec_path: Path, world: An
 
 def run_point(spec: Spec, resolved: dict[str, Any], spec_path: Path, prep: Prepared, lr: float, final: Path,
               options: RunOptions, world: Any, digest: str) -> dict[str, Any]:
-    from unlearnspec.modeling import merged_for_eval
-    from unlearnspec.trainer import TrainingDiverged
+    from unlearnspec.train.modeling import merged_for_eval
+    from unlearnspec.train.trainer import TrainingDiverged
 
     point = f"lr={lr:g}"
     record: dict[str, Any] = {"point": point, "hparams": {"lr": lr}, "spec_hash": digest,
@@ -257,7 +257,7 @@ def baseline(spec: Spec, spec_path: Path, out: Path, prep: Prepared, world: Any,
     import hashlib
 
     from unlearnspec.evaluation import EvalResult
-    from unlearnspec.modeling import load_model, model_id
+    from unlearnspec.train.modeling import load_model, model_id
     from unlearnspec.toy.build import cache_root
 
     recorded = spec.baseline.recorded
@@ -287,7 +287,7 @@ def run_spec(spec_path: Path, options: RunOptions) -> Results:
     """Run every sweep point of one spec (skipping finished ones) and write results.json."""
     spec = load_spec(spec_path, overrides=options.overrides, profile=options.profile)
     if spec.magic is not None:
-        from unlearnspec.magic_run import run_magic_spec
+        from unlearnspec.magic.job import run_magic_spec
 
         return run_magic_spec(spec, spec_path, options)
     out = output_dir(spec, spec_path, options)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.profile import is_world_file
-from unlearnspec.specfile import find_spec_files, is_profile_path, load_spec, resolve_path
+from unlearnspec.spec.profile import is_world_file
+from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, resolve_path
 
 
 def _quiet_libraries() -> None:
@@ -39,7 +39,7 @@ def run_study(paths: list[Path], *, overrides: list[str], profile: Optional[Path
     """Run the given specs; returns the exit code (0 all ok, 1 when some sweep point failed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from unlearnspec.runner import RunOptions, run_spec
+    from unlearnspec.run.runner import RunOptions, run_spec
 
     files, problems = find_spec_files(paths)
     files = [f for f in files if not is_profile_path(f) and not is_world_file(f)]

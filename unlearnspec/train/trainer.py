@@ -14,7 +14,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
-from unlearnspec.loss import Normalizer, normalizer_count, token_nll
+from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll
 from unlearnspec.spec import TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]

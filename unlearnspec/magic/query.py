@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unlearnspec.errors import UserError
-from unlearnspec.loss import IGNORE_INDEX
+from unlearnspec.train.loss import IGNORE_INDEX
 from unlearnspec.magic.replay import forward_logits, replay_token_nll
 from unlearnspec.spec import QuerySpec
 

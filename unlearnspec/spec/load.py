@@ -1,0 +1,170 @@
+"""Loading specs: read, override, map through a profile, validate, cross-check producers and controls.
+
+Relative paths in a spec resolve against the spec's project root. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from pydantic import ValidationError
+
+from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.profile import apply_profile, load_profile
+from unlearnspec.spec.schema import Spec
+from unlearnspec.spec.yamlio import _fmt_loc, _line_of, apply_overrides, read_yaml_file, validation_problems
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+
+# --------------------------------------------------------------------------- paths
+def project_root(spec_path: Path) -> Path:
+    """Relative paths in a spec resolve against the nearest folder above the spec holding a
+    pyproject.toml or .git (the project root); with none, the current directory."""
+    for parent in Path(os.path.abspath(spec_path)).parents:
+        if (parent / "pyproject.toml").is_file() or (parent / ".git").exists():
+            return parent
+    return Path.cwd()
+
+
+def resolve_path(spec_path: Path, rel: str) -> Path:
+    p = Path(rel).expanduser()
+    return p if p.is_absolute() else project_root(spec_path) / p
+
+
+# --------------------------------------------------------------------------- loading
+def validate_data(data: Any, node: Optional[yaml.Node], file: str) -> Spec:
+    if not isinstance(data, dict):
+        raise UserError([Problem(file, "", "a spec must be a YAML mapping of sections (model, data, training, ...).")])
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_problems(exc, data, node, file)) from None
+
+
+def load_spec(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    profile: Optional[str | Path] = None,
+    check_refs: bool = True,
+) -> Spec:
+    """Read, override, (optionally) map through a profile, validate and cross-check one spec."""
+    path = Path(path)
+    data, node = read_yaml_file(path)
+    file = str(path)
+    if overrides:
+        if not isinstance(data, dict):
+            data = {}
+        apply_overrides(data, list(overrides))
+        file += " (with --set)"
+    if profile is not None:
+        data = apply_profile(data, Path(profile), spec_path=path)
+        node = None  # lines refer to the original file, not the mapped result
+        file += f" (through profile {profile})"
+    spec = validate_data(data, node, file)
+    if check_refs:
+        problems = reference_problems(spec, path, node, profile=Path(profile) if profile is not None else None)
+        if problems:
+            raise UserError(problems)
+    return spec
+
+
+def _load_ref(path: Path, cache: dict[Path, Spec | UserError], profile: Optional[Path] = None) -> Spec | UserError:
+    key = path.resolve()
+    if key not in cache:
+        try:
+            cache[key] = load_spec(path, profile=profile, check_refs=False)
+        except UserError as exc:
+            cache[key] = exc
+    return cache[key]
+
+
+def reference_problems(
+    spec: Spec,
+    path: Path,
+    node: Optional[yaml.Node] = None,
+    cache: Optional[dict[Path, Spec | UserError]] = None,
+    profile: Optional[Path] = None,
+) -> list[Problem]:
+    """Cross-file rules: producers and controls exist and fit this spec."""
+    cache = {} if cache is None else cache
+    file = str(path)
+    problems = []
+    for name, src in spec.scores.items():
+        if src.produced_by is None:
+            continue
+        loc = ("scores", name, "produced_by")
+        target = resolve_path(path, src.produced_by)
+        if not target.is_file():
+            problems.append(Problem(file, _fmt_loc(loc), f"the producing spec {src.produced_by} does not exist (looked at {target}).", _line_of(node, loc)))
+            continue
+        producer = _load_ref(target, cache, profile)
+        if isinstance(producer, UserError):
+            problems.append(Problem(file, _fmt_loc(loc), f"the producing spec {src.produced_by} is invalid; run `unlearnspec validate {src.produced_by}`.", _line_of(node, loc)))
+            continue
+        if producer.magic is None:
+            problems.append(Problem(file, _fmt_loc(loc), f"{src.produced_by} has no `magic` section, so it produces no scores.", _line_of(node, loc)))
+            continue
+        columns = producer.data.max_seq_len
+        msl = spec.data.max_seq_len
+        if msl > columns:
+            loc2 = ("data", "max_seq_len")
+            problems.append(Problem(file, _fmt_loc(loc2), f"data.max_seq_len={msl} is larger than the {columns} score columns produced by {src.produced_by}; lower max_seq_len or rescore.", _line_of(node, loc2)))
+        elif msl < columns and not src.truncate_columns:
+            loc2 = ("scores", name, "truncate_columns")
+            problems.append(Problem(file, _fmt_loc(loc2), f"{src.produced_by} produces {columns} columns but data.max_seq_len={msl}; using a prefix of the columns must be explicit: set `truncate_columns: true`.", _line_of(node, loc)))
+    if spec.control is not None:
+        loc = ("control",)
+        target = resolve_path(path, spec.control)
+        if not target.is_file():
+            problems.append(Problem(file, "control", f"the control spec {spec.control} does not exist (looked at {target}).", _line_of(node, loc)))
+        elif isinstance(_load_ref(target, cache, profile), UserError):
+            problems.append(Problem(file, "control", f"the control spec {spec.control} is invalid; run `unlearnspec validate {spec.control}`.", _line_of(node, loc)))
+    return problems
+
+
+def find_spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    """Spec files under the given files/folders (recursive, sorted); missing paths are problems."""
+    found: list[Path] = []
+    problems = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.suffix in SPEC_SUFFIXES and q.is_file()))
+        elif p.is_file():
+            found.append(p)
+        else:
+            problems.append(Problem(str(p), "", "no such file or folder."))
+    return found, problems
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as YAML (defaults included, unset optionals omitted)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
+
+
+def is_profile_path(path: Path) -> bool:
+    return "profiles" in path.parent.parts
+
+
+def validate_files(files: Iterable[Path]) -> tuple[int, list[Problem]]:
+    """Validate spec files (and profile files under a `profiles/` folder); returns (count, problems)."""
+    cache: dict[Path, Spec | UserError] = {}
+    problems: list[Problem] = []
+    count = 0
+    for path in files:
+        count += 1
+        try:
+            if is_profile_path(path):
+                load_profile(path)
+                continue
+            data, node = read_yaml_file(path)
+            spec = validate_data(data, node, str(path))
+            cache[path.resolve()] = spec
+            problems.extend(reference_problems(spec, path, node, cache))
+        except UserError as exc:
+            problems.extend(exc.problems)
+    return count, problems

@@ -1,0 +1,121 @@
+"""The experiment spec: one YAML file as a frozen Pydantic model, with its cross-section rules.
+
+Imports no torch/transformers/trl/peft/lm_eval, so `validate`, `schema` and `show` start fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import Field, model_validator
+
+from unlearnspec.spec.base import SpecRuleError, _Section
+from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
+from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
+
+
+# --------------------------------------------------------------------------- the spec
+class Spec(_Section):
+    """One experiment (or one MAGIC score run) of attribution-guided unlearning."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Short name; names the report files."""
+    description: str = ""
+    """One line on what the spec does."""
+    control: Optional[str] = None
+    """Path of the matched all-tokens control spec (compared at the same LR)."""
+    model: ModelSpec
+    """Base model."""
+    data: DataSpec
+    """Training data."""
+    scores: dict[str, ScoreSourceSpec] = {}
+    """Named attribution score sources read by the token rule."""
+    tokens: TokenRuleSpec = TokenRuleSpec()
+    """Token rule: signed per-token weights."""
+    loss: LossSpec
+    """Loss normalizer."""
+    training: TrainingSpec
+    """Optimisation."""
+    lora: Optional[LoraSpec] = None
+    """LoRA adapters (full fine-tuning when unset)."""
+    magic: Optional[MagicSpec] = None
+    """Set for a score-producing spec (specs/magic/)."""
+    eval: Optional[EvalSpec] = None
+    """Evaluation after training."""
+    baseline: BaselineSpec = BaselineSpec()
+    """Baseline comparison."""
+    output: OutputSpec
+    """Output location."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Spec":
+        for name in sorted(self.tokens.referenced_sources()):
+            if name not in self.scores:
+                declared = ", ".join(sorted(self.scores)) or "none"
+                raise SpecRuleError(
+                    ("tokens",),
+                    f"the token rule reads score source {name!r}, which is not declared under `scores` "
+                    f"(declared: {declared}). Add `scores: {{{name}: {{produced_by: ...}}}}` or fix the name.",
+                )
+        for name, src in self.scores.items():
+            if src.columns is not None and self.data.max_seq_len > src.columns:
+                raise SpecRuleError(
+                    ("data", "max_seq_len"),
+                    f"data.max_seq_len={self.data.max_seq_len} is larger than the {src.columns} columns of score "
+                    f"source {name!r}; tokens past column {src.columns} would have no score. Lower max_seq_len.",
+                )
+            if src.columns is not None and self.data.max_seq_len < src.columns and not src.truncate_columns:
+                raise SpecRuleError(
+                    ("scores", name, "truncate_columns"),
+                    f"score source {name!r} has {src.columns} columns but data.max_seq_len={self.data.max_seq_len}; "
+                    "using a prefix of the columns must be explicit: set `truncate_columns: true` or match max_seq_len.",
+                )
+        if self.magic is not None:
+            self._magic_rules()
+        elif self.eval is None:
+            raise SpecRuleError(("eval",), "an experiment spec needs `eval` (only MAGIC score specs may omit it).")
+        return self
+
+    def _magic_rules(self) -> None:
+        opt = self.training.optimizer
+        if opt.name != "sgd":
+            raise SpecRuleError(
+                ("training", "optimizer", "name"),
+                f"MAGIC scores need plain SGD (got {opt.name}): the exact reverse pass is implemented for SGD only. Use `name: sgd`.",
+            )
+        if opt.momentum:
+            raise SpecRuleError(("training", "optimizer", "momentum"), "MAGIC supports SGD without momentum; set `momentum: 0`.")
+        if self.model.dtype in ("bfloat16", "float16") or self.training.precision != "fp32":
+            raise SpecRuleError(
+                ("model", "dtype"),
+                "MAGIC needs float32 (or float64) parameters and `training.precision: fp32`: with bf16/fp16 most SGD "
+                "updates round away and the scores become gradient similarity plus rounding noise.",
+            )
+        if len(self.training.lrs) != 1:
+            raise SpecRuleError(("training", "lr"), "a MAGIC spec produces one score file: give a single learning rate.")
+        if self.training.max_grad_norm is not None:
+            raise SpecRuleError(("training", "max_grad_norm"), "MAGIC cannot differentiate through gradient clipping; unset `max_grad_norm`.")
+        if self.training.dropout:
+            raise SpecRuleError(("training", "dropout"), "MAGIC needs a deterministic replay; set `dropout: 0`.")
+        if self.lora is not None:
+            raise SpecRuleError(("lora",), "MAGIC scores are computed for full fine-tuning; remove `lora`.")
+        if self.tokens.mode != "all":
+            raise SpecRuleError(("tokens", "mode"), "a MAGIC spec scores the all-tokens run; set `tokens.mode: all`.")
+        if self.loss.normalizer != "valid":
+            raise SpecRuleError(
+                ("loss", "normalizer"),
+                f"MAGIC differentiates w * CE / D with D independent of the weights; `{self.loss.normalizer}` depends on "
+                "them. Use `normalizer: valid`.",
+            )
+
+    @property
+    def produces_scores(self) -> bool:
+        return self.magic is not None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a spec file (for editors via yaml-language-server)."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "unlearnspec spec"
+    return schema

@@ -1,0 +1,194 @@
+"""Spec sections for how it is trained and judged: optimizer, training, LoRA, MAGIC, eval, baseline, output."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field, PositiveInt, model_validator
+
+from unlearnspec.spec.base import SpecRuleError, _Section
+
+
+# --------------------------------------------------------------------------- training
+class OptimizerSpec(_Section):
+    """Optimizer and its hyperparameters."""
+
+    name: Literal["sgd", "adam", "adamw"]
+    """sgd | adam (L2 in the gradient) | adamw (decoupled weight decay)."""
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """SGD momentum."""
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    """Weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = Field(default=1e-8, gt=0.0)
+    """Adam epsilon."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "OptimizerSpec":
+        if self.name != "sgd" and self.momentum:
+            raise SpecRuleError(("momentum",), f"`momentum` applies to sgd only (optimizer is {self.name}); use `betas`.")
+        return self
+
+
+class TrainingSpec(_Section):
+    """Optimisation settings. `lr` may be a list: one run per value (a sweep)."""
+
+    optimizer: OptimizerSpec
+    """Optimizer."""
+    lr: Union[float, list[float]]
+    """Learning rate, or a list of learning rates to sweep."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """LR schedule after warmup."""
+    warmup_ratio: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
+    """Warmup as a fraction of the total steps (exclusive with warmup_steps)."""
+    warmup_steps: Optional[int] = Field(default=None, ge=0)
+    """Warmup steps (exclusive with warmup_ratio)."""
+    batch_size: PositiveInt
+    """Rows per device micro-batch."""
+    grad_accum: PositiveInt = 1
+    """Micro-batches per optimizer step."""
+    max_steps: Optional[PositiveInt] = None
+    """Optimizer steps (exclusive with epochs)."""
+    epochs: Optional[float] = Field(default=None, gt=0.0)
+    """Epochs over the N rows (exclusive with max_steps)."""
+    seed: int = 42
+    """Seed for model init of adapters, data order and dropout."""
+    shuffle: bool = True
+    """Shuffle rows each epoch (with `seed`); off replays rows in grid order."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed-precision autocast for the forward pass (parameter dtype is `model.dtype`)."""
+    max_grad_norm: Optional[float] = Field(default=None, gt=0.0)
+    """Gradient clipping norm; unset means no clipping (the HF default of 1.0 is not applied)."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout in attention/hidden layers during training (MAGIC requires 0)."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "TrainingSpec":
+        if isinstance(self.lr, list):
+            if not self.lr:
+                raise SpecRuleError(("lr",), "the LR sweep is empty; give one learning rate or a non-empty list, e.g. `lr: [1.0e-5, 5.0e-5]`.")
+            if len(set(self.lr)) != len(self.lr):
+                raise SpecRuleError(("lr",), "the LR sweep repeats a value; each sweep point must be distinct.")
+        for i, lr in enumerate(self.lrs):
+            if not lr > 0:
+                raise SpecRuleError(("lr",) + ((i,) if isinstance(self.lr, list) else ()), f"learning rate must be > 0 (got {lr}).")
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise SpecRuleError(("warmup_steps",), "`warmup_ratio` and `warmup_steps` are mutually exclusive; keep one.")
+        if (self.max_steps is None) == (self.epochs is None):
+            raise SpecRuleError(("max_steps",), "give exactly one of `max_steps` and `epochs`.")
+        return self
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        """The sweep as a tuple (a single value is a sweep of one), in the order written."""
+        return tuple(self.lr) if isinstance(self.lr, list) else (self.lr,)
+
+
+class LoraSpec(_Section):
+    """LoRA adapters via peft; only adapter weights train."""
+
+    rank: PositiveInt = 8
+    """Adapter rank r."""
+    alpha: float = 16.0
+    """Scaling alpha."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Adapter dropout."""
+    target_modules: list[str] = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    """Module names to adapt (GPT-NeoX defaults)."""
+    merge_for_eval: bool = True
+    """Merge adapters into the base weights before evaluation."""
+
+
+# --------------------------------------------------------------------------- MAGIC
+class QuerySpec(_Section):
+    """The query whose loss the scores differentiate."""
+
+    task: str
+    """lm-eval task (or group) whose documents and prompt format define the questions."""
+    loss: Literal["answer_continuation", "answer_letter"] = "answer_continuation"
+    """`answer_continuation`: mean over questions of the summed token cross-entropy of the correct
+    choice's continuation given the task prompt. `answer_letter`: mean over questions of the
+    cross-entropy of the single token " L" (L = A..D) after an MCQ prompt listing the choices."""
+    num_fewshot: int = Field(default=0, ge=0)
+    """Few-shot examples in the query prompt."""
+    limit: Optional[int] = Field(default=None, gt=0)
+    """Use only the first `limit` questions of each leaf task (as lm-eval's --limit)."""
+    batch_size: PositiveInt = 8
+    """Questions per forward pass in the query gradient."""
+
+
+class MagicSpec(_Section):
+    """Compute exact per-token metagradient scores over this spec's training run."""
+
+    query: QuerySpec
+    """The query."""
+    checkpoints: Literal["all", "sqrt", "log"] = "sqrt"
+    """Which parameter states the forward pass keeps for the reverse pass (others are recomputed)."""
+    storage: Literal["ram", "disk"] = "ram"
+    """Where kept states live (disk: safetensors in the output dir)."""
+
+
+# --------------------------------------------------------------------------- eval, baseline, output
+class EvalTaskSpec(_Section):
+    """One lm-eval task."""
+
+    name: str
+    """Task or group name (built-in, or from plugins/)."""
+    num_fewshot: Optional[int] = Field(default=None, ge=0)
+    """Few-shot count; required (lm-eval task defaults differ)."""
+    limit: Optional[int] = Field(default=None, gt=0)
+    """Evaluate only the first `limit` documents of this task."""
+
+
+class EvalSpec(_Section):
+    """In-process lm-evaluation-harness."""
+
+    tasks: list[EvalTaskSpec] = Field(min_length=1)
+    """Tasks to evaluate."""
+    batch_size: PositiveInt = 8
+    """lm-eval batch size."""
+    metric: Literal["acc", "acc_norm"] = "acc"
+    """Headline metric of the reports."""
+    bootstrap_iters: PositiveInt = 1000
+    """Bootstrap iterations for stderrs of non-mean metrics (must be > 0 to keep stderrs)."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "EvalSpec":
+        for i, task in enumerate(self.tasks):
+            if task.num_fewshot is None:
+                raise SpecRuleError(
+                    ("tasks", i, "num_fewshot"),
+                    f"`num_fewshot` is missing for task {task.name!r}; pin it (the seed's numbers are 0-shot: `num_fewshot: 0`).",
+                )
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise SpecRuleError(("tasks",), "a task is listed twice.")
+        return self
+
+
+class RecordedBaseline(_Section):
+    """Numbers recorded elsewhere (not reproduced by this tool)."""
+
+    metrics: dict[str, float]
+    """Task name -> accuracy."""
+    source: str
+    """Where the numbers come from."""
+
+
+class BaselineSpec(_Section):
+    """What each run is compared against."""
+
+    evaluate: bool = True
+    """Evaluate the untouched base model (cached by model and eval settings)."""
+    recorded: Optional[RecordedBaseline] = None
+    """Recorded baseline numbers shown beside the measured ones."""
+
+
+class OutputSpec(_Section):
+    """Where results go."""
+
+    dir: str
+    """Output folder (relative to the project root); one subfolder per sweep point."""
+
+

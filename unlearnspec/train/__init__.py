@@ -1,0 +1,1 @@
+"""Training: the pure weighted loss, WeightedSFTTrainer, model/tokenizer/LoRA loading."""
