@@ -21,14 +21,13 @@ from unlearnspec.magic import (
     magic_scores,
     plan_steps,
     replay_mode,
-    replay_weighted_loss,
     sgd_train,
     split_micro_batches,
     trainable_params,
     unrolled_query,
     unrolled_scores,
 )
-from unlearnspec.magic.replay import forward_logits, replay_token_nll
+from unlearnspec.magic.replay import forward_logits
 from unlearnspec.magic.query import QueryBatch, QueryLoss
 
 N, S, VOCAB = 6, 8, 50
@@ -269,7 +268,7 @@ def test_single_step_closed_form() -> None:
         grad_q = torch.autograd.grad(setup.query(dict(zip(names, p1))), p1)
         p0 = [setup.theta0[n].clone().requires_grad_() for n in names]
         logits = forward_logits(setup.model, dict(zip(names, p0)), setup.grid.input_ids[rows], setup.grid.attention_mask[rows])
-        nll = replay_token_nll(logits, setup.grid.labels[rows])
+        nll = token_nll(logits, setup.grid.labels[rows])
         checked = 0
         for r, row in enumerate(rows.tolist()):
             for p in range(1, S):
@@ -283,19 +282,18 @@ def test_single_step_closed_form() -> None:
     assert checked > 5 and untouched and torch.all(scores[untouched] == 0)
 
 
-def test_replay_loss_is_the_trainer_loss() -> None:
-    """float32 goes through loss.weighted_token_loss itself; d loss/d w = token_nll / D."""
+def test_token_nll_keeps_float64_and_dw_is_nll_over_d() -> None:
+    """The one loss: d loss/d w = token_nll / D (column 0 never counts); float64 logits stay float64."""
     gen = torch.Generator().manual_seed(5)
-    logits = torch.randn(2, 5, 7, generator=gen)
+    logits = torch.randn(2, 5, 7, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 7, (2, 5), generator=gen)
     labels[0, 3] = IGNORE_INDEX
-    weights = torch.rand(2, 5, generator=gen).requires_grad_()
-    ours = replay_weighted_loss(logits, labels, weights, 7.0)
-    assert torch.equal(ours, weighted_token_loss(logits, labels, weights, 7.0))
-    (dw,) = torch.autograd.grad(ours, weights)
-    assert torch.equal(dw[:, 0], torch.zeros(2))
-    assert torch.allclose(dw[:, 1:], token_nll(logits, labels) / 7.0)
-    # float64: same formula at float64 precision (loss.token_nll would round through float32)
-    l64 = replay_token_nll(logits.double(), labels)
-    assert l64.dtype == torch.float64
-    assert torch.allclose(l64.float(), token_nll(logits, labels), atol=1e-6)
+    weights = torch.rand(2, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    loss = weighted_token_loss(logits, labels, weights, 7.0)
+    (dw,) = torch.autograd.grad(loss, weights)
+    assert torch.equal(dw[:, 0], torch.zeros(2, dtype=torch.float64))
+    nll = token_nll(logits, labels)
+    assert nll.dtype == torch.float64 and nll[0, 2] == 0
+    expected = torch.nn.functional.cross_entropy(logits[1, 1], labels[1, 2])
+    assert abs(float(nll[1, 1] - expected)) < 1e-15
+    assert torch.allclose(dw[:, 1:], nll / 7.0, rtol=0, atol=1e-15)

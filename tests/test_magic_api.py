@@ -27,7 +27,8 @@ from unlearnspec.magic import (
     sgd_train,
     write_scores,
 )
-from unlearnspec.magic.replay import forward_logits, replay_token_nll
+from unlearnspec.magic.replay import forward_logits
+from unlearnspec.train.loss import token_nll
 
 
 def tiny(dtype=torch.float32, **overrides):
@@ -158,7 +159,7 @@ def test_write_scores_files(tmp_path) -> None:
     q_ids = g.input_ids[:2]
 
     def query(params):
-        return replay_token_nll(forward_logits(model, params, q_ids, torch.ones_like(q_ids)), q_ids).sum(1).mean()
+        return token_nll(forward_logits(model, params, q_ids, torch.ones_like(q_ids)), q_ids).sum(1).mean()
 
     scores = magic_scores(model, g, trajectory, query)
     paths = write_scores(

@@ -6,7 +6,7 @@ from unlearnspec.magic.attention import REPLAY_ATTENTION, register_replay_attent
 from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args
 from unlearnspec.magic.output import SCORES_FORMAT_VERSION, scores_metadata, write_scores
 from unlearnspec.magic.reference import sgd_train, trainable_params, unrolled_query, unrolled_scores
-from unlearnspec.magic.replay import GridLike, replay_token_nll, replay_weighted_loss
+from unlearnspec.magic.replay import GridLike
 from unlearnspec.magic.reverse import Query, ReplayStats, magic_scores, query_gradient
 from unlearnspec.magic.trajectory import (
     DiskStore,
@@ -44,8 +44,6 @@ __all__ = [
     "register_replay_attention",
     "replay_attention",
     "replay_mode",
-    "replay_token_nll",
-    "replay_weighted_loss",
     "scores_metadata",
     "sgd_train",
     "split_micro_batches",

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from unlearnspec.errors import UserError
-from unlearnspec.train.loss import IGNORE_INDEX
-from unlearnspec.magic.replay import forward_logits, replay_token_nll
+from unlearnspec.magic.replay import forward_logits
+from unlearnspec.train.loss import IGNORE_INDEX, token_nll
 from unlearnspec.spec import QuerySpec
 
 QueryLossKind = Literal["answer_continuation", "answer_letter"]
@@ -264,7 +264,7 @@ class QueryLoss:
         mask = self.batch.attention_mask[rows]
         width = int(mask.sum(1).max())  # right padding: columns past the longest row are all pad
         logits = forward_logits(self.model, params, self.batch.input_ids[rows, :width], mask[:, :width])
-        return replay_token_nll(logits, self.batch.labels[rows, :width]).sum(1)
+        return token_nll(logits, self.batch.labels[rows, :width]).sum(1)
 
     def per_question(self, params: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of every question, [Q] (= -loglikelihood in lm-eval)."""

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
-from unlearnspec.magic.replay import GridLike, forward_logits, replay_weighted_loss, valid_targets
+from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
+from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.reverse import Query
 from unlearnspec.magic.trajectory import Step, Trajectory, TrajectoryRecorder, WeightDecay, decay_list
 
@@ -54,7 +55,7 @@ def sgd_train(
                 labels = grid.labels[rows]
                 logits = model(input_ids=grid.input_ids[rows], attention_mask=grid.attention_mask[rows], use_cache=False).logits
                 w = weights[rows] if weights is not None else torch.ones(labels.shape, dtype=logits.dtype)
-                replay_weighted_loss(logits, labels, w, denom).backward()
+                weighted_token_loss(logits, labels, w, denom).backward()
                 if recorder is not None:
                     recorder.add_micro_batch(rows)
             optimizer.step()
@@ -85,7 +86,7 @@ def unrolled_query(
             grad: list[torch.Tensor] | None = None
             for rows in step.micro_batches:
                 logits = forward_logits(model, dict(zip(names, theta)), grid.input_ids[rows], grid.attention_mask[rows])
-                loss = replay_weighted_loss(logits, grid.labels[rows], weights[rows], denom)
+                loss = weighted_token_loss(logits, grid.labels[rows], weights[rows], denom)
                 g = list(torch.autograd.grad(loss, theta, create_graph=create_graph, materialize_grads=True))
                 grad = g if grad is None else [a + b for a, b in zip(grad, g)]
             assert grad is not None

@@ -17,7 +17,8 @@ from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.checks import check_model_replayable
-from unlearnspec.magic.replay import GridLike, forward_logits, replay_weighted_loss, valid_targets
+from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
+from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.trajectory import Trajectory
 
 
@@ -115,7 +116,7 @@ class _Replay:
         logits = forward_logits(self.model, dict(zip(self.names, params)), ids, mask)
         if weights is None:
             weights = torch.ones(labels.shape, dtype=logits.dtype)
-        return replay_weighted_loss(logits, labels, weights, denom)
+        return weighted_token_loss(logits, labels, weights, denom)
 
     def _add_decay(self, into: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
         """into += wd * tensors, per parameter."""

@@ -51,17 +51,23 @@ def normalizer_count(labels: torch.Tensor, weights: torch.Tensor, kind: Normaliz
     raise ValueError(f"unknown normalizer {kind!r}")
 
 
+def weighted_nll_loss(nll: torch.Tensor, weights: torch.Tensor, denominator: torch.Tensor | float) -> torch.Tensor:
+    """The weighted loss itself: sum_{i,t} w[i,t] * nll[i,t] / denominator.
+
+    `nll` is [B, S-1] per-token cross-entropy (0 at ignored labels) from `token_nll` or a fused head;
+    `weights` is [B, S] in target alignment (column 0 never counts). `denominator` is the normalizer
+    count of the whole optimizer step (accumulation window, all ranks), so micro-batch losses add up to
+    the loss of the full batch. The trainer, the MAGIC replay and the reference implementations all call this.
+    """
+    w = weights[:, 1:].to(nll.dtype)
+    return (w * nll).sum() / denominator
+
+
 def weighted_token_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     weights: torch.Tensor,
     denominator: torch.Tensor | float,
 ) -> torch.Tensor:
-    """sum_{i,t} w[i,t] * CE[i,t] / denominator, with CE = 0 at ignored labels.
-
-    `denominator` is the normalizer count of the whole optimizer step (accumulation window), so
-    micro-batch losses add up to the loss of the full batch.
-    """
-    nll = token_nll(logits, labels)
-    w = weights[:, 1:].to(nll.dtype)
-    return (w * nll).sum() / denominator
+    """`weighted_nll_loss` of full logits [B, S, V] (float64 logits stay float64)."""
+    return weighted_nll_loss(token_nll(logits, labels), weights, denominator)

@@ -14,7 +14,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
-from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll
+from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
 from unlearnspec.spec import TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
@@ -178,8 +178,7 @@ class WeightedSFTTrainer(SFTTrainer):
         denominator = num_items_in_batch
         if denominator is None:
             denominator = normalizer_count(labels, weights, self.normalizer)
-        w = weights[:, 1:].to(nll.dtype)
-        loss = (w * nll).sum() / torch.as_tensor(denominator, device=nll.device).clamp(min=1e-12)
+        loss = weighted_nll_loss(nll, weights, torch.as_tensor(denominator, device=nll.device).clamp(min=1e-12))
         if model.training and not torch.isfinite(loss.detach()):
             raise TrainingDiverged(self.state.global_step, float(loss.detach()))
         return (loss, outputs) if return_outputs else loss
