@@ -154,6 +154,7 @@ def report(
 def diff(
     old: str = typer.Argument(..., help="Report JSON, reference JSON, results.json, run folder or spec file."),
     new: str = typer.Argument(..., help="The same kinds of input, to compare against OLD."),
+    format: str = typer.Option("text", "--format", help="text | markdown (a table to post as a pull-request comment)."),
 ) -> None:
     """Cells that changed (old -> new), each marked beyond or within noise. Exit 0 if nothing changed beyond noise, else 1.
 
@@ -161,7 +162,9 @@ def diff(
     """
     from unlearnspec.report.commands import run_diff
 
-    raise typer.Exit(run_diff(old, new, _console()))
+    if format not in ("text", "markdown"):
+        raise UserError.one("--format", f"unknown format {format!r}; use text or markdown.")
+    raise typer.Exit(run_diff(old, new, _console(), format))
 
 
 @app.command()

@@ -129,9 +129,15 @@ def run_reference_only(args: list[str], out: Optional[Path], plot: bool, console
     return written
 
 
-def run_diff(old: str, new: str, console) -> int:
-    """Print changed cells; exit code 0 when nothing changed beyond noise, else 1."""
+def run_diff(old: str, new: str, console, fmt: str = "text") -> int:
+    """Print changed cells (text, or a Markdown table for a PR comment); exit 0 when nothing changed
+    beyond noise, else 1."""
     changes = diff_tables(load_table(old), load_table(new))
+    if fmt == "markdown":
+        from unlearnspec.report.diff import markdown_summary
+
+        console.out(markdown_summary(changes, old, new), highlight=False, end="")
+        return 1 if any(c.beyond_noise for c in changes) else 0
     if not changes:
         console.print("no changes", markup=False)
         return 0
