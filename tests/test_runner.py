@@ -184,3 +184,33 @@ def test_a_toy_run_dir_spec_reruns_without_double_scaling(toy_world, tmp_path):
     (tmp_path / "spec.yaml").write_text(dump_spec(mapped))
     again = load_spec(tmp_path / "spec.yaml", profile=default_toy_profile())
     assert again == mapped  # the profile maps real specs only; a mapped spec passes through unchanged
+
+
+@pytest.mark.slow
+def test_saved_final_model_evaluates_with_the_lm_eval_cli_to_the_recorded_acc(toy_world, tmp_path):
+    """`output.save_model: final` (the default) keeps a folder that loads with AutoModelForCausalLM and that
+    the lm_eval CLI scores exactly as the in-process evaluation recorded in eval.json."""
+    from transformers import AutoModelForCausalLM
+
+    from .test_evaluation import _cli_results
+
+    out = tmp_path / "exp7"
+    proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", "--set", "training.lr=1.0e-4"], _env(toy_world))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    point = out / "lr_0.001"
+    assert json.loads((point / "point.json").read_text())["model_dir"] == "model"
+    model_dir = point / "model"
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+    trained = AutoModelForCausalLM.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(toy_world.model_dir)
+    assert any(not torch_equal(a, b) for a, b in zip(trained.parameters(), base.parameters()))  # it is the trained one
+    recorded = json.loads((point / "eval.json").read_text())["metrics"]["toy_wmdp"]
+    (tmp_path / "cli").mkdir()
+    cli = _cli_results(model_dir, tmp_path / "cli", "toy_wmdp", batch_size=32)
+    assert cli["acc,none"] == recorded["acc"] and recorded["n"] == 300
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
