@@ -211,6 +211,7 @@ def run(
     reports_dir: Optional[Path] = typer.Option(None, "--reports-dir", help="Where reports go (default: <out>/reports with --out, else the specs' project reports/)."),
     device: Optional[str] = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...`."),
 ) -> None:
     """Run specs: the plan's score, baseline and sweep-point jobs (resumable), results.json, then reports.
 
@@ -219,6 +220,8 @@ def run(
     """
     import os
 
+    if nproc > 1 and not dry_run and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_torchrun(nproc))
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from unlearnspec.run.study import RunOptions, run_study, show_plan
@@ -226,6 +229,18 @@ def run(
     options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, retry_failed=retry_failed,
                          device=device, report=report, reports_dir=reports_dir)
     raise typer.Exit(show_plan(paths, options, _console()) if dry_run else run_study(paths, options, _console()))
+
+
+def _torchrun(nproc: int) -> int:
+    """Rerun this very command under torchrun (the existing launcher; nothing home-made) with N ranks."""
+    import subprocess
+
+    args = sys.argv[1:]
+    i = next(k for k, a in enumerate(args) if a == "--nproc" or a.startswith("--nproc="))
+    args = args[:i] + args[i + (1 if "=" in args[i] else 2):]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "unlearnspec", *args]
+    _console(stderr=True).print(f"[launch] {' '.join(cmd[2:])}", markup=False)
+    return subprocess.run(cmd).returncode
 
 
 @app.command()
