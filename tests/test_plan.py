@@ -136,3 +136,32 @@ def test_the_plan_builds_without_torch():
             "print(sorted({'torch', 'transformers', 'trl', 'peft', 'lm_eval'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_baseline_cache_key_follows_everything_that_changes_the_numbers(tmp_path, monkeypatch):
+    import unlearnspec.run.plan as plan_mod
+    from unlearnspec.assets import Assets
+    from unlearnspec.spec.load import load_spec
+
+    (tmp_path / "pyproject.toml").write_text("")
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(REPO / "plugins" / "wmdp_bio_robust", tmp_path / "plugins" / "wmdp_bio_robust")
+    (tmp_path / "specs").mkdir()
+    spec_path = tmp_path / "specs" / "exp7.yaml"
+    spec_path.write_text((SPECS / "exp7_all_tokens.yaml").read_text())
+    spec = load_spec(spec_path)
+    assets = Assets()
+    key = plan_mod.baseline_key(spec, spec_path, assets, "cpu")
+    assert key == plan_mod.baseline_key(spec, spec_path, assets, "cpu")
+    changed = {
+        "device": plan_mod.baseline_key(spec, spec_path, assets, "cuda"),
+        "attention": plan_mod.baseline_key(spec.model_copy(update={"model": spec.model.model_copy(update={"attn_implementation": "flash_attention_2"})}), spec_path, assets, "cpu"),
+        "tokenizer": plan_mod.baseline_key(spec.model_copy(update={"model": spec.model.model_copy(update={"tokenizer": "other/tok"})}), spec_path, assets, "cpu"),
+    }
+    prompt = tmp_path / "plugins" / "wmdp_bio_robust" / "_default_template_yaml"
+    prompt.write_text(prompt.read_text() + "\n# an edited prompt\n")
+    changed["task files"] = plan_mod.baseline_key(spec, spec_path, assets, "cpu")
+    monkeypatch.setattr(plan_mod, "package_version", lambda name: "9.9" if name == "lm_eval" else "1.0")
+    changed["lm-eval version"] = plan_mod.baseline_key(spec, spec_path, assets, "cpu")
+    for what, other in changed.items():
+        assert other != key, f"the baseline cache key ignores the {what}"
