@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, load_report
@@ -17,6 +15,7 @@ from unlearnspec.report.reference import ReferenceFile, find_reference, load_ref
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
 from unlearnspec.spec.load import SPEC_SUFFIXES
 from unlearnspec.spec.load import load_spec, project_root, resolve_path
+from unlearnspec.spec.yamlio import read_yaml_file
 
 
 @dataclass
@@ -55,8 +54,8 @@ def _relative(path: Path, root: Path) -> str:
 
 def _description(spec_file: Path) -> Optional[str]:
     try:
-        data = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data, _ = read_yaml_file(spec_file)
+    except UserError:  # only a title: an unreadable spec just has none
         return None
     desc = data.get("description") if isinstance(data, dict) else None
     return desc if isinstance(desc, str) and desc else None
