@@ -101,6 +101,13 @@ def reference_problems(
     file = str(path)
     problems = []
     for name, src in spec.scores.items():
+        if src.path is not None:
+            loc = ("scores", name, "path")
+            target = resolve_path(path, src.path)
+            if target.is_dir():
+                problems.append(Problem(file, _fmt_loc(loc), f"{src.path} is a folder, not a score file (looked at {target}).", _line_of(node, loc)))
+            elif not target.is_file():
+                problems.append(Problem(file, _fmt_loc(loc), f"the score file {src.path} does not exist (looked at {target}). Fix the path or produce it first.", _line_of(node, loc)))
         if src.produced_by is None:
             continue
         loc = ("scores", name, "produced_by")

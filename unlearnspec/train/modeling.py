@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from unlearnspec.errors import UserError
+from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import LoraSpec, ModelSpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,10 +41,14 @@ def _location(model: ModelSpec, toy: Any = None) -> str:
     return model.name_or_path
 
 
-def _offline_error(what: str, name: str, exc: Exception) -> UserError:
+def _offline_error(what: str, name: str, exc: Exception, model: Optional[ModelSpec] = None) -> UserError:
+    if model is not None and model.toy is not None:
+        from unlearnspec.toy.build import DAMAGED_FIX
+
+        return UserError.one(name, f"cannot load the cached toy {what} ({first_line(exc)}). {DAMAGED_FIX}", loc="model.toy")
     return UserError.one(
         name,
-        f"cannot load the {what} {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+        f"cannot load the {what} {name!r} ({first_line(exc)}). "
         "Without hub access, run on the embedded toy world with `--toy`, or set model.name_or_path to a local folder.",
         loc="model",
     )
@@ -56,8 +60,8 @@ def load_tokenizer(model: ModelSpec, toy: Any = None) -> Any:
     name = model.tokenizer or _location(model, toy)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=model.revision if not model.tokenizer else None)
-    except (OSError, ValueError) as exc:
-        raise _offline_error("tokenizer", name, exc) from None
+    except Exception as exc:  # noqa: BLE001 - offline, missing or damaged files raise many types
+        raise _offline_error("tokenizer", name, exc, model if not model.tokenizer else None) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # the recorded runs padded with EOS
     tok.padding_side = "right"
@@ -71,8 +75,8 @@ def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dty
     where = _location(model, toy)
     try:
         config = AutoConfig.from_pretrained(where, revision=model.revision)
-    except (OSError, ValueError) as exc:
-        raise _offline_error("model", where, exc) from None
+    except Exception as exc:  # noqa: BLE001 - offline, missing or damaged files raise many types
+        raise _offline_error("model", where, exc, model) from None
     for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop", "dropout"):
         if hasattr(config, key):
             setattr(config, key, dropout)
@@ -84,8 +88,8 @@ def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dty
             dtype=dtype or DTYPES[model.dtype],
             attn_implementation=model.attn_implementation,
         )
-    except (OSError, ValueError) as exc:
-        raise _offline_error("model", where, exc) from None
+    except Exception as exc:  # noqa: BLE001 - a truncated safetensors raises SafetensorError, not OSError
+        raise _offline_error("model", where, exc, model) from None
 
 
 def apply_lora(model: Any, lora: LoraSpec) -> Any:
@@ -121,3 +125,6 @@ def save_pretrained_dir(model: Any, tokenizer: Any, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    from unlearnspec.safeio import follow_umask
+
+    follow_umask(folder)  # safetensors writes 0600
