@@ -148,7 +148,7 @@ def test_toy_world_file_validates_and_bad_files_are_user_errors(tmp_path):
     text = str(err.value)
     assert "model.hiden" in text and "unknown key" in text and "books" in text
     bad.write_text("seed: [1\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+    with pytest.raises(UserError, match="YAML syntax error"):
         load_world_config(bad)
 
 

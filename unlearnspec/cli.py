@@ -48,8 +48,19 @@ def render_problems(problems: list[Problem], title: str = "error") -> None:
         console.print(f"[red]{title}[/red] [cyan]{escape(where)}[/cyan]{field} {escape(p.message)}")
 
 
+def filesystem_problem(exc: OSError) -> Optional[Problem]:
+    """An OSError about a path the user chose (an --out that is a file, a folder without write
+    permission, UNLEARNSPEC_CACHE below a file, /proc/...) as one Problem naming the path; None
+    for errors without a path (a closed pipe), which stay real errors."""
+    if exc.filename is None:
+        return None
+    names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    why = exc.strerror or type(exc).__name__
+    return Problem(names, "", f"{why}. Check this path: a file may stand where a folder is needed (or the reverse), or a folder may not be writable.")
+
+
 def user_errors(fn: F) -> F:
-    """Render UserError as short messages and exit 2 instead of a traceback."""
+    """Render UserError, and OSError about a named path, as short messages and exit 2 instead of a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -58,8 +69,26 @@ def user_errors(fn: F) -> F:
         except UserError as exc:
             render_problems(exc.problems)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            problem = filesystem_problem(exc)
+            if problem is None:
+                raise
+            render_problems([problem])
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def output_folder(path: Optional[Path], option: str) -> Optional[Path]:
+    """Refuse an output folder option up front (before minutes of work) when it, or the nearest
+    existing folder above it, is not a folder."""
+    if path is None:
+        return None
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == path else f"lies below the file {existing}"
+        raise UserError.one(option, f"{path} {what}; give a folder (it is created if missing).")
+    return path
 
 
 def resolve_profile(toy: bool, profile: Optional[Path]) -> Optional[Path]:
@@ -143,6 +172,7 @@ def report(
     from unlearnspec.report.commands import run_reference_only, run_report
 
     console = _console()
+    output_folder(out, "--out")
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
@@ -220,6 +250,8 @@ def run(
     """
     import os
 
+    output_folder(out, "--out")
+    output_folder(reports_dir, "--reports-dir")
     if nproc > 1 and not dry_run and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -303,6 +335,7 @@ def toy_write_tasks(
 
     Example: [bold]unlearnspec toy write-tasks[/bold]  (then commit plugins/toy)
     """
+    output_folder(out, "--out")
     from unlearnspec.toy.build import load_config
     from unlearnspec.toy.taskfiles import write_task_folder
     from unlearnspec.toy.world import generate_world

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from unlearnspec.errors import UserError
+from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
 from unlearnspec.train.loss import IGNORE_INDEX
 
@@ -101,6 +101,9 @@ def _load_dataset(data: DataSpec, spec_path: Path, assets: Optional["Assets"]) -
             missing = [f for f in files if not Path(f).is_file()]
             if missing:
                 raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix data.files.paths.", loc="data.files.paths")
+            empty = [f for f in files if Path(f).stat().st_size == 0]
+            if empty:
+                raise UserError.one(str(spec_path), f"data file(s) are empty: {', '.join(empty)}. Fix data.files.paths.", loc="data.files.paths")
             return datasets.load_dataset(data.files.format, data_files=files, split="train")
         assert data.toy is not None
         if assets is None:
@@ -108,11 +111,25 @@ def _load_dataset(data: DataSpec, spec_path: Path, assets: Optional["Assets"]) -
         return datasets.load_dataset("json", data_files=str(assets.corpus_path(data.toy.corpus)), split="train")
     except UserError:
         raise
-    except Exception as exc:  # datasets raises many types for "not available offline"
-        what = f"{data.hub.path}" + (f" ({data.hub.name})" if data.hub.name else "") if data.hub else "the data files"
+    except Exception as exc:  # datasets raises many types for "not available offline" and for bad files
+        if data.files is not None:
+            raise UserError.one(
+                str(spec_path),
+                f"cannot read the data files ({first_line(exc)}). Check that each file is valid `{data.files.format}`"
+                + (" (JSON Lines: one JSON object per line)." if data.files.format == "json" else "."),
+                loc="data.files",
+            ) from None
+        if data.toy is not None:
+            raise UserError.one(
+                str(spec_path),
+                f"cannot read the toy corpus {data.toy.corpus!r} ({first_line(exc)}). The cached toy world is damaged: "
+                "rebuild it with `unlearnspec toy build --force`, or clear $UNLEARNSPEC_CACHE.",
+                loc="data.toy",
+            ) from None
+        what = f"{data.hub.path}" + (f" ({data.hub.name})" if data.hub.name else "") if data.hub else "?"
         raise UserError.one(
             str(spec_path),
-            f"cannot load dataset {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+            f"cannot load dataset {what}: {first_line(exc)}. "
             "Without hub access, run on the embedded toy world with `--toy`, or point data.files at local copies.",
             loc="data",
         ) from None

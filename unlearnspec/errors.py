@@ -34,3 +34,11 @@ class UserError(Exception):
     @classmethod
     def one(cls, file: str, message: str, loc: str = "", line: Optional[int] = None) -> "UserError":
         return cls([Problem(file, loc, message, line)])
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` of a library exception, for a one-line UserError
+    (safe on an empty message, where `str(exc).splitlines()[0]` would itself raise)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0][:limit] if lines else "(no message)"
+    return f"{type(exc).__name__}: {text}"

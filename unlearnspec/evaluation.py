@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
-from unlearnspec.errors import Problem, UserError
+from unlearnspec.errors import Problem, UserError, first_line
 from unlearnspec.run.results import TaskMetrics
 from unlearnspec.spec import EvalSpec
 
@@ -126,7 +126,7 @@ def _load(tm: "TaskManager", name: str) -> Any:
         dataset = _dataset_of(tm, name)
         raise UserError.one(
             "eval.tasks",
-            f"cannot load dataset {dataset} of task {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+            f"cannot load dataset {dataset} of task {name!r} ({first_line(exc)}). "
             "The hub is unreachable or the dataset is not cached: download it once with network access "
             "(HF_HUB_OFFLINE=0), or run on the embedded toy world with --toy.",
             loc=name,

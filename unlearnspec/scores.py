@@ -7,9 +7,8 @@ negative weights (gradient ascent); `where` -> w = 1 on selected tokens, 0 elsew
 
 from __future__ import annotations
 
-import json
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -19,6 +18,7 @@ import torch
 from unlearnspec.errors import UserError
 from unlearnspec.train.loss import IGNORE_INDEX, Normalizer
 from unlearnspec.run.results import TokenStats
+from unlearnspec.safeio import read_json
 from unlearnspec.spec.rules import evaluate, parse_rule
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 
@@ -38,27 +38,35 @@ def _fail(path: Path, message: str) -> UserError:
 
 
 def load_score_file(path: Path) -> ScoreFile:
-    """Read a [N, S] score tensor from .pt (weights_only: never unpickles code) or .safetensors."""
+    """Read a [N, S] score tensor from .pt (weights_only: never unpickles code) or .safetensors.
+
+    The bytes are untrusted: the torch and safetensors parsers raise many exception types on a
+    damaged or foreign file (KeyError, IndexError, UnicodeDecodeError, struct.error, ...), so any
+    failure of the parse is a UserError naming the file, never a traceback."""
+    if path.is_dir():
+        raise _fail(path, "is a folder, not a score file. Point `path` at per_token_scores.pt or a .safetensors file.")
     if not path.is_file():
         raise _fail(path, "score file not found. Run the producing MAGIC spec first, or fix the path.")
+    tensor: object
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise _fail(path, f"not a readable safetensors file ({exc}).") from None
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes, see the docstring
+            raise _fail(path, f"not a readable safetensors file ({type(exc).__name__}: {str(exc)[:160]}).") from None
         if len(tensors) != 1:
             key = "scores" if "scores" in tensors else None
             if key is None:
-                raise _fail(path, f"expected one tensor (or one named 'scores'), found {sorted(tensors)}.")
+                raise _fail(path, f"expected one tensor (or one named 'scores'), found {sorted(tensors)[:10]}.")
             tensor = tensors[key]
         else:
             tensor = next(iter(tensors.values()))
     else:
         try:
-            tensor = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Detected pickle protocol 4": noise for the user
+                tensor = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             text = str(exc)
             culprit = next((line.strip() for line in text.splitlines() if "unsupported global" in line.lower()), None)
@@ -69,19 +77,16 @@ def load_score_file(path: Path) -> ScoreFile:
                 "refused to load: the file holds Python objects beyond plain tensors, and unpickling them could run "
                 f"code ({culprit[:160]}). Re-save the scores as a plain tensor or safetensors.",
             ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes, see the docstring
             raise _fail(path, f"not a readable torch file ({type(exc).__name__}: {str(exc)[:160]}).") from None
         if isinstance(tensor, dict) and "scores" in tensor:
             tensor = tensor["scores"]
-        if not isinstance(tensor, torch.Tensor):
-            raise _fail(path, f"expected a tensor [N, S], found {type(tensor).__name__}.")
+    if not isinstance(tensor, torch.Tensor):
+        raise _fail(path, f"expected a tensor [N, S], found {type(tensor).__name__}.")
     sidecar = None
     side = path.parent / SIDECAR_FILE
     if side.is_file():
-        try:
-            sidecar = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise _fail(side, f"unreadable sidecar ({exc}). Fix or delete it.") from None
+        sidecar = read_json(side, "score sidecar", "missing", "Fix or delete it.")
         if not isinstance(sidecar, dict):
             raise _fail(side, "the sidecar must be a JSON object.")
     return ScoreFile(path=path, scores=tensor, sidecar=sidecar)
@@ -96,26 +101,21 @@ def to_target_alignment(scores: torch.Tensor, alignment: str) -> torch.Tensor:
     return out
 
 
-def checked_scores(
-    sf: ScoreFile,
-    source: ScoreSourceSpec,
-    name: str,
-    labels: torch.Tensor,
-    fingerprint: str,
-    fingerprint_at: Callable[[int], str],
-) -> torch.Tensor:
-    """Validate a score file against the training grid; return float32 [N, S] in target alignment,
-    zero wherever the grid has no training target."""
+def check_score_file(sf: ScoreFile, source: ScoreSourceSpec, name: str, n_rows: int, s_data: int) -> str:
+    """The checks that need no token grid: dtype, shape [N, >= S], finite values, the sidecar's
+    N/S and alignment. Returns the alignment; raises a UserError naming the file. Shared by the
+    run (through `checked_scores`) and by `doctor`, so both refuse the same files."""
     path, t = sf.path, sf.scores
     where = f"score source {name!r}"
     if not t.is_floating_point():
         raise _fail(path, f"{where}: scores must be floating point, found {t.dtype}.")
     if t.ndim != 2:
         raise _fail(path, f"{where}: expected shape [N, S], found {list(t.shape)}.")
-    n, s_data = labels.shape
-    if t.shape[0] != n:
-        raise _fail(path, f"{where}: {t.shape[0]} rows of scores but {n} training rows. The scores belong to other data; rescore with the producing spec.")
+    if t.shape[0] != n_rows:
+        raise _fail(path, f"{where}: {t.shape[0]} rows of scores but {n_rows} training rows. The scores belong to other data; rescore with the producing spec.")
     s_scores = t.shape[1]
+    if source.columns is not None and source.columns != s_scores:
+        raise _fail(path, f"{where}: the spec declares columns: {source.columns} but the file has {s_scores}. Fix `columns` or the path.")
     if s_data > s_scores:
         raise _fail(path, f"{where}: max_seq_len {s_data} is wider than the {s_scores} score columns. Lower data.max_seq_len or rescore.")
     if s_data < s_scores and not source.truncate_columns:
@@ -134,13 +134,30 @@ def checked_scores(
         raise _fail(path, f"{where}: the alignment is unknown (no `alignment` in the spec, none in the sidecar). Declare `alignment: target` or `input`; it is never guessed.")
     if "N" in side and side["N"] != t.shape[0] or "S" in side and side["S"] != s_scores:
         raise _fail(path, f"{where}: the sidecar says N={side.get('N')}, S={side.get('S')} but the tensor is {list(t.shape)}.")
+    return alignment
+
+
+def checked_scores(
+    sf: ScoreFile,
+    source: ScoreSourceSpec,
+    name: str,
+    labels: torch.Tensor,
+    fingerprint: str,
+    fingerprint_at: Callable[[int], str],
+) -> torch.Tensor:
+    """Validate a score file against the training grid; return float32 [N, S] in target alignment,
+    zero wherever the grid has no training target."""
+    n, s_data = labels.shape
+    alignment = check_score_file(sf, source, name, n, s_data)
+    path, t, side = sf.path, sf.scores, sf.sidecar or {}
+    s_scores = t.shape[1]
     recorded_fp = side.get("data_fingerprint", side.get("fingerprint"))
     if recorded_fp is not None:
         expected = fingerprint if s_scores == s_data else fingerprint_at(s_scores)
         if recorded_fp != expected:
             raise _fail(
                 path,
-                f"{where}: data fingerprint mismatch: the scores were computed on other tokens (another corpus, row choice, "
+                f"score source {name!r}: data fingerprint mismatch: the scores were computed on other tokens (another corpus, row choice, "
                 "tokenizer or max_seq_len) than this spec trains on. Rescore with matching data.",
             )
     aligned = to_target_alignment(t.float(), alignment)[:, :s_data].contiguous()

@@ -18,6 +18,7 @@ from unlearnspec.doctor.spec_rules import (
     invalid_spec,
     lr_shift,
     score_data_mismatch,
+    score_file_unusable,
     score_regime_mismatch,
     sidecar_precision,
     unmatched_control,
@@ -48,6 +49,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         if entry.spec is None:
             continue
         findings += unmatched_control(entry, ws)
+        findings += score_file_unusable(entry, ws)
         findings += score_data_mismatch(entry, ws)
         findings += score_regime_mismatch(entry, ws)
         findings += sidecar_precision(entry, ws)

@@ -3,7 +3,7 @@ score sidecars, results.json in its output dir, and the recorded reference — e
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -11,6 +11,7 @@ from typing import Any, Optional
 from unlearnspec.errors import UserError
 from unlearnspec.report.reference import ReferenceFile, find_reference
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
+from unlearnspec.safeio import read_json
 from unlearnspec.spec import ScoreSourceSpec, Spec
 from unlearnspec.spec.load import load_spec, resolve_path
 
@@ -52,6 +53,7 @@ class Workspace:
         self._specs: dict[Path, Entry] = {}
         self._sidecars: dict[Path, Optional[dict[str, Any]]] = {}
         self._results: dict[Path, Optional[tuple[Results, Path]]] = {}
+        self._score_files: dict[tuple[Path, str], Optional[str]] = {}
 
     def spec(self, path: Path) -> Entry:
         key = path.resolve()
@@ -86,11 +88,31 @@ class Workspace:
         key = where.resolve()
         if key not in self._sidecars:
             try:
-                raw = json.loads(where.read_text(encoding="utf-8"))
+                raw = read_json(where, "score sidecar", "missing", "")
                 self._sidecars[key] = raw if isinstance(raw, dict) else None
-            except (OSError, json.JSONDecodeError):
+            except UserError:  # a `path:` source's unreadable sidecar is reported by the score-file rule
                 self._sidecars[key] = None
         return self._sidecars[key]
+
+    def score_file_problem(self, entry: Entry, src: ScoreSourceSpec, name: str) -> Optional[str]:
+        """Why a `path:` score source cannot be used, from the same safe loader and checks as the
+        run (missing, a folder, a pickle with code, unreadable, NaN, wrong N, too few columns,
+        unknown alignment); None when it would load. Imports torch only for such sources."""
+        if src.path is None or entry.spec is None:
+            return None
+        from unlearnspec.scores import check_score_file, load_score_file
+
+        spec = entry.spec
+        key = (entry.path.resolve(), name)
+        if key not in self._score_files:
+            problem = None
+            try:
+                sf = load_score_file(resolve_path(entry.path, src.path))
+                check_score_file(sf, src, name, spec.data.select.count, spec.data.max_seq_len)
+            except UserError as exc:
+                problem = "; ".join(p.message for p in exc.problems)
+            self._score_files[key] = problem
+        return self._score_files[key]
 
     def results(self, entry: Entry) -> Optional[tuple[Results, Path]]:
         """results.json in the spec's output dir, when a run has written one."""
@@ -115,6 +137,21 @@ class Workspace:
             return find_reference(entry.spec.name)
         except UserError:
             return None
+
+
+def sidecar_number(sidecar: Optional[dict[str, Any]], *keys: str) -> Optional[float]:
+    """A sidecar value that must be a number: None when absent or not a finite number (sidecars are
+    written by other tools; a string or NaN there must not crash doctor)."""
+    value = sidecar_value(sidecar, *keys)
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number  # shown as written
 
 
 def sidecar_value(sidecar: Optional[dict[str, Any]], *keys: str) -> Any:

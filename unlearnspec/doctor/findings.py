@@ -19,6 +19,7 @@ RULES: dict[str, str] = {
     "D7": "collapse",
     "D8": "within-noise",
     "D9": "control-moves-metrics",
+    "D10": "score-file",
 }
 
 

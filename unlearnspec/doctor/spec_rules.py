@@ -1,12 +1,12 @@
 """Doctor rules that read specs (and score sidecars): validity, matched control, score data, score
-regime, precision, alignment and the effective-LR shift of masking (rules D0-D6)."""
+regime, precision, alignment, the effective-LR shift of masking (rules D0-D6) and unusable score files (D10)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Iterator, Optional
 
-from unlearnspec.doctor.context import Entry, Workspace, sidecar_value
+from unlearnspec.doctor.context import Entry, Workspace, sidecar_number, sidecar_value
 from unlearnspec.doctor.findings import Finding
 from unlearnspec.report.build import format_lr
 from unlearnspec.spec.rules import And, Compare, Expr, Not, Or, parse_rule
@@ -153,8 +153,8 @@ def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
             if cols != msl:
                 prefix = f"; the experiment uses the first {msl} of {cols} score columns (truncate_columns: true)" if msl < cols and src.truncate_columns else ""
                 evidence.append(f"data.max_seq_len: {cols} (scores) vs {msl} (training){prefix}")
-        n_side = sidecar_value(sidecar, "N", "n", "rows", "num_rows")
-        s_side = sidecar_value(sidecar, "S", "columns", "max_seq_len", "seq_len")
+        n_side = sidecar_number(sidecar, "N", "n", "rows", "num_rows")
+        s_side = sidecar_number(sidecar, "S", "columns", "max_seq_len", "seq_len")
         if n_side is not None and int(n_side) != spec.data.select.count:
             evidence.append(f"N: {n_side} rows in the score file (scores.json) vs {spec.data.select.count} trained")
         if s_side is not None and int(s_side) != spec.data.max_seq_len and not any(e.startswith("data.max_seq_len") for e in evidence):
@@ -169,12 +169,29 @@ def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 tuple(evidence),
                 "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/).",
             )
-        elif producer is None and sidecar is None:
+        elif producer is None and sidecar is None and ws.score_file_problem(entry, src, name) is None:
             yield Finding(
                 "D2", "warning", entry.shown,
                 f"score source `{name}` has unknown provenance",
                 (f"scores.{name}.path: {src.path}; no producing spec and no scores.json sidecar",),
                 "Point `produced_by` at the MAGIC spec that made the scores, or keep its scores.json beside the file.",
+            )
+
+
+# --------------------------------------------------------------------------- D10 score files
+def score_file_unusable(entry: Entry, ws: Workspace) -> Iterator[Finding]:
+    """A `path:` score source the run would refuse: checked with the run's own loader."""
+    spec = entry.spec
+    if spec is None:
+        return
+    for name, src in sorted(spec.scores.items()):
+        problem = ws.score_file_problem(entry, src, name)
+        if problem is not None:
+            yield Finding(
+                "D10", "error", entry.shown,
+                f"score source `{name}` cannot be used",
+                (f"scores.{name}.path: {src.path}: {problem}",),
+                "Fix the path, or rescore and save a plain float tensor [N, max_seq_len] (torch.save or safetensors).",
             )
 
 
@@ -213,7 +230,7 @@ def _sidecar_regime(sidecar: Optional[dict[str, Any]]) -> dict[str, Any]:
     opt = sidecar_value(sidecar, "optimizer.name", "optimizer")
     if isinstance(opt, str):
         out["optimizer"] = opt.lower()
-    steps = sidecar_value(sidecar, "steps", "max_steps")
+    steps = sidecar_number(sidecar, "steps", "max_steps")
     if steps is not None:
         out["steps"] = int(steps)
     return out
@@ -228,7 +245,7 @@ def score_regime_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         sidecar = ws.sidecar(entry, src)
         theirs: dict[str, Any] = _regime(producer.spec) if producer is not None and producer.spec is not None else {}
         theirs.update(_sidecar_regime(sidecar))
-        lr = sidecar_value(sidecar, "lr", "optimizer.lr")
+        lr: Optional[float] = sidecar_number(sidecar, "lr", "optimizer.lr")
         if lr is None and producer is not None and producer.spec is not None:
             lr = producer.spec.training.lrs[0]
         if not theirs and lr is None:

@@ -18,6 +18,7 @@ import torch
 
 from unlearnspec import __version__
 from unlearnspec.magic.trajectory import Trajectory
+from unlearnspec.safeio import follow_umask
 
 SCORES_FORMAT_VERSION = 1
 PER_TOKEN_FILE = "per_token_scores.pt"
@@ -30,6 +31,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        follow_umask(Path(tmp))  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

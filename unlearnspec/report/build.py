@@ -24,6 +24,8 @@ class Evaluation:
     stderr: dict[str, float] = field(default_factory=dict)
     n: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[int]] = field(default_factory=dict)
+    samples_problem: Optional[str] = None
+    """Why logged per-question correctness could not be used (its tests are then unpaired)."""
 
     def add(self, task: str, acc: float, n: int, stderr: Optional[float] = None, samples: Optional[list[int]] = None) -> None:
         self.acc[task] = acc
@@ -102,8 +104,9 @@ def _tasks_info(tasks: list[str]) -> list[TaskInfo]:
 
 # --------------------------------------------------------------------------- from results.json
 def evaluation_of(results_dir: Path, record: EvalRecord, metric: str) -> Evaluation:
-    ev = Evaluation()
-    samples = load_samples(results_dir, record) or {}
+    loaded, problem = load_samples(results_dir, record)
+    samples = loaded or {}
+    ev = Evaluation(samples_problem=problem)
     for task, m in record.metrics.items():
         use_norm = metric == "acc_norm" and m.acc_norm is not None
         acc = m.acc_norm if use_norm else m.acc
@@ -162,7 +165,7 @@ def table_from_results(
     rows: list[Row] = []
     if base_ev is not None:
         cells = make_cells(base_ev, tasks, None, None)
-        rows.append(Row(kind="baseline", point="baseline", label=base_label, cells=cells))
+        rows.append(Row(kind="baseline", point="baseline", label=base_label, cells=cells, samples_note=_samples_note(base_ev)))
     elif results.baseline is not None and results.baseline.status != "ok":
         rows.append(Row(kind="baseline", point="baseline", label="baseline", status=results.baseline.status, reason=results.baseline.reason))
     runs = sorted(results.runs, key=lambda r: (_run_lr(r) if _run_lr(r) is not None else math.inf, r.point))
@@ -177,11 +180,13 @@ def table_from_results(
             rows.append(Row(kind="run", point=run.point, lr=lr, label=label, status="failed", reason=reason, selected_fraction=fraction, lr_factor=factor))
             continue
         ctrl_ev = _lr_key(lr, ctrl)
-        cells = make_cells(evaluation_of(folder, run, metric), tasks, base_ev, ctrl_ev)
+        run_ev = evaluation_of(folder, run, metric)
+        cells = make_cells(run_ev, tasks, base_ev, ctrl_ev)
         rows.append(
             Row(
                 kind="run", point=run.point, lr=lr, label=label, selected_fraction=fraction, lr_factor=factor,
                 collapsed=_collapsed(cells), control_point=(ctrl_ev is not None) if control_status is not None else None, cells=cells,
+                samples_note=_samples_note(run_ev, ctrl_ev),
             )
         )
     return ReportTable(
@@ -197,6 +202,16 @@ def table_from_results(
         recorded=recorded,
         provenance=_provenance(results),
     )
+
+
+def _samples_note(ev: Evaluation, control: Optional[Evaluation] = None) -> Optional[str]:
+    """Say in the row when a logged samples file was unusable, so its tests fell back to unpaired."""
+    notes = []
+    if ev.samples_problem:
+        notes.append(f"unpaired: samples unreadable ({ev.samples_problem})")
+    if control is not None and control.samples_problem:
+        notes.append(f"unpaired vs control: control samples unreadable ({control.samples_problem})")
+    return "; ".join(notes) or None
 
 
 def _provenance(results: Results) -> dict[str, str]:

@@ -64,7 +64,7 @@ def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
             continue
         if o_row.status != n_row.status:
             changes.append(Change(label, "status", o_row.status, n_row.status, True, n_row.reason or o_row.reason or ""))
-        if o_row.selected_fraction != n_row.selected_fraction:
+        if o_row.selected_fraction != n_row.selected_fraction:  # NaN != NaN: also reported
             changes.append(Change(label, "selected tokens", str(o_row.selected_fraction), str(n_row.selected_fraction), True))
         for task in sorted(set(o_row.cells) | set(n_row.cells), key=lambda t: list(displays).index(t) if t in displays else 0):
             name = f"{displays.get(task, task)} {new.metric}"
@@ -72,9 +72,13 @@ def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
             if o_cell is None or n_cell is None:
                 changes.append(Change(label, name, "—" if o_cell is None else f"{o_cell.acc:.4f}", "—" if n_cell is None else f"{n_cell.acc:.4f}", True))
                 continue
-            if f"{o_cell.acc:.4f}" == f"{n_cell.acc:.4f}":
+            finite = all(math.isfinite(x) for x in (o_cell.acc, o_cell.stderr, n_cell.acc, n_cell.stderr))
+            if finite and f"{o_cell.acc:.4f}" == f"{n_cell.acc:.4f}":
                 continue
             real = beyond_noise(o_cell.acc, o_cell.stderr, n_cell.acc, n_cell.stderr)
+            if not finite:  # a NaN/inf cell is never "unchanged" or "within noise"
+                changes.append(Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", True, "not a finite number"))
+                continue
             threshold = Z95 * math.sqrt(o_cell.stderr**2 + n_cell.stderr**2)
             detail = f"Δ {n_cell.acc - o_cell.acc:+.4f}, noise ±{threshold:.4f}"
             changes.append(Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", real, detail))

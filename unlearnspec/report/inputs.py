@@ -3,20 +3,19 @@ to loaded results, and find each run's control results and recorded reference.""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-
-import yaml
 
 from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, load_report
 from unlearnspec.report.reference import ReferenceFile, find_reference, load_reference
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
+from unlearnspec.safeio import read_json
 from unlearnspec.spec.load import SPEC_SUFFIXES
 from unlearnspec.spec.load import load_spec, project_root, resolve_path
+from unlearnspec.spec.yamlio import read_yaml_file
 
 
 @dataclass
@@ -55,8 +54,8 @@ def _relative(path: Path, root: Path) -> str:
 
 def _description(spec_file: Path) -> Optional[str]:
     try:
-        data = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data, _ = read_yaml_file(spec_file)
+    except UserError:  # only a title: an unreadable spec just has none
         return None
     desc = data.get("description") if isinstance(data, dict) else None
     return desc if isinstance(desc, str) and desc else None
@@ -165,10 +164,7 @@ def load_table(arg: str) -> ReportTable:
     """For diff: a report JSON, a reference JSON, a results.json, a run folder or a spec file."""
     path = Path(arg)
     if path.suffix == ".json" and path.is_file() and path.name != RESULTS_FILE:
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError.one(arg, f"cannot read JSON: {exc}") from None
+        raw = read_json(path, "JSON file", "file not found.", "Give a report JSON, reference JSON, results.json, run folder or spec file.")
         if isinstance(raw, dict) and "columns" in raw and raw.get("recorded") is True:
             ref: ReferenceFile = load_reference(path)
             return table_from_reference(ref)

@@ -86,6 +86,8 @@ class Row(_Model):
     collapsed: bool = False
     control_point: Optional[bool] = None
     """Runs of a spec with a control: whether the control has an ok run at this LR."""
+    samples_note: Optional[str] = None
+    """Set when a logged samples.json could not be used, so this row's tests are unpaired."""
     cells: dict[str, Cell] = {}
 
 

@@ -3,21 +3,22 @@ Markdown layout, and turn into a report table (stderr from the known question co
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from unlearnspec.errors import UserError
 from unlearnspec.report.model import RECORDED_LABEL, RecordedRow, RecordedTable
+from unlearnspec.safeio import read_json
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference_tables"
 """Shipped with the package (so `report --reference-only` works from any folder); reports/reference links here."""
 
 
 class ReferenceTokenStats(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     selected_fraction: float
     valid_tokens: Optional[int] = None
@@ -41,6 +42,23 @@ class ReferenceFile(BaseModel):
     rows: list[RecordedRow]
     token_stats: Optional[ReferenceTokenStats] = None
 
+    @model_validator(mode="after")
+    def _numbers(self) -> "ReferenceFile":
+        # Numbers stay strings (as recorded) but must parse as finite numbers: reports and diff
+        # turn them into floats, and a NaN there would pass as "within noise".
+        texts = [("baseline." + k, v) for k, v in self.baseline.items()]
+        for i, row in enumerate(self.rows):
+            texts.append((f"rows.{i}.lr", row.lr))
+            texts += [(f"rows.{i}.metrics.{k}", v) for k, v in row.metrics.items()]
+        for where, text in texts:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{where}: {text!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: {text!r} is not a finite number")
+        return self
+
     @property
     def tasks(self) -> list[str]:
         return [k for k in self.columns if k != "lr"]
@@ -50,13 +68,9 @@ class ReferenceFile(BaseModel):
 
 
 def load_reference(path: Path) -> ReferenceFile:
+    raw = read_json(path, "reference file", "no recorded reference file here.", "")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
         return ReferenceFile.model_validate(raw)
-    except FileNotFoundError:
-        raise UserError.one(str(path), "no recorded reference file here.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError.one(str(path), f"cannot read the reference file: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError.one(str(path), f"not a reference file ({'.'.join(map(str, first['loc']))}: {first['msg']}).") from None

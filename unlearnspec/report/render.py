@@ -50,7 +50,7 @@ def _tokens(row: Row) -> str:
 def _note(table: ReportTable, row: Row) -> str:
     if row.status != "ok":
         return f"{row.status}: {row.reason}" if row.reason else row.status
-    notes = []
+    notes = [row.samples_note] if row.samples_note else []
     if row.collapsed:
         notes.append("collapsed: every task at chance, no selectivity")
     if row.control_point is False:

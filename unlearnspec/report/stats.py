@@ -122,7 +122,11 @@ def at_chance(acc: float, n: int, chance: float = CHANCE, tolerance: float = CHA
 
 def beyond_noise(old: float, se_old: float, new: float, se_new: float, z: float = Z95) -> bool:
     """|new - old| > z * sqrt(se_old^2 + se_new^2): a change larger than two independent
-    measurements with these standard errors would show by chance (95%)."""
+    measurements with these standard errors would show by chance (95%). A NaN or infinite value
+    on either side is always beyond noise: every comparison with NaN is False, so without this a
+    NaN regression would pass as "within noise"."""
+    if not all(math.isfinite(x) for x in (old, se_old, new, se_new)):
+        return True
     return abs(new - old) > z * math.sqrt(se_old**2 + se_new**2)
 
 

@@ -6,15 +6,13 @@ doc id) so reports can run paired tests without bloating results.json.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unlearnspec.errors import UserError
+from unlearnspec.safeio import read_json, write_json_atomic
 
 RESULTS_FORMAT = 1
 RESULTS_FILE = "results.json"
@@ -22,21 +20,24 @@ SAMPLES_FILE = "samples.json"
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    # NaN and inf are refused unless a field says otherwise: a NaN accuracy or LR is a broken
+    # file, not a result (reports would call it "collapsed", diff would call it "within noise").
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class TaskMetrics(_Record):
     """lm-eval numbers of one task (or group)."""
 
-    acc: float
+    acc: float = Field(ge=0.0, le=1.0)
     """Accuracy."""
-    acc_stderr: Optional[float] = None
-    """lm-eval's standard error of acc."""
-    acc_norm: Optional[float] = None
+    acc_stderr: Optional[float] = Field(default=None, allow_inf_nan=True)
+    """lm-eval's standard error of acc (NaN where lm-eval could not estimate it; reports then use
+    the binomial stderr)."""
+    acc_norm: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     """Length-normalised accuracy, when the task reports it."""
-    acc_norm_stderr: Optional[float] = None
+    acc_norm_stderr: Optional[float] = Field(default=None, allow_inf_nan=True)
     """Standard error of acc_norm."""
-    n: int
+    n: int = Field(ge=0)
     """Number of questions."""
 
 
@@ -47,7 +48,7 @@ class TokenStats(_Record):
     """Valid target tokens in the grid."""
     selected_tokens: int
     """Valid tokens with nonzero weight."""
-    selected_fraction: float
+    selected_fraction: float = Field(ge=0.0, le=1.0)
     """selected_tokens / valid_tokens."""
     ascending_tokens: int
     """Tokens with negative weight (gradient ascent)."""
@@ -57,8 +58,9 @@ class TokenStats(_Record):
     """Mean |weight| over valid tokens."""
     normalizer: str
     """The spec's loss normalizer."""
-    per_token_lr_factor: float
-    """Per-token step relative to an all-tokens run with normalizer `valid` (1.0 = same)."""
+    per_token_lr_factor: float = Field(allow_inf_nan=True)
+    """Per-token step relative to an all-tokens run with normalizer `valid` (1.0 = same; inf when
+    the normalizer's divisor is 0)."""
 
 
 class EvalRecord(_Record):
@@ -144,21 +146,6 @@ class Results(_Record):
     """Versions, git sha, machine, date."""
 
 
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON via a temp file in the same folder and os.replace: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_results(results: Results, folder: Path) -> Path:
     path = folder / RESULTS_FILE
     write_json_atomic(path, results.model_dump(mode="json"))
@@ -170,18 +157,15 @@ M = TypeVar("M", bound=BaseModel)
 
 def read_json_model(path: Path, cls: type[M], what: str, missing: str, fix: str) -> M:
     """Read a JSON file into a Pydantic model; every failure is a UserError naming the file and the fix."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError.one(str(path), missing) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError.one(str(path), f"cannot read the {what}: {exc}. {fix}") from None
+    raw = read_json(path, what, missing, fix)
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = ".".join(str(p) for p in first["loc"]) or "top level"
         raise UserError.one(str(path), f"not a valid {what} ({loc}: {first['msg']}). {fix}") from None
+    except RecursionError:
+        raise UserError.one(str(path), f"the {what} is nested too deeply to be one. {fix}") from None
 
 
 def load_results(path: Path) -> Results:
@@ -191,13 +175,26 @@ def load_results(path: Path) -> Results:
                            "Rerun the spec to rewrite it.")
 
 
-def load_samples(results_dir: Path, record: EvalRecord) -> Optional[dict[str, list[int]]]:
-    """Per-question correctness of a record, or None when not logged."""
+def load_samples(results_dir: Path, record: EvalRecord) -> tuple[Optional[dict[str, list[int]]], Optional[str]]:
+    """Per-question correctness of a record ({task: [0|1, ...]}), or None when not logged; the
+    second value says why a logged file could not be used (reports then say the tests are unpaired)."""
     if record.samples_file is None:
-        return None
+        return None, None
     path = results_dir / record.samples_file
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return {str(k): [int(x) for x in v] for k, v in raw.items()}
+        raw = read_json(path, "samples file", "missing", "")
+    except UserError as exc:
+        why = exc.problems[0].message.split(". ")[0]
+        return None, f"{record.samples_file}: {why}"
+    if not isinstance(raw, dict):
+        return None, f"{record.samples_file}: not a mapping of task -> list of 0/1"
+    out: dict[str, list[int]] = {}
+    for task, values in raw.items():
+        if not isinstance(values, list) or not all(type(x) is int and x in (0, 1) for x in values):
+            return None, f"{record.samples_file}: task {task!r} is not a list of 0/1"
+        out[str(task)] = values
+    for task, m in record.metrics.items():
+        got = out.get(task)
+        if got is not None and len(got) != m.n:
+            return None, f"{record.samples_file}: task {task!r} has {len(got)} answers but n={m.n}"
+    return out, None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.run.results import write_json_atomic
+from unlearnspec.safeio import write_json_atomic
 
 MARKER = ".unlearnspec.json"
 TMP_PREFIX = ".tmp-"

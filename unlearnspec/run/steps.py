@@ -133,6 +133,9 @@ def save_model(spec: Spec, model: Any, tokenizer: Any, folder: Path) -> str:
     to_save = model if spec.output.save_model == "adapter" else merged_for_eval(model, spec.lora, force=True)
     to_save.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
+    from unlearnspec.safeio import follow_umask
+
+    follow_umask(target)  # safetensors writes 0600; results on a shared filesystem follow the umask
     return "model"
 
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 SPEC_SCHEMA_VERSION = 1
+
+STRICT_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
+"""Config of every section of a spec, profile or toy-world file. `strict`: no silent coercion
+(`batch_size: true` is not 1, `lr: "1e-5"` is not a number, `count: 2.5` is not 2); an int is
+still accepted where a float is meant. `allow_inf_nan=False`: `.inf` and `.nan` are refused in
+every float field, as a run cannot take them."""
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+"""A random seed: numpy, which the HF Trainer seeds too, takes 0 <= seed < 2**32."""
 
 class SpecRuleError(ValueError):
     """A cross-field rule failed. `loc` is relative to the model that raised it."""
@@ -16,7 +27,7 @@ class SpecRuleError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = STRICT_CONFIG
 
 
 def _exactly_one(model: BaseModel, names: tuple[str, ...], what: str) -> None:

@@ -37,9 +37,16 @@ def resolve_path(spec_path: Path, rel: str) -> Path:
 
 
 # --------------------------------------------------------------------------- loading
-def validate_data(data: Any, node: Optional[yaml.Node], file: str) -> Spec:
+def require_mapping(data: Any, file: str) -> dict[str, Any]:
+    """The document as a mapping: an empty file, a list or a bare value is not a spec."""
     if not isinstance(data, dict):
-        raise UserError([Problem(file, "", "a spec must be a YAML mapping of sections (model, data, training, ...).")])
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise UserError([Problem(file, "", f"the document is {what}; a spec is a YAML mapping of sections (name, model, data, training, ...).")])
+    return data
+
+
+def validate_data(data: Any, node: Optional[yaml.Node], file: str) -> Spec:
+    data = require_mapping(data, file)
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
@@ -56,9 +63,8 @@ def load_spec(
     path = Path(path)
     data, node = read_yaml_file(path)
     file = str(path)
+    data = require_mapping(data, file)  # before overrides and profiles, which index the mapping
     if overrides:
-        if not isinstance(data, dict):
-            data = {}
         apply_overrides(data, list(overrides))
         file += " (with --set)"
     if profile is not None:
@@ -95,6 +101,13 @@ def reference_problems(
     file = str(path)
     problems = []
     for name, src in spec.scores.items():
+        if src.path is not None:
+            loc = ("scores", name, "path")
+            target = resolve_path(path, src.path)
+            if target.is_dir():
+                problems.append(Problem(file, _fmt_loc(loc), f"{src.path} is a folder, not a score file (looked at {target}).", _line_of(node, loc)))
+            elif not target.is_file():
+                problems.append(Problem(file, _fmt_loc(loc), f"the score file {src.path} does not exist (looked at {target}). Fix the path or produce it first.", _line_of(node, loc)))
         if src.produced_by is None:
             continue
         loc = ("scores", name, "produced_by")

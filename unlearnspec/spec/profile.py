@@ -11,9 +11,10 @@ import copy
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+from pydantic import BaseModel, Field, PositiveFloat, ValidationError
 
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.base import STRICT_CONFIG
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
@@ -22,7 +23,7 @@ PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = STRICT_CONFIG
 
 
 class ProfileModel(_Section):
@@ -97,7 +98,7 @@ class Profile(_Section):
     """Output dirs `runs/x` become `<output_prefix>/x`, so toy runs never mix with real ones."""
     drop_recorded_baseline: bool = True
     """Drop the spec's recorded baseline numbers (they belong to the real model)."""
-    threads: Optional[int] = Field(default=None, gt=0)
+    threads: Optional[int] = Field(default=None, gt=0, le=1024)
     """torch CPU threads for runs through this profile (tiny models on a shared CPU run faster on one)."""
 
 
@@ -146,6 +147,12 @@ def world_config_path(profile_path: Path) -> Optional[Path]:
     return (profile_path.parent / profile.world).resolve() if profile.world else None
 
 
+def _is_int(value: Any) -> bool:
+    """An int written as an int: `True` is an int to Python but never a count (strict validation
+    refuses it later, so the profile must not turn it into a number first)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _scaled(value: int, factor: float, floor: int) -> int:
     return max(floor, int(round(value * factor)))
 
@@ -186,20 +193,20 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
         data_sec["toy"] = {"corpus": corpus}
     select = data_sec.get("select")
     if isinstance(select, dict):
-        if isinstance(select.get("count"), int):
+        if _is_int(select.get("count")):
             select["count"] = _scaled(select["count"], profile.data.count_scale, 1)
         select["min_chars"] = profile.data.min_chars
-        if isinstance(select.get("offset"), int):
+        if _is_int(select.get("offset")):
             select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0)
-    if isinstance(data_sec.get("max_seq_len"), int):
+    if _is_int(data_sec.get("max_seq_len")):
         data_sec["max_seq_len"] = _scaled(data_sec["max_seq_len"], profile.data.max_seq_len_scale, 8)
     for src in section("scores").values():
-        if isinstance(src, dict) and isinstance(src.get("columns"), int):
+        if isinstance(src, dict) and _is_int(src.get("columns")):
             src["columns"] = _scaled(src["columns"], profile.data.max_seq_len_scale, 8)
 
     training = section("training")
     for key in ("max_steps", "warmup_steps"):
-        if isinstance(training.get(key), int):
+        if _is_int(training.get(key)):
             training[key] = _scaled(training[key], profile.training.steps_scale, 1 if key == "max_steps" else 0)
     opt = training.get("optimizer")
     name = opt.get("name") if isinstance(opt, dict) else None

@@ -27,6 +27,13 @@ _TOKEN = re.compile(
 )
 _UNICODE_OPS = {"≤": "<=", "≥": ">="}
 
+MAX_RULE_CHARS = 2000
+"""Longest selection expression accepted (the shipped ones are under 40 characters)."""
+MAX_RULE_TERMS = 64
+"""Most comparisons in one expression."""
+MAX_RULE_DEPTH = 32
+"""Deepest nesting of parentheses and `not` (the parser and the evaluator recurse once per level)."""
+
 
 class RuleSyntaxError(ValueError):
     """An expression that does not parse; the message points at the offending position."""
@@ -60,6 +67,8 @@ Expr = Union[Compare, Not, And, Or]
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
+    if len(text) > MAX_RULE_CHARS:
+        raise RuleSyntaxError(f"the expression is {len(text)} characters long; at most {MAX_RULE_CHARS} are accepted")
     out: list[tuple[str, str, int]] = []
     pos = 0
     text = text.rstrip()
@@ -78,6 +87,9 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
             kind, value = "kw", value.lower()
         out.append((kind, value, start))
         pos = m.end()
+    terms = sum(1 for kind, _, _ in out if kind == "op")
+    if terms > MAX_RULE_TERMS:
+        raise RuleSyntaxError(f"the expression has {terms} comparisons; at most {MAX_RULE_TERMS} are accepted")
     return out
 
 
@@ -86,6 +98,7 @@ class _Parser:
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0
 
     def _peek(self) -> tuple[str, str, int] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -119,18 +132,26 @@ class _Parser:
 
     def _not(self) -> Expr:
         tok = self._peek()
-        if tok and tok[:2] == ("kw", "not"):
-            self.i += 1
-            return Not(self._not())
-        if tok and tok[:2] == ("paren", "("):
-            self.i += 1
-            inner = self._or()
-            close = self._peek()
-            if not close or close[:2] != ("paren", ")"):
-                raise self._fail("')'")
-            self.i += 1
-            return inner
+        if tok and tok[:2] in (("kw", "not"), ("paren", "(")):
+            self.depth += 1
+            if self.depth > MAX_RULE_DEPTH:
+                raise RuleSyntaxError(f"parentheses and `not` are nested more than {MAX_RULE_DEPTH} deep at position {tok[2]}; simplify the expression")
+            try:
+                return self._nested(tok)
+            finally:
+                self.depth -= 1
         return self._compare()
+
+    def _nested(self, tok: tuple[str, str, int]) -> Expr:
+        self.i += 1
+        if tok[1] == "not":
+            return Not(self._not())
+        inner = self._or()
+        close = self._peek()
+        if not close or close[:2] != ("paren", ")"):
+            raise self._fail("')'")
+        self.i += 1
+        return inner
 
     def _compare(self) -> Expr:
         tok = self._peek()

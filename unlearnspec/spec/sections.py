@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveInt, model_validator
 
-from unlearnspec.spec.base import SpecRuleError, _exactly_one, _Section
+from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, sources
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS
 
@@ -40,6 +40,10 @@ class ModelSpec(_Section):
 
 
 # --------------------------------------------------------------------------- data
+MAX_SEQ_LEN = 131_072
+"""Upper bound of data.max_seq_len: the longest context of common open models (128k). Grids and
+score files hold N x S values, so a larger S is a typo that would fail only at run time."""
+
 class HubDataSpec(_Section):
     """A dataset on the Hugging Face hub."""
 
@@ -96,8 +100,8 @@ class SelectSpec(_Section):
     """Keep rows whose stripped text is longer than this many characters (the seed used 100)."""
     order: Literal["original", "length", "shuffle"] = "original"
     """`length` sorts by character length (stable); `shuffle` uses `shuffle_seed`."""
-    shuffle_seed: Optional[int] = None
-    """Seed for `order: shuffle`."""
+    shuffle_seed: Optional[Seed] = None
+    """Seed for `order: shuffle` (0 <= seed < 2**32)."""
     offset: Optional[int] = Field(default=None, ge=0)
     """Skip this many rows after filtering and ordering."""
     offset_fraction: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
@@ -127,8 +131,8 @@ class DataSpec(_Section):
     """Set for chat data (e.g. UltraChat)."""
     select: SelectSpec
     """How the N rows are chosen."""
-    max_seq_len: PositiveInt
-    """S: every row is truncated/right-padded to exactly this many tokens."""
+    max_seq_len: int = Field(gt=0, le=MAX_SEQ_LEN)
+    """S: every row is truncated/right-padded to exactly this many tokens (at most 131072)."""
     append_eos: bool = False
     """Append the EOS token to every row before truncation."""
 
@@ -149,7 +153,7 @@ class ScoreSourceSpec(_Section):
     alignment: Optional[Literal["target", "input"]] = None
     """`target`: column t weights the loss of predicting token t (column 0 unused); `input`: column t
     weights the loss predicted at position t (of token t+1). Unset: taken from the sidecar, else an error."""
-    columns: Optional[PositiveInt] = None
+    columns: Optional[int] = Field(default=None, gt=0, le=MAX_SEQ_LEN)
     """Declared S_scores of a `path` source (checked against max_seq_len before anything runs)."""
     truncate_columns: bool = False
     """Allow using only the first max_seq_len columns of wider scores (exp3 used 256 of 1024)."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from unlearnspec.spec.base import SpecRuleError, _Section
+from unlearnspec.spec.base import Seed, SpecRuleError, _Section
 
 
 # --------------------------------------------------------------------------- training
@@ -19,10 +19,16 @@ class OptimizerSpec(_Section):
     """SGD momentum."""
     weight_decay: float = Field(default=0.0, ge=0.0)
     """Weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    """Adam betas, each in [0, 1)."""
     eps: float = Field(default=1e-8, gt=0.0)
     """Adam epsilon."""
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        # YAML has lists, not tuples; strict mode would refuse a list for a tuple field.
+        return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _rules(self) -> "OptimizerSpec":
@@ -52,8 +58,8 @@ class TrainingSpec(_Section):
     """Optimizer steps (exclusive with epochs)."""
     epochs: Optional[float] = Field(default=None, gt=0.0)
     """Epochs over the N rows (exclusive with max_steps)."""
-    seed: int = 42
-    """Seed for model init of adapters, data order and dropout."""
+    seed: Seed = 42
+    """Seed for model init of adapters, data order and dropout (0 <= seed < 2**32)."""
     shuffle: bool = True
     """Shuffle rows each epoch (with `seed`); off replays rows in grid order."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -170,8 +176,8 @@ class EvalSpec(_Section):
 class RecordedBaseline(_Section):
     """Numbers recorded elsewhere (not reproduced by this tool)."""
 
-    metrics: dict[str, float]
-    """Task name -> accuracy."""
+    metrics: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]]
+    """Task name -> accuracy (in [0, 1])."""
     source: str
     """Where the numbers come from."""
 

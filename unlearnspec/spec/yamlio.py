@@ -22,8 +22,82 @@ from unlearnspec.spec.schema import Spec
 
 
 # --------------------------------------------------------------------------- YAML
+MAX_YAML_BYTES = 1_000_000
+"""Largest YAML file read (a spec is a few KB; anything near this is a mistake or an attack)."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of lists and mappings, aliases expanded (specs nest about 5 levels)."""
+MAX_YAML_NODES = 100_000
+"""Most values in one document with every alias expanded (stops 'billion laughs' documents)."""
+
+
+class _Refused(Exception):
+    """A document the loader refuses (too deep, too large, duplicate key), with where it happened."""
+
+    def __init__(self, message: str, mark: Optional[yaml.Mark]):
+        super().__init__(message)
+        self.message = message
+        self.line = mark.line + 1 if mark is not None else None
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-5` as a float (YAML 1.2), as people write learning rates."""
+    """SafeLoader that reads `1e-5` as a float (YAML 1.2), as people write learning rates, and
+    refuses what would break later code or silently lose data: nesting deeper than MAX_YAML_DEPTH,
+    more than MAX_YAML_NODES values with aliases expanded, recursive aliases, duplicate keys."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        # id(node) -> (values, depth) with aliases expanded; a node still being composed has none.
+        self._measure: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        alias = self.check_event(yaml.AliasEvent)
+        mark = self.peek_event().start_mark
+        self._depth += 1
+        try:
+            # Checked before descending: PyYAML's composer recurses once per level.
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs about 5. Flatten the document.", mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if alias:
+            if id(node) not in self._measure:
+                raise _Refused("a recursive alias: it refers to a mapping or list that contains it. Remove the alias.", mark)
+            return node
+        count, depth = 1, 1
+        if isinstance(node, yaml.MappingNode):
+            self._check_duplicates(node)
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        for child in children:
+            c_count, c_depth = self._measure[id(child)]
+            count += c_count
+            depth = max(depth, c_depth + 1)
+        if depth > MAX_YAML_DEPTH:
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep once its aliases are expanded. Flatten the document.", mark)
+        if count > MAX_YAML_NODES:
+            raise _Refused(f"holds more than {MAX_YAML_NODES:,} values once its aliases are expanded. Write the values out, without aliases.", mark)
+        self._measure[id(node)] = (count, depth)
+        return node
+
+    def _check_duplicates(self, node: yaml.MappingNode) -> None:
+        """A key written twice in one mapping: YAML keeps the last silently, so refuse it.
+        Keys brought in by a `<<` merge may be overridden (that is what merging is for)."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: the constructor reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _Refused(f"duplicate key `{key}` (first at line {first}); YAML would silently keep only the last one. Delete one of them.", key_node.start_mark)
+            seen[key] = line
 
 
 _Loader.add_implicit_resolver(
@@ -41,11 +115,15 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
-    """Parse YAML text into data plus its node tree (for line numbers)."""
+    """Parse YAML text into data plus its node tree (for line numbers); every failure is a UserError."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError([Problem(file, "", f"the YAML text is larger than {MAX_YAML_BYTES:,} characters; a spec is a few KB. Check the file.")])
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except _Refused as exc:
+        raise UserError([Problem(file, "", f"YAML refused: {exc.message}", exc.line)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -53,18 +131,32 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
         raise UserError([Problem(file, "", f"YAML syntax error: {what}. Fix the YAML at this line.", line)]) from None
     except yaml.YAMLError as exc:
         raise UserError([Problem(file, "", f"YAML error: {exc}")]) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's own constructors raise these for values it recognises but cannot build,
+        # e.g. the timestamp `2024-13-01`.
+        raise UserError([Problem(file, "", f"YAML value error: {type(exc).__name__}: {str(exc)[:160]}. Quote the value if it is text.")]) from None
     finally:
         loader.dispose()
     return data, node
 
 
 def read_yaml_file(path: Path) -> tuple[Any, Optional[yaml.Node]]:
+    """Read and parse a YAML file (at most MAX_YAML_BYTES); every failure is a UserError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise UserError([Problem(str(path), "", "file not found. Check the path.")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError([Problem(str(path), "", f"cannot read the file: {exc}")]) from None
+    except IsADirectoryError:
+        raise UserError([Problem(str(path), "", "is a folder, not a YAML file.")]) from None
+    except OSError as exc:
+        raise UserError([Problem(str(path), "", f"cannot read the file: {exc.strerror or exc}.")]) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError([Problem(str(path), "", f"larger than {MAX_YAML_BYTES:,} bytes; a spec is a few KB. Is this the right file?")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError([Problem(str(path), "", f"not UTF-8 text (byte {exc.start}). Save the file as UTF-8.")]) from None
     return parse_yaml(text, str(path))
 
 
@@ -218,6 +310,30 @@ def _misspelled_missing(errors: list[Any], data: Any) -> set[tuple[Any, ...]]:
     return explained
 
 
+def _union_noise_removed(errors: list[Any], data: Any) -> list[Any]:
+    """A union field (e.g. `lr: float | list[float]`) reports one error per member. Drop a member's
+    "wrong type" error when another member got further (an error at or below the same place), and
+    merge the rest into one "a valid number or a valid list" message."""
+    locs = [_clean_loc(tuple(e["loc"]), data) for e in errors]
+    is_type = [e["type"].endswith("_type") for e in errors]
+    kept: list[Any] = []
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err, loc, typ in zip(errors, locs, is_type):
+        if not typ:
+            kept.append(err)
+            continue
+        if any(not t and other[: len(loc)] == loc for other, t in zip(locs, is_type)):
+            continue
+        if loc in merged:
+            first = merged[loc]
+            what = err["msg"].removeprefix("Input should be ")
+            first["msg"] = f"{first['msg']} or {what}"
+            continue
+        merged[loc] = err = dict(err)
+        kept.append(err)
+    return kept
+
+
 def validation_problems(exc: ValidationError, data: Any, node: Optional[yaml.Node], file: str) -> list[Problem]:
     return validation_problems_for(Spec, exc, data, node, file)
 
@@ -227,7 +343,7 @@ def validation_problems_for(
 ) -> list[Problem]:
     """One Problem per validation error of `root` (did-you-mean for unknown keys, YAML line numbers)."""
     problems: dict[tuple[str, str], Problem] = {}
-    errors = exc.errors(include_url=False)
+    errors = _union_noise_removed(exc.errors(include_url=False), data)
     skip = _misspelled_missing(errors, data)
     for err in errors:
         if err["type"] == "missing" and _clean_loc(tuple(err["loc"]), data) in skip:

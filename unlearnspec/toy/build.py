@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.safeio import follow_umask, read_json
 from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig, load_world_config
 from unlearnspec.toy.taskfiles import write_task_folder
@@ -60,11 +61,24 @@ class ToyWorld:
     @property
     def info(self) -> dict[str, Any]:
         """Build record: key, generator version, build seconds, baseline metrics of the model."""
-        return json.loads((self.root / INFO_FILE).read_text())
+        info = read_json(self.root / INFO_FILE, "toy world record", "missing.", DAMAGED_FIX)
+        if not isinstance(info, dict) or not isinstance(info.get("baseline"), dict):
+            raise UserError.one(str(self.root / INFO_FILE), f"not a toy world record. {DAMAGED_FIX}")
+        return info
+
+
+DAMAGED_FIX = f"The cached toy world is damaged: rebuild it with `unlearnspec toy build --force`, or clear ${CACHE_ENV}."
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "unlearnspec").expanduser()
+    """$UNLEARNSPEC_CACHE (default ~/.cache/unlearnspec); a path that exists but is no folder is
+    refused here, by name, instead of failing deep inside a build."""
+    env = os.environ.get(CACHE_ENV)
+    root = Path(env or Path.home() / ".cache" / "unlearnspec").expanduser()
+    if root.exists() and not root.is_dir():
+        where = f"{CACHE_ENV}={env}" if env else str(root)
+        raise UserError.one(where, f"the cache location {root} exists but is not a folder. Point {CACHE_ENV} at a folder (it is created if missing).")
+    return root
 
 
 def world_key(cfg: WorldConfig) -> str:
@@ -94,6 +108,7 @@ def _build_atomically(cfg: WorldConfig, root: Path, log: Log) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
         build_world(cfg, tmp, log)
+        follow_umask(tmp)  # mkdtemp and safetensors made 0700/0600: a shared cache must be readable
         if root.exists():  # --force, or another process finished first: replace it
             trash = root.with_name(f".{root.name}.old-{os.getpid()}")
             os.replace(root, trash)

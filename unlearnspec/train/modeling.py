@@ -7,16 +7,20 @@ from typing import Any, Optional
 import torch
 
 from unlearnspec.assets import Assets
-from unlearnspec.errors import UserError
+from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import LoraSpec, ModelSpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _offline_error(what: str, name: str, exc: Exception) -> UserError:
+def _offline_error(what: str, name: str, exc: Exception, model: Optional[ModelSpec] = None) -> UserError:
+    if model is not None and model.toy is not None:
+        from unlearnspec.toy.build import DAMAGED_FIX
+
+        return UserError.one(name, f"cannot load the cached toy {what} ({first_line(exc)}). {DAMAGED_FIX}", loc="model.toy")
     return UserError.one(
         name,
-        f"cannot load the {what} {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+        f"cannot load the {what} {name!r} ({first_line(exc)}). "
         "Without hub access, run on the embedded toy world with `--toy`, or set model.name_or_path to a local folder.",
         loc="model",
     )
@@ -28,8 +32,8 @@ def load_tokenizer(model: ModelSpec, assets: Assets) -> Any:
     name = assets.tokenizer_location(model)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=model.revision if not model.tokenizer else None)
-    except (OSError, ValueError) as exc:
-        raise _offline_error("tokenizer", name, exc) from None
+    except Exception as exc:  # noqa: BLE001 - offline, missing or damaged files raise many types
+        raise _offline_error("tokenizer", name, exc, model if not model.tokenizer else None) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # the recorded runs padded with EOS
     tok.padding_side = "right"
@@ -44,8 +48,8 @@ def load_model(model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Op
     where = assets.model_location(model)
     try:
         config = AutoConfig.from_pretrained(where, revision=model.revision)
-    except (OSError, ValueError) as exc:
-        raise _offline_error("model", where, exc) from None
+    except Exception as exc:  # noqa: BLE001 - offline, missing or damaged files raise many types
+        raise _offline_error("model", where, exc, model) from None
     for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop", "dropout"):
         if hasattr(config, key):
             setattr(config, key, dropout)
@@ -57,8 +61,8 @@ def load_model(model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Op
             dtype=dtype or DTYPES[model.dtype],
             attn_implementation=model.attn_implementation,
         ).to(device)
-    except (OSError, ValueError) as exc:
-        raise _offline_error("model", where, exc) from None
+    except Exception as exc:  # noqa: BLE001 - a truncated safetensors raises SafetensorError, not OSError
+        raise _offline_error("model", where, exc, model) from None
 
 
 def apply_lora(model: Any, lora: LoraSpec) -> Any:

@@ -127,9 +127,9 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
     try:
         return SFTConfig(**kwargs)
     except ValueError as exc:  # e.g. bf16/fp16 autocast requested on a machine that cannot run it
-        from unlearnspec.errors import UserError
+        from unlearnspec.errors import UserError, first_line
 
-        raise UserError.one("training", f"the trainer refused these settings: {str(exc).splitlines()[0][:240]}. "
+        raise UserError.one("training", f"the trainer refused these settings: {first_line(exc, 240)}. "
                             "Check training.precision for this machine.", loc="training.precision") from None
 
 
