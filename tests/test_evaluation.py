@@ -96,6 +96,7 @@ def test_missing_dataset_is_a_user_error(tiny_lm):
     assert "wmdp_bio_robust" in text and "EleutherAI/wmdp_bio_robust_mcqa" in text and "--toy" in text
 
 
+@pytest.mark.slow  # indexes lm-eval's ~14,700 built-in tasks (6-40 s)
 def test_unknown_task_is_a_user_error_with_suggestion(tiny_lm):
     from unlearnspec.evaluation import evaluate_model
 

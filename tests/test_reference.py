@@ -17,7 +17,7 @@ from unlearnspec.report.reference import all_references, load_reference, render_
 from .conftest import REPO
 
 SEED = REPO.parent / "shared" / "seed" / "attribution_unlearning.md"
-REFERENCES = all_references(REPO)
+REFERENCES = all_references()
 needs_seed = pytest.mark.skipif(not SEED.is_file(), reason=f"seed log not found at {SEED} (expected <repo>/../shared/seed/)")
 
 

@@ -37,6 +37,7 @@ def _points(out: Path) -> dict[str, dict]:
             if p.is_dir() and p.name.startswith("lr_")}
 
 
+@pytest.mark.slow
 def test_exp7_toy_sweep_writes_results(toy_world, tmp_path):
     out = tmp_path / "exp7"
     proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
@@ -65,6 +66,7 @@ def test_exp7_toy_sweep_writes_results(toy_world, tmp_path):
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_skips_finished_points(toy_world, tmp_path):
     out = tmp_path / "exp7"
     args = [sys.executable, "-m", "unlearnspec", "run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL]
@@ -88,21 +90,23 @@ def test_sigkill_then_resume_skips_finished_points(toy_world, tmp_path):
 
     again = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "lr=0.0001 already ok; skipped" in again.stdout
+    assert "point:exp7_all_tokens/lr_0.0001 already done; skipped" in again.stdout
     assert (out / "lr_0.0001" / "point.json").stat().st_mtime_ns == mtime
     assert sorted(_points(out)) == ["lr_0.0001", "lr_0.001"]
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_spec(toy_world, tmp_path):
     out = tmp_path / "exp7"
     (out / "lr_0.0001").mkdir(parents=True)
-    (out / "lr_0.0001" / "point.json").write_text(json.dumps({"status": "ok", "spec_hash": "something-else"}))
+    (out / ".unlearnspec.json").write_text(json.dumps({"by": "unlearnspec", "kind": "root", "spec_hash": "something-else"}))
     proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
     assert proc.returncode == 2 and "different spec" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unavailable_model_suggests_toy(toy_world, tmp_path):
     proc = _run(["run", EXP7, "--out", str(tmp_path / "o"), "--no-report"], _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -110,6 +114,7 @@ def test_unavailable_model_suggests_toy(toy_world, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unavailable_dataset_suggests_toy(toy_world, tmp_path):
     args = ["run", EXP7, "--out", str(tmp_path / "o"), "--no-report", "--set", "model.name_or_path=null",
             "--set", "model.toy=tiny-neox", "--set", "model.dtype=float32"]
@@ -118,6 +123,7 @@ def test_unavailable_dataset_suggests_toy(toy_world, tmp_path):
     assert "Salesforce/wikitext" in proc.stderr and "--toy" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_scores_name_the_producer_and_command(toy_world, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(REPO / "specs", project / "specs")
@@ -128,6 +134,7 @@ def test_missing_scores_name_the_producer_and_command(toy_world, tmp_path):
     assert "specs/magic/magic_wmdp.yaml" in proc.stderr and "unlearnspec run specs/magic/magic_wmdp.yaml" in proc.stderr
 
 
+@pytest.mark.slow
 def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     """The score specs an experiment names are produced first under --toy; their scores steer the run."""
     project = tmp_path / "project"
@@ -149,10 +156,12 @@ def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     assert stats["per_token_lr_factor"] == pytest.approx(1 / stats["selected_fraction"])
     # a rerun reuses the scores and the finished point
     again = _run(args, _env(toy_world), cwd=project)
-    assert again.returncode == 0 and "scores already computed" not in again.stdout  # producers not even loaded
-    assert "already ok; skipped" in again.stdout
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job in ("score:magic_wmdp", "score:magic_mmlu", "point:exp5_selective/lr_0.0001"):
+        assert f"{job} already done; skipped" in again.stdout
 
 
+@pytest.mark.slow
 def test_diverging_point_is_recorded_and_the_sweep_goes_on(toy_world, tmp_path):
     out = tmp_path / "exp7"
     args = ["run", EXP7, "--toy", "--out", str(out), "--set", "training.lr=[1.0e+4, 1.0e-5]",

@@ -14,12 +14,13 @@ import pytest
 
 from unlearnspec.errors import UserError
 from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
-from unlearnspec.toy.build import DEFAULT_CONFIG, SHIPPED_TASKS, ensure_toy_world, world_key
+from unlearnspec.toy.build import DEFAULT_CONFIG, ensure_toy_world, world_key
 from unlearnspec.toy.config import WorldConfig, load_world_config
 from unlearnspec.toy.taskfiles import folder_matches, task_files
 from unlearnspec.toy.world import generate_world, jsonl, row_text
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED_TASKS = REPO / "plugins" / "toy"
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +157,18 @@ def test_world_key_follows_the_config():
     assert world_key(WorldConfig()) != world_key(WorldConfig(pretrain={"steps": 10}))
 
 
-def test_task_dir_is_the_shipped_folder_only_for_its_world(tmp_path, world):
-    from unlearnspec.toy.build import _task_dir, write_world_data
+def test_include_paths_use_the_projects_toy_tasks_only_when_they_are_this_worlds(tmp_path, world):
+    """The shipped plugins/toy and the world's cached copy would register the same task names twice."""
+    from unlearnspec.assets import Assets
+    from unlearnspec.toy.build import ToyWorld, write_world_data
 
     write_world_data(world, tmp_path / "default")
     write_world_data(generate_world(WorldConfig(seed=7)), tmp_path / "other")
-    assert _task_dir(tmp_path / "default") == SHIPPED_TASKS
-    assert _task_dir(tmp_path / "other") == tmp_path / "other" / "tasks"
+    spec = REPO / "specs" / "exp7_all_tokens.yaml"
+    for name, expected in (("default", [REPO / "plugins"]), ("other", [REPO / "plugins", tmp_path / "other" / "tasks"])):
+        assets = Assets()
+        assets.__dict__["world"] = ToyWorld(root=tmp_path / name, config=WorldConfig(), task_dir=tmp_path / name / "tasks")
+        assert assets.include_paths(spec, toy=True) == [p.resolve() for p in expected]
     assert not folder_matches(world, tmp_path / "other" / "tasks")
 
 
@@ -200,7 +206,7 @@ def test_built_world_loads_with_auto_classes(toy_world, world):
         assert toy_world.corpus_path(name).read_text() == jsonl(world.corpora[name])
     lengths = [len(x) for x in tok([row_text(r) for r in world.corpora["wikitext"]])["input_ids"]]
     assert sum(n < toy_world.config.model.max_seq_len for n in lengths) / len(lengths) > 0.98
-    assert toy_world.task_dir == SHIPPED_TASKS
+    assert toy_world.task_dir == toy_world.root / "tasks" and folder_matches(world, toy_world.task_dir)
     facts = [json.loads(line) for line in toy_world.facts_path.read_text().splitlines()]
     assert len(facts) == len(world.facts)
     with pytest.raises(UserError, match="unknown toy corpus"):

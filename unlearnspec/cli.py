@@ -154,6 +154,7 @@ def report(
 def diff(
     old: str = typer.Argument(..., help="Report JSON, reference JSON, results.json, run folder or spec file."),
     new: str = typer.Argument(..., help="The same kinds of input, to compare against OLD."),
+    format: str = typer.Option("text", "--format", help="text | markdown (a table to post as a pull-request comment)."),
 ) -> None:
     """Cells that changed (old -> new), each marked beyond or within noise. Exit 0 if nothing changed beyond noise, else 1.
 
@@ -161,7 +162,9 @@ def diff(
     """
     from unlearnspec.report.commands import run_diff
 
-    raise typer.Exit(run_diff(old, new, _console()))
+    if format not in ("text", "markdown"):
+        raise UserError.one("--format", f"unknown format {format!r}; use text or markdown.")
+    raise typer.Exit(run_diff(old, new, _console(), format))
 
 
 @app.command()
@@ -192,6 +195,9 @@ def doctor(
     raise typer.Exit(exit_code(findings, strict))
 
 
+DeviceOption = typer.Option(None, "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+
+
 @app.command()
 @user_errors
 def run(
@@ -201,10 +207,12 @@ def run(
     profile: Optional[Path] = ProfileOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (one spec only); default: the spec's output.dir."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun sweep points recorded as failed."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write reports/<spec>.md/.json for the experiments run."),
-    reports_dir: Path = typer.Option(Path("reports"), "--reports-dir", help="Where reports go."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write <spec>.md/.json/.png reports for the experiments run."),
+    reports_dir: Optional[Path] = typer.Option(None, "--reports-dir", help="Where reports go (default: <out>/reports with --out, else the specs' project reports/)."),
+    device: Optional[str] = DeviceOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."),
 ) -> None:
-    """Run specs: baseline, one run dir per sweep point (resumable), results.json, then reports.
+    """Run specs: the plan's score, baseline and sweep-point jobs (resumable), results.json, then reports.
 
     Examples: [bold]unlearnspec run specs/exp7_all_tokens.yaml --toy[/bold] ;
     [bold]unlearnspec run specs/ --toy[/bold] (the whole toy study)
@@ -213,12 +221,35 @@ def run(
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from unlearnspec.run.study import run_study
+    from unlearnspec.run.study import RunOptions, run_study, show_plan
 
-    code = run_study(paths, overrides=set_ or [], profile=resolve_profile(toy, profile), out=out,
-                     retry_failed=retry_failed, auto_produce=toy, report=report, reports_dir=reports_dir,
-                     console=_console())
-    raise typer.Exit(code)
+    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, retry_failed=retry_failed,
+                         device=device, report=report, reports_dir=reports_dir)
+    raise typer.Exit(show_plan(paths, options, _console()) if dry_run else run_study(paths, options, _console()))
+
+
+@app.command()
+@user_errors
+def plan(
+    paths: List[Path] = typer.Argument(..., help="Spec files or folders."),
+    set_: Optional[List[str]] = SetOption,
+    toy: bool = ToyOption,
+    profile: Optional[Path] = ProfileOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (one spec only)."),
+    device: Optional[str] = DeviceOption,
+    format: str = typer.Option("table", "--format", help="table | json."),
+) -> None:
+    """Print the jobs `run` would execute, in order: score, baseline and point jobs, their folders, what
+    each waits for, and which are already done.
+
+    Example: [bold]unlearnspec plan specs/exp5_selective.yaml --toy[/bold]
+    """
+    from unlearnspec.run.study import RunOptions, show_plan
+
+    if format not in ("table", "json"):
+        raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
+    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, device=device)
+    raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json"))
 
 
 toy_app = typer.Typer(help="The embedded offline toy world: tiny model, corpora and cloze tasks.", no_args_is_help=True)

@@ -11,13 +11,16 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
 from unlearnspec.errors import UserError
-from unlearnspec.train.loss import IGNORE_INDEX
 from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
+from unlearnspec.train.loss import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from unlearnspec.assets import Assets
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data") -
     return chosen
 
 
-def _load_dataset(data: DataSpec, spec_path: Path, toy: Any = None) -> Any:
+def _load_dataset(data: DataSpec, spec_path: Path, assets: Optional["Assets"]) -> Any:
     import datasets
 
     from unlearnspec.spec.load import resolve_path
@@ -100,10 +103,9 @@ def _load_dataset(data: DataSpec, spec_path: Path, toy: Any = None) -> Any:
                 raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix data.files.paths.", loc="data.files.paths")
             return datasets.load_dataset(data.files.format, data_files=files, split="train")
         assert data.toy is not None
-        from unlearnspec.toy.build import ensure_toy_world
-
-        world = toy if toy is not None else ensure_toy_world()
-        return datasets.load_dataset("json", data_files=str(world.corpus_path(data.toy.corpus)), split="train")
+        if assets is None:
+            raise UserError.one(str(spec_path), "a toy corpus is read through a run's assets (the toy world); run with --toy.", loc="data.toy")
+        return datasets.load_dataset("json", data_files=str(assets.corpus_path(data.toy.corpus)), split="train")
     except UserError:
         raise
     except Exception as exc:  # datasets raises many types for "not available offline"
@@ -116,9 +118,9 @@ def _load_dataset(data: DataSpec, spec_path: Path, toy: Any = None) -> Any:
         ) from None
 
 
-def load_texts(data: DataSpec, spec_path: Path, tokenizer: Any = None, toy: Any = None) -> tuple[list[str], list[int]]:
-    """The N chosen texts (and their row indices in the loaded dataset); `toy` is the ToyWorld to read."""
-    ds = _load_dataset(data, spec_path, toy)
+def load_texts(data: DataSpec, spec_path: Path, tokenizer: Any = None, assets: Optional["Assets"] = None) -> tuple[list[str], list[int]]:
+    """The N chosen texts (and their row indices in the loaded dataset); `assets` resolves toy corpora."""
+    ds = _load_dataset(data, spec_path, assets)
     column = data.chat.messages_field if data.chat is not None else data.text_field
     if column not in ds.column_names:
         raise UserError.one(
@@ -175,9 +177,9 @@ def load_grid(
     tokenizer: Any,
     tokenizer_id: str,
     texts: Optional[tuple[list[str], list[int]]] = None,
-    toy: Any = None,
+    assets: Optional["Assets"] = None,
 ) -> TokenGrid:
     """The spec's token grid (texts may be passed in when already loaded)."""
-    chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer, toy)
+    chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer, assets)
     return build_grid(chosen, tokenizer, data.max_seq_len, tokenizer_id, data.append_eos, rows)
 

@@ -12,7 +12,7 @@ from unlearnspec.errors import UserError
 from unlearnspec.report.reference import ReferenceFile, find_reference
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
 from unlearnspec.spec import ScoreSourceSpec, Spec
-from unlearnspec.spec.load import load_spec, project_root, resolve_path
+from unlearnspec.spec.load import load_spec, resolve_path
 
 SIDECAR_FILE = "scores.json"
 
@@ -112,7 +112,7 @@ class Workspace:
         if entry.spec is None or self.profile is not None:
             return None  # recorded numbers belong to the real model, not to a profile's world
         try:
-            return find_reference(project_root(entry.path), entry.spec.name)
+            return find_reference(entry.spec.name)
         except UserError:
             return None
 

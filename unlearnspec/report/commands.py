@@ -11,10 +11,10 @@ from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.inputs import load_run_input, load_table, report_for
 from unlearnspec.report.model import ReportTable, dumps
 from unlearnspec.report.plot import plot_tables
-from unlearnspec.report.reference import ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
+from unlearnspec.report.reference import REFERENCE_DIR, ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
 from unlearnspec.report.render import markdown, print_table
 from unlearnspec.spec.load import SPEC_SUFFIXES
-from unlearnspec.spec.load import load_spec, project_root
+from unlearnspec.spec.load import load_spec
 
 
 def _write(path: Path, text: str) -> None:
@@ -88,28 +88,28 @@ def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool,
     return written
 
 
-def _reference_for(arg: str, root: Path) -> ReferenceFile:
+def _reference_for(arg: str) -> ReferenceFile:
     path = Path(arg)
     if path.suffix == ".json" and path.is_file():
         return load_reference(path)
     name = load_spec(path, check_refs=False).name if path.suffix in SPEC_SUFFIXES and path.is_file() else arg
-    ref = find_reference(root, name)
+    ref = find_reference(name)
     if ref is None:
-        raise UserError.one(arg, f"no recorded reference for {name!r} in reports/reference/.")
+        known = ", ".join(r.spec for r in all_references())
+        raise UserError.one(arg, f"no recorded reference for {name!r}; the seed recorded: {known}.")
     return ref
 
 
-def reference_markdown(args: list[str], root: Path) -> tuple[str, list[ReferenceFile]]:
-    refs = [_reference_for(a, root) for a in args] if args else all_references(root)
+def reference_markdown(args: list[str]) -> tuple[str, list[ReferenceFile]]:
+    refs = [_reference_for(a) for a in args] if args else all_references()
     if not refs:
-        raise UserError.one(str(root / "reports" / "reference"), "no recorded reference files found.")
+        raise UserError.one(str(REFERENCE_DIR), "no recorded reference files found; reinstall unlearnspec.")
     return "\n".join(render_reference_markdown(r) for r in refs), refs
 
 
 def run_reference_only(args: list[str], out: Optional[Path], plot: bool, console) -> list[Path]:
     """Print the seed's tables as recorded; with --out also write recorded.md and its plot."""
-    root = project_root(Path.cwd() / "x")
-    text, refs = reference_markdown(args, root)
+    text, refs = reference_markdown(args)
     console.out(text, highlight=False)
     if out is None:
         return []
@@ -129,9 +129,15 @@ def run_reference_only(args: list[str], out: Optional[Path], plot: bool, console
     return written
 
 
-def run_diff(old: str, new: str, console) -> int:
-    """Print changed cells; exit code 0 when nothing changed beyond noise, else 1."""
+def run_diff(old: str, new: str, console, fmt: str = "text") -> int:
+    """Print changed cells (text, or a Markdown table for a PR comment); exit 0 when nothing changed
+    beyond noise, else 1."""
     changes = diff_tables(load_table(old), load_table(new))
+    if fmt == "markdown":
+        from unlearnspec.report.diff import markdown_summary
+
+        console.out(markdown_summary(changes, old, new), highlight=False, end="")
+        return 1 if any(c.beyond_noise for c in changes) else 0
     if not changes:
         console.print("no changes", markup=False)
         return 0

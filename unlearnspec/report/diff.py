@@ -79,3 +79,18 @@ def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
             detail = f"Δ {n_cell.acc - o_cell.acc:+.4f}, noise ±{threshold:.4f}"
             changes.append(Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", real, detail))
     return changes
+
+
+def markdown_summary(changes: list[Change], old: str, new: str) -> str:
+    """The changes as a Markdown table, ready to post as a pull-request comment."""
+    real = sum(c.beyond_noise for c in changes)
+    head = f"### unlearnspec diff\n\n`{old}` → `{new}`\n\n"
+    if not changes:
+        return head + "No changes.\n"
+    verdict = f"**{real} change(s) beyond noise**" if real else "All changes are within noise"
+    lines = [head + f"{verdict} ({len(changes)} changed cell(s); noise: |Δ| > 1.96·√(se_old² + se_new²)).", "",
+             "| row | column | old | new | verdict | detail |", "|---|---|---|---|---|---|"]
+    for c in changes:
+        cells = [c.row, c.column, c.old, c.new, "**beyond noise**" if c.beyond_noise else "within noise", c.detail]
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -150,7 +150,7 @@ def report_for(run: RunInput, siblings: list[RunInput], reference: Optional[bool
     (toy accuracies measure another world)."""
     lookup = find_control(run, siblings)
     control = lookup.found
-    ref = find_reference(run.root, run.results.spec.name)
+    ref = find_reference(run.results.spec.name)
     show = reference if reference is not None else (ref is not None and not run.toy)
     note = f"no recorded reference for {run.results.spec.name}" if reference and ref is None else None
     recorded = ref.recorded_table(comparable=not run.toy) if show and ref is not None else None

@@ -1,4 +1,4 @@
-"""The seed's recorded tables (reports/reference/<spec>.json): load, render in the seed's own
+"""The seed's recorded tables (package data, linked from reports/reference/<spec>.json): load, render in the seed's own
 Markdown layout, and turn into a report table (stderr from the known question counts)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from unlearnspec.errors import UserError
 from unlearnspec.report.model import RECORDED_LABEL, RecordedRow, RecordedTable
 
-REFERENCE_DIR = Path("reports") / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference_tables"
+"""Shipped with the package (so `report --reference-only` works from any folder); reports/reference links here."""
 
 
 class ReferenceTokenStats(BaseModel):
@@ -61,18 +62,17 @@ def load_reference(path: Path) -> ReferenceFile:
         raise UserError.one(str(path), f"not a reference file ({'.'.join(map(str, first['loc']))}: {first['msg']}).") from None
 
 
-def reference_path(root: Path, spec_name: str) -> Path:
-    return root / REFERENCE_DIR / f"{spec_name}.json"
+def reference_path(spec_name: str) -> Path:
+    return REFERENCE_DIR / f"{spec_name}.json"
 
 
-def find_reference(root: Path, spec_name: str) -> Optional[ReferenceFile]:
-    path = reference_path(root, spec_name)
+def find_reference(spec_name: str) -> Optional[ReferenceFile]:
+    path = reference_path(spec_name)
     return load_reference(path) if path.is_file() else None
 
 
-def all_references(root: Path) -> list[ReferenceFile]:
-    folder = root / REFERENCE_DIR
-    return [load_reference(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+def all_references() -> list[ReferenceFile]:
+    return [load_reference(p) for p in sorted(REFERENCE_DIR.glob("*.json"))]
 
 
 def markdown_grid(header: list[str], rows: list[list[str]]) -> list[str]:

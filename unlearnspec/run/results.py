@@ -89,6 +89,10 @@ class RunRecord(EvalRecord):
     """Wall seconds of training."""
     eval_seconds: Optional[float] = None
     """Wall seconds of evaluation."""
+    spec_hash: Optional[str] = None
+    """Hash of the spec the point ran (sweep and output excluded); resume refuses a different one."""
+    model_dir: Optional[str] = None
+    """The saved model or adapter (`output.save_model`), relative to the point's folder."""
 
 
 class BaselineRecord(EvalRecord):

@@ -1,12 +1,16 @@
-"""Run folders: atomic creation, resume bookkeeping, provenance and the baseline cache."""
+"""Run folders the tool owns: a marker in every folder it creates, atomic creation, provenance.
+
+The tool replaces or removes only folders holding its own marker (`.unlearnspec.json`, with the job
+and spec hash); anything else in the way is refused with a message naming it. A job's folder is built
+as a `.tmp-*` sibling and renamed into place only when the job finished, so a kill leaves no
+half-written folder under the final name.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import time
@@ -17,72 +21,99 @@ from typing import Any, Iterator, Optional
 from unlearnspec.errors import UserError
 from unlearnspec.run.results import write_json_atomic
 
-POINT_FILE = "point.json"
+MARKER = ".unlearnspec.json"
 TMP_PREFIX = ".tmp-"
 
 
-def point_dir_name(point: str) -> str:
-    """Filesystem-safe folder name of a sweep point id such as `lr=1e-05`."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", point.replace("=", "_"))
+def marker(folder: Path) -> Optional[dict[str, Any]]:
+    """The folder's ownership marker, or None when the tool did not create it."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("by") == "unlearnspec" else None
 
 
-def spec_hash(resolved: dict[str, Any]) -> str:
-    """sha256 of the resolved spec minus its sweep and output location (shared by all its points)."""
-    payload = json.loads(json.dumps(resolved))
-    payload.get("training", {}).pop("lr", None)
-    payload.pop("output", None)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+def _mark(folder: Path, **info: Any) -> None:
+    write_json_atomic(folder / MARKER, {"by": "unlearnspec", **info})
+
+
+def claim_root(folder: Path, spec_hash: str, what: str) -> None:
+    """Make `folder` an output folder of this spec: create it, or accept it when it is ours and of the
+    same spec, or empty. A foreign or other-spec folder is refused before any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError.one(str(folder), f"the output folder of {what} is a file; pass another --out or output.dir.")
+    if folder.is_dir():
+        owned = marker(folder)
+        if owned is None:
+            if any(folder.iterdir()):
+                raise UserError.one(
+                    str(folder),
+                    f"this folder was not created by unlearnspec and is not empty; {what} will not write into it "
+                    "(it could overwrite your files). Pass a new or empty folder with --out or output.dir.",
+                )
+        elif owned.get("spec_hash") not in (None, spec_hash):
+            raise UserError.one(
+                str(folder),
+                f"this output folder holds runs of a different spec (marker spec hash {str(owned.get('spec_hash'))[:12]}); "
+                "resuming would mix results. Pass another --out, or delete the folder to start over.",
+            )
+        else:
+            return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError.one(str(folder), f"cannot create the output folder: {exc.strerror or exc}.") from None
+    _mark(folder, kind="root", spec_hash=spec_hash)
+
+
+def check_replaceable(final: Path) -> None:
+    """Refuse up front when a job's folder exists and is not the tool's own."""
+    if final.is_symlink() or (final.exists() and (not final.is_dir() or marker(final) is None)):
+        raise UserError.one(
+            str(final),
+            "a file or folder not created by unlearnspec is in the way of this job's output; it is left untouched. "
+            "Move it away, or pass another --out / output.dir.",
+        )
 
 
 def clean_stale_tmp(folder: Path) -> list[Path]:
-    """Remove half-written point folders left by a killed run; returns what was removed."""
+    """Remove half-written job folders left by a killed run (only those carrying our marker)."""
     removed = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.is_dir() and p.name.startswith(TMP_PREFIX):
+            if p.is_dir() and not p.is_symlink() and p.name.startswith(TMP_PREFIX) and marker(p) is not None:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
 
 
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder next to `final`; rename it into place only if the block succeeds."""
+def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
+    """Yield a marked temp folder next to `final`; it replaces `final` only if the block succeeds and
+    `final` is absent or ours. On failure the temp folder is removed and `final` is untouched."""
+    check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+        if marker(tmp) is None:
+            raise UserError.one(str(tmp), "a folder not created by unlearnspec has the name of this job's temp folder; move it away.")
+        shutil.rmtree(tmp)
     tmp.mkdir()
+    _mark(tmp, **info)
     try:
         yield tmp
+        check_replaceable(final)
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_point(folder: Path) -> Optional[dict[str, Any]]:
-    path = folder / POINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def check_same_spec(folder: Path, expected_hash: str) -> None:
-    """Refuse to resume into a folder whose finished points came from a different spec."""
-    if not folder.is_dir():
-        return
-    for child in sorted(folder.iterdir()):
-        point = read_point(child) if child.is_dir() else None
-        if point and point.get("spec_hash") not in (None, expected_hash):
-            raise UserError.one(
-                str(folder),
-                f"this output folder holds runs of a different spec (point {child.name}); resuming would mix results. "
-                "Pass another --out, or delete the folder to start over.",
-            )
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -96,14 +127,11 @@ def git_sha(root: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from unlearnspec.assets import package_version
 
     out = {"python": platform.python_version()}
     for pkg in ("unlearnspec", "torch", "transformers", "trl", "peft", "lm_eval", "datasets"):
-        try:
-            out[pkg] = version(pkg.replace("_", "-"))
-        except PackageNotFoundError:
-            out[pkg] = "missing"
+        out[pkg] = package_version(pkg.replace("_", "-"))
     return out
 
 

@@ -1,18 +1,32 @@
-"""`unlearnspec run` over many specs: order them (score producers, controls, the rest), run each
-with live progress, and render the reports of the experiments that ran."""
+"""`unlearnspec run` and `unlearnspec plan`: build the plan, show it or hand it to an executor with live
+progress, then render the reports of the experiments that ran."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.profile import is_world_file
-from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, resolve_path
+from unlearnspec.run.context import RunContext, resolve_device, toy_context
+from unlearnspec.run.plan import Plan, build_plan
+from unlearnspec.spec.load import project_root
 
 
-def _quiet_libraries() -> None:
+@dataclass
+class RunOptions:
+    """How to run (none of this changes an experiment: that lives in specs and profiles)."""
+
+    profile: Optional[Path] = None
+    overrides: list[str] = field(default_factory=list)
+    out: Optional[Path] = None
+    retry_failed: bool = False
+    device: Optional[str] = None
+    report: bool = True
+    reports_dir: Optional[Path] = None
+
+
+def quiet_libraries() -> None:
     import datasets
     import transformers
 
@@ -22,64 +36,81 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def order_specs(paths: list[Path], profile: Optional[Path]) -> list[Path]:
-    """Producers of scores first, then specs that others name as control, then the rest (stable)."""
-    specs = {p: load_spec(p, profile=profile) for p in paths}
-    controls = {resolve_path(p, s.control).resolve() for p, s in specs.items() if s.control}
-
-    def rank(p: Path) -> int:
-        s = specs[p]
-        return 0 if s.magic is not None else 1 if p.resolve() in controls else 2
-
-    return sorted(paths, key=rank)
+def make_context(options: RunOptions, say: Any = print, progress: Any = None) -> RunContext:
+    device = resolve_device(options.device)
+    if options.profile is not None:
+        return toy_context(options.profile, device=device, say=say, progress=progress)
+    return RunContext(device=device, say=say, progress=progress)
 
 
-def run_study(paths: list[Path], *, overrides: list[str], profile: Optional[Path], out: Optional[Path],
-              retry_failed: bool, auto_produce: bool, report: bool, reports_dir: Path, console: Any) -> int:
+def make_plan(paths: list[Path], options: RunOptions, ctx: RunContext) -> Plan:
+    return build_plan(paths, profile=options.profile, overrides=tuple(options.overrides), out=options.out,
+                      auto_produce=ctx.toy, assets=ctx.assets, device=ctx.device.split(":")[0])
+
+
+def reports_dir_for(plan: Plan, options: RunOptions) -> Path:
+    """--reports-dir; else next to the output with --out; else the reports/ of the specs' project."""
+    if options.reports_dir is not None:
+        return options.reports_dir
+    if options.out is not None:
+        return options.out / "reports"
+    return project_root(plan.specs[-1].path) / "reports"
+
+
+def run_study(paths: list[Path], options: RunOptions, console: Any) -> int:
     """Run the given specs; returns the exit code (0 all ok, 1 when some sweep point failed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from unlearnspec.run.runner import RunOptions, run_spec
+    from unlearnspec.run.executor import LocalExecutor
 
-    files, problems = find_spec_files(paths)
-    files = [f for f in files if not is_profile_path(f) and not is_world_file(f)]
-    if problems:
-        raise UserError(problems)
-    if not files:
-        raise UserError([Problem(" ".join(map(str, paths)), "", "no spec files found.")])
-    if out is not None and len(files) > 1:
-        raise UserError.one("--out", "--out takes one spec; several specs each write to their own output.dir.")
-    ordered = order_specs(files, profile)
-    _quiet_libraries()
-    failed = 0
-    experiments: list[tuple[Path, Any]] = []
+    quiet_libraries()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        options = RunOptions(profile=profile, overrides=overrides, out=out, retry_failed=retry_failed,
-                             auto_produce=auto_produce, say=lambda m: progress.console.print(m, markup=False, highlight=False),
-                             progress=progress)
-        sweep = progress.add_task("specs", total=len(ordered))
-        for path in ordered:
-            progress.update(sweep, description=f"spec {path.stem}")
-            results = run_spec(path, options)
-            failed += sum(r.status == "failed" for r in results.runs)
-            spec = load_spec(path, overrides=overrides, profile=profile)
-            if spec.magic is None:
-                experiments.append((path, results))
-            progress.advance(sweep)
-    if report and experiments:
-        _report(experiments, profile, out, reports_dir, console)
+                  console=console, transient=True, disable=not _is_main()) as progress:
+        say = (lambda m: progress.console.print(m, markup=False, highlight=False)) if _is_main() else (lambda m: None)
+        ctx = make_context(options, say=say, progress=progress if _is_main() else None)
+        plan = make_plan(paths, options, ctx)
+        say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) on {ctx.device}"
+            + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
+        outcome = LocalExecutor(ctx, retry_failed=options.retry_failed).run(plan)
+    if not ctx.is_main:
+        return 0
+    experiments = [r for r in plan.specs if not r.is_score and r.path in outcome.results]
+    if options.report and experiments:
+        from unlearnspec.report.commands import run_report
+
+        run_report([str(r.out) for r in experiments], out=reports_dir_for(plan, options), reference=None,
+                   toy=options.profile is not None, plot=True, console=console)
+    failed = [j for j in outcome.failed]
     if failed:
-        console.print(f"[yellow]{failed} sweep point(s) failed; their reasons are in results.json[/yellow]")
+        console.print(f"[yellow]{len(failed)} job(s) failed or were not run; the reasons are in results.json[/yellow]")
     return 1 if failed else 0
 
 
-def _report(experiments: list[tuple[Path, Any]], profile: Optional[Path], out: Optional[Path], reports_dir: Path,
-            console: Any) -> None:
-    from unlearnspec.report.commands import run_report
+def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: bool = False) -> int:
+    """Print the jobs in order: kind, id, folder, waits-for, state (done / failed / todo)."""
+    import json
 
-    run_dirs = []
-    for path, _ in experiments:
-        spec = load_spec(path, profile=profile)
-        run_dirs.append(str(out if out is not None else resolve_path(path, spec.output.dir)))
-    run_report(run_dirs, out=reports_dir, reference=None, toy=profile is not None, plot=True, console=console)
+    from rich.table import Table
+
+    from unlearnspec.run.executor import job_state
+
+    ctx = make_context(options, say=lambda m: None)
+    plan = make_plan(paths, options, ctx)
+    rows = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
+             "state": job_state(j)} for i, j in enumerate(plan.jobs)]
+    if as_json:
+        console.out(json.dumps({"device": ctx.device, "jobs": rows}, indent=2), highlight=False)
+        return 0
+    table = Table(title=f"plan: {len(rows)} job(s) on {ctx.device}")
+    for col in ("#", "kind", "job", "folder", "after", "state"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["order"]), r["kind"], r["id"], r["folder"], ", ".join(r["after"]) or "-", r["state"])
+    console.print(table)
+    return 0
+
+
+def _is_main() -> bool:
+    from unlearnspec.run.context import rank
+
+    return rank() == 0

@@ -17,7 +17,8 @@ from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "specs" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+"""Shipped profiles (package data; specs/profiles/ links to them so they stay visible in the project)."""
 
 
 class _Section(BaseModel):
@@ -103,7 +104,7 @@ class Profile(_Section):
 def default_toy_profile() -> Path:
     path = PROFILE_DIR / "toy.yaml"
     if not path.is_file():
-        raise UserError.one(str(path), "the toy profile is missing from this checkout; pass --profile PATH.")
+        raise UserError.one(str(path), "the toy profile is missing from the installed package (reinstall unlearnspec); or pass --profile PATH.")
     return path
 
 

@@ -70,6 +70,9 @@ class Spec(_Section):
                     f"score source {name!r} has {src.columns} columns but data.max_seq_len={self.data.max_seq_len}; "
                     "using a prefix of the columns must be explicit: set `truncate_columns: true` or match max_seq_len.",
                 )
+        if self.output.save_model == "adapter" and self.lora is None:
+            raise SpecRuleError(("output", "save_model"), "`save_model: adapter` needs a `lora` section (there is no adapter "
+                                "without LoRA); use `final` or `none`.")
         if self.magic is not None:
             self._magic_rules()
         elif self.eval is None:

@@ -195,6 +195,27 @@ class OutputSpec(_Section):
     """Where results go."""
 
     dir: str
-    """Output folder (relative to the project root); one subfolder per sweep point."""
+    """Output folder (relative to the project root, or absolute); one subfolder per sweep point. The tool
+    writes only into folders it created (each holds a `.unlearnspec.json` marker) or empty ones."""
+    save_model: Literal["none", "final", "adapter"] = "final"
+    """What each sweep point keeps in `<point>/model`: `final` = the trained model and tokenizer
+    (safetensors, LoRA merged), loadable with AutoModelForCausalLM.from_pretrained; `adapter` = the peft
+    adapter only (LoRA specs); `none` = nothing. A full 6.86B model in bf16 is ~14 GB per point."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "OutputSpec":
+        from pathlib import PurePath
+
+        d = self.dir.strip()
+        parts = PurePath(d).parts
+        if not d or d in (".", "./"):
+            raise SpecRuleError(("dir",), "output.dir is empty; name a folder of its own, e.g. `runs/exp7_all_tokens`.")
+        if ".." in parts:
+            raise SpecRuleError(("dir",), f"output.dir {self.dir!r} climbs out with `..`; name a folder inside the project or an absolute path.")
+        if PurePath(d).is_absolute() and len(parts) < 3:
+            raise SpecRuleError(("dir",), f"output.dir {self.dir!r} is a filesystem root or a top-level folder; name a folder of its own, e.g. `/scratch/me/runs/exp7`.")
+        if self.dir.startswith("~"):
+            raise SpecRuleError(("dir",), "output.dir starting with `~` is not expanded; write the full path.")
+        return self
 
 

@@ -20,13 +20,11 @@ from typing import Any, Callable, Optional
 from unlearnspec.errors import UserError
 from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig, load_world_config
-from unlearnspec.toy.taskfiles import folder_matches, write_task_folder
+from unlearnspec.toy.taskfiles import write_task_folder
 from unlearnspec.toy.world import GENERATOR_VERSION, World, generate_world, jsonl, row_text
 
 CACHE_ENV = "UNLEARNSPEC_CACHE"
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO / "specs" / "profiles" / "toy_world.yaml"
-SHIPPED_TASKS = REPO / "plugins" / "toy"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
 INFO_FILE = "world.json"
 
 Log = Callable[[str], None]
@@ -41,7 +39,7 @@ class ToyWorld:
     config: WorldConfig
     """The world config it was built from."""
     task_dir: Path
-    """lm-eval include path of toy_wmdp/toy_mmlu: plugins/toy when it matches this world, else a copy in the cache."""
+    """lm-eval include path of toy_wmdp/toy_mmlu (the world's own copy in the cache)."""
 
     @property
     def model_dir(self) -> Path:
@@ -88,18 +86,7 @@ def ensure_toy_world(config_path: Optional[Path] = None, *, force: bool = False,
     root = cache_root() / "toy_world" / world_key(cfg)
     if force or not (root / INFO_FILE).is_file():
         _build_atomically(cfg, root, log or (lambda _msg: None))
-    return ToyWorld(root=root, config=cfg, task_dir=_task_dir(root))
-
-
-def _task_dir(root: Path) -> Path:
-    """Use the shipped plugins/toy when its files are this world's (the default config); else the cache copy."""
-    cached = root / "tasks"
-    if SHIPPED_TASKS.is_dir() and all(
-        (SHIPPED_TASKS / f.name).is_file() and (SHIPPED_TASKS / f.name).read_bytes() == f.read_bytes()
-        for f in cached.iterdir() if f.is_file()
-    ):
-        return SHIPPED_TASKS
-    return cached
+    return ToyWorld(root=root, config=cfg, task_dir=root / "tasks")
 
 
 def _build_atomically(cfg: WorldConfig, root: Path, log: Log) -> None:
@@ -164,8 +151,3 @@ def _baseline(model: Any, tokenizer: Any, task_dir: Path) -> dict[str, Any]:
     spec = EvalSpec(tasks=[EvalTaskSpec(name=t, num_fewshot=0) for t in TOY_TASKS], batch_size=32)
     result = evaluate_model(model, tokenizer, spec, [task_dir])
     return {task: m.model_dump(mode="json") for task, m in result.metrics.items()}
-
-
-def shipped_tasks_current(config_path: Optional[Path] = None) -> bool:
-    """True when plugins/toy holds exactly the generator's task files for the config."""
-    return folder_matches(generate_world(load_config(config_path)), SHIPPED_TASKS)

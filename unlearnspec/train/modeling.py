@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from unlearnspec.assets import Assets
 from unlearnspec.errors import UserError
 from unlearnspec.spec import LoraSpec, ModelSpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _world(toy: Any) -> Any:
-    if toy is not None:
-        return toy
-    from unlearnspec.toy.build import ensure_toy_world
-
-    return ensure_toy_world()
-
-
-def model_id(model: ModelSpec, toy: Any = None) -> str:
-    """A machine-independent name of the model (used in fingerprints and caches); a toy model is
-    named by its world's cache key, since the world config determines its weights."""
-    if model.toy is not None:
-        return f"toy:{model.toy}@{_world(toy).root.name}"
-    rev = f"@{model.revision}" if model.revision else ""
-    return f"{model.name_or_path}{rev}"
-
-
-def tokenizer_id(model: ModelSpec, toy: Any = None) -> str:
-    return model.tokenizer if model.tokenizer else model_id(model, toy)
-
-
-def _location(model: ModelSpec, toy: Any = None) -> str:
-    if model.toy is not None:
-        return str(_world(toy).model_dir)
-    assert model.name_or_path is not None
-    return model.name_or_path
 
 
 def _offline_error(what: str, name: str, exc: Exception) -> UserError:
@@ -50,10 +22,10 @@ def _offline_error(what: str, name: str, exc: Exception) -> UserError:
     )
 
 
-def load_tokenizer(model: ModelSpec, toy: Any = None) -> Any:
+def load_tokenizer(model: ModelSpec, assets: Assets) -> Any:
     from transformers import AutoTokenizer
 
-    name = model.tokenizer or _location(model, toy)
+    name = assets.tokenizer_location(model)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=model.revision if not model.tokenizer else None)
     except (OSError, ValueError) as exc:
@@ -64,11 +36,12 @@ def load_tokenizer(model: ModelSpec, toy: Any = None) -> Any:
     return tok
 
 
-def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dtype] = None, toy: Any = None) -> Any:
-    """The base causal LM, with dropout set from the spec (GPT-NeoX attention/hidden dropout)."""
+def load_model(model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Optional[torch.dtype] = None,
+               device: str = "cpu") -> Any:
+    """The base causal LM on `device`, with dropout set from the spec (GPT-NeoX attention/hidden dropout)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    where = _location(model, toy)
+    where = assets.model_location(model)
     try:
         config = AutoConfig.from_pretrained(where, revision=model.revision)
     except (OSError, ValueError) as exc:
@@ -83,7 +56,7 @@ def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dty
             revision=model.revision,
             dtype=dtype or DTYPES[model.dtype],
             attn_implementation=model.attn_implementation,
-        )
+        ).to(device)
     except (OSError, ValueError) as exc:
         raise _offline_error("model", where, exc) from None
 
@@ -110,14 +83,9 @@ def apply_lora(model: Any, lora: LoraSpec) -> Any:
     return get_peft_model(model, config)
 
 
-def merged_for_eval(model: Any, lora: Optional[LoraSpec]) -> Any:
-    """The model to evaluate: LoRA adapters merged into the base weights when the spec asks."""
-    if lora is not None and lora.merge_for_eval and hasattr(model, "merge_and_unload"):
+def merged_for_eval(model: Any, lora: Optional[LoraSpec], force: bool = False) -> Any:
+    """The model to evaluate (or save whole): LoRA adapters merged into the base weights when the spec
+    asks (or `force`); a model without adapters is returned as it is."""
+    if lora is not None and (lora.merge_for_eval or force) and hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
-
-
-def save_pretrained_dir(model: Any, tokenizer: Any, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)

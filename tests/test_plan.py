@@ -1,0 +1,138 @@
+"""The plan (typed jobs in dependency order) and the run folders the executor owns. No training here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unlearnspec.errors import UserError
+from unlearnspec.run.plan import build_plan
+from unlearnspec.run.rundirs import MARKER, atomic_dir, check_replaceable, claim_root, clean_stale_tmp
+from unlearnspec.spec.profile import default_toy_profile
+
+from .conftest import REPO, SPECS
+
+
+def _plan(*paths: Path, **kw):
+    return build_plan(list(paths), profile=default_toy_profile(), auto_produce=True, cache_root=Path("/nonexistent-cache"), **kw)
+
+
+def test_whole_study_plan_orders_producers_first_and_shares_baselines():
+    plan = _plan(SPECS)
+    ids = [j.id for j in plan.jobs]
+    assert len(ids) == len(set(ids))
+    for i, job in enumerate(plan.jobs):
+        for dep in job.after:
+            assert ids.index(dep) < i, f"{job.id} runs before {dep}"
+    kinds = {k: sum(j.kind == k for j in plan.jobs) for k in ("score", "baseline", "point")}
+    assert kinds["score"] == len(list((SPECS / "magic").glob("*.yaml"))) + 2  # + the two in specs/fixed
+    points = sum(len(r.spec.training.lrs) for r in plan.specs if not r.is_score)
+    assert kinds["point"] == points
+    # exp1-7 and the fixed pair evaluate the same toy model with the same tasks: one baseline job
+    assert kinds["baseline"] == 1
+    exp5 = next(r for r in plan.specs if r.spec.name == "exp5_selective")
+    first = plan.job(exp5.points[0])
+    assert set(first.after) == {"score:magic_wmdp", "score:magic_mmlu"}
+    assert all(job.spec.training.lrs == (job.lr,) for job in plan.jobs if job.kind == "point")
+
+
+def test_point_jobs_carry_a_typed_single_lr_spec_and_share_the_spec_hash():
+    plan = _plan(SPECS / "exp7_all_tokens.yaml", out=Path("/tmp/x"))
+    points = [j for j in plan.jobs if j.kind == "point"]
+    assert len({j.hash for j in points}) == 1 and len(points) == len(plan.specs[0].spec.training.lrs)
+    assert [j.out.name for j in points][:2] == ["lr_0.0001", "lr_0.0005"]
+    assert all(j.out.parent == Path("/tmp/x") for j in points)
+
+
+def test_a_produced_by_cycle_is_refused_with_the_chain(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    base = yaml.safe_load((SPECS / "magic" / "magic_wmdp.yaml").read_text())
+    for name, other in (("a", "b"), ("b", "a")):
+        spec = json.loads(json.dumps(base))
+        spec["name"] = name
+        spec["output"]["dir"] = f"runs/{name}"
+        spec["scores"] = {"x": {"produced_by": f"{other}.yaml", "alignment": "target"}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError) as err:
+        build_plan([tmp_path / "a.yaml"], auto_produce=True, cache_root=tmp_path / "cache")
+    assert "leads back" in str(err.value) and "a.yaml -> b.yaml -> a.yaml" in str(err.value)
+
+
+def test_two_specs_with_one_output_dir_are_refused(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    spec = yaml.safe_load((SPECS / "exp7_all_tokens.yaml").read_text())
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
+    with pytest.raises(UserError, match="also the output of"):
+        build_plan([tmp_path], cache_root=tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------- folders the tool owns
+def test_a_users_folder_is_never_replaced_or_cleaned(tmp_path):
+    out = tmp_path / "out"
+    (out / "lr_0.0001").mkdir(parents=True)
+    (out / "lr_0.0001" / "thesis.tex").write_text("mine")
+    (out / ".tmp-notes").mkdir()
+    (out / ".tmp-notes" / "keep.txt").write_text("mine too")
+    with pytest.raises(UserError, match="not created by unlearnspec"):
+        claim_root(out, "h", "exp7")
+    with pytest.raises(UserError, match="not created by unlearnspec"):
+        check_replaceable(out / "lr_0.0001")
+    with pytest.raises(UserError):
+        with atomic_dir(out / "lr_0.0001", kind="point"):
+            pytest.fail("the job must not start")
+    assert clean_stale_tmp(out) == []
+    assert (out / "lr_0.0001" / "thesis.tex").read_text() == "mine"
+    assert (out / ".tmp-notes" / "keep.txt").read_text() == "mine too"
+
+
+def test_atomic_dir_replaces_only_its_own_folder_and_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "lr_1"
+    with atomic_dir(final, kind="point", spec_hash="h") as tmp:
+        (tmp / "a").write_text("1")
+    assert (final / "a").read_text() == "1" and (final / MARKER).is_file()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final, kind="point", spec_hash="h") as tmp:
+            (tmp / "a").write_text("2")
+            raise RuntimeError("killed mid-job")
+    assert (final / "a").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["lr_1"]
+    with atomic_dir(final, kind="point", spec_hash="h") as tmp:
+        (tmp / "a").write_text("3")
+    assert (final / "a").read_text() == "3"
+
+
+def test_claim_root_accepts_new_empty_and_own_folders_only(tmp_path):
+    claim_root(tmp_path / "new", "h", "x")
+    claim_root(tmp_path / "new", "h", "x")  # resume
+    with pytest.raises(UserError, match="different spec"):
+        claim_root(tmp_path / "new", "other", "x")
+    (tmp_path / "empty").mkdir()
+    claim_root(tmp_path / "empty", "h", "x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        claim_root(tmp_path / "file", "h", "x")
+
+
+@pytest.mark.parametrize("bad", ["/", "", ".", "../..", "runs/../../x", "/home", "~/runs"])
+def test_output_dir_that_would_write_outside_its_own_folder_is_refused(bad):
+    from unlearnspec.spec.load import validate_data
+
+    spec = yaml.safe_load((SPECS / "exp7_all_tokens.yaml").read_text())
+    spec["output"]["dir"] = bad
+    with pytest.raises(UserError, match="output.dir"):
+        validate_data(spec, None, "x.yaml")
+
+
+def test_the_plan_builds_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from unlearnspec.run.plan import build_plan; from unlearnspec.spec.profile import default_toy_profile;"
+            f"build_plan([__import__('pathlib').Path({str(SPECS)!r})], profile=default_toy_profile(), auto_produce=True);"
+            "print(sorted({'torch', 'transformers', 'trl', 'peft', 'lm_eval'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,94 @@
+"""What the jobs of one run share: assets (the toy world), the device, the process group, the display,
+and the per-spec prepared data (token grid and weights) so the points of a sweep prepare it once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from unlearnspec.assets import Assets
+
+Say = Callable[[str], None]
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+@dataclass
+class RunContext:
+    """Shared by every job of a run; nothing here changes an experiment (that lives in specs and profiles)."""
+
+    assets: Assets = field(default_factory=Assets)
+    profile: Optional[Path] = None
+    profile_name: Optional[str] = None
+    device: str = "cpu"
+    """torch device for models and every tensor the jobs create (`cuda` when available, unless overridden)."""
+    toy: bool = False
+    say: Say = print
+    progress: Any = None
+    """A rich Progress, or None."""
+    prepared: dict[str, Any] = field(default_factory=dict)
+    """Spec hash -> run.steps.Prepared (token grid and weights), shared by the points of a sweep."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): writes files and evaluates."""
+        return rank() == 0
+
+    @property
+    def world_size(self) -> int:
+        return world_size()
+
+    def include_paths(self, spec_path: Path) -> list[Path]:
+        return self.assets.include_paths(spec_path, toy=self.toy)
+
+    def task(self, description: str, total: Optional[int]) -> Any:
+        return self.progress.add_task(description, total=total) if self.progress is not None else None
+
+    def done(self, task: Any) -> None:
+        if task is not None:
+            self.progress.remove_task(task)
+
+
+def resolve_device(requested: Optional[str]) -> str:
+    """`cuda` when available, else `cpu`; an explicit request is checked (a missing GPU is a user error)."""
+    import torch
+
+    from unlearnspec.errors import UserError
+
+    if requested in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    assert requested is not None
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError.one("--device", f"device {requested!r} was asked for, but torch sees no CUDA device here. Use --device cpu.")
+    try:
+        torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UserError.one("--device", f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N.") from None
+    return requested
+
+
+def toy_context(profile_path: Path, **kwargs: Any) -> RunContext:
+    """A context whose assets resolve toy names through the profile's world (threads set from the profile)."""
+    from unlearnspec.spec.profile import Profile, load_profile
+
+    profile = load_profile(profile_path)
+    if not isinstance(profile, Profile):
+        from unlearnspec.errors import UserError
+
+        raise UserError.one(str(profile_path), "this is a toy-world config, not a mapping profile; use specs/profiles/toy.yaml.")
+    if profile.threads is not None:
+        import torch
+
+        torch.set_num_threads(profile.threads)
+    world = (profile_path.parent / profile.world) if profile.world else None
+    say = kwargs.get("say", print)
+    return RunContext(assets=Assets(world_config=world, log=say), profile=profile_path, profile_name=profile.name,
+                      toy=True, **kwargs)

@@ -1,0 +1,257 @@
+"""The plan: spec paths (with a profile applied) expanded once into typed jobs in dependency order.
+
+A score job per MAGIC spec, a baseline job per distinct model and evaluation, one point job per sweep
+point. The plan is what `run` executes, what `plan` prints and what the SLURM executor submits; it
+imports no torch and builds nothing (the toy world is named by its key, not built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from unlearnspec.assets import Assets, folder_digest, package_version
+from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
+from unlearnspec.spec.profile import is_world_file
+from unlearnspec.spec.schema import Spec
+
+JobKind = Literal["score", "baseline", "point"]
+SCORES_FILE = "per_token_scores.pt"  # the score file a score job writes (format: unlearnspec.scores)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work an executor runs: its spec (one LR), the folder it writes, what it waits for."""
+
+    kind: JobKind
+    id: str
+    """Unique and readable: `score:magic_wmdp`, `baseline:3f2a...`, `point:exp7_all_tokens/lr_1e-05`."""
+    spec: Spec
+    """The spec of this job; for score and point jobs a single learning rate."""
+    spec_path: Path
+    out: Path
+    """The folder the job writes, created atomically (score: the spec's output.dir; point: one sweep point;
+    baseline: the cache entry)."""
+    hash: str
+    """Spec hash shared by all points of a spec (sweep and output location excluded)."""
+    after: tuple[str, ...] = ()
+    """Ids of the jobs that must succeed first (score producers of a point job)."""
+    inputs: tuple[tuple[str, Path], ...] = ()
+    """Score source name -> score file, resolved at plan time."""
+
+    @property
+    def lr(self) -> float:
+        return self.spec.training.lrs[0]
+
+    @property
+    def point(self) -> str:
+        return f"lr={self.lr:g}"
+
+
+@dataclass(frozen=True)
+class SpecRun:
+    """One spec of the plan: where its results go and which jobs make them up."""
+
+    path: Path
+    spec: Spec
+    out: Path
+    hash: str
+    points: tuple[str, ...]
+    """Point (or score) job ids, in sweep order."""
+    baseline: Optional[str] = None
+    """Baseline job id, when the spec evaluates the base model."""
+    control: Optional[Path] = None
+
+    @property
+    def is_score(self) -> bool:
+        return self.spec.magic is not None
+
+
+@dataclass
+class Plan:
+    """Jobs in an order an executor can run one by one (every job after the jobs it names in `after`)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    specs: list[SpecRun] = field(default_factory=list)
+    profile: Optional[Path] = None
+
+    def job(self, job_id: str) -> Job:
+        return next(j for j in self.jobs if j.id == job_id)
+
+    def dependants(self, job_id: str) -> list[Job]:
+        """Jobs that (transitively) wait for `job_id`."""
+        out: list[Job] = []
+        frontier = {job_id}
+        for j in self.jobs:
+            if frontier & set(j.after):
+                out.append(j)
+                frontier.add(j.id)
+        return out
+
+
+def point_dir_name(point: str) -> str:
+    """Filesystem-safe folder name of a sweep point id such as `lr=1e-05`."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", point.replace("=", "_"))
+
+
+def spec_hash(spec: Spec) -> str:
+    """sha256 of the resolved spec minus its sweep and output location (shared by all its points)."""
+    payload = spec.model_dump(mode="json", exclude_none=True)
+    payload.get("training", {}).pop("lr", None)
+    payload.pop("output", None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def at_lr(spec: Spec, lr: float) -> Spec:
+    """The spec of one sweep point (typed copy; no round trip through JSON)."""
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"lr": lr})})
+
+
+def baseline_key(spec: Spec, spec_path: Path, assets: Assets, device: str) -> str:
+    """Everything that can change the base model's numbers: model, dtype, attention kernel, tokenizer,
+    the evaluation, the task files' contents, the device kind and the library versions."""
+    assert spec.eval is not None
+    toy = spec.model.toy is not None
+    payload = {
+        "model": assets.model_id(spec.model),
+        "dtype": spec.model.dtype,
+        "attn": spec.model.attn_implementation,
+        "tokenizer": assets.tokenizer_id(spec.model),
+        "eval": spec.eval.model_dump(mode="json"),
+        "tasks": folder_digest([project_root(spec_path) / "plugins"]) + (f"+world:{assets.world_key}" if toy else ""),
+        "device": device,
+        "versions": {p: package_version(p) for p in ("lm_eval", "transformers", "torch")},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class _Builder:
+    profile: Optional[Path]
+    overrides: list[str]
+    out: Optional[Path]
+    auto_produce: bool
+    assets: Assets
+    device: str
+    cache_root: Path
+    plan: Plan = field(default_factory=Plan)
+    specs: dict[Path, Spec] = field(default_factory=dict)
+    visiting: list[Path] = field(default_factory=list)
+
+    def load(self, path: Path, top: bool) -> Spec:
+        key = path.resolve()
+        if key not in self.specs:
+            self.specs[key] = load_spec(path, overrides=self.overrides if top else (), profile=self.profile)
+        return self.specs[key]
+
+    def add_spec(self, path: Path, top: bool) -> SpecRun:
+        key = path.resolve()
+        done = next((s for s in self.plan.specs if s.path.resolve() == key), None)
+        if done is not None:
+            return done
+        if key in self.visiting:
+            chain = " -> ".join(p.name for p in [*self.visiting[self.visiting.index(key):], key])
+            raise UserError.one(str(path), f"the `produced_by` chain leads back to this spec ({chain}); a spec cannot "
+                                "depend on its own scores. Point scores.*.produced_by at a MAGIC spec outside the cycle.",
+                                loc="scores")
+        self.visiting.append(key)
+        spec = self.load(path, top)
+        inputs, after = self.score_inputs(path, spec)
+        self.visiting.pop()
+        out = self.out if (self.out is not None and top) else resolve_path(path, spec.output.dir)
+        digest = spec_hash(spec)
+        jobs = []
+        if spec.magic is not None:
+            jobs.append(Job("score", f"score:{spec.name}", spec, path, out, digest, after, inputs))
+        else:
+            for lr in spec.training.lrs:
+                point = f"lr={lr:g}"
+                jobs.append(Job("point", f"point:{spec.name}/{point_dir_name(point)}", at_lr(spec, lr), path,
+                                out / point_dir_name(point), digest, after, inputs))
+        base = self.baseline(path, spec)
+        self.plan.jobs.extend(jobs)
+        control = resolve_path(path, spec.control) if spec.control else None
+        run = SpecRun(path, spec, out, digest, tuple(j.id for j in jobs), base, control)
+        self.plan.specs.append(run)
+        return run
+
+    def score_inputs(self, path: Path, spec: Spec) -> tuple[tuple[tuple[str, Path], ...], tuple[str, ...]]:
+        inputs, after = [], []
+        for name, src in spec.scores.items():
+            if src.path is not None:
+                inputs.append((name, resolve_path(path, src.path)))
+                continue
+            assert src.produced_by is not None
+            producer_path = resolve_path(path, src.produced_by)
+            producer = self.load(producer_path, top=False)
+            target = resolve_path(producer_path, producer.output.dir) / SCORES_FILE
+            listed = any(s.path.resolve() == producer_path.resolve() for s in self.plan.specs)
+            if self.auto_produce or listed or producer_path.resolve() in self.visiting:
+                run = self.add_spec(producer_path, top=False)
+                after.extend(run.points)
+                target = run.out / SCORES_FILE
+            elif not target.is_file():
+                flag = f" --profile {self.profile}" if self.profile else ""
+                raise UserError.one(
+                    str(path),
+                    f"score source {name!r} needs {src.produced_by}, which has not been run (no {target}). "
+                    f"Run `unlearnspec run {src.produced_by}{flag}` first, or run both specs together.",
+                    loc=f"scores.{name}.produced_by",
+                )
+            inputs.append((name, target))
+        return tuple(inputs), tuple(after)
+
+    def baseline(self, path: Path, spec: Spec) -> Optional[str]:
+        if spec.magic is not None or spec.eval is None or not spec.baseline.evaluate:
+            return None
+        key = baseline_key(spec, path, self.assets, self.device)
+        job_id = f"baseline:{key}"
+        if not any(j.id == job_id for j in self.plan.jobs):
+            self.plan.jobs.append(Job("baseline", job_id, at_lr(spec, spec.training.lrs[0]), path,
+                                      self.cache_root / "baselines" / key, key))
+        return job_id
+
+
+def build_plan(paths: list[Path], *, profile: Optional[Path] = None, overrides: tuple[str, ...] = (),
+               out: Optional[Path] = None, auto_produce: bool = False, assets: Optional[Assets] = None,
+               device: str = "cpu", cache_root: Optional[Path] = None) -> Plan:
+    """Expand spec files/folders into the plan. Score producers come before the points that read them;
+    specs named as controls before the specs that compare with them."""
+    from unlearnspec.toy.build import cache_root as default_cache
+
+    files, problems = find_spec_files(paths)
+    files = [f for f in files if not is_profile_path(f) and not is_world_file(f)]
+    if problems:
+        raise UserError(problems)
+    if not files:
+        raise UserError([Problem(" ".join(map(str, paths)), "", "no spec files found.")])
+    if out is not None and len(files) > 1:
+        raise UserError.one("--out", "--out takes one spec; several specs each write to their own output.dir.")
+    b = _Builder(profile, list(overrides), out, auto_produce, assets or Assets(), device, cache_root or default_cache())
+    loaded = {f: b.load(f, top=True) for f in files}
+    controls = {resolve_path(p, s.control).resolve() for p, s in loaded.items() if s.control}
+
+    def rank(p: Path) -> int:
+        return 0 if loaded[p].magic is not None else 1 if p.resolve() in controls else 2
+
+    for f in sorted(files, key=rank):
+        b.add_spec(f, top=True)
+    b.plan.profile = profile
+    _check_unique_outputs(b.plan)
+    return b.plan
+
+
+def _check_unique_outputs(plan: Plan) -> None:
+    seen: dict[Path, SpecRun] = {}
+    for run in plan.specs:
+        other = seen.get(run.out.resolve())
+        if other is not None:
+            raise UserError.one(str(run.path), f"output.dir {run.out} is also the output of {other.path}; two specs "
+                                "would overwrite each other's results. Give each spec its own output.dir.", loc="output.dir")
+        seen[run.out.resolve()] = run

@@ -1,0 +1,81 @@
+"""The recipe: run one job of the plan into a work folder and return its typed record.
+
+A point job reads top to bottom: spec -> token grid + weights -> model on the context's device ->
+trainer -> train -> evaluate -> save -> record. Score jobs run `unlearnspec.magic.job.run_score`;
+baseline jobs evaluate the untouched model. The recipe never knows which executor runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from unlearnspec.run.context import RunContext
+from unlearnspec.run.plan import Job
+from unlearnspec.run.results import SAMPLES_FILE, BaselineRecord, RunRecord
+from unlearnspec.run.rundirs import write_json
+from unlearnspec.run.steps import Timer, evaluate, prepare, save_model, train, write_spec
+
+JobRecord = Union[RunRecord, BaselineRecord]
+
+
+def run_job(job: Job, ctx: RunContext, workdir: Path) -> JobRecord:
+    if job.kind == "baseline":
+        return run_baseline(job, ctx, workdir)
+    if job.kind == "score":
+        from unlearnspec.magic.job import run_score
+
+        return run_score(job, ctx, workdir)
+    return run_point(job, ctx, workdir)
+
+
+def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
+    """Train one sweep point with its signed token weights, evaluate it, keep the model."""
+    from unlearnspec.train.modeling import merged_for_eval
+    from unlearnspec.train.trainer import TrainingDiverged
+
+    spec = job.spec
+    prep = prepare(job, ctx)
+    record = RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=job.out.name,
+                       token_stats=prep.stats, spec_hash=job.hash)
+    write_spec(job, workdir)
+    write_json(workdir / "token_stats.json", prep.stats.model_dump())
+    with Timer() as clock:
+        try:
+            trainer = train(spec, prep, workdir, ctx)
+        except TrainingDiverged as exc:
+            trainer = None
+            reason = str(exc)
+    record.train_seconds = clock.seconds
+    if trainer is None:
+        record.status, record.reason = "failed", reason
+        return record
+    write_json(workdir / "log_history.json", trainer.state.log_history)
+    if not ctx.is_main:
+        return record  # evaluation and files belong to rank 0
+    if spec.output.save_model == "adapter":
+        record.model_dir = save_model(spec, trainer.model, prep.tokenizer, workdir)
+    model = merged_for_eval(trainer.model, spec.lora)
+    with Timer() as clock:
+        result = evaluate(spec, job.spec_path, model, prep.tokenizer, ctx)
+    record.eval_seconds = clock.seconds
+    write_json(workdir / "eval.json", result.to_json())
+    write_json(workdir / SAMPLES_FILE, result.samples)
+    if spec.output.save_model == "final":
+        record.model_dir = save_model(spec, model, prep.tokenizer, workdir)
+    record.metrics = dict(result.metrics)
+    record.samples_file = f"{job.out.name}/{SAMPLES_FILE}"
+    return record
+
+
+def run_baseline(job: Job, ctx: RunContext, workdir: Path) -> BaselineRecord:
+    """Evaluate the untouched base model once per distinct model and evaluation (cached by `job.hash`)."""
+    from unlearnspec.train.modeling import load_model, load_tokenizer
+
+    spec = job.spec
+    ctx.say(f"[baseline] evaluating the base model of {spec.name} ({job.hash})")
+    model = load_model(spec.model, ctx.assets, device=ctx.device)
+    result = evaluate(spec, job.spec_path, model, load_tokenizer(spec.model, ctx.assets), ctx)
+    write_json(workdir / "eval.json", result.to_json())
+    write_json(workdir / SAMPLES_FILE, result.samples)
+    return BaselineRecord(status="ok", metrics=result.metrics, samples_file=SAMPLES_FILE)

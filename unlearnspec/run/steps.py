@@ -1,0 +1,155 @@
+"""The steps a recipe is made of: prepare the token grid and weights, train, evaluate, save the model.
+
+Each step takes the job's spec and the run context; none knows which executor runs it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from unlearnspec.run.context import RunContext
+from unlearnspec.run.plan import Job, spec_hash
+from unlearnspec.run.results import TokenStats
+from unlearnspec.spec.schema import Spec
+
+
+@dataclass
+class Prepared:
+    """Everything the sweep points of one spec share: tokenizer, token grid, signed weights, dataset."""
+
+    tokenizer: Any
+    grid: Any
+    weights: Any
+    stats: TokenStats
+    dataset: Any
+
+
+def prepare(job: Job, ctx: RunContext) -> Prepared:
+    """Token grid [N, S] + fingerprint -> score files checked against it -> signed per-token weights.
+    Computed once per spec and run (all points of a sweep share it)."""
+    key = spec_hash(job.spec)
+    if key in ctx.prepared:
+        return ctx.prepared[key]
+    from unlearnspec.data import build_grid, load_texts
+    from unlearnspec.scores import checked_scores, load_score_file, token_stats, token_weights
+    from unlearnspec.train.modeling import load_tokenizer
+    from unlearnspec.train.trainer import grid_dataset
+
+    spec, assets = job.spec, ctx.assets
+    tokenizer = load_tokenizer(spec.model, assets)
+    tok_id = assets.tokenizer_id(spec.model)
+    texts, rows = load_texts(spec.data, job.spec_path, tokenizer, assets)
+    grid = build_grid(texts, tokenizer, spec.data.max_seq_len, tok_id, spec.data.append_eos, rows)
+
+    def fingerprint_at(width: int) -> str:
+        return build_grid(texts, tokenizer, width, tok_id, spec.data.append_eos).fingerprint
+
+    scores = {}
+    for name, path in job.inputs:
+        scores[name] = checked_scores(load_score_file(path), spec.scores[name], name, grid.labels, grid.fingerprint,
+                                      fingerprint_at)
+    weights = token_weights(spec.tokens, scores, grid.labels)
+    stats = token_stats(weights, grid.labels, spec.loss.normalizer)
+    ctx.say(
+        f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid tokens selected "
+        f"({stats.selected_fraction:.1%}); {stats.ascending_tokens:,} ascend, {stats.descending_tokens:,} descend; "
+        f"normalizer {stats.normalizer}, per-token step x{stats.per_token_lr_factor:.2f} vs an all-tokens run"
+    )
+    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights))
+    return ctx.prepared[key]
+
+
+def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks: Sequence[Any] = (),
+          exact_replay: bool = False) -> Any:
+    """Train one point; returns the finished trainer. `exact_replay` (score runs) trains with the replay
+    attention kernel and the full-logits loss, so the recorded run is what the reverse pass differentiates."""
+    import torch
+    from transformers import TrainerCallback
+
+    from unlearnspec.train.modeling import apply_lora, load_model
+    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, sft_config, total_steps
+
+    lr = spec.training.lrs[0]
+    torch.manual_seed(spec.training.seed)
+    model = load_model(spec.model, ctx.assets, dropout=spec.training.dropout, device=ctx.device)
+    if exact_replay:
+        from unlearnspec.magic.attention import use_replay_attention
+
+        use_replay_attention(model)
+    if spec.lora is not None:
+        model = apply_lora(model, spec.lora)
+    n = prep.grid.input_ids.shape[0]
+    steps = total_steps(spec.training, n)
+    optimizer = build_optimizer(spec.training, [p for p in model.parameters() if p.requires_grad], lr)
+    task = ctx.task(f"train {spec.name} lr={lr:g}", total=steps)
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if task is not None:
+                ctx.progress.update(task, completed=state.global_step)
+
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=sft_config(spec.training, lr, workdir / "trainer", n),
+        train_dataset=prep.dataset,
+        processing_class=prep.tokenizer,
+        optimizers=(optimizer, build_scheduler(spec.training, optimizer, steps)),
+        callbacks=[*callbacks, Progress()],
+        normalizer=spec.loss.normalizer,
+        fused_head=not exact_replay,
+    )
+    for cb in callbacks:
+        attach = getattr(cb, "attach", None)
+        if attach is not None:
+            attach(trainer)
+    try:
+        trainer.train()
+    finally:
+        ctx.done(task)
+    return trainer
+
+
+def evaluate(spec: Spec, spec_path: Path, model: Any, tokenizer: Any, ctx: RunContext) -> Any:
+    """lm-eval on the in-memory model, on the main process only (the others wait for it)."""
+    from unlearnspec.evaluation import evaluate_model
+
+    assert spec.eval is not None
+    task = ctx.task(f"evaluate {', '.join(t.name for t in spec.eval.tasks)}", total=None)
+    try:
+        return evaluate_model(model, tokenizer, spec.eval, ctx.include_paths(spec_path))
+    finally:
+        ctx.done(task)
+
+
+def save_model(spec: Spec, model: Any, tokenizer: Any, folder: Path) -> str:
+    """Write `folder/model` as safetensors: the whole model with its tokenizer (LoRA merged in) for
+    `save_model: final`, the peft adapter for `adapter` (call that before merging for evaluation)."""
+    from unlearnspec.train.modeling import merged_for_eval
+
+    target = folder / "model"
+    to_save = model if spec.output.save_model == "adapter" else merged_for_eval(model, spec.lora, force=True)
+    to_save.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return "model"
+
+
+def write_spec(job: Job, folder: Path) -> None:
+    """The resolved spec of this job: `unlearnspec run <folder>/spec.yaml` reproduces it."""
+    from unlearnspec.spec.load import dump_spec
+
+    (folder / "spec.yaml").write_text(dump_spec(job.spec), encoding="utf-8")
+
+
+class Timer:
+    """Wall seconds of a block, rounded for records."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = round(time.perf_counter() - self.start, 3)
