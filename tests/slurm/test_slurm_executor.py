@@ -148,3 +148,23 @@ def test_a_preempted_job_is_requeued_not_lost(env, tmp_path):
         # measured: done 3 min after the signal)
     finally:
         _cancel_all(out)
+
+
+def test_a_two_process_point_runs_under_torchrun(env, tmp_path, slurm_cluster):
+    if slurm_cluster.cpus < 2:
+        pytest.skip(f"the node has {slurm_cluster.cpus} CPU(s); a 2-process job needs 2")
+    out = tmp_path / "exp7"
+    args = ["run", EXP7, "--toy", "--executor", "slurm", "--cluster", str(Path(__file__).with_name("two_processes.yaml")),
+            "--out", str(out), "--set", "training.lr=[1.0e-4]", *LIMITS]
+    first = _cli(args, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    try:
+        st = _wait_quiet(out)["point:exp7_all_tokens/lr_0.001"]
+        assert st.state == "done", st
+        state = out / ".slurm" / "lr_0.001"
+        ranks = [json.loads((state / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert [(r["status"], r["world_size"]) for r in ranks] == [("ok", 2), ("ok", 2)]
+        assert json.loads((out / "lr_0.001" / "slurm.json").read_text())["processes"] == 2
+        assert json.loads((out / "lr_0.001" / "point.json").read_text())["status"] == "ok"
+    finally:
+        _cancel_all(out)

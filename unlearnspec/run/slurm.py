@@ -123,7 +123,8 @@ def run_one(request: Request, job_id: str, job_hash: str, device: str) -> tuple[
     if ctx.is_main and job.out.is_dir():
         sub = read_json(job_dir(job) / SUBMISSION) or {}
         write_state(job.out / "slurm.json", {"slurm_id": my_env().get("SLURM_JOB_ID", sub.get("slurm_id")),
-                                             "log_out": sub.get("log_out"), "log_err": sub.get("log_err")})
+                                             "log_out": sub.get("log_out"), "log_err": sub.get("log_err"),
+                                             "processes": ctx.world_size})
     return record.status, getattr(record, "reason", None)
 
 
@@ -342,14 +343,15 @@ class SlurmExecutor:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """torchrun entry of a multi-process job: every rank runs the job; rank 0 writes what it recorded."""
-    from unlearnspec.run.context import rank
+    """torchrun entry of a multi-process job: every rank runs the job and says what it recorded (rank 0's
+    record is the job's)."""
+    from unlearnspec.run.context import rank, world_size
 
     req_path, job_id, job_hash, device = argv
     request = Request.read(Path(req_path))
     status, reason = run_one(request, job_id, job_hash, device)
-    if rank() == 0:
-        write_state(Path(req_path).parent / "rank0.json", {"status": status, "reason": reason})
+    write_state(Path(req_path).parent / f"rank{rank()}.json", {"status": status, "reason": reason,
+                                                               "world_size": world_size()})
     return 0
 
 
