@@ -133,7 +133,8 @@ def test_a_preempted_job_is_requeued_not_lost(env, tmp_path):
     job = "point:exp7_all_tokens/lr_0.0001"
     try:
         running = wait_for(lambda: (s := _statuses(out)[job]).state == "running" and s, 600, "the point to run")
-        wait_for(lambda: "Loading pickle" in Path(running.log).read_text(), 60, "submitit's handler to be installed")
+        run_file = out / ".slurm" / "lr_0.0001" / "run.json"  # written by the task, after submitit's signal handler
+        wait_for(lambda: json.loads(run_file.read_text()).get("state") == "running", 60, "the task to start")
         # what a preempting scheduler sends first (submitit asks for --signal=USR2@90): checkpoint and requeue
         subprocess.run(["scancel", "--signal=USR2", running.slurm_id], check=True)
         info = wait_for(lambda: (j := scontrol_job(running.slurm_id)).get("Restarts") == "1"
