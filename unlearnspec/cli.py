@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., object])
 SetOption = typer.Option(None, "--set", help="Override a field before validation, e.g. --set training.lr=1e-5 (repeatable).")
 ToyOption = typer.Option(False, "--toy", help="Map the spec onto the embedded toy world (specs/profiles/toy.yaml).")
 ProfileOption = typer.Option(None, "--profile", help="Map the spec through this profile file instead of the toy profile.")
+ClusterOption = typer.Option(None, "--cluster", help="Site file with the SLURM resources per job kind (see specs/profiles/slurm_example.yaml); default: the profile's `slurm:` section.")
 
 
 def _console(stderr: bool = False):
@@ -144,15 +145,26 @@ def show(
     set_: Optional[List[str]] = SetOption,
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
+    cluster: Optional[Path] = ClusterOption,
 ) -> None:
-    """Print the resolved spec (after --set overrides and an optional profile).
+    """Print the resolved spec (after --set overrides and an optional profile), and with --cluster (or a
+    profile with a `slurm:` section) the SLURM resources its jobs would get.
 
     Example: [bold]unlearnspec show specs/exp7_all_tokens.yaml --toy --set training.lr=1e-3[/bold]
     """
     from unlearnspec.spec.load import dump_spec, load_spec
 
-    resolved = load_spec(spec, overrides=set_ or [], profile=resolve_profile(toy, profile))
+    chosen = resolve_profile(toy, profile)
+    resolved = load_spec(spec, overrides=set_ or [], profile=chosen)
     sys.stdout.write(dump_spec(resolved))
+    if cluster is not None:
+        import yaml
+
+        from unlearnspec.spec.profile import slurm_settings
+
+        settings, source = slurm_settings(cluster, chosen)
+        sys.stdout.write(f"# SLURM resources (from {source})\n"
+                         + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
 
 
 @app.command()
@@ -242,25 +254,60 @@ def run(
     device: Optional[str] = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...`."),
+    executor: str = typer.Option("local", "--executor", help="local (here, one job after another) | slurm (submit every job to SLURM and return)."),
+    cluster: Optional[Path] = ClusterOption,
 ) -> None:
     """Run specs: the plan's score, baseline and sweep-point jobs (resumable), results.json, then reports.
 
     Examples: [bold]unlearnspec run specs/exp7_all_tokens.yaml --toy[/bold] ;
-    [bold]unlearnspec run specs/ --toy[/bold] (the whole toy study)
+    [bold]unlearnspec run specs/ --toy[/bold] (the whole toy study) ;
+    [bold]unlearnspec run specs/ --executor slurm --cluster my_site.yaml[/bold] (then [bold]unlearnspec status specs/[/bold])
     """
     import os
 
     output_folder(out, "--out")
     output_folder(reports_dir, "--reports-dir")
-    if nproc > 1 and not dry_run and "WORLD_SIZE" not in os.environ:
+    if nproc > 1 and executor == "local" and not dry_run and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from unlearnspec.run.study import RunOptions, run_study, show_plan
 
+    if executor not in ("local", "slurm"):
+        raise UserError.one("--executor", f"unknown executor {executor!r}; use local or slurm.")
     options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, retry_failed=retry_failed,
                          device=device, report=report, reports_dir=reports_dir)
-    raise typer.Exit(show_plan(paths, options, _console()) if dry_run else run_study(paths, options, _console()))
+    if dry_run:
+        raise typer.Exit(show_plan(paths, options, _console()))
+    if executor == "slurm":
+        from unlearnspec.run.cluster_commands import submit_study
+
+        raise typer.Exit(submit_study(paths, options, cluster, _console()))
+    raise typer.Exit(run_study(paths, options, _console()))
+
+
+@app.command()
+@user_errors
+def status(
+    paths: List[Path] = typer.Argument(..., help="Run folders submitted with --executor slurm, or spec files/folders."),
+    set_: Optional[List[str]] = SetOption,
+    toy: bool = ToyOption,
+    profile: Optional[Path] = ProfileOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (one spec only), as given to run."),
+    format: str = typer.Option("table", "--format", help="table | json."),
+) -> None:
+    """Where each job stands: done, failed (why, and its log), queued, running, not submitted, not run
+    (a job it needs failed), cancelled or lost. Reads the job folders and asks SLURM.
+
+    Example: [bold]unlearnspec status specs/exp7_all_tokens.yaml --toy[/bold]
+    """
+    from unlearnspec.run.cluster_commands import show_status
+    from unlearnspec.run.study import RunOptions
+
+    if format not in ("table", "json"):
+        raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
+    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out)
+    raise typer.Exit(show_status(paths, options, _console(), as_json=format == "json"))
 
 
 def _torchrun(nproc: int) -> int:

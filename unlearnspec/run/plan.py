@@ -104,6 +104,7 @@ def spec_hash(spec: Spec) -> str:
     """sha256 of the resolved spec minus its sweep and output location (shared by all its points)."""
     payload = spec.model_dump(mode="json", exclude_none=True)
     payload.get("training", {}).pop("lr", None)
+    payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
     payload.pop("output", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

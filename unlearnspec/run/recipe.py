@@ -51,6 +51,8 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         record.status, record.reason = "failed", reason
         return record
     write_json(workdir / "log_history.json", trainer.state.log_history)
+    if spec.training.report_to not in (None, "none"):
+        record.curves = f"{spec.training.report_to}: {trainer.curves_dir.relative_to(workdir)}"
     if not ctx.is_main:
         return record  # evaluation and files belong to rank 0
     if spec.output.save_model == "adapter":

@@ -95,6 +95,8 @@ class RunRecord(EvalRecord):
     """Hash of the spec the point ran (sweep and output excluded); resume refuses a different one."""
     model_dir: Optional[str] = None
     """The saved model or adapter (`output.save_model`), relative to the point's folder."""
+    curves: Optional[str] = None
+    """Where the training curves went (`training.report_to`): e.g. `tensorboard: curves/tensorboard`."""
 
 
 class BaselineRecord(EvalRecord):

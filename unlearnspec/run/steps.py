@@ -70,7 +70,15 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
     from transformers import TrainerCallback
 
     from unlearnspec.train.modeling import apply_lora, load_model
-    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, sft_config, total_steps
+    from unlearnspec.train.trainer import (
+        CURVES_DIR,
+        WeightedSFTTrainer,
+        build_optimizer,
+        build_scheduler,
+        curves_run_name,
+        sft_config,
+        total_steps,
+    )
 
     lr = spec.training.lrs[0]
     torch.manual_seed(spec.training.seed)
@@ -93,13 +101,14 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
 
     trainer = WeightedSFTTrainer(
         model=model,
-        args=sft_config(spec.training, lr, workdir / "trainer", n),
+        args=sft_config(spec.training, lr, workdir / "trainer", n, run_name=curves_run_name(spec.name, f"lr={lr:g}")),
         train_dataset=prep.dataset,
         processing_class=prep.tokenizer,
         optimizers=(optimizer, build_scheduler(spec.training, optimizer, steps)),
         callbacks=[*callbacks, Progress()],
         normalizer=spec.loss.normalizer,
         fused_head=not exact_replay,
+        curves_dir=workdir / CURVES_DIR,  # inside the point's folder (trainer/ is removed after training)
     )
     for cb in callbacks:
         attach = getattr(cb, "attach", None)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, PositiveFloat, ValidationError
 
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.base import STRICT_CONFIG
+from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, is_cluster_data, load_cluster
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
@@ -100,6 +101,8 @@ class Profile(_Section):
     """Drop the spec's recorded baseline numbers (they belong to the real model)."""
     threads: Optional[int] = Field(default=None, gt=0, le=1024)
     """torch CPU threads for runs through this profile (tiny models on a shared CPU run faster on one)."""
+    slurm: Optional[SlurmSection] = None
+    """Resources of this profile's jobs under `run --executor slurm` (a `--cluster` file replaces them)."""
 
 
 def default_toy_profile() -> Path:
@@ -122,6 +125,11 @@ def load_profile(path: Path) -> Any:
     data, node = read_yaml_file(path)
     if not isinstance(data, dict):
         raise UserError.one(str(path), "a profile must be a YAML mapping.")
+    if is_cluster_data(data):  # a site file (slurm resources), e.g. profiles/slurm_example.yaml
+        try:
+            return ClusterProfile.model_validate(data)
+        except ValidationError as exc:
+            raise UserError(validation_problems_for(ClusterProfile, exc, data, node, str(path))) from None
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
@@ -167,7 +175,8 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
     """The raw spec mapping rewritten through the profile (the input is not modified)."""
     profile = load_profile(profile_path)
     if not isinstance(profile, Profile):
-        raise UserError.one(str(profile_path), "this is a toy-world config, not a mapping profile; use specs/profiles/toy.yaml.")
+        what = "a cluster file (pass it with --cluster)" if isinstance(profile, ClusterProfile) else "a toy-world config"
+        raise UserError.one(str(profile_path), f"this is {what}, not a mapping profile; use specs/profiles/toy.yaml.")
     out = copy.deepcopy(data)
     model = out.get("model")
     if isinstance(model, dict) and model.get("toy") is not None:
@@ -240,3 +249,18 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
         rel = rel[len("runs/"):] if rel.startswith("runs/") else rel
         output["dir"] = f"{profile.output_prefix.rstrip('/')}/{rel}"
     return out
+
+
+def slurm_settings(cluster: Optional[Path], profile: Optional[Path]) -> tuple[SlurmSection, str]:
+    """The SLURM section to use and where it came from: --cluster FILE, else the mapping profile's
+    `slurm:` section, else a UserError naming both ways to give it."""
+    if cluster is not None:
+        return load_cluster(cluster).slurm, str(cluster)
+    if profile is not None:
+        loaded = load_profile(profile)
+        if isinstance(loaded, ClusterProfile):
+            return loaded.slurm, str(profile)
+        if isinstance(loaded, Profile) and loaded.slurm is not None:
+            return loaded.slurm, f"{profile} (slurm section)"
+    raise UserError.one("--cluster", "--executor slurm needs the cluster's resources: pass --cluster FILE "
+                        "(see specs/profiles/slurm_example.yaml), or use a profile with a `slurm:` section.")

@@ -68,6 +68,12 @@ class TrainingSpec(_Section):
     """Gradient clipping norm; unset means no clipping (the HF default of 1.0 is not applied)."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Dropout in attention/hidden layers during training (MAGIC requires 0)."""
+    report_to: Optional[Literal["none", "tensorboard", "wandb"]] = None
+    """Where the trainer sends its training curves (HF `report_to`); unset or `none`: nowhere.
+    `tensorboard`: event files in the point folder's `curves/` (needs `tensorboardX` or `tensorboard`
+    installed). `wandb`: a Weights & Biases run named `spec/point`, its local files in `curves/`;
+    configure it with WANDB_* variables (e.g. WANDB_PROJECT, WANDB_MODE=offline); wandb is not a
+    dependency. Curves never change the results."""
 
     @model_validator(mode="after")
     def _rules(self) -> "TrainingSpec":

@@ -6,9 +6,12 @@ and packing never touch it (`skip_prepare_dataset`), and our collator only stack
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from trl import SFTConfig, SFTTrainer
@@ -18,6 +21,7 @@ from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weig
 from unlearnspec.spec import TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
+CURVES_DIR = "curves"  # a point folder's subfolder for training curves (TensorBoard events, W&B files)
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,9 +92,31 @@ def build_scheduler(training: TrainingSpec, optimizer: torch.optim.Optimizer, st
     return get_scheduler(name, optimizer, num_warmup_steps=warm, num_training_steps=steps)
 
 
-def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int, **overrides: Any) -> SFTConfig:
+def curves_run_name(spec_name: str, point: str) -> str:
+    """The name of a point's curves (W&B run name, HF `run_name`): `spec/point`, e.g. `exp7/lr=1e-05`."""
+    return f"{spec_name}/{point}"
+
+
+def report_targets(training: TrainingSpec) -> list[str]:
+    """HF `report_to` for the spec: [] or one integration, checked to be installed (else a UserError)."""
+    target = training.report_to or "none"
+    if target == "none":
+        return []
+    needs = {"tensorboard": (("tensorboardX", "tensorboard"), "pip install tensorboardX"),
+             "wandb": (("wandb",), "pip install wandb")}[target]
+    if not any(importlib.util.find_spec(mod) is not None for mod in needs[0]):
+        from unlearnspec.errors import UserError
+
+        raise UserError.one("training", f"training.report_to is {target!r} but {' or '.join(needs[0])} is not "
+                            f"installed; `{needs[1]}`, or set `report_to: none`.", loc="training.report_to")
+    return [target]
+
+
+def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int, run_name: Optional[str] = None,
+               **overrides: Any) -> SFTConfig:
     """Every Trainer knob set from the spec; SFTConfig's own defaults (lr 2e-5, max_length 1024,
-    gradient checkpointing, clipping 1.0, ...) are never left to apply silently."""
+    gradient checkpointing, clipping 1.0, ...) are never left to apply silently. `run_name` names the
+    point's curves (see curves_run_name); where they go is WeightedSFTTrainer's `curves_dir`."""
     use_cpu = not torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -108,7 +134,8 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
         logging_first_step=True,
         save_strategy="no",
         eval_strategy="no",
-        report_to=[],
+        report_to=report_targets(training),
+        run_name=run_name,
         disable_tqdm=True,
         gradient_checkpointing=False,
         activation_checkpointing=False,
@@ -143,18 +170,30 @@ class WeightedSFTTrainer(SFTTrainer):
 
     loss_is_scaled_for_ga = True  # divided by the window's normalizer already
 
-    def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True,
+                 curves_dir: Optional[Path] = None, **kwargs: Any):
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
         super().__init__(*args, **kwargs)
         from transformers.trainer_callback import PrinterCallback
 
         self.remove_callback(PrinterCallback)  # the runner reports progress itself
+        # Training curves (args.report_to) go to `curves_dir`, by default output_dir/curves. HF 5.x has no
+        # logging_dir argument: its TensorBoard callback reads an env var or makes runs/<date_host>.
+        self.curves_dir = Path(curves_dir) if curves_dir is not None else Path(self.args.output_dir) / CURVES_DIR
+        for cb in self.callback_handler.callbacks:
+            if type(cb).__name__ == "TensorBoardCallback":
+                cb.logging_dir = str(self.curves_dir / "tensorboard")
         self.normalizer: Normalizer = normalizer
         # TRL's fused LM head computes log-probs in float32 without building the logits (fast, lean);
         # MAGIC runs use the full logits and loss.token_nll so training is exactly what the replay computes.
         self.fused_head = fused_head
         self.batch_listeners: list[BatchListener] = []
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        wandb = "wandb" in (self.args.report_to or []) and self.args.process_index == 0  # HF logs on rank 0
+        with _wandb_run(self.curves_dir if wandb else None, self.args.run_name):
+            return super().train(*args, **kwargs)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         count = sum(normalizer_count(b["labels"], b["token_weights"], self.normalizer) for b in batch_samples)
@@ -182,3 +221,26 @@ class WeightedSFTTrainer(SFTTrainer):
         if model.training and not torch.isfinite(loss.detach()):
             raise TrainingDiverged(self.state.global_step, float(loss.detach()))
         return (loss, outputs) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def _wandb_run(folder: Optional[Path], name: Optional[str]) -> Iterator[None]:
+    """One W&B run per point, started here (files under `folder` unless WANDB_DIR is set) and finished.
+
+    HF's WandbCallback starts a run only if none is active, without a dir, and never finishes it; and wandb
+    reads WANDB_DIR once per process. So a second point in the same process would log into the first's run.
+    """
+    if folder is None:
+        yield
+        return
+    import wandb
+
+    if wandb.run is None:
+        where = os.environ.get("WANDB_DIR") or str(folder)
+        Path(where).mkdir(parents=True, exist_ok=True)
+        wandb.init(dir=where, name=name, project=os.environ.get("WANDB_PROJECT", "huggingface"))
+    try:
+        yield
+    finally:
+        if wandb.run is not None:
+            wandb.finish()

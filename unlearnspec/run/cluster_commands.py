@@ -1,0 +1,118 @@
+"""`run --executor slurm` and `status`: submit the plan to SLURM, and show where each job stands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from unlearnspec.errors import UserError
+from unlearnspec.run.slurm import Request, SlurmExecutor, context_for, plan_for, statuses
+from unlearnspec.run.slurmstate import REQUEST, SLURM_DIR, SlurmUnavailable
+from unlearnspec.spec.profile import slurm_settings
+
+
+def _require_slurm() -> None:
+    if shutil.which("sbatch") is None:
+        raise UserError.one("--executor", "sbatch is not on PATH: this machine cannot submit SLURM jobs. Run on a "
+                            "login node of the cluster, or use --executor local.")
+
+
+def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Request:
+    """The request jobs rebuild the plan from: absolute paths, and the plan's device from the resources
+    of baseline jobs (their cache key names the device kind they evaluate on)."""
+    settings, _ = slurm_settings(cluster, options.profile)
+    absolute = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
+    return Request(paths=[str(p.resolve()) for p in paths], profile=absolute(options.profile),
+                   overrides=list(options.overrides), out=absolute(options.out),
+                   plan_device="cuda" if settings.jobs.baseline.gpus else "cpu", cluster=absolute(cluster),
+                   retry_failed=options.retry_failed, report=options.report, reports_dir=absolute(options.reports_dir))
+
+
+def submit_study(paths: list[Path], options: Any, cluster: Optional[Path], console: Any) -> int:
+    """Submit every job of the plan that is neither done nor queued/running; print what was submitted."""
+    _require_slurm()
+    settings, source = slurm_settings(cluster, options.profile)
+    request = make_request(paths, options, cluster)
+    ctx = context_for(request, request.plan_device, say=lambda m: console.print(m, markup=False, highlight=False))
+    plan = plan_for(request, ctx)
+    try:
+        done = SlurmExecutor(ctx, request, settings).submit(plan)
+    except SlurmUnavailable as exc:
+        raise UserError.one("--executor", f"SLURM does not answer ({exc}).") from None
+    kept = ", ".join(f"{sum(1 for s in done.kept.values() if s == k)} {k}" for k in sorted(set(done.kept.values())))
+    console.print(f"[slurm] {len(plan.jobs)} job(s) in the plan (resources: {source}): {len(done.submitted)} submitted"
+                  + (f", kept {kept}" if kept else "") + (f", {len(done.not_run)} not run" if done.not_run else "")
+                  + f" in {done.seconds:.2f} s", markup=False, highlight=False)
+    folders = " ".join(str(r.out) for r in plan.specs if not r.is_score) or " ".join(str(r.out) for r in plan.specs)
+    if done.assemble:
+        console.print(f"[slurm] results.json and reports: job {done.assemble}, after the others end", markup=False,
+                      highlight=False)
+    console.print(f"[slurm] follow with: unlearnspec status {folders}", markup=False, highlight=False)
+    failed = [j for j, s in done.kept.items() if s == "failed"]
+    for job_id in failed:
+        console.print(f"[slurm] {job_id} is recorded as failed; --retry-failed submits it again", markup=False, highlight=False)
+    return 1 if done.not_run or failed else 0
+
+
+def _requests(paths: list[Path], options: Any) -> list[Request]:
+    """A run folder with .slurm/request.json is shown as submitted; spec paths are planned now."""
+    requests, specs = [], []
+    for p in paths:
+        req = p / SLURM_DIR / REQUEST
+        if p.is_dir() and req.is_file():
+            requests.append(Request.read(req))
+        else:
+            specs.append(p)
+    if specs:
+        requests.append(Request(paths=[str(p.resolve()) for p in specs],
+                                profile=str(options.profile.resolve()) if options.profile else None,
+                                overrides=list(options.overrides), out=str(options.out.resolve()) if options.out else None,
+                                plan_device=_planned_device(specs, options)))
+    return requests
+
+
+def _planned_device(specs: list[Path], options: Any) -> str:
+    """The device kind of a submitted request for these specs (so baseline ids match), else cpu."""
+    from unlearnspec.spec.load import load_spec, resolve_path
+
+    for spec_path in specs:
+        if spec_path.is_file():
+            spec = load_spec(spec_path, profile=options.profile, overrides=options.overrides, check_refs=False)
+            out = options.out or resolve_path(spec_path, spec.output.dir)
+            req = out / SLURM_DIR / REQUEST
+            if req.is_file():
+                return Request.read(req).plan_device
+    return "cpu"
+
+
+def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = False) -> int:
+    """One row per job: state (done, failed, queued, running, not submitted, not run, cancelled, lost),
+    why, its SLURM id and its log."""
+    from rich.table import Table
+
+    rows: list[dict[str, Any]] = []
+    for request in _requests(paths, options):
+        ctx = context_for(request, request.plan_device, say=lambda m: None)
+        plan = plan_for(request, ctx)
+        try:
+            found = statuses(plan)
+        except SlurmUnavailable as exc:
+            raise UserError.one("status", f"SLURM does not answer ({exc}); the folders alone say only done/failed.") from None
+        rows.extend(asdict(st) for st in found.values())
+    if as_json:
+        console.out(json.dumps({"jobs": rows}, indent=2), highlight=False)
+        return 0
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in dict.fromkeys(r["state"] for r in rows)}
+    table = Table(title="status: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for col in ("job", "state", "detail", "slurm", "log"):
+        table.add_column(col, overflow="fold")
+    colour = {"done": "green", "failed": "red", "not run": "red", "lost": "red", "cancelled": "yellow",
+              "running": "cyan", "queued": "blue"}
+    for r in rows:
+        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else r["state"]
+        table.add_row(r["job"], state, r["detail"], r["slurm_id"] or "-", r["log"] if r["state"] != "done" else "")
+    console.print(table)
+    return 0

@@ -1,0 +1,358 @@
+"""The SLURM executor: submits the plan's jobs through submitit with their resources and dependencies,
+then gets out of the way. Each job rebuilds the plan from the submitted request and runs its one job
+with the local executor's code (same atomic folder, same record); a final job assembles results.json
+and the reports once the others ended. Rerunning submits only what is neither done nor queued/running.
+
+Dependencies: a point waits (`afterok`) for the score jobs it reads; jobs are submitted with
+`--kill-on-invalid-dep=yes`, so a failed producer's dependants are cancelled, and they are reported as
+not run with the producer's reason. Time limits and preemption: submitit signals the job before the
+limit; the job is requeued (restarting its point, whose folder is only written at the end).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from unlearnspec.run.plan import Job, Plan
+from unlearnspec.run.slurmstate import (
+    REQUEST,
+    RUN,
+    SLURM_DIR,
+    SUBMISSION,
+    JobStatus,
+    job_dir,
+    job_status,
+    live_jobs,
+    my_env,
+    read_json,
+    write_state,
+)
+from unlearnspec.spec.cluster import JobKindName, SlurmSection
+
+ASSEMBLE = "_assemble"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `run --executor slurm` was asked, in plain JSON: each job rebuilds the same plan from it."""
+
+    paths: list[str]
+    profile: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)
+    out: Optional[str] = None
+    plan_device: str = "cpu"
+    """Device kind the plan was built for (baseline cache keys name it): cuda when baseline jobs get GPUs."""
+    cluster: Optional[str] = None
+    retry_failed: bool = False
+    report: bool = True
+    reports_dir: Optional[str] = None
+
+    @classmethod
+    def read(cls, path: Path) -> "Request":
+        data = read_json(path)
+        if data is None:
+            from unlearnspec.errors import UserError
+
+            raise UserError.one(str(path), "unreadable submission request; rerun `unlearnspec run ... --executor slurm`.")
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def options(self, device: Optional[str] = None) -> Any:
+        from unlearnspec.run.study import RunOptions
+
+        path = lambda p: Path(p) if p else None  # noqa: E731
+        return RunOptions(profile=path(self.profile), overrides=list(self.overrides), out=path(self.out),
+                          retry_failed=self.retry_failed, device=device, report=self.report,
+                          reports_dir=path(self.reports_dir))
+
+
+def context_for(request: Request, device: str, say: Any = print) -> Any:
+    """A run context on `device` without probing it (the submitting node may have no GPU)."""
+    from unlearnspec.run.context import RunContext, toy_context
+
+    if request.profile is not None:
+        return toy_context(Path(request.profile), device=device, say=say)
+    return RunContext(device=device, say=say)
+
+
+def plan_for(request: Request, ctx: Any) -> Plan:
+    """The plan exactly as submitted (same paths, profile, overrides, output and plan device)."""
+    from unlearnspec.run.plan import build_plan
+
+    return build_plan([Path(p) for p in request.paths], profile=Path(request.profile) if request.profile else None,
+                      overrides=tuple(request.overrides), out=Path(request.out) if request.out else None,
+                      auto_produce=ctx.toy, assets=ctx.assets, device=request.plan_device)
+
+
+# --------------------------------------------------------------------------- inside a job
+class JobFailed(RuntimeError):
+    """The job ran and recorded a failure (a diverged point, a failed score check): SLURM state FAILED."""
+
+
+def run_one(request: Request, job_id: str, job_hash: str, device: str) -> tuple[str, Optional[str]]:
+    """Run one job of the submitted plan with the local executor's code; every torchrun rank calls this."""
+    from unlearnspec.errors import UserError
+    from unlearnspec.run.executor import LocalExecutor
+    from unlearnspec.run.rundirs import TMP_PREFIX, marker
+    from unlearnspec.run.study import quiet_libraries
+
+    quiet_libraries()
+    ctx = context_for(request, device)
+    if ctx.device != "cpu":
+        from unlearnspec.run.context import resolve_device
+
+        ctx.device = resolve_device(device)  # now on the job's node: a missing GPU is an error here
+    plan = plan_for(request, ctx)
+    job = next((j for j in plan.jobs if j.id == job_id), None)
+    if job is None or job.hash != job_hash:
+        raise UserError.one(job_id, "the spec changed after this job was submitted; rerun `unlearnspec run ... "
+                            "--executor slurm` to submit the current plan.")
+    if ctx.is_main:  # an earlier attempt of this job (requeued, killed) may have left its temp folder
+        import shutil
+
+        for stale in job.out.parent.glob(f"{TMP_PREFIX}{job.out.name}-*"):
+            if stale.is_dir() and not stale.is_symlink() and marker(stale) is not None:
+                shutil.rmtree(stale, ignore_errors=True)
+    record = LocalExecutor(ctx).run_job(job)
+    if ctx.is_main and job.out.is_dir():
+        sub = read_json(job_dir(job) / SUBMISSION) or {}
+        write_state(job.out / "slurm.json", {"slurm_id": my_env().get("SLURM_JOB_ID", sub.get("slurm_id")),
+                                             "log_out": sub.get("log_out"), "log_err": sub.get("log_err"),
+                                             "processes": ctx.world_size})
+    return record.status, getattr(record, "reason", None)
+
+
+def _torchrun(request: Request, state: Path, job_id: str, job_hash: str, device: str, processes: int) -> tuple[str, Optional[str]]:
+    """Start `processes` ranks of this job with torchrun on this node, then read what rank 0 recorded."""
+    req = state / REQUEST
+    write_state(req, asdict(request))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}",
+           "-m", "unlearnspec.run.slurm", str(req), job_id, job_hash, device]
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise RuntimeError(f"torchrun with {processes} processes exited with status {rc}; see the job's log")
+    done = read_json(state / "rank0.json") or {}
+    return str(done.get("status", "failed")), done.get("reason")
+
+
+@dataclass
+class SlurmTask:
+    """The callable submitit pickles for one job. Checkpointable: at a time limit or preemption submitit
+    requeues it, and it restarts its job (a point's folder appears only when it has finished)."""
+
+    request: Request
+    job_id: str
+    job_hash: str
+    state_dir: str
+    device: str = "cpu"
+    processes: int = 1
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        write_state(Path(self.state_dir) / RUN, {"state": "requeued", "at": time.time(), **my_env()})
+        return submitit.helpers.DelayedSubmission(self)
+
+    def __call__(self) -> str:
+        state = Path(self.state_dir)
+        write_state(state / RUN, {"state": "running", "started": time.time(), "host": socket.gethostname(), **my_env()})
+        try:
+            if self.processes > 1:
+                status, reason = _torchrun(self.request, state, self.job_id, self.job_hash, self.device, self.processes)
+            else:
+                status, reason = run_one(self.request, self.job_id, self.job_hash, self.device)
+        except SystemExit:  # submitit requeues the job (time limit, preemption) by exiting
+            raise
+        except BaseException as exc:
+            text = str(exc).strip().splitlines()
+            write_state(state / RUN, {"state": "error", "reason": f"{type(exc).__name__}: {text[0] if text else ''}"[:500],
+                                      "ended": time.time(), **my_env()})
+            raise
+        write_state(state / RUN, {"state": "finished", "status": status, "reason": reason, "ended": time.time(), **my_env()})
+        if status != "ok":
+            raise JobFailed(reason or "failed")
+        return status
+
+
+@dataclass
+class AssembleTask:
+    """The last job: results.json of every spec from the job folders, then the reports."""
+
+    request: Request
+
+    def __call__(self) -> str:
+        assemble_all(self.request)
+        return "ok"
+
+
+def statuses(plan: Plan) -> dict[str, JobStatus]:
+    """Every job's status, producers first, so a dependant of a failed producer shows why it did not run."""
+    subs = {j.id: read_json(job_dir(j) / SUBMISSION) or {} for j in plan.jobs}
+    live = live_jobs([str(s.get("slurm_id", "")) for s in subs.values()])
+    out: dict[str, JobStatus] = {}
+    for job in plan.jobs:
+        blocked = next((_blocking(out[a]) for a in job.after if a in out and out[a].state in ("failed", "not run")), None)
+        out[job.id] = job_status(job, live, blocked)
+    return out
+
+
+def _blocking(producer: JobStatus) -> str:
+    if producer.state == "not run":
+        return producer.detail
+    return f"{producer.job} failed: {producer.detail}"
+
+
+def assemble_all(request: Request, say: Any = print) -> dict[Path, Any]:
+    from rich.console import Console
+
+    from unlearnspec.run.executor import Outcome, assemble
+    from unlearnspec.run.study import reports_dir_for
+
+    ctx = context_for(request, "cpu", say=say)
+    plan = plan_for(request, ctx)
+    outcome = Outcome()
+    for job_id, st in statuses(plan).items():
+        if st.state not in ("done", "queued", "running"):
+            outcome.failed[job_id] = st.detail if st.state == "not run" else f"{job_id} {st.state}: {st.detail}"
+    results = {run.path: assemble(run, plan, ctx, outcome) for run in plan.specs}
+    experiments = [r for r in plan.specs if not r.is_score]
+    if request.report and experiments:
+        from unlearnspec.report.commands import run_report
+
+        run_report([str(r.out) for r in experiments], out=reports_dir_for(plan, request.options()), reference=None,
+                   toy=request.profile is not None, plot=True, console=Console(width=200))
+    return results
+
+
+# --------------------------------------------------------------------------- submitting
+def _executor(folder: Path, settings: SlurmSection, kind: JobKindName, name: str, after: list[str], how: str) -> Any:
+    import submitit
+
+    res = settings.resources(kind)
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
+    extra = {**settings.sbatch_extra(), "kill_on_invalid_dep": "yes"}
+    params: dict[str, Any] = dict(job_name=name, time=res.time_min, nodes=1, ntasks_per_node=1, cpus_per_task=res.cpus,
+                                  mem=f"{int(res.mem_gb * 1024)}MB", setup=list(settings.setup),
+                                  additional_parameters=extra)
+    if res.gpus:
+        params["gpus_per_node"] = res.gpus
+    for key in ("partition", "account", "qos"):
+        if getattr(settings, key):
+            params[key] = getattr(settings, key)
+    if after:
+        params["dependency"] = f"{how}:" + ":".join(after)
+    ex.update_parameters(**params)
+    return ex
+
+
+def _job_name(job: Job) -> str:
+    import re
+
+    return "us-" + re.sub(r"[^A-Za-z0-9_.=-]", "-", job.id.replace(":", "-"))[:120]
+
+
+@dataclass
+class Submitted:
+    """What one `run --executor slurm` did."""
+
+    submitted: dict[str, str] = field(default_factory=dict)
+    """Job id -> SLURM job id, submitted now."""
+    kept: dict[str, str] = field(default_factory=dict)
+    """Job id -> state, not submitted (done, queued, running, recorded failure)."""
+    not_run: dict[str, str] = field(default_factory=dict)
+    """Job id -> reason (a producer failed)."""
+    assemble: Optional[str] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class SlurmExecutor:
+    """Submits what is neither done nor queued/running; the jobs do the work."""
+
+    ctx: Any
+    request: Request
+    settings: SlurmSection
+
+    def submit(self, plan: Plan) -> Submitted:
+        from unlearnspec.run.executor import LocalExecutor
+
+        start = time.perf_counter()
+        LocalExecutor(self.ctx).check(plan)  # claims the output folders; refuses foreign ones before submitting
+        for run in plan.specs:  # `status RUN_DIR` rebuilds the plan from it (a score job's folder is its own)
+            if not run.is_score:
+                write_state(run.out / SLURM_DIR / REQUEST, asdict(self.request))
+        done = Submitted()
+        slurm_of: dict[str, str] = {}  # job id -> SLURM id of what is queued/running now
+        failed: dict[str, str] = {}  # job id -> why its dependants cannot run
+        current = statuses(plan)
+        for job in plan.jobs:
+            st = current[job.id]
+            blocked = next((failed[a] for a in job.after if a in failed), None)
+            if st.state == "done" or st.live or (st.recorded and not self.request.retry_failed):
+                done.kept[job.id] = st.state
+                if st.live:
+                    slurm_of[job.id] = st.slurm_id
+                elif st.state == "failed":
+                    failed[job.id] = f"{job.id} failed: {st.detail}"
+            elif blocked is not None:
+                failed[job.id] = done.not_run[job.id] = blocked
+                write_state(job_dir(job) / SUBMISSION, {"job": job.id, "reason": f"not run: {blocked}", "at": time.time()})
+                self.ctx.say(f"[slurm] {job.id} not submitted: {blocked}")
+            else:
+                slurm_of[job.id] = done.submitted[job.id] = self._submit(job, [slurm_of[a] for a in job.after if a in slurm_of])
+                self.ctx.say(f"[slurm] {job.id} -> job {slurm_of[job.id]}")
+        done.assemble = self._assemble(plan, slurm_of, bool(done.submitted))
+        done.seconds = round(time.perf_counter() - start, 3)
+        return done
+
+    def _submit(self, job: Job, after: list[str]) -> str:
+        kind: JobKindName = job.kind  # type: ignore[assignment]
+        res = self.settings.resources(kind)
+        device = "cuda" if res.gpus else "cpu"
+        folder = job_dir(job)
+        task = SlurmTask(self.request, job.id, job.hash, str(folder), device, res.processes)
+        ex = _executor(folder, self.settings, kind, _job_name(job), after, "afterok")
+        sjob = ex.submit(task)
+        write_state(folder / RUN, {"state": "submitted", "at": time.time()})
+        write_state(folder / SUBMISSION, {"job": job.id, "slurm_id": sjob.job_id, "name": _job_name(job), "after": after,
+                                          "log_out": str(sjob.paths.stdout), "log_err": str(sjob.paths.stderr),
+                                          "resources": res.model_dump(), "at": time.time()})
+        return str(sjob.job_id)
+
+    def _assemble(self, plan: Plan, slurm_of: dict[str, str], submitted_any: bool) -> Optional[str]:
+        """results.json and reports: now when nothing is pending, else a last job after all the others."""
+        last = plan.specs[-1]
+        folder = (last.out.parent / SLURM_DIR / f"{ASSEMBLE}-{last.out.name}") if last.is_score else last.out / SLURM_DIR / ASSEMBLE
+        if not slurm_of:
+            assemble_all(self.request, say=self.ctx.say)
+            return None
+        previous = read_json(folder / SUBMISSION) or {}
+        if not submitted_any and previous.get("slurm_id") and live_jobs([str(previous["slurm_id"])]):
+            return str(previous["slurm_id"])
+        ex = _executor(folder, self.settings, "assemble", "us-assemble", sorted(set(slurm_of.values()), key=int), "afterany")
+        sjob = ex.submit(AssembleTask(self.request))
+        write_state(folder / SUBMISSION, {"job": "assemble", "slurm_id": sjob.job_id, "name": "us-assemble",
+                                          "log_out": str(sjob.paths.stdout), "at": time.time()})
+        return str(sjob.job_id)
+
+
+def _worker_main(argv: list[str]) -> int:
+    """torchrun entry of a multi-process job: every rank runs the job and says what it recorded (rank 0's
+    record is the job's)."""
+    from unlearnspec.run.context import rank, world_size
+
+    req_path, job_id, job_hash, device = argv
+    request = Request.read(Path(req_path))
+    status, reason = run_one(request, job_id, job_hash, device)
+    write_state(Path(req_path).parent / f"rank{rank()}.json", {"status": status, "reason": reason,
+                                                               "world_size": world_size()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker_main(sys.argv[1:]))

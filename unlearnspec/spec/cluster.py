@@ -1,0 +1,120 @@
+"""Cluster resources for `run --executor slurm`: a `slurm:` section in a site file (`--cluster FILE`, e.g.
+specs/profiles/slurm_example.yaml) or in a mapping profile (the toy profile's section sizes toy jobs).
+
+Every job kind (score, point, baseline, and the final assemble job) names its GPUs, processes, CPUs,
+memory and time limit here; nothing is left to a hidden default. Imports no torch and no submitit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from unlearnspec.errors import UserError
+from unlearnspec.spec.base import SpecRuleError, _Section
+
+JobKindName = Literal["score", "point", "baseline", "assemble"]
+
+
+class JobResources(_Section):
+    """What one SLURM job of a kind asks for (one node)."""
+
+    gpus: int = Field(default=0, ge=0)
+    """GPUs per job (`--gpus-per-node`); 0 runs on CPUs only."""
+    processes: PositiveInt = 1
+    """Processes per job; more than 1 starts them with torchrun (one per GPU on a GPU job)."""
+    cpus: PositiveInt
+    """CPUs per job (`--cpus-per-task`)."""
+    mem_gb: PositiveFloat
+    """Memory per job in GB (`--mem`)."""
+    time_min: PositiveInt
+    """Time limit in minutes (`--time`); a job killed by it is requeued up to `slurm.max_requeues` times."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "JobResources":
+        if self.gpus and self.processes > self.gpus:
+            raise SpecRuleError(("processes",), f"{self.processes} processes on {self.gpus} GPU(s): use at most one "
+                                "process per GPU (set `processes` to `gpus`).")
+        return self
+
+
+class JobKinds(_Section):
+    """Resources per job kind."""
+
+    score: JobResources
+    """MAGIC score runs (training plus the exact reverse pass: the largest jobs)."""
+    point: JobResources
+    """One sweep point: train, evaluate, save."""
+    baseline: JobResources
+    """Evaluation of the untouched base model (once per model and evaluation)."""
+    assemble: JobResources = JobResources(cpus=1, mem_gb=4, time_min=30)
+    """The final job that writes results.json and the reports once the others ended."""
+
+
+class SlurmSection(_Section):
+    """Where and how jobs are submitted."""
+
+    partition: Optional[str] = None
+    """Partition (`--partition`); unset: the cluster's default partition."""
+    account: Optional[str] = None
+    """Account to charge (`--account`)."""
+    qos: Optional[str] = None
+    """Quality of service (`--qos`)."""
+    extra_sbatch: list[str] = []
+    """More `#SBATCH` options, written as on the sbatch command line, e.g. `--constraint=a100`, `--exclusive`."""
+    setup: list[str] = []
+    """Shell lines run in each job before Python starts, e.g. `module load cuda/12.4`,
+    `source ~/venvs/unlearnspec/bin/activate`. The submitting shell's environment is passed on."""
+    max_requeues: int = Field(default=3, ge=0)
+    """How often a job stopped by its time limit is requeued (it restarts its point from scratch) before it is
+    reported failed. Preempted jobs are always requeued."""
+    jobs: JobKinds
+    """Resources per job kind."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> "SlurmSection":
+        for i, line in enumerate(self.extra_sbatch):
+            if not line.startswith("--") or len(line) < 3 or " " in line.split("=", 1)[0]:
+                raise SpecRuleError(("extra_sbatch", i), f"write sbatch options as `--name=value` or `--flag` (got {line!r}).")
+        return self
+
+    def resources(self, kind: JobKindName) -> JobResources:
+        return getattr(self.jobs, kind)
+
+    def sbatch_extra(self) -> dict[str, Any]:
+        """extra_sbatch as submitit's `slurm_additional_parameters` ({name: value}, True for a bare flag)."""
+        out: dict[str, Any] = {}
+        for line in self.extra_sbatch:
+            name, eq, value = line[2:].partition("=")
+            out[name.replace("-", "_")] = value if eq else True
+        return out
+
+
+class ClusterProfile(_Section):
+    """A site file: the cluster's SLURM settings (`unlearnspec run ... --executor slurm --cluster FILE`)."""
+
+    name: str
+    """Short name of the site."""
+    slurm: SlurmSection
+    """SLURM settings."""
+
+
+def is_cluster_data(data: Any) -> bool:
+    """A YAML mapping that is a site file (a `slurm` section and no model mapping)."""
+    return isinstance(data, dict) and "slurm" in data and "model" not in data
+
+
+def load_cluster(path: Path) -> ClusterProfile:
+    """Read and validate a site file; problems name the file and field."""
+    from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
+
+    data, node = read_yaml_file(path)
+    if not is_cluster_data(data):
+        raise UserError.one(str(path), "a cluster file is a YAML mapping with `name` and a `slurm` section "
+                            "(see specs/profiles/slurm_example.yaml).")
+    try:
+        return ClusterProfile.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_problems_for(ClusterProfile, exc, data, node, str(path))) from None
