@@ -117,7 +117,7 @@ def test_unavailable_model_suggests_toy(toy_world, tmp_path):
 @pytest.mark.slow
 def test_unavailable_dataset_suggests_toy(toy_world, tmp_path):
     args = ["run", EXP7, "--out", str(tmp_path / "o"), "--no-report", "--set", "model.name_or_path=null",
-            "--set", "model.toy=tiny-neox", "--set", "model.dtype=float32"]
+            "--set", "model.toy=tiny-neox", "--set", "model.dtype=float32", "--set", "baseline.evaluate=false"]
     proc = _run(args, _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Salesforce/wikitext" in proc.stderr and "--toy" in proc.stderr and "Traceback" not in proc.stderr
@@ -157,7 +157,7 @@ def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     # a rerun reuses the scores and the finished point
     again = _run(args, _env(toy_world), cwd=project)
     assert again.returncode == 0, again.stderr[-3000:]
-    for job in ("score:magic_wmdp", "score:magic_mmlu", "point:exp5_selective/lr_0.0001"):
+    for job in ("score:magic_wmdp", "score:magic_mmlu", "point:exp5_selective/lr_0.001"):  # toy AdamW LRs x10
         assert f"{job} already done; skipped" in again.stdout
 
 

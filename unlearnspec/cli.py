@@ -275,7 +275,7 @@ def run(
 
     if executor not in ("local", "slurm"):
         raise UserError.one("--executor", f"unknown executor {executor!r}; use local or slurm.")
-    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, retry_failed=retry_failed,
+    options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, retry_failed=retry_failed,
                          device=device, report=report, reports_dir=reports_dir)
     if dry_run:
         raise typer.Exit(show_plan(paths, options, _console()))
@@ -306,7 +306,7 @@ def status(
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
-    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out)
+    options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out)
     raise typer.Exit(show_status(paths, options, _console(), as_json=format == "json"))
 
 
@@ -342,7 +342,7 @@ def plan(
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
-    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, device=device)
+    options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device)
     raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json"))
 
 

@@ -22,6 +22,8 @@ class RunOptions:
     out: Optional[Path] = None
     retry_failed: bool = False
     device: Optional[str] = None
+    auto_produce: bool = False
+    """Run missing score producers first (on with --toy, where a score run costs seconds)."""
     report: bool = True
     reports_dir: Optional[Path] = None
 
@@ -45,7 +47,7 @@ def make_context(options: RunOptions, say: Any = print, progress: Any = None) ->
 
 def make_plan(paths: list[Path], options: RunOptions, ctx: RunContext) -> Plan:
     return build_plan(paths, profile=options.profile, overrides=tuple(options.overrides), out=options.out,
-                      auto_produce=ctx.toy, assets=ctx.assets, device=ctx.device.split(":")[0])
+                      auto_produce=options.auto_produce, assets=ctx.assets, device=ctx.device.split(":")[0])
 
 
 def reports_dir_for(plan: Plan, options: RunOptions) -> Path:
