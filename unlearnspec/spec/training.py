@@ -118,6 +118,19 @@ class QuerySpec(_Section):
     """Questions per forward pass in the query gradient."""
 
 
+class MagicMemorySpec(_Section):
+    """Memory knobs of the reverse pass; they change peak memory and time, never the scores (beyond float
+    summation order)."""
+
+    replay_batch_size: Optional[PositiveInt] = None
+    """Rows per double backward in the reverse pass (and per recomputed SGD step). The cross-entropy double
+    backward keeps several vocab-sized tensors per sequence, so this is the main memory knob. Unset: the
+    training micro-batches as recorded (`training.batch_size` rows each)."""
+    offload_adjoint: bool = False
+    """Keep the adjoint vector v and the Hessian-vector-product accumulator in CPU memory between micro-batches
+    (saves up to two parameter-sized buffers on the GPU, costs host<->device copies per micro-batch)."""
+
+
 class MagicSpec(_Section):
     """Compute exact per-token metagradient scores over this spec's training run."""
 
@@ -127,6 +140,8 @@ class MagicSpec(_Section):
     """Which parameter states the forward pass keeps for the reverse pass (others are recomputed)."""
     storage: Literal["ram", "disk"] = "ram"
     """Where kept states live (disk: safetensors in the output dir)."""
+    memory: Optional[MagicMemorySpec] = None
+    """Reverse-pass memory knobs (unset: every default of `MagicMemorySpec`)."""
 
 
 # --------------------------------------------------------------------------- eval, baseline, output
