@@ -262,6 +262,16 @@ class WeightedSFTTrainer(SFTTrainer):
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def _diverged(self, loss: torch.Tensor) -> bool:
+        """Non-finite loss on ANY rank. Agreed by an all-reduce, so every rank raises TrainingDiverged at the
+        same micro-batch; a rank raising alone would leave the others waiting in DDP's gradient all-reduce."""
+        bad = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
+        if self.args.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item() > 0)
+
     def _data_parallel_factor(self) -> int:
         """How many ranks DDP/FSDP average the gradient over when the denominator is a global count.
 
@@ -299,6 +309,6 @@ class WeightedSFTTrainer(SFTTrainer):
         loss = weighted_nll_loss(nll, weights, torch.as_tensor(denominator, device=nll.device).clamp(min=1e-12))
         if num_items_in_batch is not None:
             loss = loss * self._data_parallel_factor()
-        if model.training and not torch.isfinite(loss.detach()):
+        if model.training and self._diverged(loss.detach()):
             raise TrainingDiverged(self.state.global_step, float(loss.detach()))
         return (loss, outputs) if return_outputs else loss
