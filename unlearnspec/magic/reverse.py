@@ -3,6 +3,11 @@
 v_T = grad Q(theta_T); for t = T-1..0: scores[B_t] += -lr_t * d<grad L_t(theta_t, w), v_{t+1}>/dw and
 v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}). Both come out of ONE double backward per
 micro-batch: the gradient of <grad L_t, v> with respect to (theta, w) is (H_t v, per-token terms).
+
+Data parallel (several ranks, `collective.TorchDistributed`): every rank holds theta and v, replays its
+share of each step's row chunks, and the partial sums (recomputed gradient, H v, query gradient,
+scores) are all-reduced, so each token's term is computed once, on the rank that owns its chunk.
+Everything the pass creates lives on the model's device; kept states are moved there when loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.checks import check_model_replayable
+from unlearnspec.magic.collective import Alone, Collective, default_collective
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.trajectory import Trajectory
@@ -42,31 +48,48 @@ class ReplayStats:
     seconds: float = 0.0
 
 
-def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor]) -> list[torch.Tensor]:
-    """grad Q at theta, accumulated over the query's parts so only one part's graph is alive at a time."""
+def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], comm: Collective | None = None) -> list[torch.Tensor]:
+    """grad Q at theta, accumulated over the query's parts so only one part's graph is alive at a time.
+
+    Under several ranks each rank differentiates its share of the parts (`parts(params, rank, world_size)`;
+    a plain callable query runs on rank 0) and the partial gradients are all-reduced.
+    """
+    comm = comm or Alone()
     params = [p.detach().requires_grad_() for p in theta]
     pdict = dict(zip(names, params))
-    parts = query.parts(pdict) if hasattr(query, "parts") else [query(pdict)]  # type: ignore[operator, union-attr]
+    if hasattr(query, "parts"):
+        shard = {"rank": comm.rank, "world_size": comm.world_size} if comm.world_size > 1 else {}
+        parts = query.parts(pdict, **shard)  # type: ignore[union-attr]
+    else:
+        parts = [query(pdict)] if comm.rank == 0 else []  # type: ignore[operator]
     total: list[torch.Tensor] | None = None
     for part in parts:
         if part.dim() != 0:
             raise ValueError(f"the query must return a scalar loss (got shape {tuple(part.shape)})")
         grads = list(torch.autograd.grad(part, params, materialize_grads=True))
         total = grads if total is None else torch._foreach_add(total, grads)
-    if total is None:
+    if total is None and comm.world_size == 1:
         raise ValueError("the query produced no loss")
+    if total is None:  # more ranks than query parts: this rank adds nothing
+        total = [torch.zeros_like(p) for p in params]
+    comm.all_reduce_(total)
     return total
 
 
 class _Replay:
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
-    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats):
+    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats,
+                 comm: Collective | None = None, micro_batch_rows: int | None = None, offload_adjoint: bool = False):
         self.model = model
         self.grid = grid
         self.traj = trajectory
         self.hessian = hessian
         self.stats = stats
+        self.comm = comm or Alone()
+        self.micro_batch_rows = micro_batch_rows
+        self.offload = offload_adjoint
+        self.device = next(model.parameters()).device
         self.names = list(trajectory.param_names)
         self.decays = trajectory.decays()
         self.uniform_decay = self.decays[0] if len(set(self.decays)) == 1 else None
@@ -83,7 +106,19 @@ class _Replay:
         denom = sum(int(valid_targets(self.grid.labels[rows])) for rows in step.micro_batches)
         if denom == 0:
             raise ValueError(f"step {t} has no valid target token; the trainer's loss would divide by zero")
-        return torch.tensor(denom)
+        return torch.tensor(denom, device=self.device)
+
+    def chunks(self, t: int) -> list[torch.Tensor]:
+        """This rank's row chunks of step t: the recorded micro-batches (re-split into `micro_batch_rows`
+        rows when set), dealt round-robin over the ranks, so every row of the step has one owner."""
+        micro = self.traj.steps[t].micro_batches
+        if self.micro_batch_rows is not None:
+            micro = tuple(torch.cat(micro).split(self.micro_batch_rows))
+        return list(micro[self.comm.rank::self.comm.world_size])
+
+    def _reduce_hvp(self, hv: list[torch.Tensor]) -> None:
+        """Sum the ranks' partial H v (each over its own rows) into the full product, in place."""
+        self.comm.all_reduce_(hv)
 
     # ------------------------------------------------------------------ state bookkeeping
     def _hold(self, n: int = 1) -> None:
@@ -100,22 +135,31 @@ class _Replay:
         missing = [n for n in self.names if n not in state]
         if missing:
             raise KeyError(f"state of step {step} lacks parameters {missing[:3]}")
-        return [state[n] for n in self.names]
+        tensors = [state[n] for n in self.names]
+        if tensors and tensors[0].device != self.device:  # kept in host RAM or read from disk
+            if getattr(self.traj.store, "keeps_in_ram", False):
+                self._hold()  # a new device copy, released by unload
+            tensors = [x.to(self.device) for x in tensors]
+        return tensors
 
     def unload(self, step: int) -> None:
-        if not getattr(self.traj.store, "keeps_in_ram", False):
+        if not getattr(self.traj.store, "keeps_in_ram", False) or self._stored_elsewhere(step):
             self._release()
+
+    def _stored_elsewhere(self, step: int) -> bool:
+        state = self.traj.store.get(step)
+        return bool(state) and next(iter(state.values())).device != self.device
 
     # ------------------------------------------------------------------ one step forward / backward
     def _batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        g = self.grid
-        return g.input_ids[rows], g.attention_mask[rows], g.labels[rows]
+        g, dev = self.grid, self.device
+        return g.input_ids[rows].to(dev), g.attention_mask[rows].to(dev), g.labels[rows].to(dev)
 
     def _loss(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, weights: torch.Tensor | None):
         ids, mask, labels = self._batch(rows)
         logits = forward_logits(self.model, dict(zip(self.names, params)), ids, mask)
         if weights is None:
-            weights = torch.ones(labels.shape, dtype=logits.dtype)
+            weights = torch.ones(labels.shape, dtype=logits.dtype, device=logits.device)
         return weighted_token_loss(logits, labels, weights, denom)
 
     def _add_decay(self, into: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
@@ -133,10 +177,12 @@ class _Replay:
         step = self.traj.steps[t]
         params = [p.detach().requires_grad_() for p in theta]
         grad: list[torch.Tensor] | None = None
-        for rows in step.micro_batches:
+        for rows in self.chunks(t):
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], None), params, materialize_grads=True))
             grad = g if grad is None else torch._foreach_add(grad, g)
-        assert grad is not None
+        if grad is None:  # this rank owns no rows of the step
+            grad = [torch.zeros_like(p) for p in theta]
+        self.comm.all_reduce_(grad)
         with torch.no_grad():
             self._add_decay(grad, theta)
             out = torch._foreach_add(theta, grad, alpha=-step.lr)
@@ -149,17 +195,23 @@ class _Replay:
         need_hv = self.hessian and t > 0  # v_0 is never used
         params = [p.detach().requires_grad_() for p in theta]
         hv: list[torch.Tensor] | None = None
-        for rows in step.micro_batches:
-            weights = torch.ones(self.grid.labels[rows].shape, dtype=scores.dtype, requires_grad=True)
+        v_dev = [x.to(self.device) for x in v] if self.offload else v  # offload: v lives in host RAM between steps
+        for rows in self.chunks(t):
+            weights = torch.ones(self.grid.labels[rows].shape, dtype=scores.dtype, device=self.device, requires_grad=True)
             loss = self._loss(params, rows, denom, weights)
             grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
-            dot = torch.stack([(g * d).sum() for g, d in zip(grads, v)]).sum()
+            dot = torch.stack([(g * d).sum() for g, d in zip(grads, v_dev)]).sum()
             inputs = params + [weights] if need_hv else [weights]
             outs = torch.autograd.grad(dot, inputs, materialize_grads=True)
-            scores.index_add_(0, rows, outs[-1].detach(), alpha=-step.lr)
+            scores.index_add_(0, rows.to(self.device), outs[-1].detach(), alpha=-step.lr)
             if need_hv:
-                part = [o.detach() for o in outs[:-1]]
+                part = [o.detach().to(v[0].device) for o in outs[:-1]]
                 hv = part if hv is None else torch._foreach_add(hv, part)
+        del v_dev
+        if need_hv:
+            if hv is None:  # this rank owns no rows of the step: it adds nothing to H v
+                hv = [torch.zeros_like(x) for x in v]
+            self._reduce_hvp(hv)
         if t > 0:
             with torch.no_grad():
                 if hv is None:  # hessian=False: only the weight-decay part of the adjoint update
@@ -209,6 +261,9 @@ def magic_scores(
     dtype: torch.dtype | None = torch.float32,
     stats: ReplayStats | None = None,
     progress: Callable[[int, int], None] | None = None,
+    comm: Collective | None = None,
+    micro_batch_rows: int | None = None,
+    offload_adjoint: bool = False,
 ) -> torch.Tensor:
     """Per-token scores dQ/dw [N, S] in target alignment (exactly 0 at column 0, pads, ignored labels).
 
@@ -216,6 +271,11 @@ def magic_scores(
     `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
     `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule and storage are the trajectory's.
     `hessian=False` drops the H v term (first-order scores); it exists for the mutation test.
+
+    `comm` (default: the torch.distributed group when one with several ranks exists) splits each step's
+    rows over the ranks; every rank returns the same full score matrix (rank 0 writes it).
+    `micro_batch_rows` re-splits each step's rows into double backwards of that many rows (memory knob;
+    unset: the recorded micro-batches). `offload_adjoint` keeps v and the H v accumulator in host RAM.
     """
     stats = stats if stats is not None else ReplayStats()
     started = time.perf_counter()
@@ -228,14 +288,20 @@ def magic_scores(
     if not kept or kept[0] != 0 or total not in trajectory.store.steps():
         raise ValueError("the trajectory must hold theta_0 and theta_T; record with TrajectoryRecorder")
 
+    comm = comm if comm is not None else default_collective()
+    if micro_batch_rows is not None and micro_batch_rows < 1:
+        raise ValueError(f"micro_batch_rows must be >= 1 (got {micro_batch_rows})")
+    comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
     with replay_mode(model):
-        replay = _Replay(model, grid, trajectory, hessian, stats)
+        replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint)
         theta_final = replay.load(total)
         compute_dtype = theta_final[0].dtype
-        v = [g.detach() for g in query_gradient(query, replay.names, theta_final)]
+        v = [g.detach() for g in query_gradient(query, replay.names, theta_final, comm)]
+        if offload_adjoint:
+            v = [x.cpu() for x in v]
         del theta_final
         replay.unload(total)
-        scores = torch.zeros(n, s, dtype=compute_dtype)
+        scores = torch.zeros(n, s, dtype=compute_dtype, device=replay.device)
         bounds = kept + [total]
         done = 0
         for j in range(len(kept) - 1, -1, -1):
@@ -250,5 +316,6 @@ def magic_scores(
             done += b - a
             if progress is not None:
                 progress(done, total)
+        comm.all_reduce_([scores])  # each (row, step) term was added on exactly one rank
     stats.seconds = time.perf_counter() - started
     return scores if dtype is None else scores.to(dtype)

@@ -64,8 +64,15 @@ def load_tokenizer(model: ModelSpec, toy: Any = None) -> Any:
     return tok
 
 
-def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dtype] = None, toy: Any = None) -> Any:
-    """The base causal LM, with dropout set from the spec (GPT-NeoX attention/hidden dropout)."""
+def load_model(model: ModelSpec, dropout: float = 0.0, dtype: Optional[torch.dtype] = None, toy: Any = None,
+               device: Optional[torch.device] = None) -> Any:
+    """The base causal LM, with dropout set from the spec (GPT-NeoX attention/hidden dropout), on `device`
+    when given (the run's resolved device: lm-eval's HFLM evaluates on `model.device`)."""
+    loaded = _load_model(model, dropout, dtype, toy)
+    return loaded.to(device) if device is not None else loaded
+
+
+def _load_model(model: ModelSpec, dropout: float, dtype: Optional[torch.dtype], toy: Any) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     where = _location(model, toy)
