@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unlearnspec.run import dist
 from unlearnspec.run.results import Results, RunRecord, SpecInfo, save_results
 from unlearnspec.run.rundirs import provenance, spec_hash
 from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE
@@ -45,7 +46,7 @@ def run_magic_spec(spec: Spec, spec_path: Path, options: Any) -> Results:
         runs=[record],
         provenance=provenance(project_root(spec_path)),
     )
-    save_results(results, out)
+    dist.run_on_main(lambda: save_results(results, out))  # one results file, written by rank 0
     return results
 
 
@@ -65,9 +66,13 @@ def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, 
     options.say(f"[{spec.name}] MAGIC scores: {spec.training.optimizer.name} lr={lr:g}, "
                 f"query {spec.magic.query.task} ({spec.magic.query.loss}), checkpoints {spec.magic.checkpoints}")
     prep = prepare(spec, spec_path, options, world)
+    parallel = spec.parallel_or_default
+    dist.init(parallel.backend, parallel.timeout_s)  # no-op alone or when the executor has joined already
     out.mkdir(parents=True, exist_ok=True)
     states = out / ".magic-states"
-    shutil.rmtree(states, ignore_errors=True)
+    if dist.is_main():
+        shutil.rmtree(states, ignore_errors=True)
+    dist.barrier()
     steps = total_steps(spec.training, prep.grid.input_ids.shape[0])
     callback = MagicCallback(steps, spec.magic.checkpoints, spec.magic.storage, states,
                              precision=spec.training.precision, dropout=spec.training.dropout)
@@ -86,17 +91,22 @@ def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, 
                 options.progress.update(task, completed=done, total=total)
 
         start = time.perf_counter()
-        scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress)
+        memory = spec.magic.memory
+        scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress,
+                              micro_batch_rows=memory.replay_batch_size if memory else None,
+                              offload_adjoint=bool(memory and memory.offload_adjoint))
         reverse_seconds = time.perf_counter() - start
         if task is not None:
             options.progress.remove_task(task)
-        write_scores(out, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
-                     dtype=spec.model.dtype, lr=lr,
-                     extra={"spec": spec.name, "spec_hash": digest, "model": model_id(spec.model, toy=world),
-                            "train_seconds": round(train_seconds, 3), "reverse_seconds": round(reverse_seconds, 3)})
+        extra = {"spec": spec.name, "spec_hash": digest, "model": model_id(spec.model, toy=world),
+                 "train_seconds": round(train_seconds, 3), "reverse_seconds": round(reverse_seconds, 3),
+                 "world_size": dist.world_size()}
+        dist.run_on_main(lambda: write_scores(out, scores, callback.trajectory, fingerprint=prep.grid.fingerprint,
+                                              query=query.batch.info(), dtype=spec.model.dtype, lr=lr, extra=extra))
     finally:
-        shutil.rmtree(states, ignore_errors=True)
-        shutil.rmtree(out / "trainer", ignore_errors=True)
+        if dist.is_main():  # the other ranks are past their last read of the states (run_on_main waited)
+            shutil.rmtree(states, ignore_errors=True)
+            shutil.rmtree(out / "trainer", ignore_errors=True)
     neg = float((scores < 0).float().sum() / prep.grid.valid_targets.sum())
     options.say(f"[{spec.name}] scores written ({train_seconds:.1f}s training, {reverse_seconds:.1f}s reverse pass); "
                 f"{neg:.1%} of valid tokens are proponents (score < 0)")
