@@ -208,3 +208,18 @@ def test_static_scan_catches_a_factory_without_device(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import torch\ndef f(x):\n    return torch.ones(3) * x\n")
     assert _factory_calls_without_device(bad) == [("f", 3)]
+
+
+# --------------------------------------------------------------------------- memory knobs (one process)
+@pytest.mark.parametrize("schedule", ["sqrt", "all", "log"])
+def test_memory_knobs_do_not_change_scores(schedule):
+    from unlearnspec.magic import magic_scores
+
+    from .test_magic import Setup
+
+    setup = Setup(steps=5, batch_size=3)
+    trajectory = setup.record(schedule)
+    plain = magic_scores(setup.model, setup.grid, trajectory, setup.query, dtype=None)
+    knobs = magic_scores(setup.model, setup.grid, trajectory, setup.query, dtype=None, micro_batch_rows=2,
+                         offload_adjoint=True, offload_states=True)
+    assert float((knobs - plain).norm() / plain.norm()) <= 1e-12 and float(plain.abs().max()) > 0

@@ -3,7 +3,7 @@
 Usage: torchrun --nproc-per-node W tests/workers/magic_ddp.py OUT_DIR
 Trains 4 SGD steps (global batch 8 rows = W ranks x bs (4/W) x grad_accum 2, shuffled, warmup+decay,
 weight decay) with MagicCallback recording to disk, then runs the reverse pass three ways on the same
-trajectory: as shipped; with 1-row double backwards and CPU-offloaded adjoints; and with the
+trajectory: as shipped; with 1-row double backwards and CPU-offloaded adjoints and states; and with the
 Hessian-vector-product all-reduce removed (the mutation). Rank 0 writes OUT_DIR/magic.pt.
 The test process imports `run` to compute the one-process reference the same way.
 """
@@ -67,7 +67,8 @@ def run(out: Path, states: Path) -> dict:
         "lrs": traj.lrs,
         "final": {n: p.detach().clone() for n, p in model.named_parameters()},
         "scores": magic_scores(model, grid, traj, query, dtype=None),
-        "scores_rows1_offload": magic_scores(model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True),
+        "scores_rows1_offload": magic_scores(model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True,
+                                             offload_states=True),
     }
     saved = _Replay._reduce_hvp
     _Replay._reduce_hvp = lambda self, hv: None  # the mutation: each rank keeps only its own rows' H v

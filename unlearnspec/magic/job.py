@@ -94,7 +94,8 @@ def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, 
         memory = spec.magic.memory
         scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress,
                               micro_batch_rows=memory.replay_batch_size if memory else None,
-                              offload_adjoint=bool(memory and memory.offload_adjoint))
+                              offload_adjoint=bool(memory and memory.offload_adjoint),
+                              offload_states=bool(memory and memory.offload_states))
         reverse_seconds = time.perf_counter() - start
         if task is not None:
             options.progress.remove_task(task)

@@ -80,7 +80,8 @@ class _Replay:
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
     def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats,
-                 comm: Collective | None = None, micro_batch_rows: int | None = None, offload_adjoint: bool = False):
+                 comm: Collective | None = None, micro_batch_rows: int | None = None, offload_adjoint: bool = False,
+                 offload_states: bool = False):
         self.model = model
         self.grid = grid
         self.traj = trajectory
@@ -89,12 +90,14 @@ class _Replay:
         self.comm = comm or Alone()
         self.micro_batch_rows = micro_batch_rows
         self.offload = offload_adjoint
+        self.offload_states = offload_states
         self.device = next(model.parameters()).device
         self.names = list(trajectory.param_names)
         self.decays = trajectory.decays()
         self.uniform_decay = self.decays[0] if len(set(self.decays)) == 1 else None
         self.denoms = [self._denominator(t) for t in range(trajectory.total_steps)]
         self._live = 0
+        self._held: set[int] = set()
         self._hold(0)
 
     def _denominator(self, t: int) -> torch.Tensor:
@@ -128,27 +131,28 @@ class _Replay:
     def _release(self, n: int = 1) -> None:
         self._live -= n
 
-    def load(self, step: int) -> list[torch.Tensor]:
+    def load(self, step: int, to_device: bool = True) -> list[torch.Tensor]:
+        """The kept state of `step`, moved to the model's device unless `to_device` is False."""
         state = self.traj.store.get(step)
-        if not getattr(self.traj.store, "keeps_in_ram", False):
-            self._hold()
         missing = [n for n in self.names if n not in state]
         if missing:
             raise KeyError(f"state of step {step} lacks parameters {missing[:3]}")
         tensors = [state[n] for n in self.names]
-        if tensors and tensors[0].device != self.device:  # kept in host RAM or read from disk
-            if getattr(self.traj.store, "keeps_in_ram", False):
-                self._hold()  # a new device copy, released by unload
+        moved = to_device and bool(tensors) and tensors[0].device != self.device  # kept in host RAM or on disk
+        if moved:
             tensors = [x.to(self.device) for x in tensors]
+        if moved or not getattr(self.traj.store, "keeps_in_ram", False):
+            self._hold()  # a new copy, released by unload
+            self._held.add(step)
         return tensors
 
     def unload(self, step: int) -> None:
-        if not getattr(self.traj.store, "keeps_in_ram", False) or self._stored_elsewhere(step):
+        if step in self._held:
+            self._held.discard(step)
             self._release()
 
-    def _stored_elsewhere(self, step: int) -> bool:
-        state = self.traj.store.get(step)
-        return bool(state) and next(iter(state.values())).device != self.device
+    def on_device(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [x.to(self.device) for x in tensors]
 
     # ------------------------------------------------------------------ one step forward / backward
     def _batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -179,7 +183,10 @@ class _Replay:
         grad: list[torch.Tensor] | None = None
         for rows in self.chunks(t):
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], None), params, materialize_grads=True))
-            grad = g if grad is None else torch._foreach_add(grad, g)
+            if grad is None:
+                grad = g
+            else:
+                torch._foreach_add_(grad, g)
         if grad is None:  # this rank owns no rows of the step
             grad = [torch.zeros_like(p) for p in theta]
         self.comm.all_reduce_(grad)
@@ -201,12 +208,17 @@ class _Replay:
             loss = self._loss(params, rows, denom, weights)
             grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
             dot = torch.stack([(g * d).sum() for g, d in zip(grads, v_dev)]).sum()
+            del grads  # v needs no gradient, so the graph does not keep them: one parameter-sized buffer less
             inputs = params + [weights] if need_hv else [weights]
             outs = torch.autograd.grad(dot, inputs, materialize_grads=True)
             scores.index_add_(0, rows.to(self.device), outs[-1].detach(), alpha=-step.lr)
             if need_hv:
                 part = [o.detach().to(v[0].device) for o in outs[:-1]]
-                hv = part if hv is None else torch._foreach_add(hv, part)
+                if hv is None:
+                    hv = part
+                else:
+                    torch._foreach_add_(hv, part)
+            del outs
         del v_dev
         if need_hv:
             if hv is None:  # this rank owns no rows of the step: it adds nothing to H v
@@ -223,12 +235,17 @@ class _Replay:
     # ------------------------------------------------------------------ segment strategies
     def reverse_linear(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
         """Recompute theta_{a+1..b-1} once, keep them, then reverse b-1..a (the `all`/`sqrt` schedules)."""
-        states = [theta_a]
+        # offload_states: theta_a may arrive in host RAM; every state is on the device only while it is used.
+        states, current = [theta_a], self.on_device(theta_a)
         for t in range(a, b - 1):
-            states.append(self.sgd_step(states[-1], t))
+            current = self.sgd_step(current, t)
+            states.append([x.cpu() for x in current] if self.offload_states else current)
             self._hold()
+        del current
         for t in range(b - 1, a - 1, -1):
-            self.reverse_step(states.pop(), v, t, scores)
+            theta = self.on_device(states.pop())
+            self.reverse_step(theta, v, t, scores)
+            del theta
             if t > a:
                 self._release()
 
@@ -264,6 +281,7 @@ def magic_scores(
     comm: Collective | None = None,
     micro_batch_rows: int | None = None,
     offload_adjoint: bool = False,
+    offload_states: bool = False,
 ) -> torch.Tensor:
     """Per-token scores dQ/dw [N, S] in target alignment (exactly 0 at column 0, pads, ignored labels).
 
@@ -275,7 +293,9 @@ def magic_scores(
     `comm` (default: the torch.distributed group when one with several ranks exists) splits each step's
     rows over the ranks; every rank returns the same full score matrix (rank 0 writes it).
     `micro_batch_rows` re-splits each step's rows into double backwards of that many rows (memory knob;
-    unset: the recorded micro-batches). `offload_adjoint` keeps v and the H v accumulator in host RAM.
+    unset: the recorded micro-batches). `offload_adjoint` keeps v and the H v accumulator in host RAM;
+    `offload_states` keeps the states a `sqrt`/`all` segment recomputes in host RAM (else up to ceil(sqrt T)
+    parameter copies sit on the device during a segment).
     """
     stats = stats if stats is not None else ReplayStats()
     started = time.perf_counter()
@@ -293,7 +313,7 @@ def magic_scores(
         raise ValueError(f"micro_batch_rows must be >= 1 (got {micro_batch_rows})")
     comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
     with replay_mode(model):
-        replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint)
+        replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states)
         theta_final = replay.load(total)
         compute_dtype = theta_final[0].dtype
         v = [g.detach() for g in query_gradient(query, replay.names, theta_final, comm)]
@@ -306,7 +326,7 @@ def magic_scores(
         done = 0
         for j in range(len(kept) - 1, -1, -1):
             a, b = bounds[j], bounds[j + 1]
-            theta_a = replay.load(a)
+            theta_a = replay.load(a, to_device=trajectory.schedule == "log" or not offload_states)
             if trajectory.schedule == "log":
                 replay.reverse_bisect(a, b, theta_a, v, scores)
             else:

@@ -127,8 +127,11 @@ class MagicMemorySpec(_Section):
     backward keeps several vocab-sized tensors per sequence, so this is the main memory knob. Unset: the
     training micro-batches as recorded (`training.batch_size` rows each)."""
     offload_adjoint: bool = False
-    """Keep the adjoint vector v and the Hessian-vector-product accumulator in CPU memory between micro-batches
-    (saves up to two parameter-sized buffers on the GPU, costs host<->device copies per micro-batch)."""
+    """Keep the adjoint vector v and the Hessian-vector-product accumulator in CPU memory (saves two
+    parameter-sized buffers on the GPU outside each step's double backwards; costs host<->device copies per step)."""
+    offload_states: bool = False
+    """Keep the parameter states that a `sqrt`/`all` segment recomputes in CPU memory (else up to ceil(sqrt T)
+    parameter copies sit on the GPU during a segment; costs one host<->device copy per state)."""
 
 
 class MagicSpec(_Section):
