@@ -34,8 +34,11 @@ def test_several_processes_without_a_group_is_an_error(monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_ranks_share_results_and_fail_together(tmp_path):
-    launch = torchrun("dist_fail.py", str(tmp_path), "agreed", timeout=180)
+def test_two_ranks_share_results_and_fail_together(tmp_path, toy_world):
+    import os
+
+    launch = torchrun("dist_fail.py", str(tmp_path), "agreed", timeout=240,
+                      env={"UNLEARNSPEC_CACHE": os.environ["UNLEARNSPEC_CACHE"]})
     assert not launch.timed_out, f"hung (killed after {launch.seconds:.0f}s):\n{launch.output[-4000:]}"
     assert launch.returncode == 0, launch.output[-6000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -48,6 +51,10 @@ def test_two_ranks_share_results_and_fail_together(tmp_path):
     assert r0["any_rank"] and r1["any_rank"] and r0["gathered"] == r1["gathered"] == [0, 10]
     # The loss is NaN on rank 1 only; the agreed check stops BOTH ranks at the same step.
     assert r0["training"] == r1["training"] == "diverged at step 1"
+    # Evaluation ran once, on rank 0; rank 1 waited and received the same metrics.
+    assert r0["eval_calls"] == [0] and r1["eval_calls"] == []
+    assert r0["eval"] == r1["eval"] and set(r0["eval"]) == {"toy_wmdp", "toy_mmlu"}
+    assert all(0.0 <= acc <= 1.0 for acc in r0["eval"].values())
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """torchrun worker for unlearnspec.run.dist: sharing results and failing together on 2 CPU ranks.
 
 Usage: torchrun --nproc-per-node 2 tests/workers/dist_fail.py OUT_DIR MODE
-MODE `agreed`: run_on_main success and failure, a rank-1 failure inside fail_together, and a
-WeightedSFTTrainer run whose loss becomes NaN on rank 1 only; each rank writes OUT_DIR/rank<r>.json.
+MODE `agreed`: run_on_main success and failure, a rank-1 failure inside fail_together, a
+WeightedSFTTrainer run whose loss becomes NaN on rank 1 only, and an lm-eval evaluation of the toy
+model on rank 0 only (both ranks get its metrics); each rank writes OUT_DIR/rank<r>.json.
 MODE `unagreed`: the same diverging run with the trainer's cross-rank agreement removed (rank 1 raises
 alone); the launch must still end (torchrun stops rank 0) and rank 0 records nothing.
 """
@@ -49,6 +50,24 @@ def diverging_run() -> str:
     return "finished"
 
 
+def evaluate_toy() -> dict[str, float]:
+    """lm-eval of the toy model on 24 questions per task, in this process only (what run_on_main wraps)."""
+    from unlearnspec.evaluation import evaluate_model
+    from unlearnspec.spec import load_spec
+    from unlearnspec.spec.profile import default_toy_profile
+    from unlearnspec.toy.build import ensure_toy_world
+    from unlearnspec.train.modeling import load_model, load_tokenizer
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = load_spec(repo / "specs" / "exp7_all_tokens.yaml", profile=default_toy_profile())
+    world = ensure_toy_world()
+    assert spec.eval is not None
+    eval_spec = spec.eval.model_copy(update={"tasks": [t.model_copy(update={"limit": 24}) for t in spec.eval.tasks]})
+    model = load_model(spec.model, toy=world, device=torch.device("cpu"))
+    result = evaluate_model(model, load_tokenizer(spec.model, toy=world), eval_spec, [repo / "plugins", Path(world.task_dir)])
+    return {task: m.acc for task, m in result.metrics.items()}
+
+
 def agreed(out: Path) -> None:
     record: dict[str, object] = {"rank": dist.rank(), "world": dist.world_size(), "is_main": dist.is_main()}
     record["shared"] = dist.run_on_main(lambda: {"metric": 0.25, "by": dist.rank()})
@@ -73,6 +92,14 @@ def agreed(out: Path) -> None:
     record["any_rank"] = dist.any_rank(dist.rank() == 1)
     record["gathered"] = dist.gather_objects(dist.rank() * 10)
     record["training"] = diverging_run()
+    calls: list[int] = []
+
+    def evaluate_once() -> dict[str, float]:
+        calls.append(dist.rank())
+        return evaluate_toy()
+
+    record["eval"] = dist.run_on_main(evaluate_once)  # lm-eval on rank 0 while rank 1 waits
+    record["eval_calls"] = calls
     dist.barrier()
     (out / f"rank{dist.rank()}.json").write_text(json.dumps(record))
 
