@@ -39,6 +39,7 @@ class MagicCallback(TrainerCallback):
         self._params: dict[str, torch.Tensor] = {}
         self._pending: list[torch.Tensor] = []
         self._attached = False
+        self._world = 1
 
     def attach(self, trainer: Any) -> None:
         """Listen to the row ids of each optimizer step's micro-batches (fetched before the step begins)."""
@@ -46,7 +47,17 @@ class MagicCallback(TrainerCallback):
         self._attached = True
 
     def _on_batches(self, batches: list[dict[str, torch.Tensor]], count: torch.Tensor) -> None:
-        self._pending = [b["row_id"].detach().cpu() for b in batches]
+        mine = [b["row_id"].detach().cpu() for b in batches]
+        if self._world > 1:
+            # Every rank trains its own micro-batches; the trajectory holds the GLOBAL batch of each step,
+            # interleaved (rank 0's k-th micro-batch, rank 1's k-th, ...), identical on every rank. All
+            # ranks get here at the same point (the Trainer gathers the token count here too).
+            from unlearnspec.run.dist import gather_objects
+
+            per_rank = gather_objects([rows.tolist() for rows in mine])
+            depth = max(len(r) for r in per_rank)
+            mine = [torch.tensor(r[k], dtype=torch.long) for k in range(depth) for r in per_rank if k < len(r)]
+        self._pending = mine
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self._attached:
@@ -54,10 +65,17 @@ class MagicCallback(TrainerCallback):
         check_training_args(max_grad_norm=args.max_grad_norm or None, packing=bool(getattr(args, "packing", False)),
                             precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision, dropout=self.dropout)
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if any(hasattr(p, "full_tensor") for p in self._params.values()):
+            from unlearnspec.errors import UserError
+
+            raise UserError.one("magic", "the parameters are sharded (FSDP): MAGIC's reverse pass differentiates twice "
+                                "through them, which DTensor redistribution does not support (pytorch#160509). "
+                                "Use parallel.strategy: ddp.", loc="parallel.strategy")
+        self._world = int(getattr(args, "world_size", 1) or 1)
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         weight_decay = check_optimizer(inner, self._params)
         check_model_replayable(model, self._params)
-        store = DiskStore(self.storage_dir) if self.storage == "disk" else RamStore()
+        store = DiskStore(self.storage_dir, write=state.is_world_process_zero) if self.storage == "disk" else RamStore()
         self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay)
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):

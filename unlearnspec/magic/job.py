@@ -3,8 +3,10 @@ per_token_scores.pt + per_example_scores.pt + scores.json into the job's work fo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from unlearnspec.run import dist
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import RunRecord
@@ -26,7 +28,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     prep = prepare(job, ctx)
     write_spec(job, workdir)
     steps = total_steps(spec.training, prep.grid.input_ids.shape[0])
-    callback = MagicCallback(steps, magic.checkpoints, magic.storage, workdir / ".magic-states",
+    states = shared_states_dir(job, workdir)
+    callback = MagicCallback(steps, magic.checkpoints, magic.storage, states,
                              precision=spec.training.precision, dropout=spec.training.dropout)
     with Timer() as train_clock:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
@@ -38,18 +41,34 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         if task is not None:
             ctx.progress.update(task, completed=done, total=total)
 
+    memory = magic.memory
     with Timer() as reverse_clock:
         try:
-            scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress)
+            scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress,
+                                  micro_batch_rows=memory.replay_batch_size if memory else None,
+                                  offload_adjoint=bool(memory and memory.offload_adjoint),
+                                  offload_states=bool(memory and memory.offload_states))
         finally:
             ctx.done(task)
+            dist.barrier()  # every rank is past its last read of the states
+            if ctx.is_main and states != workdir / ".magic-states":
+                shutil.rmtree(states, ignore_errors=True)
     write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
                  dtype=spec.model.dtype, lr=job.lr,
                  extra={"spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
-                        "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds})
+                        "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
+                        "world_size": ctx.world_size})
     model_dir = save_model(spec, model, prep.tokenizer, workdir) if spec.output.save_model != "none" else None
     neg = float((scores < 0).float().sum() / prep.grid.valid_targets.sum())
     ctx.say(f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "
             f"pass); {neg:.1%} of valid tokens are proponents (score < 0)")
     return RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=".", token_stats=prep.stats,
                      train_seconds=train_clock.seconds, spec_hash=job.hash, model_dir=model_dir)
+
+
+def shared_states_dir(job: Job, workdir: Path) -> Path:
+    """Where `storage: disk` keeps parameter states: inside the job's folder in one process; beside it,
+    where every rank can read what rank 0 wrote, under torchrun (each rank has its own work folder)."""
+    if dist.world_size() == 1:
+        return workdir / ".magic-states"
+    return job.out.parent / f".tmp-magic-states-{job.out.name}"

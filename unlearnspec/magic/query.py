@@ -263,18 +263,22 @@ class QueryLoss:
     def _chunk_losses(self, params: Mapping[str, torch.Tensor], rows: slice) -> torch.Tensor:
         mask = self.batch.attention_mask[rows]
         width = int(mask.sum(1).max())  # right padding: columns past the longest row are all pad
-        logits = forward_logits(self.model, params, self.batch.input_ids[rows, :width], mask[:, :width])
-        return token_nll(logits, self.batch.labels[rows, :width]).sum(1)
+        device = next(iter(params.values())).device if params else next(self.model.parameters()).device
+        ids, mask, labels = (x[rows, :width].to(device) for x in (self.batch.input_ids, self.batch.attention_mask, self.batch.labels))
+        logits = forward_logits(self.model, params, ids, mask)
+        return token_nll(logits, labels).sum(1)
 
     def per_question(self, params: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of every question, [Q] (= -loglikelihood in lm-eval)."""
         params = params if params is not None else dict(self.model.named_parameters())
         return torch.cat([self._chunk_losses(params, rows) for rows in self._chunks()])
 
-    def parts(self, params: Mapping[str, torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Per-batch terms summing to Q, so a gradient can be accumulated batch by batch."""
-        for rows in self._chunks():
-            yield self._chunk_losses(params, rows).sum() / self.batch.n_questions
+    def parts(self, params: Mapping[str, torch.Tensor], rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+        """Per-batch terms summing to Q, so a gradient can be accumulated batch by batch; with
+        `world_size` > 1 only the batches dealt to `rank` (round-robin), whose sums over ranks add up to Q."""
+        for i, rows in enumerate(self._chunks()):
+            if i % world_size == rank:
+                yield self._chunk_losses(params, rows).sum() / self.batch.n_questions
 
     def __call__(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.per_question(params).mean()

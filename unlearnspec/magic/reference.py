@@ -43,6 +43,7 @@ def sgd_train(
         groups.setdefault(wd, []).append(p)
     optimizer = torch.optim.SGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=plan[0].lr)
     context = replay_mode(model) if use_replay_attention else nullcontext()
+    device = next(model.parameters()).device
     with context:
         for step in plan:
             if recorder is not None:
@@ -52,9 +53,10 @@ def sgd_train(
             optimizer.zero_grad(set_to_none=True)
             denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
             for rows in step.micro_batches:
-                labels = grid.labels[rows]
-                logits = model(input_ids=grid.input_ids[rows], attention_mask=grid.attention_mask[rows], use_cache=False).logits
-                w = weights[rows] if weights is not None else torch.ones(labels.shape, dtype=logits.dtype)
+                labels = grid.labels[rows].to(device)
+                logits = model(input_ids=grid.input_ids[rows].to(device), attention_mask=grid.attention_mask[rows].to(device),
+                               use_cache=False).logits
+                w = weights[rows].to(device) if weights is not None else torch.ones(labels.shape, dtype=logits.dtype, device=device)
                 weighted_token_loss(logits, labels, w, denom).backward()
                 if recorder is not None:
                     recorder.add_micro_batch(rows)
@@ -80,13 +82,15 @@ def unrolled_query(
     names = list(theta0)
     decays = decay_list(weight_decay, names)
     theta = [p.detach().clone().requires_grad_() for p in theta0.values()]
+    device = theta[0].device
     with replay_mode(model):
         for step in plan:
             denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
             grad: list[torch.Tensor] | None = None
             for rows in step.micro_batches:
-                logits = forward_logits(model, dict(zip(names, theta)), grid.input_ids[rows], grid.attention_mask[rows])
-                loss = weighted_token_loss(logits, grid.labels[rows], weights[rows], denom)
+                logits = forward_logits(model, dict(zip(names, theta)), grid.input_ids[rows].to(device),
+                                        grid.attention_mask[rows].to(device))
+                loss = weighted_token_loss(logits, grid.labels[rows].to(device), weights[rows.to(weights.device)], denom)
                 g = list(torch.autograd.grad(loss, theta, create_graph=create_graph, materialize_grads=True))
                 grad = g if grad is None else [a + b for a, b in zip(grad, g)]
             assert grad is not None
@@ -109,8 +113,8 @@ def unrolled_scores(
     weight_decay: WeightDecay = 0.0,
 ) -> torch.Tensor:
     """dQ/dw at w = 1 by full autograd through the unrolled run ([N, S], model dtype). Tiny models only."""
-    dtype = next(iter(theta0.values())).dtype
-    weights = torch.ones(grid.labels.shape, dtype=dtype, requires_grad=True)
+    first = next(iter(theta0.values()))
+    weights = torch.ones(grid.labels.shape, dtype=first.dtype, device=first.device, requires_grad=True)
     q = unrolled_query(model, grid, plan, query, theta0, weights, weight_decay=weight_decay, create_graph=True)
     (grad,) = torch.autograd.grad(q, weights)
     return grad

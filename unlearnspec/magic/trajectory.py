@@ -60,15 +60,20 @@ class StateStore(Protocol):
 
 
 class RamStore:
-    """States as detached clones in memory."""
+    """States as detached copies in host memory (the reverse pass moves each to the model's device when
+    it needs it, so kept states never occupy GPU memory). `device=None` keeps the parameters' device."""
 
     keeps_in_ram = True
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str | None = "cpu") -> None:
         self._states: dict[int, Params] = {}
+        self.device = torch.device(device) if device is not None else None
 
     def put(self, step: int, params: Mapping[str, torch.Tensor]) -> None:
-        self._states[step] = {n: p.detach().clone() for n, p in params.items()}
+        if self.device is None:
+            self._states[step] = {n: p.detach().clone() for n, p in params.items()}
+        else:
+            self._states[step] = {n: p.detach().to(self.device, copy=True) for n, p in params.items()}
 
     def get(self, step: int) -> Params:
         return self._states[step]
@@ -82,13 +87,19 @@ class RamStore:
 
 
 class DiskStore:
-    """States as one safetensors file per step under `directory` (written atomically)."""
+    """States as one safetensors file per step under `directory` (written atomically).
+
+    Under data parallelism every rank holds the same parameters: only the rank with `write=True` (rank 0)
+    writes the files, the others only note the step, and read the files after a barrier.
+    """
 
     keeps_in_ram = False
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], write: bool = True) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.write = write
+        if write:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._steps: set[int] = set()
 
     def _path(self, step: int) -> Path:
@@ -97,6 +108,9 @@ class DiskStore:
     def put(self, step: int, params: Mapping[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
+        if not self.write:
+            self._steps.add(step)
+            return
         tensors = {n: p.detach().contiguous().cpu() for n, p in params.items()}
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(fd)

@@ -30,6 +30,8 @@ class RunContext:
     profile_name: Optional[str] = None
     device: str = "cpu"
     """torch device for models and every tensor the jobs create (`cuda` when available, unless overridden)."""
+    device_requested: bool = False
+    """--device was given: it wins over a spec's `parallel.device`."""
     toy: bool = False
     say: Say = print
     progress: Any = None
@@ -46,6 +48,16 @@ class RunContext:
     def world_size(self) -> int:
         return world_size()
 
+    def device_for(self, spec: Any) -> str:
+        """--device, else the spec's `parallel.device` when set, else the run's automatic choice; settings
+        that need a GPU (bf16/fp16 autocast, flash attention, FSDP CPU offload) are refused elsewhere."""
+        from unlearnspec.train.device import check_device_support, resolve_device as resolve
+
+        wanted = getattr(getattr(spec, "parallel", None), "device", None)
+        device = resolve(wanted) if not self.device_requested and wanted not in (None, "auto") else resolve(self.device)
+        check_device_support(spec, device)
+        return str(device)
+
     def include_paths(self, spec_path: Path) -> list[Path]:
         return self.assets.include_paths(spec_path, toy=self.toy)
 
@@ -58,21 +70,10 @@ class RunContext:
 
 
 def resolve_device(requested: Optional[str]) -> str:
-    """`cuda` when available, else `cpu`; an explicit request is checked (a missing GPU is a user error)."""
-    import torch
+    """`cuda:LOCAL_RANK` when a GPU is available, else `cpu`; an explicit request is checked."""
+    from unlearnspec.train.device import resolve_device as resolve
 
-    from unlearnspec.errors import UserError
-
-    if requested in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    assert requested is not None
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError.one("--device", f"device {requested!r} was asked for, but torch sees no CUDA device here. Use --device cpu.")
-    try:
-        torch.device(requested)
-    except (RuntimeError, ValueError):
-        raise UserError.one("--device", f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N.") from None
-    return requested
+    return str(resolve(requested))
 
 
 def toy_context(profile_path: Path, **kwargs: Any) -> RunContext:

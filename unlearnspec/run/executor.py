@@ -92,6 +92,11 @@ class LocalExecutor:
             check_replaceable(job.out)
 
     def run(self, plan: Plan) -> Outcome:
+        if self.ctx.world_size > 1:  # under torchrun: join the group once; every rank runs every job
+            from unlearnspec.run import dist
+
+            parallel = plan.specs[0].spec.parallel_or_default
+            dist.init(parallel.backend, parallel.timeout_s)
         self.check(plan)
         outcome = Outcome()
         if self.ctx.is_main:
@@ -114,6 +119,10 @@ class LocalExecutor:
             else:
                 record = self.run_job(job)
                 outcome.ran.append(job.id)
+                if self.ctx.world_size > 1:
+                    from unlearnspec.run import dist
+
+                    dist.barrier()  # rank 0 evaluated and wrote; the next job starts together
                 if record.status != "ok":
                     outcome.failed[job.id] = f"{job.id} failed: {record.reason}"
             run = next((r for r in plan.specs if job.id in r.points), None)

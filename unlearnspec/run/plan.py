@@ -105,6 +105,8 @@ def spec_hash(spec: Spec) -> str:
     payload = spec.model_dump(mode="json", exclude_none=True)
     payload.get("training", {}).pop("lr", None)
     payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
+    payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
+    payload.pop("parallel", None)  # beyond float summation order
     payload.pop("output", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

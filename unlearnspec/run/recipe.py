@@ -8,7 +8,7 @@ baseline jobs evaluate the untouched model. The recipe never knows which executo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
@@ -53,11 +53,12 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     write_json(workdir / "log_history.json", trainer.state.log_history)
     if spec.training.report_to not in (None, "none"):
         record.curves = f"{spec.training.report_to}: {trainer.curves_dir.relative_to(workdir)}"
+    trained = gathered_model(trainer, spec, ctx)  # a plain model on rank 0, also after FSDP sharded it
     if not ctx.is_main:
         return record  # evaluation and files belong to rank 0
     if spec.output.save_model == "adapter":
-        record.model_dir = save_model(spec, trainer.model, prep.tokenizer, workdir)
-    model = merged_for_eval(trainer.model, spec.lora)
+        record.model_dir = save_model(spec, trained, prep.tokenizer, workdir)
+    model = merged_for_eval(trained, spec.lora)
     with Timer() as clock:
         result = evaluate(spec, job.spec_path, model, prep.tokenizer, ctx)
     record.eval_seconds = clock.seconds
@@ -76,8 +77,24 @@ def run_baseline(job: Job, ctx: RunContext, workdir: Path) -> BaselineRecord:
 
     spec = job.spec
     ctx.say(f"[baseline] evaluating the base model of {spec.name} ({job.hash})")
-    model = load_model(spec.model, ctx.assets, device=ctx.device)
+    model = load_model(spec.model, ctx.assets, device=ctx.device_for(spec))
     result = evaluate(spec, job.spec_path, model, load_tokenizer(spec.model, ctx.assets), ctx)
     write_json(workdir / "eval.json", result.to_json())
     write_json(workdir / SAMPLES_FILE, result.samples)
     return BaselineRecord(status="ok", metrics=result.metrics, samples_file=SAMPLES_FILE)
+
+
+def gathered_model(trainer: Any, spec: Any, ctx: RunContext) -> Any:
+    """The trained model as one plain module on rank 0. Under FSDP every rank joins the all-gather of the
+    shards (a collective), then rank 0 loads them into a freshly loaded copy of the base model."""
+    if ctx.world_size == 1 or spec.parallel is None or spec.parallel.strategy != "fsdp":
+        return trainer.model
+    from unlearnspec.train.modeling import load_model
+    from unlearnspec.train.parallel import full_state_dict
+
+    state = full_state_dict(trainer.accelerator.unwrap_model(trainer.model))
+    if not ctx.is_main:
+        return None
+    plain = load_model(spec.model, ctx.assets, dropout=0.0, device=ctx.device_for(spec))
+    plain.load_state_dict(state, strict=False)
+    return plain

@@ -73,16 +73,15 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
     from unlearnspec.train.trainer import (
         CURVES_DIR,
         WeightedSFTTrainer,
-        build_optimizer,
-        build_scheduler,
         curves_run_name,
         sft_config,
         total_steps,
     )
 
     lr = spec.training.lrs[0]
+    device = ctx.device_for(spec)
     torch.manual_seed(spec.training.seed)
-    model = load_model(spec.model, ctx.assets, dropout=spec.training.dropout, device=ctx.device)
+    model = load_model(spec.model, ctx.assets, dropout=spec.training.dropout, device=device)
     if exact_replay:
         from unlearnspec.magic.attention import use_replay_attention
 
@@ -91,7 +90,6 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
         model = apply_lora(model, spec.lora)
     n = prep.grid.input_ids.shape[0]
     steps = total_steps(spec.training, n)
-    optimizer = build_optimizer(spec.training, [p for p in model.parameters() if p.requires_grad], lr)
     task = ctx.task(f"train {spec.name} lr={lr:g}", total=steps)
 
     class Progress(TrainerCallback):
@@ -101,10 +99,11 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
 
     trainer = WeightedSFTTrainer(
         model=model,
-        args=sft_config(spec.training, lr, workdir / "trainer", n, run_name=curves_run_name(spec.name, f"lr={lr:g}")),
+        args=sft_config(spec.training, lr, workdir / "trainer", n, run_name=curves_run_name(spec.name, f"lr={lr:g}"),
+                        parallel=spec.parallel, device=torch.device(device)),
         train_dataset=prep.dataset,
         processing_class=prep.tokenizer,
-        optimizers=(optimizer, build_scheduler(spec.training, optimizer, steps)),
+        training=spec.training,  # the trainer builds the spec's optimizer and schedule (FSDP shards first)
         callbacks=[*callbacks, Progress()],
         normalizer=spec.loss.normalizer,
         fused_head=not exact_replay,

@@ -40,9 +40,10 @@ def quiet_libraries() -> None:
 
 def make_context(options: RunOptions, say: Any = print, progress: Any = None) -> RunContext:
     device = resolve_device(options.device)
+    explicit = options.device not in (None, "", "auto")
     if options.profile is not None:
-        return toy_context(options.profile, device=device, say=say, progress=progress)
-    return RunContext(device=device, say=say, progress=progress)
+        return toy_context(options.profile, device=device, device_requested=explicit, say=say, progress=progress)
+    return RunContext(device=device, device_requested=explicit, say=say, progress=progress)
 
 
 def make_plan(paths: list[Path], options: RunOptions, ctx: RunContext) -> Plan:

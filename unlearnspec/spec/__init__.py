@@ -5,6 +5,7 @@
 
 from unlearnspec.spec.base import SPEC_SCHEMA_VERSION, SpecRuleError
 from unlearnspec.spec.load import dump_spec, load_spec
+from unlearnspec.spec.parallel import FsdpSpec, ParallelSpec
 from unlearnspec.spec.schema import Spec, json_schema
 from unlearnspec.spec.sections import (
     ChatSpec,
@@ -23,6 +24,7 @@ from unlearnspec.spec.training import (
     EvalSpec,
     EvalTaskSpec,
     LoraSpec,
+    MagicMemorySpec,
     MagicSpec,
     OptimizerSpec,
     OutputSpec,
@@ -35,5 +37,6 @@ __all__ = [
     "SPEC_SCHEMA_VERSION", "SpecRuleError", "Spec", "json_schema", "load_spec", "dump_spec",
     "ChatSpec", "DataSpec", "FilesDataSpec", "HubDataSpec", "LossSpec", "ModelSpec", "ScoreSourceSpec",
     "SelectSpec", "TokenRuleSpec", "ToyDataSpec", "BaselineSpec", "EvalSpec", "EvalTaskSpec", "LoraSpec",
-    "MagicSpec", "OptimizerSpec", "OutputSpec", "QuerySpec", "RecordedBaseline", "TrainingSpec",
+    "MagicMemorySpec", "MagicSpec", "OptimizerSpec", "OutputSpec", "QuerySpec", "RecordedBaseline", "TrainingSpec",
+    "FsdpSpec", "ParallelSpec",
 ]

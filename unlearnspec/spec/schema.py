@@ -10,6 +10,7 @@ from typing import Any, Optional
 from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
+from unlearnspec.spec.parallel import ParallelSpec
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
 
@@ -46,6 +47,8 @@ class Spec(_Section):
     """Baseline comparison."""
     output: OutputSpec
     """Output location."""
+    parallel: Optional[ParallelSpec] = None
+    """Device and multi-process settings (unset: every default of `ParallelSpec`: auto device, DDP)."""
 
     @model_validator(mode="after")
     def _rules(self) -> "Spec":
@@ -100,6 +103,13 @@ class Spec(_Section):
             raise SpecRuleError(("training", "max_grad_norm"), "MAGIC cannot differentiate through gradient clipping; unset `max_grad_norm`.")
         if self.training.dropout:
             raise SpecRuleError(("training", "dropout"), "MAGIC needs a deterministic replay; set `dropout: 0`.")
+        if self.parallel is not None and self.parallel.strategy == "fsdp":
+            raise SpecRuleError(
+                ("parallel", "strategy"),
+                "MAGIC cannot run under FSDP: its reverse pass differentiates twice through the parameters, and "
+                "PyTorch's DTensor redistribution is not twice-differentiable (pytorch#160509). Use `strategy: ddp` "
+                "(every rank holds the full model; see the README's memory model).",
+            )
         if self.lora is not None:
             raise SpecRuleError(("lora",), "MAGIC scores are computed for full fine-tuning; remove `lora`.")
         if self.tokens.mode != "all":
@@ -110,6 +120,11 @@ class Spec(_Section):
                 f"MAGIC differentiates w * CE / D with D independent of the weights; `{self.loss.normalizer}` depends on "
                 "them. Use `normalizer: valid`.",
             )
+
+    @property
+    def parallel_or_default(self) -> ParallelSpec:
+        """The `parallel` section with its defaults filled in."""
+        return self.parallel if self.parallel is not None else ParallelSpec()
 
     @property
     def produces_scores(self) -> bool:

@@ -130,6 +130,22 @@ class QuerySpec(_Section):
     """Questions per forward pass in the query gradient."""
 
 
+class MagicMemorySpec(_Section):
+    """Memory knobs of the reverse pass; they change peak memory and time, never the scores (beyond float
+    summation order)."""
+
+    replay_batch_size: Optional[PositiveInt] = None
+    """Rows per double backward in the reverse pass (and per recomputed SGD step). The cross-entropy double
+    backward keeps several vocab-sized tensors per sequence, so this is the main memory knob. Unset: the
+    training micro-batches as recorded (`training.batch_size` rows each)."""
+    offload_adjoint: bool = False
+    """Keep the adjoint vector v and the Hessian-vector-product accumulator in CPU memory (saves two
+    parameter-sized buffers on the GPU outside each step's double backwards; costs host<->device copies per step)."""
+    offload_states: bool = False
+    """Keep the parameter states that a `sqrt`/`all` segment recomputes in CPU memory (else up to ceil(sqrt T)
+    parameter copies sit on the GPU during a segment; costs one host<->device copy per state)."""
+
+
 class MagicSpec(_Section):
     """Compute exact per-token metagradient scores over this spec's training run."""
 
@@ -139,6 +155,8 @@ class MagicSpec(_Section):
     """Which parameter states the forward pass keeps for the reverse pass (others are recomputed)."""
     storage: Literal["ram", "disk"] = "ram"
     """Where kept states live (disk: safetensors in the output dir)."""
+    memory: Optional[MagicMemorySpec] = None
+    """Reverse-pass memory knobs (unset: every default of `MagicMemorySpec`)."""
 
 
 # --------------------------------------------------------------------------- eval, baseline, output

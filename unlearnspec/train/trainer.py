@@ -18,7 +18,8 @@ from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
 from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
-from unlearnspec.spec import TrainingSpec
+from unlearnspec.train.parallel import parallel_fields, world_size
+from unlearnspec.spec import ParallelSpec, TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
 CURVES_DIR = "curves"  # a point folder's subfolder for training curves (TensorBoard events, W&B files)
@@ -112,12 +113,19 @@ def report_targets(training: TrainingSpec) -> list[str]:
     return [target]
 
 
-def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int, run_name: Optional[str] = None,
+def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int, run_name: Optional[str] = None, *,
+               parallel: Optional[ParallelSpec] = None, device: Optional[torch.device] = None,
                **overrides: Any) -> SFTConfig:
     """Every Trainer knob set from the spec; SFTConfig's own defaults (lr 2e-5, max_length 1024,
-    gradient checkpointing, clipping 1.0, ...) are never left to apply silently. `run_name` names the
-    point's curves (see curves_run_name); where they go is WeightedSFTTrainer's `curves_dir`."""
-    use_cpu = not torch.cuda.is_available()
+    gradient checkpointing, clipping 1.0, find_unused_parameters, ...) are never left to apply silently.
+
+    `run_name` names the point's curves (see curves_run_name; where they go is WeightedSFTTrainer's
+    `curves_dir`). `device` is the run's resolved device; unset: CUDA when available. `parallel` is the
+    spec's `parallel` section (read only under several processes).
+    """
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=lr,
@@ -146,10 +154,11 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
         dataset_kwargs={"skip_prepare_dataset": True},
         dataloader_num_workers=0,
         dataloader_drop_last=False,
-        use_cpu=use_cpu,
+        use_cpu=device.type == "cpu",
         loss_type="nll",
         average_tokens_across_devices=True,
     )
+    kwargs.update(parallel_fields(parallel, device, world_size()))
     kwargs.update(overrides)
     try:
         return SFTConfig(**kwargs)
@@ -157,7 +166,8 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
         from unlearnspec.errors import UserError, first_line
 
         raise UserError.one("training", f"the trainer refused these settings: {first_line(exc, 240)}. "
-                            "Check training.precision for this machine.", loc="training.precision") from None
+                            "Check training.precision and the parallel section for this machine.",
+                            loc="training.precision") from None
 
 
 class WeightedSFTTrainer(SFTTrainer):
@@ -171,10 +181,23 @@ class WeightedSFTTrainer(SFTTrainer):
     loss_is_scaled_for_ga = True  # divided by the window's normalizer already
 
     def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True,
-                 curves_dir: Optional[Path] = None, **kwargs: Any):
+                 curves_dir: Optional[Path] = None, training: Optional[TrainingSpec] = None, **kwargs: Any):
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
+        # With `training`, the Trainer builds the spec's optimizer and schedule itself (create_optimizer below):
+        # FSDP refuses optimizers made before it shards the model, so this is the path that works everywhere.
+        self.training_spec = training
         super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            from unlearnspec.errors import UserError
+
+            raise UserError.one("device", f"{self.args.n_gpu} GPUs are visible to one process, so the HF Trainer would use "
+                                "torch.nn.DataParallel, whose loss scaling this trainer does not implement. Launch one "
+                                "process per GPU (`torchrun --nproc-per-node N`) or set CUDA_VISIBLE_DEVICES to one GPU.",
+                                loc="parallel")
+        if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
+            raise ValueError("WeightedSFTTrainer needs average_tokens_across_devices=True under several processes: "
+                             "the normalizer is counted over the whole global batch")
         from transformers.trainer_callback import PrinterCallback
 
         self.remove_callback(PrinterCallback)  # the runner reports progress itself
@@ -194,6 +217,58 @@ class WeightedSFTTrainer(SFTTrainer):
         wandb = "wandb" in (self.args.report_to or []) and self.args.process_index == 0  # HF logs on rank 0
         with _wandb_run(self.curves_dir if wandb else None, self.args.run_name):
             return super().train(*args, **kwargs)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        plugin_args = getattr(self.args, "fsdp_plugin_args", None)
+        if plugin_args is None or self.is_fsdp_enabled:
+            return
+        # accelerate turns the FSDP plugin on only for GPU-like distributed types; on the CPU (MULTI_CPU) it
+        # silently trains with DDP instead (measured: every rank kept all parameters). Promote the state with
+        # the same plugin so `parallel.strategy: fsdp` shards on every device (tested on 2 gloo ranks).
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if state.distributed_type != DistributedType.MULTI_CPU:
+            raise RuntimeError(f"FSDP was requested but accelerate runs {state.distributed_type}; it would not shard")
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**plugin_args)
+        self.is_fsdp_enabled = True
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is None and self.training_spec is not None:
+            target = model if model is not None else self.model
+            params = [p for p in target.parameters() if p.requires_grad]
+            self.optimizer = build_optimizer(self.training_spec, params, self.args.learning_rate)
+        return super().create_optimizer(model) if self.optimizer is None else self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.lr_scheduler is None and self.training_spec is not None:
+            self.lr_scheduler = build_scheduler(self.training_spec, optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _diverged(self, loss: torch.Tensor) -> bool:
+        """Non-finite loss on ANY rank. Agreed by an all-reduce, so every rank raises TrainingDiverged at the
+        same micro-batch; a rank raising alone would leave the others waiting in DDP's gradient all-reduce."""
+        bad = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
+        if self.args.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item() > 0)
+
+    def _data_parallel_factor(self) -> int:
+        """How many ranks DDP/FSDP average the gradient over when the denominator is a global count.
+
+        `_get_num_items_in_batch` sums the count over all ranks, so each rank's loss is its local share
+        sum(w * CE)_rank / D_global; DDP and FSDP then AVERAGE the gradients over the W ranks, which would
+        give grad(L_global) / W. Multiplying the local loss by W makes the averaged gradient the gradient
+        of the global loss, as HF's own loss does (`loss *= num_processes` in Trainer.compute_loss).
+        """
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            return int(self.accelerator.num_processes)
+        return 1
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         count = sum(normalizer_count(b["labels"], b["token_weights"], self.normalizer) for b in batch_samples)
@@ -218,7 +293,9 @@ class WeightedSFTTrainer(SFTTrainer):
         if denominator is None:
             denominator = normalizer_count(labels, weights, self.normalizer)
         loss = weighted_nll_loss(nll, weights, torch.as_tensor(denominator, device=nll.device).clamp(min=1e-12))
-        if model.training and not torch.isfinite(loss.detach()):
+        if num_items_in_batch is not None:
+            loss = loss * self._data_parallel_factor()
+        if model.training and self._diverged(loss.detach()):
             raise TrainingDiverged(self.state.global_step, float(loss.detach()))
         return (loss, outputs) if return_outputs else loss
 

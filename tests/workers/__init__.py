@@ -1,0 +1,1 @@
+"""Scripts the multi-process tests launch with torchrun (not collected by pytest)."""

@@ -1,0 +1,90 @@
+"""torchrun worker: MAGIC scores of a WeightedSFTTrainer run under data parallelism (float64 tiny GPT-NeoX).
+
+Usage: torchrun --nproc-per-node W tests/workers/magic_ddp.py OUT_DIR
+Trains 4 SGD steps (global batch 8 rows = W ranks x bs (4/W) x grad_accum 2, shuffled, warmup+decay,
+weight decay) with MagicCallback recording to disk, then runs the reverse pass three ways on the same
+trajectory: as shipped; with 1-row double backwards and CPU-offloaded adjoints and states; and with the
+Hessian-vector-product all-reduce removed (the mutation). Rank 0 writes OUT_DIR/magic.pt.
+The test process imports `run` to compute the one-process reference the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROWS, SEQ, STEPS, GLOBAL_ROWS, GA = 8, 10, 4, 4, 2
+
+
+def _query(model):
+    from unlearnspec.magic.query import QueryBatch, QueryLoss
+    from unlearnspec.train.loss import IGNORE_INDEX
+
+    ids = torch.tensor([[5, 9, 14, 3, 7, 2], [8, 8, 21, 4, 0, 0], [30, 2, 11, 6, 9, 1]])
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0], [1] * 6])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 3:] = ids[0, 3:]
+    labels[1, 2:4] = ids[1, 2:4]
+    labels[2, 5] = ids[2, 5]
+    batch = QueryBatch(ids, mask, labels, "tiny", "answer_continuation", 0, ("a", "b", "c"))
+    return QueryLoss(model, batch, batch_size=1)  # three parts: dealt over the ranks
+
+
+def run(out: Path, states: Path) -> dict:
+    from tests.tiny import tiny_model, tiny_texts, tiny_tokenizer
+    from unlearnspec.data import build_grid
+    from unlearnspec.magic import magic_scores, register_replay_attention
+    from unlearnspec.magic.callback import MagicCallback
+    from unlearnspec.magic.reverse import _Replay
+    from unlearnspec.spec import TrainingSpec
+    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(1)
+    grid = build_grid(tiny_texts(ROWS, seed=5), tiny_tokenizer(), SEQ, "tiny")
+    spec = TrainingSpec.model_validate(dict(
+        optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=GLOBAL_ROWS // world, grad_accum=GA,
+        max_steps=STEPS, schedule="linear", warmup_steps=1, shuffle=True, seed=3))
+    model = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64, attn=register_replay_attention())
+    cb = MagicCallback(STEPS, "sqrt", storage="disk", storage_dir=states)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = WeightedSFTTrainer(model=model, args=sft_config(spec, 0.8, Path(tmp), ROWS, device=torch.device("cpu")),
+                                     train_dataset=grid_dataset(grid, grid.valid_targets.double()),
+                                     processing_class=tiny_tokenizer(), callbacks=[cb], normalizer="valid",
+                                     fused_head=False, training=spec)
+        cb.attach(trainer)
+        trainer.train()
+    traj = cb.trajectory
+    assert traj is not None
+    query = _query(model)
+    result = {
+        "world": world,
+        "steps": [[mb.tolist() for mb in step.micro_batches] for step in traj.steps],
+        "lrs": traj.lrs,
+        "final": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "scores": magic_scores(model, grid, traj, query, dtype=None),
+        "scores_rows1_offload": magic_scores(model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True,
+                                             offload_states=True),
+    }
+    saved = _Replay._reduce_hvp
+    _Replay._reduce_hvp = lambda self, hv: None  # the mutation: each rank keeps only its own rows' H v
+    try:
+        result["scores_no_hvp_reduce"] = magic_scores(model, grid, traj, query, dtype=None)
+    finally:
+        _Replay._reduce_hvp = saved
+    if int(os.environ.get("RANK", "0")) == 0:
+        torch.save(result, out / "magic.pt")
+    return result
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    run(out, out / "states")
+
+
+if __name__ == "__main__":
+    main()
