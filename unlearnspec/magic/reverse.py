@@ -1,8 +1,10 @@
-"""The exact MAGIC reverse pass: per-token metagradients dQ(theta_T)/dw of a recorded plain-SGD run.
+"""The exact MAGIC reverse pass: per-token metagradients dQ(theta_T)/dw of a recorded SGD/Adam/AdamW run.
 
-v_T = grad Q(theta_T); for t = T-1..0: scores[B_t] += -lr_t * d<grad L_t(theta_t, w), v_{t+1}>/dw and
-v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}). Both come out of ONE double backward per
-micro-batch: the gradient of <grad L_t, v> with respect to (theta, w) is (H_t v, per-token terms).
+The adjoint of state T is (grad Q(theta_T), 0, ...). For t = T-1..0 the optimizer's rule
+(`optimizers.py`) turns the adjoint of state t+1 into g_bar (the adjoint of step t's gradient) and the
+adjoint of state t less H_t g_bar; then scores[B_t] += d<grad L_t(theta_t, w), g_bar>/dw and
+theta_bar_t += H_t g_bar, both out of ONE double backward per micro-batch. Plain SGD:
+g_bar = -lr_t v_{t+1}, v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.checks import check_model_replayable
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
-from unlearnspec.magic.trajectory import Trajectory
+from unlearnspec.magic.optimizers import clip, clip_adjoint, make_adjoint
+from unlearnspec.magic.trajectory import Trajectory, state_key
 
 
 class BatchedQuery(Protocol):
@@ -38,7 +41,8 @@ class ReplayStats:
     reverse_steps: int = 0
     recomputed_steps: int = 0
     peak_state_copies: int = 0
-    """Most parameter states held in RAM at once: kept states in a RAM store plus recomputed/loaded ones."""
+    """Most parameter-sized tensors of states held in RAM at once (kept states in a RAM store plus
+    recomputed/loaded ones; an Adam state is three: theta, m, v)."""
     seconds: float = 0.0
 
 
@@ -58,18 +62,25 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor]) ->
     return total
 
 
+State = list[list[torch.Tensor]]
+"""theta followed by the optimizer's tensors (`OptimizerAdjoint.state_names`), each a list ordered like the names."""
+
+
 class _Replay:
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
-    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats):
+    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats,
+                 second_moment: bool = True):
         self.model = model
         self.grid = grid
         self.traj = trajectory
         self.hessian = hessian
         self.stats = stats
         self.names = list(trajectory.param_names)
-        self.decays = trajectory.decays()
-        self.uniform_decay = self.decays[0] if len(set(self.decays)) == 1 else None
+        self.rule = make_adjoint(trajectory.optimizer, trajectory.decays(), second_moment=second_moment)
+        self.max_grad_norm = trajectory.optimizer.max_grad_norm
+        self.needs_grad = self.rule.needs_grad or self.max_grad_norm is not None
+        self.per_state = 1 + len(self.rule.state_names)  # parameter-sized tensors per state
         self.denoms = [self._denominator(t) for t in range(trajectory.total_steps)]
         self._live = 0
         self._hold(0)
@@ -87,20 +98,23 @@ class _Replay:
 
     # ------------------------------------------------------------------ state bookkeeping
     def _hold(self, n: int = 1) -> None:
+        """Count n more live states; the peak is in parameter-sized copies (theta, m, v each count)."""
         self._live += n
-        self.stats.peak_state_copies = max(self.stats.peak_state_copies, self.traj.store.ram_copies + self._live)
+        copies = (self.traj.store.ram_copies + self._live) * self.per_state
+        self.stats.peak_state_copies = max(self.stats.peak_state_copies, copies)
 
     def _release(self, n: int = 1) -> None:
         self._live -= n
 
-    def load(self, step: int) -> list[torch.Tensor]:
-        state = self.traj.store.get(step)
+    def load(self, step: int, theta_only: bool = False) -> State:
+        stored = self.traj.store.get(step)
         if not getattr(self.traj.store, "keeps_in_ram", False):
             self._hold()
-        missing = [n for n in self.names if n not in state]
+        keys = [self.names] + ([] if theta_only else [[state_key(s, n) for n in self.names] for s in self.rule.state_names])
+        missing = [k for ks in keys for k in ks if k not in stored]
         if missing:
-            raise KeyError(f"state of step {step} lacks parameters {missing[:3]}")
-        return [state[n] for n in self.names]
+            raise KeyError(f"state of step {step} lacks {missing[:3]}")
+        return [[stored[k] for k in ks] for ks in keys]
 
     def unload(self, step: int) -> None:
         if not getattr(self.traj.store, "keeps_in_ram", False):
@@ -115,88 +129,101 @@ class _Replay:
         ids, mask, labels = self._batch(rows)
         logits = forward_logits(self.model, dict(zip(self.names, params)), ids, mask)
         if weights is None:
-            weights = torch.ones(labels.shape, dtype=logits.dtype)
+            weights = torch.ones(labels.shape, dtype=logits.dtype, device=logits.device)
         return weighted_token_loss(logits, labels, weights, denom)
 
-    def _add_decay(self, into: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
-        """into += wd * tensors, per parameter."""
-        if self.uniform_decay is not None:
-            if self.uniform_decay:
-                torch._foreach_add_(into, tensors, alpha=self.uniform_decay)
-            return
-        for a, b, wd in zip(into, tensors, self.decays):
-            if wd:
-                a.add_(b, alpha=wd)
-
-    def sgd_step(self, theta: list[torch.Tensor], t: int) -> list[torch.Tensor]:
-        """theta_{t+1} from theta_t, with torch.optim.SGD's arithmetic (grad + wd * p, then p - lr * d)."""
-        step = self.traj.steps[t]
+    def gradient(self, theta: list[torch.Tensor], t: int) -> list[torch.Tensor]:
+        """grad L_t(theta) summed over the step's micro-batches (first order, nothing retained)."""
         params = [p.detach().requires_grad_() for p in theta]
         grad: list[torch.Tensor] | None = None
-        for rows in step.micro_batches:
+        for rows in self.traj.steps[t].micro_batches:
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], None), params, materialize_grads=True))
             grad = g if grad is None else torch._foreach_add(grad, g)
         assert grad is not None
-        with torch.no_grad():
-            self._add_decay(grad, theta)
-            out = torch._foreach_add(theta, grad, alpha=-step.lr)
-        self.stats.recomputed_steps += 1
-        return out
+        return grad
 
-    def reverse_step(self, theta: list[torch.Tensor], v: list[torch.Tensor], t: int, scores: torch.Tensor) -> None:
-        """Add step t's per-token terms to `scores` and turn v_{t+1} into v_t in place."""
+    def step(self, state: State, t: int) -> State:
+        """State t+1 from state t with the recorded optimizer's arithmetic (clipping first, if recorded)."""
+        theta, opt_state = state[0], state[1:]
+        grad = clip(self.gradient(theta, t), self.max_grad_norm)
+        with torch.no_grad():
+            theta_new, opt_new = self.rule.step(theta, opt_state, grad, t, self.traj.steps[t].lr)
+        self.stats.recomputed_steps += 1
+        return [theta_new, *opt_new]
+
+    def _graph(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, dtype: torch.dtype):
+        """(weights, grads with create_graph) of one micro-batch: the first half of a double backward."""
+        labels = self.grid.labels[rows]
+        weights = torch.ones(labels.shape, dtype=dtype, device=params[0].device, requires_grad=True)
+        loss = self._loss(params, rows, denom, weights)
+        return weights, torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
+
+    def reverse_step(self, state: State, adjoint: State, t: int, scores: torch.Tensor) -> None:
+        """Add step t's per-token terms to `scores` and turn the adjoint of state t+1 into that of state t
+        (in place). One double backward per micro-batch gives H_t g_bar and d<grad L_t, g_bar>/dw."""
         step, denom = self.traj.steps[t], self.denoms[t]
-        need_hv = self.hessian and t > 0  # v_0 is never used
+        theta, opt_state = state[0], state[1:]
+        need_hv = self.hessian and t > 0  # the adjoint of state 0 is never used
         params = [p.detach().requires_grad_() for p in theta]
+        kept = None  # one micro-batch: its graph serves both the gradient and the double backward
+        grad = None
+        if self.needs_grad:
+            if len(step.micro_batches) == 1:
+                kept = self._graph(params, step.micro_batches[0], denom, scores.dtype)
+                grad = [g.detach() for g in kept[1]]
+            else:
+                grad = self.gradient(theta, t)
+        with torch.no_grad():
+            clipped = clip(grad, self.max_grad_norm) if grad is not None else None
+            g_bar, new_adjoint = self.rule.adjoint(theta, opt_state, clipped, t, step.lr, adjoint)
+            if grad is not None:
+                g_bar = clip_adjoint(grad, g_bar, self.max_grad_norm)
         hv: list[torch.Tensor] | None = None
         for rows in step.micro_batches:
-            weights = torch.ones(self.grid.labels[rows].shape, dtype=scores.dtype, requires_grad=True)
-            loss = self._loss(params, rows, denom, weights)
-            grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
-            dot = torch.stack([(g * d).sum() for g, d in zip(grads, v)]).sum()
+            weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype)
+            kept = None
+            dot = torch.stack([(g * d).sum() for g, d in zip(grads, g_bar)]).sum()
             inputs = params + [weights] if need_hv else [weights]
             outs = torch.autograd.grad(dot, inputs, materialize_grads=True)
-            scores.index_add_(0, rows, outs[-1].detach(), alpha=-step.lr)
+            scores.index_add_(0, rows.to(scores.device), outs[-1].detach())
             if need_hv:
                 part = [o.detach() for o in outs[:-1]]
                 hv = part if hv is None else torch._foreach_add(hv, part)
         if t > 0:
-            with torch.no_grad():
-                if hv is None:  # hessian=False: only the weight-decay part of the adjoint update
-                    hv = [torch.zeros_like(x) for x in v]
-                self._add_decay(hv, v)
-                torch._foreach_add_(v, hv, alpha=-step.lr)
+            if hv is not None:
+                torch._foreach_add_(new_adjoint[0], hv)
+            adjoint[:] = new_adjoint
         self.stats.reverse_steps += 1
 
     # ------------------------------------------------------------------ segment strategies
-    def reverse_linear(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
-        """Recompute theta_{a+1..b-1} once, keep them, then reverse b-1..a (the `all`/`sqrt` schedules)."""
-        states = [theta_a]
+    def reverse_linear(self, a: int, b: int, state_a: State, adjoint: State, scores: torch.Tensor) -> None:
+        """Recompute states a+1..b-1 once, keep them, then reverse b-1..a (the `all`/`sqrt` schedules)."""
+        states = [state_a]
         for t in range(a, b - 1):
-            states.append(self.sgd_step(states[-1], t))
+            states.append(self.step(states[-1], t))
             self._hold()
         for t in range(b - 1, a - 1, -1):
-            self.reverse_step(states.pop(), v, t, scores)
+            self.reverse_step(states.pop(), adjoint, t, scores)
             if t > a:
                 self._release()
 
-    def reverse_bisect(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
+    def reverse_bisect(self, a: int, b: int, state_a: State, adjoint: State, scores: torch.Tensor) -> None:
         """Recursive halving (the `log` schedule): O(log) live states, O(n log n) recomputed steps."""
         if b - a == 1:
-            self.reverse_step(theta_a, v, a, scores)
+            self.reverse_step(state_a, adjoint, a, scores)
             return
         mid = (a + b) // 2
-        theta = theta_a
+        state = state_a
         for t in range(a, mid):
-            nxt = self.sgd_step(theta, t)
-            if theta is not theta_a:
+            nxt = self.step(state, t)
+            if state is not state_a:
                 self._release()
-            theta = nxt
+            state = nxt
             self._hold()
-        self.reverse_bisect(mid, b, theta, v, scores)
-        del theta
+        self.reverse_bisect(mid, b, state, adjoint, scores)
+        del state
         self._release()
-        self.reverse_bisect(a, mid, theta_a, v, scores)
+        self.reverse_bisect(a, mid, state_a, adjoint, scores)
 
 
 def magic_scores(
@@ -206,6 +233,7 @@ def magic_scores(
     query: Query,
     *,
     hessian: bool = True,
+    second_moment: bool = True,
     dtype: torch.dtype | None = torch.float32,
     stats: ReplayStats | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -214,8 +242,9 @@ def magic_scores(
 
     Computed in the parameters' dtype and returned as `dtype` (None keeps the compute dtype).
     `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
-    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule and storage are the trajectory's.
-    `hessian=False` drops the H v term (first-order scores); it exists for the mutation test.
+    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule, storage and optimizer are the
+    trajectory's. `hessian=False` drops the H g_bar term (first-order scores) and `second_moment=False`
+    Adam's v-adjoint; both exist for the mutation tests.
     """
     stats = stats if stats is not None else ReplayStats()
     started = time.perf_counter()
@@ -229,23 +258,24 @@ def magic_scores(
         raise ValueError("the trajectory must hold theta_0 and theta_T; record with TrajectoryRecorder")
 
     with replay_mode(model):
-        replay = _Replay(model, grid, trajectory, hessian, stats)
-        theta_final = replay.load(total)
-        compute_dtype = theta_final[0].dtype
-        v = [g.detach() for g in query_gradient(query, replay.names, theta_final)]
+        replay = _Replay(model, grid, trajectory, hessian, stats, second_moment=second_moment)
+        (theta_final,) = replay.load(total, theta_only=True)
+        compute_dtype, device = theta_final[0].dtype, theta_final[0].device
+        query_grad = [g.detach() for g in query_gradient(query, replay.names, theta_final)]
+        adjoint: State = [query_grad] + [[torch.zeros_like(g) for g in query_grad] for _ in replay.rule.state_names]
         del theta_final
         replay.unload(total)
-        scores = torch.zeros(n, s, dtype=compute_dtype)
+        scores = torch.zeros(n, s, dtype=compute_dtype, device=device)
         bounds = kept + [total]
         done = 0
         for j in range(len(kept) - 1, -1, -1):
             a, b = bounds[j], bounds[j + 1]
-            theta_a = replay.load(a)
+            state_a = replay.load(a)
             if trajectory.schedule == "log":
-                replay.reverse_bisect(a, b, theta_a, v, scores)
+                replay.reverse_bisect(a, b, state_a, adjoint, scores)
             else:
-                replay.reverse_linear(a, b, theta_a, v, scores)
-            del theta_a
+                replay.reverse_linear(a, b, state_a, adjoint, scores)
+            del state_a
             replay.unload(a)
             done += b - a
             if progress is not None:
