@@ -18,6 +18,7 @@ from .conftest import REPO
 from .fixtures.reportkit import answers, flip, load_yaml, make_project, token_stats, write_json_atomic, write_run
 
 FIXED = REPO / "specs" / "fixed"
+FIXED_ADAMW = REPO / "specs" / "fixed_adamw"
 
 
 def codes(findings, code: str, spec: str = ""):
@@ -36,13 +37,32 @@ def test_fixed_specs_are_clean():
     assert findings == [], [f.message for f in findings]
 
 
-def test_fixed_specs_validate_and_open_with_what_why_and_command():
-    out = subprocess.run([sys.executable, "-m", "unlearnspec", "validate", str(FIXED)], capture_output=True, text=True, timeout=120)
+def test_fixed_adamw_specs_are_clean():
+    findings, count = diagnose([FIXED_ADAMW])
+    assert count == 4
+    assert findings == [], [f.message for f in findings]
+
+
+@pytest.mark.parametrize("folder", [FIXED, FIXED_ADAMW])
+def test_fixed_specs_validate_and_open_with_what_why_and_command(folder):
+    out = subprocess.run([sys.executable, "-m", "unlearnspec", "validate", str(folder)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for path in FIXED.glob("*.yaml"):
+    for path in folder.glob("*.yaml"):
         header = "\n".join(l for l in path.read_text().splitlines() if l.startswith("#"))
         assert header.startswith("# ") and "Changed vs the recorded" in header
-        assert f"unlearnspec run specs/fixed/{path.name}" in header
+        assert f"unlearnspec run specs/{folder.name}/{path.name}" in header
+
+
+def test_fixed_adamw_study_is_matched_in_the_recorded_adamw_regime():
+    exp, ctrl = load_yaml(FIXED_ADAMW / "selective.yaml"), load_yaml(FIXED_ADAMW / "all_tokens.yaml")
+    producers = [load_yaml(FIXED_ADAMW / f"magic_{q}.yaml") for q in ("wmdp", "mmlu")]
+    assert all(exp["training"] == ctrl["training"] == p["training"] for p in producers)
+    assert all(exp["data"] == ctrl["data"] == p["data"] for p in producers)
+    recorded = load_yaml(REPO / "specs" / "exp7_all_tokens.yaml")["training"]
+    for key in ("optimizer", "schedule", "warmup_ratio", "batch_size", "max_steps", "seed", "max_grad_norm"):
+        assert exp["training"][key] == recorded[key], key
+    assert isinstance(exp["training"]["lr"], float) and exp["training"]["lr"] in recorded["lr"]
+    assert {s["produced_by"] for s in exp["scores"].values()} == {f"specs/fixed_adamw/magic_{q}.yaml" for q in ("wmdp", "mmlu")}
 
 
 def test_fixed_pair_is_matched_and_in_regime():
@@ -138,6 +158,31 @@ def test_d3_regime_mismatch(tmp_path):
     assert "lr: 1e-4 (scores) vs 5e-5 (steered run)" in text
     assert "schedule: constant (scores) vs cosine" in text
     assert "metagradients are local" in d3[0].message
+
+
+def _adamw(d):
+    d["training"].update(optimizer={"name": "adamw", "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 0.0}, lr=5.0e-5,
+                         schedule="cosine", warmup_ratio=0.1, max_grad_norm=1.0, shuffle=True)
+
+
+def test_d3_adam_fields(tmp_path):
+    """In a matched AdamW regime D3 is quiet; a producer with other betas, warmup or clipping is named."""
+    every = {name: _adamw for name in ("selective", "all_tokens", "magic_wmdp", "magic_mmlu")}
+    (tmp_path / "same").mkdir()
+    (tmp_path / "other").mkdir()
+    findings, _ = diagnose([make_project(tmp_path / "same", every)])
+    assert findings == [], [f.message for f in findings]
+
+    def other(d):
+        _adamw(d)
+        d["training"].update(optimizer={"name": "adamw", "betas": [0.9, 0.99], "eps": 1.0e-6}, warmup_ratio=0.2, max_grad_norm=None)
+
+    findings, _ = diagnose([make_project(tmp_path / "other", {**every, "magic_wmdp": other})])
+    (d3,) = codes(findings, "D3", "selective")
+    text = "\n".join(d3.evidence)
+    for expected in ("betas: [0.9, 0.99] (scores) vs [0.9, 0.999] (steered run)", "eps: 1e-6 (scores) vs 1e-8",
+                     "warmup: 0.2 (scores) vs 0.1", "max_grad_norm (clipping): unset (scores) vs 1"):
+        assert expected in text, text
 
 
 def test_d3_quiet_in_the_producers_regime():

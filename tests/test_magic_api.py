@@ -56,10 +56,15 @@ def grid(n: int = 4, s: int = 6) -> Grid:
 
 
 # ---------------------------------------------------------------------------- misuse
-def test_refuses_adam_and_momentum() -> None:
+def test_refuses_other_optimizers_and_momentum() -> None:
     params = [torch.nn.Parameter(torch.zeros(2))]
-    with pytest.raises(UserError, match="optimizer.name: sgd"):
-        check_optimizer(torch.optim.Adam(params))
+    with pytest.raises(UserError, match="optimizer.name: sgd, adam or adamw"):
+        check_optimizer(torch.optim.RMSprop(params))
+    with pytest.raises(UserError, match="amsgrad"):
+        check_optimizer(torch.optim.Adam(params, amsgrad=True))
+    with pytest.raises(UserError, match="betas"):
+        check_optimizer(torch.optim.Adam([{"params": params[:1], "betas": (0.9, 0.99)}, {"params": [torch.nn.Parameter(torch.zeros(1))]}]))
+    assert check_optimizer(torch.optim.AdamW(params, weight_decay=0.1)) == 0.1
     with pytest.raises(UserError, match="momentum: 0"):
         check_optimizer(torch.optim.SGD(params, lr=0.1, momentum=0.9))
     assert check_optimizer(torch.optim.SGD(params, lr=0.1, weight_decay=0.01)) == 0.01
@@ -78,14 +83,12 @@ def test_refuses_half_precision_and_dropout() -> None:
     check_model_replayable(tiny())  # classifier_dropout=0.1 of GPT-NeoX's config is not the LM's
 
 
-def test_refuses_clipping_packing_mixed_precision() -> None:
-    with pytest.raises(UserError, match="max_grad_norm"):
-        check_training_args(max_grad_norm=1.0)
+def test_refuses_packing_mixed_precision() -> None:
     with pytest.raises(UserError, match="packing"):
         check_training_args(packing=True)
     with pytest.raises(UserError, match="fp32"):
         check_training_args(precision="bf16")
-    check_training_args(max_grad_norm=None, packing=False, precision="fp32", dropout=0.0)
+    check_training_args(packing=False, precision="fp32", dropout=0.0)
 
 
 def test_reverse_pass_refuses_bf16_model() -> None:

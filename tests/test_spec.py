@@ -158,11 +158,14 @@ def test_rule_undeclared_score_source():
     assert "tokens:" in msg and "'mlu'" in msg and "not declared under `scores`" in msg and "mmlu" in msg
 
 
-def test_rule_magic_needs_sgd():
+def test_rule_magic_accepts_adam_and_clipping_but_not_momentum():
     data = _data(SPECS / "magic" / "magic_wmdp.yaml")
-    data["training"]["optimizer"] = {"name": "adamw"}
+    data["training"].update(optimizer={"name": "adamw", "betas": [0.9, 0.95]}, schedule="cosine", warmup_ratio=0.1, max_grad_norm=1.0)
+    spec = validate_data(data, None, "x.yaml")
+    assert spec.training.optimizer.name == "adamw" and spec.training.optimizer.betas == (0.9, 0.95)
+    data["training"]["optimizer"] = {"name": "sgd", "momentum": 0.9}
     msg = _invalid(data)
-    assert "training.optimizer.name" in msg and "MAGIC scores need plain SGD" in msg
+    assert "training.optimizer.momentum" in msg and "momentum: 0" in msg
 
 
 def test_rule_magic_refuses_bf16_parameters():

@@ -220,6 +220,9 @@ def _regime(spec: Spec) -> dict[str, Any]:
         "training.precision": t.precision,
         "lora": spec.lora is not None,
     }
+    if opt.name != "sgd":
+        out["betas"] = list(opt.betas)
+        out["eps"] = opt.eps
     if t.shuffle:
         out["seed (data order)"] = t.seed
     return out
@@ -263,7 +266,7 @@ def score_regime_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 f"score source `{name}` ({who}) was computed in another training regime than the run it steers; "
                 "metagradients are local to the trajectory they were computed on",
                 tuple(evidence),
-                "Steer the same regime the scores were computed in (plain SGD with the producer's lr, batch, steps, schedule, order), or rescore in the steered regime.",
+                "Steer the same regime the scores were computed in (the producer's optimizer, lr, schedule, warmup, batch, steps, order, clipping), or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
             )
 
 

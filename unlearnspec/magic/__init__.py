@@ -1,9 +1,10 @@
-"""Exact MAGIC metagradients: record a plain-SGD run, then score every training token by
-d(query loss)/d(token weight) with one reverse pass (Ilyas & Engstrom 2025).
+"""Exact MAGIC metagradients: record an SGD, Adam or AdamW run (optionally clipped), then score every
+training token by d(query loss)/d(token weight) with one reverse pass (Ilyas & Engstrom 2025).
 """
 
 from unlearnspec.magic.attention import REPLAY_ATTENTION, register_replay_attention, replay_attention, replay_mode
-from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args
+from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args, optimizer_config
+from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.output import SCORES_FORMAT_VERSION, scores_metadata, write_scores
 from unlearnspec.magic.reference import sgd_train, trainable_params, unrolled_query, unrolled_scores
 from unlearnspec.magic.replay import GridLike
@@ -26,6 +27,7 @@ __all__ = [
     "SCORES_FORMAT_VERSION",
     "DiskStore",
     "GridLike",
+    "OptimizerConfig",
     "Query",
     "RamStore",
     "ReplayStats",
@@ -39,6 +41,7 @@ __all__ = [
     "check_training_args",
     "kept_steps",
     "magic_scores",
+    "optimizer_config",
     "plan_steps",
     "query_gradient",
     "register_replay_attention",

@@ -1,8 +1,8 @@
-"""MagicCallback: records the WeightedSFTTrainer's SGD trajectory for the exact reverse pass.
+"""MagicCallback: records the WeightedSFTTrainer's SGD/Adam/AdamW trajectory for the exact reverse pass.
 
 Hyperparameters come in `__init__`; model-dependent state is built in `on_train_begin`, where every
-setup the reverse pass cannot differentiate (Adam, momentum, clipping, dropout, half precision,
-packing) is refused before the first step.
+setup the reverse pass cannot differentiate (momentum, amsgrad, dropout, half precision, packing) is
+refused before the first step. Gradient clipping (`max_grad_norm`) is recorded and differentiated.
 """
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ from typing import Any, Optional
 import torch
 from transformers import TrainerCallback
 
-from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args
+from unlearnspec.magic.checks import (
+    check_model_replayable,
+    check_optimizer,
+    check_training_args,
+    optimizer_config,
+    optimizer_step_count,
+    optimizer_tensors,
+)
 from unlearnspec.magic.trajectory import DiskStore, RamStore, Schedule, Trajectory, TrajectoryRecorder
 
 
 class MagicCallback(TrainerCallback):
-    """Record parameters (per the checkpoint schedule), batches by row id and every step's lr.
+    """Record parameters and optimizer state (per the checkpoint schedule), batches by row id and every step's lr.
 
     Use: `cb = MagicCallback(T, "sqrt"); trainer.add_callback(cb); cb.attach(trainer); trainer.train()`,
     then `cb.trajectory` feeds `magic_scores`.
@@ -37,6 +44,7 @@ class MagicCallback(TrainerCallback):
         self.recorder: Optional[TrajectoryRecorder] = None
         self.trajectory: Optional[Trajectory] = None
         self._params: dict[str, torch.Tensor] = {}
+        self._optimizer: Any = None
         self._pending: list[torch.Tensor] = []
         self._attached = False
         self._world = 1
@@ -62,7 +70,7 @@ class MagicCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self._attached:
             raise RuntimeError("MagicCallback.attach(trainer) must be called before training")
-        check_training_args(max_grad_norm=args.max_grad_norm or None, packing=bool(getattr(args, "packing", False)),
+        check_training_args(packing=bool(getattr(args, "packing", False)),
                             precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision, dropout=self.dropout)
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if any(hasattr(p, "full_tensor") for p in self._params.values()):
@@ -74,16 +82,28 @@ class MagicCallback(TrainerCallback):
         self._world = int(getattr(args, "world_size", 1) or 1)
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         weight_decay = check_optimizer(inner, self._params)
+        config = optimizer_config(inner, max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
         check_model_replayable(model, self._params)
         store = DiskStore(self.storage_dir, write=state.is_world_process_zero) if self.storage == "disk" else RamStore()
-        self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay)
+        self._optimizer = inner
+        self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay, optimizer=config)
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         assert self.recorder is not None
         lrs = {group["lr"] for group in optimizer.param_groups}
         if len(lrs) != 1:
             raise ValueError(f"parameter groups have different learning rates {sorted(lrs)}; MAGIC assumes one")
-        self.recorder.begin_step(self._params, lrs.pop())
+        t = self.recorder.next_step
+        names = self.recorder.optimizer.state_names
+        opt_state = None
+        if names and self.recorder.keeps(t):
+            first = next(iter(self._params.values()))
+            expected = self.recorder.optimizer.initial_step + t
+            if optimizer_step_count(self._optimizer, first) != expected:
+                raise RuntimeError(f"the optimizer is at step {optimizer_step_count(self._optimizer, first)} before step {t} "
+                                   f"(expected {expected}); a step was skipped or taken outside the trainer")
+            opt_state = optimizer_tensors(self._optimizer, self._params, names)
+        self.recorder.begin_step(self._params, lrs.pop(), opt_state)
         for rows in self._pending:
             self.recorder.add_micro_batch(rows)
         self._pending = []

@@ -1,4 +1,5 @@
-"""Refuse setups the exact SGD reverse pass cannot differentiate, before any training starts.
+"""Refuse setups the exact reverse pass cannot differentiate, before any training starts, and read the
+optimizer (SGD, Adam, AdamW) into what the replay needs.
 
 Each error says what to change. Spec-level rules live in `spec.Spec._magic_rules`; these check the
 live objects (model, optimizer, trainer arguments) that a spec cannot see.
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from unlearnspec.errors import UserError
+from unlearnspec.magic.optimizers import OptimizerConfig
 
 _SOURCE = "magic"
 REPLAY_DTYPES = (torch.float32, torch.float64)
@@ -70,12 +72,14 @@ def _dropout_settings(model: nn.Module) -> list[tuple[str, float]]:
 def check_optimizer(
     optimizer: torch.optim.Optimizer, named_params: Mapping[str, torch.Tensor] | None = None
 ) -> float | dict[str, float]:
-    """Plain SGD only. Returns its weight decay: one value, or per name when groups differ
-    (the HF Trainer exempts biases and norm weights); per-name needs `named_params`."""
-    if type(optimizer) is not torch.optim.SGD:
+    """SGD without momentum, Adam or AdamW (no amsgrad/maximize, one betas/eps for all groups).
+    Returns the weight decay: one value, or per name when groups differ (the HF Trainer exempts
+    biases and norm weights); per-name needs `named_params`."""
+    kind = type(optimizer)
+    if kind not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
         raise _fail(
-            f"the optimizer is {type(optimizer).__name__}; the exact reverse pass is implemented for plain SGD. "
-            "Use training.optimizer.name: sgd.",
+            f"the optimizer is {kind.__name__}; the exact reverse pass is implemented for plain SGD, Adam and AdamW. "
+            "Use training.optimizer.name: sgd, adam or adamw.",
             loc="training.optimizer.name",
         )
     by_id: dict[int, float] = {}
@@ -86,34 +90,67 @@ def check_optimizer(
                 loc="training.optimizer.momentum",
             )
         if group.get("maximize", False):
-            raise _fail("SGD(maximize=True) is not supported; minimise the loss.", loc="training.optimizer")
+            raise _fail(f"{kind.__name__}(maximize=True) is not supported; minimise the loss.", loc="training.optimizer")
+        if group.get("amsgrad", False):
+            raise _fail("Adam(amsgrad=True) is not replayed; use amsgrad=False.", loc="training.optimizer")
         for p in group["params"]:
             by_id[id(p)] = float(group.get("weight_decay", 0.0))
+    if kind is not torch.optim.SGD:
+        hyper = {(tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in optimizer.param_groups}
+        if len(hyper) != 1:
+            raise _fail(f"parameter groups have different Adam betas/eps {sorted(hyper)}; MAGIC assumes one.", loc="training.optimizer")
     decays = set(by_id.values())
+    if named_params is not None:
+        missing = [n for n, p in named_params.items() if id(p) not in by_id]
+        if missing:
+            raise _fail(f"parameters {missing[:3]} are not in the optimizer; MAGIC records only what the optimizer updates.",
+                        loc="training")
     if len(decays) <= 1:
         return decays.pop() if decays else 0.0
     if named_params is None:
         raise ValueError("parameter groups have different weight decays; pass named_params to map them to names")
-    missing = [n for n, p in named_params.items() if id(p) not in by_id]
-    if missing:
-        raise _fail(f"parameters {missing[:3]} are not in the optimizer; MAGIC records only what SGD updates.", loc="training")
     return {n: by_id[id(p)] for n, p in named_params.items()}
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer, max_grad_norm: float | None = None) -> OptimizerConfig:
+    """The replay's description of a checked torch optimizer (`check_optimizer` first), before its first step."""
+    if type(optimizer) is torch.optim.SGD:
+        return OptimizerConfig("sgd", max_grad_norm=max_grad_norm or None)
+    group = optimizer.param_groups[0]
+    steps = {int(optimizer_step_count(optimizer, p)) for g in optimizer.param_groups for p in g["params"]}
+    if len(steps) != 1:
+        raise _fail(f"parameters are at different Adam step counts {sorted(steps)}; start MAGIC from one optimizer state.",
+                    loc="training.optimizer")
+    name = "adamw" if type(optimizer) is torch.optim.AdamW else "adam"
+    return OptimizerConfig(name, (float(group["betas"][0]), float(group["betas"][1])), float(group["eps"]),  # type: ignore[arg-type]
+                           initial_step=steps.pop(), max_grad_norm=max_grad_norm or None)
+
+
+def optimizer_step_count(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> int:
+    """The optimizer's step count for one parameter (0 before its first step)."""
+    step = optimizer.state.get(param, {}).get("step", 0)
+    return int(step.item()) if isinstance(step, torch.Tensor) else int(step)
+
+
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer, named_params: Mapping[str, torch.Tensor], state_names: tuple[str, ...]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimizer's per-parameter tensors by state name and parameter name (zeros before the first step)."""
+    out: dict[str, dict[str, torch.Tensor]] = {s: {} for s in state_names}
+    for name, p in named_params.items():
+        state = optimizer.state.get(p, {})
+        for s in state_names:
+            out[s][name] = state[s] if s in state else torch.zeros_like(p, memory_format=torch.preserve_format)
+    return out
 
 
 def check_training_args(
     *,
-    max_grad_norm: float | None = None,
     packing: bool = False,
     precision: str = "fp32",
     dropout: float = 0.0,
 ) -> None:
-    """Trainer settings that change the update rule the reverse pass assumes."""
-    if max_grad_norm:
-        raise _fail(
-            f"gradient clipping (max_grad_norm={max_grad_norm}) is not differentiated by the reverse pass; unset it "
-            "(for the HF Trainer pass max_grad_norm=0 or None).",
-            loc="training.max_grad_norm",
-        )
+    """Trainer settings that change the update rule the reverse pass assumes (clipping is replayed, not refused)."""
     if packing:
         raise _fail(
             "packing mixes rows inside a sequence, so per-row token scores lose their meaning; disable packing.",

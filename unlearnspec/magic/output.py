@@ -58,6 +58,18 @@ def _decay_summary(trajectory: Trajectory) -> float | dict[str, Any]:
     return {"values": sorted(set(decays)), "decayed_params": sum(1 for d in decays if d), "params": len(decays)}
 
 
+def _optimizer_summary(trajectory: Trajectory, lr: float) -> dict[str, Any]:
+    opt = trajectory.optimizer
+    out: dict[str, Any] = {"name": opt.name, "lr": lr, "weight_decay": _decay_summary(trajectory)}
+    if opt.name == "sgd":
+        out["momentum"] = 0.0
+    else:
+        out.update(betas=list(opt.betas), eps=opt.eps)
+    if opt.max_grad_norm is not None:
+        out["max_grad_norm"] = opt.max_grad_norm
+    return out
+
+
 def scores_metadata(
     scores: torch.Tensor,
     trajectory: Trajectory,
@@ -84,12 +96,7 @@ def scores_metadata(
         "data_fingerprint": fingerprint,
         "normalizer": "valid",
         "query": {"task": query["task"], "loss": query["loss"], "n_questions": int(query["n_questions"])},
-        "optimizer": {
-            "name": "sgd",
-            "lr": float(lr) if lr is not None else max(lrs),
-            "weight_decay": _decay_summary(trajectory),
-            "momentum": 0.0,
-        },
+        "optimizer": _optimizer_summary(trajectory, float(lr) if lr is not None else max(lrs)),
         "lr_schedule": lr_schedule_summary(lrs),
         "steps": trajectory.total_steps,
         "batch_size": rows[0] if len(rows) == 1 else rows,

@@ -1,5 +1,6 @@
-"""Reference implementations: a stock torch.optim.SGD training loop that records a trajectory, and
-the unrolled autograd metagradient the reverse pass must reproduce (tests and benchmarks use both).
+"""Reference implementations: a stock torch.optim (SGD, Adam, AdamW) training loop that records a
+trajectory, and the unrolled autograd metagradient of plain SGD the reverse pass must reproduce (tests
+and benchmarks use both; the Adam oracle is written independently in the tests).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
+from unlearnspec.magic.checks import optimizer_tensors
+from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.reverse import Query
@@ -18,7 +21,7 @@ from unlearnspec.magic.trajectory import Step, Trajectory, TrajectoryRecorder, W
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters SGD updates, by name (what a recorder stores)."""
+    """The parameters the optimizer updates, by name (what a recorder stores)."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -31,26 +34,37 @@ def sgd_train(
     weights: torch.Tensor | None = None,
     recorder: TrajectoryRecorder | None = None,
     use_replay_attention: bool = False,
+    optimizer: OptimizerConfig = OptimizerConfig(),
 ) -> Trajectory | None:
-    """Train `model` in place: per step, sum over micro-batches of weighted_token_loss / D_t, then SGD.
+    """Train `model` in place with a stock torch optimizer: per step, sum over micro-batches of
+    weighted_token_loss / D_t, clip if `optimizer.max_grad_norm`, then torch.optim.SGD/Adam/AdamW.step().
 
     D_t counts the valid target tokens of the whole step (normalizer `valid`). Returns the recorded
-    trajectory when a recorder is given. `use_replay_attention` trains with the replay kernel.
+    trajectory when a recorder is given (its optimizer must be `optimizer`). `use_replay_attention`
+    trains with the replay kernel.
     """
     params = trainable_params(model)
     groups: dict[float, list[torch.Tensor]] = {}
     for (name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
         groups.setdefault(wd, []).append(p)
-    optimizer = torch.optim.SGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=plan[0].lr)
+    param_groups = [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+    if optimizer.name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(param_groups, lr=plan[0].lr)
+    else:
+        cls = torch.optim.AdamW if optimizer.name == "adamw" else torch.optim.Adam
+        opt = cls(param_groups, lr=plan[0].lr, betas=optimizer.betas, eps=optimizer.eps, foreach=False)
+    if recorder is not None and recorder.optimizer != optimizer:
+        raise ValueError(f"the recorder expects {recorder.optimizer}, the run uses {optimizer}")
     context = replay_mode(model) if use_replay_attention else nullcontext()
     device = next(model.parameters()).device
     with context:
         for step in plan:
             if recorder is not None:
-                recorder.begin_step(params, step.lr)
-            for group in optimizer.param_groups:
+                state = optimizer_tensors(opt, params, optimizer.state_names) if optimizer.state_names else None
+                recorder.begin_step(params, step.lr, state)
+            for group in opt.param_groups:
                 group["lr"] = step.lr
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
             for rows in step.micro_batches:
                 labels = grid.labels[rows].to(device)
@@ -60,7 +74,9 @@ def sgd_train(
                 weighted_token_loss(logits, labels, w, denom).backward()
                 if recorder is not None:
                     recorder.add_micro_batch(rows)
-            optimizer.step()
+            if optimizer.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), optimizer.max_grad_norm)
+            opt.step()
     return recorder.finish(params) if recorder is not None else None
 
 

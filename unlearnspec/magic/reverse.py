@@ -1,12 +1,14 @@
-"""The exact MAGIC reverse pass: per-token metagradients dQ(theta_T)/dw of a recorded plain-SGD run.
+"""The exact MAGIC reverse pass: per-token metagradients dQ(theta_T)/dw of a recorded SGD/Adam/AdamW run.
 
-v_T = grad Q(theta_T); for t = T-1..0: scores[B_t] += -lr_t * d<grad L_t(theta_t, w), v_{t+1}>/dw and
-v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}). Both come out of ONE double backward per
-micro-batch: the gradient of <grad L_t, v> with respect to (theta, w) is (H_t v, per-token terms).
+The adjoint of state T is (grad Q(theta_T), 0, ...). For t = T-1..0 the optimizer's rule
+(`optimizers.py`) turns the adjoint of state t+1 into g_bar (the adjoint of step t's gradient) and the
+adjoint of state t less H_t g_bar; then scores[B_t] += d<grad L_t(theta_t, w), g_bar>/dw and
+theta_bar_t += H_t g_bar, both out of ONE double backward per micro-batch. Plain SGD:
+g_bar = -lr_t v_{t+1}, v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}).
 
-Data parallel (several ranks, `collective.TorchDistributed`): every rank holds theta and v, replays its
-share of each step's row chunks, and the partial sums (recomputed gradient, H v, query gradient,
-scores) are all-reduced, so each token's term is computed once, on the rank that owns its chunk.
+Data parallel (several ranks, `collective.TorchDistributed`): every rank holds the state and its adjoint,
+replays its share of each step's row chunks, and the partial sums (recomputed gradient, H g_bar, query
+gradient, scores) are all-reduced, so each token's term is computed once, on the rank that owns its chunk.
 Everything the pass creates lives on the model's device; kept states are moved there when loaded.
 """
 
@@ -25,7 +27,8 @@ from unlearnspec.magic.checks import check_model_replayable
 from unlearnspec.magic.collective import Alone, Collective, default_collective
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
-from unlearnspec.magic.trajectory import Trajectory
+from unlearnspec.magic.optimizers import clip, clip_adjoint, make_adjoint
+from unlearnspec.magic.trajectory import Trajectory, state_key
 
 
 class BatchedQuery(Protocol):
@@ -44,7 +47,8 @@ class ReplayStats:
     reverse_steps: int = 0
     recomputed_steps: int = 0
     peak_state_copies: int = 0
-    """Most parameter states held in RAM at once: kept states in a RAM store plus recomputed/loaded ones."""
+    """Most parameter-sized tensors of states held in RAM at once (kept states in a RAM store plus
+    recomputed/loaded ones; an Adam state is three: theta, m, v)."""
     seconds: float = 0.0
 
 
@@ -76,12 +80,16 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], co
     return total
 
 
+State = list[list[torch.Tensor]]
+"""theta followed by the optimizer's tensors (`OptimizerAdjoint.state_names`), each a list ordered like the names."""
+
+
 class _Replay:
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
     def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats,
                  comm: Collective | None = None, micro_batch_rows: int | None = None, offload_adjoint: bool = False,
-                 offload_states: bool = False):
+                 offload_states: bool = False, second_moment: bool = True):
         self.model = model
         self.grid = grid
         self.traj = trajectory
@@ -93,8 +101,10 @@ class _Replay:
         self.offload_states = offload_states
         self.device = next(model.parameters()).device
         self.names = list(trajectory.param_names)
-        self.decays = trajectory.decays()
-        self.uniform_decay = self.decays[0] if len(set(self.decays)) == 1 else None
+        self.rule = make_adjoint(trajectory.optimizer, trajectory.decays(), second_moment=second_moment)
+        self.max_grad_norm = trajectory.optimizer.max_grad_norm
+        self.needs_grad = self.rule.needs_grad or self.max_grad_norm is not None
+        self.per_state = 1 + len(self.rule.state_names)  # parameter-sized tensors per state
         self.denoms = [self._denominator(t) for t in range(trajectory.total_steps)]
         self._live = 0
         self._held: set[int] = set()
@@ -125,34 +135,41 @@ class _Replay:
 
     # ------------------------------------------------------------------ state bookkeeping
     def _hold(self, n: int = 1) -> None:
+        """Count n more live states; the peak is in parameter-sized copies (theta, m, v each count)."""
         self._live += n
-        self.stats.peak_state_copies = max(self.stats.peak_state_copies, self.traj.store.ram_copies + self._live)
+        copies = (self.traj.store.ram_copies + self._live) * self.per_state
+        self.stats.peak_state_copies = max(self.stats.peak_state_copies, copies)
 
     def _release(self, n: int = 1) -> None:
         self._live -= n
 
-    def load(self, step: int, to_device: bool = True) -> list[torch.Tensor]:
-        """The kept state of `step`, moved to the model's device unless `to_device` is False."""
-        state = self.traj.store.get(step)
-        missing = [n for n in self.names if n not in state]
+    def load(self, step: int, theta_only: bool = False, to_device: bool = True) -> State:
+        """The kept state of `step` (theta, then the optimizer's tensors), moved to the model's device
+        unless `to_device` is False."""
+        stored = self.traj.store.get(step)
+        keys = [self.names] + ([] if theta_only else [[state_key(s, n) for n in self.names] for s in self.rule.state_names])
+        missing = [k for ks in keys for k in ks if k not in stored]
         if missing:
-            raise KeyError(f"state of step {step} lacks parameters {missing[:3]}")
-        tensors = [state[n] for n in self.names]
-        moved = to_device and bool(tensors) and tensors[0].device != self.device  # kept in host RAM or on disk
+            raise KeyError(f"state of step {step} lacks {missing[:3]}")
+        state = [[stored[k] for k in ks] for ks in keys]
+        moved = to_device and bool(state[0]) and state[0][0].device != self.device  # kept in host RAM or on disk
         if moved:
-            tensors = [x.to(self.device) for x in tensors]
+            state = self.on_device(state)
         if moved or not getattr(self.traj.store, "keeps_in_ram", False):
             self._hold()  # a new copy, released by unload
             self._held.add(step)
-        return tensors
+        return state
 
     def unload(self, step: int) -> None:
         if step in self._held:
             self._held.discard(step)
             self._release()
 
-    def on_device(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [x.to(self.device) for x in tensors]
+    def on_device(self, state: State) -> State:
+        return [[x.to(self.device) for x in xs] for xs in state]
+
+    def to_host(self, state: State) -> State:
+        return [[x.cpu() for x in xs] for xs in state]
 
     # ------------------------------------------------------------------ one step forward / backward
     def _batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,106 +183,121 @@ class _Replay:
             weights = torch.ones(labels.shape, dtype=logits.dtype, device=logits.device)
         return weighted_token_loss(logits, labels, weights, denom)
 
-    def _add_decay(self, into: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
-        """into += wd * tensors, per parameter."""
-        if self.uniform_decay is not None:
-            if self.uniform_decay:
-                torch._foreach_add_(into, tensors, alpha=self.uniform_decay)
-            return
-        for a, b, wd in zip(into, tensors, self.decays):
-            if wd:
-                a.add_(b, alpha=wd)
-
-    def sgd_step(self, theta: list[torch.Tensor], t: int) -> list[torch.Tensor]:
-        """theta_{t+1} from theta_t, with torch.optim.SGD's arithmetic (grad + wd * p, then p - lr * d)."""
-        step = self.traj.steps[t]
+    def gradient(self, theta: list[torch.Tensor], t: int) -> list[torch.Tensor]:
+        """grad L_t(theta) summed over the step's micro-batches (first order, nothing retained)."""
         params = [p.detach().requires_grad_() for p in theta]
         grad: list[torch.Tensor] | None = None
         for rows in self.chunks(t):
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], None), params, materialize_grads=True))
-            if grad is None:
-                grad = g
-            else:
-                torch._foreach_add_(grad, g)
+            grad = g if grad is None else torch._foreach_add(grad, g)
         if grad is None:  # this rank owns no rows of the step
             grad = [torch.zeros_like(p) for p in theta]
         self.comm.all_reduce_(grad)
-        with torch.no_grad():
-            self._add_decay(grad, theta)
-            out = torch._foreach_add(theta, grad, alpha=-step.lr)
-        self.stats.recomputed_steps += 1
-        return out
+        return grad
 
-    def reverse_step(self, theta: list[torch.Tensor], v: list[torch.Tensor], t: int, scores: torch.Tensor) -> None:
-        """Add step t's per-token terms to `scores` and turn v_{t+1} into v_t in place."""
+    def step(self, state: State, t: int) -> State:
+        """State t+1 from state t with the recorded optimizer's arithmetic (clipping first, if recorded)."""
+        theta, opt_state = state[0], state[1:]
+        grad = clip(self.gradient(theta, t), self.max_grad_norm)
+        with torch.no_grad():
+            theta_new, opt_new = self.rule.step(theta, opt_state, grad, t, self.traj.steps[t].lr)
+        self.stats.recomputed_steps += 1
+        return [theta_new, *opt_new]
+
+    def _graph(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, dtype: torch.dtype):
+        """(weights, grads with create_graph) of one micro-batch: the first half of a double backward."""
+        labels = self.grid.labels[rows]
+        weights = torch.ones(labels.shape, dtype=dtype, device=params[0].device, requires_grad=True)
+        loss = self._loss(params, rows, denom, weights)
+        return weights, torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
+
+    def reverse_step(self, state: State, adjoint: State, t: int, scores: torch.Tensor) -> None:
+        """Add step t's per-token terms to `scores` and turn the adjoint of state t+1 into that of state t
+        (in place). One double backward per micro-batch gives H_t g_bar and d<grad L_t, g_bar>/dw."""
         step, denom = self.traj.steps[t], self.denoms[t]
-        need_hv = self.hessian and t > 0  # v_0 is never used
+        theta, opt_state = state[0], state[1:]
+        need_hv = self.hessian and t > 0  # the adjoint of state 0 is never used
         params = [p.detach().requires_grad_() for p in theta]
+        chunks = self.chunks(t)
+        kept = None  # one micro-batch in one process: its graph serves both the gradient and the double backward
+        grad = None
+        if self.needs_grad:
+            if len(chunks) == 1 and self.comm.world_size == 1:
+                kept = self._graph(params, chunks[0], denom, scores.dtype)
+                grad = [g.detach() for g in kept[1]]
+            else:
+                grad = self.gradient(theta, t)  # all-reduced over the ranks
+        host = adjoint[0][0].device if adjoint and adjoint[0] else self.device
+        if self.offload:  # offload_adjoint: the adjoint lives in host RAM between steps
+            adjoint[:] = self.on_device(adjoint)
+        with torch.no_grad():
+            clipped = clip(grad, self.max_grad_norm) if grad is not None else None
+            g_bar, new_adjoint = self.rule.adjoint(theta, opt_state, clipped, t, step.lr, adjoint)
+            if grad is not None:
+                g_bar = clip_adjoint(grad, g_bar, self.max_grad_norm)
         hv: list[torch.Tensor] | None = None
-        v_dev = [x.to(self.device) for x in v] if self.offload else v  # offload: v lives in host RAM between steps
-        for rows in self.chunks(t):
-            weights = torch.ones(self.grid.labels[rows].shape, dtype=scores.dtype, device=self.device, requires_grad=True)
-            loss = self._loss(params, rows, denom, weights)
-            grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
-            dot = torch.stack([(g * d).sum() for g, d in zip(grads, v_dev)]).sum()
-            del grads  # v needs no gradient, so the graph does not keep them: one parameter-sized buffer less
+        for rows in chunks:
+            weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype)
+            kept = None
+            dot = torch.stack([(g * d).sum() for g, d in zip(grads, g_bar)]).sum()
+            del grads  # g_bar needs no gradient, so the graph does not keep them: one parameter-sized buffer less
             inputs = params + [weights] if need_hv else [weights]
             outs = torch.autograd.grad(dot, inputs, materialize_grads=True)
-            scores.index_add_(0, rows.to(self.device), outs[-1].detach(), alpha=-step.lr)
+            scores.index_add_(0, rows.to(scores.device), outs[-1].detach())
             if need_hv:
-                part = [o.detach().to(v[0].device) for o in outs[:-1]]
+                part = [o.detach() for o in outs[:-1]]
                 if hv is None:
                     hv = part
                 else:
                     torch._foreach_add_(hv, part)
             del outs
-        del v_dev
+        del g_bar
         if need_hv:
-            if hv is None:  # this rank owns no rows of the step: it adds nothing to H v
-                hv = [torch.zeros_like(x) for x in v]
+            if hv is None:  # this rank owns no rows of the step: it adds nothing to H g_bar
+                hv = [torch.zeros_like(x) for x in theta]
             self._reduce_hvp(hv)
         if t > 0:
-            with torch.no_grad():
-                if hv is None:  # hessian=False: only the weight-decay part of the adjoint update
-                    hv = [torch.zeros_like(x) for x in v]
-                self._add_decay(hv, v)
-                torch._foreach_add_(v, hv, alpha=-step.lr)
+            if hv is not None:
+                torch._foreach_add_(new_adjoint[0], hv)
+            adjoint[:] = new_adjoint
+        if self.offload:
+            adjoint[:] = [[x.to(host) for x in xs] for xs in adjoint]
         self.stats.reverse_steps += 1
 
     # ------------------------------------------------------------------ segment strategies
-    def reverse_linear(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
-        """Recompute theta_{a+1..b-1} once, keep them, then reverse b-1..a (the `all`/`sqrt` schedules)."""
-        # offload_states: theta_a may arrive in host RAM; every state is on the device only while it is used.
-        states, current = [theta_a], self.on_device(theta_a)
+    def reverse_linear(self, a: int, b: int, state_a: State, adjoint: State, scores: torch.Tensor) -> None:
+        """Recompute states a+1..b-1 once, keep them, then reverse b-1..a (the `all`/`sqrt` schedules).
+        offload_states: state_a may arrive in host RAM; every state is on the device only while it is used."""
+        states, current = [state_a], self.on_device(state_a)
         for t in range(a, b - 1):
-            current = self.sgd_step(current, t)
-            states.append([x.cpu() for x in current] if self.offload_states else current)
+            current = self.step(current, t)
+            states.append(self.to_host(current) if self.offload_states else current)
             self._hold()
         del current
         for t in range(b - 1, a - 1, -1):
-            theta = self.on_device(states.pop())
-            self.reverse_step(theta, v, t, scores)
-            del theta
+            state = self.on_device(states.pop())
+            self.reverse_step(state, adjoint, t, scores)
+            del state
             if t > a:
                 self._release()
 
-    def reverse_bisect(self, a: int, b: int, theta_a: list[torch.Tensor], v: list[torch.Tensor], scores: torch.Tensor) -> None:
+    def reverse_bisect(self, a: int, b: int, state_a: State, adjoint: State, scores: torch.Tensor) -> None:
         """Recursive halving (the `log` schedule): O(log) live states, O(n log n) recomputed steps."""
         if b - a == 1:
-            self.reverse_step(theta_a, v, a, scores)
+            self.reverse_step(state_a, adjoint, a, scores)
             return
         mid = (a + b) // 2
-        theta = theta_a
+        state = state_a
         for t in range(a, mid):
-            nxt = self.sgd_step(theta, t)
-            if theta is not theta_a:
+            nxt = self.step(state, t)
+            if state is not state_a:
                 self._release()
-            theta = nxt
+            state = nxt
             self._hold()
-        self.reverse_bisect(mid, b, theta, v, scores)
-        del theta
+        self.reverse_bisect(mid, b, state, adjoint, scores)
+        del state
         self._release()
-        self.reverse_bisect(a, mid, theta_a, v, scores)
+        self.reverse_bisect(a, mid, state_a, adjoint, scores)
 
 
 def magic_scores(
@@ -275,6 +307,7 @@ def magic_scores(
     query: Query,
     *,
     hessian: bool = True,
+    second_moment: bool = True,
     dtype: torch.dtype | None = torch.float32,
     stats: ReplayStats | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -287,15 +320,16 @@ def magic_scores(
 
     Computed in the parameters' dtype and returned as `dtype` (None keeps the compute dtype).
     `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
-    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule and storage are the trajectory's.
-    `hessian=False` drops the H v term (first-order scores); it exists for the mutation test.
+    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule, storage and optimizer are the
+    trajectory's. `hessian=False` drops the H g_bar term (first-order scores) and `second_moment=False`
+    Adam's v-adjoint; both exist for the mutation tests.
 
     `comm` (default: the torch.distributed group when one with several ranks exists) splits each step's
     rows over the ranks; every rank returns the same full score matrix (rank 0 writes it).
     `micro_batch_rows` re-splits each step's rows into double backwards of that many rows (memory knob;
-    unset: the recorded micro-batches). `offload_adjoint` keeps v and the H v accumulator in host RAM;
-    `offload_states` keeps the states a `sqrt`/`all` segment recomputes in host RAM (else up to ceil(sqrt T)
-    parameter copies sit on the device during a segment).
+    unset: the recorded micro-batches). `offload_adjoint` keeps the adjoint and the H g_bar accumulator in
+    host RAM between steps; `offload_states` keeps the states a `sqrt`/`all` segment recomputes in host
+    RAM (else up to ceil(sqrt T) states sit on the device during a segment).
     """
     stats = stats if stats is not None else ReplayStats()
     started = time.perf_counter()
@@ -313,12 +347,14 @@ def magic_scores(
         raise ValueError(f"micro_batch_rows must be >= 1 (got {micro_batch_rows})")
     comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
     with replay_mode(model):
-        replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states)
-        theta_final = replay.load(total)
+        replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states,
+                         second_moment=second_moment)
+        (theta_final,) = replay.load(total, theta_only=True)
         compute_dtype = theta_final[0].dtype
-        v = [g.detach() for g in query_gradient(query, replay.names, theta_final, comm)]
+        query_grad = [g.detach() for g in query_gradient(query, replay.names, theta_final, comm)]
+        adjoint: State = [query_grad] + [[torch.zeros_like(g) for g in query_grad] for _ in replay.rule.state_names]
         if offload_adjoint:
-            v = [x.cpu() for x in v]
+            adjoint = replay.to_host(adjoint)
         del theta_final
         replay.unload(total)
         scores = torch.zeros(n, s, dtype=compute_dtype, device=replay.device)
@@ -326,12 +362,12 @@ def magic_scores(
         done = 0
         for j in range(len(kept) - 1, -1, -1):
             a, b = bounds[j], bounds[j + 1]
-            theta_a = replay.load(a, to_device=trajectory.schedule == "log" or not offload_states)
+            state_a = replay.load(a, to_device=trajectory.schedule == "log" or not offload_states)
             if trajectory.schedule == "log":
-                replay.reverse_bisect(a, b, theta_a, v, scores)
+                replay.reverse_bisect(a, b, state_a, adjoint, scores)
             else:
-                replay.reverse_linear(a, b, theta_a, v, scores)
-            del theta_a
+                replay.reverse_linear(a, b, state_a, adjoint, scores)
+            del state_a
             replay.unload(a)
             done += b - a
             if progress is not None:

@@ -1,8 +1,11 @@
-"""What the forward (training) run records for MAGIC: lr and row ids of every step, parameter states.
+"""What the forward (training) run records for MAGIC: lr and row ids of every step, the optimizer,
+and states (theta, plus Adam's m and v) at kept steps.
 
 States are kept at the steps of a checkpoint schedule (`all`, `sqrt`, `log`) in RAM or on disk as
 safetensors; the reverse pass recomputes the others. A trainer callback feeds `TrajectoryRecorder`
-step by step: `begin_step(theta_t, lr_t)`, `add_micro_batch(row_ids)` per micro-batch, `finish(theta_T)`.
+step by step: `begin_step(theta_t, lr_t, optimizer_state_t)`, `add_micro_batch(row_ids)` per
+micro-batch, `finish(theta_T)`. An Adam state is stored as `exp_avg/<name>` and `exp_avg_sq/<name>`
+next to theta's `<name>`: three parameter-sized copies per kept step where SGD keeps one.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Literal, Protocol, Union
 
 import torch
 
+from unlearnspec.magic.optimizers import OptimizerConfig
+
 Schedule = Literal["all", "sqrt", "log"]
 WeightDecay = Union[float, Mapping[str, float]]
-"""SGD weight decay: one value, or one per parameter name (HF exempts biases and norms by default)."""
+"""Weight decay: one value, or one per parameter name (HF exempts biases and norms by default)."""
 SCHEDULES: tuple[str, ...] = ("all", "sqrt", "log")
 Params = dict[str, torch.Tensor]
 
@@ -149,15 +154,22 @@ class Step:
         return sum(len(mb) for mb in self.micro_batches)
 
 
+def state_key(state_name: str, param_name: str) -> str:
+    """Store key of one optimizer tensor (e.g. `exp_avg/gpt_neox.embed_in.weight`)."""
+    return f"{state_name}/{param_name}"
+
+
 @dataclass(frozen=True)
 class Trajectory:
-    """A recorded plain-SGD run: steps 0..T-1, states at `store.steps()` (always 0 and T)."""
+    """A recorded run: steps 0..T-1, states at `store.steps()` (always 0 and T; theta only at T)."""
 
     steps: tuple[Step, ...]
     store: StateStore
     schedule: Schedule
     weight_decay: WeightDecay
     param_names: tuple[str, ...]
+    optimizer: OptimizerConfig = OptimizerConfig()
+    """The optimizer that made the steps (plain SGD unless recorded otherwise)."""
 
     def decays(self) -> list[float]:
         """Weight decay of each parameter, in `param_names` order."""
@@ -198,8 +210,10 @@ class TrajectoryRecorder:
         schedule: Schedule = "sqrt",
         store: StateStore | None = None,
         weight_decay: WeightDecay = 0.0,
+        optimizer: OptimizerConfig = OptimizerConfig(),
     ) -> None:
         self.total_steps = total_steps
+        self.optimizer = optimizer
         self.schedule = schedule
         self.store: StateStore = store if store is not None else RamStore()
         self.weight_decay: WeightDecay = dict(weight_decay) if isinstance(weight_decay, Mapping) else float(weight_decay)
@@ -224,16 +238,52 @@ class TrajectoryRecorder:
         self._steps.append(Step(self._lr, tuple(self._micro)))
         self._lr, self._micro = None, []
 
-    def begin_step(self, params: Mapping[str, torch.Tensor], lr: float) -> None:
-        """Call before optimizer step t updates the parameters, with theta_t and the step's lr."""
+    def keeps(self, step: int) -> bool:
+        """Whether the state before `step` is stored (callers may skip building an optimizer state otherwise)."""
+        return step in self._kept
+
+    @property
+    def next_step(self) -> int:
+        """Index of the step the next `begin_step` opens."""
+        return len(self._steps) + (self._lr is not None)
+
+    def begin_step(
+        self,
+        params: Mapping[str, torch.Tensor],
+        lr: float,
+        optimizer_state: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """Call before optimizer step t updates the parameters, with theta_t, the step's lr and, for Adam,
+        the optimizer's tensors before the step: {"exp_avg": {name: m_t}, "exp_avg_sq": {name: v_t}}
+        (zeros before the first step). The state is read only at kept steps."""
         self._close_step()
         t = len(self._steps)
         if t >= self.total_steps:
             raise ValueError(f"begin_step called for step {t}, but the recorder was sized for {self.total_steps} steps")
         self._check_params(params)
         if t in self._kept:
-            self.store.put(t, params)
+            self.store.put(t, self._with_state(params, optimizer_state))
         self._lr = float(lr)
+
+    def _with_state(
+        self, params: Mapping[str, torch.Tensor], optimizer_state: Mapping[str, Mapping[str, torch.Tensor]] | None
+    ) -> dict[str, torch.Tensor]:
+        flat = dict(params)
+        names = self.optimizer.state_names
+        if not names:
+            return flat
+        if optimizer_state is None or set(optimizer_state) != set(names):
+            got = sorted(optimizer_state) if optimizer_state is not None else None
+            raise ValueError(f"a {self.optimizer.name} trajectory needs the optimizer state {list(names)} at kept steps (got {got})")
+        for state_name in names:
+            tensors = optimizer_state[state_name]
+            for name, p in params.items():
+                if name not in tensors:
+                    raise ValueError(f"optimizer state {state_name} lacks parameter {name}")
+                if tensors[name].shape != p.shape:
+                    raise ValueError(f"optimizer state {state_name} of {name} has shape {tuple(tensors[name].shape)}, not {tuple(p.shape)}")
+                flat[state_key(state_name, name)] = tensors[name]
+        return flat
 
     def add_micro_batch(self, row_ids: Sequence[int] | torch.Tensor) -> None:
         """Row ids (indices into the token grid) of one micro-batch of the current step."""
@@ -250,7 +300,7 @@ class TrajectoryRecorder:
         assert self._names is not None
         decay_list(self.weight_decay, self._names)  # a per-name mapping must cover every parameter
         self.store.put(len(self._steps), params)
-        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names)
+        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names, self.optimizer)
 
 
 def plan_steps(

@@ -84,11 +84,6 @@ class Spec(_Section):
 
     def _magic_rules(self) -> None:
         opt = self.training.optimizer
-        if opt.name != "sgd":
-            raise SpecRuleError(
-                ("training", "optimizer", "name"),
-                f"MAGIC scores need plain SGD (got {opt.name}): the exact reverse pass is implemented for SGD only. Use `name: sgd`.",
-            )
         if opt.momentum:
             raise SpecRuleError(("training", "optimizer", "momentum"), "MAGIC supports SGD without momentum; set `momentum: 0`.")
         if self.model.dtype in ("bfloat16", "float16") or self.training.precision != "fp32":
@@ -99,8 +94,6 @@ class Spec(_Section):
             )
         if len(self.training.lrs) != 1:
             raise SpecRuleError(("training", "lr"), "a MAGIC spec produces one score file: give a single learning rate.")
-        if self.training.max_grad_norm is not None:
-            raise SpecRuleError(("training", "max_grad_norm"), "MAGIC cannot differentiate through gradient clipping; unset `max_grad_norm`.")
         if self.training.dropout:
             raise SpecRuleError(("training", "dropout"), "MAGIC needs a deterministic replay; set `dropout: 0`.")
         if self.parallel is not None and self.parallel.strategy == "fsdp":

@@ -18,7 +18,8 @@ class OptimizerSpec(_Section):
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     """SGD momentum."""
     weight_decay: float = Field(default=0.0, ge=0.0)
-    """Weight decay."""
+    """Weight decay of weight matrices and embeddings; biases and LayerNorm weights are exempt, as in the
+    HF Trainer (adam: L2 added to the gradient; adamw: decoupled, theta *= 1 - lr * weight_decay)."""
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     """Adam betas, each in [0, 1)."""
     eps: float = Field(default=1e-8, gt=0.0)

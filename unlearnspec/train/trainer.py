@@ -11,7 +11,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from trl import SFTConfig, SFTTrainer
@@ -76,13 +76,43 @@ def warmup_steps(training: TrainingSpec, steps: int) -> int:
     return 0
 
 
-def build_optimizer(training: TrainingSpec, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """The spec's optimizer over the trainable parameters (weight decay on all of them)."""
+DECAY_EXEMPT_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+"""transformers.Trainer.get_decay_parameter_names: no weight decay on biases and norm weights."""
+
+
+def decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters the HF Trainer's default optimizer decays (not in a LayerNorm, not a bias/norm)."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return set(get_parameter_names(model, [torch.nn.LayerNorm], list(DECAY_EXEMPT_PATTERNS)))
+
+
+def build_optimizer(
+    training: TrainingSpec, params: torch.nn.Module | Iterable[torch.nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
+    """The spec's optimizer over the trainable parameters, with weight decay grouped as the HF Trainer
+    does: decayed parameters, and an undecayed group of biases and LayerNorm weights.
+
+    Given the model, the groups follow the Trainer's name rule (`decay_parameter_names`); given bare
+    parameters, tensors of dimension < 2 form the undecayed group (for GPT-NeoX, with or without
+    LoRA, the same split; tested). The MAGIC replay reads the groups back from the optimizer.
+    """
     opt = training.optimizer
+    if isinstance(params, torch.nn.Module):
+        decayed_names = decay_parameter_names(params)
+        named = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
+        decayed = [p for n, p in named if n in decayed_names]
+        exempt = [p for n, p in named if n not in decayed_names]
+    else:
+        plist = [p for p in params if p.requires_grad]
+        decayed = [p for p in plist if p.dim() >= 2]
+        exempt = [p for p in plist if p.dim() < 2]
+    groups = [g for g in ({"params": decayed, "weight_decay": opt.weight_decay}, {"params": exempt, "weight_decay": 0.0})
+              if g["params"]]
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum)
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    return cls(groups, lr=lr, betas=opt.betas, eps=opt.eps)
 
 
 def build_scheduler(training: TrainingSpec, optimizer: torch.optim.Optimizer, steps: int) -> Any:

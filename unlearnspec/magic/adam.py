@@ -1,0 +1,148 @@
+"""torch.optim.Adam / AdamW as list-of-tensor functions, and the exact adjoint of one step.
+
+Forward (what `torch.optim.Adam(W)` does per parameter at step count k = k0 + t + 1, foreach=False;
+lr = eta_t, decay lambda per parameter group, c = eta / (1 - b1^k), s = sqrt(1 - b2^k)):
+
+    g'     = g + lambda * theta                  (Adam: L2 folded into the gradient; AdamW: g' = g)
+    theta~ = (1 - eta * lambda) * theta          (AdamW: decoupled decay, before the update; Adam: theta)
+    m'     = m.lerp(g', 1 - b1)                  = b1 m + (1 - b1) g'
+    v'     = b2 v + (1 - b2) g' * g'             (addcmul)
+    u      = sqrt(v') / s + eps                  (eps after the square root)
+    theta' = theta~ - c * m' / u                 (addcdiv)
+
+Reverse. Given the adjoints (theta_bar', m_bar', v_bar') of the step's outputs, the chain rule gives,
+elementwise (r = sqrt(v')):
+
+    M        = m_bar' - c * theta_bar' / u                        total adjoint of m'
+    V        = v_bar' + c * theta_bar' * m' / (2 s u^2 r)         total adjoint of v'
+    g'_bar   = (1 - b1) M + 2 (1 - b2) g' * V                     adjoint of the (folded) gradient
+    m_bar    = b1 M,   v_bar = b2 V                               adjoints of the step's inputs m, v
+    theta_bar = a * theta_bar' + [Adam] lambda * g'_bar + H_t g'_bar,   a = 1 - eta*lambda (AdamW) or 1
+
+and the per-token terms d<grad L_t(theta, w), g'_bar>/dw. H_t g'_bar and those terms come out of ONE
+double backward of <grad L_t, g'_bar> (done by `reverse.py`); this module supplies everything else.
+Unlike SGD, g'_bar depends on the gradient g itself (through m', v'), so the reverse step needs g
+before the double backward (with one micro-batch it reuses the same graph: no extra cost).
+
+The v = 0 trap: r = 0 exactly where v' = 0, i.e. where every gradient so far was 0 (embedding rows of
+tokens never seen): d sqrt(v)/dv is infinite there, and autograd would give 0 * inf = NaN. The exact
+derivative is 0: v' = 0 forces m' = 0 (both are sums of the same zero gradients), theta' does not
+depend on v' along any path that changes g (dv'/dg' = 2(1-b2) g' = 0 and the V-term is O(|g'|)), so
+the V-term is set to 0 where r == 0 (also covering the float case g'^2 underflowing to 0).
+
+Numerics: theta_bar / u and theta_bar * m' / (u^2 r) are ~1/eps where v' is tiny (early steps, rare
+rows), so M and V are large and g'_bar is their near-cancelling difference (at k = 1 it is
+-eta * eps / (|g| + eps)^2 per element): float32 loses most digits there. See `precision_report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+Tensors = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AdamHyper:
+    """The hyperparameters of one Adam/AdamW run that the replay needs (lr comes per step)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decoupled: bool = True
+    """True for AdamW (decay multiplies theta before the update), False for Adam (L2 in the gradient)."""
+
+
+def _bias(hyper: AdamHyper, k: int) -> tuple[float, float]:
+    """(c / lr, s): 1 / (1 - b1^k) and sqrt(1 - b2^k), in the Python float arithmetic torch uses."""
+    b1, b2 = hyper.betas
+    return 1.0 / (1 - b1**k), (1 - b2**k) ** 0.5
+
+
+def fold_decay(grad: Tensors, theta: Tensors, decays: Sequence[float], hyper: AdamHyper) -> Tensors:
+    """g' = g + lambda theta for Adam (new tensors); the gradient itself for AdamW."""
+    if hyper.decoupled or not any(decays):
+        return grad
+    return [g.add(p, alpha=wd) if wd else g for g, p, wd in zip(grad, theta, decays)]
+
+
+def moments(m: Tensors, v: Tensors, g: Tensors, hyper: AdamHyper) -> tuple[Tensors, Tensors]:
+    """(m', v') with torch's ops: m.lerp(g, 1 - b1), v * b2 + (1 - b2) g * g."""
+    b1, b2 = hyper.betas
+    m_new = torch._foreach_lerp(m, g, 1 - b1)
+    v_new = torch._foreach_mul(v, b2)
+    torch._foreach_addcmul_(v_new, g, g, value=1 - b2)
+    return m_new, v_new
+
+
+def denominator(v_new: Tensors, hyper: AdamHyper, k: int) -> Tensors:
+    """u = sqrt(v') / sqrt(1 - b2^k) + eps."""
+    _, s = _bias(hyper, k)
+    u = torch._foreach_sqrt(v_new)
+    torch._foreach_div_(u, s)
+    torch._foreach_add_(u, hyper.eps)
+    return u
+
+
+def adam_step(
+    theta: Tensors, m: Tensors, v: Tensors, grad: Tensors, lr: float, k: int, decays: Sequence[float], hyper: AdamHyper
+) -> tuple[Tensors, Tensors, Tensors]:
+    """One step (new tensors; inputs untouched) at step count k (1 on the first step), as torch does it."""
+    g = fold_decay(grad, theta, decays, hyper)
+    if hyper.decoupled and any(decays):
+        theta = [p.mul(1 - lr * wd) if wd else p for p, wd in zip(theta, decays)]
+    m_new, v_new = moments(m, v, g, hyper)
+    u = denominator(v_new, hyper, k)
+    inv_bc1, _ = _bias(hyper, k)
+    theta_new = torch._foreach_addcdiv(theta, m_new, u, value=-(lr * inv_bc1))
+    return theta_new, m_new, v_new
+
+
+def adam_adjoint(
+    theta: Tensors,
+    m: Tensors,
+    v: Tensors,
+    grad: Tensors,
+    lr: float,
+    k: int,
+    decays: Sequence[float],
+    hyper: AdamHyper,
+    theta_bar: Tensors,
+    m_bar: Tensors,
+    v_bar: Tensors,
+    *,
+    second_moment: bool = True,
+) -> tuple[Tensors, Tensors, Tensors, Tensors]:
+    """(g_bar, theta_bar_partial, m_bar_prev, v_bar_prev) of one step (see the module docstring).
+
+    `grad` is the raw (clipped, if the run clipped) gradient of step t at theta; g_bar is the adjoint
+    of that gradient. theta_bar_partial lacks the H_t g_bar term, which the caller adds.
+    `second_moment=False` drops V (the v-adjoint); it exists only for the mutation test.
+    """
+    b1, b2 = hyper.betas
+    g = fold_decay(grad, theta, decays, hyper)
+    m_new, v_new = moments(m, v, g, hyper)
+    u = denominator(v_new, hyper, k)
+    inv_bc1, s = _bias(hyper, k)
+    c = lr * inv_bc1
+    t_over_u = torch._foreach_div(theta_bar, u)
+    big_m = torch._foreach_add(m_bar, t_over_u, alpha=-c)  # M = m_bar' - c theta_bar' / u
+    if second_moment:
+        # V = v_bar' + c theta_bar' m' / (2 s u^2 r), exactly 0 where r = sqrt(v') = 0
+        r = torch._foreach_sqrt(v_new)
+        big_v = []
+        for tu, mn, uu, rr, vb in zip(t_over_u, m_new, u, r, v_bar):
+            positive = rr > 0
+            term = tu * mn / (uu * torch.where(positive, rr, torch.ones_like(rr)))
+            big_v.append(torch.where(positive, term, torch.zeros_like(term)).mul_(c / (2 * s)).add_(vb))
+    else:
+        big_v = list(v_bar)
+    g_bar = torch._foreach_mul(big_m, 1 - b1)
+    torch._foreach_add_(g_bar, torch._foreach_mul(torch._foreach_mul(g, big_v), 2 * (1 - b2)))
+    if hyper.decoupled:
+        theta_part = [tb.mul(1 - lr * wd) if wd else tb.clone() for tb, wd in zip(theta_bar, decays)]
+    else:
+        theta_part = [tb.add(gb, alpha=wd) if wd else tb.clone() for tb, gb, wd in zip(theta_bar, g_bar, decays)]
+    return g_bar, theta_part, torch._foreach_mul(big_m, b1), torch._foreach_mul(big_v, b2)
