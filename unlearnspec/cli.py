@@ -3,14 +3,25 @@ inside the commands that need them, so `validate`, `schema`, `show` and `--help`
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar
+from typing import List, Optional
 
 import typer
 
+from unlearnspec.cli_support import (  # noqa: F401 - render_problems: re-exported for tests
+    ClusterOption,
+    ProfileOption,
+    SetOption,
+    ToyOption,
+    _console,
+    output_folder,
+    render_problems,
+    resolve_profile,
+    user_errors,
+)
+from unlearnspec.cli_toy import toy_app
 from unlearnspec.errors import Problem, UserError
 
 app = typer.Typer(
@@ -22,86 +33,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-F = TypeVar("F", bound=Callable[..., object])
-
-SetOption = typer.Option(None, "--set", help="Override a field before validation, e.g. --set training.lr=1e-5 (repeatable).")
-ToyOption = typer.Option(False, "--toy", help="Map the spec onto the embedded toy world (specs/profiles/toy.yaml).")
-ProfileOption = typer.Option(None, "--profile", help="Map the spec through this profile file instead of the toy profile.")
-ClusterOption = typer.Option(None, "--cluster", help="Site file with the SLURM resources per job kind (see specs/profiles/slurm_example.yaml); default: the profile's `slurm:` section.")
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # Tables are wide: when output goes to a file or CI log, don't squeeze them into 80 columns.
-    width = None if stream.isatty() else 200
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
-
-
-def render_problems(problems: list[Problem], title: str = "error") -> None:
-    from rich.markup import escape
-
-    console = _console(stderr=True)
-    for p in problems:
-        where = f"{p.file}:{p.line}" if p.line else p.file
-        field = f" [bold]{escape(p.loc)}[/bold]:" if p.loc else ""
-        console.print(f"[red]{title}[/red] [cyan]{escape(where)}[/cyan]{field} {escape(p.message)}")
-
-
-def filesystem_problem(exc: OSError) -> Optional[Problem]:
-    """An OSError about a path the user chose (an --out that is a file, a folder without write
-    permission, UNLEARNSPEC_CACHE below a file, /proc/...) as one Problem naming the path; None
-    for errors without a path (a closed pipe), which stay real errors."""
-    if exc.filename is None:
-        return None
-    names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-    why = exc.strerror or type(exc).__name__
-    return Problem(names, "", f"{why}. Check this path: a file may stand where a folder is needed (or the reverse), or a folder may not be writable.")
-
-
-def user_errors(fn: F) -> F:
-    """Render UserError, and OSError about a named path, as short messages and exit 2 instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            render_problems(exc.problems)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            problem = filesystem_problem(exc)
-            if problem is None:
-                raise
-            render_problems([problem])
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def output_folder(path: Optional[Path], option: str) -> Optional[Path]:
-    """Refuse an output folder option up front (before minutes of work) when it, or the nearest
-    existing folder above it, is not a folder."""
-    if path is None:
-        return None
-    existing = next((p for p in [path, *path.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        what = "is a file" if existing == path else f"lies below the file {existing}"
-        raise UserError.one(option, f"{path} {what}; give a folder (it is created if missing).")
-    return path
-
-
-def resolve_profile(toy: bool, profile: Optional[Path]) -> Optional[Path]:
-    if toy and profile is not None:
-        raise UserError.one("--profile", "give either --toy or --profile, not both.")
-    if profile is not None:
-        return profile
-    if toy:
-        from unlearnspec.spec.profile import default_toy_profile
-
-        return default_toy_profile()
-    return None
+app.add_typer(toy_app, name="toy")
 
 
 @app.command()
@@ -344,51 +276,6 @@ def plan(
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
     options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device)
     raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json"))
-
-
-toy_app = typer.Typer(help="The embedded offline toy world: tiny model, corpora and cloze tasks.", no_args_is_help=True)
-app.add_typer(toy_app, name="toy")
-WorldOption = typer.Option(None, "--config", help="Toy world file (default: specs/profiles/toy_world.yaml).")
-
-
-@toy_app.command("build")
-@user_errors
-def toy_build(
-    force: bool = typer.Option(False, "--force", help="Rebuild even when the cache holds this world."),
-    config: Optional[Path] = WorldOption,
-) -> None:
-    """Build (or find) the cached toy world and print where it is and its baseline accuracy.
-
-    Example: [bold]UNLEARNSPEC_CACHE=.cache/unlearnspec unlearnspec toy build --force[/bold]
-    """
-    from unlearnspec.toy.build import ensure_toy_world
-
-    console = _console()
-    world = ensure_toy_world(config, force=force, log=lambda msg: console.print(msg))
-    info = world.info
-    console.print(f"[green]toy world[/green] {world.root}  (built in {info['build_seconds']}s)")
-    console.print(f"model     {world.model_dir}\ntasks     {world.task_dir}")
-    for task, m in info["baseline"].items():
-        console.print(f"baseline  {task}: acc {m['acc']:.4f} ± {m['acc_stderr']:.4f}, acc_norm {m['acc_norm']:.4f} (n={m['n']})")
-
-
-@toy_app.command("write-tasks")
-@user_errors
-def toy_write_tasks(
-    out: Path = typer.Option(Path("plugins/toy"), "--out", help="Task folder to (over)write."),
-    config: Optional[Path] = WorldOption,
-) -> None:
-    """Regenerate the toy lm-eval task folder (YAML, loader, JSONL docs) from the world file.
-
-    Example: [bold]unlearnspec toy write-tasks[/bold]  (then commit plugins/toy)
-    """
-    output_folder(out, "--out")
-    from unlearnspec.toy.build import load_config
-    from unlearnspec.toy.taskfiles import write_task_folder
-    from unlearnspec.toy.world import generate_world
-
-    for path in write_task_folder(generate_world(load_config(config)), out):
-        _console().print(f"wrote {path}")
 
 
 def main() -> None:
