@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -68,42 +68,28 @@ def sync(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- 1. toy exp7 point
 def toy_point(device: torch.device, dry: bool) -> dict[str, float]:
-    """Train and evaluate the first sweep point of exp7 on the toy world on `device`; task -> acc."""
-    from unlearnspec.data import build_grid, load_texts
-    from unlearnspec.evaluation import evaluate_model
-    from unlearnspec.scores import token_weights
-    from unlearnspec.spec import load_spec
+    """Train and evaluate the first sweep point of exp7 on the toy world on `device`, through the tool's
+    own plan and recipe (the job `unlearnspec run` would run); task -> acc."""
+    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.recipe import run_job
+    from unlearnspec.run.study import RunOptions, make_context
     from unlearnspec.spec.profile import default_toy_profile
-    from unlearnspec.toy.build import ensure_toy_world
-    from unlearnspec.train.modeling import load_model, load_tokenizer, tokenizer_id
-    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
 
-    spec_path = REPO / "specs" / "exp7_all_tokens.yaml"
-    overrides = ["training.max_steps=2"] if dry else []
-    spec = load_spec(spec_path, overrides=overrides, profile=default_toy_profile())
-    world = ensure_toy_world()
-    tokenizer = load_tokenizer(spec.model, toy=world)
-    texts, rows = load_texts(spec.data, spec_path, tokenizer, toy=world)
-    grid = build_grid(texts, tokenizer, spec.data.max_seq_len, tokenizer_id(spec.model, toy=world), spec.data.append_eos, rows)
-    weights = token_weights(spec.tokens, {}, grid.labels)
-    lr = spec.training.lrs[0]
-    torch.manual_seed(spec.training.seed)
-    model = load_model(spec.model, dropout=spec.training.dropout, toy=world, device=device)
+    lr = ["training.lr=[1.0e-4]"]
+    overrides = lr + (["training.max_steps=2", "eval.tasks.0.limit=16", "eval.tasks.1.limit=16"] if dry else [])
     with tempfile.TemporaryDirectory() as tmp:
-        args = sft_config(spec.training, lr, Path(tmp), grid.input_ids.shape[0], parallel=spec.parallel, device=device)
-        trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=grid_dataset(grid, weights),
-                                     processing_class=tokenizer, normalizer=spec.loss.normalizer, training=spec.training)
-        trainer.train()
-    assert spec.eval is not None
-    eval_spec = spec.eval
-    if dry:
-        eval_spec = eval_spec.model_copy(update={"tasks": [t.model_copy(update={"limit": 16}) for t in eval_spec.tasks]})
-    trained = trainer.model
-    if next(trained.parameters()).device.type != device.type:
-        raise AssertionError(f"the Trainer put the model on {next(trained.parameters()).device}, not {device}")
-    result = evaluate_model(trained, tokenizer, eval_spec, [REPO / "plugins", Path(world.task_dir)])
-    return {task: float(m.acc) for task, m in result.metrics.items()} | {
-        f"{task}.n": float(m.n) for task, m in result.metrics.items()}
+        options = RunOptions(profile=default_toy_profile(), overrides=overrides, out=Path(tmp) / "out", device=str(device))
+        ctx = make_context(options, say=lambda _m: None)
+        plan = build_plan([REPO / "specs" / "exp7_all_tokens.yaml"], profile=options.profile, overrides=tuple(overrides),
+                          out=options.out, assets=ctx.assets, device=device.type, cache_root=Path(tmp) / "cache")
+        job = next(j for j in plan.jobs if j.kind == "point")
+        work = Path(tmp) / "work"
+        work.mkdir()
+        record = run_job(job, ctx, work)
+    if record.status != "ok":
+        raise AssertionError(f"the toy point failed on {device}: {record.reason}")
+    return {task: float(m.acc) for task, m in record.metrics.items()} | {
+        f"{task}.n": float(m.n) for task, m in record.metrics.items()}
 
 
 def check_toy(device: torch.device, dry: bool) -> str:

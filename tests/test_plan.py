@@ -28,7 +28,8 @@ def test_whole_study_plan_orders_producers_first_and_shares_baselines():
         for dep in job.after:
             assert ids.index(dep) < i, f"{job.id} runs before {dep}"
     kinds = {k: sum(j.kind == k for j in plan.jobs) for k in ("score", "baseline", "point")}
-    assert kinds["score"] == len(list((SPECS / "magic").glob("*.yaml"))) + 2  # + the two in specs/fixed
+    score_specs = [p for p in SPECS.rglob("*.yaml") if "profiles" not in p.parts and "magic:" in p.read_text()]
+    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 4  # + specs/fixed*
     points = sum(len(r.spec.training.lrs) for r in plan.specs if not r.is_score)
     assert kinds["point"] == points
     # exp1-7 and the fixed pair evaluate the same toy model with the same tasks: one baseline job

@@ -55,16 +55,17 @@ def evaluate_toy() -> dict[str, float]:
     from unlearnspec.evaluation import evaluate_model
     from unlearnspec.spec import load_spec
     from unlearnspec.spec.profile import default_toy_profile
-    from unlearnspec.toy.build import ensure_toy_world
+    from unlearnspec.assets import Assets
     from unlearnspec.train.modeling import load_model, load_tokenizer
 
     repo = Path(__file__).resolve().parents[2]
     spec = load_spec(repo / "specs" / "exp7_all_tokens.yaml", profile=default_toy_profile())
-    world = ensure_toy_world()
+    assets = Assets()
+
     assert spec.eval is not None
     eval_spec = spec.eval.model_copy(update={"tasks": [t.model_copy(update={"limit": 24}) for t in spec.eval.tasks]})
-    model = load_model(spec.model, toy=world, device=torch.device("cpu"))
-    result = evaluate_model(model, load_tokenizer(spec.model, toy=world), eval_spec, [repo / "plugins", Path(world.task_dir)])
+    model = load_model(spec.model, assets, device="cpu")
+    result = evaluate_model(model, load_tokenizer(spec.model, assets), eval_spec, assets.include_paths(repo / "specs" / "x.yaml", toy=True))
     return {task: m.acc for task, m in result.metrics.items()}
 
 
