@@ -243,11 +243,15 @@ def run(
 
     output_folder(out, "--out")
     output_folder(reports_dir, "--reports-dir")
+    resolved_profile = resolve_profile(toy, profile)
+    from unlearnspec.numerics import pin_for_profile
+
+    pin_for_profile(resolved_profile)  # before torch is imported: ATen and MKL read their pins once
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from unlearnspec.run.study import run_study
 
-    code = run_study(paths, overrides=set_ or [], profile=resolve_profile(toy, profile), out=out,
+    code = run_study(paths, overrides=set_ or [], profile=resolved_profile, out=out,
                      retry_failed=retry_failed, auto_produce=toy, report=report, reports_dir=reports_dir,
                      console=_console())
     raise typer.Exit(code)
@@ -268,6 +272,9 @@ def toy_build(
 
     Example: [bold]UNLEARNSPEC_CACHE=.cache/unlearnspec unlearnspec toy build --force[/bold]
     """
+    from unlearnspec.numerics import pin_for_world
+
+    pin_for_world(config)  # before torch is imported: ATen and MKL read their pins once
     from unlearnspec.toy.build import ensure_toy_world
 
     console = _console()
