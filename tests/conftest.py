@@ -10,6 +10,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# The toy world pins CPU numerics (specs/profiles/toy_world.yaml `numerics`); ATen and MKL read the
+# pins at torch's first operation, so they are set here, before any test module imports torch.
+from unlearnspec.numerics import pin_for_world  # noqa: E402
+
+pin_for_world()
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -271,3 +271,9 @@ def test_profiles_and_world_files_are_strict_too(tmp_path):
         load_world_config(world)
     text = str(err.value)
     assert "seed" in text and "pretrain.lr" in text and "pretrain.batch_size" in text
+
+
+@pytest.mark.parametrize("key", ["a.²", "training.lr.٣", "x.0.y", "training.lr.5", "=", ".", "a..b"])
+def test_override_paths_never_crash(key):
+    with pytest.raises(UserError):
+        load_spec(EXP7, overrides=[f"{key}=1"], check_refs=False)

@@ -199,6 +199,9 @@ def run(
 
     output_folder(out, "--out")
     output_folder(reports_dir, "--reports-dir")
+    from unlearnspec.numerics import pin_for_profile
+
+    pin_for_profile(resolve_profile(toy, profile))  # before torch is imported: ATen and MKL read their pins once
     if nproc > 1 and executor == "local" and not dry_run and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -23,6 +23,9 @@ def toy_build(
 
     Example: [bold]UNLEARNSPEC_CACHE=.cache/unlearnspec unlearnspec toy build --force[/bold]
     """
+    from unlearnspec.numerics import pin_for_world
+
+    pin_for_world(config)  # before torch is imported: ATen and MKL read their pins once
     from unlearnspec.toy.build import ensure_toy_world
 
     console = _console()

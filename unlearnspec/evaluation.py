@@ -55,14 +55,19 @@ class EvalResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "EvalResult":
-        return cls(
-            metrics={k: TaskMetrics.model_validate(v) for k, v in data["metrics"].items()},
-            samples={k: [int(x) for x in v] for k, v in data["samples"].items()},
-            metric=data["metric"],
-            subtasks=dict(data.get("subtasks", {})),
-            num_fewshot=dict(data.get("num_fewshot", {})),
-        )
+    def from_json(cls, data: Any, source: str = "eval.json") -> "EvalResult":
+        """Rebuild from `to_json` output; a damaged file (wrong types, missing keys, NaN
+        accuracy) is a UserError naming `source`, so a cache can treat it as a miss."""
+        try:
+            return cls(
+                metrics={str(k): TaskMetrics.model_validate(v) for k, v in data["metrics"].items()},
+                samples={str(k): [int(x) for x in v] for k, v in data["samples"].items()},
+                metric=str(data["metric"]),
+                subtasks=dict(data.get("subtasks", {})),
+                num_fewshot=dict(data.get("num_fewshot", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # ValidationError is a ValueError
+            raise UserError.one(source, f"not a valid evaluation record ({first_line(exc, 120)}). Delete it to re-evaluate.") from None
 
 
 # --------------------------------------------------------------------------- task lookup

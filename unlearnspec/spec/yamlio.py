@@ -190,7 +190,8 @@ def apply_overrides(data: Any, overrides: Iterable[str]) -> Any:
             problems.append(Problem("--set", item, "an override must look like `section.field=value`, e.g. `training.lr=1e-5`."))
             continue
         value, _ = parse_yaml(raw, f"--set {key}") if raw.strip() else (None, None)
-        parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
+        parts: list[Any] = [int(p) if p.isascii() and p.isdigit() else p for p in key.strip().split(".")]
         if not isinstance(data, dict):
             problems.append(Problem("--set", key, "the spec is not a mapping; fix the file first."))
             continue

@@ -97,6 +97,9 @@ def load_config(config_path: Optional[Path]) -> WorldConfig:
 def ensure_toy_world(config_path: Optional[Path] = None, *, force: bool = False, log: Optional[Log] = None) -> ToyWorld:
     """The toy world of `config_path` (default specs/profiles/toy_world.yaml), built on first use."""
     cfg = load_config(config_path)
+    from unlearnspec import numerics
+
+    numerics.apply(cfg.numerics, str(config_path or DEFAULT_CONFIG))  # before any tensor work of a build or run
     root = cache_root() / "toy_world" / world_key(cfg)
     if force or not (root / INFO_FILE).is_file():
         _build_atomically(cfg, root, log or (lambda _msg: None))
@@ -127,6 +130,7 @@ def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
     write_world_data(world, dest)
     log(f"generated {len(world.facts)} facts, corpora and tasks in {time.perf_counter() - start:.1f}s")
 
+    from unlearnspec import numerics
     from unlearnspec.toy.pretrain import pretrain, train_tokenizer
 
     tokenizer = train_tokenizer((row_text(r) for rows in world.corpora.values() for r in rows), cfg.model)
@@ -145,6 +149,7 @@ def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
         "build_seconds": round(time.perf_counter() - start, 1),
         "pretrain_seconds": round(train_s, 1),
         "baseline": baseline,
+        "numerics": numerics.active(),
     }
     (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info

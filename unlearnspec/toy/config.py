@@ -7,7 +7,7 @@ cache key of a built world is a hash of this model plus the generator version.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
@@ -145,6 +145,32 @@ class PretrainConfig(_Section):
         return self
 
 
+class NumericsConfig(_Section):
+    """CPU numerics of everything computed on the toy world: pretraining, training, MAGIC, evaluation.
+
+    The low bits of a CPU run depend on which SIMD code path each library picks for the machine, and
+    toy results (selected tokens, accuracies) amplify them. Measured (README, Reproducibility): three
+    dispatchers decide, ATen's kernels, MKL's GEMM and oneDNN; pinning all three to their portable
+    paths gave bitwise-identical pretraining, training and logits under simulated AVX2/AVX512/SSE
+    machines. `native` everywhere is faster but machine-dependent in the last bits."""
+
+    aten_kernels: Literal["default", "native"] = "default"
+    """ATen's vectorised kernels (env ATEN_CPU_CAPABILITY, read at torch's first operation in a
+    process): `default` = the build without AVX, the same bits on every x86-64 CPU; `native` = AVX2
+    or AVX512 as the CPU allows."""
+    mkl_cbwr: Literal["COMPATIBLE", "AVX2", "native"] = "COMPATIBLE"
+    """MKL's conditional numerical reproducibility branch (env MKL_CBWR, read at MKL's first call):
+    `COMPATIBLE` = one code path on every x86-64 CPU; `AVX2` = about twice as fast (measured on the
+    toy model's training steps), the same bits on CPUs with AVX2 (x86-64 since about 2013-2015);
+    `native` = MKL's per-CPU choice."""
+    onednn: bool = False
+    """Use oneDNN kernels (torch.backends.mkldnn); they pick their ISA per machine, so off for identical bits."""
+    threads: Optional[int] = Field(default=1, gt=0, le=1024)
+    """torch CPU threads of every computation on this world (reductions split by thread; MKL's
+    reproducibility holds for a fixed count). Set after the profile's `threads`, so it wins; unset:
+    leave the count alone."""
+
+
 class WorldConfig(_Section):
     """The embedded toy world: generator seed, sizes, fact frequencies, model shape, pretraining."""
 
@@ -162,6 +188,8 @@ class WorldConfig(_Section):
     """Tiny model and tokenizer."""
     pretrain: PretrainConfig = PretrainConfig()
     """Pretraining."""
+    numerics: NumericsConfig = NumericsConfig()
+    """CPU numerics pins of every computation on this world (part of the cache key)."""
 
 
 def load_world_config(path: str | Path) -> WorldConfig:
