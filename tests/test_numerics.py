@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ from unlearnspec.errors import UserError
 from unlearnspec.toy.config import NumericsConfig, WorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
+PINNED = NumericsConfig(aten_kernels="default", mkl_cbwr="COMPATIBLE", onednn=False, threads=1)
+"""The settings that give the same bits on every x86-64 CPU (README: Reproducibility)."""
 
 PROBE = r"""
 import hashlib, json, os, sys
@@ -80,32 +83,40 @@ def test_apply_refuses_when_torch_already_runs_other_kernels(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     with pytest.raises(UserError, match="before starting Python"):
-        numerics.apply(NumericsConfig(), "toy_world.yaml")
+        numerics.apply(PINNED, "toy_world.yaml")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("MKL_CBWR", raising=False)
     numerics.apply(NumericsConfig(aten_kernels="native", mkl_cbwr="native", onednn=True, threads=2), "toy_world.yaml")
     assert torch.backends.mkldnn.enabled and torch.get_num_threads() == 2
-    monkeypatch.undo()
-    active = numerics.apply(NumericsConfig(), "toy_world.yaml")  # this session is pinned by conftest
-    assert active["aten_kernels"] == "DEFAULT" and active["onednn"] == "off" and active["threads"] == "1"
-    assert os.environ["MKL_CBWR"] == "COMPATIBLE"
+    numerics.apply(NumericsConfig(), "toy_world.yaml")  # the shipped (native) settings
+    assert torch.get_num_threads() == 1
 
 
-def test_numerics_are_part_of_the_world_key_and_shipped_pinned():
+def test_numerics_are_part_of_the_world_key_and_shipped_native():
     from unlearnspec.toy.build import load_config, world_key
 
     shipped = load_config(None)
-    assert shipped.numerics == NumericsConfig(aten_kernels="default", mkl_cbwr="COMPATIBLE", onednn=False, threads=1)
-    native = WorldConfig.model_validate({**shipped.model_dump(), "numerics": {"aten_kernels": "native", "mkl_cbwr": "native", "onednn": True}})
-    assert world_key(native) != world_key(shipped)
+    assert shipped.numerics == NumericsConfig(aten_kernels="native", mkl_cbwr="native", onednn=True, threads=1)
+    pinned = WorldConfig.model_validate({**shipped.model_dump(), "numerics": PINNED.model_dump()})
+    assert world_key(pinned) != world_key(shipped)
 
 
 def test_cli_pins_before_torch_is_imported(tmp_path):
-    """`run --toy` and `toy build` set the pins before importing torch (checked in a fresh process)."""
+    """`run --profile` and `toy build` set a pinned world's pins before importing torch (fresh process)."""
+    import yaml
+
+    from unlearnspec.spec.profile import default_toy_profile
+
+    profile = default_toy_profile()
+    shutil.copy(profile, tmp_path / "toy.yaml")
+    world = yaml.safe_load((profile.parent / "toy_world.yaml").read_text())
+    world["numerics"] = PINNED.model_dump()
+    (tmp_path / "toy_world.yaml").write_text(yaml.safe_dump(world))
     code = (
         "import os, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from unlearnspec.numerics import pin_for_profile\n"
-        "from unlearnspec.spec.profile import default_toy_profile\n"
-        "pin_for_profile(default_toy_profile())\n"
+        f"pin_for_profile({str(tmp_path / 'toy.yaml')!r})\n"
         "assert 'torch' not in sys.modules\n"
         "print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['MKL_CBWR'])\n"
     )

@@ -29,10 +29,13 @@ def pin_environment(numerics: Any) -> None:
 def pin_for_world(config_path: Optional[os.PathLike] = None) -> None:
     """Pin the environment for the toy world of `config_path` (default world); a broken world file
     is left for the command itself to report."""
-    from unlearnspec.toy.build import load_config
+    from pathlib import Path
 
+    from unlearnspec.toy.config import load_world_config
+
+    path = Path(config_path) if config_path is not None else Path(__file__).resolve().parent / "profiles" / "toy_world.yaml"
     try:
-        pin_environment(load_config(config_path).numerics)
+        pin_environment(load_world_config(path).numerics)
     except UserError:
         pass
 
