@@ -6,6 +6,7 @@ tests proving their power), across checkpoint schedules, storage and micro-batch
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -270,3 +271,27 @@ def test_clipping_matches_oracle_and_finite_differences(name: str, monkeypatch) 
     errors = fd_errors(setup, {"exact": exact, "no_clip_adjoint": mutated})
     assert errors["exact"] <= 1e-6, errors
     assert errors["no_clip_adjoint"] > 1e-3, f"mutation not detected: {errors}"
+
+
+# --------------------------------------------------------------------------- rounding diagnostics
+def test_rounding_diagnostics_and_warning(monkeypatch) -> None:
+    """SGD's adjoint gain is exactly its largest lr; Adam's counts only coordinates a gradient reached
+    (never-seen rows carry g_bar ~ lr/eps but touch nothing); above the threshold magic_scores warns."""
+    from unlearnspec.magic import reverse
+
+    from .test_magic import Setup
+
+    sgd = Setup(steps=4)
+    stats = ReplayStats()
+    sgd.scores("all", stats=stats)
+    assert stats.adjoint_gain == pytest.approx(max(s.lr for s in sgd.plan), rel=1e-12)
+    assert stats.adjoint_growth >= 1.0 and stats.unit_roundoff == 2.0**-53
+    setup = AdamSetup("adamw")
+    stats = ReplayStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float64: no warning
+        setup.scores("all", stats=stats)
+    assert 0 < stats.adjoint_gain < 1e3 < LR / setup.config.eps  # untouched rows are left out
+    monkeypatch.setattr(reverse, "ROUNDING_RISK_WARN", stats.rounding_risk / 2)
+    with pytest.warns(UserWarning, match="Raise training.optimizer.eps"):
+        setup.scores("all")

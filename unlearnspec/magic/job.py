@@ -1,5 +1,5 @@
-"""Run a MAGIC score spec: train with plain SGD under MagicCallback, run the exact reverse pass, and
-write per_token_scores.pt + per_example_scores.pt + scores.json into the spec's output dir."""
+"""Run a MAGIC score spec: train (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass,
+and write per_token_scores.pt + per_example_scores.pt + scores.json into the spec's output dir."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, 
 
     from unlearnspec.run.runner import prepare, toy_world, train_point
 
-    from unlearnspec.magic import magic_scores, write_scores
+    from unlearnspec.magic import ReplayStats, magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.train.modeling import model_id
     from unlearnspec.magic.query import build_query
@@ -86,14 +86,18 @@ def _produce(spec: Spec, spec_path: Path, options: Any, out: Path, digest: str, 
                 options.progress.update(task, completed=done, total=total)
 
         start = time.perf_counter()
-        scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress)
+        stats = ReplayStats()
+        scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats)
         reverse_seconds = time.perf_counter() - start
         if task is not None:
             options.progress.remove_task(task)
         write_scores(out, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
                      dtype=spec.model.dtype, lr=lr,
                      extra={"spec": spec.name, "spec_hash": digest, "model": model_id(spec.model, toy=world),
-                            "train_seconds": round(train_seconds, 3), "reverse_seconds": round(reverse_seconds, 3)})
+                            "train_seconds": round(train_seconds, 3), "reverse_seconds": round(reverse_seconds, 3),
+                            "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,
+                                             "rounding_risk": stats.rounding_risk,
+                                             "peak_state_copies": stats.peak_state_copies}})
     finally:
         shutil.rmtree(states, ignore_errors=True)
         shutil.rmtree(out / "trainer", ignore_errors=True)

@@ -10,6 +10,7 @@ g_bar = -lr_t v_{t+1}, v_t = v_{t+1} - lr_t (H_t v_{t+1} + lambda v_{t+1}).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, Union
@@ -44,6 +45,30 @@ class ReplayStats:
     """Most parameter-sized tensors of states held in RAM at once (kept states in a RAM store plus
     recomputed/loaded ones; an Adam state is three: theta, m, v)."""
     seconds: float = 0.0
+    adjoint_gain: float = 0.0
+    """max over steps of ||g_bar_t|| / ||theta_bar_{t+1}|| on coordinates some gradient reached (Adam:
+    v' > 0): lr for SGD; for Adam ~ lr / (sqrt(v_hat) + eps) of the coordinates that dominate, up to
+    lr / eps where tiny second moments do."""
+    adjoint_growth: float = 0.0
+    """max over steps of ||theta_bar_t|| / ||grad Q(theta_T)||: how much the backward recursion grows the
+    parameter adjoint (about 1 when the run is close to linear; it blows up when H_t g_bar feeds the
+    huge g_bar of tiny-second-moment coordinates back into theta_bar)."""
+    unit_roundoff: float = 0.0
+    """Unit roundoff of the compute dtype (2^-24 for float32, 2^-53 for float64)."""
+    _first_theta_bar: float = 0.0
+
+    @property
+    def rounding_risk(self) -> float:
+        """A heuristic: unit roundoff x adjoint_gain x adjoint_growth. Calibrated by
+        benchmarks/magic_adam_precision.py: float32-vs-float64 score gaps were <= 1e-2 where it was
+        <= 1.2e-5 (toy AdamW at lr 5e-5 and 5e-4, eps 1e-8; lr 2e-3 at eps 1e-5; the tiny test model at
+        any lr/eps tried) and 0.75 where it was 7.7e-4 (toy AdamW lr 2e-3, eps 1e-8: the adjoint grew
+        x28). `magic_scores` warns above ROUNDING_RISK_WARN."""
+        return self.unit_roundoff * self.adjoint_gain * max(self.adjoint_growth, 1.0)
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2.0)), 2.0)
 
 
 def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -158,6 +183,15 @@ class _Replay:
         loss = self._loss(params, rows, denom, weights)
         return weights, torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
 
+    def _track_gain(self, g_bar: list[torch.Tensor], theta_bar: list[torch.Tensor]) -> None:
+        top, bottom = float(_norm(g_bar)), float(_norm(theta_bar))
+        st = self.stats
+        if not st._first_theta_bar:
+            st._first_theta_bar = bottom
+        if bottom > 0:
+            st.adjoint_gain = max(st.adjoint_gain, top / bottom)
+            st.adjoint_growth = max(st.adjoint_growth, bottom / st._first_theta_bar)
+
     def reverse_step(self, state: State, adjoint: State, t: int, scores: torch.Tensor) -> None:
         """Add step t's per-token terms to `scores` and turn the adjoint of state t+1 into that of state t
         (in place). One double backward per micro-batch gives H_t g_bar and d<grad L_t, g_bar>/dw."""
@@ -178,6 +212,7 @@ class _Replay:
             g_bar, new_adjoint = self.rule.adjoint(theta, opt_state, clipped, t, step.lr, adjoint)
             if grad is not None:
                 g_bar = clip_adjoint(grad, g_bar, self.max_grad_norm)
+            self._track_gain(getattr(self.rule, "touched", None) or g_bar, adjoint[0])
         hv: list[torch.Tensor] | None = None
         for rows in step.micro_batches:
             weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype)
@@ -247,6 +282,7 @@ def magic_scores(
     Adam's v-adjoint; both exist for the mutation tests.
     """
     stats = stats if stats is not None else ReplayStats()
+    stats._first_theta_bar = 0.0
     started = time.perf_counter()
     check_model_replayable(model, trajectory.param_names)
     n, s = grid.labels.shape
@@ -266,6 +302,7 @@ def magic_scores(
         del theta_final
         replay.unload(total)
         scores = torch.zeros(n, s, dtype=compute_dtype, device=device)
+        stats.unit_roundoff = torch.finfo(compute_dtype).eps / 2
         bounds = kept + [total]
         done = 0
         for j in range(len(kept) - 1, -1, -1):
@@ -281,4 +318,21 @@ def magic_scores(
             if progress is not None:
                 progress(done, total)
     stats.seconds = time.perf_counter() - started
+    if stats.rounding_risk > ROUNDING_RISK_WARN:
+        warnings.warn(rounding_warning(stats, trajectory), stacklevel=2)
     return scores if dtype is None else scores.to(dtype)
+
+
+ROUNDING_RISK_WARN = 1e-4
+"""Warn above this `ReplayStats.rounding_risk` (measured: gaps <= 1e-2 at risk <= 1.2e-5, 0.75 at 7.7e-4)."""
+
+
+def rounding_warning(stats: ReplayStats, trajectory: Trajectory) -> str:
+    opt = trajectory.optimizer
+    hint = (f"raise training.optimizer.eps (now {opt.eps:g}) or lower the lr, or compute in float64 (model.dtype)"
+            if opt.name != "sgd" else "compute in float64 (model.dtype) or lower the lr")
+    return (f"MAGIC: the reverse pass amplifies rounding (adjoint gain {stats.adjoint_gain:.3g}, growth "
+            f"x{stats.adjoint_growth:.3g}; rounding risk {stats.rounding_risk:.2g} > {ROUNDING_RISK_WARN:g}): where "
+            f"Adam's second moments are small, 1/(sqrt(v)+eps) gives huge effective steps and the metagradient is "
+            f"ill-conditioned; float32 scores in such a regime were off by 75% on the toy world. {hint[0].upper() + hint[1:]}; "
+            "measure the float32-vs-float64 gap with benchmarks/magic_adam_precision.py.")
