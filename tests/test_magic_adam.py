@@ -295,3 +295,18 @@ def test_rounding_diagnostics_and_warning(monkeypatch) -> None:
     monkeypatch.setattr(reverse, "ROUNDING_RISK_WARN", stats.rounding_risk / 2)
     with pytest.warns(UserWarning, match="Raise training.optimizer.eps"):
         setup.scores("all")
+
+
+def test_sidecar_names_the_adam_regime(tmp_path) -> None:
+    import json
+
+    from unlearnspec.magic import write_scores
+
+    setup = AdamSetup("adamw", steps=3, max_grad_norm=1.0)
+    trajectory = setup.record("sqrt")
+    scores = magic_scores(setup.model, setup.grid, trajectory, setup.query)
+    paths = write_scores(tmp_path, scores, trajectory, fingerprint="f", query={"task": "t", "loss": "answer_continuation", "n_questions": 3},
+                         dtype="float64")
+    meta = json.loads(paths["sidecar"].read_text())["optimizer"]
+    assert meta["name"] == "adamw" and meta["betas"] == [0.9, 0.999] and meta["eps"] == 1e-8 and meta["max_grad_norm"] == 1.0
+    assert meta["weight_decay"]["values"] == [0.0, 0.1] and "momentum" not in meta
