@@ -310,3 +310,27 @@ def test_sidecar_names_the_adam_regime(tmp_path) -> None:
     meta = json.loads(paths["sidecar"].read_text())["optimizer"]
     assert meta["name"] == "adamw" and meta["betas"] == [0.9, 0.999] and meta["eps"] == 1e-8 and meta["max_grad_norm"] == 1.0
     assert meta["weight_decay"]["values"] == [0.0, 0.1] and "momentum" not in meta
+
+
+@pytest.mark.slow
+def test_fixed_adamw_score_spec_runs_on_the_toy_world(toy_world, tmp_path) -> None:
+    """`unlearnspec run specs/fixed_adamw/magic_wmdp.yaml --toy`: AdamW + cosine + warmup + clipping end to end."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]))
+    out = tmp_path / "scores"
+    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "run", "specs/fixed_adamw/magic_wmdp.yaml", "--toy", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    side = json.loads((out / "scores.json").read_text())
+    assert side["optimizer"]["name"] == "adamw" and side["optimizer"]["max_grad_norm"] == 1.0
+    assert side["lr_schedule"]["first"] == 0.0 and side["steps"] == 31 and side["checkpoints"] == "sqrt"
+    assert 0 < side["reverse_pass"]["rounding_risk"] < 1e-4  # below the warning threshold in this regime
+    scores = torch.load(out / "per_token_scores.pt", weights_only=True)
+    assert scores.shape == (250, 64) and torch.isfinite(scores).all() and scores.abs().max() > 0
