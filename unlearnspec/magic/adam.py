@@ -31,8 +31,10 @@ depend on v' along any path that changes g (dv'/dg' = 2(1-b2) g' = 0 and the V-t
 the V-term is set to 0 where r == 0 (also covering the float case g'^2 underflowing to 0).
 
 Numerics: theta_bar / u and theta_bar * m' / (u^2 r) are ~1/eps where v' is tiny (early steps, rare
-rows), so M and V are large and g'_bar is their near-cancelling difference (at k = 1 it is
--eta * eps / (|g| + eps)^2 per element): float32 loses most digits there. See `precision_report`.
+rows), so M and V are large and g'_bar can be their near-cancelling difference (at k = 1 it is
+-eta * eps / (|g| + eps)^2 * theta_bar' per element), and the backward recursion can grow. The reverse
+pass reports how much (`ReplayStats.adjoint_gain`, `adjoint_growth`, `rounding_risk`) and warns;
+benchmarks/magic_adam_precision.py measures the float32-vs-float64 gap.
 """
 
 from __future__ import annotations
