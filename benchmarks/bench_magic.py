@@ -1,12 +1,14 @@
-"""Cost of exact MAGIC scores relative to plain SGD training, on CPU.
+"""Cost of exact MAGIC scores relative to plain training, on CPU, for SGD and AdamW.
 
-GPT-NeoX (4 layers, d=128, 4 heads, vocab 4096), seq 64, batch 8, T=20 SGD steps, fp32, random
-tokens. Three ways alternate for several rounds in one process: (a) plain training with a stock
-torch.optim.SGD loop, (b) training with recording on the `all` schedule (RAM) + reverse pass,
-(c) the same on the `sqrt` schedule. The last line is
-`magic_over_train=<median sqrt ratio> magic_all_over_train=<median all ratio>`.
+GPT-NeoX (4 layers, d=128, 4 heads, vocab 4096), seq 64, batch 8, T=20 steps, fp32, random
+tokens. Five ways alternate for several rounds in one process: (a) plain training with a stock
+torch.optim.SGD loop, (b) SGD training with recording on the `all` schedule (RAM) + reverse pass,
+(c) the same on the `sqrt` schedule, (d) plain training with a stock torch.optim.AdamW loop
+(lr 1e-3, weight decay 0.01), (e) AdamW training with recording (theta, m, v) on `sqrt` + reverse
+pass. The line before the last is `magic_adam_over_train=<median (e)/(d)>`; the last line is
+`magic_over_train=<median sqrt ratio> magic_all_over_train=<median all ratio>` (SGD).
 
-    python benchmarks/bench_magic.py [--rounds 3] [--threads 2] [--profile]
+    python benchmarks/bench_magic.py [--rounds 3] [--threads 2] [--profile] [--profile-adam]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from unlearnspec.train.loss import IGNORE_INDEX, weighted_token_loss
 from unlearnspec.magic import (
+    OptimizerConfig,
     ReplayStats,
     TrajectoryRecorder,
     magic_scores,
@@ -36,6 +39,8 @@ from unlearnspec.magic import (
 from unlearnspec.magic.query import QueryBatch, QueryLoss
 
 VOCAB, SEQ, BATCH, STEPS, LR = 4096, 64, 8, 20, 1e-2
+ADAM_LR, ADAM_DECAY = 1e-3, 0.01
+ADAMW = OptimizerConfig("adamw")
 
 
 @dataclass
@@ -110,17 +115,45 @@ def plain_train(model, grid, plan) -> None:
         optimizer.step()
 
 
-def train_and_score(model, grid, query, plan, schedule: str, stats: ReplayStats) -> torch.Tensor:
-    trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), schedule))  # type: ignore[arg-type]
+def plain_adamw(model, grid, plan) -> None:
+    """The AdamW baseline: a stock torch.optim.AdamW loop (torch's default implementation choice)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ADAM_LR, weight_decay=ADAM_DECAY)
+    for step in plan:
+        optimizer.zero_grad(set_to_none=True)
+        (rows,) = step.micro_batches
+        labels = grid.labels[rows]
+        logits = model(input_ids=grid.input_ids[rows], attention_mask=grid.attention_mask[rows], use_cache=False).logits
+        denom = (labels[:, 1:] != IGNORE_INDEX).sum()
+        weighted_token_loss(logits, labels, torch.ones(labels.shape), denom).backward()
+        optimizer.step()
+
+
+def adam_plan(plan):
+    from unlearnspec.magic import Step
+
+    return [Step(ADAM_LR, s.micro_batches) for s in plan]
+
+
+def train_and_score(model, grid, query, plan, schedule: str, stats: ReplayStats, adam: bool = False) -> torch.Tensor:
+    if adam:
+        plan = adam_plan(plan)
+        recorder = TrajectoryRecorder(len(plan), schedule, weight_decay=ADAM_DECAY, optimizer=ADAMW)  # type: ignore[arg-type]
+        trajectory = sgd_train(model, grid, plan, weight_decay=ADAM_DECAY, recorder=recorder, optimizer=ADAMW)
+    else:
+        trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), schedule))  # type: ignore[arg-type]
     assert trajectory is not None
     return magic_scores(model, grid, trajectory, query, stats=stats)
 
 
-def profile_reverse(model, grid, query, plan, theta0) -> None:
+def profile_reverse(model, grid, query, plan, theta0, adam: bool = False) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     reset(model, theta0)
-    trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), "all"))
+    if adam:
+        recorder = TrajectoryRecorder(len(plan), "sqrt", weight_decay=ADAM_DECAY, optimizer=ADAMW)
+        trajectory = sgd_train(model, grid, adam_plan(plan), weight_decay=ADAM_DECAY, recorder=recorder, optimizer=ADAMW)
+    else:
+        trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), "all"))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         magic_scores(model, grid, trajectory, query)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
@@ -131,16 +164,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one `all` reverse pass")
+    parser.add_argument("--profile-adam", action="store_true", help="the same for one AdamW `sqrt` reverse pass")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, grid, query, plan, theta0 = build()
     n_params = sum(p.numel() for p in theta0.values())
     print(f"GPT-NeoX 4x128 vocab {VOCAB}: {n_params / 1e6:.2f}M params ({n_params * 4 / 2**20:.1f} MiB per copy); "
           f"seq {SEQ} batch {BATCH} T={STEPS} fp32, {args.threads} threads, {args.rounds} rounds")
-    if args.profile:
-        profile_reverse(model, grid, query, plan, theta0)
+    if args.profile or args.profile_adam:
+        profile_reverse(model, grid, query, plan, theta0, adam=args.profile_adam)
 
-    times: dict[str, list[float]] = {"train": [], "all": [], "sqrt": []}
+    times: dict[str, list[float]] = {"train": [], "all": [], "sqrt": [], "adam_train": [], "adam_sqrt": []}
     cpu: dict[str, list[float]] = {k: [] for k in times}  # process CPU time: less sensitive to a shared CPU
     rss: dict[str, list[int]] = {k: [] for k in times}
     stats: dict[str, ReplayStats] = {}
@@ -151,9 +185,11 @@ def main() -> None:
             with peak_rss(rss[way]):
                 if way == "train":
                     plain_train(model, grid, plan)
+                elif way == "adam_train":
+                    plain_adamw(model, grid, plan)
                 else:
                     stats[way] = ReplayStats()
-                    train_and_score(model, grid, query, plan, way, stats[way])
+                    train_and_score(model, grid, query, plan, way.removeprefix("adam_"), stats[way], adam=way.startswith("adam"))
             elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if r:
                 times[way].append(elapsed)
@@ -161,7 +197,8 @@ def main() -> None:
         if r:
             t = {k: v[-1] for k, v in times.items()}
             print(f"round {r}: train {t['train']:.2f}s  all {t['all']:.2f}s (x{t['all'] / t['train']:.2f})  "
-                  f"sqrt {t['sqrt']:.2f}s (x{t['sqrt'] / t['train']:.2f})")
+                  f"sqrt {t['sqrt']:.2f}s (x{t['sqrt'] / t['train']:.2f})  adamw train {t['adam_train']:.2f}s  "
+                  f"adamw sqrt {t['adam_sqrt']:.2f}s (x{t['adam_sqrt'] / t['adam_train']:.2f})", flush=True)
 
     ratio = {k: statistics.median(a / b for a, b in zip(times[k], times["train"])) for k in ("all", "sqrt")}
     cpu_ratio = {k: statistics.median(a / b for a, b in zip(cpu[k], cpu["train"])) for k in ("all", "sqrt")}
@@ -174,6 +211,14 @@ def main() -> None:
               f"peak_param_copies={s.peak_state_copies} recomputed_steps={s.recomputed_steps} reverse_pass={s.seconds:.2f}s")
     step_ratio = stats["all"].seconds / STEPS / (statistics.median(times["train"]) / STEPS)
     print(f"one reverse step (double backward: H v and per-token terms) = {step_ratio:.2f} x one training step")
+    adam_ratio = statistics.median(a / b for a, b in zip(times["adam_sqrt"], times["adam_train"]))
+    adam_cpu = statistics.median(a / b for a, b in zip(cpu["adam_sqrt"], cpu["adam_train"]))
+    s = stats["adam_sqrt"]
+    print(f"adamw train: median {statistics.median(times['adam_train']):.2f}s peak_rss={mib['adam_train']:.0f}MiB; "
+          f"adamw sqrt: median {statistics.median(times['adam_sqrt']):.2f}s cpu_time_ratio={adam_cpu:.2f} "
+          f"peak_rss={mib['adam_sqrt']:.0f}MiB peak_param_copies={s.peak_state_copies} (sgd sqrt: {stats['sqrt'].peak_state_copies}) "
+          f"recomputed_steps={s.recomputed_steps} reverse_pass={s.seconds:.2f}s")
+    print(f"magic_adam_over_train={adam_ratio:.2f}")
     print(f"magic_over_train={ratio['sqrt']:.2f} magic_all_over_train={ratio['all']:.2f}")
 
 

@@ -6,6 +6,7 @@ tests proving their power), across checkpoint schedules, storage and micro-batch
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -270,3 +271,66 @@ def test_clipping_matches_oracle_and_finite_differences(name: str, monkeypatch) 
     errors = fd_errors(setup, {"exact": exact, "no_clip_adjoint": mutated})
     assert errors["exact"] <= 1e-6, errors
     assert errors["no_clip_adjoint"] > 1e-3, f"mutation not detected: {errors}"
+
+
+# --------------------------------------------------------------------------- rounding diagnostics
+def test_rounding_diagnostics_and_warning(monkeypatch) -> None:
+    """SGD's adjoint gain is exactly its largest lr; Adam's counts only coordinates a gradient reached
+    (never-seen rows carry g_bar ~ lr/eps but touch nothing); above the threshold magic_scores warns."""
+    from unlearnspec.magic import reverse
+
+    from .test_magic import Setup
+
+    sgd = Setup(steps=4)
+    stats = ReplayStats()
+    sgd.scores("all", stats=stats)
+    assert stats.adjoint_gain == pytest.approx(max(s.lr for s in sgd.plan), rel=1e-12)
+    assert stats.adjoint_growth >= 1.0 and stats.unit_roundoff == 2.0**-53
+    setup = AdamSetup("adamw")
+    stats = ReplayStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float64: no warning
+        setup.scores("all", stats=stats)
+    assert 0 < stats.adjoint_gain < 1e3 < LR / setup.config.eps  # untouched rows are left out
+    monkeypatch.setattr(reverse, "ROUNDING_RISK_WARN", stats.rounding_risk / 2)
+    with pytest.warns(UserWarning, match="Raise training.optimizer.eps"):
+        setup.scores("all")
+
+
+def test_sidecar_names_the_adam_regime(tmp_path) -> None:
+    import json
+
+    from unlearnspec.magic import write_scores
+
+    setup = AdamSetup("adamw", steps=3, max_grad_norm=1.0)
+    trajectory = setup.record("sqrt")
+    scores = magic_scores(setup.model, setup.grid, trajectory, setup.query)
+    paths = write_scores(tmp_path, scores, trajectory, fingerprint="f", query={"task": "t", "loss": "answer_continuation", "n_questions": 3},
+                         dtype="float64")
+    meta = json.loads(paths["sidecar"].read_text())["optimizer"]
+    assert meta["name"] == "adamw" and meta["betas"] == [0.9, 0.999] and meta["eps"] == 1e-8 and meta["max_grad_norm"] == 1.0
+    assert meta["weight_decay"]["values"] == [0.0, 0.1] and "momentum" not in meta
+
+
+@pytest.mark.slow
+def test_fixed_adamw_score_spec_runs_on_the_toy_world(toy_world, tmp_path) -> None:
+    """`unlearnspec run specs/fixed_adamw/magic_wmdp.yaml --toy`: AdamW + cosine + warmup + clipping end to end."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]))
+    out = tmp_path / "scores"
+    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "run", "specs/fixed_adamw/magic_wmdp.yaml", "--toy", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    side = json.loads((out / "scores.json").read_text())
+    assert side["optimizer"]["name"] == "adamw" and side["optimizer"]["max_grad_norm"] == 1.0
+    assert side["lr_schedule"]["first"] == 0.0 and side["steps"] == 31 and side["checkpoints"] == "sqrt"
+    assert 0 < side["reverse_pass"]["rounding_risk"] < 1e-4  # below the warning threshold in this regime
+    scores = torch.load(out / "per_token_scores.pt", weights_only=True)
+    assert scores.shape == (250, 64) and torch.isfinite(scores).all() and scores.abs().max() > 0

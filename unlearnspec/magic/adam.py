@@ -31,8 +31,10 @@ depend on v' along any path that changes g (dv'/dg' = 2(1-b2) g' = 0 and the V-t
 the V-term is set to 0 where r == 0 (also covering the float case g'^2 underflowing to 0).
 
 Numerics: theta_bar / u and theta_bar * m' / (u^2 r) are ~1/eps where v' is tiny (early steps, rare
-rows), so M and V are large and g'_bar is their near-cancelling difference (at k = 1 it is
--eta * eps / (|g| + eps)^2 per element): float32 loses most digits there. See `precision_report`.
+rows), so M and V are large and g'_bar can be their near-cancelling difference (at k = 1 it is
+-eta * eps / (|g| + eps)^2 * theta_bar' per element), and the backward recursion can grow. The reverse
+pass reports how much (`ReplayStats.adjoint_gain`, `adjoint_growth`, `rounding_risk`) and warns;
+benchmarks/magic_adam_precision.py measures the float32-vs-float64 gap.
 """
 
 from __future__ import annotations
@@ -114,33 +116,42 @@ def adam_adjoint(
     v_bar: Tensors,
     *,
     second_moment: bool = True,
+    touched: Tensors | None = None,
 ) -> tuple[Tensors, Tensors, Tensors, Tensors]:
     """(g_bar, theta_bar_partial, m_bar_prev, v_bar_prev) of one step (see the module docstring).
 
     `grad` is the raw (clipped, if the run clipped) gradient of step t at theta; g_bar is the adjoint
     of that gradient. theta_bar_partial lacks the H_t g_bar term, which the caller adds.
-    `second_moment=False` drops V (the v-adjoint); it exists only for the mutation test.
+    `second_moment=False` drops V (the v-adjoint); it exists only for the mutation test. A `touched`
+    list receives g_bar where v' > 0 and 0 elsewhere (coordinates no gradient ever reached carry a huge
+    but harmless g_bar: their gradients and Hessian couplings are exactly 0).
     """
     b1, b2 = hyper.betas
     g = fold_decay(grad, theta, decays, hyper)
     m_new, v_new = moments(m, v, g, hyper)
-    u = denominator(v_new, hyper, k)
     inv_bc1, s = _bias(hyper, k)
     c = lr * inv_bc1
+    r = torch._foreach_sqrt(v_new)
+    u = torch._foreach_div(r, s)  # the arithmetic of `denominator`, keeping r = sqrt(v')
+    torch._foreach_add_(u, hyper.eps)
     t_over_u = torch._foreach_div(theta_bar, u)
     big_m = torch._foreach_add(m_bar, t_over_u, alpha=-c)  # M = m_bar' - c theta_bar' / u
+    reached = [vn > 0 for vn in v_new]
     if second_moment:
         # V = v_bar' + c theta_bar' m' / (2 s u^2 r), exactly 0 where r = sqrt(v') = 0
-        r = torch._foreach_sqrt(v_new)
-        big_v = []
-        for tu, mn, uu, rr, vb in zip(t_over_u, m_new, u, r, v_bar):
-            positive = rr > 0
-            term = tu * mn / (uu * torch.where(positive, rr, torch.ones_like(rr)))
-            big_v.append(torch.where(positive, term, torch.zeros_like(term)).mul_(c / (2 * s)).add_(vb))
+        big_v = torch._foreach_mul(t_over_u, m_new)
+        den = torch._foreach_mul(u, r)
+        torch._foreach_clamp_min_(den, torch.finfo(den[0].dtype).tiny)  # r = 0: finite, then zeroed below
+        torch._foreach_div_(big_v, den)
+        big_v = [torch.where(ok, term, 0.0) for ok, term in zip(reached, big_v)]
+        torch._foreach_mul_(big_v, c / (2 * s))
+        torch._foreach_add_(big_v, v_bar)
     else:
         big_v = list(v_bar)
     g_bar = torch._foreach_mul(big_m, 1 - b1)
-    torch._foreach_add_(g_bar, torch._foreach_mul(torch._foreach_mul(g, big_v), 2 * (1 - b2)))
+    torch._foreach_add_(g_bar, torch._foreach_mul(g, big_v), alpha=2 * (1 - b2))
+    if touched is not None:
+        touched.extend(torch.where(ok, gb, 0.0) for ok, gb in zip(reached, g_bar))
     if hyper.decoupled:
         theta_part = [tb.mul(1 - lr * wd) if wd else tb.clone() for tb, wd in zip(theta_bar, decays)]
     else:

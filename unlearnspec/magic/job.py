@@ -1,4 +1,4 @@
-"""The score job: train the MAGIC spec's run under MagicCallback, run the exact reverse pass, and write
+"""The score job: train the MAGIC spec's run (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass, and write
 per_token_scores.pt + per_example_scores.pt + scores.json into the job's work folder."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from unlearnspec.run.steps import Timer, prepare, save_model, train, write_spec
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
-    from unlearnspec.magic import magic_scores, write_scores
+    from unlearnspec.magic import ReplayStats, magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
     from unlearnspec.train.trainer import total_steps
@@ -42,9 +42,10 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
             ctx.progress.update(task, completed=done, total=total)
 
     memory = magic.memory
+    stats = ReplayStats()
     with Timer() as reverse_clock:
         try:
-            scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress,
+            scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
                                   micro_batch_rows=memory.replay_batch_size if memory else None,
                                   offload_adjoint=bool(memory and memory.offload_adjoint),
                                   offload_states=bool(memory and memory.offload_states))
@@ -57,7 +58,9 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                  dtype=spec.model.dtype, lr=job.lr,
                  extra={"spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
-                        "world_size": ctx.world_size})
+                        "world_size": ctx.world_size,
+                        "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,
+                                         "rounding_risk": stats.rounding_risk, "peak_state_copies": stats.peak_state_copies}})
     model_dir = save_model(spec, model, prep.tokenizer, workdir) if spec.output.save_model != "none" else None
     neg = float((scores < 0).float().sum() / prep.grid.valid_targets.sum())
     ctx.say(f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "

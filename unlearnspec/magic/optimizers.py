@@ -111,6 +111,8 @@ class AdamAdjoint:
         self.initial_step = config.initial_step
         self.decays = list(decays)
         self.second_moment = second_moment
+        self.touched: Tensors = []
+        """g_bar of the last adjoint step on coordinates with v' > 0 (for the rounding diagnostics)."""
 
     def _k(self, t: int) -> int:
         return self.initial_step + t + 1
@@ -123,8 +125,10 @@ class AdamAdjoint:
     def adjoint(self, theta, state, grad, t, lr, adjoint):
         assert grad is not None
         m, v = state
+        self.touched = []
         g_bar, theta_part, m_bar, v_bar = adam_adjoint(
-            theta, m, v, grad, lr, self._k(t), self.decays, self.hyper, *adjoint, second_moment=self.second_moment
+            theta, m, v, grad, lr, self._k(t), self.decays, self.hyper, *adjoint, second_moment=self.second_moment,
+            touched=self.touched,
         )
         return g_bar, [theta_part, m_bar, v_bar]
 

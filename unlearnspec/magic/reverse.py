@@ -15,8 +15,8 @@ Everything the pass creates lives on the model's device; kept states are moved t
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Protocol, Union
 
 import torch
@@ -28,6 +28,7 @@ from unlearnspec.magic.collective import Alone, Collective, default_collective
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.optimizers import clip, clip_adjoint, make_adjoint
+from unlearnspec.magic.replay_stats import ROUNDING_RISK_WARN, ReplayStats, rounding_warning  # noqa: F401 - ReplayStats re-exported
 from unlearnspec.magic.trajectory import Trajectory, state_key
 
 
@@ -38,18 +39,6 @@ class BatchedQuery(Protocol):
 
 
 Query = Union[Callable[[Mapping[str, torch.Tensor]], torch.Tensor], BatchedQuery]
-
-
-@dataclass
-class ReplayStats:
-    """Cost figures of one reverse pass."""
-
-    reverse_steps: int = 0
-    recomputed_steps: int = 0
-    peak_state_copies: int = 0
-    """Most parameter-sized tensors of states held in RAM at once (kept states in a RAM store plus
-    recomputed/loaded ones; an Adam state is three: theta, m, v)."""
-    seconds: float = 0.0
 
 
 def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], comm: Collective | None = None) -> list[torch.Tensor]:
@@ -78,6 +67,10 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], co
         total = [torch.zeros_like(p) for p in params]
     comm.all_reduce_(total)
     return total
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2.0)), 2.0)
 
 
 State = list[list[torch.Tensor]]
@@ -211,6 +204,15 @@ class _Replay:
         loss = self._loss(params, rows, denom, weights)
         return weights, torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
 
+    def _track_gain(self, g_bar: list[torch.Tensor], theta_bar: list[torch.Tensor]) -> None:
+        top, bottom = float(_norm(g_bar)), float(_norm(theta_bar))
+        st = self.stats
+        if not st._first_theta_bar:
+            st._first_theta_bar = bottom
+        if bottom > 0:
+            st.adjoint_gain = max(st.adjoint_gain, top / bottom)
+            st.adjoint_growth = max(st.adjoint_growth, bottom / st._first_theta_bar)
+
     def reverse_step(self, state: State, adjoint: State, t: int, scores: torch.Tensor) -> None:
         """Add step t's per-token terms to `scores` and turn the adjoint of state t+1 into that of state t
         (in place). One double backward per micro-batch gives H_t g_bar and d<grad L_t, g_bar>/dw."""
@@ -235,6 +237,7 @@ class _Replay:
             g_bar, new_adjoint = self.rule.adjoint(theta, opt_state, clipped, t, step.lr, adjoint)
             if grad is not None:
                 g_bar = clip_adjoint(grad, g_bar, self.max_grad_norm)
+            self._track_gain(getattr(self.rule, "touched", None) or g_bar, adjoint[0])
         hv: list[torch.Tensor] | None = None
         for rows in chunks:
             weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype)
@@ -332,6 +335,7 @@ def magic_scores(
     RAM (else up to ceil(sqrt T) states sit on the device during a segment).
     """
     stats = stats if stats is not None else ReplayStats()
+    stats._first_theta_bar = 0.0
     started = time.perf_counter()
     check_model_replayable(model, trajectory.param_names)
     n, s = grid.labels.shape
@@ -358,6 +362,7 @@ def magic_scores(
         del theta_final
         replay.unload(total)
         scores = torch.zeros(n, s, dtype=compute_dtype, device=replay.device)
+        stats.unit_roundoff = torch.finfo(compute_dtype).eps / 2
         bounds = kept + [total]
         done = 0
         for j in range(len(kept) - 1, -1, -1):
@@ -374,4 +379,6 @@ def magic_scores(
                 progress(done, total)
         comm.all_reduce_([scores])  # each (row, step) term was added on exactly one rank
     stats.seconds = time.perf_counter() - started
+    if stats.rounding_risk > ROUNDING_RISK_WARN:
+        warnings.warn(rounding_warning(stats, trajectory), stacklevel=2)
     return scores if dtype is None else scores.to(dtype)
