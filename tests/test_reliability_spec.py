@@ -277,3 +277,22 @@ def test_profiles_and_world_files_are_strict_too(tmp_path):
 def test_override_paths_never_crash(key):
     with pytest.raises(UserError):
         load_spec(EXP7, overrides=[f"{key}=1"], check_refs=False)
+
+
+def test_folder_scans_are_bounded_and_skip_hidden_folders(tmp_path, monkeypatch):
+    from unlearnspec.spec import load
+
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)
+    (tmp_path / ".venv" / "lib" / "x.yaml").write_text("a: 1\n")
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "s.yaml").write_text("a: 1\n")
+    files, problems = load.find_spec_files([tmp_path])
+    assert files == [tmp_path / "specs" / "s.yaml"] and not problems
+    for i in range(5):
+        (tmp_path / f"d{i}").mkdir()
+    monkeypatch.setattr(load, "MAX_SCAN_FOLDERS", 4)
+    files, problems = load.find_spec_files([tmp_path, tmp_path / "specs"])
+    assert files == [tmp_path / "specs" / "s.yaml"] and "holds more than 4 folders" in problems[0].message
+    monkeypatch.setattr(load, "MAX_SCAN_FOLDERS", 100)
+    monkeypatch.setattr(load, "MAX_SCAN_FILES", 0)
+    assert "YAML files" in load.find_spec_files([tmp_path])[1][0].message

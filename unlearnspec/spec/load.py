@@ -140,13 +140,38 @@ def reference_problems(
     return problems
 
 
+MAX_SCAN_FOLDERS = 5_000
+"""Most folders walked below one folder argument (`validate /` would otherwise parse every YAML file
+of the machine)."""
+MAX_SCAN_FILES = 2_000
+"""Most .yaml/.yml files taken from one folder argument."""
+
+
+def _yaml_files_under(folder: Path) -> list[Path] | Problem:
+    """The YAML files below `folder`, sorted; hidden folders (.git, .venv, .cache) are skipped and
+    symlinked folders not followed. Too large a tree is a Problem asking for the specs folder."""
+    found: list[Path] = []
+    for walked, (root, dirnames, filenames) in enumerate(os.walk(folder), start=1):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(root) / f for f in filenames if f.endswith(SPEC_SUFFIXES)]
+        if walked > MAX_SCAN_FOLDERS or len(found) > MAX_SCAN_FILES:
+            what = f"{MAX_SCAN_FOLDERS:,} folders" if walked > MAX_SCAN_FOLDERS else f"{MAX_SCAN_FILES:,} YAML files"
+            return Problem(str(folder), "", f"holds more than {what}; give the folder that holds your specs (e.g. specs/).")
+    return sorted(q for q in found if q.is_file())
+
+
 def find_spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
-    """Spec files under the given files/folders (recursive, sorted); missing paths are problems."""
+    """Spec files under the given files/folders (recursive, sorted); missing paths and too large
+    folders are problems."""
     found: list[Path] = []
     problems = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.suffix in SPEC_SUFFIXES and q.is_file()))
+            under = _yaml_files_under(p)
+            if isinstance(under, Problem):
+                problems.append(under)
+            else:
+                found.extend(under)
         elif p.is_file():
             found.append(p)
         else:

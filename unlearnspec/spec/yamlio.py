@@ -22,8 +22,8 @@ from unlearnspec.spec.schema import Spec
 
 
 # --------------------------------------------------------------------------- YAML
-MAX_YAML_BYTES = 1_000_000
-"""Largest YAML file read (a spec is a few KB; anything near this is a mistake or an attack)."""
+MAX_YAML_BYTES = 256_000
+"""Largest YAML file read: a spec is a few KB; pure-Python parsing takes ~3 s at this size."""
 MAX_YAML_DEPTH = 64
 """Deepest nesting of lists and mappings, aliases expanded (specs nest about 5 levels)."""
 MAX_YAML_NODES = 100_000
@@ -47,6 +47,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self._depth = 0
+        self._composed = 0
         # id(node) -> (values, depth) with aliases expanded; a node still being composed has none.
         self._measure: dict[int, tuple[int, int]] = {}
 
@@ -65,6 +66,9 @@ class _Loader(yaml.SafeLoader):
             if id(node) not in self._measure:
                 raise _Refused("a recursive alias: it refers to a mapping or list that contains it. Remove the alias.", mark)
             return node
+        self._composed += 1
+        if self._composed > MAX_YAML_NODES:  # early: without aliases the total is only known at the end
+            raise _Refused(f"holds more than {MAX_YAML_NODES:,} values. A spec holds a few hundred.", mark)
         count, depth = 1, 1
         if isinstance(node, yaml.MappingNode):
             self._check_duplicates(node)
