@@ -82,6 +82,11 @@ def test_cancel_a_running_point_then_rerun_redoes_only_it(env, tmp_path):
         assert before[victim].live and before[keep].live
 
         running = wait_for(lambda: (s := _statuses(out)[victim]).state == "running" and s, 600, "the victim to run")
+        # SLURM says R before the task's Python has started (importing torch takes seconds on a busy CPU):
+        # cancel only once the task itself recorded that it runs, as the assertions below are about that case
+        run_file = out / ".slurm" / "lr_0.001" / "run.json"
+        wait_for(lambda: run_file.is_file() and json.loads(run_file.read_text()).get("state") == "running", 300,
+                 "the victim's task to start")
         subprocess.run(["scancel", running.slurm_id], check=True)
         st = _wait_quiet(out)
         assert st[keep].state == "done"
@@ -134,11 +139,11 @@ def test_a_preempted_job_is_requeued_not_lost(env, tmp_path):
     try:
         running = wait_for(lambda: (s := _statuses(out)[job]).state == "running" and s, 600, "the point to run")
         run_file = out / ".slurm" / "lr_0.0001" / "run.json"  # written by the task, after submitit's signal handler
-        wait_for(lambda: json.loads(run_file.read_text()).get("state") == "running", 60, "the task to start")
+        wait_for(lambda: json.loads(run_file.read_text()).get("state") == "running", 300, "the task to start")
         # what a preempting scheduler sends first (submitit asks for --signal=USR2@90): checkpoint and requeue
         subprocess.run(["scancel", "--signal=USR2", running.slurm_id], check=True)
         info = wait_for(lambda: (j := scontrol_job(running.slurm_id)).get("Restarts") == "1"
-                        and j["JobState"] == "PENDING" and j, 60, "the requeued job to wait to start again")
+                        and j["JobState"] == "PENDING" and j, 300, "the requeued job to wait to start again")
         assert info["JobId"] == running.slurm_id
         st = _statuses(out)[job]
         assert st.state == "queued" and st.slurm_id == running.slurm_id, st
