@@ -122,7 +122,10 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
     """Parse YAML text into data plus its node tree (for line numbers); every failure is a UserError."""
     if len(text) > MAX_YAML_BYTES:
         raise UserError([Problem(file, "", f"the YAML text is larger than {MAX_YAML_BYTES:,} characters; a spec is a few KB. Check the file.")])
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader checks the characters here (e.g. control characters)
+    except yaml.YAMLError as exc:
+        raise UserError([Problem(file, "", f"YAML error: {exc}. Remove the control or special characters.")]) from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
