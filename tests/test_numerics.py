@@ -27,15 +27,16 @@ PINNED = NumericsConfig(aten_kernels="default", mkl_cbwr="COMPATIBLE", onednn=Fa
 PROBE = r"""
 import hashlib, json, os, sys
 sys.path.insert(0, os.environ["REPO"])
+from unlearnspec.toy.config import NumericsConfig
+PINNED = NumericsConfig(aten_kernels="default", mkl_cbwr="COMPATIBLE", onednn=False, threads=1)
 if os.environ.get("PIN"):
-    from unlearnspec.numerics import pin_for_world
-    pin_for_world()                      # what the CLI does before importing torch
+    from unlearnspec.numerics import pin_environment
+    pin_environment(PINNED)              # what the CLI does before importing torch, for a pinned world
 import torch
 torch.set_num_threads(1)
 if os.environ.get("PIN"):
     from unlearnspec.numerics import apply
-    from unlearnspec.toy.build import load_config
-    apply(load_config(None).numerics, "probe")
+    apply(PINNED, "probe")
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 torch.manual_seed(0)
 cfg = GPTNeoXConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
