@@ -36,7 +36,7 @@ SHIPPED = sorted(p for p in (REPO / "specs").rglob("*.yaml") if "profiles" not i
 COUNTS: Counter = Counter()
 FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-LONG = settings(max_examples=400, deadline=None, database=None,
+LONG = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -329,7 +329,7 @@ def test_fuzz_cli_long(project, check, data):
 
 
 @pytest.mark.slow
-@settings(max_examples=6, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_run_toy(project, data):
     """`run --toy` on bounded mutations of exp7 (small N, few steps): a run may fail, but only cleanly."""
