@@ -148,6 +148,8 @@ def doctor(
     format: str = typer.Option("table", "--format", help="table | json."),
     strict: bool = typer.Option(False, "--strict", help="Count warnings as errors (exit 2)."),
     lr_factor: float = typer.Option(1.25, "--lr-factor", help="Flag a per-token LR ratio to the control above this."),
+    lds_min: float = typer.Option(0.8, "--lds-min", help="A score source whose LDS (Spearman) is below this is an error."),
+    lds_fraction_factor: float = typer.Option(5.0, "--lds-fraction-factor", help="Warn when an experiment changes this many times more tokens than the LDS dropped."),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
 ) -> None:
@@ -161,7 +163,8 @@ def doctor(
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
-    findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile))
+    findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile), lds_min=lds_min,
+                               lds_fraction_factor=lds_fraction_factor)
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:
@@ -219,6 +222,38 @@ def run(
 
         raise typer.Exit(submit_study(paths, options, cluster, _console()))
     raise typer.Exit(run_study(paths, options, _console()))
+
+
+@app.command()
+@user_errors
+def lds(
+    target: Path = typer.Argument(..., help="A score run folder (holding scores.json), or a MAGIC spec file."),
+    subsets: Optional[int] = typer.Option(None, "--subsets", help="Random subsets (default: the spec's magic.lds, else 30)."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of the units each subset drops (default 0.01)."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="row | token (default row)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the subsets (default 0)."),
+    set_: Optional[List[str]] = SetOption,
+    toy: bool = ToyOption,
+    profile: Optional[Path] = ProfileOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="The score run's folder, when TARGET is a spec run with --out."),
+    device: Optional[str] = DeviceOption,
+) -> None:
+    """Validate a finished score run by its linear datamodeling score: retrain the recorded run once per random
+    subset with the subset dropped, and correlate the actual change of the query loss with the scores'
+    prediction. Writes the `lds` entry of scores.json (what `doctor` reads). Cost: subsets + 1 forward training runs.
+
+    Example: [bold]unlearnspec lds runs/toy/magic/magic_wmdp[/bold]
+    """
+    from unlearnspec.numerics import pin_for_profile
+    from unlearnspec.run.lds_command import lds_target, run_lds_command
+    from unlearnspec.run.study import RunOptions
+
+    output_folder(out, "--out")
+    options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, device=device)
+    spec_path, options = lds_target(target, options)
+    pin_for_profile(options.profile)  # before torch is imported (a folder made under the toy profile pins as it did)
+    settings = {"subsets": subsets, "fraction": fraction, "unit": unit, "seed": seed}
+    raise typer.Exit(run_lds_command(spec_path, options, settings, _console()))
 
 
 @app.command()

@@ -12,6 +12,7 @@ from typing import Optional, Iterable
 
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
+from unlearnspec.doctor.lds_rules import DEFAULT_LDS_FRACTION_FACTOR, DEFAULT_LDS_MIN, lds_findings
 from unlearnspec.doctor.result_rules import result_findings
 from unlearnspec.doctor.spec_rules import (
     alignment_ambiguity,
@@ -30,11 +31,16 @@ DEFAULT_LR_FACTOR = 1.25
 
 
 def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
-             profile: Optional[Path] = None) -> tuple[list[Finding], int]:
+             profile: Optional[Path] = None, lds_min: float = DEFAULT_LDS_MIN,
+             lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR) -> tuple[list[Finding], int]:
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
     With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked."""
     if not lr_factor >= 1.0:
         raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
+    if not -1.0 <= lds_min <= 1.0:
+        raise UserError.one("--lds-min", f"must be a correlation in [-1, 1] (got {lds_min}).")
+    if not lds_fraction_factor >= 1.0:
+        raise UserError.one("--lds-fraction-factor", f"must be >= 1 (got {lds_fraction_factor}).")
     files, problems = find_spec_files(paths)
     if problems:
         raise UserError(problems)
@@ -56,7 +62,8 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += alignment_ambiguity(entry, ws)
         findings += lr_shift(entry, ws, lr_factor)
         findings += result_findings(entry, ws)
+        findings += lds_findings(entry, ws, lds_min, lds_fraction_factor)
     return sort_findings(findings), len(files)
 
 
-__all__ = ["DEFAULT_LR_FACTOR", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]
+__all__ = ["DEFAULT_LDS_FRACTION_FACTOR", "DEFAULT_LDS_MIN", "DEFAULT_LR_FACTOR", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]

@@ -6,7 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "info"]
+"""`info` states a measured fact (e.g. a score source's LDS); it never changes the exit code."""
 
 RULES: dict[str, str] = {
     "D0": "invalid-spec",
@@ -20,6 +21,7 @@ RULES: dict[str, str] = {
     "D8": "within-noise",
     "D9": "control-moves-metrics",
     "D10": "score-file",
+    "D11": "lds",
 }
 
 
@@ -49,11 +51,16 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (f.spec, f.code, f.severity, f.message))
 
 
+def problems(findings: list[Finding]) -> list[Finding]:
+    """Errors and warnings (what the exit code counts)."""
+    return [f for f in findings if f.severity != "info"]
+
+
 def exit_code(findings: list[Finding], strict: bool = False) -> int:
     """0 clean, 1 warnings only, 2 errors (warnings count as errors with --strict)."""
     if any(f.severity == "error" for f in findings):
         return 2
-    if findings:
+    if problems(findings):
         return 2 if strict else 1
     return 0
 
@@ -63,6 +70,7 @@ def summary(findings: list[Finding], n_specs: int) -> dict[str, int]:
         "specs": n_specs,
         "errors": sum(f.severity == "error" for f in findings),
         "warnings": sum(f.severity == "warning" for f in findings),
+        "info": sum(f.severity == "info" for f in findings),
     }
 
 
@@ -83,6 +91,7 @@ def print_findings(findings: list[Finding], n_specs: int, console) -> None:
     if not findings:
         console.print(f"[green]clean[/green]: no problems in {n_specs} spec(s)")
         return
+    colours = {"error": "red", "warning": "yellow", "info": "cyan"}
     table = Table(show_lines=True, title="unlearnspec doctor")
     table.add_column("severity", no_wrap=True)
     table.add_column("rule", no_wrap=True)
@@ -93,7 +102,6 @@ def print_findings(findings: list[Finding], n_specs: int, console) -> None:
         body = Text(f.message, style="bold")
         for line in f.evidence:
             body.append("\n  • " + line, style="")
-        colour = "red" if f.severity == "error" else "yellow"
-        table.add_row(Text(f.severity, style=colour), f"{f.code} {f.rule}", f.spec, body, f.fix)
+        table.add_row(Text(f.severity, style=colours[f.severity]), f"{f.code} {f.rule}", f.spec, body, f.fix)
     console.print(table)
-    console.print(f"{counts['errors']} error(s), {counts['warnings']} warning(s) in {n_specs} spec(s)")
+    console.print(f"{counts['errors']} error(s), {counts['warnings']} warning(s), {counts['info']} note(s) in {n_specs} spec(s)")

@@ -61,6 +61,9 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                         "world_size": ctx.world_size,
                         "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,
                                          "rounding_risk": stats.rounding_risk, "peak_state_copies": stats.peak_state_copies}})
+    from unlearnspec.magic.lds import save_trajectory_plan
+
+    save_trajectory_plan(workdir, callback.trajectory)  # what `magic.lds` / `unlearnspec lds` retrain from
     model_dir = save_model(spec, model, prep.tokenizer, workdir) if spec.output.save_model != "none" else None
     neg = float((scores < 0).float().sum() / prep.grid.valid_targets.sum())
     ctx.say(f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "

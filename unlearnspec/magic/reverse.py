@@ -94,6 +94,8 @@ class _Replay:
         self.offload_states = offload_states
         self.device = next(model.parameters()).device
         self.names = list(trajectory.param_names)
+        self.weights: torch.Tensor | None = None
+        """Per-token weights [N, S] of the forward steps (`step`); None = 1 on every token (the recorded run)."""
         self.rule = make_adjoint(trajectory.optimizer, trajectory.decays(), second_moment=second_moment)
         self.max_grad_norm = trajectory.optimizer.max_grad_norm
         self.needs_grad = self.rule.needs_grad or self.max_grad_norm is not None
@@ -181,7 +183,8 @@ class _Replay:
         params = [p.detach().requires_grad_() for p in theta]
         grad: list[torch.Tensor] | None = None
         for rows in self.chunks(t):
-            g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], None), params, materialize_grads=True))
+            w = None if self.weights is None else self.weights[rows].to(self.device)
+            g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], w), params, materialize_grads=True))
             grad = g if grad is None else torch._foreach_add(grad, g)
         if grad is None:  # this rank owns no rows of the step
             grad = [torch.zeros_like(p) for p in theta]

@@ -35,33 +35,7 @@ from unlearnspec.run.rundirs import (
 )
 from unlearnspec.spec.load import load_spec, project_root
 
-POINT_FILE = "point.json"
-SIDECAR_FILE = "scores.json"
-State = Literal["done", "failed", "todo"]
-
-
-def read_record(folder: Path) -> Optional[RunRecord]:
-    """The point.json of a job folder the tool wrote, or None."""
-    if marker(folder) is None:
-        return None
-    try:
-        return RunRecord.model_validate_json((folder / POINT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, ValidationError):
-        return None
-
-
-def job_state(job: Job) -> State:
-    """done / failed (recorded as failed: a point that diverged, a score run that failed) / todo."""
-    if job.kind == "baseline":
-        return "done" if marker(job.out) is not None and (job.out / "eval.json").is_file() else "todo"
-    record = read_record(job.out)
-    if record is None or record.spec_hash != job.hash:
-        return "todo"
-    if record.status != "ok":
-        return "failed"
-    if job.kind == "score" and not (job.out / SCORES_FILE).is_file():
-        return "todo"
-    return "done"
+from unlearnspec.run.jobstate import LDS_FILE, POINT_FILE, SIDECAR_FILE, State, job_state, read_record  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -125,7 +99,7 @@ class LocalExecutor:
                     dist.barrier()  # rank 0 evaluated and wrote; the next job starts together
                 if record.status != "ok":
                     outcome.failed[job.id] = f"{job.id} failed: {record.reason}"
-            run = next((r for r in plan.specs if job.id in r.points), None)
+            run = next((r for r in plan.specs if job.id in r.points or job.id in r.lds), None)
             if run is not None and self.ctx.is_main:
                 outcome.results[run.path] = assemble(run, plan, self.ctx, outcome)
         if self.ctx.is_main:
@@ -180,6 +154,10 @@ def _baseline(run: SpecRun, plan: Plan) -> Optional[BaselineRecord]:
 
 def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional[Outcome] = None) -> Results:
     """results.json of one spec from its job folders (finished points only; the rest are pending)."""
+    if run.lds:
+        from unlearnspec.run.recipe import finish_score
+
+        finish_score(run, plan, ctx)
     records = []
     for job_id in run.points:
         job = plan.job(job_id)

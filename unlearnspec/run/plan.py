@@ -19,7 +19,7 @@ from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, p
 from unlearnspec.spec.profile import is_world_file
 from unlearnspec.spec.schema import Spec
 
-JobKind = Literal["score", "baseline", "point"]
+JobKind = Literal["score", "baseline", "point", "lds"]
 SCORES_FILE = "per_token_scores.pt"  # the score file a score job writes (format: unlearnspec.scores)
 
 
@@ -42,6 +42,8 @@ class Job:
     """Ids of the jobs that must succeed first (score producers of a point job)."""
     inputs: tuple[tuple[str, Path], ...] = ()
     """Score source name -> score file, resolved at plan time."""
+    subset: Optional[int] = None
+    """LDS jobs: the random subset this retraining drops (None: the reference retraining, nothing dropped)."""
 
     @property
     def lr(self) -> float:
@@ -49,6 +51,8 @@ class Job:
 
     @property
     def point(self) -> str:
+        if self.kind == "lds":
+            return "reference" if self.subset is None else f"subset={self.subset}"
         return f"lr={self.lr:g}"
 
 
@@ -65,6 +69,8 @@ class SpecRun:
     baseline: Optional[str] = None
     """Baseline job id, when the spec evaluates the base model."""
     control: Optional[Path] = None
+    lds: tuple[str, ...] = ()
+    """LDS retraining job ids of a score spec with `magic.lds` (reference first)."""
 
     @property
     def is_score(self) -> bool:
@@ -106,6 +112,7 @@ def spec_hash(spec: Spec) -> str:
     payload.get("training", {}).pop("lr", None)
     payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
     payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
+    payload.get("magic", {}).pop("lds", None)  # the validation reads the scores; it never changes them
     payload.pop("parallel", None)  # beyond float summation order
     payload.pop("output", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -132,6 +139,29 @@ def baseline_key(spec: Spec, spec_path: Path, assets: Assets, device: str) -> st
         "versions": {p: package_version(p) for p in ("lm_eval", "transformers", "torch")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+LDS_DIR = "lds"  # inside a score job's folder: one folder per LDS retraining
+
+
+def lds_jobs(score: Job) -> list[Job]:
+    """The LDS retrainings of a score job (`magic.lds`): a reference (nothing dropped), then one per subset.
+    Each waits for the score job and writes `<score folder>/lds/<name>`; subset hashes include the LDS settings."""
+    assert score.spec.magic is not None
+    lds = score.spec.magic.lds
+    if lds is None:
+        return []
+    settings = json.dumps(lds.model_dump(mode="json"), sort_keys=True)
+    subset_hash = hashlib.sha256(f"{score.hash}:{settings}".encode()).hexdigest()
+    ref_hash = hashlib.sha256(f"{score.hash}:reference".encode()).hexdigest()
+    name = score.spec.name
+    jobs = [Job("lds", f"lds:{name}/reference", score.spec, score.spec_path, score.out / LDS_DIR / "reference",
+                ref_hash, (score.id,))]
+    width = max(3, len(str(lds.subsets - 1)))
+    for i in range(lds.subsets):
+        jobs.append(Job("lds", f"lds:{name}/subset_{i:0{width}d}", score.spec, score.spec_path,
+                        score.out / LDS_DIR / f"subset_{i:0{width}d}", subset_hash, (score.id,), subset=i))
+    return jobs
 
 
 @dataclass
@@ -169,18 +199,19 @@ class _Builder:
         self.visiting.pop()
         out = self.out if (self.out is not None and top) else resolve_path(path, spec.output.dir)
         digest = spec_hash(spec)
-        jobs = []
+        jobs, lds = [], []
         if spec.magic is not None:
             jobs.append(Job("score", f"score:{spec.name}", spec, path, out, digest, after, inputs))
+            lds = lds_jobs(jobs[0])
         else:
             for lr in spec.training.lrs:
                 point = f"lr={lr:g}"
                 jobs.append(Job("point", f"point:{spec.name}/{point_dir_name(point)}", at_lr(spec, lr), path,
                                 out / point_dir_name(point), digest, after, inputs))
         base = self.baseline(path, spec)
-        self.plan.jobs.extend(jobs)
+        self.plan.jobs.extend(jobs + lds)
         control = resolve_path(path, spec.control) if spec.control else None
-        run = SpecRun(path, spec, out, digest, tuple(j.id for j in jobs), base, control)
+        run = SpecRun(path, spec, out, digest, tuple(j.id for j in jobs), base, control, tuple(j.id for j in lds))
         self.plan.specs.append(run)
         return run
 

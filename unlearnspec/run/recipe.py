@@ -26,7 +26,25 @@ def run_job(job: Job, ctx: RunContext, workdir: Path) -> JobRecord:
         from unlearnspec.magic.job import run_score
 
         return run_score(job, ctx, workdir)
+    if job.kind == "lds":
+        from unlearnspec.magic.lds_job import run_lds
+
+        return run_lds(job, ctx, workdir)
     return run_point(job, ctx, workdir)
+
+
+def finish_score(run: Any, plan: Any, ctx: RunContext) -> None:
+    """After a score spec's LDS retrainings: their summary into scores.json (once all have finished)."""
+    from unlearnspec.magic.lds_job import write_lds_summary
+
+    summary = write_lds_summary(run.out, [plan.job(j) for j in run.lds])
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    if summary is not None and summary.get("new"):
+        lo, hi = summary["spearman_ci95"]
+        ctx.say(f"[{run.spec.name}] LDS {num(summary['spearman'])} (Spearman; 95% CI {num(lo)}-{num(hi)}) over {summary['subsets']} subsets of {summary['fraction']:.0%} "
+                f"{summary['unit']}s")
 
 
 def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:

@@ -24,6 +24,7 @@ from unlearnspec.spec.training import (
     EvalSpec,
     EvalTaskSpec,
     LoraSpec,
+    LdsSpec,
     MagicMemorySpec,
     MagicSpec,
     OptimizerSpec,
@@ -37,6 +38,6 @@ __all__ = [
     "SPEC_SCHEMA_VERSION", "SpecRuleError", "Spec", "json_schema", "load_spec", "dump_spec",
     "ChatSpec", "DataSpec", "FilesDataSpec", "HubDataSpec", "LossSpec", "ModelSpec", "ScoreSourceSpec",
     "SelectSpec", "TokenRuleSpec", "ToyDataSpec", "BaselineSpec", "EvalSpec", "EvalTaskSpec", "LoraSpec",
-    "MagicMemorySpec", "MagicSpec", "OptimizerSpec", "OutputSpec", "QuerySpec", "RecordedBaseline", "TrainingSpec",
+    "LdsSpec", "MagicMemorySpec", "MagicSpec", "OptimizerSpec", "OutputSpec", "QuerySpec", "RecordedBaseline", "TrainingSpec",
     "FsdpSpec", "ParallelSpec",
 ]

@@ -15,7 +15,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_v
 from unlearnspec.errors import UserError
 from unlearnspec.spec.base import SpecRuleError, _Section
 
-JobKindName = Literal["score", "point", "baseline", "assemble"]
+JobKindName = Literal["score", "point", "baseline", "lds", "assemble"]
 
 
 class JobResources(_Section):
@@ -49,6 +49,9 @@ class JobKinds(_Section):
     """One sweep point: train, evaluate, save."""
     baseline: JobResources
     """Evaluation of the untouched base model (once per model and evaluation)."""
+    lds: Optional[JobResources] = None
+    """One LDS retraining of a score run (`magic.lds`: a forward training run and one query evaluation);
+    unset: the `point` resources."""
     assemble: JobResources = JobResources(cpus=1, mem_gb=4, time_min=30)
     """The final job that writes results.json and the reports once the others ended."""
 
@@ -81,6 +84,8 @@ class SlurmSection(_Section):
         return self
 
     def resources(self, kind: JobKindName) -> JobResources:
+        if kind == "lds" and self.jobs.lds is None:
+            return self.jobs.point
         return getattr(self.jobs, kind)
 
     def sbatch_extra(self) -> dict[str, Any]:

@@ -11,10 +11,11 @@ import copy
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field, PositiveFloat, ValidationError
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError
 
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.base import STRICT_CONFIG
+from unlearnspec.spec.training import LdsSpec
 from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, is_cluster_data, load_cluster
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
@@ -67,6 +68,12 @@ class ProfileMagic(_Section):
     """Query loss used on the toy tasks."""
     storage: Literal["ram", "disk"] = "ram"
     """Where kept parameter states live."""
+    lds: Optional[LdsSpec] = None
+    """`magic.lds` given to every score spec that sets none, so toy score runs carry their validation and
+    `doctor --toy` can read it."""
+    lds_max_steps: Optional[PositiveInt] = None
+    """Give `lds` only to score specs of at most this many (mapped) training steps; unset: to all. LDS costs
+    `subsets` + 1 retrainings of the whole run."""
 
 
 class ProfileEval(_Section):
@@ -236,6 +243,10 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
     magic = section("magic")
     if magic:
         magic["storage"] = profile.magic.storage
+        steps = training.get("max_steps")
+        short = profile.magic.lds_max_steps is None or (isinstance(steps, int) and steps <= profile.magic.lds_max_steps)
+        if profile.magic.lds is not None and magic.get("lds") is None and short:
+            magic["lds"] = profile.magic.lds.model_dump()
         query = magic.get("query")
         if isinstance(query, dict):
             query["task"] = task(query.get("task"))

@@ -147,6 +147,26 @@ class MagicMemorySpec(_Section):
     parameter copies sit on the GPU during a segment; costs one host<->device copy per state)."""
 
 
+class LdsSpec(_Section):
+    """Linear datamodeling score (LDS): do the scores predict what dropping many tokens at once does?
+
+    After the scores are written, the recorded run is retrained once per random subset with that subset's
+    weights set to 0 (same rows per step, same order and schedule, the replay's arithmetic), and the query
+    loss is evaluated. LDS = Spearman(actual change of the query loss, predicted change -sum of the dropped
+    items' score x weight), written with Pearson, a bootstrap 95% interval and |predicted|/|actual| into
+    scores.json. Cost: `subsets` + 1 forward retrainings (no reverse pass) plus one query evaluation each;
+    every retraining is its own job of the plan (SLURM runs them in parallel)."""
+
+    subsets: int = Field(default=30, ge=5, le=10_000)
+    """Random subsets (one retraining each, plus one reference retraining with nothing dropped)."""
+    fraction: float = Field(default=0.01, gt=0.0, lt=1.0)
+    """Share of the units dropped in each subset (at least one unit)."""
+    unit: Literal["row", "token"] = "row"
+    """`row`: drop whole training rows; `token`: drop single valid target tokens."""
+    seed: int = Field(default=0, ge=0, lt=2**31)
+    """Seed of the subsets (subset i draws from seed x 100003 + i)."""
+
+
 class MagicSpec(_Section):
     """Compute exact per-token metagradient scores over this spec's training run."""
 
@@ -158,6 +178,8 @@ class MagicSpec(_Section):
     """Where kept states live (disk: safetensors in the output dir)."""
     memory: Optional[MagicMemorySpec] = None
     """Reverse-pass memory knobs (unset: every default of `MagicMemorySpec`)."""
+    lds: Optional[LdsSpec] = None
+    """Validate the scores by LDS after they are written (unset: no validation; `unlearnspec lds DIR` adds it later)."""
 
 
 # --------------------------------------------------------------------------- eval, baseline, output

@@ -1,0 +1,214 @@
+"""Linear datamodeling score (LDS): do MAGIC scores predict what dropping many tokens at once does?
+
+A metagradient is the derivative of the query loss Q at the recorded weights w. Unlearning changes many
+weights by finite amounts. LDS measures whether the linear prediction holds for such changes:
+1. draw random subsets D of rows (or tokens), each `fraction` of the candidates;
+2. retrain the recorded run with w = 0 on D (same rows per step, same order, lr schedule and optimizer:
+   the replay's forward step, `reverse._Replay.step`, with those weights) and evaluate Q;
+3. LDS = Spearman(actual Q(D) - Q(reference), predicted -sum_{D} score x w) over the subsets. The reference
+   is the same replay with nothing dropped, so both sides share one arithmetic.
+
+This module holds the pieces: the recorded step plan on disk (`trajectory.json`), subsets, predictions,
+the retraining and the statistics. `lds_job.py` runs them as jobs of the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from unlearnspec.magic.attention import replay_mode
+from unlearnspec.magic.collective import Collective, default_collective
+from unlearnspec.magic.optimizers import OptimizerConfig
+from unlearnspec.magic.replay import GridLike
+from unlearnspec.magic.replay_stats import ReplayStats
+from unlearnspec.magic.reverse import _Replay
+from unlearnspec.magic.trajectory import RamStore, Step, Trajectory
+from unlearnspec.spec.training import LdsSpec
+from unlearnspec.train.loss import IGNORE_INDEX
+
+TRAJECTORY_FILE = "trajectory.json"
+TRAJECTORY_FORMAT = 1
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples of the bootstrap 95% interval of the Spearman correlation (percentile method)."""
+
+
+# --------------------------------------------------------------------------- the recorded step plan
+def save_trajectory_plan(folder: Path, trajectory: Trajectory) -> Path:
+    """Write what a retraining needs besides theta_0: rows of every micro-batch, lrs, optimizer, decay."""
+    from unlearnspec.safeio import write_json_atomic
+
+    decay = trajectory.weight_decay
+    payload = {
+        "format": TRAJECTORY_FORMAT,
+        "schedule": trajectory.schedule,
+        "param_names": list(trajectory.param_names),
+        "weight_decay": dict(decay) if isinstance(decay, Mapping) else float(decay),
+        "optimizer": {**asdict(trajectory.optimizer), "betas": list(trajectory.optimizer.betas)},
+        "steps": [{"lr": s.lr, "micro_batches": [mb.tolist() for mb in s.micro_batches]} for s in trajectory.steps],
+    }
+    path = folder / TRAJECTORY_FILE
+    write_json_atomic(path, payload)
+    return path
+
+
+def load_trajectory_plan(folder: Path) -> Trajectory:
+    """The recorded steps of a score run (an empty state store: the caller puts theta_0 at step 0)."""
+    from unlearnspec.errors import UserError
+    from unlearnspec.safeio import read_json
+
+    path = folder / TRAJECTORY_FILE
+    fix = "Rerun the score spec (score runs record it since unlearnspec 0.9) to validate it by LDS."
+    data = read_json(path, "recorded step plan", f"no {TRAJECTORY_FILE} in the score run. {fix}", fix)
+    try:
+        if data.get("format") != TRAJECTORY_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}")
+        opt = dict(data["optimizer"])
+        opt["betas"] = tuple(float(b) for b in opt["betas"])
+        steps = tuple(Step(float(s["lr"]), tuple(torch.tensor(mb, dtype=torch.long) for mb in s["micro_batches"]))
+                      for s in data["steps"])
+        decay = data["weight_decay"]
+        return Trajectory(steps, RamStore(), data["schedule"], decay if isinstance(decay, dict) else float(decay),
+                          tuple(str(n) for n in data["param_names"]), OptimizerConfig(**opt))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError.one(str(path), f"not a step plan this version can read ({type(exc).__name__}: {str(exc)[:120]}). {fix}") from None
+
+
+# --------------------------------------------------------------------------- subsets and predictions
+def candidates(weights: torch.Tensor, labels: torch.Tensor, unit: str) -> torch.Tensor:
+    """What a subset may drop: rows with a weighted valid target, or flat indices of such tokens (target
+    alignment: column 0 never counts)."""
+    active = (labels != IGNORE_INDEX) & (weights != 0)
+    active[:, 0] = False
+    if unit == "row":
+        return active.any(dim=1).nonzero().flatten()
+    return active.flatten().nonzero().flatten()
+
+
+def drop_set(lds: LdsSpec, weights: torch.Tensor, labels: torch.Tensor, index: int) -> torch.Tensor:
+    """Sorted ids (rows or flat tokens) subset `index` drops: ceil(fraction x candidates), at least one."""
+    pool = candidates(weights, labels, lds.unit)
+    if pool.numel() == 0:
+        raise ValueError("no weighted valid target token to drop")
+    k = max(1, math.ceil(lds.fraction * pool.numel()))
+    gen = torch.Generator().manual_seed(lds.seed * 100_003 + index)
+    return pool[torch.randperm(pool.numel(), generator=gen)[:k]].sort().values
+
+
+def dropped_mask(shape: Sequence[int], drop: torch.Tensor, unit: str) -> torch.Tensor:
+    """Boolean [N, S] mask of the dropped tokens."""
+    mask = torch.zeros(tuple(shape), dtype=torch.bool)
+    if unit == "row":
+        mask[drop] = True
+    else:
+        mask.view(-1)[drop] = True
+    return mask
+
+
+def predicted_change(scores: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> float:
+    """First-order change of Q when the masked weights go to 0: sum of score x (0 - w) over them."""
+    return -float((scores.double() * weights.double())[mask].sum())
+
+
+# --------------------------------------------------------------------------- retraining
+def retrained_params(model: nn.Module, grid: GridLike, trajectory: Trajectory, theta0: Sequence[torch.Tensor],
+                     weights: torch.Tensor, comm: Optional[Collective] = None) -> dict[str, torch.Tensor]:
+    """theta_T of the recorded run replayed from theta_0 with per-token `weights` [N, S] (the optimizer starts
+    fresh, as the recorded run did): the replay's own forward step, so it matches the reverse pass's arithmetic."""
+    if trajectory.optimizer.initial_step != 0:
+        raise ValueError("LDS retraining needs a run that started with a fresh optimizer")
+    with replay_mode(model):
+        replay = _Replay(model, grid, trajectory, hessian=False, stats=ReplayStats(), comm=comm or default_collective())
+        replay.weights = weights
+        theta = [p.detach().clone().to(replay.device) for p in theta0]
+        state = [theta] + [[torch.zeros_like(p) for p in theta] for _ in replay.rule.state_names]
+        for t in range(trajectory.total_steps):
+            state = replay.step(state, t)
+    return dict(zip(trajectory.param_names, state[0]))
+
+
+def query_value(model: nn.Module, query: Any, params: Mapping[str, torch.Tensor]) -> float:
+    """Q at `params` (the query's whole question set, on this process)."""
+    with replay_mode(model), torch.no_grad():
+        return float(query(dict(params)))
+
+
+# --------------------------------------------------------------------------- statistics
+def average_ranks(x: Sequence[float]) -> list[float]:
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson correlation; NaN when either side is constant."""
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    da, db = [x - ma for x in a], [y - mb for y in b]
+    sa, sb = math.sqrt(sum(x * x for x in da)), math.sqrt(sum(y * y for y in db))
+    if sa == 0 or sb == 0:
+        return float("nan")
+    return sum(x * y for x, y in zip(da, db)) / (sa * sb)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (Pearson of average ranks)."""
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def summarize(actual: Sequence[float], predicted: Sequence[float], lds: LdsSpec, dropped: int) -> dict[str, Any]:
+    """Spearman, Pearson, a bootstrap 95% interval of Spearman (pairs resampled, seeded by `lds.seed`), and the
+    scale ratio ||predicted|| / ||actual|| (1 = the linear prediction has the right size)."""
+    if len(actual) != len(predicted) or len(actual) < 3:
+        raise ValueError("LDS needs at least 3 (actual, predicted) pairs")
+    n = len(actual)
+    gen = torch.Generator().manual_seed(lds.seed)
+    boot = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        idx = torch.randint(n, (n,), generator=gen).tolist()
+        rho = spearman([actual[i] for i in idx], [predicted[i] for i in idx])
+        if not math.isnan(rho):
+            boot.append(rho)
+    boot.sort()
+    lo = boot[int(0.025 * (len(boot) - 1))] if boot else float("nan")
+    hi = boot[int(math.ceil(0.975 * (len(boot) - 1)))] if boot else float("nan")
+    norm_a = math.sqrt(sum(x * x for x in actual))
+    norm_p = math.sqrt(sum(x * x for x in predicted))
+    return {
+        "spearman": spearman(actual, predicted),
+        "pearson": pearson(actual, predicted),
+        "spearman_ci95": [lo, hi],
+        "scale_ratio": norm_p / norm_a if norm_a > 0 else float("nan"),
+        "subsets": n,
+        "fraction": lds.fraction,
+        "unit": lds.unit,
+        "seed": lds.seed,
+        "dropped_per_subset": dropped,
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+    }
+
+
+def lds_table(path: Path) -> Optional[dict[str, Any]]:
+    """The `lds` entry of a scores.json, or None (no file, unreadable, or not validated)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = data.get("lds") if isinstance(data, dict) else None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("spearman"), (int, float)) else None

@@ -1,0 +1,143 @@
+"""LDS retraining jobs of a score run (`magic.lds`), and the summary they add to its scores.json.
+
+Each job (`lds:<spec>/reference`, `lds:<spec>/subset_007`, ...) replays the recorded run from theta_0 with
+its subset's weights set to 0 and evaluates the query: `<score folder>/lds/<job>/lds.json`. When all have
+finished, `write_lds_summary` correlates them and writes `lds/summary.json` and the `lds` entry of scores.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from unlearnspec.errors import UserError
+from unlearnspec.run.context import RunContext
+from unlearnspec.run.jobstate import LDS_FILE, SIDECAR_FILE, job_state
+from unlearnspec.run.plan import SCORES_FILE, Job, spec_hash
+from unlearnspec.run.results import RunRecord
+from unlearnspec.run.rundirs import write_json
+from unlearnspec.run.steps import prepare
+
+SUMMARY_FILE = "summary.json"
+
+
+def score_dir(job: Job) -> Path:
+    """The score job's folder an LDS job belongs to (`<score folder>/lds/<job>`)."""
+    return job.out.parent.parent
+
+
+def _shared(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """What every retraining of one score run shares (loaded once per process): model and theta_0, the
+    recorded steps, the scores, the query."""
+    key = f"lds:{spec_hash(job.spec)}"
+    if key in ctx.prepared:
+        return ctx.prepared[key]
+    import torch
+
+    from unlearnspec.magic.attention import use_replay_attention
+    from unlearnspec.magic.lds import load_trajectory_plan
+    from unlearnspec.magic.query import build_query
+    from unlearnspec.scores import load_score_file
+    from unlearnspec.train.modeling import apply_lora, load_model
+
+    spec, folder = job.spec, score_dir(job)
+    assert spec.magic is not None
+    prep = prepare(job, ctx)
+    trajectory = load_trajectory_plan(folder)
+    scores = load_score_file(folder / SCORES_FILE).scores
+    if tuple(scores.shape) != tuple(prep.grid.labels.shape):
+        raise UserError.one(str(folder / SCORES_FILE), f"scores are {tuple(scores.shape)} but this spec's token grid is "
+                            f"{tuple(prep.grid.labels.shape)}; the score run is not this spec's. Rerun the score spec.")
+    torch.manual_seed(spec.training.seed)  # as `steps.train`: same model (and LoRA init) as the recorded run
+    model = load_model(spec.model, ctx.assets, dropout=spec.training.dropout, device=ctx.device_for(spec))
+    use_replay_attention(model)
+    if spec.lora is not None:
+        model = apply_lora(model, spec.lora)
+    params = dict(model.named_parameters())
+    missing = [n for n in trajectory.param_names if n not in params]
+    if missing:
+        raise UserError.one(str(folder), f"the recorded run trained parameters this model lacks ({missing[:2]}); "
+                            "rerun the score spec with this version.")
+    theta0 = [params[n].detach().clone() for n in trajectory.param_names]
+    query = build_query(spec.magic.query, model, prep.tokenizer,
+                        include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
+    ctx.prepared[key] = {"prep": prep, "trajectory": trajectory, "scores": scores, "model": model, "theta0": theta0,
+                         "query": query}
+    return ctx.prepared[key]
+
+
+def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
+    """One retraining: drop the job's subset (nothing for the reference), replay, evaluate Q, write lds.json."""
+    from unlearnspec.magic.lds import drop_set, dropped_mask, predicted_change, query_value, retrained_params
+
+    spec, lds = job.spec, job.spec.magic.lds if job.spec.magic else None
+    assert lds is not None
+    shared = _shared(job, ctx)
+    prep = shared["prep"]
+    start = time.perf_counter()
+    weights = prep.weights
+    entry: dict[str, Any] = {"subset": job.subset, "unit": lds.unit, "fraction": lds.fraction, "seed": lds.seed}
+    if job.subset is not None:
+        drop = drop_set(lds, prep.weights, prep.grid.labels, job.subset)
+        mask = dropped_mask(prep.weights.shape, drop, lds.unit)
+        weights = prep.weights.masked_fill(mask, 0)
+        entry.update(dropped=int(drop.numel()), predicted=predicted_change(shared["scores"], prep.weights, mask),
+                     dropped_ids=drop.tolist())
+    params = retrained_params(shared["model"], prep.grid, shared["trajectory"], shared["theta0"], weights)
+    entry["query"] = query_value(shared["model"], shared["query"], params)
+    entry["seconds"] = round(time.perf_counter() - start, 3)
+    if ctx.is_main:
+        write_json(workdir / LDS_FILE, entry)
+    return RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=".", spec_hash=job.hash,
+                     train_seconds=entry["seconds"])
+
+
+def _read(job: Job) -> Optional[dict[str, Any]]:
+    import json
+
+    if job_state(job) != "done":
+        return None
+    try:
+        data = json.loads((job.out / LDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("query"), (int, float)) else None
+
+
+def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, Any]]:
+    """Correlate the finished retrainings (all of them, else None) into `lds/summary.json` and the `lds` entry
+    of `scores.json` (rewritten atomically; the score folder is the tool's own). `new` says it changed."""
+    import json
+
+    from unlearnspec.magic.lds import summarize
+    from unlearnspec.safeio import write_json_atomic
+
+    entries = [_read(j) for j in jobs]
+    reference = next((e for j, e in zip(jobs, entries) if j.subset is None), None)
+    if reference is None or any(e is None for e in entries) or not (folder / SIDECAR_FILE).is_file():
+        return None
+    lds = next(j for j in jobs if j.subset is not None).spec.magic.lds  # type: ignore[union-attr]
+    subsets = [e for j, e in zip(jobs, entries) if j.subset is not None and e is not None]
+    actual = [e["query"] - reference["query"] for e in subsets]
+    predicted = [float(e["predicted"]) for e in subsets]
+    summary = summarize(actual, predicted, lds, int(subsets[0]["dropped"]))
+    summary["reference_query"] = reference["query"]
+    summary["retrain_seconds"] = round(sum(e.get("seconds", 0.0) for e in [reference, *subsets]), 3)
+    summary["method"] = ("retrain the recorded run (replayed steps, same order and schedule) with each subset's weights "
+                         "set to 0; actual = Q(subset) - Q(reference), predicted = -sum(score x weight) over the subset")
+    sidecar = json.loads((folder / SIDECAR_FILE).read_text(encoding="utf-8"))
+    def finite(v: Any) -> Any:
+        if isinstance(v, list):
+            return [finite(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    clean = {k: finite(v) for k, v in summary.items()}
+    if sidecar.get("lds") == clean:
+        return {**clean, "new": False}
+    write_json_atomic(folder / "lds" / SUMMARY_FILE, {**clean, "pairs": [
+        {"subset": e["subset"], "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)]})
+    sidecar["lds"] = clean
+    write_json_atomic(folder / SIDECAR_FILE, sidecar)
+    return {**clean, "new": True}

@@ -1,0 +1,98 @@
+"""`unlearnspec lds`: validate an existing score run by LDS (its recorded step plan, its spec).
+
+The target is a score run folder (its results.json names the spec and profile it ran) or a MAGIC spec
+(its output.dir, or --out, holds the run). The score job must be finished; the command then runs that
+spec's LDS retraining jobs (resumable; finished ones are skipped) and writes the summary into scores.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+from unlearnspec.errors import UserError
+from unlearnspec.run.study import RunOptions
+
+
+def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
+    """(spec path, options with --out and the profile) for a score run folder or a spec file."""
+    if not target.is_dir():
+        if not target.is_file():
+            raise UserError.one(str(target), "not found; give a score run folder (holding scores.json) or a MAGIC spec file.")
+        return target, options
+    results = target / "results.json"
+    if not (target / "scores.json").is_file() or not results.is_file():
+        raise UserError.one(str(target), "is not a finished score run (no scores.json and results.json). Give the folder a "
+                            "MAGIC spec wrote, or the spec file itself.")
+    try:
+        info = json.loads(results.read_text(encoding="utf-8"))["spec"]
+        spec_path, profile_name = Path(str(info["path"])), info.get("profile")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError.one(str(results), f"unreadable ({type(exc).__name__}); give the spec file instead: "
+                            f"`unlearnspec lds SPEC --out {target}`.") from None
+    if not spec_path.is_file():
+        raise UserError.one(str(target), f"its spec {spec_path} is not found from here; run the command from the project "
+                            f"folder, or give the spec: `unlearnspec lds SPEC --out {target}`.")
+    profile = options.profile
+    if profile is None and profile_name is not None:
+        from unlearnspec.spec.profile import default_toy_profile, load_profile
+
+        toy = default_toy_profile()
+        if getattr(load_profile(toy), "name", None) != profile_name:
+            raise UserError.one(str(target), f"the scores were made under profile {profile_name!r}; pass it with --profile.")
+        profile = toy
+    return spec_path, replace(options, profile=profile, out=target.resolve())
+
+
+def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any], console: Any) -> int:
+    """Run the LDS jobs of one score run here; print the summary. Exit 0, or 1 when a retraining failed."""
+    from unlearnspec.run.executor import LocalExecutor, job_state
+    from unlearnspec.run.plan import Plan
+    from unlearnspec.run.study import make_context, make_plan, quiet_libraries
+
+    spec_path, options = lds_target(target, options) if target.is_dir() else (target, options)
+    given = {k: v for k, v in settings.items() if v is not None}
+    overrides = [f"magic.lds.{k}={v}" for k, v in given.items()] or ["magic.lds.subsets=30"]
+    options = replace(options, overrides=[*options.overrides, *overrides], auto_produce=False, report=False)
+    quiet_libraries()
+    ctx = make_context(options, say=lambda m: console.print(m, markup=False, highlight=False))
+    plan = make_plan([spec_path], options, ctx)
+    run = next(r for r in plan.specs if r.path.resolve() == spec_path.resolve())
+    if not run.is_score:
+        raise UserError.one(str(spec_path), "is not a MAGIC spec (no `magic:` section); LDS validates score runs.")
+    score = plan.job(run.points[0])
+    if job_state(score) != "done":
+        raise UserError.one(str(score.out), f"holds no finished score run of {spec_path} as it is now (scores missing, or made "
+                            f"by another version of the spec). Run `unlearnspec run {spec_path}` first.")
+    lds = run.spec.magic.lds  # type: ignore[union-attr]
+    assert lds is not None
+    ctx.say(f"[lds] {run.spec.name}: {lds.subsets} retrainings of {lds.fraction:.0%} {lds.unit}s dropped + 1 reference, "
+            "each replays the recorded steps forward (no reverse pass) and evaluates the query")
+    sub = Plan(jobs=[score] + [plan.job(j) for j in run.lds], specs=[run], profile=plan.profile)
+    outcome = LocalExecutor(ctx).run(sub)
+    return _print_summary(run.out, console) if not outcome.failed else 1
+
+
+def _print_summary(folder: Path, console: Any) -> int:
+    from rich.table import Table
+
+    from unlearnspec.magic.lds import lds_table
+
+    entry = lds_table(folder / "scores.json")
+    if entry is None:
+        console.print(f"[yellow]no LDS summary in {folder / 'scores.json'}[/yellow]")
+        return 1
+    table = Table(title=f"LDS of {folder}")
+    for col in ("unit", "fraction", "subsets", "Spearman", "95% CI", "Pearson", "|pred|/|actual|"):
+        table.add_column(col)
+
+    def num(x: Optional[float]) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lo, hi = entry.get("spearman_ci95") or [None, None]
+    table.add_row(str(entry["unit"]), f"{entry['fraction']:.1%}", str(entry["subsets"]), num(entry["spearman"]),
+                  f"{num(lo)} - {num(hi)}", num(entry.get("pearson")), num(entry.get("scale_ratio")))
+    console.print(table)
+    return 0
