@@ -40,23 +40,21 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
-def score_run(spec, spec_path: Path, dtype: str, options, world, prep):
+def score_run(spec, spec_path: Path, dtype: str, ctx, prep):
     """(scores [N,S] float64, trajectory, model, query, stats) of one MAGIC run through the real trainer."""
     from unlearnspec.magic import ReplayStats, magic_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
-    from unlearnspec.run.runner import train_point
-    from unlearnspec.spec.load import project_root
+    from unlearnspec.run.steps import train
     from unlearnspec.train.trainer import total_steps
 
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"dtype": dtype})})
     steps = total_steps(spec.training, prep.grid.input_ids.shape[0])
     callback = MagicCallback(steps, "all", precision=spec.training.precision)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train_point(spec, prep, spec.training.lrs[0], Path(tmp), options, world, extra_callbacks=[callback],
-                              setup=callback.attach, exact_replay=True)
+        trainer = train(spec, prep, Path(tmp), ctx, callbacks=[callback], exact_replay=True)
     model = trainer.model
-    include = [str(project_root(spec_path) / "plugins"), str(world.task_dir)]
+    include = [str(p) for p in ctx.include_paths(spec_path)]
     query = build_query(spec.magic.query, model, prep.tokenizer, include_path=include)
     stats = ReplayStats()
     scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=None, stats=stats)
@@ -84,14 +82,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unlearnspec.magic import magic_scores
-    from unlearnspec.run.runner import RunOptions, prepare, toy_world
-    from unlearnspec.spec.load import load_spec
+    from unlearnspec.run.steps import prepare
+    from unlearnspec.run.study import RunOptions, make_context, make_plan
     from unlearnspec.spec.profile import default_toy_profile
 
-    options = RunOptions(profile=default_toy_profile(), say=lambda s: None)
-    base = load_spec(SPEC, profile=options.profile)
-    world = toy_world(options)
-    prep = prepare(base, SPEC, options, world)
+    options = RunOptions(profile=default_toy_profile())
+    ctx = make_context(options, say=lambda s: None)
+    plan = make_plan([SPEC], options, ctx)
+    job = plan.job(plan.specs[0].points[0])
+    base = job.spec
+    prep = prepare(job, ctx)
     valid = prep.grid.labels != -100
     valid[:, 0] = False
     first_gap = None
@@ -100,8 +100,8 @@ def main() -> None:
             opt = base.training.optimizer.model_copy(update={"eps": eps})
             training = base.training.model_copy(update={"optimizer": opt, "lr": base.training.lrs[0] * scale})
             spec = base.model_copy(update={"training": training})
-            s64, _, _, _, _ = score_run(spec, SPEC, "float64", options, world, prep)
-            s32, traj32, model32, query32, stats32 = score_run(spec, SPEC, "float32", options, world, prep)
+            s64, _, _, _, _ = score_run(spec, SPEC, "float64", ctx, prep)
+            s32, traj32, model32, query32, stats32 = score_run(spec, SPEC, "float32", ctx, prep)
             model32.double()
             s64_on_32 = magic_scores(model32, prep.grid, as_float64(traj32), query32, dtype=None)
             full = float((s32 - s64).norm() / s64.norm())

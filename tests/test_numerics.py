@@ -89,17 +89,18 @@ def test_apply_refuses_when_torch_already_runs_other_kernels(monkeypatch):
     monkeypatch.delenv("MKL_CBWR", raising=False)
     numerics.apply(NumericsConfig(aten_kernels="native", mkl_cbwr="native", onednn=True, threads=2), "toy_world.yaml")
     assert torch.backends.mkldnn.enabled and torch.get_num_threads() == 2
-    numerics.apply(NumericsConfig(), "toy_world.yaml")  # the shipped (native) settings
+    numerics.apply(NumericsConfig(aten_kernels="native", mkl_cbwr="native", onednn=True), "toy_world.yaml")
     assert torch.get_num_threads() == 1
 
 
-def test_numerics_are_part_of_the_world_key_and_shipped_native():
+def test_numerics_are_part_of_the_world_key_and_shipped_pinned():
     from unlearnspec.toy.build import load_config, world_key
 
     shipped = load_config(None)
-    assert shipped.numerics == NumericsConfig(aten_kernels="native", mkl_cbwr="native", onednn=True, threads=1)
-    pinned = WorldConfig.model_validate({**shipped.model_dump(), "numerics": PINNED.model_dump()})
-    assert world_key(pinned) != world_key(shipped)
+    assert shipped.numerics == PINNED == NumericsConfig()  # portable paths: the default and the shipped world
+    native = NumericsConfig(aten_kernels="native", mkl_cbwr="native", onednn=True, threads=1)
+    other = WorldConfig.model_validate({**shipped.model_dump(), "numerics": native.model_dump()})
+    assert world_key(other) != world_key(shipped)
 
 
 def test_cli_pins_before_torch_is_imported(tmp_path):

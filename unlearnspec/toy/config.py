@@ -152,19 +152,19 @@ class NumericsConfig(_Section):
     toy results (selected tokens, accuracies) amplify them. Measured (README, Reproducibility): three
     dispatchers decide, ATen's kernels, MKL's GEMM and oneDNN; pinning all three to their portable
     paths gave bitwise-identical pretraining, training and logits under simulated AVX2/AVX512/SSE
-    machines. `native` everywhere (the shipped default this round, see the README) is faster but
-    machine-dependent in the last bits."""
+    machines. These portable paths are the default (and what the shipped world uses); `native` everywhere
+    is about 2x faster but machine-dependent in the last bits."""
 
-    aten_kernels: Literal["default", "native"] = "native"
+    aten_kernels: Literal["default", "native"] = "default"
     """ATen's vectorised kernels (env ATEN_CPU_CAPABILITY, read at torch's first operation in a
     process): `default` = the build without AVX, the same bits on every x86-64 CPU; `native` = AVX2
     or AVX512 as the CPU allows."""
-    mkl_cbwr: Literal["COMPATIBLE", "AVX2", "native"] = "native"
+    mkl_cbwr: Literal["COMPATIBLE", "AVX2", "native"] = "COMPATIBLE"
     """MKL's conditional numerical reproducibility branch (env MKL_CBWR, read at MKL's first call):
     `COMPATIBLE` = one code path on every x86-64 CPU; `AVX2` = about twice as fast (measured on the
     toy model's training steps), the same bits on CPUs with AVX2 (x86-64 since about 2013-2015);
     `native` = MKL's per-CPU choice."""
-    onednn: bool = True
+    onednn: bool = False
     """Use oneDNN kernels (torch.backends.mkldnn); they pick their ISA per machine, so off for identical bits."""
     threads: Optional[int] = Field(default=1, gt=0, le=1024)
     """torch CPU threads of every computation on this world (reductions split by thread; MKL's
