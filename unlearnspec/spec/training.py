@@ -129,6 +129,9 @@ class QuerySpec(_Section):
     """Use only the first `limit` questions of each leaf task (as lm-eval's --limit)."""
     batch_size: PositiveInt = 8
     """Questions per forward pass in the query gradient."""
+    per: Literal["mean", "task"] = "mean"
+    """`mean`: one score matrix for the mean query over all questions. `task`: also one per leaf task of a
+    group query, next to the mean (see the README, MAGIC scores)."""
 
 
 class MagicMemorySpec(_Section):
