@@ -25,8 +25,9 @@ def test_score_run_with_lds_and_the_lds_command(toy_world, tmp_path):
     lds = side["lds"]
     assert lds["subsets"] == 8 and lds["unit"] == "row" and lds["fraction"] == 0.01
     assert lds["spearman"] >= 0.8, lds  # the toy regime (SGD lr 0.05): the scores predict dropped rows
-    assert (out / "trajectory.json").is_file() and (out / "lds" / "reference" / "lds.json").is_file()
-    assert len(list((out / "lds").glob("subset_*"))) == 8
+    lds_dir = tmp_path / "scores.lds"  # beside the score folder
+    assert (out / "trajectory.json").is_file() and (lds_dir / "reference" / "lds.json").is_file()
+    assert len(list(lds_dir.glob("subset_*"))) == 8 and (lds_dir / "summary.json").is_file()
     again = _run(["lds", str(out), "--unit", "token", "--fraction", "0.1", "--subsets", "6"], env)
     assert again.returncode == 0, again.stderr[-3000:]
     lds = json.loads((out / "scores.json").read_text())["lds"]

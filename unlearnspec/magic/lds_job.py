@@ -1,8 +1,9 @@
 """LDS retraining jobs of a score run (`magic.lds`), and the summary they add to its scores.json.
 
 Each job (`lds:<spec>/reference`, `lds:<spec>/subset_007`, ...) replays the recorded run from theta_0 with
-its subset's weights set to 0 and evaluates the query: `<score folder>/lds/<job>/lds.json`. When all have
-finished, `write_lds_summary` correlates them and writes `lds/summary.json` and the `lds` entry of scores.json.
+its subset's weights set to 0 and evaluates the query: `<score folder>.lds/<job>/lds.json`. When all have
+finished, `write_lds_summary` correlates them and writes `<score folder>.lds/summary.json` and the `lds`
+entry of scores.json.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Optional, Sequence
 from unlearnspec.errors import UserError
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.jobstate import LDS_FILE, SIDECAR_FILE, job_state
-from unlearnspec.run.plan import SCORES_FILE, Job, spec_hash
+from unlearnspec.run.plan import LDS_SUFFIX, SCORES_FILE, Job, spec_hash
 from unlearnspec.run.results import RunRecord
 from unlearnspec.run.rundirs import write_json
 from unlearnspec.run.steps import prepare
@@ -24,8 +25,9 @@ SUMMARY_FILE = "summary.json"
 
 
 def score_dir(job: Job) -> Path:
-    """The score job's folder an LDS job belongs to (`<score folder>/lds/<job>`)."""
-    return job.out.parent.parent
+    """The score job's folder an LDS job belongs to (`<score folder>.lds/<job>`)."""
+    root = job.out.parent
+    return root.with_name(root.name[: -len(LDS_SUFFIX)])
 
 
 def _shared(job: Job, ctx: RunContext) -> dict[str, Any]:
@@ -136,7 +138,7 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, A
     clean = {k: finite(v) for k, v in summary.items()}
     if sidecar.get("lds") == clean:
         return {**clean, "new": False}
-    write_json_atomic(folder / "lds" / SUMMARY_FILE, {**clean, "pairs": [
+    write_json_atomic(jobs[0].out.parent / SUMMARY_FILE, {**clean, "pairs": [
         {"subset": e["subset"], "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)]})
     sidecar["lds"] = clean
     write_json_atomic(folder / SIDECAR_FILE, sidecar)

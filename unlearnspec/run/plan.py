@@ -141,12 +141,19 @@ def baseline_key(spec: Spec, spec_path: Path, assets: Assets, device: str) -> st
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-LDS_DIR = "lds"  # inside a score job's folder: one folder per LDS retraining
+LDS_SUFFIX = ".lds"
+"""LDS retrainings of a score run live beside its folder, in `<score folder>.lds/` (one folder each): the
+score job replaces its own folder atomically, and SLURM state of its LDS jobs exists before it runs."""
+
+
+def lds_root(score_out: Path) -> Path:
+    """The folder holding the LDS retrainings (and their summary.json) of the score run in `score_out`."""
+    return score_out.parent / f"{score_out.name}{LDS_SUFFIX}"
 
 
 def lds_jobs(score: Job) -> list[Job]:
     """The LDS retrainings of a score job (`magic.lds`): a reference (nothing dropped), then one per subset.
-    Each waits for the score job and writes `<score folder>/lds/<name>`; subset hashes include the LDS settings."""
+    Each waits for the score job and writes `<score folder>.lds/<name>`; subset hashes include the LDS settings."""
     assert score.spec.magic is not None
     lds = score.spec.magic.lds
     if lds is None:
@@ -155,12 +162,13 @@ def lds_jobs(score: Job) -> list[Job]:
     subset_hash = hashlib.sha256(f"{score.hash}:{settings}".encode()).hexdigest()
     ref_hash = hashlib.sha256(f"{score.hash}:reference".encode()).hexdigest()
     name = score.spec.name
-    jobs = [Job("lds", f"lds:{name}/reference", score.spec, score.spec_path, score.out / LDS_DIR / "reference",
+    root = lds_root(score.out)
+    jobs = [Job("lds", f"lds:{name}/reference", score.spec, score.spec_path, root / "reference",
                 ref_hash, (score.id,))]
     width = max(3, len(str(lds.subsets - 1)))
     for i in range(lds.subsets):
         jobs.append(Job("lds", f"lds:{name}/subset_{i:0{width}d}", score.spec, score.spec_path,
-                        score.out / LDS_DIR / f"subset_{i:0{width}d}", subset_hash, (score.id,), subset=i))
+                        root / f"subset_{i:0{width}d}", subset_hash, (score.id,), subset=i))
     return jobs
 
 
