@@ -92,7 +92,9 @@ def test_leaf_files_load_through_the_sidecar_like_the_mean_file(trained, tmp_pat
     paths = write_scores(tmp_path, mean, trajectory, fingerprint="fp", query=query.batch.info(), dtype="float64",
                          extra={"per_task": block})
     side = json.loads(paths["sidecar"].read_text())
-    assert side["per_task"]["fixture_mcq_a"] == {"file": "per_token_scores.fixture_mcq_a.pt", "task": "fixture_mcq_a", "questions": 6}
+    entry = dict(side["per_task"]["fixture_mcq_a"])
+    assert entry.pop("reverse_seconds") > 0
+    assert entry == {"file": "per_token_scores.fixture_mcq_a.pt", "task": "fixture_mcq_a", "questions": 6}
     path = leaf_score_path(paths["per_token"], "wmdp", "fixture_mcq_b")
     assert path == tmp_path / "per_token_scores.fixture_mcq_b.pt"
     loaded = load_score_file(path)

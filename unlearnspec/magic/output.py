@@ -141,7 +141,7 @@ def write_scores(
 
 def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Write one [N, S] float32 file per leaf (`per_task`: rule leaf name -> `per_task.TaskScores`); returns
-    the sidecar's `per_task` block, {leaf: {file, task, questions}}. Call before `write_scores`, whose
+    the sidecar's `per_task` block, {leaf: {file, task, questions, reverse_seconds}}. Call before `write_scores`, whose
     sidecar (written last) marks the whole set complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,5 +152,5 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
         name = PER_TASK_FILE.format(leaf=leaf)
         tensor = entry.scores.detach().to(torch.float32).cpu().contiguous()
         _atomic_write(out / name, lambda p, t=tensor: torch.save(t, p))
-        block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions)}
+        block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
     return block
