@@ -29,11 +29,11 @@ def test_whole_study_plan_orders_producers_first_and_shares_baselines():
             assert ids.index(dep) < i, f"{job.id} runs before {dep}"
     kinds = {k: sum(j.kind == k for j in plan.jobs) for k in ("score", "baseline", "point")}
     score_specs = [p for p in SPECS.rglob("*.yaml") if "profiles" not in p.parts and "magic:" in p.read_text()]
-    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 4  # + specs/fixed*
+    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 5  # + specs/fixed*, per_task
     points = sum(len(r.spec.training.lrs) for r in plan.specs if not r.is_score)
     assert kinds["point"] == points
     # exp1-7 and the fixed pair evaluate the same toy model with the same tasks: one baseline job
-    assert kinds["baseline"] == 1
+    assert kinds["baseline"] == 2  # + specs/per_task, which also evaluates the toxin leaf
     exp5 = next(r for r in plan.specs if r.spec.name == "exp5_selective")
     first = plan.job(exp5.points[0])
     assert set(first.after) == {"score:magic_wmdp", "score:magic_mmlu"}

@@ -129,6 +129,29 @@ def test_shipped_task_folder_equals_generator_output(world):
     assert sorted(p.name for p in SHIPPED_TASKS.iterdir() if p.is_file()) == sorted(task_files(world))
 
 
+def test_attribute_group_splits_toy_wmdp_by_attribute_into_leaf_tasks(world):
+    import yaml
+
+    from unlearnspec.magic.query import load_tasks
+    from unlearnspec.toy.taskfiles import ATTRIBUTE_GROUP, attribute_leaves
+
+    leaves = attribute_leaves(world)
+    attrs = ("host", "transmission", "technique", "origin", "toxin")
+    assert list(leaves) == [f"{ATTRIBUTE_GROUP}_{a}" for a in attrs]
+    for leaf, docs in leaves.items():
+        assert len(docs) == 60 and {world.fact(d["fact"]).attribute for d in docs} == {leaf.rsplit("_", 1)[1]}
+    ids = [d["id"] for d in world.tasks["toy_wmdp"]]
+    assert sorted(d["id"] for docs in leaves.values() for d in docs) == sorted(ids)  # a partition of toy_wmdp
+    for docs in leaves.values():  # toy_wmdp's order within each leaf
+        assert [d["id"] for d in docs] == sorted((d["id"] for d in docs), key=ids.index)
+    group = yaml.safe_load((SHIPPED_TASKS / f"_{ATTRIBUTE_GROUP}.yaml").read_text())
+    assert group["group"] == ATTRIBUTE_GROUP and group["task"] == list(leaves)
+    loaded = load_tasks(ATTRIBUTE_GROUP, str(SHIPPED_TASKS), include_defaults=False)
+    assert list(loaded) == list(leaves)
+    served = loaded[f"{ATTRIBUTE_GROUP}_toxin"].doc_iterator(rank=0, limit=None, world_size=1)  # (doc_id, doc)
+    assert [doc["id"] for _, doc in served] == [d["id"] for d in leaves[f"{ATTRIBUTE_GROUP}_toxin"]]
+
+
 def test_write_tasks_command_regenerates_the_folder(tmp_path, world):
     from typer.testing import CliRunner
 

@@ -92,6 +92,32 @@ def load_score_file(path: Path) -> ScoreFile:
     return ScoreFile(path=path, scores=tensor, sidecar=sidecar)
 
 
+def leaf_score_path(mean_path: Path, source: str, leaf: str) -> Path:
+    """The file of leaf task `leaf` of score source `source` (rule name `source.leaf`): listed under
+    `per_task` in the sidecar beside the mean file `mean_path`. Load it with `load_score_file` and check it
+    with `checked_scores` like the mean file (same sidecar: N, S, alignment, data fingerprint)."""
+    side = mean_path.parent / SIDECAR_FILE
+    name = f"{source}.{leaf}"
+    if not side.is_file():
+        raise _fail(mean_path, f"the token rule reads {name!r}, but no {SIDECAR_FILE} lies beside the scores, so no per-task "
+                    "scores are known. Produce them with `magic.query.per: task`, or read plain "
+                    f"{source!r}.")
+    sidecar = read_json(side, "score sidecar", "missing", "Fix or delete it.")
+    per_task = sidecar.get("per_task") if isinstance(sidecar, dict) else None
+    if not isinstance(per_task, dict) or not per_task:
+        raise _fail(side, f"the token rule reads {name!r}, but these scores hold no per-task scores (produced with "
+                    f"`magic.query.per: mean`). Set `per: task` under magic.query of the producing spec and rerun it, "
+                    f"or read plain {source!r}.")
+    entry = per_task.get(leaf)
+    if entry is None:
+        raise _fail(side, f"the token rule reads {name!r}, but the query has no leaf task {leaf!r}. Available: "
+                    f"{', '.join(f'{source}.{k}' for k in sorted(per_task))}.")
+    file = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+        raise _fail(side, f"per_task.{leaf}.file must be a file name beside the sidecar (found {file!r}). Fix or rescore.")
+    return mean_path.parent / file
+
+
 def to_target_alignment(scores: torch.Tensor, alignment: str) -> torch.Tensor:
     """`input` column t is the loss predicted at t (of token t+1) -> `target` column t+1."""
     if alignment == "target":

@@ -1,5 +1,6 @@
 """The score job: train the MAGIC spec's run (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass, and write
-per_token_scores.pt + per_example_scores.pt + scores.json into the job's work folder."""
+per_token_scores.pt + per_example_scores.pt + scores.json into the job's work folder (with `per: task` also
+one per_token_scores.<leaf>.pt per leaf task of the query, see `magic.per_task`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
     from unlearnspec.magic import ReplayStats, magic_scores, write_scores
+    from unlearnspec.magic.output import write_task_scores
+    from unlearnspec.magic.per_task import extra_passes, per_task_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
     from unlearnspec.train.trainer import total_steps
@@ -35,28 +38,35 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
     model = trainer.model
     query = build_query(magic.query, model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
-    task = ctx.task(f"MAGIC reverse pass {spec.name}", total=steps)
+    leaf_passes = extra_passes(query) if magic.query.per == "task" else 0
+    task = ctx.task(f"MAGIC reverse pass {spec.name}" + (f" (+{leaf_passes} leaf tasks)" if leaf_passes else ""),
+                    total=steps * (1 + leaf_passes))
 
     def progress(done: int, total: int) -> None:
         if task is not None:
-            ctx.progress.update(task, completed=done, total=total)
+            ctx.progress.update(task, completed=done, total=total * (1 + leaf_passes))
 
     memory = magic.memory
     stats = ReplayStats()
+    replay = {"micro_batch_rows": memory.replay_batch_size if memory else None,
+              "offload_adjoint": bool(memory and memory.offload_adjoint), "offload_states": bool(memory and memory.offload_states)}
+    per_task = {}
     with Timer() as reverse_clock:
         try:
             scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
-                                  micro_batch_rows=memory.replay_batch_size if memory else None,
-                                  offload_adjoint=bool(memory and memory.offload_adjoint),
-                                  offload_states=bool(memory and memory.offload_states))
+                                  **replay)
+            if magic.query.per == "task":  # before the states below are deleted
+                per_task = per_task_scores(model, prep.grid, callback.trajectory, query, scores, **replay,
+                                           progress=lambda i, k: progress(steps * (1 + i), steps))
         finally:
             ctx.done(task)
             dist.barrier()  # every rank is past its last read of the states
             if ctx.is_main and states != workdir / ".magic-states":
                 shutil.rmtree(states, ignore_errors=True)
+    leaves = {"per_task": write_task_scores(workdir, per_task)} if per_task else {}
     write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
                  dtype=spec.model.dtype, lr=job.lr,
-                 extra={"spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
+                 extra={**leaves, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
                         "world_size": ctx.world_size,
                         "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,

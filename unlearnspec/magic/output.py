@@ -1,4 +1,5 @@
-"""Write score files atomically: per_token_scores.pt [N, S], per_example_scores.pt [N], scores.json.
+"""Write score files atomically: per_token_scores.pt [N, S], per_example_scores.pt [N], scores.json,
+and with `per: task` one per_token_scores.<leaf>.pt [N, S] per leaf task (listed in the sidecar's `per_task`).
 
 Tensors are plain float32 tensors (load with `torch.load(path, weights_only=True)`); the sidecar
 says how to read them (alignment, sign, normalizer) and what produced them.
@@ -23,6 +24,8 @@ from unlearnspec.safeio import follow_umask
 SCORES_FORMAT_VERSION = 1
 PER_TOKEN_FILE = "per_token_scores.pt"
 PER_EXAMPLE_FILE = "per_example_scores.pt"
+PER_TASK_FILE = "per_token_scores.{leaf}.pt"
+"""One leaf task's scores (`magic.query.per: task`); same format, sidecar and fingerprint as the mean file."""
 SIDECAR_FILE = "scores.json"
 
 
@@ -134,3 +137,20 @@ def write_scores(
     _atomic_write(paths["per_example"], lambda p: torch.save(per_example, p))
     _atomic_write(paths["sidecar"], lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
     return paths
+
+
+def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Write one [N, S] float32 file per leaf (`per_task`: rule leaf name -> `per_task.TaskScores`); returns
+    the sidecar's `per_task` block, {leaf: {file, task, questions, reverse_seconds}}. Call before `write_scores`, whose
+    sidecar (written last) marks the whole set complete."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    block: dict[str, dict[str, Any]] = {}
+    for leaf, entry in per_task.items():
+        if entry.scores.dim() != 2:
+            raise ValueError(f"scores of leaf {leaf!r} must be [N, S] (got {tuple(entry.scores.shape)})")
+        name = PER_TASK_FILE.format(leaf=leaf)
+        tensor = entry.scores.detach().to(torch.float32).cpu().contiguous()
+        _atomic_write(out / name, lambda p, t=tensor: torch.save(t, p))
+        block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
+    return block

@@ -1,6 +1,8 @@
 """The query loss Q(theta) that MAGIC differentiates, built from an lm-eval task's own documents and
 prompt format, tokenized exactly as lm-eval's loglikelihood requests; Q = mean over questions.
 
+With `per: task` the score job also differentiates each leaf task's own mean (`QueryLoss.per_task`).
+
 `answer_continuation`: summed cross-entropy of the gold continuation (target_delimiter + gold choice)
 after the task's (few-shot) context. `answer_letter`: the recorded runs' query, the cross-entropy
 of the single token " L" after "Question: {question}\\nA) {c0}\\n...\\nAnswer:"; docs must expose
@@ -101,6 +103,21 @@ class QueryBatch:
     def info(self) -> dict[str, Any]:
         """The `query` block of scores.json."""
         return {"task": self.task, "loss": self.loss, "n_questions": self.n_questions, "num_fewshot": self.num_fewshot}
+
+    def leaves(self) -> dict[str, list[int]]:
+        """Leaf task -> its question rows, in row order (the task is the `subtask` of `subtask/doc_id`)."""
+        out: dict[str, list[int]] = {}
+        for row, key in enumerate(self.doc_keys):
+            out.setdefault(key.rsplit("/", 1)[0], []).append(row)
+        return out
+
+    def subset(self, rows: Sequence[int], task: str) -> "QueryBatch":
+        """The questions at `rows` as a batch of their own, named `task` (e.g. one leaf task)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        if index.numel() == 0:
+            raise ValueError("a query subset needs at least one question")
+        return QueryBatch(self.input_ids[index], self.attention_mask[index], self.labels[index], task, self.loss,
+                          self.num_fewshot, tuple(self.doc_keys[r] for r in rows))
 
 
 def load_tasks(
@@ -282,6 +299,11 @@ class QueryLoss:
 
     def __call__(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.per_question(params).mean()
+
+    def per_task(self) -> dict[str, "QueryLoss"]:
+        """One QueryLoss per leaf task (mean over that leaf's questions); Q = sum_t n_t/n Q_t."""
+        return {leaf: QueryLoss(self.model, self.batch.subset(rows, leaf), self.batch_size)
+                for leaf, rows in self.batch.leaves().items()}
 
 
 def build_query(

@@ -34,7 +34,8 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     if key in ctx.prepared:
         return ctx.prepared[key]
     from unlearnspec.data import build_grid, load_texts
-    from unlearnspec.scores import checked_scores, load_score_file, token_stats, token_weights
+    from unlearnspec.scores import checked_scores, leaf_score_path, load_score_file, token_stats, token_weights
+    from unlearnspec.spec.rules import split_source
     from unlearnspec.train.modeling import load_tokenizer
     from unlearnspec.train.trainer import grid_dataset
 
@@ -51,6 +52,12 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     for name, path in job.inputs:
         scores[name] = checked_scores(load_score_file(path), spec.scores[name], name, grid.labels, grid.fingerprint,
                                       fingerprint_at)
+    inputs = dict(job.inputs)
+    for full in sorted(spec.tokens.referenced_sources() - set(scores)):  # `source.leaf`: one leaf task's scores
+        name, leaf = split_source(full)
+        if leaf is not None and name in inputs:
+            scores[full] = checked_scores(load_score_file(leaf_score_path(inputs[name], name, leaf)), spec.scores[name], full,
+                                          grid.labels, grid.fingerprint, fingerprint_at)
     weights = token_weights(spec.tokens, scores, grid.labels)
     stats = token_stats(weights, grid.labels, spec.loss.normalizer)
     ctx.say(

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.profile import apply_profile, load_profile
+from unlearnspec.spec.rules import split_source
 from unlearnspec.spec.schema import Spec
 from unlearnspec.spec.yamlio import _fmt_loc, _line_of, apply_overrides, read_yaml_file, validation_problems
 
@@ -122,6 +123,12 @@ def reference_problems(
         if producer.magic is None:
             problems.append(Problem(file, _fmt_loc(loc), f"{src.produced_by} has no `magic` section, so it produces no scores.", _line_of(node, loc)))
             continue
+        leaves = sorted(leaf for base, leaf in map(split_source, spec.tokens.referenced_sources()) if base == name and leaf)
+        if leaves and producer.magic.query.per != "task":
+            loc2 = ("tokens",)
+            problems.append(Problem(file, _fmt_loc(loc2), f"the token rule reads the leaf task scores {', '.join(f'{name}.{x}' for x in leaves)}, but "
+                                    f"{src.produced_by} writes only mean-query scores (`magic.query.per: mean`). Set `per: task` under "
+                                    f"magic.query there, or read plain `{name}`.", _line_of(node, loc2)))
         columns = producer.data.max_seq_len
         msl = spec.data.max_seq_len
         if msl > columns:

@@ -1,7 +1,9 @@
 """Safe parser for boolean token-selection expressions such as ``wmdp > 0 and mmlu <= 0``.
 
 A tiny recursive-descent grammar (no ``eval``): comparisons of a score source with a number,
-joined by ``and`` / ``or`` / ``not`` and parentheses. Evaluation works on anything that supports
+joined by ``and`` / ``or`` / ``not`` and parentheses. A source is a name (``wmdp``: the mean-query
+scores) or a name and one leaf task (``wmdp.dual_use_virology``: the scores of one leaf task of a
+`per: task` query). Evaluation works on anything that supports
 comparison and ``&``/``|``/``~`` (torch tensors, numpy arrays), so this module imports no torch.
 """
 
@@ -23,7 +25,7 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<op>>=|<=|==|!=|>|<|≤|≥)"
-    r"|(?P<paren>[()])|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<bad>\S))"
+    r"|(?P<paren>[()])|(?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?)|(?P<bad>\S))"
 )
 _UNICODE_OPS = {"≤": "<=", "≥": ">="}
 
@@ -33,6 +35,16 @@ MAX_RULE_TERMS = 64
 """Most comparisons in one expression."""
 MAX_RULE_DEPTH = 32
 """Deepest nesting of parentheses and `not` (the parser and the evaluator recurse once per level)."""
+
+
+SOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?$")
+"""A score source as the rules name it: `name` or `name.leaf` (one dot)."""
+
+
+def split_source(name: str) -> tuple[str, str | None]:
+    """`wmdp.dual_use_virology` -> ("wmdp", "dual_use_virology"); `wmdp` -> ("wmdp", None)."""
+    base, _, leaf = name.partition(".")
+    return base, (leaf or None)
 
 
 class RuleSyntaxError(ValueError):

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
 from unlearnspec.spec.parallel import ParallelSpec
+from unlearnspec.spec.rules import split_source
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
 
@@ -52,12 +53,14 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _rules(self) -> "Spec":
-        for name in sorted(self.tokens.referenced_sources()):
+        for full in sorted(self.tokens.referenced_sources()):
+            name, leaf = split_source(full)
             if name not in self.scores:
                 declared = ", ".join(sorted(self.scores)) or "none"
+                what = f"score source {name!r}" if leaf is None else f"leaf task {leaf!r} of score source {name!r}"
                 raise SpecRuleError(
                     ("tokens",),
-                    f"the token rule reads score source {name!r}, which is not declared under `scores` "
+                    f"the token rule reads {what}, which is not declared under `scores` "
                     f"(declared: {declared}). Add `scores: {{{name}: {{produced_by: ...}}}}` or fix the name.",
                 )
         for name, src in self.scores.items():

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 from pydantic import Field, PositiveInt, model_validator
 
 from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
-from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, sources
+from unlearnspec.spec.rules import SOURCE_NAME, RuleSyntaxError, parse_rule, sources
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS
 
 
@@ -178,14 +178,20 @@ class TokenRuleSpec(_Section):
     mode: TokenMode = "all"
     """all | value_weighted | sign | where."""
     source: Optional[str] = None
-    """Score source read by `value_weighted` and `sign`."""
+    """Score source read by `value_weighted` and `sign`: a name under `scores` (its mean-query scores),
+    or `name.leaf` for one leaf task's scores of a `magic.query.per: task` producer."""
     where: Optional[str] = None
-    """Boolean selection for `mode: where`, e.g. `wmdp > 0 and mmlu <= 0` (and/or/not, parentheses)."""
+    """Boolean selection for `mode: where`, e.g. `wmdp > 0 and mmlu <= 0` (and/or/not, parentheses).
+    `wmdp.dual_use_virology < 0` reads the scores of one leaf task of a `per: task` producer (the leaf
+    task's name without the query group's name and `_` in front; see the sidecar's `per_task`)."""
 
     @model_validator(mode="after")
     def _rules(self) -> "TokenRuleSpec":
         if self.mode in ("value_weighted", "sign") and self.source is None:
             raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: the score source name to read.")
+        if self.source is not None and not SOURCE_NAME.match(self.source):
+            raise SpecRuleError(("source",), f"`source: {self.source}` is not a score source name; write a name under "
+                                "`scores` (e.g. `wmdp`) or one leaf task of it (e.g. `wmdp.dual_use_virology`).")
         if self.mode == "where":
             if self.where is None:
                 raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
@@ -200,6 +206,7 @@ class TokenRuleSpec(_Section):
         return self
 
     def referenced_sources(self) -> set[str]:
+        """Score sources the rule reads, as written (`wmdp`, `wmdp.dual_use_virology`)."""
         if self.mode == "where" and self.where is not None:
             return sources(parse_rule(self.where))
         return {self.source} if self.source else set()

@@ -129,9 +129,18 @@ class QuerySpec(_Section):
     """Use only the first `limit` questions of each leaf task (as lm-eval's --limit)."""
     batch_size: PositiveInt = 8
     """Questions per forward pass in the query gradient."""
-    per: Literal["mean", "task"] = "mean"
-    """`mean`: one score matrix for the mean query over all questions. `task`: also one per leaf task of a
-    group query, next to the mean (see the README, MAGIC scores)."""
+    # Left out of dumps when `mean`, so the hash (and the resume key) of every spec written before the
+    # field existed stays the same; `spec.magic.query.per` still reads "mean".
+    per: Literal["mean", "task"] = Field(default="mean", exclude_if=lambda v: v == "mean")
+    """`mean`: one score matrix, of Q = mean over all questions. `task` (for a group such as
+    wmdp_bio_robust or mmlu): also one score matrix per leaf task t, of Q_t = mean over t's questions,
+    written as `per_token_scores.<leaf>.pt` beside the mean file and listed under `per_task` in
+    scores.json; token rules read them as `source.leaf` (e.g. `wmdp.dual_use_virology < 0`). `<leaf>` is
+    the leaf task's name without the group's name and `_` in front. The mean file is unchanged
+    (Q = sum_t n_t/n Q_t, so the mean scores are the question-weighted sum of the leaf scores). Cost: one
+    more reverse pass per leaf after the mean one (K leaves: (K+1)x the reverse-pass time of `mean`;
+    training runs once), same device memory (the passes run one after another), plus K [N, S] float32
+    matrices in host memory and on disk."""
 
 
 class MagicMemorySpec(_Section):
