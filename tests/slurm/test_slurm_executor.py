@@ -174,3 +174,35 @@ def test_a_two_process_point_runs_under_torchrun(env, tmp_path, slurm_cluster):
         assert json.loads((out / "lr_0.001" / "point.json").read_text())["status"] == "ok"
     finally:
         _cancel_all(out)
+
+
+def test_lds_retrainings_run_as_their_own_jobs(env, tmp_path):
+    """A score spec with `magic.lds`: the score job, then each retraining as its own SLURM job (after it),
+    then the assembling job writes the LDS summary into scores.json."""
+    from unlearnspec.run.slurmstate import read_json
+
+    out = tmp_path / "scores"
+    args = ["run", "specs/magic/magic_wmdp.yaml", "--toy", "--executor", "slurm", "--out", str(out),
+            "--set", "magic.lds.subsets=5"]
+    first = _cli(args, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    try:
+        lds_dir = tmp_path / "scores.lds"
+        subs = {name: read_json(lds_dir / ".slurm" / name / "submission.json") for name in
+                ("reference", "subset_000", "subset_004")}
+        score = read_json(tmp_path / ".slurm" / "scores" / "submission.json")
+        assert score and all(s and s["after"] == [score["slurm_id"]] for s in subs.values()), (score, subs)
+        assert len({s["slurm_id"] for s in subs.values()}) == 3  # one SLURM job per retraining
+
+        def summary() -> dict | None:
+            side = read_json(out / "scores.json") or {}
+            return side.get("lds")
+
+        lds = wait_for(summary, 900, "the LDS summary in scores.json", every=3.0)
+        assert lds["subsets"] == 5 and lds["spearman"] is not None
+        assert all((lds_dir / n / "lds.json").is_file() for n in ("reference", *[f"subset_{i:03d}" for i in range(5)]))
+    finally:
+        for folder in (tmp_path / ".slurm", tmp_path / "scores.lds" / ".slurm"):
+            ids = [str((read_json(p) or {}).get("slurm_id", "")) for p in folder.glob("*/submission.json")]
+            if any(ids):
+                subprocess.run(["scancel", *[i for i in ids if i]], check=False)
