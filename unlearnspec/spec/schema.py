@@ -58,9 +58,10 @@ class Spec(_Section):
             if name not in self.scores:
                 declared = ", ".join(sorted(self.scores)) or "none"
                 what = f"score source {name!r}" if leaf is None else f"leaf task {leaf!r} of score source {name!r}"
+                field = "source" if full == self.tokens.source else "where"
                 raise SpecRuleError(
                     ("tokens",),
-                    f"the token rule reads {what}, which is not declared under `scores` "
+                    f"the token rule (`tokens.{field}`) reads {what}, which is not declared under `scores` "
                     f"(declared: {declared}). Add `scores: {{{name}: {{produced_by: ...}}}}` or fix the name.",
                 )
         for name, src in self.scores.items():

@@ -5,7 +5,8 @@ Imports no torch; field docs are attribute docstrings that flow into the JSON Sc
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -164,7 +165,23 @@ class ScoreSourceSpec(_Section):
         return self
 
 
-TokenMode = Literal["all", "value_weighted", "sign", "where"]
+TokenMode = Literal["all", "value_weighted", "sign", "where", "top"]
+TopOrder = Literal["most_negative", "most_positive"]
+TopSelected = Union[Literal["ascend", "descend"], float]
+TopRest = Literal["mask", "descend"]
+_TOP_WEIGHTS = {"ascend": -1.0, "descend": 1.0, "mask": 0.0}
+"""Weights the words of `selected` / `rest` stand for (sign convention: negative = gradient ascent)."""
+_TOP_ONLY = ("k", "fraction", "order", "selected", "rest")
+
+
+def top_count(k: Optional[int], fraction: Optional[float], valid: int) -> int:
+    """Tokens a `mode: top` rule selects out of `valid` valid target tokens: `k` as written, or
+    `fraction` of the valid tokens rounded to the nearest integer (halves up), at least 1.
+    Never clamped: a count above the candidates is refused at run time (`scores.token_weights`)."""
+    if k is not None:
+        return k
+    assert fraction is not None
+    return max(1, math.floor(fraction * valid + 0.5))
 
 
 class TokenRuleSpec(_Section):
@@ -173,43 +190,118 @@ class TokenRuleSpec(_Section):
     Sign convention (the seed's): score = d(query loss)/d(token weight), so a negative score marks a
     proponent. `value_weighted` gives weight score/mean|score| and `sign` gives sign(score): proponents
     (negative scores) get negative weights, i.e. gradient ascent; positive scores get descent.
-    `where` trains selected tokens with weight +1 and masks the rest (weight 0)."""
+    `where` trains selected tokens with weight +1 and masks the rest (weight 0). `top` ranks the valid
+    target tokens by one score source and gives the `k` (or `fraction`) strongest the `selected` weight and
+    every other valid token the `rest` weight; an optional `where` restricts the candidates before ranking."""
 
     mode: TokenMode = "all"
-    """all | value_weighted | sign | where."""
+    """all | value_weighted | sign | where | top."""
     source: Optional[str] = None
-    """Score source read by `value_weighted` and `sign`: a name under `scores` (its mean-query scores),
-    or `name.leaf` for one leaf task's scores of a `magic.query.per: task` producer."""
+    """Score source read by `value_weighted` and `sign`, and ranked by `top`: a name under `scores` (its
+    mean-query scores), or `name.leaf` for one leaf task's scores of a `magic.query.per: task` producer."""
     where: Optional[str] = None
     """Boolean selection for `mode: where`, e.g. `wmdp > 0 and mmlu <= 0` (and/or/not, parentheses).
     `wmdp.dual_use_virology < 0` reads the scores of one leaf task of a `per: task` producer (the leaf
-    task's name without the query group's name and `_` in front; see the sidecar's `per_task`)."""
+    task's name without the query group's name and `_` in front; see the sidecar's `per_task`).
+    With `mode: top` (optional): the candidates, filtered BEFORE ranking, so `k` counts tokens that pass
+    it; e.g. `mmlu >= 0` with `source: wmdp` ranks only tokens that are not MMLU proponents."""
+    k: Optional[int] = None
+    """`mode: top`: how many tokens to select, a positive integer (or give `fraction`). A count, not a
+    share: a spec's k is not scaled by `--toy`. More than the candidate tokens is an error at run time,
+    never clamped (the message names k and the count)."""
+    fraction: Optional[float] = None
+    """`mode: top`, instead of `k`: share of ALL valid target tokens to select, in (0, 1]; k =
+    round(fraction x valid tokens), halves up, at least 1. Relative to the valid tokens even with `where`,
+    so the selected share is `fraction` whatever the filter keeps (more than the candidates is an error)."""
+    order: Optional[TopOrder] = None
+    """`mode: top`, required: which end of the ranking is selected. `most_negative`: the strongest
+    proponents (score = d(query loss)/d(token weight) < 0: training on them lowers the query loss);
+    `most_positive`: the strongest opponents. Ties are broken by position in the grid (lower row, then
+    lower column first), so the selection is deterministic."""
+    selected: Optional[TopSelected] = None
+    """`mode: top`, required: weight of the selected tokens. `ascend` = -1 (gradient ascent), `descend`
+    = +1, or a nonzero number used as the weight itself (e.g. -0.5 = half-strength ascent)."""
+    rest: Optional[TopRest] = None
+    """`mode: top`, required: weight of every other valid target token (not selected, or not passing
+    `where`): `mask` = 0 (not trained) or `descend` = +1 (ordinary training)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _selected_word(cls, data: Any) -> Any:
+        word = data.get("selected") if isinstance(data, dict) else None
+        if isinstance(word, str) and word not in ("ascend", "descend"):
+            raise SpecRuleError(("selected",), f"`selected: {word[:40]}` is not a weight; write `ascend` (-1, gradient "
+                                "ascent), `descend` (+1) or a nonzero number used as the weight (e.g. -0.5).")
+        return data
 
     @model_validator(mode="after")
     def _rules(self) -> "TokenRuleSpec":
-        if self.mode in ("value_weighted", "sign") and self.source is None:
-            raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: the score source name to read.")
+        if self.mode in ("value_weighted", "sign", "top") and self.source is None:
+            what = "the score source name to rank by" if self.mode == "top" else "the score source name to read"
+            raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: {what}.")
         if self.source is not None and not SOURCE_NAME.match(self.source):
             raise SpecRuleError(("source",), f"`source: {self.source}` is not a score source name; write a name under "
                                 "`scores` (e.g. `wmdp`) or one leaf task of it (e.g. `wmdp.dual_use_virology`).")
-        if self.mode == "where":
-            if self.where is None:
-                raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
+        if self.mode == "where" and self.where is None:
+            raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
+        if self.where is not None:
             try:
                 parse_rule(self.where)
             except RuleSyntaxError as exc:
                 raise SpecRuleError(("where",), f"cannot parse the selection: {exc}") from None
-        if self.mode != "where" and self.where is not None:
-            raise SpecRuleError(("where",), f"`where` is only read with `mode: where` (mode is {self.mode}).")
+        if self.mode not in ("where", "top") and self.where is not None:
+            raise SpecRuleError(("where",), f"`where` is only read with `mode: where` or `mode: top` (mode is {self.mode}).")
         if self.mode in ("all", "where") and self.source is not None:
             raise SpecRuleError(("source",), f"`source` is not read with `mode: {self.mode}`; delete it.")
+        if self.mode == "top":
+            self._top_rules()
+        else:
+            for name in _TOP_ONLY:
+                if getattr(self, name) is not None:
+                    raise SpecRuleError((name,), f"`{name}` is only read with `mode: top` (mode is {self.mode}); delete it.")
         return self
+
+    def _top_rules(self) -> None:
+        if self.k is not None and self.fraction is not None:
+            raise SpecRuleError(("fraction",), "`k` and `fraction` are mutually exclusive: give the number of tokens "
+                                "to select (`k: 60`) or their share of the valid tokens (`fraction: 0.01`), not both.")
+        if self.k is None and self.fraction is None:
+            raise SpecRuleError(("k",), "`mode: top` needs `k` (how many tokens to select, e.g. `k: 60`) or "
+                                "`fraction` (their share of the valid target tokens, e.g. `fraction: 0.01`).")
+        if self.k is not None and self.k <= 0:
+            raise SpecRuleError(("k",), f"`k: {self.k}` selects no token; k is how many of the top-ranked tokens to "
+                                "select, a positive integer (e.g. `k: 60`).")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise SpecRuleError(("fraction",), f"`fraction: {self.fraction:g}` is outside (0, 1]; it is the share of the "
+                                "valid target tokens to select, e.g. `fraction: 0.01` for 1%.")
+        for name, example in (("order", "most_negative (the strongest proponents) or most_positive"),
+                              ("selected", "ascend, descend or a nonzero weight"), ("rest", "mask or descend")):
+            if getattr(self, name) is None:
+                raise SpecRuleError((name,), f"`mode: top` needs `{name}`: {example}. It has no default, so the "
+                                    "direction and the weights are always written in the spec.")
+        if self.selected_weight() == 0.0:
+            raise SpecRuleError(("selected",), "`selected: 0` masks the selected tokens too; use `ascend`, `descend` "
+                                "or a nonzero weight (e.g. -0.5).")
+        if self.selected_weight() == self.rest_weight():
+            raise SpecRuleError(("selected",), f"`selected` and `rest` give every token the same weight "
+                                f"({self.rest_weight():g}), so the ranking changes nothing; that is `mode: all`. Set "
+                                "`selected: ascend` (or another weight) or `rest: mask`.")
+
+    def selected_weight(self) -> float:
+        """Weight of the selected tokens of a `top` rule (`ascend` -> -1, `descend` -> +1, else the number)."""
+        s = self.selected
+        return _TOP_WEIGHTS[s] if isinstance(s, str) else float(s if s is not None else 0.0)
+
+    def rest_weight(self) -> float:
+        """Weight of the valid tokens a `top` rule does not select (`mask` -> 0, `descend` -> +1)."""
+        return _TOP_WEIGHTS[self.rest or "mask"]
 
     def referenced_sources(self) -> set[str]:
         """Score sources the rule reads, as written (`wmdp`, `wmdp.dual_use_virology`)."""
-        if self.mode == "where" and self.where is not None:
-            return sources(parse_rule(self.where))
-        return {self.source} if self.source else set()
+        found = {self.source} if self.source else set()
+        if self.mode in ("where", "top") and self.where is not None:
+            found |= sources(parse_rule(self.where))
+        return found
 
 
 class LossSpec(_Section):
