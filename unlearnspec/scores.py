@@ -2,7 +2,8 @@
 
 Sign convention (the seed's): score = d(query loss)/d(token weight), negative = proponent.
 `value_weighted` -> w = score / mean|score| and `sign` -> w = sign(score), so proponents get
-negative weights (gradient ascent); `where` -> w = 1 on selected tokens, 0 elsewhere.
+negative weights (gradient ascent); `where` -> w = 1 on selected tokens, 0 elsewhere; `top` -> the
+k (or fraction) valid tokens ranked first by one source get the `selected` weight, the rest `rest`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from unlearnspec.run.results import TokenStats
 from unlearnspec.safeio import read_json
 from unlearnspec.spec.rules import evaluate, parse_rule
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
+from unlearnspec.spec.sections import top_count
 
 SCORES_FILE = "per_token_scores.pt"
 SIDECAR_FILE = "scores.json"
@@ -207,9 +209,39 @@ def token_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], label
         w = s / scale
     elif rule.mode == "sign":
         w = torch.sign(scores[rule.source])  # type: ignore[index]
+    elif rule.mode == "top":
+        w = top_weights(rule, scores, valid)
     else:
         w = evaluate(parse_rule(rule.where or ""), scores).float()
     return w.float().masked_fill(~valid, 0.0)
+
+
+def top_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    """`mode: top`: rank the candidates (valid target tokens passing `where`, if any) by `rule.source`;
+    the first `top_count` get the selected weight, every other valid token the rest weight.
+
+    Ties are broken by flat index in the [N, S] grid (row-major: lower row, then lower column first),
+    through a stable sort; -0.0 and 0.0 are one value. A count above the candidates is a UserError
+    naming k and the counts, never clamped."""
+    s = scores[rule.source]  # type: ignore[index]
+    candidates = valid.clone()
+    if rule.where is not None:
+        candidates &= evaluate(parse_rule(rule.where), scores)
+    flat = candidates.flatten().nonzero().squeeze(1)  # ascending flat index: the tie order
+    n_valid = int(valid.sum())
+    k = top_count(rule.k, rule.fraction, n_valid)
+    if k > flat.numel():
+        given = f"k = {k}" if rule.k is not None else f"fraction {rule.fraction:g} of {n_valid} valid tokens = k = {k}"
+        pool = f"{flat.numel()} valid target tokens pass `where: {rule.where}` (of {n_valid} valid)" if rule.where else f"the grid has {n_valid} valid target tokens"
+        raise UserError.one(f"token rule (top by {rule.source})", f"{given} tokens requested but {pool}. Lower `k` "
+                            "(or `fraction`), or widen `where`; the count is never clamped silently.", loc="tokens.k")
+    key = s.flatten()[flat].float() + 0.0  # + 0.0: -0.0 becomes 0.0 (one value, tie-broken by index)
+    if rule.order == "most_positive":
+        key = -key + 0.0
+    chosen = flat[torch.sort(key, stable=True).indices[:k]]
+    w = valid.float() * rule.rest_weight()
+    w.view(-1)[chosen] = rule.selected_weight()
+    return w
 
 
 def token_stats(weights: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer) -> TokenStats:
