@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 from unlearnspec.doctor.context import Entry, Workspace, display
 from unlearnspec.doctor.findings import Finding
+from unlearnspec.doctor.top_share import top_changed_share
 from unlearnspec.spec.load import resolve_path
 
 DEFAULT_LDS_MIN = 0.8
@@ -45,6 +46,10 @@ def changed_fraction(entry: Entry, ws: Workspace) -> Optional[tuple[float, str]]
         ref = ws.reference(entry)
         stats = [ref.token_stats] if ref is not None and ref.token_stats is not None else []
         origin = f"reports/reference/{spec.name}.json"
+    if mode == "top":  # the rule fixes which weights move (a rescaled `selected` is neither masked nor flipped)
+        valid = getattr(stats[0], "valid_tokens", None) if stats else None
+        top = top_changed_share(spec.tokens, valid)
+        return None if top is None else (top[0], f"{top[1]} ({origin if valid else 'from the spec'})")
     if not stats:
         return None
     s = stats[0]
