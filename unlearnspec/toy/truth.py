@@ -92,9 +92,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- spans -> tokens
 def overlapping_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
-    """Positions of the tokens whose character range [a, b) overlaps [start, end); zero-width tokens
-    (special tokens such as BOS) never do."""
-    return [t for t, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    """Positions of the tokens whose character range [a, b) overlaps [start, end). A zero-width range (a lone
+    space between the words of a value, trimmed by the byte-level tokenizer) counts when strictly inside the
+    span; special tokens such as BOS, at (0, 0), never do."""
+    return [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
 
 
 def truth_for_grid(grid: "TokenGrid", tokenizer: Any, rows: Sequence[Mapping[str, Any]], marks: Mapping[str, float]) -> torch.Tensor:
