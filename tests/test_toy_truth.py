@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +233,17 @@ def test_doctor_states_the_attribution_quality_of_each_score_source(tmp_path):
     assert "AUROC 0.750, precision@60 0.250 (60 truth tokens of the facts toy_wmdp asks among 3,731 valid)" in found[0].message
     assert any("`wmdp.host`: AUROC 0.900, precision@12 n/a" in e for e in found[0].evidence)
     assert exit_code(found) == 0
+
+
+@pytest.mark.slow
+def test_a_toy_score_job_records_its_attribution_quality(toy_world, tmp_path):
+    from .test_runner import _env, _run
+
+    out = tmp_path / "scores"
+    proc = _run(["run", "specs/fixed/magic_wmdp.yaml", "--toy", "--out", str(out), "--set", "training.max_steps=20",
+                 "--set", "magic.lds.subsets=5"], _env(toy_world))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    side = json.loads((out / "scores.json").read_text())
+    q = side[QUALITY_KEY]  # written by the score job, kept when the LDS jobs add `lds`
+    assert q["task"] == "toy_wmdp" and q["truth_tokens"] > 0 and 0.0 <= q["auroc"] <= 1.0 and "lds" in side
+    assert run_quality(out) == q  # the command recomputes the same figures from the folder
