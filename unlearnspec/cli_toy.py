@@ -54,3 +54,63 @@ def toy_write_tasks(
 
     for path in write_task_folder(generate_world(load_config(config)), out):
         _console().print(f"wrote {path}")
+
+
+@toy_app.command("truth")
+@user_errors
+def toy_truth(
+    spec: Path = typer.Argument(..., help="Spec whose token grid to mark (mapped through --profile, default the toy profile)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write per_token_scores.pt and scores.json into."),
+    task: str = typer.Option("toy_wmdp", "--task", help="Toy task whose facts count as queried (marked -1)."),
+    retain: bool = typer.Option(False, "--retain", help="Also mark the values of the facts toy_mmlu asks with +1."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Profile mapping the spec (default: specs/profiles/toy.yaml)."),
+) -> None:
+    """Write ground-truth scores for a spec's toy token grid: -1 on the tokens that state a value of a fact
+    the task asks, 0 elsewhere; a score file with sidecar and data fingerprint, read by token rules via `path:`.
+
+    Example: [bold]unlearnspec toy truth specs/fixed/magic_wmdp.yaml --out runs/toy/truth/magic_wmdp[/bold]
+    """
+    output_folder(out, "--out")
+    from unlearnspec.cli_support import resolve_profile
+    from unlearnspec.numerics import pin_for_profile
+
+    chosen = resolve_profile(profile is None, profile)
+    assert chosen is not None
+    pin_for_profile(chosen)  # before torch is imported
+    from unlearnspec.assets import Assets
+    from unlearnspec.spec.load import load_spec
+    from unlearnspec.spec.profile import world_config_path
+    from unlearnspec.toy.truth import RETAIN_TASK, require_toy, spec_truth, write_truth
+
+    loaded = load_spec(spec, profile=chosen)
+    require_toy(loaded, str(spec))
+    truth = spec_truth(loaded, spec, Assets(world_config=world_config_path(chosen)), task, RETAIN_TASK if retain else None)
+    write_truth(out, truth)
+    info = truth.info
+    extra = f", {info['retain_tokens']:,} retain-fact tokens (+1)" if retain else ""
+    _console().print(f"[green]truth[/green] {out}: {info['forget_tokens']:,} of {info['valid_tokens']:,} valid target tokens "
+                     f"({info['forget_fraction']:.1%}) state a fact {task} asks (-1){extra}; fingerprint {truth.fingerprint[:16]}")
+
+
+@toy_app.command("quality")
+@user_errors
+def toy_quality(
+    run_dir: Path = typer.Argument(..., help="Folder of a finished toy MAGIC score run (per_token_scores.pt, scores.json, spec.yaml)."),
+) -> None:
+    """Rate a toy score run against the ground truth (AUROC, precision@k of the facts its query asks) and write
+    `attribution_quality` into its scores.json; `doctor --toy` shows it.
+
+    Example: [bold]unlearnspec toy quality runs/toy/fixed/magic_wmdp[/bold]
+    """
+    from unlearnspec.numerics import pin_for_world
+
+    pin_for_world(None)  # before torch is imported
+    from unlearnspec.toy.quality import run_quality
+
+    q = run_quality(run_dir)
+    for leaf, figures in [("", q), *sorted((q.get("per_task") or {}).items())]:
+        p = ", ".join(f"precision@{k} {v:.3f}" for k, v in figures["precision_at_k"].items() if v is not None)
+        auroc = "n/a" if figures["auroc"] is None else f"{figures['auroc']:.3f}"
+        _console().print(f"{leaf or 'scores':<12} vs {figures['task']}: AUROC {auroc}, {p} "
+                         f"({figures['truth_tokens']} truth tokens of {figures['valid_tokens']:,})")
+    _console().print(f"[green]written[/green] attribution_quality into {run_dir / 'scores.json'}")

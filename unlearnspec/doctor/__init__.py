@@ -13,6 +13,7 @@ from typing import Optional, Iterable
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
 from unlearnspec.doctor.lds_rules import DEFAULT_LDS_FRACTION_FACTOR, DEFAULT_LDS_MIN, lds_findings
+from unlearnspec.doctor.quality_rules import quality_findings
 from unlearnspec.doctor.result_rules import result_findings
 from unlearnspec.doctor.spec_rules import (
     alignment_ambiguity,
@@ -63,6 +64,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += lr_shift(entry, ws, lr_factor)
         findings += result_findings(entry, ws)
         findings += lds_findings(entry, ws, lds_min, lds_fraction_factor)
+        findings += quality_findings(entry, ws)
     return sort_findings(findings), len(files)
 
 

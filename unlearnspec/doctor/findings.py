@@ -22,6 +22,7 @@ RULES: dict[str, str] = {
     "D9": "control-moves-metrics",
     "D10": "score-file",
     "D11": "lds",
+    "D12": "attribution-quality",
 }
 
 

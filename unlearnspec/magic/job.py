@@ -64,9 +64,13 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
             if ctx.is_main and states != workdir / ".magic-states":
                 shutil.rmtree(states, ignore_errors=True)
     leaves = {"per_task": write_task_scores(workdir, per_task)} if per_task else {}
+    from unlearnspec.toy.quality import score_job_quality  # toy world only: scores vs the recorded fact spans
+
+    quality = score_job_quality(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
+                                per_task, ctx.say)
     write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
                  dtype=spec.model.dtype, lr=job.lr,
-                 extra={**leaves, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
+                 extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
                         "world_size": ctx.world_size,
                         "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,

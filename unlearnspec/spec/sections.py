@@ -148,7 +148,8 @@ class ScoreSourceSpec(_Section):
     """A per-token attribution score file [N, S_scores], named in the token rule."""
 
     path: Optional[str] = None
-    """Path to `per_token_scores.pt` or `.safetensors` (sidecar `scores.json` read when present)."""
+    """Path to `per_token_scores.pt` or `.safetensors` (sidecar `scores.json` read when present); e.g. the
+    toy world's ground truth written by `unlearnspec toy truth SPEC --out DIR` (-1 on queried fact values)."""
     produced_by: Optional[str] = None
     """Path of the `specs/magic/*.yaml` spec whose output directory holds the scores."""
     alignment: Optional[Literal["target", "input"]] = None
