@@ -72,7 +72,7 @@ def load_trajectory_plan(folder: Path) -> Trajectory:
             raise ValueError(f"format {data.get('format')!r}")
         opt = dict(data["optimizer"])
         opt["betas"] = tuple(float(b) for b in opt["betas"])
-        steps = tuple(Step(float(s["lr"]), tuple(torch.tensor(mb, dtype=torch.long) for mb in s["micro_batches"]))
+        steps = tuple(Step(float(s["lr"]), tuple(torch.tensor(mb, dtype=torch.long, device="cpu") for mb in s["micro_batches"]))
                       for s in data["steps"])
         decay = data["weight_decay"]
         return Trajectory(steps, RamStore(), data["schedule"], decay if isinstance(decay, dict) else float(decay),
@@ -99,12 +99,13 @@ def drop_set(lds: LdsSpec, weights: torch.Tensor, labels: torch.Tensor, index: i
         raise ValueError("no weighted valid target token to drop")
     k = max(1, math.ceil(lds.fraction * pool.numel()))
     gen = torch.Generator().manual_seed(lds.seed * 100_003 + index)
-    return pool[torch.randperm(pool.numel(), generator=gen)[:k]].sort().values
+    order = torch.randperm(pool.numel(), generator=gen, device="cpu")[:k]  # host-side ids, as the grid's
+    return pool[order.to(pool.device)].sort().values
 
 
 def dropped_mask(shape: Sequence[int], drop: torch.Tensor, unit: str) -> torch.Tensor:
     """Boolean [N, S] mask of the dropped tokens."""
-    mask = torch.zeros(tuple(shape), dtype=torch.bool)
+    mask = torch.zeros(tuple(shape), dtype=torch.bool, device="cpu")  # the grid and weights live on the host
     if unit == "row":
         mask[drop] = True
     else:
@@ -181,7 +182,7 @@ def summarize(actual: Sequence[float], predicted: Sequence[float], lds: LdsSpec,
     gen = torch.Generator().manual_seed(lds.seed)
     boot = []
     for _ in range(BOOTSTRAP_RESAMPLES):
-        idx = torch.randint(n, (n,), generator=gen).tolist()
+        idx = torch.randint(n, (n,), generator=gen, device="cpu").tolist()
         rho = spearman([actual[i] for i in idx], [predicted[i] for i in idx])
         if not math.isnan(rho):
             boot.append(rho)

@@ -113,7 +113,7 @@ class QueryBatch:
 
     def subset(self, rows: Sequence[int], task: str) -> "QueryBatch":
         """The questions at `rows` as a batch of their own, named `task` (e.g. one leaf task)."""
-        index = torch.tensor(list(rows), dtype=torch.long)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
         if index.numel() == 0:
             raise ValueError("a query subset needs at least one question")
         return QueryBatch(self.input_ids[index], self.attention_mask[index], self.labels[index], task, self.loss,
