@@ -26,6 +26,10 @@ class Spec(_Section):
     """One line on what the spec does."""
     control: Optional[str] = None
     """Path of the matched all-tokens control spec (compared at the same LR)."""
+    role: Optional[Literal["positive_control", "negative_control"]] = None
+    """What this experiment is in its study: `positive_control` (a selection known to work, e.g. the toy
+    world's ground-truth tokens: shows the study could find an effect), `negative_control` (a selection
+    known to carry no signal, e.g. random tokens of the same count); unset: an experiment under test."""
     model: ModelSpec
     """Base model."""
     data: DataSpec
