@@ -5,7 +5,7 @@ Imports no torch/transformers/trl/peft/lm_eval, so `validate`, `schema` and `sho
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
