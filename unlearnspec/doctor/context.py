@@ -76,6 +76,15 @@ class Workspace:
         path = resolve_path(entry.path, src.produced_by)
         return self.spec(path) if path.is_file() else None
 
+    def score_dir(self, entry: Entry, src: ScoreSourceSpec) -> Path:
+        """The folder of a score source's file: beside a `path:` file, else the producer's output dir
+        (call only when `sidecar` found one, so the producer exists)."""
+        if src.path is not None:
+            return resolve_path(entry.path, src.path).parent
+        producer = self.producer(entry, src)
+        assert producer is not None and producer.spec is not None
+        return resolve_path(producer.path, producer.spec.output.dir)
+
     def sidecar(self, entry: Entry, src: ScoreSourceSpec) -> Optional[dict[str, Any]]:
         """The producer's `scores.json` (in its output dir), or the one beside a `path` source."""
         if src.path is not None:

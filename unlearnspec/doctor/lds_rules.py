@@ -12,13 +12,11 @@ lds`) says whether the prediction holds for dropping `fraction` of the data. Fin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from unlearnspec.doctor.context import Entry, Workspace, display
 from unlearnspec.doctor.findings import Finding
 from unlearnspec.doctor.top_share import top_changed_share
-from unlearnspec.spec.load import resolve_path
 
 DEFAULT_LDS_MIN = 0.8
 """Default of `doctor --lds-min`: a Spearman LDS below it makes a score-steered selection an error."""
@@ -70,7 +68,7 @@ def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
         sidecar = ws.sidecar(entry, src)
         if sidecar is None:
             continue  # no score file yet: the score-data rules say what is missing
-        where = _score_dir(entry, ws, src)
+        where = ws.score_dir(entry, src)
         lds = sidecar.get("lds")
         if not isinstance(lds, dict):
             yield Finding(
@@ -107,11 +105,3 @@ def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
                 f"Measure LDS at the experiment's fraction: `unlearnspec lds {display(where)} --unit token --fraction "
                 f"{min(changed[0], 0.9):.2f}`, or change fewer tokens.",
             )
-
-
-def _score_dir(entry: Entry, ws: Workspace, src: Any) -> Path:
-    if src.path is not None:
-        return resolve_path(entry.path, src.path).parent
-    producer = ws.producer(entry, src)
-    assert producer is not None and producer.spec is not None
-    return resolve_path(producer.path, producer.spec.output.dir)

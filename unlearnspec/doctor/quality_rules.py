@@ -9,12 +9,10 @@ target: there is no threshold, so it never changes the exit code.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 from unlearnspec.doctor.context import Entry, Workspace, display, sidecar_number
 from unlearnspec.doctor.findings import Finding
-from unlearnspec.spec.load import resolve_path
 
 QUALITY_KEY = "attribution_quality"
 """The sidecar key (written by unlearnspec.toy.quality; repeated here so doctor imports no torch)."""
@@ -47,18 +45,10 @@ def quality_findings(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         figures = sidecar.get(QUALITY_KEY) if sidecar is not None else None
         if not isinstance(figures, dict):
             continue
-        where = _score_dir(entry, ws, src)
+        where = ws.score_dir(entry, src)
         evidence = [f"scores: {display(where)}"]
         leaves = figures.get("per_task")
         if isinstance(leaves, dict):
             evidence += [f"`{name}.{leaf}`: {describe(f)}" for leaf, f in sorted(leaves.items()) if isinstance(f, dict)]
         yield Finding("D12", "info", entry.shown, f"score source `{name}` vs the toy world's ground truth: {describe(figures)}",
                       tuple(evidence), "")
-
-
-def _score_dir(entry: Entry, ws: Workspace, src: Any) -> Path:
-    if src.path is not None:
-        return resolve_path(entry.path, src.path).parent
-    producer = ws.producer(entry, src)
-    assert producer is not None and producer.spec is not None
-    return resolve_path(producer.path, producer.spec.output.dir)
