@@ -74,7 +74,7 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     """One retraining: drop the job's subset (nothing for the reference), replay, evaluate Q, write lds.json."""
     from unlearnspec.magic.lds import drop_set, dropped_mask, predicted_change, query_value, retrained_params
 
-    spec, lds = job.spec, job.spec.magic.lds if job.spec.magic else None
+    lds = job.spec.magic.lds if job.spec.magic else None
     assert lds is not None
     shared = _shared(job, ctx)
     prep = shared["prep"]

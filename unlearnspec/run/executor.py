@@ -10,12 +10,10 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
-
-from pydantic import ValidationError
+from typing import Optional, Union
 
 from unlearnspec.run.context import RunContext
-from unlearnspec.run.plan import SCORES_FILE, Job, Plan, SpecRun
+from unlearnspec.run.plan import Job, Plan, SpecRun
 from unlearnspec.run.results import (
     SAMPLES_FILE,
     BaselineRecord,
@@ -29,13 +27,12 @@ from unlearnspec.run.rundirs import (
     check_replaceable,
     claim_root,
     clean_stale_tmp,
-    marker,
     provenance,
     write_json,
 )
 from unlearnspec.spec.load import load_spec, project_root
 
-from unlearnspec.run.jobstate import LDS_FILE, POINT_FILE, SIDECAR_FILE, State, job_state, read_record  # noqa: F401 - re-exported
+from unlearnspec.run.jobstate import POINT_FILE, job_state, read_record
 
 
 @dataclass

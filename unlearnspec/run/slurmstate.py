@@ -141,7 +141,7 @@ class JobStatus:
 
 def job_status(job: Job, live: dict[str, Live], blocked: Optional[str] = None) -> JobStatus:
     """Where `job` stands: its folder first (done / recorded failure), then its submission and SLURM."""
-    from unlearnspec.run.executor import job_state, read_record
+    from unlearnspec.run.jobstate import job_state, read_record
 
     state = job_state(job)
     sub = read_json(job_dir(job) / SUBMISSION) or {}

@@ -95,7 +95,7 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
 
     from rich.table import Table
 
-    from unlearnspec.run.executor import job_state
+    from unlearnspec.run.jobstate import job_state
 
     ctx = make_context(options, say=lambda m: None)
     plan = make_plan(paths, options, ctx)
