@@ -108,19 +108,23 @@ def report(
     reference_only: bool = typer.Option(False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."),
     toy: bool = ToyOption,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write PNG plots (needs the `plot` extra: matplotlib)."),
+    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the one task named like wmdp)."),
+    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the one task named like mmlu)."),
+    power: float = typer.Option(0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."),
 ) -> None:
     """Tables vs baseline and matched control (intervals, paired/unpaired tests, chance flags), Markdown + JSON + plot.
 
     Example: [bold]unlearnspec report specs/exp5_selective.yaml specs/exp7_all_tokens.yaml[/bold]
     """
     from unlearnspec.report.commands import run_reference_only, run_report
+    from unlearnspec.report.inputs import Selection
 
     console = _console()
     output_folder(out, "--out")
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
-        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console)
+        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console, Selection(hazard_task, general_task, power))
 
 
 @app.command()
