@@ -154,6 +154,7 @@ def doctor(
     lr_factor: float = typer.Option(1.25, "--lr-factor", help="Flag a per-token LR ratio to the control above this."),
     lds_min: float = typer.Option(0.8, "--lds-min", help="A score source whose LDS (Spearman) is below this is an error."),
     lds_fraction_factor: float = typer.Option(5.0, "--lds-fraction-factor", help="Warn when an experiment changes this many times more tokens than the LDS dropped."),
+    power: float = typer.Option(0.8, "--power", help="Power of the minimum detectable effect (D14 warns when a study's largest effect is below it), in [0.5, 1)."),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
 ) -> None:
@@ -168,7 +169,7 @@ def doctor(
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
     findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile), lds_min=lds_min,
-                               lds_fraction_factor=lds_fraction_factor)
+                               lds_fraction_factor=lds_fraction_factor, power=power)
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:
