@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_results
 from unlearnspec.report.commands import run_report
 from unlearnspec.report.diff import diff_tables
@@ -222,3 +223,28 @@ def test_diff_compares_selectivity_with_its_own_noise(tmp_path):
     gone = base.model_copy(update={"rows": [r.model_copy(update={"selectivity": None}) for r in base.rows]})
     changes = diff_tables(base, gone)
     assert changes and all(c.column == "selectivity" and c.new == "—" and not c.beyond_noise for c in changes)
+
+
+def test_task_roles_from_the_command_line(tmp_path):
+    folders = _study(tmp_path)
+    swapped = _built(folders, "selective", Selection(hazard_task="mmlu", general_task="wmdp_bio_robust"))
+    assert (swapped.hazard_task, swapped.general_task) == ("mmlu", "wmdp_bio_robust")
+    assert swapped.row("lr=0.001").selectivity.value == -0.115  # the same two differences, the other way round
+    with pytest.raises(UserError, match="--hazard-task"):
+        _built(folders, "selective", Selection(hazard_task="toy_wmdp"))
+    with pytest.raises(UserError, match="--power"):
+        run_report([str(folders["selective"])], tmp_path / "out", None, False, False, _console(), Selection(power=1.0))
+    from typer.testing import CliRunner
+
+    from unlearnspec.cli import app
+
+    bad = CliRunner().invoke(app, ["report", str(folders["selective"]), "--out", str(tmp_path / "o"), "--general-task", "nope", "--no-plot"])
+    assert bad.exit_code == 2 and "--general-task" in bad.output and "Traceback" not in bad.output
+
+
+def test_one_task_without_samples_is_labelled_mixed(tmp_path):
+    write_run(tmp_path / "c", "ctrl", None, [{"lr": 1e-3, "values": {"wmdp_bio_robust": CTRL_W, "mmlu": 0.46}}])
+    write_run(tmp_path / "r", "exp", None, [{"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 30, 5), "mmlu": 0.45}}], control="ctrl")
+    sel = table_from_results(load_results(tmp_path / "r"), tmp_path / "r", control=(load_results(tmp_path / "c"), tmp_path / "c")).rows[0].selectivity
+    var = (35 / 200 - 0.125**2) / 200 + 0.45 * 0.55 / 14042 + 0.46 * 0.54 / 14042  # paired hazard + unpaired general
+    assert sel.test == "mixed" and sel.value == round(0.125 - 0.01, 4) and sel.se == pytest.approx(var**0.5, abs=1e-6)

@@ -159,7 +159,8 @@ def doctor(
     profile: Optional[Path] = ProfileOption,
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
-    masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls.
+    masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls;
+    per study (the checked specs sharing a control): no positive control (D13), largest effect below the MDE (D14).
     Exit 0 clean, 1 warnings only, 2 errors (or warnings with --strict).
 
     Example: [bold]unlearnspec doctor specs/[/bold]
