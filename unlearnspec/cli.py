@@ -108,19 +108,23 @@ def report(
     reference_only: bool = typer.Option(False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."),
     toy: bool = ToyOption,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write PNG plots (needs the `plot` extra: matplotlib)."),
+    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the one task named like wmdp)."),
+    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the one task named like mmlu)."),
+    power: float = typer.Option(0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."),
 ) -> None:
     """Tables vs baseline and matched control (intervals, paired/unpaired tests, chance flags), Markdown + JSON + plot.
 
     Example: [bold]unlearnspec report specs/exp5_selective.yaml specs/exp7_all_tokens.yaml[/bold]
     """
     from unlearnspec.report.commands import run_reference_only, run_report
+    from unlearnspec.report.inputs import Selection
 
     console = _console()
     output_folder(out, "--out")
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
-        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console)
+        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console, Selection(hazard_task, general_task, power))
 
 
 @app.command()
@@ -150,11 +154,13 @@ def doctor(
     lr_factor: float = typer.Option(1.25, "--lr-factor", help="Flag a per-token LR ratio to the control above this."),
     lds_min: float = typer.Option(0.8, "--lds-min", help="A score source whose LDS (Spearman) is below this is an error."),
     lds_fraction_factor: float = typer.Option(5.0, "--lds-fraction-factor", help="Warn when an experiment changes this many times more tokens than the LDS dropped."),
+    power: float = typer.Option(0.8, "--power", help="Power of the minimum detectable effect (D14 warns when a study's largest effect is below it), in [0.5, 1)."),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
-    masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls.
+    masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls;
+    per study (the checked specs sharing a control): no positive control (D13), largest effect below the MDE (D14).
     Exit 0 clean, 1 warnings only, 2 errors (or warnings with --strict).
 
     Example: [bold]unlearnspec doctor specs/[/bold]
@@ -164,7 +170,7 @@ def doctor(
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
     findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile), lds_min=lds_min,
-                               lds_fraction_factor=lds_fraction_factor)
+                               lds_fraction_factor=lds_fraction_factor, power=power)
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:

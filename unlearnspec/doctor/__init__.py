@@ -13,6 +13,7 @@ from typing import Optional, Iterable
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
 from unlearnspec.doctor.lds_rules import DEFAULT_LDS_FRACTION_FACTOR, DEFAULT_LDS_MIN, lds_findings
+from unlearnspec.doctor.power_rules import study_findings
 from unlearnspec.doctor.quality_rules import quality_findings
 from unlearnspec.doctor.result_rules import result_findings
 from unlearnspec.doctor.spec_rules import (
@@ -26,6 +27,7 @@ from unlearnspec.doctor.spec_rules import (
     unmatched_control,
 )
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.report.stats import DEFAULT_POWER
 from unlearnspec.spec.load import find_spec_files, is_profile_path
 
 DEFAULT_LR_FACTOR = 1.25
@@ -33,15 +35,18 @@ DEFAULT_LR_FACTOR = 1.25
 
 def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
              profile: Optional[Path] = None, lds_min: float = DEFAULT_LDS_MIN,
-             lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR) -> tuple[list[Finding], int]:
+             lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR, power: float = DEFAULT_POWER) -> tuple[list[Finding], int]:
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
-    With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked."""
+    With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked.
+    The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE)."""
     if not lr_factor >= 1.0:
         raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
     if not -1.0 <= lds_min <= 1.0:
         raise UserError.one("--lds-min", f"must be a correlation in [-1, 1] (got {lds_min}).")
     if not lds_fraction_factor >= 1.0:
         raise UserError.one("--lds-fraction-factor", f"must be >= 1 (got {lds_fraction_factor}).")
+    if not 0.5 <= power < 1.0:
+        raise UserError.one("--power", f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
     files, problems = find_spec_files(paths)
     if problems:
         raise UserError(problems)
@@ -50,8 +55,10 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         raise UserError([Problem(" ".join(map(str, paths)), "", "no .yaml/.yml spec files found.")])
     ws = Workspace(profile)
     findings: list[Finding] = []
+    entries = []
     for path in files:
         entry = ws.spec(path)
+        entries.append(entry)
         findings += invalid_spec(entry)
         if entry.spec is None:
             continue
@@ -62,10 +69,11 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += sidecar_precision(entry, ws)
         findings += alignment_ambiguity(entry, ws)
         findings += lr_shift(entry, ws, lr_factor)
-        findings += result_findings(entry, ws)
+        findings += result_findings(entry, ws, power)
         findings += lds_findings(entry, ws, lds_min, lds_fraction_factor)
         findings += quality_findings(entry, ws)
+    findings += study_findings(entries, ws, power)
     return sort_findings(findings), len(files)
 
 
-__all__ = ["DEFAULT_LDS_FRACTION_FACTOR", "DEFAULT_LDS_MIN", "DEFAULT_LR_FACTOR", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]
+__all__ = ["DEFAULT_LDS_FRACTION_FACTOR", "DEFAULT_LDS_MIN", "DEFAULT_LR_FACTOR", "DEFAULT_POWER", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]

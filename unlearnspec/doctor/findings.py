@@ -23,6 +23,8 @@ RULES: dict[str, str] = {
     "D10": "score-file",
     "D11": "lds",
     "D12": "attribution-quality",
+    "D13": "no-positive-control",
+    "D14": "underpowered",
 }
 
 

@@ -10,21 +10,23 @@ from unlearnspec.doctor.findings import Finding
 from unlearnspec.report.build import table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, Row
 from unlearnspec.report.render import TEST_LABEL, fmt_p
+from unlearnspec.report.stats import DEFAULT_POWER
 
 
-def tables_for(entry: Entry, ws: Workspace) -> list[tuple[str, ReportTable]]:
-    """(origin, table) for the spec's results.json and for its recorded reference, when present."""
+def tables_for(entry: Entry, ws: Workspace, power: float = DEFAULT_POWER) -> list[tuple[str, ReportTable]]:
+    """(origin, table) for the spec's results.json and for its recorded reference, when present
+    (`power`: the power their MDE is stated at)."""
     out: list[tuple[str, ReportTable]] = []
     control = ws.control(entry)
     found = ws.results(entry)
     if found is not None:
         ctrl = ws.results(control) if control is not None else None
         status = "results" if ctrl is not None else None
-        out.append(("results.json", table_from_results(found[0], found[1], control=ctrl, control_status=status)))
+        out.append(("results.json", table_from_results(found[0], found[1], control=ctrl, control_status=status, power=power)))
     ref = ws.reference(entry)
     if ref is not None:
         ctrl_ref = ws.reference(control) if control is not None else None
-        out.append((f"recorded reports/reference/{ref.spec}.json", table_from_reference(ref, ctrl_ref)))
+        out.append((f"recorded reports/reference/{ref.spec}.json", table_from_reference(ref, ctrl_ref, power)))
     return out
 
 
@@ -117,8 +119,9 @@ def control_moves(entry: Entry, origin: str, table: ReportTable) -> Iterator[Fin
     )
 
 
-def result_findings(entry: Entry, ws: Workspace) -> Iterator[Finding]:
-    for origin, table in tables_for(entry, ws):
+def result_findings(entry: Entry, ws: Workspace, power: float = DEFAULT_POWER) -> Iterator[Finding]:
+    """D7-D9 on each table of the spec (results.json, recorded reference)."""
+    for origin, table in tables_for(entry, ws, power):
         yield from collapse(entry, origin, table)
         yield from within_noise(entry, origin, table)
         yield from control_moves(entry, origin, table)

@@ -4,35 +4,18 @@ seed's recorded numbers. Each cell gets its interval, chance flag and tests vs b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
-from unlearnspec.report.model import KNOWN_TASK_SIZES, Cell, Comparison, RecordedTable, ReportTable, Row, TaskInfo, display_name, task_role
+from unlearnspec.report.evaluation import Evaluation
+from unlearnspec.report.model import KNOWN_TASK_SIZES, Cell, Comparison, RecordedTable, ReportTable, Row, Selectivity, TaskInfo, display_name, task_role
+from unlearnspec.report.power import table_mde
 from unlearnspec.report.reference import ReferenceFile
+from unlearnspec.report.selectivity import selectivity, selectivity_tasks, with_oracle
 from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
-from unlearnspec.report.stats import at_chance, binomial_stderr, mcnemar, two_proportion_z, wilson_interval
+from unlearnspec.report.stats import DEFAULT_POWER, at_chance, mcnemar, two_proportion_z, wilson_interval
 
 ALPHA = 0.05
-
-
-@dataclass
-class Evaluation:
-    """Accuracy, stderr and n per task of one evaluated model, with per-question correctness if logged."""
-
-    acc: dict[str, float] = field(default_factory=dict)
-    stderr: dict[str, float] = field(default_factory=dict)
-    n: dict[str, int] = field(default_factory=dict)
-    samples: dict[str, list[int]] = field(default_factory=dict)
-    samples_problem: Optional[str] = None
-    """Why logged per-question correctness could not be used (its tests are then unpaired)."""
-
-    def add(self, task: str, acc: float, n: int, stderr: Optional[float] = None, samples: Optional[list[int]] = None) -> None:
-        self.acc[task] = acc
-        self.n[task] = n
-        self.stderr[task] = stderr if stderr is not None and stderr > 0 else binomial_stderr(acc, n)
-        if samples is not None and len(samples) == n:
-            self.samples[task] = samples
 
 
 def _p(value: float) -> float:
@@ -44,9 +27,9 @@ def compare(task: str, new: Evaluation, ref: Evaluation) -> Optional[Comparison]
     else the unpaired two-proportion z test."""
     if task not in new.acc or task not in ref.acc:
         return None
-    a, b = new.samples.get(task), ref.samples.get(task)
-    if a is not None and b is not None and len(a) == len(b):
-        result = mcnemar(a, b)
+    paired = new.paired_with(ref, task)
+    if paired is not None:
+        result = mcnemar(*paired)
     else:
         result = two_proportion_z(new.acc[task], new.n[task], ref.acc[task], ref.n[task])
     return Comparison(
@@ -88,7 +71,10 @@ def format_lr(lr: float) -> str:
     return f"{mant}e{int(exp)}"
 
 
-def _lr_key(lr: Optional[float], other: dict[float, Evaluation]) -> Optional[Evaluation]:
+V = TypeVar("V")
+
+
+def _lr_key(lr: Optional[float], other: dict[float, V]) -> Optional[V]:
     if lr is None:
         return None
     return next((ev for k, ev in other.items() if math.isclose(k, lr, rel_tol=1e-9)), None)
@@ -156,10 +142,20 @@ def table_from_results(
     control_status: Optional[str] = None,
     recorded: Optional[RecordedTable] = None,
     toy: bool = False,
+    hazard_task: Optional[str] = None,
+    general_task: Optional[str] = None,
+    oracle: Optional[dict[float, Selectivity]] = None,
+    positive_control: Optional[str] = None,
+    positive_control_status: Optional[str] = None,
+    power: float = DEFAULT_POWER,
 ) -> ReportTable:
-    """The report of one spec run; `control` is the control spec's results and folder, if found."""
+    """The report of one spec run; `control` is the control spec's results and folder, if found.
+    `oracle`: the study's positive control's selectivity by LR (when it has one: every row with a
+    selectivity then gets the fraction of the oracle's); the hazard/general tasks default to
+    selectivity.selectivity_tasks's rule; `power` is the power the MDE is stated at."""
     metric = results.spec.metric
     tasks = list(results.spec.tasks) or sorted({t for r in results.runs for t in r.metrics})
+    hazard, general = selectivity_tasks(_tasks_info(tasks), hazard_task, general_task)
     base_ev, base_label = _baseline_evaluation(results, folder)
     ctrl = control_evaluations(*control) if control is not None else {}
     rows: list[Row] = []
@@ -182,26 +178,43 @@ def table_from_results(
         ctrl_ev = _lr_key(lr, ctrl)
         run_ev = evaluation_of(folder, run, metric)
         cells = make_cells(run_ev, tasks, base_ev, ctrl_ev)
+        sel = selectivity(run_ev, ctrl_ev, hazard, general) if ctrl_ev is not None else None
+        if sel is not None and oracle is not None:
+            sel = with_oracle(sel, _lr_key(lr, oracle))
         rows.append(
             Row(
                 kind="run", point=run.point, lr=lr, label=label, selected_fraction=fraction, lr_factor=factor,
                 collapsed=_collapsed(cells), control_point=(ctrl_ev is not None) if control_status is not None else None, cells=cells,
-                samples_note=_samples_note(run_ev, ctrl_ev),
+                samples_note=_samples_note(run_ev, ctrl_ev), selectivity=sel,
             )
         )
+    infos = _tasks_info(tasks)
     return ReportTable(
         spec=results.spec.name,
         title=title or results.spec.name,
         source="run",
         toy=toy,
         metric=metric,
-        tasks=_tasks_info(tasks),
+        tasks=infos,
         control=results.spec.control,
         control_status=control_status,
+        role=results.spec.role,
+        hazard_task=hazard,
+        general_task=general,
+        positive_control=positive_control,
+        positive_control_status=positive_control_status,
+        alpha=ALPHA,
+        power=power,
+        mde=table_mde(rows, infos, ALPHA, power),
         rows=rows,
         recorded=recorded,
         provenance=_provenance(results),
     )
+
+
+def selectivity_by_lr(table: ReportTable) -> dict[float, Selectivity]:
+    """The selectivity of each ok run row of a table, by LR (the oracle's, for the other runs' fraction)."""
+    return {r.lr: r.selectivity for r in table.rows if r.lr is not None and r.selectivity is not None}
 
 
 def _samples_note(ev: Evaluation, control: Optional[Evaluation] = None) -> Optional[str]:
@@ -232,9 +245,10 @@ def recorded_evaluation(metrics: dict[str, str]) -> Evaluation:
     return ev
 
 
-def table_from_reference(ref: ReferenceFile, control: Optional[ReferenceFile] = None) -> ReportTable:
+def table_from_reference(ref: ReferenceFile, control: Optional[ReferenceFile] = None, power: float = DEFAULT_POWER) -> ReportTable:
     """The seed's table with intervals and unpaired tests (n from the known question counts)."""
     tasks = [t for t in ref.tasks if t in KNOWN_TASK_SIZES]
+    hazard, general = selectivity_tasks(_tasks_info(tasks))
     base_ev = recorded_evaluation(ref.baseline)
     ctrl = {float(r.lr): recorded_evaluation(r.metrics) for r in control.rows} if control is not None else {}
     rows = [Row(kind="baseline", point="baseline", label="baseline (recorded)", cells=make_cells(base_ev, tasks, None, None))]
@@ -247,6 +261,7 @@ def table_from_reference(ref: ReferenceFile, control: Optional[ReferenceFile] = 
         rows.append(
             Row(
                 kind="run",
+                selectivity=selectivity(ev, ctrl_ev, hazard, general) if ctrl_ev is not None else None,
                 point=f"lr={rec.lr}",
                 lr=lr,
                 label=rec.lr,
@@ -261,6 +276,11 @@ def table_from_reference(ref: ReferenceFile, control: Optional[ReferenceFile] = 
         title=ref.title,
         source="recorded",
         tasks=_tasks_info(tasks),
+        hazard_task=hazard,
+        general_task=general,
+        alpha=ALPHA,
+        power=power,
+        mde=table_mde(rows, _tasks_info(tasks), ALPHA, power),
         control=control.spec if control is not None else None,
         control_status=f"recorded {control.spec}" if control is not None else None,
         rows=rows,

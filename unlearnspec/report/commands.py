@@ -8,7 +8,7 @@ from typing import Optional
 from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_reference
 from unlearnspec.report.diff import diff_tables
-from unlearnspec.report.inputs import load_run_input, load_table, report_for
+from unlearnspec.report.inputs import Selection, load_run_input, load_table, report_for
 from unlearnspec.report.model import ReportTable, dumps
 from unlearnspec.report.plot import plot_tables
 from unlearnspec.report.reference import REFERENCE_DIR, ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
@@ -63,7 +63,18 @@ def write_study(tables: list[ReportTable], out: Path, plot: bool, name: str = "s
     return [md, *written]
 
 
-def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console) -> list[Path]:
+def check_power(power: float, option: str = "--power") -> float:
+    """The power an MDE is stated at must be in [0.5, 1) (Connor's formula picks the root for z(power) >= 0)."""
+    if not 0.5 <= power < 1.0:
+        raise UserError.one(option, f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
+    return power
+
+
+def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console,
+               selection: Optional[Selection] = None) -> list[Path]:
+    """Write and print the report of each run; with several, also the study index and plot. Runs
+    reported together form the study: a positive control among them gives the others' oracle fraction."""
+    check_power((selection or Selection()).power)
     if not args:
         raise UserError.one("unlearnspec report", "needs run folders (holding results.json) or spec files, e.g. `unlearnspec report specs/exp7_all_tokens.yaml`.")
     runs = [load_run_input(a, toy=toy) for a in args]
@@ -74,7 +85,7 @@ def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool,
     written: list[Path] = []
     tables = []
     for run in runs:
-        built = report_for(run, runs, reference)
+        built = report_for(run, runs, reference, selection)
         table, note = built.table, built.note
         files, plot_note = write_report(table, out, plot, built.control)
         written += files

@@ -2,6 +2,13 @@
 
 Noise: a change of acc is beyond noise when |new - old| > 1.96 * sqrt(se_old^2 + se_new^2).
 Rows that appear or vanish, status changes and token-selection changes are always real changes.
+
+Selectivity (a run's selectivity against its control) is compared like an accuracy, with its own
+standard error: beyond noise when |new - old| > 1.96 * sqrt(se_old^2 + se_new^2). A selectivity on one
+side only (no matched control results there, or a report written before selectivity existed) is listed
+but not counted as beyond noise. Derived cells are ignored on purpose: Δ base / Δ control and their
+tests, the oracle fraction (a ratio of this table's selectivity and another table's) and the MDE
+(from n and the discordance); their inputs are the cells compared here and in the oracle's own report.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from unlearnspec.report.model import ReportTable, Row
+from unlearnspec.report.model import ReportTable, Row, Selectivity
 from unlearnspec.report.stats import Z95, beyond_noise
 
 RowKey = Union[str, float]
@@ -45,6 +52,23 @@ def _sort_key(key: RowKey) -> tuple[int, float, str]:
     if key == "baseline":
         return (0, 0.0, "")
     return (1, key, "") if isinstance(key, float) else (2, 0.0, str(key))
+
+
+def _selectivity_change(label: str, old: Optional[Selectivity], new: Optional[Selectivity]) -> Optional[Change]:
+    """The row's selectivity change, if any (see the module docstring)."""
+    if old is None and new is None:
+        return None
+    if old is None or new is None:
+        shown = [f"{s.value:+.4f}" if s is not None else "—" for s in (old, new)]
+        return Change(label, "selectivity", shown[0], shown[1], False, "only one side has a selectivity (matched control results)")
+    finite = all(math.isfinite(x) for x in (old.value, old.se, new.value, new.se))
+    if finite and f"{old.value:+.4f}" == f"{new.value:+.4f}":
+        return None
+    if not finite:
+        return Change(label, "selectivity", f"{old.value:+.4f}", f"{new.value:+.4f}", True, "not a finite number")
+    threshold = Z95 * math.sqrt(old.se**2 + new.se**2)
+    return Change(label, "selectivity", f"{old.value:+.4f}", f"{new.value:+.4f}", beyond_noise(old.value, old.se, new.value, new.se),
+                  f"Δ {new.value - old.value:+.4f}, noise ±{threshold:.4f}")
 
 
 def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
@@ -82,6 +106,9 @@ def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
             threshold = Z95 * math.sqrt(o_cell.stderr**2 + n_cell.stderr**2)
             detail = f"Δ {n_cell.acc - o_cell.acc:+.4f}, noise ±{threshold:.4f}"
             changes.append(Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", real, detail))
+        sel = _selectivity_change(label, o_row.selectivity, n_row.selectivity)
+        if sel is not None:
+            changes.append(sel)
     return changes
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.report.build import table_from_reference, table_from_results
+from unlearnspec.report.build import selectivity_by_lr, table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, load_report
 from unlearnspec.report.reference import ReferenceFile, find_reference, load_reference
+from unlearnspec.report.stats import DEFAULT_POWER
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
 from unlearnspec.safeio import read_json
 from unlearnspec.spec.load import SPEC_SUFFIXES
@@ -144,19 +145,54 @@ class Built:
     note: Optional[str] = None
 
 
-def report_for(run: RunInput, siblings: list[RunInput], reference: Optional[bool]) -> Built:
+@dataclass
+class Selection:
+    """How a report reads selectivity: which tasks (None: selectivity_tasks's rule) and the MDE's power."""
+
+    hazard_task: Optional[str] = None
+    general_task: Optional[str] = None
+    power: float = DEFAULT_POWER
+
+
+def find_positive_control(run: RunInput, siblings: list[RunInput], lookup: ControlLookup) -> Optional[RunInput]:
+    """The study's oracle: a run among those reported together (`report A B C`, or every experiment
+    of `unlearnspec run`) whose results.json records `role: positive_control` and whose matched
+    control is this run's control (same world). The first by spec name when there are several;
+    None for the positive control itself and for runs without a control."""
+    if lookup.name is None or run.results.spec.role == "positive_control":
+        return None
+    found = [other for other in siblings if other is not run and other.results.spec.role == "positive_control"
+             and other.toy == run.toy and find_control(other, siblings).name == lookup.name]
+    return min(found, key=lambda r: r.results.spec.name) if found else None
+
+
+def report_for(run: RunInput, siblings: list[RunInput], reference: Optional[bool], selection: Optional[Selection] = None) -> Built:
     """The report of one run; the recorded reference is shown by default unless this is a toy run
-    (toy accuracies measure another world)."""
+    (toy accuracies measure another world). Selectivity rows get the fraction of the oracle's
+    selectivity when a positive control of the same study is among `siblings`."""
+    sel = selection or Selection()
     lookup = find_control(run, siblings)
     control = lookup.found
     ref = find_reference(run.results.spec.name)
     show = reference if reference is not None else (ref is not None and not run.toy)
     note = f"no recorded reference for {run.results.spec.name}" if reference and ref is None else None
     recorded = ref.recorded_table(comparable=not run.toy) if show and ref is not None else None
-    table = table_from_results(run.results, run.folder, title=run.title, control=control, control_status=lookup.status, recorded=recorded, toy=run.toy)
+    oracle_run = find_positive_control(run, siblings, lookup)
+    oracle, oracle_name, oracle_status = None, None, None
+    if oracle_run is not None:
+        found = find_control(oracle_run, siblings).found
+        oracle_name = oracle_run.results.spec.name
+        oracle_status = f"results in {_relative(oracle_run.folder, run.root)}" + ("" if found is not None else "; its control results not found")
+        oracle = selectivity_by_lr(table_from_results(oracle_run.results, oracle_run.folder, control=found, control_status="", toy=run.toy,
+                                                      hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power))
+    table = table_from_results(run.results, run.folder, title=run.title, control=control, control_status=lookup.status, recorded=recorded, toy=run.toy,
+                               oracle=oracle, positive_control=oracle_name, positive_control_status=oracle_status,
+                               hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power)
     if lookup.name is not None:
         table = table.model_copy(update={"control": lookup.name})
-    control_table = table_from_results(*control, toy=run.toy) if control is not None else None
+    control_table = None
+    if control is not None:
+        control_table = table_from_results(*control, toy=run.toy, hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power)
     return Built(table, control_table, note)
 
 

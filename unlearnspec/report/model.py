@@ -71,6 +71,47 @@ class Cell(_Model):
     vs_control: Optional[Comparison] = None
 
 
+class Selectivity(_Model):
+    """Selectivity of a run against its matched control at the same LR:
+    sel = (ctrl_hazard - run_hazard) - (ctrl_general - run_general), i.e. how much more the run
+    forgot of the hazard task than of the general task, beyond what training on all tokens does.
+
+    Each task's paired difference d = run - ctrl has Var(d) = (psi - d^2) / n from its per-question
+    discordant pairs (psi = discordant / n); the two tasks have different questions, so
+    Var(sel) = Var(d_hazard) + Var(d_general) and the 95% interval is sel +- 1.96 * sqrt(Var(sel)).
+    A task without per-question samples on both sides uses the unpaired Var(d) = p_r(1-p_r)/n_r +
+    p_c(1-p_c)/n_c; `test` then says `unpaired` (both tasks) or `mixed` (one)."""
+
+    value: float
+    se: float
+    ci_low: float
+    ci_high: float
+    test: Literal["paired", "unpaired", "mixed"]
+    significant: bool
+    """The 95% interval excludes 0."""
+    oracle: Optional[float] = None
+    """The positive control's selectivity at the same LR (when the study has one)."""
+    oracle_fraction: Optional[float] = None
+    """value / oracle: the fraction of the oracle's selectivity this run achieves."""
+    oracle_note: Optional[str] = None
+    """Why oracle_fraction is n/a (no oracle run at this LR, the oracle's selectivity within noise, ...)."""
+
+
+class TaskPower(_Model):
+    """The minimum detectable effect (MDE) of one task's test in a table (see report.power)."""
+
+    task: str
+    n: int
+    against: Literal["control", "baseline"]
+    """The comparison the MDE is for: Δ control when the table has one, else Δ base."""
+    test: Literal["mcnemar", "z-unpaired"]
+    discordance: Optional[float] = None
+    """McNemar: pooled discordance rate psi = sum(b + c) / sum(n) over the compared rows."""
+    mde: Optional[float] = None
+    note: Optional[str] = None
+    """Why the MDE is n/a."""
+
+
 class Row(_Model):
     """The baseline or one sweep point."""
 
@@ -89,6 +130,8 @@ class Row(_Model):
     samples_note: Optional[str] = None
     """Set when a logged samples.json could not be used, so this row's tests are unpaired."""
     cells: dict[str, Cell] = {}
+    selectivity: Optional[Selectivity] = None
+    """Runs with a control point at this LR and a hazard and a general task."""
 
 
 class TaskInfo(_Model):
@@ -127,6 +170,21 @@ class ReportTable(_Model):
     control: Optional[str] = None
     control_status: Optional[str] = None
     """Where the control results came from, or why they are missing."""
+    role: Optional[Literal["positive_control", "negative_control"]] = None
+    """The spec's role in its study (from results.json)."""
+    hazard_task: Optional[str] = None
+    """The task whose drop selectivity rewards (see report.selectivity.selectivity_tasks)."""
+    general_task: Optional[str] = None
+    """The task whose drop selectivity penalises."""
+    positive_control: Optional[str] = None
+    """The study's positive control (the oracle) whose selectivity the runs are compared with."""
+    positive_control_status: Optional[str] = None
+    alpha: float = 0.05
+    """Level of every test in the table."""
+    power: float = 0.8
+    """Power at which `mde` is stated."""
+    mde: list[TaskPower] = []
+    """Minimum detectable effect of each task's paired (or unpaired) test at its n."""
     rows: list[Row]
     recorded: Optional[RecordedTable] = None
     provenance: dict[str, str] = {}

@@ -38,6 +38,19 @@ def _baseline(table: ReportTable, general: str, hazard: str) -> Optional[tuple[f
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h")
 STYLES = ("-", "--", "-.", ":")
 
+ROLE_STYLE = {
+    "positive_control": {"label": "positive control (oracle)", "color": "tab:green", "marker": "P", "markersize": 9},
+    "negative_control": {"label": "negative control (random)", "color": "tab:gray", "marker": "X", "markersize": 9},
+}
+"""How the study plot marks a spec's `role`: its own colour, a large marker and a legend suffix, so the
+oracle and the random control stand out from the experiments they bracket."""
+
+
+def legend_label(table: ReportTable, name: str) -> str:
+    """The legend entry of one table's line: its name, with its role in the study when it has one."""
+    role = ROLE_STYLE.get(table.role or "")
+    return f"{name} — {role['label']}" if role else name
+
 
 def _baseline_box(table: ReportTable, general: str, hazard: str) -> Optional[tuple[float, float, float, float]]:
     """The baseline's 95% intervals on both axes: (x0, x1, y0, y1)."""
@@ -85,8 +98,9 @@ def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optio
     xs, ys = [CHANCE], [CHANCE]
     for i, (table, _, points) in enumerate(series):
         style = dict(color=cmap(i % 10), marker=MARKERS[i % len(MARKERS)], linestyle=STYLES[(i // 10 + i) % len(STYLES)], markersize=5, linewidth=1.4, alpha=0.9)
+        style.update({k: v for k, v in ROLE_STYLE.get(table.role or "", {}).items() if k != "label"})
         px, py = [p[1] for p in points], [p[2] for p in points]
-        ax.plot(px, py, label=named[id(table)], **style)
+        ax.plot(px, py, label=legend_label(table, named[id(table)]), **style)
         axz.plot(px, py, **style)
         for lr, x, y in points:
             target = axz if inside(x, y) else ax

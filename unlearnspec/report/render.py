@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from unlearnspec.report.model import Cell, Comparison, ReportTable, Row
+from unlearnspec.report.model import Cell, Comparison, ReportTable, Row, Selectivity, TaskPower
 from unlearnspec.report.reference import markdown_grid
 
 TEST_LABEL = {"mcnemar-exact": "McNemar exact", "mcnemar-chi2": "McNemar χ²", "z-unpaired": "z unpaired"}
@@ -32,6 +32,36 @@ def fmt_comparison(c: Optional[Comparison]) -> str:
 def fmt_cell(cell: Cell) -> str:
     flag = " chance" if cell.at_chance else ""
     return f"{fmt_acc(cell.acc)} [{cell.ci_low:.4f}, {cell.ci_high:.4f}]{flag}"
+
+
+def fmt_selectivity(sel: Optional[Selectivity]) -> str:
+    """`+0.0576* [+0.0401, +0.0751] paired` (`*`: the interval excludes 0)."""
+    if sel is None:
+        return "—"
+    star = "*" if sel.significant else ""
+    return f"{sel.value:+.4f}{star} [{sel.ci_low:+.4f}, {sel.ci_high:+.4f}] {sel.test}"
+
+
+def fmt_oracle_fraction(sel: Optional[Selectivity]) -> str:
+    """`0.62` (of the oracle's +0.1234), or `n/a (why)`."""
+    if sel is None:
+        return "—"
+    if sel.oracle_fraction is None:
+        return f"n/a ({sel.oracle_note or 'no oracle'})"
+    return f"{sel.oracle_fraction:.2f} (of {sel.oracle:+.4f})"
+
+
+def fmt_power(table: ReportTable, p: TaskPower) -> str:
+    """One task's MDE as the table states it."""
+    display = next((t.display for t in table.tasks if t.name == p.task), p.task)
+    value = f"{p.mde:.4f}" if p.mde is not None else f"n/a ({p.note})"
+    test = f"McNemar, ψ={p.discordance:.4f}" if p.test == "mcnemar" and p.discordance is not None else "z unpaired"
+    return f"{display} {value} (n={p.n}, {test}, Δ {p.against})"
+
+
+def has_selectivity(table: ReportTable) -> bool:
+    """Whether the table shows the selectivity column (it has a control and a hazard and a general task)."""
+    return bool(table.control) and table.hazard_task is not None and table.general_task is not None
 
 
 def _has_tokens(table: ReportTable) -> bool:
@@ -66,6 +96,10 @@ def headers(table: ReportTable) -> list[str]:
         cols += [f"{t.display} {table.metric} [95% CI]", f"{t.display} Δ base"]
         if table.control:
             cols.append(f"{t.display} Δ control")
+    if has_selectivity(table):
+        cols.append("selectivity [95% CI]")
+    if table.positive_control and has_selectivity(table):
+        cols.append("oracle fraction")
     cols.append("note")
     return cols
 
@@ -82,6 +116,11 @@ def grid(table: ReportTable) -> list[list[str]]:
             line += [fmt_cell(cell) if cell else "", fmt_comparison(cell.vs_baseline) if cell and row.kind == "run" else ""]
             if table.control:
                 line.append(fmt_comparison(cell.vs_control) if cell and row.kind == "run" else "")
+        live = row.kind == "run" and row.status == "ok"
+        if has_selectivity(table):
+            line.append(fmt_selectivity(row.selectivity) if live else "")
+        if table.positive_control and has_selectivity(table):
+            line.append(fmt_oracle_fraction(row.selectivity) if live else "")
         line.append(_note(table, row))
         out.append(line)
     return out
@@ -102,6 +141,25 @@ def legend(table: ReportTable) -> list[str]:
             f"Δ control answers the selectivity question: negative on {', '.join(hazard) or 'the hazard task'} = forgot more, "
             f"positive on {', '.join(general) or 'the general task'} = kept more than training on all tokens. "
             f"Control: {table.control} ({table.control_status or 'not found'})."
+        )
+    if has_selectivity(table):
+        hazard = next(t.display for t in table.tasks if t.name == table.hazard_task)
+        general = next(t.display for t in table.tasks if t.name == table.general_task)
+        lines.append(
+            f"selectivity = (control − run) on {hazard} − (control − run) on {general} at the same LR: positive = forgot more of "
+            f"the hazard than of the general task beyond the control; 95% interval ±1.96·√(Var_hazard + Var_general), each task's "
+            f"paired Var = (ψ − d²)/n from its discordant questions (`unpaired`: p(1−p)/n per side; `mixed`: one task unpaired); "
+            f"`*` = the interval excludes 0."
+        )
+    if table.positive_control and has_selectivity(table):
+        lines.append(
+            f"oracle fraction = selectivity / the positive control's selectivity at the same LR (positive control: {table.positive_control}, "
+            f"{table.positive_control_status or 'found'}); n/a when the oracle's interval includes 0."
+        )
+    if table.mde:
+        lines.append(
+            f"MDE (smallest |Δ| the table's test detects with power {table.power:.2f} at α = {table.alpha:.2f}; McNemar: Connor's formula "
+            f"at the pooled discordance ψ): " + "; ".join(fmt_power(table, p) for p in table.mde) + "."
         )
     if table.source == "recorded":
         lines.append("Recorded numbers (invalid: bad HPs); n from the task sizes (WMDP Bio Robust 868, MMLU 14042), no samples, so tests are unpaired.")

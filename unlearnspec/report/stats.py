@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from statistics import NormalDist
+from typing import Literal, Optional, Sequence
 
 Z95 = 1.959963984540054
 """Two-sided 95% normal quantile."""
@@ -21,6 +22,10 @@ in the seed. So "at chance" means the interval touches [0.23, 0.27], not just 0.
 EXACT_BELOW = 25
 """McNemar uses the exact binomial test when there are fewer discordant pairs than this, else
 the chi-square statistic with Edwards' continuity correction (the usual rule of thumb)."""
+
+DEFAULT_POWER = 0.8
+"""Default of `report --power` and `doctor --power`: the power at which the minimum detectable effect
+(MDE) is stated (the usual 80%)."""
 
 TestName = Literal["mcnemar-exact", "mcnemar-chi2", "z-unpaired"]
 
@@ -130,8 +135,65 @@ def beyond_noise(old: float, se_old: float, new: float, se_new: float, z: float 
     return abs(new - old) > z * math.sqrt(se_old**2 + se_new**2)
 
 
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile z with P(Z <= z) = p, for 0 < p < 1."""
+    return NormalDist().inv_cdf(p)
+
+
+def discordant_counts(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
+    """(questions right in a and wrong in b, questions wrong in a and right in b)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length ({len(a)} vs {len(b)})")
+    return sum(1 for x, y in zip(a, b) if x and not y), sum(1 for x, y in zip(a, b) if y and not x)
+
+
+def paired_difference_variance(b: int, c: int, n: int) -> float:
+    """Variance of the paired accuracy difference d = (b - c) / n of two evaluations on the same n
+    questions (b: right only in the first, c: right only in the second).
+
+    Per question the difference is +1, -1 or 0, so with the discordance rate psi = (b + c) / n:
+    Var(d) = (psi - d^2) / n (the plug-in variance of a mean of n such differences; it is what
+    McNemar's test is built on, and it is 0 when no question changed)."""
+    if n <= 0:
+        return 0.0
+    d = (b - c) / n
+    return max((b + c) / n - d * d, 0.0) / n
+
+
+def mcnemar_mde(discordance: float, n: int, alpha: float = 0.05, power: float = DEFAULT_POWER) -> Optional[float]:
+    """Minimum detectable effect of McNemar's test: the smallest |acc_a - acc_b| it detects with
+    probability `power` at two-sided level `alpha`, on n paired questions with discordance rate psi.
+
+    Connor's (1987) sample size for McNemar's test, n = (z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2
+    with z_a = z(1 - alpha/2) and z_b = z(power), solved for d (a quadratic in d):
+
+        MDE = sqrt(psi) * (z_a * sqrt(n) + z_b * sqrt(n - z_a^2 + z_b^2)) / (n + z_b^2)
+
+    (about (z_a + z_b) * sqrt(psi / n) for large n). psi is held at its observed value; an effect d
+    larger than psi needs more discordant questions (|d| <= psi), so an MDE above psi is a lower bound.
+    None when psi = 0 (nothing changed, so nothing estimates the noise) or n is too small for the formula."""
+    if n <= 0 or not discordance > 0.0:
+        return None
+    za, zb = normal_quantile(1.0 - alpha / 2.0), normal_quantile(power)
+    inner = n - za * za + zb * zb
+    if inner <= 0:
+        return None
+    return math.sqrt(discordance) * (za * math.sqrt(n) + zb * math.sqrt(inner)) / (n + zb * zb)
+
+
+def unpaired_mde(acc: float, n: int, alpha: float = 0.05, power: float = DEFAULT_POWER) -> Optional[float]:
+    """Minimum detectable effect of the unpaired two-proportion z test with n questions per side at
+    accuracy about `acc`: MDE = (z(1 - alpha/2) + z(power)) * sqrt(2 * acc * (1 - acc) / n)
+    (normal approximation, equal variances). None for n <= 0 or acc at 0 or 1."""
+    if n <= 0 or not 0.0 < acc < 1.0:
+        return None
+    za, zb = normal_quantile(1.0 - alpha / 2.0), normal_quantile(power)
+    return (za + zb) * math.sqrt(2.0 * acc * (1.0 - acc) / n)
+
+
 __all__ = [
     "CHANCE",
+    "DEFAULT_POWER",
     "CHANCE_TOLERANCE",
     "EXACT_BELOW",
     "Z95",
@@ -142,7 +204,12 @@ __all__ = [
     "binomial_stderr",
     "binomial_two_sided_p",
     "chi2_1df_sf",
+    "discordant_counts",
     "mcnemar",
+    "mcnemar_mde",
+    "normal_quantile",
+    "paired_difference_variance",
+    "unpaired_mde",
     "normal_two_sided_p",
     "two_proportion_z",
     "wilson_interval",

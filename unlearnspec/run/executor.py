@@ -170,7 +170,7 @@ def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional[Outcom
         control = (known or load_spec(run.control, profile=plan.profile, check_refs=False)).name
     spec = run.spec
     info = SpecInfo(name=spec.name, hash=run.hash, path=str(run.path), profile=ctx.profile_name, control=control,
-                    control_path=spec.control, metric=spec.eval.metric if spec.eval else "acc",
+                    control_path=spec.control, role=spec.role, metric=spec.eval.metric if spec.eval else "acc",
                     tasks=[t.name for t in spec.eval.tasks] if spec.eval else [])
     if not run.out.is_dir():
         return Results(spec=info, runs=records)

@@ -127,6 +127,9 @@ class SpecInfo(_Record):
     """Name of the matched control spec, if any."""
     control_path: Optional[str] = None
     """Path of the control spec as written in the spec."""
+    role: Optional[Literal["positive_control", "negative_control"]] = None
+    """The spec's `role` in its study (unset: an experiment under test); reports find the study's
+    positive control (the oracle) and mark both controls in the study plot from it."""
     metric: str = "acc"
     """Headline metric."""
     tasks: list[str] = []
