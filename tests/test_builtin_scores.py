@@ -148,6 +148,23 @@ def test_the_random_source_is_valid_on_the_real_model_and_truth_on_the_toy_world
     assert {"random", "task", "retain_task"} <= set(props) and "toy:truth" in props["produced_by"]["description"]
 
 
+def test_plan_refuses_truth_on_the_real_model_and_takes_it_once_mapped_onto_the_toy_world(project, tmp_path):
+    from unlearnspec.errors import UserError
+    from unlearnspec.run.plan import build_plan
+    from unlearnspec.spec.profile import default_toy_profile
+
+    data = yaml.safe_load(RANDOM.read_text())
+    data.update(scores={"truth": {"produced_by": "toy:truth"}}, tokens=TRUTH_TOKENS)
+    path = project / "specs" / "controls" / "truth_real.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(UserError) as err:
+        build_plan([path], cache_root=tmp_path / "cache")
+    (problem,) = err.value.problems
+    assert problem.loc == "scores.truth.produced_by" and "does not run on the toy world" in problem.message
+    plan = build_plan([path], profile=default_toy_profile(), cache_root=tmp_path / "cache")  # --toy: a toy spec now
+    assert [j.id for j in plan.jobs if j.kind == "point"] == [f"point:controls_random/lr_{x}" for x in ("0.01", "0.05", "0.2")]
+
+
 # --------------------------------------------------------------------------- the control specs
 def test_control_specs_validate_and_are_matched_and_labelled():
     result = CliRunner().invoke(app, ["validate", str(CONTROLS)])
