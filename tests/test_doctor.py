@@ -69,7 +69,10 @@ def test_fixed_pair_is_matched_and_in_regime():
     exp, ctrl = load_yaml(FIXED / "selective.yaml"), load_yaml(FIXED / "all_tokens.yaml")
     producer = load_yaml(FIXED / "magic_wmdp.yaml")
     assert exp["loss"]["normalizer"] == ctrl["loss"]["normalizer"] == "valid"
-    assert exp["training"] == ctrl["training"] == producer["training"]
+    assert exp["training"] == producer["training"]
+    # the control also sweeps the LRs of the specs/controls/ runs read against it; 1e-4 is the experiment's
+    assert {k: v for k, v in ctrl["training"].items() if k != "lr"} == {k: v for k, v in exp["training"].items() if k != "lr"}
+    assert exp["training"]["lr"] in ctrl["training"]["lr"] and ctrl["training"]["lr"] == [2.0e-5, 1.0e-4, 4.0e-4]
     assert exp["data"] == ctrl["data"] == producer["data"]
     assert producer["magic"]["query"]["loss"] == "answer_continuation"
     assert all(s["alignment"] == "target" for s in exp["scores"].values())
@@ -334,7 +337,11 @@ def test_shipped_d1_exp3_names_the_recorded_mismatch(shipped):
                      "training.batch_size: 32 (exp3_positive_only) vs 8 (exp7_all_tokens)",
                      "training.max_steps: 31 (exp3_positive_only) vs 125 (exp7_all_tokens)"):
         assert expected in text
-    assert {f.spec for f in codes(shipped, "D1") if f.severity == "error"} == {"specs/exp3_positive_only.yaml", "specs/exp5_selective.yaml", "specs/exp6_compatible.yaml"}
+    # + the oracle: a toy-world spec (ground truth exists only there) whose control is a real spec; read without
+    # --toy they differ in model and data. Under --toy they match (tests/test_builtin_scores.py).
+    assert {f.spec for f in codes(shipped, "D1") if f.severity == "error"} == {"specs/exp3_positive_only.yaml", "specs/exp5_selective.yaml", "specs/exp6_compatible.yaml", "specs/controls/oracle.yaml"}
+    (oracle,) = codes(shipped, "D1", "controls/oracle")
+    assert "model.name_or_path: unset (controls_oracle) vs EleutherAI/deep-ignorance-unfiltered (fixed_all_tokens)" in oracle.evidence
     assert {f.spec for f in codes(shipped, "D1") if f.severity == "warning"} == {"specs/exp1_value_weighted.yaml", "specs/exp2_sign_only.yaml"}
     assert codes(shipped, "D1", "exp4_negative_only") == []  # exp4 matched exp7 field by field
 
@@ -347,7 +354,9 @@ def test_shipped_d2_exp3_uses_a_prefix_of_the_columns(shipped):
 
 def test_shipped_d3_on_every_attribution_experiment(shipped):
     specs = {f.spec for f in codes(shipped, "D3")}
-    assert specs == {f"specs/{n}.yaml" for n in ("exp1_value_weighted", "exp2_sign_only", "exp3_positive_only", "exp4_negative_only", "exp5_selective", "exp6_compatible")}
+    assert specs == {f"specs/{n}.yaml" for n in ("exp1_value_weighted", "exp2_sign_only", "exp3_positive_only", "exp4_negative_only", "exp5_selective", "exp6_compatible",
+                                                 "controls/magic_topk", "controls/magic_topk_not_mmlu")}  # the controls sweep 2e-5 and 4e-4 too
+    assert all("lr: 1e-4 (scores) vs 2e-5, 4e-4 (steered run)" in f.evidence for f in codes(shipped, "D3", "controls/magic_topk"))
     exp1 = "\n".join(codes(shipped, "D3", "exp1")[0].evidence)
     assert "optimizer: sgd (scores) vs adam (steered run)" in exp1
 

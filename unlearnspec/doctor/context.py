@@ -71,7 +71,8 @@ class Workspace:
         return self.spec(path) if path.is_file() else None
 
     def producer(self, entry: Entry, src: ScoreSourceSpec) -> Optional[Entry]:
-        if src.produced_by is None:
+        """The spec that produces `src` (None for a file, a built-in source or a missing producer)."""
+        if src.produced_by is None or src.built_in:
             return None
         path = resolve_path(entry.path, src.produced_by)
         return self.spec(path) if path.is_file() else None
@@ -86,7 +87,10 @@ class Workspace:
         return resolve_path(producer.path, producer.spec.output.dir)
 
     def sidecar(self, entry: Entry, src: ScoreSourceSpec) -> Optional[dict[str, Any]]:
-        """The producer's `scores.json` (in its output dir), or the one beside a `path` source."""
+        """The producer's `scores.json` (in its output dir), or the one beside a `path` source; None for a
+        built-in source (`random`, `toy:truth`: no file, built for the grid at run time)."""
+        if src.built_in:
+            return None
         if src.path is not None:
             where = resolve_path(entry.path, src.path).parent / SIDECAR_FILE
         else:

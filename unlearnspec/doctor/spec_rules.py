@@ -18,8 +18,8 @@ TRAINER_ALIGNMENT = "target"
 
 LOW_PRECISION = {"bf16", "bfloat16", "fp16", "float16", "half", "torch.bfloat16", "torch.float16"}
 
-# Fields a control may differ in: identity, outputs, and the token rule under test.
-_NOT_COMPARED = ("name", "description", "control", "scores", "tokens", "output", "baseline", "magic", "training.lr")
+# Fields a control may differ in: identity (incl. `role`), outputs, and the token rule under test.
+_NOT_COMPARED = ("name", "description", "control", "role", "scores", "tokens", "output", "baseline", "magic", "training.lr")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -142,6 +142,8 @@ def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
     if spec is None or spec.magic is not None:
         return
     for name, src in sorted(spec.scores.items()):
+        if src.built_in:
+            continue  # built for this spec's own grid at run time: same data by construction
         sidecar = ws.sidecar(entry, src)
         producer = ws.producer(entry, src)
         evidence: list[str] = []
@@ -293,6 +295,8 @@ def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
     if spec is None:
         return
     for name, src in sorted(spec.scores.items()):
+        if src.built_in:
+            continue  # `random` / `toy:truth` are built in target alignment (the schema refuses `input`)
         side = sidecar_value(ws.sidecar(entry, src), "alignment")
         declared = src.alignment
         if declared is None and side is None:

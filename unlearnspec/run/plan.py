@@ -41,7 +41,8 @@ class Job:
     after: tuple[str, ...] = ()
     """Ids of the jobs that must succeed first (score producers of a point job)."""
     inputs: tuple[tuple[str, Path], ...] = ()
-    """Score source name -> score file, resolved at plan time."""
+    """Score source name -> score file, resolved at plan time (built-in sources, `random` and `toy:truth`,
+    have no file: `steps.prepare` builds them for the grid)."""
     subset: Optional[int] = None
     """LDS jobs: the random subset this retraining drops (None: the reference retraining, nothing dropped)."""
 
@@ -228,6 +229,8 @@ class _Builder:
         for name, src in spec.scores.items():
             if src.path is not None:
                 inputs.append((name, resolve_path(path, src.path)))
+                continue
+            if src.built_in:  # `random` / `toy:truth`: built for the grid by `steps.prepare`, no file, no job
                 continue
             assert src.produced_by is not None
             producer_path = resolve_path(path, src.produced_by)

@@ -28,8 +28,9 @@ class Prepared:
 
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
-    """Token grid [N, S] + fingerprint -> score files checked against it -> signed per-token weights.
-    Computed once per spec and run (all points of a sweep share it)."""
+    """Token grid [N, S] + fingerprint -> score files checked against it (and the built-in sources, `random`
+    and `toy:truth`, built for it) -> signed per-token weights. Computed once per spec and run (all points of a
+    sweep share it)."""
     key = spec_hash(job.spec)
     if key in ctx.prepared:
         return ctx.prepared[key]
@@ -52,6 +53,12 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     for name, path in job.inputs:
         scores[name] = checked_scores(load_score_file(path), spec.scores[name], name, grid.labels, grid.fingerprint,
                                       fingerprint_at)
+    for name, src in spec.scores.items():  # `random` / `toy:truth`: built for this grid, then checked like a file
+        if src.built_in:
+            from unlearnspec.builtin_scores import builtin_score_file
+
+            built = builtin_score_file(name, src, spec, job.spec_path, assets, grid, tokenizer)
+            scores[name] = checked_scores(built, src, name, grid.labels, grid.fingerprint, fingerprint_at)
     inputs = dict(job.inputs)
     for full in sorted(spec.tokens.referenced_sources() - set(scores)):  # `source.leaf`: one leaf task's scores
         name, leaf = split_source(full)

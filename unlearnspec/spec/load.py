@@ -109,8 +109,8 @@ def reference_problems(
                 problems.append(Problem(file, _fmt_loc(loc), f"{src.path} is a folder, not a score file (looked at {target}).", _line_of(node, loc)))
             elif not target.is_file():
                 problems.append(Problem(file, _fmt_loc(loc), f"the score file {src.path} does not exist (looked at {target}). Fix the path or produce it first.", _line_of(node, loc)))
-        if src.produced_by is None:
-            continue
+        if src.produced_by is None or src.built_in:
+            continue  # `random` and `toy:truth` are built for the grid when the run prepares it
         loc = ("scores", name, "produced_by")
         target = resolve_path(path, src.produced_by)
         if not target.is_file():

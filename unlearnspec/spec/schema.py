@@ -68,7 +68,19 @@ class Spec(_Section):
                     f"the token rule (`tokens.{field}`) reads {what}, which is not declared under `scores` "
                     f"(declared: {declared}). Add `scores: {{{name}: {{produced_by: ...}}}}` or fix the name.",
                 )
+            if leaf is not None and self.scores[name].built_in:
+                raise SpecRuleError(("tokens",), f"the token rule reads {full!r}, but score source {name!r} is built for "
+                                    "the grid (`random` or `toy:truth`) and has no leaf tasks. Read plain "
+                                    f"{name!r} (for one toy task's truth, set `task:` on the source).")
         for name, src in self.scores.items():
+            if src.produced_by == "toy:truth" and (self.model.toy is None or self.data.toy is None):
+                raise SpecRuleError(
+                    ("scores", name, "produced_by"),
+                    f"score source {name!r} is the toy world's ground truth (`produced_by: toy:truth`), but this spec "
+                    "does not run on the toy world (model.toy and data.toy must both be set), so no fact spans exist "
+                    "for its tokens. Write the spec for the toy world (see specs/controls/oracle.yaml), or use "
+                    "another score source.",
+                )
             if src.columns is not None and self.data.max_seq_len > src.columns:
                 raise SpecRuleError(
                     ("data", "max_seq_len"),

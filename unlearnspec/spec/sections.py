@@ -6,6 +6,7 @@ Imports no torch; field docs are attribute docstrings that flow into the JSON Sc
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt, model_validator
@@ -144,17 +145,53 @@ class DataSpec(_Section):
 
 
 # --------------------------------------------------------------------------- scores and rules
+TOY_PRODUCERS: dict[str, str] = {
+    "toy:truth": "the toy world's ground truth: -1 on the tokens stating a value of a fact `task` asks",
+}
+"""Score producers built into unlearnspec (`produced_by: toy:<name>`), computed in-process for the spec's own
+token grid when the run prepares it; every other `produced_by` is a spec path."""
+TOY_TASK_NAME = r"^toy_[a-z0-9_]+$"
+"""A toy task or group name (`toy_wmdp`, `toy_wmdp_by_attribute`); whether the world has it is checked at run time."""
+
+
+def is_toy_producer(produced_by: Optional[str]) -> bool:
+    """True when `produced_by` names a built-in producer (`toy:...`) rather than a spec path."""
+    return produced_by is not None and produced_by.startswith("toy:")
+
+
+class RandomScoresSpec(_Section):
+    """Seeded i.i.d. random scores over the spec's grid [N, S], 0 where the grid has no target: a selection
+    that carries no signal (e.g. `mode: top` on it picks `k` random valid tokens), for negative controls."""
+
+    seed: Seed
+    """Seed of the generator (torch CPU generator: the same scores on every machine), 0 <= seed < 2**32."""
+    distribution: Literal["uniform", "normal"] = "uniform"
+    """`uniform`: U[-1, 1), `normal`: N(0, 1); either way half the tokens are negative (proponent-like)."""
+
+
 class ScoreSourceSpec(_Section):
-    """A per-token attribution score file [N, S_scores], named in the token rule."""
+    """A per-token attribution score source [N, S_scores], named in the token rule: a file, the output of a
+    MAGIC spec, a built-in producer (`produced_by: toy:truth`) or seeded random scores (`random`)."""
 
     path: Optional[str] = None
     """Path to `per_token_scores.pt` or `.safetensors` (sidecar `scores.json` read when present); e.g. the
     toy world's ground truth written by `unlearnspec toy truth SPEC --out DIR` (-1 on queried fact values)."""
     produced_by: Optional[str] = None
-    """Path of the `specs/magic/*.yaml` spec whose output directory holds the scores."""
+    """Path of the `specs/magic/*.yaml` spec whose output directory holds the scores, or `toy:truth`: the
+    toy world's ground truth (what `unlearnspec toy truth` writes), computed for this spec's own grid when
+    the run prepares it; only on the toy world (model.toy and data.toy set, e.g. a toy-world spec)."""
+    random: Optional[RandomScoresSpec] = None
+    """Seeded random scores over this spec's grid (a negative control's selection), e.g. `{seed: 0}`."""
+    task: Optional[str] = None
+    """`produced_by: toy:truth` only: the toy task (or group) whose asked facts' value tokens are marked -1
+    (default toy_wmdp, the WMDP analogue)."""
+    retain_task: Optional[str] = None
+    """`produced_by: toy:truth` only: also mark the value tokens of the facts this toy task asks +1 (e.g.
+    toy_mmlu); unset: not marked."""
     alignment: Optional[Literal["target", "input"]] = None
     """`target`: column t weights the loss of predicting token t (column 0 unused); `input`: column t
-    weights the loss predicted at position t (of token t+1). Unset: taken from the sidecar, else an error."""
+    weights the loss predicted at position t (of token t+1). Unset: taken from the sidecar, else an error.
+    Sources built for the grid (`toy:truth`, `random`) are target-aligned by construction."""
     columns: Optional[int] = Field(default=None, gt=0, le=MAX_SEQ_LEN)
     """Declared S_scores of a `path` source (checked against max_seq_len before anything runs)."""
     truncate_columns: bool = False
@@ -162,8 +199,37 @@ class ScoreSourceSpec(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ScoreSourceSpec":
-        _exactly_one(self, ("path", "produced_by"), "a score source")
+        _exactly_one(self, ("path", "produced_by", "random"), "a score source")
+        built = self.random is not None or is_toy_producer(self.produced_by)
+        if is_toy_producer(self.produced_by) and self.produced_by not in TOY_PRODUCERS:
+            raise SpecRuleError(("produced_by",), f"unknown built-in producer {self.produced_by!r}; available: "
+                                f"{', '.join(TOY_PRODUCERS)} ({'; '.join(TOY_PRODUCERS.values())}). A spec path "
+                                "cannot start with `toy:`.")
+        if self.produced_by != "toy:truth":
+            for name in ("task", "retain_task"):
+                if getattr(self, name) is not None:
+                    raise SpecRuleError((name,), f"`{name}` is only read with `produced_by: toy:truth` (the toy task "
+                                        "whose facts the ground truth marks); delete it.")
+        for name in ("task", "retain_task"):
+            value = getattr(self, name)
+            if value is not None and not re.match(TOY_TASK_NAME, value):
+                raise SpecRuleError((name,), f"`{name}: {value[:60]}` is not a toy task name; write a task or group "
+                                    "of the toy world, e.g. `toy_wmdp` or `toy_mmlu`.")
+        if built:
+            what = "`random`" if self.random is not None else f"`produced_by: {self.produced_by}`"
+            if self.alignment == "input":
+                raise SpecRuleError(("alignment",), f"{what} is built for the grid in target alignment; delete "
+                                    "`alignment: input` (or write `target`).")
+            if self.columns is not None or self.truncate_columns:
+                field = "columns" if self.columns is not None else "truncate_columns"
+                raise SpecRuleError((field,), f"`{field}` describes a score file; {what} is built for exactly "
+                                    "data.max_seq_len columns. Delete it.")
         return self
+
+    @property
+    def built_in(self) -> bool:
+        """True for a source computed in-process for the grid (`random`, `produced_by: toy:...`), not a file."""
+        return self.random is not None or is_toy_producer(self.produced_by)
 
 
 TokenMode = Literal["all", "value_weighted", "sign", "where", "top"]

@@ -1,0 +1,61 @@
+"""Score sources a run builds itself for its own token grid: seeded random scores (`random: {seed}`) and the
+toy world's ground truth (`produced_by: toy:truth`).
+
+Both come back as an in-memory `ScoreFile` (target alignment, a sidecar with the grid's N, S and data
+fingerprint), so `unlearnspec.run.steps.prepare` sends them through the same `checked_scores` path as a score
+file on disk: shape, finiteness, alignment and fingerprint are checked the same way, and match by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unlearnspec.scores import ScoreFile
+from unlearnspec.spec.sections import RandomScoresSpec, ScoreSourceSpec
+
+if TYPE_CHECKING:
+    from unlearnspec.assets import Assets
+    from unlearnspec.data import TokenGrid
+    from unlearnspec.spec import Spec
+
+
+def random_scores(source: RandomScoresSpec, valid: torch.Tensor) -> torch.Tensor:
+    """I.i.d. float32 scores [N, S] from a CPU generator seeded with `source.seed` (U[-1, 1) or N(0, 1)), drawn
+    for every position (so a position's value does not depend on which others are valid), then 0 wherever
+    `valid` (bool [N, S], the grid's target positions) is False. Same seed and shape: same scores, on every
+    machine."""
+    gen = torch.Generator(device="cpu").manual_seed(source.seed)
+    shape = tuple(valid.shape)
+    if source.distribution == "normal":
+        values = torch.randn(shape, generator=gen, dtype=torch.float32)
+    else:
+        values = torch.rand(shape, generator=gen, dtype=torch.float32) * 2.0 - 1.0
+    return values.masked_fill(~valid.bool(), 0.0)
+
+
+def builtin_score_file(name: str, source: ScoreSourceSpec, spec: "Spec", spec_path: Path, assets: "Assets",
+                       grid: "TokenGrid", tokenizer: Any) -> ScoreFile:
+    """The scores of built-in source `name` for `grid` (the spec's own grid, built by `prepare`), as a
+    `ScoreFile` whose `path` names the source (it appears in error messages) and whose sidecar records the
+    grid's fingerprint; pass it to `unlearnspec.scores.checked_scores` like a file read from disk."""
+    n, s = grid.input_ids.shape
+    sidecar: dict[str, Any] = {"format_version": 1, "alignment": "target", "N": n, "S": s,
+                               "data_fingerprint": grid.fingerprint}
+    if source.random is not None:
+        scores = random_scores(source.random, grid.valid_targets)
+        sidecar.update(produced_by="random", seed=source.random.seed, distribution=source.random.distribution)
+        label = f"scores.{name} (random, seed {source.random.seed})"
+    elif source.produced_by == "toy:truth":
+        from unlearnspec.toy.truth import DEFAULT_TASK, spec_truth
+
+        truth = spec_truth(spec, spec_path, assets, task=source.task or DEFAULT_TASK, retain_task=source.retain_task,
+                           grid=grid, tokenizer=tokenizer)
+        scores = truth.scores
+        sidecar.update(truth.info)
+        label = f"scores.{name} (toy:truth, task {sidecar.get('task')})"
+    else:
+        raise ValueError(f"score source {name!r} is not built in (path or spec producer)")
+    return ScoreFile(path=Path(label), scores=scores, sidecar=sidecar)
