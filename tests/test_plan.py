@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -85,9 +87,38 @@ def test_a_users_folder_is_never_replaced_or_cleaned(tmp_path):
     with pytest.raises(UserError):
         with atomic_dir(out / "lr_0.0001", kind="point"):
             pytest.fail("the job must not start")
-    assert clean_stale_tmp(out) == []
+    assert clean_stale_tmp(out) == ([], [])
     assert (out / "lr_0.0001" / "thesis.tex").read_text() == "mine"
     assert (out / ".tmp-notes" / "keep.txt").read_text() == "mine too"
+
+
+def test_a_temp_folder_another_live_run_writes_is_left_alone(tmp_path):
+    """Two runs sharing an output parent (found in this session's study: a second `run` removed the temp folder
+    a first one was writing, which then lost its marker). Only a dead writer's temp folder is cleaned."""
+    import json
+    import platform
+    import subprocess
+    import sys
+
+    def temp(name: str, **writer) -> Path:
+        folder = tmp_path / f".tmp-{name}"
+        folder.mkdir()
+        (folder / MARKER).write_text(json.dumps({"by": "unlearnspec", "kind": "point", **writer}))
+        return folder
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = temp("lr_1-1", host=platform.node(), pid=os.getpid())  # this very process: alive
+    dead = temp("lr_2-2", host=platform.node(), pid=int(done.stdout))  # a process that has ended
+    remote = temp("lr_3-3", host="another-node-of-the-cluster", pid=os.getpid())
+    legacy = temp("lr_4-4")  # a marker without its writer: an earlier version's, cleaned as before
+    removed, kept = clean_stale_tmp(tmp_path)
+    assert sorted(removed) == sorted([dead, legacy])
+    assert {p for p, _ in kept} == {live, remote} and live.is_dir() and remote.is_dir()
+    assert any("still writing" in why for _, why in kept) and any("another-node" in why for _, why in kept)
+    with atomic_dir(tmp_path / "lr_5", kind="point") as tmp:
+        info = json.loads((tmp / MARKER).read_text())
+        assert info["pid"] == os.getpid() and info["host"] == platform.node()
+        assert clean_stale_tmp(tmp_path)[0] == [] and tmp.is_dir()  # a run never cleans its own live job
 
 
 def test_atomic_dir_replaces_only_its_own_folder_and_leaves_nothing_on_failure(tmp_path):

@@ -72,8 +72,11 @@ class LocalExecutor:
         outcome = Outcome()
         if self.ctx.is_main:
             for folder in {j.out.parent for j in plan.jobs}:
-                for stale in clean_stale_tmp(folder):
+                removed, kept = clean_stale_tmp(folder)
+                for stale in removed:
                     self.ctx.say(f"[resume] removed the unfinished {stale.name}")
+                for live, why in kept:
+                    self.ctx.say(f"[resume] left {live} alone: {why}")
         for job in plan.jobs:
             blocked = next((outcome.failed[a] for a in job.after if a in outcome.failed), None)
             if blocked is not None:

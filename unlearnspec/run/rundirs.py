@@ -77,15 +77,42 @@ def check_replaceable(final: Path) -> None:
         )
 
 
-def clean_stale_tmp(folder: Path) -> list[Path]:
-    """Remove half-written job folders left by a killed run (only those carrying our marker)."""
-    removed = []
+def writer_alive(info: dict[str, Any]) -> Optional[str]:
+    """Why a temp folder's writer may still be running (None: it is not). Its marker names the host and
+    process that made it: a live process on this host, or any process on another host (a shared cluster
+    filesystem: its liveness cannot be checked from here), may still be writing it."""
+    host, pid = info.get("host"), info.get("pid")
+    if not isinstance(pid, int) or not isinstance(host, str):
+        return None  # made before markers named their writer: no run of this version writes it
+    if host != platform.node():
+        return f"it was made on host {host} (pid {pid}); remove it yourself if no job runs there"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return f"process {pid} on this host is still writing it"
+
+
+def clean_stale_tmp(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Remove half-written job folders left by a killed run: (removed, left alone with the reason). Only
+    folders carrying our marker, and never one whose writer may still run (another `run` on the same
+    output, a SLURM job, another host)."""
+    removed: list[Path] = []
+    kept: list[tuple[Path, str]] = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.is_dir() and not p.is_symlink() and p.name.startswith(TMP_PREFIX) and marker(p) is not None:
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-    return removed
+            info = marker(p) if p.is_dir() and not p.is_symlink() and p.name.startswith(TMP_PREFIX) else None
+            if info is None:
+                continue
+            why = writer_alive(info)
+            if why is not None:
+                kept.append((p, why))
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed, kept
 
 
 @contextmanager
@@ -100,7 +127,7 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
             raise UserError.one(str(tmp), "a folder not created by unlearnspec has the name of this job's temp folder; move it away.")
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _mark(tmp, **info)
+    _mark(tmp, host=platform.node(), pid=os.getpid(), **info)
     try:
         yield tmp
         check_replaceable(final)
