@@ -181,7 +181,9 @@ def test_control_specs_validate_and_are_matched_and_labelled():
     assert control.training.lrs == (0.01, 0.05, 0.2)
     for name, spec in specs.items():
         assert spec.control == "specs/fixed/all_tokens.yaml", name
-        assert spec.training == control.training and spec.data == control.data and spec.eval == control.eval, name
+        lrs = (0.01, 0.05) if name == "magic_topk" else control.training.lrs  # magic_topk diverged at 0.2: left out
+        assert spec.training == control.training.model_copy(update={"lr": list(lrs)}), name
+        assert spec.data == control.data and spec.eval == control.eval, name
         assert spec.model == control.model and spec.loss.normalizer == "selected", name
         assert (spec.tokens.mode, spec.tokens.k, spec.tokens.selected, spec.tokens.rest) == ("top", 60, "ascend", "mask"), name
 
@@ -194,7 +196,8 @@ def test_plan_lists_the_control_jobs_sharing_the_fixed_baseline():
     ids = [j["id"] for j in jobs]
     for name in ("oracle", "random", "magic_topk", "magic_topk_not_mmlu", "fixed/all_tokens"):
         stem = name.replace("fixed/", "fixed_") if "/" in name else f"controls_{name}"
-        assert [f"point:{stem}/lr_{lr}" in ids for lr in ("0.01", "0.05", "0.2")] == [True] * 3, (name, ids)
+        expected = [True, True, name != "magic_topk"]  # magic_topk's sweep leaves out 0.2 (it diverged there)
+        assert [f"point:{stem}/lr_{lr}" in ids for lr in ("0.01", "0.05", "0.2")] == expected, (name, ids)
     assert sum(j["kind"] == "baseline" for j in jobs) == 1  # every control and the fixed control: one baseline
     assert {"score:fixed_magic_wmdp", "score:fixed_magic_mmlu"} <= set(ids)
 

@@ -356,7 +356,9 @@ def test_shipped_d3_on_every_attribution_experiment(shipped):
     specs = {f.spec for f in codes(shipped, "D3")}
     assert specs == {f"specs/{n}.yaml" for n in ("exp1_value_weighted", "exp2_sign_only", "exp3_positive_only", "exp4_negative_only", "exp5_selective", "exp6_compatible",
                                                  "controls/magic_topk", "controls/magic_topk_not_mmlu")}  # the controls sweep 2e-5 and 4e-4 too
-    assert all("lr: 1e-4 (scores) vs 2e-5, 4e-4 (steered run)" in f.evidence for f in codes(shipped, "D3", "controls/magic_topk"))
+    expected = {"specs/controls/magic_topk.yaml": "lr: 1e-4 (scores) vs 2e-5 (steered run)",  # 4e-4 diverged: left out
+                "specs/controls/magic_topk_not_mmlu.yaml": "lr: 1e-4 (scores) vs 2e-5, 4e-4 (steered run)"}
+    assert all(expected[f.spec] in f.evidence for f in codes(shipped, "D3", "controls/magic_topk"))
     exp1 = "\n".join(codes(shipped, "D3", "exp1")[0].evidence)
     assert "optimizer: sgd (scores) vs adam (steered run)" in exp1
 
