@@ -7,7 +7,6 @@ score-source rules without noise about provenance, alignment or LDS of a source 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from unlearnspec.spec import TokenRuleSpec, json_schema
 from unlearnspec.spec.sections import RandomScoresSpec
 
 from .conftest import SPECS
+from .fixtures.reportkit import spec_project
 
 CONTROLS = SPECS / "controls"
 ORACLE, RANDOM = CONTROLS / "oracle.yaml", CONTROLS / "random.yaml"
@@ -92,10 +92,7 @@ def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project root holding copies of specs/fixed/ and specs/controls/."""
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'tmp'\n")
-    for folder in ("fixed", "controls"):
-        shutil.copytree(SPECS / folder, tmp_path / "specs" / folder)
-    return tmp_path
+    return spec_project(tmp_path, "fixed", "controls")
 
 
 def _validate(project: Path, base: Path, **changes):

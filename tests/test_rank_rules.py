@@ -5,7 +5,6 @@ token stats and the doctor's shares. No training."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from unlearnspec.spec.load import load_spec
 from unlearnspec.spec.sections import top_count
 
 from .conftest import SPECS
-from .fixtures.reportkit import make_project, write_json_atomic, write_run
+from .fixtures.reportkit import make_project, spec_project, write_json_atomic, write_run
 
 TOPK = SPECS / "controls" / "magic_topk.yaml"
 
@@ -134,10 +133,7 @@ def test_token_stats_count_ascent_descent_and_the_selected_share():
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project root holding copies of specs/fixed/ and specs/per_task/ (producers and controls)."""
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'tmp'\n")
-    for folder in ("fixed", "per_task"):
-        shutil.copytree(SPECS / folder, tmp_path / "specs" / folder)
-    return tmp_path
+    return spec_project(tmp_path, "fixed", "per_task")
 
 
 def _validate(project: Path, tokens: dict, base: Path = TOPK, scores: dict | None = None):
