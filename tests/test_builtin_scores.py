@@ -22,7 +22,7 @@ from unlearnspec.spec import TokenRuleSpec, json_schema
 from unlearnspec.spec.sections import RandomScoresSpec
 
 from .conftest import SPECS
-from .fixtures.reportkit import spec_project
+from .fixtures.reportkit import spec_project, validate_data
 
 CONTROLS = SPECS / "controls"
 ORACLE, RANDOM = CONTROLS / "oracle.yaml", CONTROLS / "random.yaml"
@@ -98,12 +98,7 @@ def project(tmp_path: Path) -> Path:
 def _validate(project: Path, base: Path, **changes):
     data = yaml.safe_load(base.read_text())
     data.update(changes)
-    path = project / "specs" / "spec.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    result = CliRunner().invoke(app, ["validate", str(path)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
+    return validate_data(project, data)
 
 
 TRUTH_TOKENS = {"mode": "top", "source": "truth", "where": "truth < 0", "k": 60, "order": "most_negative",

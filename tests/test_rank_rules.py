@@ -22,7 +22,7 @@ from unlearnspec.spec.load import load_spec
 from unlearnspec.spec.sections import top_count
 
 from .conftest import SPECS
-from .fixtures.reportkit import make_project, spec_project, write_json_atomic, write_run
+from .fixtures.reportkit import make_project, spec_project, validate_data, write_json_atomic, write_run
 
 TOPK = SPECS / "controls" / "magic_topk.yaml"
 
@@ -141,12 +141,7 @@ def _validate(project: Path, tokens: dict, base: Path = TOPK, scores: dict | Non
     data["tokens"] = tokens
     if scores is not None:
         data["scores"] = scores
-    path = project / "specs" / "spec.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    result = CliRunner().invoke(app, ["validate", str(path)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
+    return validate_data(project, data)
 
 
 TOP = {"mode": "top", "source": "wmdp", "k": 60, "order": "most_negative", "selected": "ascend", "rest": "mask"}
