@@ -15,6 +15,7 @@ from typing import Literal, Optional, Protocol
 
 import torch
 
+from unlearnspec.magic.batched import adjoint_dots
 from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
 
 Tensors = list[torch.Tensor]
@@ -166,7 +167,12 @@ def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float]) -> Te
     tau = float(max_norm)
     if float(tau / (n + CLIP_EPS)) >= 1.0:
         return g_bar
-    dot = torch.stack([(a * b).sum() for a, b in zip(grad, g_bar)]).sum()
+    dot = adjoint_dots(grad, g_bar)  # a scalar, or [K] for K batched adjoints ([K, *shape] each)
     out = torch._foreach_mul(g_bar, tau / (n + CLIP_EPS))
-    torch._foreach_add_(out, torch._foreach_mul(grad, -tau * dot / (n * (n + CLIP_EPS) ** 2)))
+    coef = -tau * dot / (n * (n + CLIP_EPS) ** 2)
+    if coef.dim() == 0:
+        torch._foreach_add_(out, torch._foreach_mul(grad, coef))
+    else:
+        for o, g in zip(out, grad):
+            o.add_(coef.view(-1, *([1] * g.dim())) * g)
     return out

@@ -285,6 +285,10 @@ class QueryLoss:
         logits = forward_logits(self.model, params, ids, mask)
         return token_nll(logits, labels).sum(1)
 
+    def question_losses(self, params: Mapping[str, torch.Tensor], rows: Sequence[int]) -> torch.Tensor:
+        """l_q of the questions at `rows` (one forward), [len(rows)]; Q = mean over all questions of l_q."""
+        return QueryLoss(self.model, self.batch.subset(rows, self.batch.task), len(rows))._chunk_losses(params, slice(0, len(rows)))
+
     def per_question(self, params: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of every question, [Q] (= -loglikelihood in lm-eval)."""
         params = params if params is not None else dict(self.model.named_parameters())

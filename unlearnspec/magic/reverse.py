@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol, Union
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -25,48 +24,13 @@ from torch import nn
 from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.checks import check_model_replayable
 from unlearnspec.magic.collective import Alone, Collective, default_collective
+from unlearnspec.magic.batched import adjoint_dots, double_backward
+from unlearnspec.magic.query_grad import BatchedQuery, Query, query_gradient  # noqa: F401 - re-exported
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.optimizers import clip, clip_adjoint, make_adjoint
 from unlearnspec.magic.replay_stats import ROUNDING_RISK_WARN, ReplayStats, rounding_warning  # noqa: F401 - ReplayStats re-exported
 from unlearnspec.magic.trajectory import Trajectory, state_key
-
-
-class BatchedQuery(Protocol):
-    """A query loss given in parts (e.g. one per batch of questions) that sum to Q(params)."""
-
-    def parts(self, params: Mapping[str, torch.Tensor]) -> Iterable[torch.Tensor]: ...
-
-
-Query = Union[Callable[[Mapping[str, torch.Tensor]], torch.Tensor], BatchedQuery]
-
-
-def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], comm: Collective | None = None) -> list[torch.Tensor]:
-    """grad Q at theta, accumulated over the query's parts so only one part's graph is alive at a time.
-
-    Under several ranks each rank differentiates its share of the parts (`parts(params, rank, world_size)`;
-    a plain callable query runs on rank 0) and the partial gradients are all-reduced.
-    """
-    comm = comm or Alone()
-    params = [p.detach().requires_grad_() for p in theta]
-    pdict = dict(zip(names, params))
-    if hasattr(query, "parts"):
-        shard = {"rank": comm.rank, "world_size": comm.world_size} if comm.world_size > 1 else {}
-        parts = query.parts(pdict, **shard)  # type: ignore[union-attr]
-    else:
-        parts = [query(pdict)] if comm.rank == 0 else []  # type: ignore[operator]
-    total: list[torch.Tensor] | None = None
-    for part in parts:
-        if part.dim() != 0:
-            raise ValueError(f"the query must return a scalar loss (got shape {tuple(part.shape)})")
-        grads = list(torch.autograd.grad(part, params, materialize_grads=True))
-        total = grads if total is None else torch._foreach_add(total, grads)
-    if total is None and comm.world_size == 1:
-        raise ValueError("the query produced no loss")
-    if total is None:  # more ranks than query parts: this rank adds nothing
-        total = [torch.zeros_like(p) for p in params]
-    comm.all_reduce_(total)
-    return total
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -247,11 +211,11 @@ class _Replay:
         for rows in chunks:
             weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype)
             kept = None
-            dot = torch.stack([(g * d).sum() for g, d in zip(grads, g_bar)]).sum()
+            dot = adjoint_dots(grads, g_bar)  # <grad L_t, g_bar>: a scalar, or [K] for K batched adjoints
             del grads  # g_bar needs no gradient, so the graph does not keep them: one parameter-sized buffer less
             inputs = params + [weights] if need_hv else [weights]
-            outs = torch.autograd.grad(dot, inputs, materialize_grads=True)
-            scores.index_add_(0, rows.to(scores.device), outs[-1].detach())
+            outs = double_backward(dot, inputs)
+            scores.index_add_(scores.dim() - 2, rows.to(scores.device), outs[-1].detach())
             if need_hv:
                 part = [o.detach() for o in outs[:-1]]
                 if hv is None:
@@ -339,6 +303,38 @@ def magic_scores(
     host RAM between steps; `offload_states` keeps the states a `sqrt`/`all` segment recomputes in host
     RAM (else up to ceil(sqrt T) states sit on the device during a segment).
     """
+    start = lambda names, final, c: [query_gradient(query, names, final(), c)]  # noqa: E731
+    (scores,) = reverse_passes(model, grid, trajectory, start, hessian=hessian, second_moment=second_moment, stats=stats,
+                               progress=progress, comm=comm, micro_batch_rows=micro_batch_rows,
+                               offload_adjoint=offload_adjoint, offload_states=offload_states)
+    return scores if dtype is None else scores.to(dtype)
+
+
+StartAdjoints = Callable[[list[str], Callable[[], list[torch.Tensor]], Collective], Iterable[list[torch.Tensor]]]
+"""(names, a loader of theta_T, comm) -> the starting adjoints, one pass each: per-parameter tensors shaped like the
+parameters (one query) or [K, *shape] (K batched queries, see `batched.py`). A generator: the next start is
+computed only when the previous pass is done, so one chunk's adjoints are alive at a time."""
+
+
+def reverse_passes(
+    model: nn.Module,
+    grid: GridLike,
+    trajectory: Trajectory,
+    starts: StartAdjoints,
+    *,
+    hessian: bool = True,
+    second_moment: bool = True,
+    stats: ReplayStats | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    comm: Collective | None = None,
+    micro_batch_rows: int | None = None,
+    offload_adjoint: bool = False,
+    offload_states: bool = False,
+    on_host: bool = False,
+) -> Iterator[torch.Tensor]:
+    """One reverse pass per starting adjoint of `starts` (see `magic_scores` for the keywords), yielding
+    each pass's scores in the compute dtype: [N, S], or [K, N, S] for a batched start (on the CPU when
+    `on_host`). `progress(done, total)` counts reverse steps over all passes so far."""
     stats = stats if stats is not None else ReplayStats()
     stats._first_theta_bar = 0.0
     started = time.perf_counter()
@@ -355,35 +351,42 @@ def magic_scores(
     if micro_batch_rows is not None and micro_batch_rows < 1:
         raise ValueError(f"micro_batch_rows must be >= 1 (got {micro_batch_rows})")
     comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
+    done = 0
     with replay_mode(model):
         replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states,
                          second_moment=second_moment)
-        (theta_final,) = replay.load(total, theta_only=True)
-        compute_dtype = theta_final[0].dtype
-        query_grad = [g.detach() for g in query_gradient(query, replay.names, theta_final, comm)]
-        adjoint: State = [query_grad] + [[torch.zeros_like(g) for g in query_grad] for _ in replay.rule.state_names]
-        if offload_adjoint:
-            adjoint = replay.to_host(adjoint)
-        del theta_final
-        replay.unload(total)
-        scores = torch.zeros(n, s, dtype=compute_dtype, device=replay.device)
-        stats.unit_roundoff = torch.finfo(compute_dtype).eps / 2
-        bounds = kept + [total]
-        done = 0
-        for j in range(len(kept) - 1, -1, -1):
-            a, b = bounds[j], bounds[j + 1]
-            state_a = replay.load(a, to_device=trajectory.schedule == "log" or not offload_states)
-            if trajectory.schedule == "log":
-                replay.reverse_bisect(a, b, state_a, adjoint, scores)
-            else:
-                replay.reverse_linear(a, b, state_a, adjoint, scores)
-            del state_a
-            replay.unload(a)
-            done += b - a
-            if progress is not None:
-                progress(done, total)
-        comm.all_reduce_([scores])  # each (row, step) term was added on exactly one rank
-    stats.seconds = time.perf_counter() - started
+        first = dict(model.named_parameters())[replay.names[0]]  # its shape tells a batched start ([K, *shape])
+
+        def final() -> list[torch.Tensor]:
+            return replay.load(total, theta_only=True)[0]
+
+        for start in starts(replay.names, final, comm):
+            replay.unload(total)  # theta_T was needed only for the start
+            query_grad = [g.detach() for g in start]
+            compute_dtype = query_grad[0].dtype
+            stats.unit_roundoff = torch.finfo(compute_dtype).eps / 2
+            adjoint: State = [query_grad] + [[torch.zeros_like(g) for g in query_grad] for _ in replay.rule.state_names]
+            del start, query_grad
+            if offload_adjoint:
+                adjoint = replay.to_host(adjoint)
+            batch = tuple(adjoint[0][0].shape[:1]) if adjoint[0][0].dim() > first.dim() else ()
+            scores = torch.zeros(*batch, n, s, dtype=compute_dtype, device=replay.device)
+            bounds = kept + [total]
+            for j in range(len(kept) - 1, -1, -1):
+                a, b = bounds[j], bounds[j + 1]
+                state_a = replay.load(a, to_device=trajectory.schedule == "log" or not offload_states)
+                if trajectory.schedule == "log":
+                    replay.reverse_bisect(a, b, state_a, adjoint, scores)
+                else:
+                    replay.reverse_linear(a, b, state_a, adjoint, scores)
+                del state_a
+                replay.unload(a)
+                done += b - a
+                if progress is not None:
+                    progress(done, total)
+            del adjoint
+            comm.all_reduce_([scores])  # each (row, step) term was added on exactly one rank
+            stats.seconds = time.perf_counter() - started
+            yield scores.cpu() if on_host else scores
     if stats.rounding_risk > ROUNDING_RISK_WARN:
         warnings.warn(rounding_warning(stats, trajectory), stacklevel=2)
-    return scores if dtype is None else scores.to(dtype)
