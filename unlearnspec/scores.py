@@ -39,8 +39,9 @@ def _fail(path: Path, message: str) -> UserError:
     return UserError.one(str(path), message)
 
 
-def load_score_file(path: Path) -> ScoreFile:
-    """Read a [N, S] score tensor from .pt (weights_only: never unpickles code) or .safetensors.
+def load_score_file(path: Path, shape: str = "[N, S]") -> ScoreFile:
+    """Read a [N, S] score tensor (`shape`, as the messages name it) from .pt (weights_only: never unpickles
+    code) or .safetensors.
 
     The bytes are untrusted: the torch and safetensors parsers raise many exception types on a
     damaged or foreign file (KeyError, IndexError, UnicodeDecodeError, struct.error, ...), so any
@@ -84,7 +85,7 @@ def load_score_file(path: Path) -> ScoreFile:
         if isinstance(tensor, dict) and "scores" in tensor:
             tensor = tensor["scores"]
     if not isinstance(tensor, torch.Tensor):
-        raise _fail(path, f"expected a tensor [N, S], found {type(tensor).__name__}.")
+        raise _fail(path, f"expected a tensor {shape}, found {type(tensor).__name__}.")
     sidecar = None
     side = path.parent / SIDECAR_FILE
     if side.is_file():
@@ -121,12 +122,20 @@ def leaf_score_path(mean_path: Path, source: str, leaf: str) -> Path:
 
 
 def to_target_alignment(scores: torch.Tensor, alignment: str) -> torch.Tensor:
-    """`input` column t is the loss predicted at t (of token t+1) -> `target` column t+1."""
+    """`input` column t is the loss predicted at t (of token t+1) -> `target` column t+1 (the last dimension
+    is the column: [N, S], or [Q, N, S] per-question scores)."""
     if alignment == "target":
         return scores
     out = torch.zeros_like(scores)
-    out[:, 1:] = scores[:, :-1]
+    out[..., 1:] = scores[..., :-1]
     return out
+
+
+def valid_targets(labels: torch.Tensor) -> torch.Tensor:
+    """[N, S] bool: the grid's training targets (label != -100; column 0 is never one)."""
+    valid = labels != IGNORE_INDEX
+    valid[:, 0] = False
+    return valid
 
 
 def check_score_file(sf: ScoreFile, source: ScoreSourceSpec, name: str, n_rows: int, s_data: int) -> str:
@@ -177,28 +186,30 @@ def checked_scores(
     zero wherever the grid has no training target."""
     n, s_data = labels.shape
     alignment = check_score_file(sf, source, name, n, s_data)
-    path, t, side = sf.path, sf.scores, sf.sidecar or {}
-    s_scores = t.shape[1]
+    check_fingerprint(sf, name, s_data, fingerprint, fingerprint_at)
+    aligned = to_target_alignment(sf.scores.float(), alignment)[:, :s_data].contiguous()
+    return aligned.masked_fill(~valid_targets(labels), 0.0)
+
+
+def check_fingerprint(sf: ScoreFile, name: str, s_data: int, fingerprint: str, fingerprint_at: Callable[[int], str]) -> None:
+    """The sidecar's data fingerprint (when recorded) must be the grid's at the scores' width (last dimension)."""
+    side = sf.sidecar or {}
+    s_scores = sf.scores.shape[-1]
     recorded_fp = side.get("data_fingerprint", side.get("fingerprint"))
     if recorded_fp is not None:
         expected = fingerprint if s_scores == s_data else fingerprint_at(s_scores)
         if recorded_fp != expected:
             raise _fail(
-                path,
+                sf.path,
                 f"score source {name!r}: data fingerprint mismatch: the scores were computed on other tokens (another corpus, row choice, "
                 "tokenizer or max_seq_len) than this spec trains on. Rescore with matching data.",
             )
-    aligned = to_target_alignment(t.float(), alignment)[:, :s_data].contiguous()
-    valid = labels != IGNORE_INDEX
-    valid[:, 0] = False
-    return aligned.masked_fill(~valid, 0.0)
 
 
 # --------------------------------------------------------------------------- token rules
 def token_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """Signed weights [N, S] (target alignment), zero wherever there is no training target."""
-    valid = labels != IGNORE_INDEX
-    valid[:, 0] = False
+    valid = valid_targets(labels)
     if rule.mode == "all":
         w = valid.float()
     elif rule.mode == "value_weighted":
@@ -235,7 +246,8 @@ def top_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], valid: 
         pool = f"{flat.numel()} valid target tokens pass `where: {rule.where}` (of {n_valid} valid)" if rule.where else f"the grid has {n_valid} valid target tokens"
         raise UserError.one(f"token rule (top by {rule.source})", f"{given} tokens requested but {pool}. Lower `k` "
                             "(or `fraction`), or widen `where`; the count is never clamped silently.", loc="tokens.k")
-    key = s.flatten()[flat].float() + 0.0  # + 0.0: -0.0 becomes 0.0 (one value, tie-broken by index)
+    key = s.flatten()[flat].double() + 0.0  # + 0.0: -0.0 becomes 0.0 (one value, tie-broken by index); double:
+    # exact for float32 scores and for `rank_q` ranks beyond 2**24
     if rule.order == "most_positive":
         key = -key + 0.0
     chosen = flat[torch.sort(key, stable=True).indices[:k]]

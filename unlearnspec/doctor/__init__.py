@@ -15,6 +15,7 @@ from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_finding
 from unlearnspec.doctor.lds_rules import DEFAULT_LDS_FRACTION_FACTOR, DEFAULT_LDS_MIN, lds_findings
 from unlearnspec.doctor.power_rules import study_findings
 from unlearnspec.doctor.quality_rules import quality_findings
+from unlearnspec.doctor.question_rules import DEFAULT_NEAR_ZERO, question_findings
 from unlearnspec.doctor.result_rules import result_findings
 from unlearnspec.doctor.spec_rules import (
     alignment_ambiguity,
@@ -35,10 +36,12 @@ DEFAULT_LR_FACTOR = 1.25
 
 def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
              profile: Optional[Path] = None, lds_min: float = DEFAULT_LDS_MIN,
-             lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR, power: float = DEFAULT_POWER) -> tuple[list[Finding], int]:
+             lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR, power: float = DEFAULT_POWER,
+             near_zero: float = DEFAULT_NEAR_ZERO) -> tuple[list[Finding], int]:
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
     With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked.
-    The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE)."""
+    The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE).
+    `near_zero`: D15's share of the median question's max |score| below which a question is near zero."""
     if not lr_factor >= 1.0:
         raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
     if not -1.0 <= lds_min <= 1.0:
@@ -47,6 +50,8 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         raise UserError.one("--lds-fraction-factor", f"must be >= 1 (got {lds_fraction_factor}).")
     if not 0.5 <= power < 1.0:
         raise UserError.one("--power", f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
+    if not 0.0 <= near_zero < 1.0:
+        raise UserError.one("--near-zero", f"must be in [0, 1) (got {near_zero}); it is a share of the median question's max |score|.")
     files, problems = find_spec_files(paths)
     if problems:
         raise UserError(problems)
@@ -72,8 +77,9 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += result_findings(entry, ws, power)
         findings += lds_findings(entry, ws, lds_min, lds_fraction_factor)
         findings += quality_findings(entry, ws)
+        findings += question_findings(entry, ws, near_zero)
     findings += study_findings(entries, ws, power)
     return sort_findings(findings), len(files)
 
 
-__all__ = ["DEFAULT_LDS_FRACTION_FACTOR", "DEFAULT_LDS_MIN", "DEFAULT_LR_FACTOR", "DEFAULT_POWER", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]
+__all__ = ["DEFAULT_LDS_FRACTION_FACTOR", "DEFAULT_LDS_MIN", "DEFAULT_LR_FACTOR", "DEFAULT_NEAR_ZERO", "DEFAULT_POWER", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]

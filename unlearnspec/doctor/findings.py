@@ -25,6 +25,7 @@ RULES: dict[str, str] = {
     "D12": "attribution-quality",
     "D13": "no-positive-control",
     "D14": "underpowered",
+    "D15": "per-question-scores",
 }
 
 

@@ -29,14 +29,15 @@ class Prepared:
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
     """Token grid [N, S] + fingerprint -> score files checked against it (and the built-in sources, `random`
-    and `toy:truth`, built for it) -> signed per-token weights. Computed once per spec and run (all points of a
+    and `toy:truth`, built for it; leaf tasks `source.leaf`; aggregates over questions `min_q(source)`, ...)
+    -> signed per-token weights. Computed once per spec and run (all points of a
     sweep share it)."""
     key = spec_hash(job.spec)
     if key in ctx.prepared:
         return ctx.prepared[key]
     from unlearnspec.data import build_grid, load_texts
     from unlearnspec.scores import checked_scores, leaf_score_path, load_score_file, token_stats, token_weights
-    from unlearnspec.spec.rules import split_source
+    from unlearnspec.spec.rules import parse_source
     from unlearnspec.train.modeling import load_tokenizer
     from unlearnspec.train.trainer import grid_dataset
 
@@ -60,11 +61,19 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
             built = builtin_score_file(name, src, spec, job.spec_path, assets, grid, tokenizer)
             scores[name] = checked_scores(built, src, name, grid.labels, grid.fingerprint, fingerprint_at)
     inputs = dict(job.inputs)
+    aggregates: dict[str, list[str]] = {}
     for full in sorted(spec.tokens.referenced_sources() - set(scores)):  # `source.leaf`: one leaf task's scores
-        name, leaf = split_source(full)
+        agg, name, leaf = parse_source(full)
         if leaf is not None and name in inputs:
             scores[full] = checked_scores(load_score_file(leaf_score_path(inputs[name], name, leaf)), spec.scores[name], full,
                                           grid.labels, grid.fingerprint, fingerprint_at)
+        elif agg is not None and name in inputs:  # `min_q(source)`, ...: over the per-question scores
+            aggregates.setdefault(name, []).append(full)
+    for name, fulls in aggregates.items():
+        from unlearnspec.aggregate import question_aggregates
+
+        scores.update(question_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint,
+                                          fingerprint_at))
     weights = token_weights(spec.tokens, scores, grid.labels)
     stats = token_stats(weights, grid.labels, spec.loss.normalizer)
     ctx.say(

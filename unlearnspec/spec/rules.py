@@ -2,9 +2,23 @@
 
 A tiny recursive-descent grammar (no ``eval``): comparisons of a score source with a number,
 joined by ``and`` / ``or`` / ``not`` and parentheses. A source is a name (``wmdp``: the mean-query
-scores) or a name and one leaf task (``wmdp.dual_use_virology``: the scores of one leaf task of a
-`per: task` query). Evaluation works on anything that supports
-comparison and ``&``/``|``/``~`` (torch tensors, numpy arrays), so this module imports no torch.
+scores), a name and one leaf task (``wmdp.dual_use_virology``: the scores of one leaf task of a
+`per: task` query), or an aggregation of the per-question scores of a `per: question` query, written
+``agg(name)`` with no space before the parenthesis (``min_q(wmdp) < 0``; `AGGREGATIONS`):
+
+- ``min_q(x)``: per token, the min over questions q of s_q / scale_q, scale_q = mean |s_q| over the valid
+  target tokens; questions with scale_q = 0 are left out. The strongest per-question proponent score,
+  normalised per question: most negative = strongest.
+- ``rank_q(x)``: per token, the min over questions of the token's 0-based rank among q's valid tokens
+  sorted ascending by s_q (most negative first, ties by grid position); invalid tokens get N x S. Lower
+  = stronger, so `mode: top` with `order: most_negative` on it selects every question's top-1 token,
+  then every question's second, ...: the union of the per-question top-j lists.
+- ``wsum_q(x)``: sum over q of a_q s_q / scale_q, a_q = max(0, -min over valid tokens of s_q) / (the sum
+  of those): questions weighted by the strength of their own strongest proponent.
+
+An aggregation reads a whole source (``min_q(wmdp.toxin)`` is refused), never a built-in one. Evaluation
+works on anything that supports comparison and ``&``/``|``/``~`` (torch tensors, numpy arrays), so this
+module imports no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<op>>=|<=|==|!=|>|<|≤|≥)"
+    r"|(?P<agg>(?!(?i:and|or|not)\()[A-Za-z_][A-Za-z0-9_]*\([A-Za-z0-9_.]*\))"
     r"|(?P<paren>[()])|(?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?)|(?P<bad>\S))"
 )
 _UNICODE_OPS = {"≤": "<=", "≥": ">="}
@@ -38,13 +53,52 @@ MAX_RULE_DEPTH = 32
 
 
 SOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?$")
-"""A score source as the rules name it: `name` or `name.leaf` (one dot)."""
+"""A score source as the rules name it: `name` or `name.leaf` (one dot); see `source_name_problem` for
+the aggregations `agg(name)`."""
+_AGGREGATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\(([^()]*)\)$")
+
+AGGREGATIONS: dict[str, str] = {
+    "min_q": "per token, the min over questions of s_q / (mean |s_q| over valid tokens)",
+    "rank_q": "per token, the best (lowest) 0-based rank over questions, each ranking most negative first",
+    "wsum_q": "the sum over questions of a_q s_q / (mean |s_q|), a_q ~ max(0, -min s_q) (summing to 1)",
+}
+"""The per-question aggregations a rule may name as `agg(source)` (see the module docstring)."""
+
+
+def source_name_problem(name: str) -> str | None:
+    """Why `name` is not a score source name (None when it is one): `name`, `name.leaf` or `agg(name)` with
+    `agg` one of `AGGREGATIONS` and `name` a plain source (no leaf)."""
+    if SOURCE_NAME.match(name):
+        return None
+    m = _AGGREGATE.match(name)
+    if m is None:
+        return (f"{name[:60]!r} is not `name`, `name.leaf` or `agg(name)` (letters, digits and `_`; an aggregation "
+                "has no space before its parenthesis)")
+    agg, inner = m.groups()
+    if agg not in AGGREGATIONS:
+        return f"unknown aggregation {agg[:40]!r}; the per-question aggregations are {', '.join(AGGREGATIONS)}"
+    if not SOURCE_NAME.match(inner):
+        return f"{agg}(...) needs a score source name inside the parentheses, e.g. `{agg}(wmdp)` (found {inner[:40]!r})"
+    if "." in inner:
+        base = inner.partition(".")[0]
+        return (f"{name!r} aggregates one leaf task; an aggregation reads the per-question scores of a whole "
+                f"source (a `per: question` producer): write `{agg}({base})`")
+    return None
+
+
+def parse_source(name: str) -> tuple[str | None, str, str | None]:
+    """(aggregation, source, leaf) of a valid source name: `min_q(wmdp)` -> ("min_q", "wmdp", None),
+    `wmdp.toxin` -> (None, "wmdp", "toxin"), `wmdp` -> (None, "wmdp", None)."""
+    m = _AGGREGATE.match(name)
+    agg, name = (m.group(1), m.group(2)) if m else (None, name)
+    base, _, leaf = name.partition(".")
+    return agg, base, (leaf or None)
 
 
 def split_source(name: str) -> tuple[str, str | None]:
-    """`wmdp.dual_use_virology` -> ("wmdp", "dual_use_virology"); `wmdp` -> ("wmdp", None)."""
-    base, _, leaf = name.partition(".")
-    return base, (leaf or None)
+    """`wmdp.dual_use_virology` -> ("wmdp", "dual_use_virology"); `wmdp` and `min_q(wmdp)` -> ("wmdp", None)."""
+    _, base, leaf = parse_source(name)
+    return base, leaf
 
 
 class RuleSyntaxError(ValueError):
@@ -95,6 +149,11 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
             raise RuleSyntaxError(f"unexpected character {value!r} at position {start} in {text!r}")
         if kind == "op":
             value = _UNICODE_OPS.get(value, value)
+        if kind == "agg":
+            problem = source_name_problem(value)
+            if problem is not None:
+                raise RuleSyntaxError(f"{problem} (at position {start} in {text[:80]!r})")
+            kind = "word"
         if kind == "word" and value.lower() in ("and", "or", "not"):
             kind, value = "kw", value.lower()
         out.append((kind, value, start))
@@ -172,7 +231,8 @@ class _Parser:
         self.i += 1
         op = self._peek()
         if not op or op[0] != "op":
-            raise self._fail("a comparison operator (> >= < <= == !=)")
+            hint = f" (an aggregation has no space before its parenthesis: `{tok[1]}(name)`)" if op and op[1] == "(" else ""
+            raise self._fail(f"a comparison operator (> >= < <= == !=){hint}")
         self.i += 1
         num = self._peek()
         if not num or num[0] != "num":

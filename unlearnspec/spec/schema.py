@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
 from unlearnspec.spec.parallel import ParallelSpec
-from unlearnspec.spec.rules import split_source
+from unlearnspec.spec.rules import parse_source
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
 
@@ -58,10 +58,11 @@ class Spec(_Section):
     @model_validator(mode="after")
     def _rules(self) -> "Spec":
         for full in sorted(self.tokens.referenced_sources()):
-            name, leaf = split_source(full)
+            agg, name, leaf = parse_source(full)
             if name not in self.scores:
                 declared = ", ".join(sorted(self.scores)) or "none"
                 what = f"score source {name!r}" if leaf is None else f"leaf task {leaf!r} of score source {name!r}"
+                what += f" (through {agg}(...))" if agg else ""
                 field = "source" if full == self.tokens.source else "where"
                 raise SpecRuleError(
                     ("tokens",),
@@ -72,6 +73,10 @@ class Spec(_Section):
                 raise SpecRuleError(("tokens",), f"the token rule reads {full!r}, but score source {name!r} is built for "
                                     "the grid (`random` or `toy:truth`) and has no leaf tasks. Read plain "
                                     f"{name!r} (for one toy task's truth, set `task:` on the source).")
+            if agg is not None and self.scores[name].built_in:
+                raise SpecRuleError(("tokens",), f"the token rule reads {full!r}, but score source {name!r} is built for "
+                                    "the grid (`random` or `toy:truth`) and has no per-question scores. Read plain "
+                                    f"{name!r}, or score a `magic.query.per: question` producer.")
         for name, src in self.scores.items():
             if src.produced_by == "toy:truth" and (self.model.toy is None or self.data.toy is None):
                 raise SpecRuleError(

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field, PositiveInt, model_validator
 
 from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
-from unlearnspec.spec.rules import SOURCE_NAME, RuleSyntaxError, parse_rule, sources
+from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, source_name_problem, sources
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS
 
 
@@ -259,17 +259,22 @@ class TokenRuleSpec(_Section):
     (negative scores) get negative weights, i.e. gradient ascent; positive scores get descent.
     `where` trains selected tokens with weight +1 and masks the rest (weight 0). `top` ranks the valid
     target tokens by one score source and gives the `k` (or `fraction`) strongest the `selected` weight and
-    every other valid token the `rest` weight; an optional `where` restricts the candidates before ranking."""
+    every other valid token the `rest` weight; an optional `where` restricts the candidates before ranking.
+    A source may be an aggregation of a `per: question` producer's per-question scores: `min_q(wmdp)`,
+    `rank_q(wmdp)` or `wsum_q(wmdp)` (see `unlearnspec.spec.rules`); top-k by `rank_q` with `order:
+    most_negative` is the union of every question's top-j tokens (ties at the last j by grid position)."""
 
     mode: TokenMode = "all"
     """all | value_weighted | sign | where | top."""
     source: Optional[str] = None
     """Score source read by `value_weighted` and `sign`, and ranked by `top`: a name under `scores` (its
-    mean-query scores), or `name.leaf` for one leaf task's scores of a `magic.query.per: task` producer."""
+    mean-query scores), `name.leaf` for one leaf task's scores of a `magic.query.per: task` producer, or
+    `min_q(name)`, `rank_q(name)`, `wsum_q(name)`: an aggregation over the questions of a `per: question` one."""
     where: Optional[str] = None
     """Boolean selection for `mode: where`, e.g. `wmdp > 0 and mmlu <= 0` (and/or/not, parentheses).
     `wmdp.dual_use_virology < 0` reads the scores of one leaf task of a `per: task` producer (the leaf
     task's name without the query group's name and `_` in front; see the sidecar's `per_task`).
+    `min_q(wmdp) < 0` reads an aggregation of a `per: question` producer's per-question scores.
     With `mode: top` (optional): the candidates, filtered BEFORE ranking, so `k` counts tokens that pass
     it; e.g. `mmlu >= 0` with `source: wmdp` ranks only tokens that are not MMLU proponents."""
     k: Optional[int] = None
@@ -306,9 +311,10 @@ class TokenRuleSpec(_Section):
         if self.mode in ("value_weighted", "sign", "top") and self.source is None:
             what = "the score source name to rank by" if self.mode == "top" else "the score source name to read"
             raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: {what}.")
-        if self.source is not None and not SOURCE_NAME.match(self.source):
-            raise SpecRuleError(("source",), f"`source: {self.source}` is not a score source name; write a name under "
-                                "`scores` (e.g. `wmdp`) or one leaf task of it (e.g. `wmdp.dual_use_virology`).")
+        if self.source is not None and (problem := source_name_problem(self.source)) is not None:
+            raise SpecRuleError(("source",), f"`source: {self.source[:80]}` is not a score source name: {problem}. Write a "
+                                "name under `scores` (e.g. `wmdp`), one leaf task of it (e.g. `wmdp.dual_use_virology`) "
+                                "or an aggregation over its questions (e.g. `min_q(wmdp)`).")
         if self.mode == "where" and self.where is None:
             raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
         if self.where is not None:
@@ -364,7 +370,7 @@ class TokenRuleSpec(_Section):
         return _TOP_WEIGHTS[self.rest or "mask"]
 
     def referenced_sources(self) -> set[str]:
-        """Score sources the rule reads, as written (`wmdp`, `wmdp.dual_use_virology`)."""
+        """Score sources the rule reads, as written (`wmdp`, `wmdp.dual_use_virology`, `min_q(wmdp)`)."""
         found = {self.source} if self.source else set()
         if self.mode in ("where", "top") and self.where is not None:
             found |= sources(parse_rule(self.where))

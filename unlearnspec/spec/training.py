@@ -131,7 +131,7 @@ class QuerySpec(_Section):
     """Questions per forward pass in the query gradient."""
     # Left out of dumps when `mean`, so the hash (and the resume key) of every spec written before the
     # field existed stays the same; `spec.magic.query.per` still reads "mean".
-    per: Literal["mean", "task"] = Field(default="mean", exclude_if=lambda v: v == "mean")
+    per: Literal["mean", "task", "question"] = Field(default="mean", exclude_if=lambda v: v == "mean")
     """`mean`: one score matrix, of Q = mean over all questions. `task` (for a group such as
     wmdp_bio_robust or mmlu): also one score matrix per leaf task t, of Q_t = mean over t's questions,
     written as `per_token_scores.<leaf>.pt` beside the mean file and listed under `per_task` in
@@ -140,7 +140,14 @@ class QuerySpec(_Section):
     (Q = sum_t n_t/n Q_t, so the mean scores are the question-weighted sum of the leaf scores). Cost: one
     more reverse pass per leaf after the mean one (K leaves: (K+1)x the reverse-pass time of `mean`;
     training runs once), same device memory (the passes run one after another), plus K [N, S] float32
-    matrices in host memory and on disk."""
+    matrices in host memory and on disk. `question`: also the scores of every question q of the query,
+    `per_question_scores.pt` [Q, N, S] beside the mean file (listed under `per_question` in scores.json);
+    token rules read them through an aggregation over the questions, wherever a source name goes:
+    `min_q(wmdp)` (per token, the min over q of s_q / mean|s_q|: the strongest proponent of any question,
+    normalised per question), `rank_q(wmdp)` (the best 0-based rank of the token in any question's ranking,
+    most negative first: top-k by it is the union of the per-question top lists) and `wsum_q(wmdp)` (sum
+    over q of a_q s_q / mean|s_q|, a_q ~ max(0, -min s_q): questions weighted by their strongest proponent).
+    See `unlearnspec.spec.rules`."""
 
 
 class MagicMemorySpec(_Section):
