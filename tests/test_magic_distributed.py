@@ -54,3 +54,12 @@ def test_without_the_hvp_all_reduce_the_check_fails(runs):
     two, one = runs
     assert torch.equal(one["scores_no_hvp_reduce"], one["scores"])  # one process: nothing to reduce
     assert _rel(two["scores_no_hvp_reduce"], one["scores"]) > 1e-3  # measured ~0.095
+
+
+def test_per_question_scores_from_batched_adjoints_under_two_ranks(runs):
+    """The per-question start gradients (questions dealt over the ranks) and the batched reverse pass under
+    DDP give one process's per-question scores, whose question-share-weighted sum is the mean's."""
+    two, one = runs
+    assert two["per_question"].shape == (3, *one["scores"].shape)
+    assert _rel(two["per_question"], one["per_question"]) <= 1e-10
+    assert _rel(one["per_question"].mean(0), one["scores"]) <= 1e-10

@@ -4,7 +4,7 @@ Usage: torchrun --nproc-per-node W tests/workers/magic_ddp.py OUT_DIR
 Trains 4 SGD steps (global batch 8 rows = W ranks x bs (4/W) x grad_accum 2, shuffled, warmup+decay,
 weight decay) with MagicCallback recording to disk, then runs the reverse pass three ways on the same
 trajectory: as shipped; with 1-row double backwards and CPU-offloaded adjoints and states; and with the
-Hessian-vector-product all-reduce removed (the mutation). Rank 0 writes OUT_DIR/magic.pt.
+Hessian-vector-product all-reduce removed (the mutation); and per question, from batched adjoints. Rank 0 writes OUT_DIR/magic.pt.
 The test process imports `run` to compute the one-process reference the same way.
 """
 
@@ -70,6 +70,9 @@ def run(out: Path, states: Path) -> dict:
         "scores_rows1_offload": magic_scores(model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True,
                                              offload_states=True),
     }
+    from unlearnspec.magic.per_question import per_question_scores
+
+    result["per_question"] = per_question_scores(model, grid, traj, query, chunk=2, dtype=None).scores  # 2 batched passes
     saved = _Replay._reduce_hvp
     _Replay._reduce_hvp = lambda self, hv: None  # the mutation: each rank keeps only its own rows' H v
     try:

@@ -18,7 +18,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
     from unlearnspec.magic import ReplayStats, magic_scores, write_scores
-    from unlearnspec.magic.output import write_task_scores
+    from unlearnspec.magic.output import write_question_scores, write_task_scores
+    from unlearnspec.magic.per_question import per_question_scores
     from unlearnspec.magic.per_task import extra_passes, per_task_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
@@ -38,19 +39,21 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
     model = trainer.model
     query = build_query(magic.query, model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
-    leaf_passes = extra_passes(query) if magic.query.per == "task" else 0
-    task = ctx.task(f"MAGIC reverse pass {spec.name}" + (f" (+{leaf_passes} leaf tasks)" if leaf_passes else ""),
+    memory = magic.memory
+    chunk = memory.question_chunk if memory else 16
+    leaf_passes = {"task": extra_passes(query), "question": -(-query.batch.n_questions // chunk)}.get(magic.query.per, 0)
+    extra = {"task": f" (+{leaf_passes} leaf tasks)", "question": f" (+{leaf_passes} passes of {chunk} questions)"}
+    task = ctx.task(f"MAGIC reverse pass {spec.name}" + extra.get(magic.query.per, ""),
                     total=steps * (1 + leaf_passes))
 
     def progress(done: int, total: int) -> None:
         if task is not None:
             ctx.progress.update(task, completed=done, total=total * (1 + leaf_passes))
 
-    memory = magic.memory
     stats = ReplayStats()
     replay = {"micro_batch_rows": memory.replay_batch_size if memory else None,
               "offload_adjoint": bool(memory and memory.offload_adjoint), "offload_states": bool(memory and memory.offload_states)}
-    per_task = {}
+    per_task, per_question = {}, None
     with Timer() as reverse_clock:
         try:
             scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
@@ -58,16 +61,21 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
             if magic.query.per == "task":  # before the states below are deleted
                 per_task = per_task_scores(model, prep.grid, callback.trajectory, query, scores, **replay,
                                            progress=lambda i, k: progress(steps * (1 + i), steps))
+            elif magic.query.per == "question":
+                per_question = per_question_scores(model, prep.grid, callback.trajectory, query, chunk=chunk, **replay,
+                                                   progress=lambda done, total: progress(steps + done, steps))
         finally:
             ctx.done(task)
             dist.barrier()  # every rank is past its last read of the states
             if ctx.is_main and states != workdir / ".magic-states":
                 shutil.rmtree(states, ignore_errors=True)
     leaves = {"per_task": write_task_scores(workdir, per_task)} if per_task else {}
+    if per_question is not None:
+        leaves["per_question"] = write_question_scores(workdir, per_question)
     from unlearnspec.toy.quality import score_job_quality  # toy world only: scores vs the recorded fact spans
 
     quality = score_job_quality(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
-                                per_task, ctx.say)
+                                per_task, ctx.say, per_question.scores if per_question is not None else None)
     write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
                  dtype=spec.model.dtype, lr=job.lr,
                  extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),

@@ -154,3 +154,21 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
         _atomic_write(out / name, lambda p, t=tensor: torch.save(t, p))
         block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
     return block
+
+
+PER_QUESTION_FILE = "per_question_scores.pt"
+"""Every question's scores (`magic.query.per: question`): [Q, N, S] float32, same alignment and fingerprint."""
+
+
+def write_question_scores(out_dir: str | os.PathLike[str], per_question: Any) -> dict[str, Any]:
+    """Write the [Q, N, S] float32 file of a `per_question.QuestionScores`; returns the sidecar's
+    `per_question` block {file, questions, doc_keys, weights, chunk, reverse_seconds}. Call before
+    `write_scores`, whose sidecar (written last) marks the whole set complete."""
+    tensor = per_question.scores.detach().to(torch.float32).cpu().contiguous()
+    if tensor.dim() != 3:
+        raise ValueError(f"per-question scores must be [Q, N, S] (got {tuple(tensor.shape)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / PER_QUESTION_FILE, lambda p: torch.save(tensor, p))
+    return {"file": PER_QUESTION_FILE, "questions": int(tensor.shape[0]), "doc_keys": list(per_question.doc_keys),
+            "weights": per_question.weights, "chunk": per_question.chunk, "reverse_seconds": per_question.seconds}

@@ -158,6 +158,11 @@ class MagicMemorySpec(_Section):
     """Rows per double backward in the reverse pass (and per recomputed SGD step). The cross-entropy double
     backward keeps several vocab-sized tensors per sequence, so this is the main memory knob. Unset: the
     training micro-batches as recorded (`training.batch_size` rows each)."""
+    # Left out of dumps at its default, so specs written before the field existed keep their hash.
+    question_chunk: PositiveInt = Field(default=16, exclude_if=lambda v: v == 16)
+    """With `query.per: question`: questions whose adjoints go through one batched reverse pass (K). Each
+    pass keeps K adjoints of the trainable parameters' size (times 1 for SGD, 3 for Adam/AdamW) and K-fold
+    double-backward activations per micro-batch; fewer passes are faster (see unlearnspec/magic/batched.py)."""
     offload_adjoint: bool = False
     """Keep the adjoint vector v and the Hessian-vector-product accumulator in CPU memory (saves two
     parameter-sized buffers on the GPU outside each step's double backwards; costs host<->device copies per step)."""

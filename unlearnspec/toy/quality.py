@@ -79,9 +79,12 @@ def attribution_quality(scores: torch.Tensor, truth: torch.Tensor, valid: torch.
 # --------------------------------------------------------------------------- a score run
 def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGrid", tokenizer: Any,
                  scores: torch.Tensor, task: str,
-                 per_task: Optional[Mapping[str, tuple[str, torch.Tensor]]] = None) -> dict[str, Any]:
+                 per_task: Optional[Mapping[str, tuple[str, torch.Tensor]]] = None,
+                 per_question: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """`attribution_quality` of a toy score run: the mean scores against the facts `task` (the query task)
-    asks, and each leaf (`per_task`: leaf -> (leaf task, scores)) against the facts its own task asks."""
+    asks, each leaf (`per_task`: leaf -> (leaf task, scores)) against the facts its own task asks, and each
+    aggregation over the questions of `per_question` [Q, N, S] (`min_q`, `rank_q`, `wsum_q`) against the
+    query task's facts."""
     from unlearnspec.toy.truth import spec_truth
 
     def one(for_task: str, matrix: torch.Tensor) -> dict[str, Any]:
@@ -91,7 +94,15 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
     out = one(task, scores)
     if per_task:
         out["per_task"] = {leaf: one(leaf_task, matrix) for leaf, (leaf_task, matrix) in per_task.items()}
+    if per_question is not None:
+        from unlearnspec.aggregate import AGGREGATES
+
+        from unlearnspec.scores import valid_targets
+
+        valid = valid_targets(grid.labels)
+        out["per_question"] = {agg: one(task, fn(per_question, valid, agg)) for agg, fn in AGGREGATES.items()}
     return out
+
 
 
 def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, Any]:
@@ -136,13 +147,20 @@ def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, A
     mean_path = run_dir / SCORES_FILE
     leaves = {leaf: (str(entry.get("task", leaf)), load(leaf_score_path(mean_path, "scores", leaf), f"scores.{leaf}"))
               for leaf, entry in sorted((sidecar.get("per_task") or {}).items())}
-    quality = grid_quality(spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves)
+    per_question = None
+    if isinstance(sidecar.get("per_question"), dict):
+        from unlearnspec.aggregate import checked_question_scores
+
+        per_question = checked_question_scores(mean_path, source, "min_q(scores)", grid.labels, grid.fingerprint, fingerprint_at)
+    quality = grid_quality(spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves,
+                           per_question)
     write_json_atomic(run_dir / SIDECAR_FILE, {**sidecar, QUALITY_KEY: quality})
     return quality
 
 
 def score_job_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGrid", tokenizer: Any,
-                      scores: torch.Tensor, task: str, per_task: Mapping[str, Any], say: Any = print) -> dict[str, Any]:
+                      scores: torch.Tensor, task: str, per_task: Mapping[str, Any], say: Any = print,
+                      per_question: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """The sidecar entry a score job adds, `{attribution_quality: ...}`, for a spec on the toy world whose query
     task asks recorded facts (`per_task`: leaf -> `magic.per_task.TaskScores`); `{}` otherwise. Reuses the
     job's grid and tokenizer (a fraction of a second on the toy grids). A grid whose texts the fact spans
@@ -154,7 +172,7 @@ def score_job_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "To
     leaves = {leaf: (entry.task, entry.scores) for leaf, entry in per_task.items()
               if task_known(Path(assets.world.task_dir), entry.task)}
     try:
-        return {QUALITY_KEY: grid_quality(spec, spec_path, assets, grid, tokenizer, scores, task, leaves)}
+        return {QUALITY_KEY: grid_quality(spec, spec_path, assets, grid, tokenizer, scores, task, leaves, per_question)}
     except UserError as exc:
         say(f"[{spec.name}] attribution quality skipped: {exc.problems[0].message}")
         return {}
