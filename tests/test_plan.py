@@ -30,7 +30,7 @@ def test_whole_study_plan_orders_producers_first_and_shares_baselines():
             assert ids.index(dep) < i, f"{job.id} runs before {dep}"
     kinds = {k: sum(j.kind == k for j in plan.jobs) for k in ("score", "baseline", "point")}
     score_specs = [p for p in SPECS.rglob("*.yaml") if "profiles" not in p.parts and "magic:" in p.read_text()]
-    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 5  # + specs/fixed*, per_task
+    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 6  # + specs/fixed*, per_task, per_question
     points = sum(len(r.spec.training.lrs) for r in plan.specs if not r.is_score)
     assert kinds["point"] == points
     # exp1-7 and the fixed pair evaluate the same toy model with the same tasks: one baseline job
@@ -47,6 +47,22 @@ def test_point_jobs_carry_a_typed_single_lr_spec_and_share_the_spec_hash():
     assert len({j.hash for j in points}) == 1 and len(points) == len(plan.specs[0].spec.training.lrs)
     assert [j.out.name for j in points][:2] == ["lr_0.0001", "lr_0.0005"]
     assert all(j.out.parent == Path("/tmp/x") for j in points)
+
+
+def test_a_score_runs_lr_is_part_of_its_hash_and_of_its_lds_jobs(tmp_path):
+    """A score run has one folder whatever its LR: a changed LR must not resume the old scores (or the
+    LDS retrainings under `<score>.lds/`) as done."""
+    (tmp_path / "pyproject.toml").write_text("")
+    spec = yaml.safe_load((SPECS / "fixed" / "magic_wmdp.yaml").read_text())
+    hashes = []
+    for lr in (1e-4, 2e-4):
+        spec["training"]["lr"] = lr
+        path = tmp_path / f"m{lr}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        plan = _plan(path, out=tmp_path / "out")
+        hashes.append({j.id: j.hash for j in plan.jobs})
+    assert hashes[0].keys() == hashes[1].keys() and any(k.startswith("lds:") for k in hashes[0])
+    assert all(hashes[0][k] != hashes[1][k] for k in hashes[0])
 
 
 def test_a_produced_by_cycle_is_refused_with_the_chain(tmp_path):

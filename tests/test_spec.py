@@ -168,6 +168,18 @@ def test_rule_magic_accepts_adam_and_clipping_but_not_momentum():
     assert "training.optimizer.momentum" in msg and "momentum: 0" in msg
 
 
+def test_rule_magic_accepts_lora_without_adapter_dropout():
+    """LoRA score runs replay the adapters exactly (tests/test_magic_lora.py); adapter dropout is random."""
+    data = _data(SPECS / "magic" / "magic_wmdp.yaml")
+    data["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["query_key_value", "dense"]}
+    data["magic"]["query"]["per"] = "question"
+    spec = validate_data(data, None, "x.yaml")
+    assert spec.lora is not None and spec.magic is not None and spec.magic.query.per == "question"
+    data["lora"]["dropout"] = 0.05
+    msg = _invalid(data)
+    assert "lora.dropout" in msg and "dropout: 0" in msg
+
+
 def test_rule_magic_refuses_bf16_parameters():
     data = _data(SPECS / "magic" / "magic_wmdp.yaml")
     data["model"]["dtype"] = "bfloat16"

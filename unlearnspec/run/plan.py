@@ -108,9 +108,13 @@ def point_dir_name(point: str) -> str:
 
 
 def spec_hash(spec: Spec) -> str:
-    """sha256 of the resolved spec minus its sweep and output location (shared by all its points)."""
+    """sha256 of the resolved spec minus its sweep (kept for a MAGIC spec's single LR) and output location
+    (shared by all its points)."""
     payload = spec.model_dump(mode="json", exclude_none=True)
-    payload.get("training", {}).pop("lr", None)
+    if spec.magic is None:  # a sweep's points share the hash; each point's folder names its LR
+        payload.get("training", {}).pop("lr", None)
+    # A score run has one LR and one folder: its LR is part of what it computed (else a changed LR would
+    # resume the old scores and their LDS retrainings as done).
     payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
     payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
     payload.get("magic", {}).pop("lds", None)  # the validation reads the scores; it never changes them

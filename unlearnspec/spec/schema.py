@@ -128,8 +128,9 @@ class Spec(_Section):
                 "PyTorch's DTensor redistribution is not twice-differentiable (pytorch#160509). Use `strategy: ddp` "
                 "(every rank holds the full model; see the README's memory model).",
             )
-        if self.lora is not None:
-            raise SpecRuleError(("lora",), "MAGIC scores are computed for full fine-tuning; remove `lora`.")
+        if self.lora is not None and self.lora.dropout:
+            raise SpecRuleError(("lora", "dropout"), "MAGIC needs a deterministic replay; set `lora.dropout: 0` (LoRA "
+                                "score runs differentiate through the adapters only, exactly).")
         if self.tokens.mode != "all":
             raise SpecRuleError(("tokens", "mode"), "a MAGIC spec scores the all-tokens run; set `tokens.mode: all`.")
         if self.loss.normalizer != "valid":
