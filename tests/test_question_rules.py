@@ -14,7 +14,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from unlearnspec.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, question_aggregates, rank_q, wsum_q
+from unlearnspec.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, rank_q, source_aggregates, wsum_q
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
 from unlearnspec.errors import UserError
@@ -95,7 +95,8 @@ def test_aggregates_parse_as_source_names_and_grouping_still_works():
 
 
 @pytest.mark.parametrize("text,match", [
-    ("max_q(wmdp) < 0", "unknown aggregation 'max_q'; the per-question aggregations are min_q, rank_q, wsum_q"),
+    ("max_q(wmdp) < 0", "unknown aggregation 'max_q'; the aggregations are min_q, rank_q, wsum_q \\(over the questions.*"
+     "min_t, rank_t, wsum_t \\(over the leaf tasks"),
     ("min_q(wmdp.toxin) < 0", "aggregates one leaf task.*write `min_q\\(wmdp\\)`"),
     ("min_q() < 0", "needs a score source name inside"),
     ("min_q (wmdp) < 0", "no space before its parenthesis"),
@@ -131,7 +132,7 @@ def _folder(tmp: Path, per_q: torch.Tensor | object, **block) -> Path:
 
 
 def _load(mean: Path, *fulls: str, src: ScoreSourceSpec = SRC, labels: torch.Tensor = LABELS) -> dict:
-    return question_aggregates(fulls or ("min_q(wmdp)",), mean, src, labels, "fp", lambda w: f"fp{w}")
+    return source_aggregates(fulls or ("min_q(wmdp)",), mean, src, labels, "fp", lambda w: f"fp{w}")
 
 
 def test_a_score_folder_loads_into_every_aggregate_under_its_rule_name(tmp_path):
@@ -222,7 +223,7 @@ def _validate(project: Path, tokens: dict, per: str | None = None):
 
 
 @pytest.mark.parametrize("tokens,text", [
-    ({**TOP, "source": "max_q(wmdp)", "k": 60}, "unknown aggregation 'max_q'; the per-question aggregations are min_q"),
+    ({**TOP, "source": "max_q(wmdp)", "k": 60}, "unknown aggregation 'max_q'; the aggregations are min_q, rank_q, wsum_q"),
     ({"mode": "where", "where": "max_q(wmdp) < 0"}, "unknown aggregation 'max_q'"),
     ({**TOP, "source": "min_q(wmdp.toxin)", "k": 60}, "aggregates one leaf task"),
     ({**TOP, "source": "min_q(mmlu)", "k": 60}, "score source 'mmlu' (through min_q(...)), which is not declared"),

@@ -1,19 +1,25 @@
-"""Per-question scores (`magic.query.per: question`) and the aggregations over questions rules name.
+"""The aggregations token rules name over the units of one score source: its questions (`min_q(x)`, ...,
+`magic.query.per: question`) or its leaf tasks (`min_t(x)`, ..., `magic.query.per: task`).
 
 A `per: question` score job writes, beside `per_token_scores.pt`, `per_question_scores.pt`: a plain float
 tensor [Q, N, S] (row q = query question q, same grid and alignment as the mean file), listed in scores.json
-as `per_question: {file, questions: Q, doc_keys, weights, ...}`. Token rules read it through one of three
-aggregations (`unlearnspec.spec.rules.AGGREGATIONS`), written `agg(source)` wherever a source name goes:
+as `per_question: {file, questions: Q, doc_keys, weights, ...}`. A `per: task` score job writes one
+`per_token_scores.<leaf>.pt` [N, S] per leaf task, listed under `per_task`; the `_t` family stacks them
+[T, N, S] in sorted leaf order. The same three functions (`AGGREGATES`, by kind) serve both families, on
+the stack of unit matrices s_u (`unlearnspec.spec.rules.AGGREGATIONS`, written `agg(source)`):
 
-- `min_q`: per token, min over q of s_q / scale_q, scale_q = mean |s_q| over the valid target tokens
-  (questions with scale_q = 0 left out): the strongest per-question proponent score, normalised per question.
-- `rank_q`: per token, min over q of its 0-based rank among q's valid tokens sorted ascending by s_q (ties by
-  grid position; questions with scale_q = 0 left out); invalid tokens get N x S. Top-k by it (`order:
-  most_negative`) is the union of the per-question top lists.
-- `wsum_q`: sum over q of a_q s_q / scale_q, a_q = max(0, -min over valid tokens of s_q), normalised to sum 1.
+- `min`: per token, min over u of s_u / scale_u, scale_u = mean |s_u| over the valid target tokens
+  (units with scale_u = 0 left out): the strongest per-unit proponent score, normalised per unit.
+- `rank`: per token, min over u of its 0-based rank among u's valid tokens sorted ascending by s_u (ties by
+  grid position; units with scale_u = 0 left out); invalid tokens get N x S. Top-k by it (`order:
+  most_negative`) is the union of the per-unit top lists.
+- `wsum`: sum over u of a_u s_u / scale_u, a_u = max(0, -min over valid tokens of s_u), normalised to sum 1.
 
-The file is read with the mean file's safe loader (never unpickles code) and checks (shape, N, columns,
-finite values, alignment, data fingerprint); anything wrong is a UserError naming the file and the fix.
+Each family has one loader for the run (`LOADERS`: checked against the token grid, data fingerprint
+included) and one for `doctor` (`READERS`: the checks that need no grid). The per-question file is read
+with the mean file's safe loader (never unpickles code) and checks (shape, N, columns, finite values,
+alignment, data fingerprint); each leaf file exactly as a `source.leaf` rule reads it (`leaf_score_path`,
+`load_score_file`, `checked_scores`). Anything wrong is a UserError naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ import torch
 
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import read_json
-from unlearnspec.scores import (SIDECAR_FILE, ScoreFile, check_fingerprint, check_score_file, load_score_file,
-                                valid_targets)
+from unlearnspec.scores import (SIDECAR_FILE, ScoreFile, check_fingerprint, check_score_file, checked_scores,
+                                leaf_score_path, load_score_file, task_block, to_target_alignment, valid_targets)
 from unlearnspec.spec import ScoreSourceSpec
-from unlearnspec.spec.rules import parse_source
+from unlearnspec.spec.rules import AGGREGATIONS, aggregation_parts, aggregation_units, parse_source
 
 QUESTIONS_FILE = "per_question_scores.pt"
 """The name a `per: question` score job gives the [Q, N, S] file."""
@@ -133,9 +139,72 @@ def checked_question_scores(mean_path: Path, source: ScoreSourceSpec, full: str,
     return to_target(sf.scores, alignment, s_data, valid_targets(labels))
 
 
+def checked_task_scores(mean_path: Path, source: ScoreSourceSpec, full: str, labels: torch.Tensor,
+                        fingerprint: str, fingerprint_at: Callable[[int], str]) -> torch.Tensor:
+    """The leaf-task scores of the `per: task` source whose mean file is `mean_path`, each leaf file loaded and
+    checked as rule `source.leaf` reads it (data fingerprint included): float32 [T, N, S], sorted leaf order,
+    target alignment, 0 off the targets. `full` is the rule's name (`min_t(wmdp)`), for the messages."""
+    _, base, _ = parse_source(full)
+    return torch.stack([checked_scores(load_score_file(leaf_score_path(mean_path, base, leaf)), source, f"{base}.{leaf}",
+                                       labels, fingerprint, fingerprint_at)
+                        for leaf in sorted(task_block(mean_path, base, full))])
+
+
+@dataclass(frozen=True)
+class Units:
+    """The unit matrices of one aggregation as `doctor` reads them (no token grid, so no fingerprint)."""
+
+    scores: torch.Tensor
+    """float32 [U, N, s_data], target alignment, 0 off `valid`."""
+    names: list[str]
+    """One label per unit: `q3 (doc key)` for a question, the leaf's name for a leaf task."""
+    shown: Path
+    """The file to name in messages: the per-question file, or the sidecar listing the leaf files."""
+
+
+def question_units(mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int,
+                   valid: torch.Tensor) -> Units:
+    """`read_question_scores` as `Units`."""
+    sf, block, alignment = read_question_scores(mean_path, source, full, n_rows, s_data)
+    keys = block.doc_keys or []
+    names = [f"q{q}" + (f" ({str(keys[q])[:60]})" if q < len(keys) else "") for q in range(block.questions)]
+    return Units(to_target(sf.scores, alignment, s_data, valid), names, block.path)
+
+
+def task_units(mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int,
+               valid: torch.Tensor) -> Units:
+    """The leaf files of `checked_task_scores` with every check that needs no grid (`check_score_file`)."""
+    _, base, _ = parse_source(full)
+    leaves = sorted(task_block(mean_path, base, full))
+    mats = []
+    for leaf in leaves:
+        sf = load_score_file(leaf_score_path(mean_path, base, leaf))
+        alignment = check_score_file(sf, source, f"{base}.{leaf}", n_rows, s_data)
+        mats.append(to_target_alignment(sf.scores.float(), alignment)[:, :s_data].masked_fill(~valid, 0.0))
+    return Units(torch.stack(mats), leaves, mean_path.parent / SIDECAR_FILE)
+
+
+LOADERS: dict[str, Callable[..., torch.Tensor]] = {"q": checked_question_scores, "t": checked_task_scores}
+"""The run's loader of each family of aggregations, by suffix: (mean_path, source, full, labels, fingerprint,
+fingerprint_at) -> float32 [U, N, S]."""
+READERS: dict[str, Callable[..., Units]] = {"q": question_units, "t": task_units}
+"""`doctor`'s reader of each family, by suffix: (mean_path, source, full, n_rows, s_data, valid) -> `Units`."""
+
+
+def family(full: str) -> str:
+    """The family suffix (`q`, `t`) of an aggregate rule name (`min_t(wmdp)` -> `t`)."""
+    return aggregation_parts(parse_source(full)[0] or "")[1]
+
+
 # --------------------------------------------------------------------------- the aggregations
+def _units_of(name: str) -> tuple[str, str]:
+    """(unit word, family suffix) of an aggregate named `name` (`min_t(wmdp)` or bare `min_q`), for messages."""
+    agg = parse_source(name)[0] or name
+    return (aggregation_units(agg), aggregation_parts(agg)[1]) if agg in AGGREGATIONS else ("questions", "q")
+
+
 def _scaled(per_q: torch.Tensor, valid: torch.Tensor, name: str) -> list[tuple[int, float, float]]:
-    """(q, scale_q, min of s_q) over the valid tokens, of every question with scale_q > 0."""
+    """(u, scale_u, min of s_u) over the valid tokens, of every unit with scale_u > 0."""
     out = []
     for q in range(per_q.shape[0]):
         vals = per_q[q][valid]
@@ -143,14 +212,16 @@ def _scaled(per_q: torch.Tensor, valid: torch.Tensor, name: str) -> list[tuple[i
         if scale > 0:
             out.append((q, scale, float(vals.min())))
     if not out:
-        raise UserError.one(f"score source {name!r}", f"every one of the {per_q.shape[0]} questions has score 0 on every "
-                            "valid target token, so the per-question normalisation is undefined. Check the producing run "
+        units = _units_of(name)[0]
+        raise UserError.one(f"score source {name!r}", f"every one of the {per_q.shape[0]} {units} has score 0 on every "
+                            f"valid target token, so the per-unit normalisation is undefined. Check the producing run "
                             "(its query, its data) and rescore.")
     return out
 
 
 def min_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "min_q") -> torch.Tensor:
-    """Per token, min over questions of s_q / scale_q (scale_q = mean |s_q| over `valid`; scale 0 left out)."""
+    """Per token, min over units (questions, or leaf tasks for `min_t`) of s_u / scale_u (scale_u = mean |s_u|
+    over `valid`; scale 0 left out). `per_q`: [U, N, S]."""
     best = torch.full(valid.shape, math.inf, dtype=torch.float32)
     for q, scale, _ in _scaled(per_q, valid, name):
         torch.minimum(best, per_q[q].float() / scale, out=best)
@@ -158,8 +229,8 @@ def min_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "min_q") -> torc
 
 
 def rank_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "rank_q") -> torch.Tensor:
-    """Per token, min over questions of its 0-based rank among the valid tokens sorted ascending by s_q (stable:
-    ties by flat grid index; questions with scale 0 left out); float64, N x S on invalid tokens."""
+    """Per token, min over units of its 0-based rank among the valid tokens sorted ascending by s_u (stable:
+    ties by flat grid index; units with scale 0 left out); float64, N x S on invalid tokens."""
     flat = valid.flatten().nonzero().squeeze(1)
     ranks = torch.arange(flat.numel(), dtype=torch.float64)
     best = torch.full((flat.numel(),), float(valid.numel()), dtype=torch.float64)
@@ -174,13 +245,14 @@ def rank_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "rank_q") -> to
 
 
 def wsum_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "wsum_q") -> torch.Tensor:
-    """sum over q of a_q s_q / scale_q, a_q = max(0, -min over `valid` of s_q) / (sum of those)."""
+    """sum over units u of a_u s_u / scale_u, a_u = max(0, -min over `valid` of s_u) / (sum of those)."""
     kept = [(q, scale, max(0.0, -low)) for q, scale, low in _scaled(per_q, valid, name)]
     total = sum(a for _, _, a in kept)
     if not total > 0:
-        raise UserError.one(f"score source {name!r}", f"no question of {per_q.shape[0]} has a proponent (every valid "
-                            "token's score is >= 0 for every question), so every question's weight a_q is 0. Use "
-                            "`min_q` or `rank_q`, or check the producing run.")
+        units, fam = _units_of(name)
+        raise UserError.one(f"score source {name!r}", f"no {units[:-1]} of {per_q.shape[0]} has a proponent (every valid "
+                            f"token's score is >= 0 for every {units[:-1]}), so every {units[:-1]}'s weight a_u is 0. Use "
+                            f"`min_{fam}` or `rank_{fam}`, or check the producing run.")
     out = torch.zeros(valid.shape, dtype=torch.float64)
     for q, scale, a in kept:
         if a > 0:
@@ -189,23 +261,35 @@ def wsum_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "wsum_q") -> to
 
 
 AGGREGATES: dict[str, Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]] = {
-    "min_q": min_q, "rank_q": rank_q, "wsum_q": wsum_q}
-"""The implementations of `unlearnspec.spec.rules.AGGREGATIONS`, by name."""
+    "min": min_q, "rank": rank_q, "wsum": wsum_q}
+"""The aggregation functions by kind (`min_q` and `min_t` are both `min`): (units [U, N, S], valid [N, S], rule
+name for messages) -> [N, S]."""
 
 
-def question_aggregates(fulls: Iterable[str], mean_path: Path, source: ScoreSourceSpec, labels: torch.Tensor,
-                        fingerprint: str, fingerprint_at: Callable[[int], str]) -> dict[str, torch.Tensor]:
-    """The aggregates `fulls` (`min_q(wmdp)`, ... of one source) as [N, S] tensors keyed by their rule names, from
-    one load of the source's per-question file."""
-    fulls = sorted(fulls)
-    per_q = checked_question_scores(mean_path, source, fulls[0], labels, fingerprint, fingerprint_at)
+def aggregate(full: str, units: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Aggregate rule `full` (`min_t(wmdp)`, ...) on its family's unit matrices [U, N, S]."""
+    return AGGREGATES[aggregation_parts(parse_source(full)[0] or "")[0]](units, valid, full)
+
+
+def source_aggregates(fulls: Iterable[str], mean_path: Path, source: ScoreSourceSpec, labels: torch.Tensor,
+                      fingerprint: str, fingerprint_at: Callable[[int], str]) -> dict[str, torch.Tensor]:
+    """The aggregates `fulls` (`min_q(wmdp)`, `rank_t(wmdp)`, ... of one source) as [N, S] tensors keyed by their
+    rule names, from one load of each family's units (`LOADERS`)."""
+    by_family: dict[str, list[str]] = {}
+    for full in sorted(fulls):
+        by_family.setdefault(family(full), []).append(full)
     valid = valid_targets(labels)
-    return {full: AGGREGATES[parse_source(full)[0] or ""](per_q, valid, full) for full in fulls}
+    out = {}
+    for fam, group in sorted(by_family.items()):
+        units = LOADERS[fam](mean_path, source, group[0], labels, fingerprint, fingerprint_at)
+        out.update({full: aggregate(full, units, valid) for full in group})
+        del units  # one family's units in memory at a time
+    return out
 
 
 def near_zero_questions(per_q: torch.Tensor, valid: torch.Tensor, factor: float) -> tuple[list[int], float]:
-    """Questions whose max |s_q| over `valid` is below `factor` x the median over questions of that max (or is
-    0), and the median: their per-question scores are noise next to the others'."""
+    """Units (questions, leaf tasks) whose max |s_u| over `valid` is below `factor` x the median over units of
+    that max (or is 0), and the median: their scores are noise next to the others'."""
     peak = torch.stack([per_q[q][valid].abs().max() if bool(valid.any()) else per_q.new_zeros(())
                         for q in range(per_q.shape[0])]).double()
     median = float(peak.quantile(0.5))

@@ -95,12 +95,11 @@ def load_score_file(path: Path, shape: str = "[N, S]") -> ScoreFile:
     return ScoreFile(path=path, scores=tensor, sidecar=sidecar)
 
 
-def leaf_score_path(mean_path: Path, source: str, leaf: str) -> Path:
-    """The file of leaf task `leaf` of score source `source` (rule name `source.leaf`): listed under
-    `per_task` in the sidecar beside the mean file `mean_path`. Load it with `load_score_file` and check it
-    with `checked_scores` like the mean file (same sidecar: N, S, alignment, data fingerprint)."""
+def task_block(mean_path: Path, source: str, name: str) -> dict:
+    """The `per_task` block ({leaf: {file, task, ...}}, not empty) of the sidecar beside the mean file
+    `mean_path` of score source `source`; `name` is what the rule reads (`wmdp.toxin`, `min_t(wmdp)`), for
+    the messages. No sidecar or no block: a UserError naming the file and the fix."""
     side = mean_path.parent / SIDECAR_FILE
-    name = f"{source}.{leaf}"
     if not side.is_file():
         raise _fail(mean_path, f"the token rule reads {name!r}, but no {SIDECAR_FILE} lies beside the scores, so no per-task "
                     "scores are known. Produce them with `magic.query.per: task`, or read plain "
@@ -108,9 +107,20 @@ def leaf_score_path(mean_path: Path, source: str, leaf: str) -> Path:
     sidecar = read_json(side, "score sidecar", "missing", "Fix or delete it.")
     per_task = sidecar.get("per_task") if isinstance(sidecar, dict) else None
     if not isinstance(per_task, dict) or not per_task:
+        per = "question" if isinstance(sidecar, dict) and sidecar.get("per_question") is not None else "mean"
         raise _fail(side, f"the token rule reads {name!r}, but these scores hold no per-task scores (produced with "
-                    f"`magic.query.per: mean`). Set `per: task` under magic.query of the producing spec and rerun it, "
-                    f"or read plain {source!r}.")
+                    f"`magic.query.per: {per}`). Set `per: task` under magic.query of the "
+                    f"producing spec and rerun it, or read plain {source!r}.")
+    return per_task
+
+
+def leaf_score_path(mean_path: Path, source: str, leaf: str) -> Path:
+    """The file of leaf task `leaf` of score source `source` (rule name `source.leaf`): listed under
+    `per_task` in the sidecar beside the mean file `mean_path`. Load it with `load_score_file` and check it
+    with `checked_scores` like the mean file (same sidecar: N, S, alignment, data fingerprint)."""
+    side = mean_path.parent / SIDECAR_FILE
+    name = f"{source}.{leaf}"
+    per_task = task_block(mean_path, source, name)
     entry = per_task.get(leaf)
     if entry is None:
         raise _fail(side, f"the token rule reads {name!r}, but the query has no leaf task {leaf!r}. Available: "

@@ -29,7 +29,8 @@ class Prepared:
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
     """Token grid [N, S] + fingerprint -> score files checked against it (and the built-in sources, `random`
-    and `toy:truth`, built for it; leaf tasks `source.leaf`; aggregates over questions `min_q(source)`, ...)
+    and `toy:truth`, built for it; leaf tasks `source.leaf`; aggregates over questions `min_q(source)`, ...
+    and over leaf tasks `min_t(source)`, ...)
     -> signed per-token weights. Computed once per spec and run (all points of a
     sweep share it)."""
     key = spec_hash(job.spec)
@@ -67,13 +68,13 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
         if leaf is not None and name in inputs:
             scores[full] = checked_scores(load_score_file(leaf_score_path(inputs[name], name, leaf)), spec.scores[name], full,
                                           grid.labels, grid.fingerprint, fingerprint_at)
-        elif agg is not None and name in inputs:  # `min_q(source)`, ...: over the per-question scores
+        elif agg is not None and name in inputs:  # `min_q(source)`, `min_t(source)`, ...: over questions, leaf tasks
             aggregates.setdefault(name, []).append(full)
     for name, fulls in aggregates.items():
-        from unlearnspec.aggregate import question_aggregates
+        from unlearnspec.aggregate import source_aggregates
 
-        scores.update(question_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint,
-                                          fingerprint_at))
+        scores.update(source_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint,
+                                        fingerprint_at))
     weights = token_weights(spec.tokens, scores, grid.labels)
     stats = token_stats(weights, grid.labels, spec.loss.normalizer)
     ctx.say(

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.profile import apply_profile, load_profile
-from unlearnspec.spec.rules import parse_source, split_source
+from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source, split_source
 from unlearnspec.spec.schema import Spec
 from unlearnspec.spec.yamlio import _fmt_loc, _line_of, apply_overrides, read_yaml_file, validation_problems
 
@@ -129,13 +129,15 @@ def reference_problems(
             problems.append(Problem(file, _fmt_loc(loc2), f"the token rule reads the leaf task scores {', '.join(f'{name}.{x}' for x in leaves)}, but "
                                     f"{src.produced_by} writes only mean-query scores (`magic.query.per: mean`). Set `per: task` under "
                                     f"magic.query there, or read plain `{name}`.", _line_of(node, loc2)))
-        aggs = sorted(full for full in spec.tokens.referenced_sources() if parse_source(full)[0] and parse_source(full)[1] == name)
-        if aggs and producer.magic.query.per != "question":
-            loc2 = ("tokens",)
-            problems.append(Problem(file, _fmt_loc(loc2), f"the token rule reads the per-question aggregate {', '.join(aggs)}, but "
-                                    f"{src.produced_by} writes no per-question scores (`magic.query.per: {producer.magic.query.per}`). "
-                                    f"Set `per: question` under magic.query there and rerun it, or read plain `{name}`.",
-                                    _line_of(node, loc2)))
+        for fam, per in AGGREGATION_PER.items():
+            aggs = sorted(full for full in spec.tokens.referenced_sources()
+                          if (parts := parse_source(full))[0] and parts[1] == name and aggregation_parts(parts[0])[1] == fam)
+            if aggs and producer.magic.query.per != per:
+                loc2 = ("tokens",)
+                problems.append(Problem(file, _fmt_loc(loc2), f"the token rule reads the per-{per} aggregate {', '.join(aggs)}, but "
+                                        f"{src.produced_by} writes no per-{per} scores (`magic.query.per: {producer.magic.query.per}`). "
+                                        f"Set `per: {per}` under magic.query there and rerun it, or read plain `{name}`.",
+                                        _line_of(node, loc2)))
         columns = producer.data.max_seq_len
         msl = spec.data.max_seq_len
         if msl > columns:

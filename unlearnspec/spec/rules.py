@@ -3,22 +3,25 @@
 A tiny recursive-descent grammar (no ``eval``): comparisons of a score source with a number,
 joined by ``and`` / ``or`` / ``not`` and parentheses. A source is a name (``wmdp``: the mean-query
 scores), a name and one leaf task (``wmdp.dual_use_virology``: the scores of one leaf task of a
-`per: task` query), or an aggregation of the per-question scores of a `per: question` query, written
-``agg(name)`` with no space before the parenthesis (``min_q(wmdp) < 0``; `AGGREGATIONS`):
+`per: task` query), or an aggregation written ``agg(name)`` with no space before the parenthesis
+(``min_q(wmdp) < 0``; `AGGREGATIONS`). An aggregation combines the score matrices s_u of the units of
+a source: its questions (suffix ``_q``, a `per: question` producer's per-question scores [Q, N, S]) or
+its leaf tasks (suffix ``_t``, a `per: task` producer's leaf files, stacked [T, N, S] in sorted leaf
+order). The same three, with the same math, in both families:
 
-- ``min_q(x)``: per token, the min over questions q of s_q / scale_q, scale_q = mean |s_q| over the valid
-  target tokens; questions with scale_q = 0 are left out. The strongest per-question proponent score,
-  normalised per question: most negative = strongest.
-- ``rank_q(x)``: per token, the min over questions of the token's 0-based rank among q's valid tokens
-  sorted ascending by s_q (most negative first, ties by grid position); invalid tokens get N x S. Lower
-  = stronger, so `mode: top` with `order: most_negative` on it selects every question's top-1 token,
-  then every question's second, ...: the union of the per-question top-j lists.
-- ``wsum_q(x)``: sum over q of a_q s_q / scale_q, a_q = max(0, -min over valid tokens of s_q) / (the sum
-  of those): questions weighted by the strength of their own strongest proponent.
+- ``min_q(x)`` / ``min_t(x)``: per token, the min over units u of s_u / scale_u, scale_u = mean |s_u|
+  over the valid target tokens; units with scale_u = 0 are left out. The strongest per-unit proponent
+  score, normalised per unit: most negative = strongest.
+- ``rank_q(x)`` / ``rank_t(x)``: per token, the min over units of the token's 0-based rank among u's
+  valid tokens sorted ascending by s_u (most negative first, ties by grid position); invalid tokens get
+  N x S. Lower = stronger, so `mode: top` with `order: most_negative` on it selects every unit's top-1
+  token, then every unit's second, ...: the union of the per-unit top-j lists.
+- ``wsum_q(x)`` / ``wsum_t(x)``: sum over u of a_u s_u / scale_u, a_u = max(0, -min over valid tokens
+  of s_u) / (the sum of those): units weighted by the strength of their own strongest proponent.
 
-An aggregation reads a whole source (``min_q(wmdp.toxin)`` is refused), never a built-in one. Evaluation
-works on anything that supports comparison and ``&``/``|``/``~`` (torch tensors, numpy arrays), so this
-module imports no torch.
+An aggregation reads a whole source (``min_q(wmdp.toxin)`` is refused), never a built-in one, and its
+producer must have the matching `magic.query.per` (`AGGREGATION_PER`). Evaluation works on anything that
+supports comparison and ``&``/``|``/``~`` (torch tensors, numpy arrays), so this module imports no torch.
 """
 
 from __future__ import annotations
@@ -57,12 +60,31 @@ SOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?$")
 the aggregations `agg(name)`."""
 _AGGREGATE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\(([^()]*)\)$")
 
-AGGREGATIONS: dict[str, str] = {
-    "min_q": "per token, the min over questions of s_q / (mean |s_q| over valid tokens)",
-    "rank_q": "per token, the best (lowest) 0-based rank over questions, each ranking most negative first",
-    "wsum_q": "the sum over questions of a_q s_q / (mean |s_q|), a_q ~ max(0, -min s_q) (summing to 1)",
+_KINDS = {
+    "min": "per token, the min over {u} of s_u / (mean |s_u| over valid tokens)",
+    "rank": "per token, the best (lowest) 0-based rank over {u}, each ranking most negative first",
+    "wsum": "the sum over {u} of a_u s_u / (mean |s_u|), a_u ~ max(0, -min s_u) (summing to 1)",
 }
-"""The per-question aggregations a rule may name as `agg(source)` (see the module docstring)."""
+AGGREGATION_PER: dict[str, str] = {"q": "question", "t": "task"}
+"""The `magic.query.per` a producer needs for each family of aggregations, by suffix (`min_q`: question)."""
+_UNITS = {"q": "questions", "t": "leaf tasks"}
+AGGREGATIONS: dict[str, str] = {f"{kind}_{fam}": text.format(u=_UNITS[fam])
+                                for fam in AGGREGATION_PER for kind, text in _KINDS.items()}
+"""The aggregations a rule may name as `agg(source)`: `min_q`, `rank_q`, `wsum_q` over the questions of a
+`per: question` producer, `min_t`, `rank_t`, `wsum_t` over the leaf tasks of a `per: task` one (see the
+module docstring)."""
+
+
+def aggregation_parts(agg: str) -> tuple[str, str]:
+    """`min_t` -> ("min", "t"): the kind (key of `unlearnspec.aggregate.AGGREGATES`) and the family suffix
+    (key of `AGGREGATION_PER`) of an aggregation in `AGGREGATIONS`."""
+    kind, _, fam = agg.rpartition("_")
+    return kind, fam
+
+
+def aggregation_units(agg: str) -> str:
+    """What aggregation `agg` combines, for messages: "questions" (`_q`) or "leaf tasks" (`_t`)."""
+    return _UNITS[aggregation_parts(agg)[1]]
 
 
 def source_name_problem(name: str) -> str | None:
@@ -76,13 +98,15 @@ def source_name_problem(name: str) -> str | None:
                 "has no space before its parenthesis)")
     agg, inner = m.groups()
     if agg not in AGGREGATIONS:
-        return f"unknown aggregation {agg[:40]!r}; the per-question aggregations are {', '.join(AGGREGATIONS)}"
+        return (f"unknown aggregation {agg[:40]!r}; the aggregations are min_q, rank_q, wsum_q (over the questions of "
+                "a `per: question` producer) and min_t, rank_t, wsum_t (over the leaf tasks of a `per: task` one)")
     if not SOURCE_NAME.match(inner):
         return f"{agg}(...) needs a score source name inside the parentheses, e.g. `{agg}(wmdp)` (found {inner[:40]!r})"
     if "." in inner:
         base = inner.partition(".")[0]
-        return (f"{name!r} aggregates one leaf task; an aggregation reads the per-question scores of a whole "
-                f"source (a `per: question` producer): write `{agg}({base})`")
+        per = AGGREGATION_PER[aggregation_parts(agg)[1]]
+        return (f"{name!r} aggregates one leaf task; an aggregation reads the per-{per} scores of a whole source "
+                f"(a `per: {per}` producer): write `{agg}({base})`")
     return None
 
 

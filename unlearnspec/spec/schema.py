@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
 from unlearnspec.spec.parallel import ParallelSpec
-from unlearnspec.spec.rules import parse_source
+from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
 
@@ -74,9 +74,10 @@ class Spec(_Section):
                                     "the grid (`random` or `toy:truth`) and has no leaf tasks. Read plain "
                                     f"{name!r} (for one toy task's truth, set `task:` on the source).")
             if agg is not None and self.scores[name].built_in:
+                per = AGGREGATION_PER[aggregation_parts(agg)[1]]
                 raise SpecRuleError(("tokens",), f"the token rule reads {full!r}, but score source {name!r} is built for "
-                                    "the grid (`random` or `toy:truth`) and has no per-question scores. Read plain "
-                                    f"{name!r}, or score a `magic.query.per: question` producer.")
+                                    f"the grid (`random` or `toy:truth`) and has no per-{per} scores. Read plain "
+                                    f"{name!r}, or score a `magic.query.per: {per}` producer.")
         for name, src in self.scores.items():
             if src.produced_by == "toy:truth" and (self.model.toy is None or self.data.toy is None):
                 raise SpecRuleError(

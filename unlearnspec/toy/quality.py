@@ -100,7 +100,7 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
         from unlearnspec.scores import valid_targets
 
         valid = valid_targets(grid.labels)
-        out["per_question"] = {agg: one(task, fn(per_question, valid, agg)) for agg, fn in AGGREGATES.items()}
+        out["per_question"] = {f"{kind}_q": one(task, fn(per_question, valid, f"{kind}_q")) for kind, fn in AGGREGATES.items()}
     return out
 
 
