@@ -155,14 +155,14 @@ def doctor(
     lds_min: float = typer.Option(0.8, "--lds-min", help="A score source whose LDS (Spearman) is below this is an error."),
     lds_fraction_factor: float = typer.Option(5.0, "--lds-fraction-factor", help="Warn when an experiment changes this many times more tokens than the LDS dropped."),
     power: float = typer.Option(0.8, "--power", help="Power of the minimum detectable effect (D14 warns when a study's largest effect is below it), in [0.5, 1)."),
-    near_zero: float = typer.Option(1e-3, "--near-zero", help="D15 warns about questions whose max |score| is below this times the median question's (rules reading min_q/rank_q/wsum_q), in [0, 1)."),
+    near_zero: float = typer.Option(1e-3, "--near-zero", help="D15 warns about questions (leaf tasks) whose max |score| is below this times the median one's (rules reading min_q/rank_q/wsum_q, min_t/rank_t/wsum_t), in [0, 1)."),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
     masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls;
     per study (the checked specs sharing a control): no positive control (D13), largest effect below the MDE (D14);
-    unusable or near-zero per-question scores under a `min_q`/`rank_q`/`wsum_q` rule (D15).
+    unusable or near-zero per-question (per-leaf) scores under a `min_q`/`rank_q`/`wsum_q` (`min_t`/...) rule (D15).
     Exit 0 clean, 1 warnings only, 2 errors (or warnings with --strict).
 
     Example: [bold]unlearnspec doctor specs/[/bold]

@@ -41,7 +41,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
     With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked.
     The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE).
-    `near_zero`: D15's share of the median question's max |score| below which a question is near zero."""
+    `near_zero`: D15's share of the median unit's (question's, leaf task's) max |score| below which a unit is near zero."""
     if not lr_factor >= 1.0:
         raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
     if not -1.0 <= lds_min <= 1.0:
@@ -51,7 +51,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
     if not 0.5 <= power < 1.0:
         raise UserError.one("--power", f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
     if not 0.0 <= near_zero < 1.0:
-        raise UserError.one("--near-zero", f"must be in [0, 1) (got {near_zero}); it is a share of the median question's max |score|.")
+        raise UserError.one("--near-zero", f"must be in [0, 1) (got {near_zero}); it is a share of the median question's (leaf task's) max |score|.")
     files, problems = find_spec_files(paths)
     if problems:
         raise UserError(problems)
