@@ -262,19 +262,22 @@ class TokenRuleSpec(_Section):
     every other valid token the `rest` weight; an optional `where` restricts the candidates before ranking.
     A source may be an aggregation of a `per: question` producer's per-question scores: `min_q(wmdp)`,
     `rank_q(wmdp)` or `wsum_q(wmdp)` (see `unlearnspec.spec.rules`); top-k by `rank_q` with `order:
-    most_negative` is the union of every question's top-j tokens (ties at the last j by grid position)."""
+    most_negative` is the union of every question's top-j tokens (ties at the last j by grid position).
+    `min_t(wmdp)`, `rank_t(wmdp)`, `wsum_t(wmdp)` do the same over the leaf tasks of a `per: task` producer."""
 
     mode: TokenMode = "all"
     """all | value_weighted | sign | where | top."""
     source: Optional[str] = None
     """Score source read by `value_weighted` and `sign`, and ranked by `top`: a name under `scores` (its
     mean-query scores), `name.leaf` for one leaf task's scores of a `magic.query.per: task` producer, or
-    `min_q(name)`, `rank_q(name)`, `wsum_q(name)`: an aggregation over the questions of a `per: question` one."""
+    `min_q(name)`, `rank_q(name)`, `wsum_q(name)`: an aggregation over the questions of a `per: question` one,
+    or `min_t(name)`, `rank_t(name)`, `wsum_t(name)`: over the leaf tasks of a `per: task` one."""
     where: Optional[str] = None
     """Boolean selection for `mode: where`, e.g. `wmdp > 0 and mmlu <= 0` (and/or/not, parentheses).
     `wmdp.dual_use_virology < 0` reads the scores of one leaf task of a `per: task` producer (the leaf
     task's name without the query group's name and `_` in front; see the sidecar's `per_task`).
-    `min_q(wmdp) < 0` reads an aggregation of a `per: question` producer's per-question scores.
+    `min_q(wmdp) < 0` reads an aggregation of a `per: question` producer's per-question scores, `min_t(wmdp)
+    < 0` one over the leaf tasks of a `per: task` producer.
     With `mode: top` (optional): the candidates, filtered BEFORE ranking, so `k` counts tokens that pass
     it; e.g. `mmlu >= 0` with `source: wmdp` ranks only tokens that are not MMLU proponents."""
     k: Optional[int] = None
@@ -314,7 +317,7 @@ class TokenRuleSpec(_Section):
         if self.source is not None and (problem := source_name_problem(self.source)) is not None:
             raise SpecRuleError(("source",), f"`source: {self.source[:80]}` is not a score source name: {problem}. Write a "
                                 "name under `scores` (e.g. `wmdp`), one leaf task of it (e.g. `wmdp.dual_use_virology`) "
-                                "or an aggregation over its questions (e.g. `min_q(wmdp)`).")
+                                "or an aggregation over its questions or leaf tasks (e.g. `min_q(wmdp)`, `min_t(wmdp)`).")
         if self.mode == "where" and self.where is None:
             raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
         if self.where is not None:

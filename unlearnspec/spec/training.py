@@ -135,7 +135,10 @@ class QuerySpec(_Section):
     """`mean`: one score matrix, of Q = mean over all questions. `task` (for a group such as
     wmdp_bio_robust or mmlu): also one score matrix per leaf task t, of Q_t = mean over t's questions,
     written as `per_token_scores.<leaf>.pt` beside the mean file and listed under `per_task` in
-    scores.json; token rules read them as `source.leaf` (e.g. `wmdp.dual_use_virology < 0`). `<leaf>` is
+    scores.json; token rules read them as `source.leaf` (e.g. `wmdp.dual_use_virology < 0`), or through an
+    aggregation over the leaf tasks, `min_t(wmdp)`, `rank_t(wmdp)`, `wsum_t(wmdp)` (the math of the `_q`
+    aggregations below, on the leaf matrices in sorted leaf order: `min_t` is the strongest proponent of
+    any one leaf task, normalised per leaf). `<leaf>` is
     the leaf task's name without the group's name and `_` in front. The mean file is unchanged
     (Q = sum_t n_t/n Q_t, so the mean scores are the question-weighted sum of the leaf scores). Cost: one
     more reverse pass per leaf after the mean one (K leaves: (K+1)x the reverse-pass time of `mean`;
