@@ -112,7 +112,8 @@ def invoke(project: Path, kind: str, *args: Any) -> Any:
 # --------------------------------------------------------------------------- strategies
 NASTY_TEXT = ["", "/", "..", "../..", "runs/x", "specs/magic/magic_wmdp.yaml", "specs/exp7_all_tokens.yaml", "wmdp > 0",
               "( (", "not " * 50 + "a > 0", "toy_wmdp", "sgd", "adamw", "all", "where", "target", "input", "1e-5", "nan", "∞",
-              "min_q(wmdp) < 0", "max_q(wmdp) < 0", "rank_q(wmdp.x) <= 3", "wsum_q() > 0", "min_q (wmdp) < 0", "rank_q(wmdp)"]
+              "min_q(wmdp) < 0", "max_q(wmdp) < 0", "rank_q(wmdp.x) <= 3", "wsum_q() > 0", "min_q (wmdp) < 0", "rank_q(wmdp)",
+              "min_t(wmdp) < 0", "max_t(wmdp) < 0", "rank_t(wmdp.x) <= 3", "wsum_t(wmdp)"]
 LEAF = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(NASTY_TEXT), st.text(max_size=12),
