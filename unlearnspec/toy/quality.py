@@ -83,24 +83,28 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
                  per_question: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """`attribution_quality` of a toy score run: the mean scores against the facts `task` (the query task)
     asks, each leaf (`per_task`: leaf -> (leaf task, scores)) against the facts its own task asks, and each
-    aggregation over the questions of `per_question` [Q, N, S] (`min_q`, `rank_q`, `wsum_q`) against the
-    query task's facts."""
+    aggregation over the questions of `per_question` [Q, N, S] (`min_q`, `rank_q`, `wsum_q`) or over the leaves
+    (`min_t`, ...) against the query task's facts."""
     from unlearnspec.toy.truth import spec_truth
 
     def one(for_task: str, matrix: torch.Tensor) -> dict[str, Any]:
         truth = spec_truth(spec, spec_path, assets, for_task, grid=grid, tokenizer=tokenizer)
         return {**attribution_quality(matrix, truth.forget_mask, truth.valid), "task": for_task, "world": truth.info["world"]}
 
+    from unlearnspec.aggregate import AGGREGATES
+    from unlearnspec.scores import valid_targets
+
+    def aggregates(units: torch.Tensor, suffix: str) -> dict[str, Any]:
+        valid = valid_targets(grid.labels)
+        return {f"{kind}_{suffix}": one(task, fn(units, valid, f"{kind}_{suffix}")) for kind, fn in AGGREGATES.items()}
+
     out = one(task, scores)
     if per_task:
         out["per_task"] = {leaf: one(leaf_task, matrix) for leaf, (leaf_task, matrix) in per_task.items()}
+        if len(per_task) > 1:  # min_t, rank_t, wsum_t over the leaves (sorted, as rules stack them)
+            out["per_task_aggregates"] = aggregates(torch.stack([per_task[k][1] for k in sorted(per_task)]).float(), "t")
     if per_question is not None:
-        from unlearnspec.aggregate import AGGREGATES
-
-        from unlearnspec.scores import valid_targets
-
-        valid = valid_targets(grid.labels)
-        out["per_question"] = {f"{kind}_q": one(task, fn(per_question, valid, f"{kind}_q")) for kind, fn in AGGREGATES.items()}
+        out["per_question"] = aggregates(per_question, "q")
     return out
 
 
