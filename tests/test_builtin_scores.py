@@ -166,14 +166,16 @@ def test_control_specs_validate_and_are_matched_and_labelled():
 
     toy = default_toy_profile()
     specs = {p.stem: load_spec(p, profile=toy) for p in sorted(CONTROLS.glob("*.yaml"))}
-    assert set(specs) == {"oracle", "random", "magic_topk", "magic_topk_not_mmlu"}
+    assert set(specs) == {"oracle", "random", "magic_topk", "magic_topk_not_mmlu", "magic_q_min", "magic_q_union"}
     assert specs["oracle"].role == "positive_control" and specs["random"].role == "negative_control"
-    assert specs["magic_topk"].role is None and specs["magic_topk_not_mmlu"].role is None
+    assert all(specs[name].role is None for name in ("magic_topk", "magic_topk_not_mmlu", "magic_q_min", "magic_q_union"))
+    assert specs["magic_q_min"].tokens.source == "min_q(wmdp)" and specs["magic_q_union"].tokens.source == "rank_q(wmdp)"
     control = load_spec(SPECS / "fixed" / "all_tokens.yaml", profile=toy)
     assert control.training.lrs == (0.01, 0.05, 0.2)
     for name, spec in specs.items():
         assert spec.control == "specs/fixed/all_tokens.yaml", name
-        lrs = (0.01, 0.05) if name == "magic_topk" else control.training.lrs  # magic_topk diverged at 0.2: left out
+        # magic_topk diverged at 0.2: left out, and the per-question selections sweep the same two LRs
+        lrs = (0.01, 0.05) if name.startswith("magic_") and name != "magic_topk_not_mmlu" else control.training.lrs
         assert spec.training == control.training.model_copy(update={"lr": list(lrs)}), name
         assert spec.data == control.data and spec.eval == control.eval, name
         assert spec.model == control.model and spec.loss.normalizer == "selected", name
@@ -198,7 +200,7 @@ def test_doctor_on_the_controls_is_quiet_about_sources_without_a_file():
     from unlearnspec.spec.profile import default_toy_profile
 
     findings, count = diagnose([CONTROLS], profile=default_toy_profile())
-    assert count == 4
+    assert count == 6
     built = [f for f in findings if f.spec.endswith(("oracle.yaml", "random.yaml"))]
     assert not [f for f in built if f.code in ("D0", "D1", "D2", "D3", "D5", "D10", "D11")], built
     assert not [f for f in findings if f.code == "D1"], findings  # every control matches specs/fixed/all_tokens.yaml

@@ -83,7 +83,7 @@ def per_question_scores(
     at = 0
     for scores in reverse_passes(model, grid, trajectory, starts, progress=tick, comm=comm, on_host=True, **replay):
         if out is None:
-            out = torch.empty(len(rows), n, s, dtype=dtype or scores.dtype)
+            out = torch.empty(len(rows), n, s, dtype=dtype or scores.dtype, device="cpu")  # host RAM: [Q, N, S]
         out[at:at + scores.shape[0]] = scores
         at += scores.shape[0]
     assert out is not None and at == len(rows)
