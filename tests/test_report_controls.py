@@ -248,3 +248,17 @@ def test_one_task_without_samples_is_labelled_mixed(tmp_path):
     sel = table_from_results(load_results(tmp_path / "r"), tmp_path / "r", control=(load_results(tmp_path / "c"), tmp_path / "c")).rows[0].selectivity
     var = (35 / 200 - 0.125**2) / 200 + 0.45 * 0.55 / 14042 + 0.46 * 0.54 / 14042  # paired hazard + unpaired general
     assert sel.test == "mixed" and sel.value == round(0.125 - 0.01, 4) and sel.se == pytest.approx(var**0.5, abs=1e-6)
+
+
+def test_the_study_index_can_be_named(tmp_path):
+    """`--study-name`: a group reported on its own gets its own index and plot beside the study's."""
+    folders = _study(tmp_path)
+    out = tmp_path / "reports"
+    args = [str(f) for f in folders.values()]
+    names = {p.name for p in run_report(args, out, None, False, True, _console(), study_name="controls_study")}
+    assert {"controls_study.md", "controls_study.png"} <= names and "study.md" not in names
+    assert "- [oracle](oracle.md)" in (out / "controls_study.md").read_text()
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(UserError, match="--study-name"):
+        run_report(args, out, None, False, True, _console(), study_name="../escape")
+    assert sorted(p.name for p in out.iterdir()) == before  # refused before anything was written

@@ -111,6 +111,7 @@ def report(
     hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the one task named like wmdp)."),
     general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the one task named like mmlu)."),
     power: float = typer.Option(0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."),
+    study_name: str = typer.Option("study", "--study-name", help="File name (without .md/.png) of the index and plot written when several runs are reported together."),
 ) -> None:
     """Tables vs baseline and matched control (intervals, paired/unpaired tests, chance flags), Markdown + JSON + plot.
 
@@ -124,7 +125,8 @@ def report(
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
-        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console, Selection(hazard_task, general_task, power))
+        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console, Selection(hazard_task, general_task, power),
+                   study_name=study_name)
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Optional
 
@@ -71,10 +73,12 @@ def check_power(power: float, option: str = "--power") -> float:
 
 
 def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console,
-               selection: Optional[Selection] = None) -> list[Path]:
-    """Write and print the report of each run; with several, also the study index and plot. Runs
-    reported together form the study: a positive control among them gives the others' oracle fraction."""
+               selection: Optional[Selection] = None, study_name: str = "study") -> list[Path]:
+    """Write and print the report of each run; with several, also the study index and plot (`<study_name>.md`,
+    `.png`). Runs reported together form the study: a positive control among them gives the others' oracle fraction."""
     check_power((selection or Selection()).power)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
+        raise UserError.one("--study-name", f"{study_name!r} is not a plain file name; use letters, digits, `_` or `-`.")
     if not args:
         raise UserError.one("unlearnspec report", "needs run folders (holding results.json) or spec files, e.g. `unlearnspec report specs/exp7_all_tokens.yaml`.")
     runs = [load_run_input(a, toy=toy) for a in args]
@@ -94,7 +98,7 @@ def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool,
         if note:
             console.print(f"  note: {note}", markup=False)
     if len(tables) > 1:
-        written += write_study(tables, out, plot)
+        written += write_study(tables, out, plot, study_name)
     console.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return written
 
