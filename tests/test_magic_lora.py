@@ -21,7 +21,7 @@ from unlearnspec.spec import LoraSpec
 from unlearnspec.train.modeling import apply_lora
 
 from .adam_oracle import adam_unrolled_scores
-from .test_magic import N, finite_difference_errors, hf_style_decay, rel_err, tiny_grid, tiny_model, tiny_query
+from .test_magic import N, finite_difference_errors, hf_style_decay, one_thread, rel_err, tiny_grid, tiny_model, tiny_query  # noqa: F401 - one_thread: autouse fixture
 
 LORA = LoraSpec(rank=3, alpha=6.0, dropout=0.0, target_modules=["query_key_value", "dense", "dense_h_to_4h"])
 SGD_LR = 1.0  # the Hessian term changes the scores by ~90% here (asserted below)
@@ -37,15 +37,6 @@ def lora_model(spec: LoraSpec = LORA, seed: int = 0, b_seed: int = 11, base: tor
             if "lora_B" in name:
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

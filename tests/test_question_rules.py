@@ -23,6 +23,7 @@ from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, parse_source, sources, split_source
 
 from .conftest import SPECS
+from .fixtures.aggregates import TOP, doctor_spec, expected_min_top, prepare_top, truth_folder
 from .fixtures.reportkit import spec_project, validate_data
 
 # 2 rows x 4 columns; row 1 is padded from column 2. Valid targets (column 0 never is one): flat 1, 2, 3, 5.
@@ -36,7 +37,6 @@ PER_Q = torch.tensor([
     [[7.0, 0.0, 0.0, 0.0], [-3.0, 0.0, -50.0, 1.0]],
 ])
 SRC = ScoreSourceSpec(path="x/per_token_scores.pt", alignment="target")
-TOP = {"mode": "top", "order": "most_negative", "selected": "ascend", "rest": "mask"}
 
 
 def _grid(values: dict[int, float], fill: float = 0.0) -> torch.Tensor:
@@ -241,28 +241,21 @@ def test_an_aggregate_rule_validates_against_a_per_question_producer(project):
     assert result.exit_code == 2 and "`per: task`" in result.output
 
 
-def test_built_in_sources_have_no_per_question_scores():
+@pytest.mark.parametrize("rule, message", [("min_q(rand) < 0", "has no per-question scores"),
+                                           ("rank_t(rand) < 0", "has no per-task scores.*`magic.query.per: task`")])
+def test_built_in_sources_have_no_per_question_or_per_task_scores(rule: str, message: str):
     data = yaml.safe_load((SPECS / "fixed" / "selective.yaml").read_text())
     data["scores"] = {"rand": {"random": {"seed": 0}}}
-    data["tokens"] = {"mode": "where", "where": "min_q(rand) < 0"}
+    data["tokens"] = {"mode": "where", "where": rule}
     from unlearnspec.spec.load import validate_data as validate
 
-    with pytest.raises(UserError, match="has no per-question scores"):
+    with pytest.raises(UserError, match=message):
         validate(data, None, "x.yaml")
 
 
 # --------------------------------------------------------------------------- one run's grid (toy world)
 def test_prepare_reads_min_q_from_the_per_question_file(toy_world, tmp_path):
-    from unlearnspec.run.context import toy_context
-    from unlearnspec.run.plan import build_plan
-    from unlearnspec.run.steps import prepare
-    from unlearnspec.scores import valid_targets
-    from unlearnspec.spec.profile import default_toy_profile
-
-    out = tmp_path / "truth"
-    done = CliRunner().invoke(app, ["toy", "truth", str(SPECS / "fixed" / "magic_wmdp.yaml"), "--out", str(out)])
-    assert done.exit_code == 0, done.output
-    truth = torch.load(out / "per_token_scores.pt", weights_only=True)
+    out, truth = truth_folder(tmp_path)
     gen = torch.Generator().manual_seed(1)
     per_q = torch.stack([truth, torch.randn(truth.shape, generator=gen), torch.zeros_like(truth)])
     torch.save(per_q, out / QUESTIONS_FILE)
@@ -270,32 +263,14 @@ def test_prepare_reads_min_q_from_the_per_question_file(toy_world, tmp_path):
     side["per_question"] = {"file": QUESTIONS_FILE, "questions": 3, "doc_keys": ["a/0", "a/1", "a/2"],
                             "weights": [1 / 3] * 3, "chunk": 3, "reverse_seconds": 0.0}
     (out / "scores.json").write_text(json.dumps(side))
-    data = yaml.safe_load((SPECS / "fixed" / "magic_wmdp.yaml").read_text())
-    data.pop("magic")
-    data["eval"] = yaml.safe_load((SPECS / "fixed" / "selective.yaml").read_text())["eval"]
-    data.update(name="min_q_rule", scores={"wmdp": {"path": str(out / "per_token_scores.pt")}},
-                tokens={**TOP, "source": "min_q(wmdp)", "k": 25}, output={"dir": str(tmp_path / "run")})
-    spec_file = tmp_path / "min_q_rule.yaml"
-    spec_file.write_text(yaml.safe_dump(data))
-    ctx = toy_context(default_toy_profile(), say=lambda _m: None)
-    prep = prepare(build_plan([spec_file], profile=default_toy_profile(), assets=ctx.assets).jobs[0], ctx)
-    valid = valid_targets(prep.grid.labels)
-    scaled = [p / float(p[valid].double().abs().mean()) for p in per_q[:2]]  # q2 is 0 everywhere: left out
-    expected = torch.minimum(*scaled).masked_fill(~valid, float("inf"))
-    chosen = torch.sort(expected.flatten(), stable=True).indices[:25]
-    assert set(prep.weights.flatten().nonzero().squeeze(1).tolist()) == set(chosen.tolist())
-    assert prep.stats.selected_tokens == 25 == prep.stats.ascending_tokens
+    prep = prepare_top(tmp_path, out, "min_q(wmdp)", 25)
+    assert set(prep.weights.flatten().nonzero().squeeze(1).tolist()) == expected_min_top(list(per_q[:2]), prep.grid.labels, 25)
+    assert prep.stats.selected_tokens == 25 == prep.stats.ascending_tokens  # q2 is 0 everywhere: left out
 
 
 # --------------------------------------------------------------------------- doctor D15
 def _doctor_spec(tmp: Path, folder: Path, source: str = "min_q(wmdp)") -> Path:
-    data = yaml.safe_load((SPECS / "per_task" / "forget_toxin.yaml").read_text())
-    data.pop("control")
-    data["scores"] = {"wmdp": {"path": str(folder / "per_token_scores.pt"), "alignment": "target"}}
-    data["tokens"] = {**TOP, "source": source, "k": 10}
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return doctor_spec(tmp, folder, source)
 
 
 def _toy_folder(tmp: Path, peaks: list[float]) -> Path:

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
 from unlearnspec.aggregate import AGGREGATES, checked_task_scores, min_q, rank_q, source_aggregates, wsum_q
-from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.magic.output import write_task_scores
@@ -23,9 +20,8 @@ from unlearnspec.scores import token_weights
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.rules import AGGREGATIONS, RuleSyntaxError, parse_rule, parse_source, sources
 
-from .conftest import SPECS
-from .fixtures.reportkit import spec_project, validate_data
-from .test_question_rules import LABELS, PER_Q, SRC, TOP, VALID
+from .fixtures.aggregates import doctor_spec, expected_min_top, prepare_top, truth_folder
+from .test_question_rules import LABELS, PER_Q, SRC, TOP, VALID, _validate, project  # noqa: F401 - project: a fixture
 
 LEAVES = ["zeta", "alpha", "mid"]
 """The leaves of the hand-made folder, written in this (unsorted) order; leaf i holds PER_Q[i]."""
@@ -130,22 +126,6 @@ def test_task_aggregates_parse_wherever_question_ones_do():
         parse_rule("min_t(wmdp.toxin) < 0")
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    return spec_project(tmp_path, "fixed")
-
-
-def _validate(project: Path, tokens: dict, per: str | None = None):
-    if per is not None:
-        producer = project / "specs" / "fixed" / "magic_wmdp.yaml"
-        data = yaml.safe_load(producer.read_text())
-        data["magic"]["query"]["per"] = per
-        producer.write_text(yaml.safe_dump(data))
-    data = yaml.safe_load((SPECS / "controls" / "magic_topk.yaml").read_text())
-    data["tokens"] = tokens
-    return validate_data(project, data)
-
-
 SIX = "the aggregations are min_q, rank_q, wsum_q (over the questions of a `per: question` producer) and min_t"
 
 
@@ -174,59 +154,23 @@ def test_a_task_aggregate_validates_against_a_per_task_producer(project):
     assert result.exit_code == 0, result.output
 
 
-def test_built_in_sources_have_no_per_task_scores():
-    from unlearnspec.spec.load import validate_data as validate
-
-    data = yaml.safe_load((SPECS / "fixed" / "selective.yaml").read_text())
-    data["scores"] = {"rand": {"random": {"seed": 0}}}
-    data["tokens"] = {"mode": "where", "where": "rank_t(rand) < 0"}
-    with pytest.raises(UserError, match="has no per-task scores.*`magic.query.per: task`"):
-        validate(data, None, "x.yaml")
-
-
 # --------------------------------------------------------------------------- one run's grid (toy world)
 def test_prepare_reads_min_t_from_the_leaf_files(toy_world, tmp_path):
-    from unlearnspec.run.context import toy_context
-    from unlearnspec.run.plan import build_plan
-    from unlearnspec.run.steps import prepare
-    from unlearnspec.scores import valid_targets
-    from unlearnspec.spec.profile import default_toy_profile
-
-    out = tmp_path / "truth"
-    done = CliRunner().invoke(app, ["toy", "truth", str(SPECS / "fixed" / "magic_wmdp.yaml"), "--out", str(out)])
-    assert done.exit_code == 0, done.output
-    truth = torch.load(out / "per_token_scores.pt", weights_only=True)
+    out, truth = truth_folder(tmp_path)
     gen = torch.Generator().manual_seed(1)
     leaves = {"toxin": truth, "host": torch.randn(truth.shape, generator=gen), "origin": torch.zeros_like(truth)}
     side = json.loads((out / "scores.json").read_text())
     side["per_task"] = write_task_scores(out, {k: TaskScores(k, 60, t, 0.0) for k, t in leaves.items()})
     (out / "scores.json").write_text(json.dumps(side))
-    data = yaml.safe_load((SPECS / "fixed" / "magic_wmdp.yaml").read_text())
-    data.pop("magic")
-    data["eval"] = yaml.safe_load((SPECS / "fixed" / "selective.yaml").read_text())["eval"]
-    data.update(name="min_t_rule", scores={"wmdp": {"path": str(out / "per_token_scores.pt")}},
-                tokens={**TOP, "source": "min_t(wmdp)", "k": 25}, output={"dir": str(tmp_path / "run")})
-    spec_file = tmp_path / "min_t_rule.yaml"
-    spec_file.write_text(yaml.safe_dump(data))
-    ctx = toy_context(default_toy_profile(), say=lambda _m: None)
-    prep = prepare(build_plan([spec_file], profile=default_toy_profile(), assets=ctx.assets).jobs[0], ctx)
-    valid = valid_targets(prep.grid.labels)
-    scaled = [p / float(p[valid].double().abs().mean()) for p in (leaves["host"], truth)]  # origin: 0, left out
-    expected = torch.minimum(*scaled).masked_fill(~valid, float("inf"))
-    chosen = torch.sort(expected.flatten(), stable=True).indices[:25]
-    assert set(prep.weights.flatten().nonzero().squeeze(1).tolist()) == set(chosen.tolist())
+    prep = prepare_top(tmp_path, out, "min_t(wmdp)", 25)
+    expected = expected_min_top([leaves["host"], truth], prep.grid.labels, 25)  # origin: 0, left out
+    assert set(prep.weights.flatten().nonzero().squeeze(1).tolist()) == expected
     assert prep.stats.selected_tokens == 25 == prep.stats.ascending_tokens
 
 
 # --------------------------------------------------------------------------- doctor D15
 def _doctor_spec(tmp: Path, folder: Path, source: str = "min_t(wmdp)") -> Path:
-    data = yaml.safe_load((SPECS / "per_task" / "forget_toxin.yaml").read_text())
-    data.pop("control")
-    data["scores"] = {"wmdp": {"path": str(folder / "per_token_scores.pt"), "alignment": "target"}}
-    data["tokens"] = {**TOP, "source": source, "k": 10}
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return doctor_spec(tmp, folder, source)
 
 
 def _toy_leaves(tmp: Path, peaks: dict[str, float], **kw) -> Path:
