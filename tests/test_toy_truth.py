@@ -224,7 +224,8 @@ def test_doctor_states_the_attribution_quality_of_each_score_source(tmp_path):
         side = {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024}
         if name == "magic_wmdp":
             side[QUALITY_KEY] = {"auroc": auc, "precision_at_k": {"60": 0.25}, "truth_tokens": 60, "valid_tokens": 3731,
-                                 "task": "toy_wmdp", "per_task": {"host": {"auroc": 0.9, "precision_at_k": {"12": "bad"}}}}
+                                 "task": "toy_wmdp", "per_task": {"host": {"auroc": 0.9, "precision_at_k": {"12": "bad"}}},
+                                 "per_question": {"min_q": {"auroc": 0.758, "precision_at_k": {"60": 0.2333}}, "rank_q": "bad"}}
         write_json_atomic(tmp_path / "runs" / "fixed" / name / "scores.json", side)
     findings, _ = diagnose([specs])
     found = [f for f in findings if f.code == "D12"]
@@ -232,6 +233,8 @@ def test_doctor_states_the_attribution_quality_of_each_score_source(tmp_path):
     assert all("score source `wmdp`" in f.message for f in found)  # only the source whose sidecar has figures
     assert "AUROC 0.750, precision@60 0.250 (60 truth tokens of the facts toy_wmdp asks among 3,731 valid)" in found[0].message
     assert any("`wmdp.host`: AUROC 0.900, precision@12 n/a" in e for e in found[0].evidence)
+    assert any("`min_q(wmdp)`: AUROC 0.758, precision@60 0.233" in e for e in found[0].evidence)
+    assert not any("rank_q" in e for e in found[0].evidence)  # a value other tools wrote: left out, no traceback
     assert exit_code(found) == 0
 
 

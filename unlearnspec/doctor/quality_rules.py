@@ -3,7 +3,8 @@
 A toy score run records `attribution_quality` in its scores.json (the score job, or `unlearnspec toy quality
 RUN_DIR`; see `unlearnspec.toy.quality`): AUROC of proponent-ness for the tokens stating the values of the facts
 its query asks, and precision@k of the most negative scores. Doctor states it as an `info` finding per score
-source whose sidecar has it (and one evidence line per leaf task of a per-task run). A diagnostic, not a
+source whose sidecar has it (and one evidence line per leaf task of a per-task run, and per aggregation over
+its leaves or questions: `min_t(wmdp)`, `min_q(wmdp)`, ...). A diagnostic, not a
 target: there is no threshold, so it never changes the exit code.
 """
 
@@ -50,5 +51,9 @@ def quality_findings(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         leaves = figures.get("per_task")
         if isinstance(leaves, dict):
             evidence += [f"`{name}.{leaf}`: {describe(f)}" for leaf, f in sorted(leaves.items()) if isinstance(f, dict)]
+        for block in ("per_task_aggregates", "per_question"):  # `min_t(wmdp)`, `min_q(wmdp)`, ...
+            aggs = figures.get(block)
+            if isinstance(aggs, dict):
+                evidence += [f"`{agg}({name})`: {describe(f)}" for agg, f in sorted(aggs.items()) if isinstance(f, dict)]
         yield Finding("D12", "info", entry.shown, f"score source `{name}` vs the toy world's ground truth: {describe(figures)}",
                       tuple(evidence), "")
