@@ -12,6 +12,7 @@ from unlearnspec.doctor.top_share import top_selected_share
 from unlearnspec.report.build import format_lr
 from unlearnspec.spec.rules import And, Compare, Expr, Not, Or, parse_rule
 from unlearnspec.spec import Spec
+from unlearnspec.spec.load import world_problem
 
 TRAINER_ALIGNMENT = "target"
 """Column t weights the loss of predicting token t: the trainer's and the recorded files' convention."""
@@ -166,11 +167,15 @@ def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         if isinstance(side_model, str) and spec.model.name_or_path and side_model != spec.model.name_or_path:
             evidence.append(f"model: {side_model} (score file) vs {spec.model.name_or_path} (training)")
         if evidence:
+            fix = "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/)."
+            other_world = world_problem(spec, producer.spec, src.produced_by or "") if producer is not None and producer.spec is not None else None
+            if other_world is not None:  # a toy-only spec read without --toy: the grid fix would be the wrong one
+                fix = other_world
             yield Finding(
                 "D2", "error", entry.shown,
                 f"score source `{name}` was computed on other data than {spec.name} trains on",
                 tuple(evidence),
-                "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/).",
+                fix,
             )
         elif producer is None and sidecar is None and ws.score_file_problem(entry, src, name) is None:
             yield Finding(
