@@ -8,6 +8,7 @@ from typing import Any, Iterator, Optional
 
 from unlearnspec.doctor.context import Entry, Workspace, sidecar_number, sidecar_value
 from unlearnspec.doctor.findings import Finding
+from unlearnspec.doctor.rescore import rescore_advice, rescore_refusals
 from unlearnspec.doctor.top_share import top_selected_share
 from unlearnspec.report.build import format_lr
 from unlearnspec.spec.rules import And, Compare, Expr, Not, Or, parse_rule
@@ -269,12 +270,16 @@ def score_regime_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 evidence.append(f"lr: {format_lr(float(lr))} (scores) vs {_lrs_text(other)} (steered run)")
         if evidence:
             who = producer.spec.name if producer is not None and producer.spec is not None else "the score file"
+            magic = producer.spec.magic.model_dump(mode="json", exclude_none=True) if producer is not None and producer.spec is not None and producer.spec.magic else None
+            refusals = rescore_refusals(spec, magic)
+            steer = "Steer the same regime the scores were computed in (the producer's optimizer, lr, schedule, warmup, batch, steps, order, clipping)"
             yield Finding(
                 "D3", "warning", entry.shown,
                 f"score source `{name}` ({who}) was computed in another training regime than the run it steers; "
                 "metagradients are local to the trajectory they were computed on",
                 tuple(evidence),
-                "Steer the same regime the scores were computed in (the producer's optimizer, lr, schedule, warmup, batch, steps, order, clipping), or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
+                f"{steer}. {rescore_advice(refusals)}" if refusals else
+                f"{steer}, or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
             )
 
 
