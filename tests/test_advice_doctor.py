@@ -57,3 +57,66 @@ def test_rescore_refusals_follow_the_magic_rules():
     assert exp1.field.startswith("model.dtype: bfloat16") and "float32" in exp1.nearest
     assert rescore_refusals(load_spec(SPECS / "fixed" / "selective.yaml", check_refs=False)) == []
     assert rescore_refusals(load_spec(SPECS / "fixed_adamw" / "selective.yaml", check_refs=False)) == []
+
+
+# --------------------------------------------------------------------------- D6: per optimizer, one severity rule
+TOP60 = {"mode": "top", "source": "wmdp", "k": 60, "order": "most_negative", "selected": "ascend", "rest": "mask"}
+
+
+def _top60(optimizer: dict):
+    def edit(d):
+        d["tokens"] = dict(TOP60)
+        d["loss"]["normalizer"] = "selected"
+        d["training"]["optimizer"] = optimizer
+    return edit
+
+
+def _measured(tmp_path, fraction: float = 0.01):
+    from .fixtures.reportkit import token_stats, write_run
+    write_run(tmp_path / "runs" / "fixed" / "selective", "fixed_selective", None, [
+        {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.30, "mmlu": 0.45}, "stats": token_stats(fraction)}])
+
+
+def test_d6_sgd_bound_before_the_run_says_the_measurement_decides(tmp_path):
+    specs = make_project(tmp_path, {"selective": _top60({"name": "sgd"})})
+    (before,) = codes(diagnose([specs])[0], "D6")
+    assert before.severity == "warning" and "up to x17050.00" in before.message
+    assert "upper bound" in "\n".join(before.evidence) and "the run measures it" in "\n".join(before.evidence)
+    assert "LR / 17050" not in before.fix and "`loss.normalizer: valid`" in before.fix  # no LR from a bound
+    _measured(tmp_path)
+    (after,) = codes(diagnose([specs])[0], "D6")
+    assert after.severity == "error" and "x100.00" in after.message and "measured in results.json" in after.evidence[0]
+    assert "LR / 100" in after.fix
+
+
+def test_d6_sgd_before_the_run_agrees_with_after_when_the_control_counted_the_grid(tmp_path):
+    from .fixtures.reportkit import token_stats, write_run
+    specs = make_project(tmp_path, {"selective": _top60({"name": "sgd"})})
+    write_run(tmp_path / "runs" / "fixed" / "all_tokens", "fixed_all_tokens", None, [
+        {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}, "stats": token_stats(1.0, "valid")}])
+    (before,) = codes(diagnose([specs])[0], "D6")
+    assert before.severity == "error" and "x166.67" in before.message and "10,000 valid target tokens" in before.evidence[0]
+    _measured(tmp_path, 60 / 10000)
+    (after,) = codes(diagnose([specs])[0], "D6")
+    assert (after.severity, after.message) == (before.severity, before.message)
+
+
+def test_d6_adamw_states_the_scale_without_the_sgd_fix_before_and_after(tmp_path):
+    specs = make_project(tmp_path, {"selective": _top60({"name": "adamw"})})
+    (before,) = codes(diagnose([specs])[0], "D6")
+    _measured(tmp_path)
+    (after,) = codes(diagnose([specs])[0], "D6")
+    for f in (before, after):
+        assert f.severity == "info"  # the same before (a bound) and after (measured)
+        assert "normalizer: valid" not in f.fix and "Nothing to change" in f.fix
+        assert "invariant to the loss scale" in f.message and "direction" in "\n".join(f.evidence)
+    assert "up to x17050.00" in before.message and "x100.00" in after.message
+
+
+def test_d6_adam_with_l2_decay_warns_about_the_decay_balance(tmp_path):
+    specs = make_project(tmp_path, {"selective": _top60({"name": "adam", "weight_decay": 0.01})})
+    (before,) = codes(diagnose([specs])[0], "D6")
+    _measured(tmp_path)
+    (after,) = codes(diagnose([specs])[0], "D6")
+    for f in (before, after):
+        assert f.severity == "warning" and "L2 weight decay" in f.message and "`adamw`" in f.fix

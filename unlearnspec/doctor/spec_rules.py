@@ -1,5 +1,5 @@
 """Doctor rules that read specs (and score sidecars): validity, matched control, score data, score
-regime, precision, alignment, the effective-LR shift of masking (rules D0-D6) and unusable score files (D10)."""
+regime, precision, alignment (rules D0-D5) and unusable score files (D10); D6 lives in step_rules."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any, Iterator, Optional
 from unlearnspec.doctor.context import Entry, Workspace, sidecar_number, sidecar_value
 from unlearnspec.doctor.findings import Finding
 from unlearnspec.doctor.rescore import rescore_advice, rescore_refusals
-from unlearnspec.doctor.top_share import top_selected_share
+from unlearnspec.doctor.step_rules import estimate_fraction, lr_shift  # noqa: F401 - D6 lives in step_rules
 from unlearnspec.report.build import format_lr
-from unlearnspec.spec.rules import And, Compare, Expr, Not, Or, parse_rule
 from unlearnspec.spec import Spec
 from unlearnspec.spec.load import world_problem
 
@@ -333,62 +332,3 @@ def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 (f"scores.{name}.alignment: {effective}; it is shifted by one column before use",),
                 "Check the file really is input-aligned (column t = loss predicted at position t); a wrong declaration shifts every weight by one token.",
             )
-
-
-# --------------------------------------------------------------------------- D6 effective LR shift
-def estimate_fraction(expr: Expr) -> float:
-    """Rough share of tokens a `where` rule selects: a sign test takes about half, `and` multiplies.
-    A `mode: top` rule is not estimated here: it selects a count (k, or `fraction` of the valid tokens)
-    whatever its `where` filter keeps, so D6 reads its share from `top_share.top_selected_share`."""
-    if isinstance(expr, Compare):
-        return {"!=": 1.0, "==": 0.0}.get(expr.op, 0.5) if expr.value == 0 else 0.5
-    if isinstance(expr, Not):
-        return 1.0 - estimate_fraction(expr.arg)
-    if isinstance(expr, And):
-        return estimate_fraction(expr.left) * estimate_fraction(expr.right)
-    if isinstance(expr, Or):
-        a, b = estimate_fraction(expr.left), estimate_fraction(expr.right)
-        return a + b - a * b
-    raise TypeError(type(expr))
-
-
-def lr_shift(entry: Entry, ws: Workspace, limit: float) -> Iterator[Finding]:
-    spec = entry.spec
-    if spec is None or spec.magic is not None:
-        return
-    found = ws.results(entry)
-    stats = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
-    factor: Optional[float] = None
-    up_to = ""  # "up to " when the factor is a bound (a `top` rule's k over an unknown valid count)
-    if stats:
-        # A shift either way breaks the same-LR comparison with the control.
-        factor = max((max(s.per_token_lr_factor, 1.0 / s.per_token_lr_factor) for s in stats if s.per_token_lr_factor > 0), default=1.0)
-        fraction = min(s.selected_fraction for s in stats)
-        origin, measured = f"selected fraction {100 * fraction:.1f}% measured in results.json", True
-    elif spec.loss.normalizer == "selected" and spec.tokens.mode == "where" and spec.tokens.where:
-        ref = ws.reference(entry)
-        if ref is not None and ref.token_stats is not None:
-            fraction, measured = ref.token_stats.selected_fraction, True
-            origin = f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json"
-        else:
-            fraction, measured = estimate_fraction(parse_rule(spec.tokens.where)), False
-            origin = f"selected fraction ~{100 * fraction:.0f}% ESTIMATED from `{spec.tokens.where}` (a sign test keeps about half the tokens, each `and` halves it)"
-        factor = 1.0 / fraction if fraction > 0 else math.inf
-    elif spec.loss.normalizer == "selected" and spec.tokens.mode == "top":
-        ref = ws.reference(entry)
-        if ref is not None and ref.token_stats is not None:
-            fraction, measured = ref.token_stats.selected_fraction, True
-            origin = f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json"
-        else:  # a rank rule fixes a count, not a sign test: no `estimate_fraction` guess (see doctor/top_share.py)
-            share = top_selected_share(spec)
-            fraction, measured, origin = share.fraction, False, share.text
-            up_to = "" if share.exact else "up to "
-        factor = 1.0 / fraction if fraction > 0 else math.inf
-    if factor is None or factor <= limit:
-        return
-    yield Finding(
-        "D6", "error" if measured else "warning", entry.shown,
-        f"the token rule changes the per-token step {up_to}x{factor:.2f} relative to the all-tokens control at the same LR",
-        (f"loss.normalizer: {spec.loss.normalizer}; {origin}; factor = 1/fraction = {factor:.2f} > --lr-factor {limit:g}",),
-        "Set `loss.normalizer: valid` (per-token LR equal to the control), or compare against the control at LR x fraction.",
-    )
