@@ -120,3 +120,53 @@ def test_d6_adam_with_l2_decay_warns_about_the_decay_balance(tmp_path):
     (after,) = codes(diagnose([specs])[0], "D6")
     for f in (before, after):
         assert f.severity == "warning" and "L2 weight decay" in f.message and "`adamw`" in f.fix
+
+
+# --------------------------------------------------------------------------- D1: the matched control that exists
+def test_d1_points_an_adamw_run_at_the_existing_adamw_control(tmp_path):
+    import yaml
+
+    from .fixtures.reportkit import load_yaml, spec_project
+
+    root = spec_project(tmp_path, "fixed", "fixed_adamw")
+    exp = load_yaml(SPECS / "fixed_adamw" / "selective.yaml")
+    exp.update(name="trial_adamw", control="specs/fixed/all_tokens.yaml")  # the SGD control: the trial's mistake
+    (root / "specs" / "trial.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    findings, _ = diagnose([root / "specs" / "trial.yaml"])
+    (d1,) = codes(findings, "D1")
+    assert d1.severity == "error" and "training.optimizer.name: adamw (trial_adamw) vs sgd (fixed_all_tokens)" in d1.evidence
+    assert d1.fix.startswith("Set `control: specs/fixed_adamw/all_tokens.yaml`")
+    # with no control at all: the same pointer
+    del exp["control"]
+    (root / "specs" / "trial.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    (d1,) = codes(diagnose([root / "specs" / "trial.yaml"])[0], "D1")
+    assert d1.severity == "warning" and "`control: specs/fixed_adamw/all_tokens.yaml`" in d1.fix
+
+
+def test_d1_without_a_matched_control_keeps_the_generic_fix_and_names_missing_lrs(tmp_path):
+    import yaml
+
+    from .fixtures.reportkit import load_yaml, spec_project
+
+    root = spec_project(tmp_path, "fixed")
+    exp = load_yaml(SPECS / "fixed" / "selective.yaml")
+    exp.update(name="trial_sweep")
+    exp["training"]["lr"] = [1.0e-4, 5.0e-5]
+    exp["training"]["batch_size"] = 8  # no all-tokens spec has batch 8
+    (root / "specs" / "trial.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    (d1,) = codes(diagnose([root / "specs" / "trial.yaml"])[0], "D1")
+    assert "Set `control:" not in d1.fix and "identical except `tokens`" in d1.fix
+    exp["training"]["batch_size"] = 4  # now specs/fixed/all_tokens.yaml matches, but sweeps only 1e-4
+    exp["control"] = "specs/nope_control.yaml"
+    (root / "specs" / "nope_control.yaml").write_text(yaml.safe_dump({**load_yaml(SPECS / "fixed" / "all_tokens.yaml"), "name": "other", "training": {**exp["training"], "optimizer": {"name": "adamw"}}}, sort_keys=False))
+    (root / "specs" / "trial.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    (d1,) = codes(diagnose([root / "specs" / "trial.yaml"])[0], "D1")
+    assert d1.fix.startswith("Set `control: specs/fixed/all_tokens.yaml`") and "does not sweep 5e-5" in d1.fix
+
+
+def test_d1_toy_only_spec_with_a_real_control_is_told_to_use_toy():
+    findings, _ = diagnose([SPECS / "controls" / "oracle.yaml"])
+    (d1,) = codes(findings, "D1", "oracle")
+    assert "doctor --toy" in d1.fix
+    from unlearnspec.spec.profile import default_toy_profile
+    assert codes(diagnose([SPECS / "controls" / "oracle.yaml"], profile=default_toy_profile())[0], "D1") == []

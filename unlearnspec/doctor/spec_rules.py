@@ -12,7 +12,7 @@ from unlearnspec.doctor.rescore import rescore_advice, rescore_refusals
 from unlearnspec.doctor.step_rules import estimate_fraction, lr_shift  # noqa: F401 - D6 lives in step_rules
 from unlearnspec.report.build import format_lr
 from unlearnspec.spec import Spec
-from unlearnspec.spec.load import world_problem
+from unlearnspec.spec.load import find_spec_files, is_profile_path, project_root, resolve_path, world_problem
 
 TRAINER_ALIGNMENT = "target"
 """Column t weights the loss of predicting token t: the trainer's and the recorded files' convention."""
@@ -78,6 +78,44 @@ def invalid_spec(entry: Entry) -> Iterator[Finding]:
 
 
 # --------------------------------------------------------------------------- D1 matched control
+def matched_controls(entry: Entry, ws: Workspace) -> list[tuple[str, list[float]]]:
+    """All-tokens specs (of this project's specs/ folder, read as the doctor reads this spec) identical to
+    `entry` except the token rule: (path as `control:` takes it, this spec's LRs the candidate does not sweep),
+    the ones sweeping every LR first. The declared control itself is left out."""
+    spec = entry.spec
+    assert spec is not None
+    root = project_root(entry.path)
+    declared = resolve_path(entry.path, spec.control).resolve() if spec.control else None
+    mine = _comparable(spec)
+    found = []
+    for path in find_spec_files([root / "specs"])[0] if (root / "specs").is_dir() else []:
+        if is_profile_path(path) or path.resolve() in (entry.path.resolve(), declared):
+            continue
+        other = ws.spec(path).spec
+        if other is None or other.magic is not None or other.tokens.mode != "all" or _comparable(other) != mine:
+            continue
+        shown = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else str(path)
+        found.append((shown, _missing_lrs(spec.training.lrs, other.training.lrs)))
+    return sorted(found, key=lambda c: (len(c[1]), c[0]))
+
+
+def _control_fix(entry: Entry, ws: Workspace, generic: str, control: Optional[Spec] = None) -> str:
+    """D1's fix: check a toy-only spec with its real control through --toy; else point at an existing matched
+    control when there is one; else `generic`."""
+    spec = entry.spec
+    assert spec is not None
+    if control is not None and spec.model.toy is not None and control.model.toy is None:
+        return (f"This spec is toy-only (`model.toy: {spec.model.toy}`) and its control {spec.control} a real-model spec: "
+                "check them as they run, with `doctor --toy` (the toy profile maps the control onto the toy world).")
+    found = matched_controls(entry, ws)
+    if not found:
+        return generic
+    path, missing = found[0]
+    more = f" (it does not sweep {_lrs_text(missing)}: add those LRs to it)" if missing else ""
+    others = f"; also matched: {', '.join(p for p, _ in found[1:4])}" if len(found) > 1 else ""
+    return f"Set `control: {path}`: it is identical to this spec except the token rule{more}{others}."
+
+
 def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
     spec = entry.spec
     if spec is None or spec.magic is not None:
@@ -88,7 +126,8 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 "D1", "warning", entry.shown,
                 "no matched control: effects can only be read against the untouched baseline",
                 (f"tokens.mode: {spec.tokens.mode}; control: unset",),
-                "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; the seed's exp7 showed training alone moves WMDP and MMLU.",
+                _control_fix(entry, ws, "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; "
+                             "the seed's exp7 showed training alone moves WMDP and MMLU."),
             )
         return
     control = ws.control(entry)
@@ -112,7 +151,8 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
             "D1", "error", entry.shown,
             f"control {control.spec.name} differs in more than the token rule",
             tuple(evidence),
-            f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, LR grid, schedule, batch, steps, data and normalizer.",
+            _control_fix(entry, ws, f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, "
+                         "LR grid, schedule, batch, steps, data and normalizer.", control.spec),
         )
 
 
