@@ -170,3 +170,47 @@ def test_d1_toy_only_spec_with_a_real_control_is_told_to_use_toy():
     assert "doctor --toy" in d1.fix
     from unlearnspec.spec.profile import default_toy_profile
     assert codes(diagnose([SPECS / "controls" / "oracle.yaml"], profile=default_toy_profile())[0], "D1") == []
+
+
+# --------------------------------------------------------------------------- D11: what a rank rule changes
+def _lds_sidecars(tmp_path, fraction: float = 0.01):
+    from .fixtures.reportkit import write_json_atomic
+    lds = {"spearman": 0.97, "pearson": 0.97, "spearman_ci95": [0.95, 0.99], "subsets": 30, "fraction": fraction, "unit": "row"}
+    for name in ("magic_wmdp", "magic_mmlu"):
+        write_json_atomic(tmp_path / "runs" / "fixed" / name / "scores.json",
+                          {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024, "lds": lds})
+
+
+def _top(k=None, fraction=None):
+    def edit(d):
+        d["tokens"] = {**TOP60, "k": k} if k is not None else {**{x: y for x, y in TOP60.items() if x != "k"}, "fraction": fraction}
+        d["scores"].pop("mmlu")
+    return edit
+
+
+def test_d11_top40_ascend_mask_is_not_100_percent_changed(tmp_path):
+    specs = make_project(tmp_path, {"selective": _top(k=40)})
+    _lds_sidecars(tmp_path)
+    _measured(tmp_path, 0.004)  # 40 of 10,000 valid tokens
+    found = codes(diagnose([specs])[0], "D11")
+    assert [f.severity for f in found] == ["info"]  # 0.4% picked by rank: within 5x the 1% the LDS dropped
+    assert any("masking the rest is the rule's doing" in e for e in found[0].evidence)
+    assert not any("100" in e for e in found[0].evidence)
+
+
+def test_d11_large_rank_share_suggests_that_share_never_a_capped_90_percent(tmp_path):
+    specs = make_project(tmp_path, {"selective": _top(fraction=0.2)})
+    _lds_sidecars(tmp_path)
+    (warn,) = [f for f in codes(diagnose([specs])[0], "D11") if f.severity == "warning"]  # known from `fraction`, before a run
+    assert "20.0% of valid tokens change weight by the scores" in warn.evidence[0]
+    assert "--unit token --fraction 0.2`" in warn.fix and "0.90" not in warn.fix
+
+
+def test_d11_value_weighted_gets_no_fraction_to_measure(tmp_path):
+    def edit(d):
+        d["tokens"] = {"mode": "value_weighted", "source": "wmdp"}
+        d["scores"].pop("mmlu")
+    specs = make_project(tmp_path, {"selective": edit})
+    _lds_sidecars(tmp_path)
+    (warn,) = [f for f in codes(diagnose([specs])[0], "D11") if f.severity == "warning"]
+    assert "--fraction" not in warn.fix and "No dropped fraction matches" in warn.fix

@@ -70,7 +70,7 @@ def _inverse(fraction: float) -> float:
     return 1.0 / fraction if fraction > 0 else math.inf
 
 
-def _control_valid_tokens(entry: Entry, ws: Workspace) -> Optional[tuple[int, str]]:
+def control_valid_tokens(entry: Entry, ws: Workspace) -> Optional[tuple[int, str]]:
     """The valid-token count of this spec's grid, measured by its matched control's run (same model and data)."""
     spec, control = entry.spec, ws.control(entry)
     if spec is None or control is None or control.spec is None:
@@ -104,7 +104,7 @@ def step_factor(entry: Entry, ws: Workspace) -> Optional[StepFactor]:
         return StepFactor(_inverse(fraction), False, f"selected fraction ~{100 * fraction:.0f}% ESTIMATED from `{spec.tokens.where}` "
                           "(a sign test keeps about half the tokens, each `and` halves it)")
     share = top_selected_share(spec)  # a rank rule fixes a count, not a sign test
-    counted = _control_valid_tokens(entry, ws) if not share.exact else None
+    counted = control_valid_tokens(entry, ws) if not share.exact else None
     if counted is not None:
         valid, control = counted
         fraction = min(top_count(spec.tokens.k, spec.tokens.fraction, valid), valid) / valid
