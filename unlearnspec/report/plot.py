@@ -13,8 +13,10 @@ MISSING = "plot skipped: matplotlib is not installed (pip install 'unlearnspec[p
 
 
 def _axes_tasks(table: ReportTable) -> Optional[tuple[str, str, str, str]]:
-    general = next((t for t in table.tasks if t.role == "general"), None)
-    hazard = next((t for t in table.tasks if t.role == "hazard"), None)
+    """(general, its display, hazard, its display): the table's selectivity tasks (the spec's `eval.hazard_task`,
+    `report --hazard-task`, or the only task of the role), else the first task of each role."""
+    general = next((t for t in table.tasks if t.name == table.general_task), None) or next((t for t in table.tasks if t.role == "general"), None)
+    hazard = next((t for t in table.tasks if t.name == table.hazard_task), None) or next((t for t in table.tasks if t.role == "hazard"), None)
     if general is None or hazard is None:
         return None
     return general.name, general.display, hazard.name, hazard.display

@@ -174,7 +174,8 @@ def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional[Outcom
     spec = run.spec
     info = SpecInfo(name=spec.name, hash=run.hash, path=str(run.path), profile=ctx.profile_name, control=control,
                     control_path=spec.control, role=spec.role, metric=spec.eval.metric if spec.eval else "acc",
-                    tasks=[t.name for t in spec.eval.tasks] if spec.eval else [])
+                    tasks=[t.name for t in spec.eval.tasks] if spec.eval else [],
+                    hazard_task=spec.eval.hazard_task if spec.eval else None, general_task=spec.eval.general_task if spec.eval else None)
     if not run.out.is_dir():
         return Results(spec=info, runs=records)
     results = Results(spec=info, baseline=_baseline(run, plan), runs=records,

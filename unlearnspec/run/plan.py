@@ -107,6 +107,10 @@ def point_dir_name(point: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", point.replace("=", "_"))
 
 
+REPORTING_KNOBS = ("hazard_task", "general_task")
+"""`eval` fields that only say how reports read the results: out of the spec hash and the baseline key."""
+
+
 def spec_hash(spec: Spec) -> str:
     """sha256 of the resolved spec minus its sweep (kept for a MAGIC spec's single LR) and output location
     (shared by all its points)."""
@@ -118,6 +122,8 @@ def spec_hash(spec: Spec) -> str:
     payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
     payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
     payload.get("magic", {}).pop("lds", None)  # the validation reads the scores; it never changes them
+    for knob in REPORTING_KNOBS:  # which task the report calls the hazard never changes a run
+        payload.get("eval", {}).pop(knob, None)
     payload.pop("parallel", None)  # beyond float summation order
     payload.pop("output", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -138,7 +144,7 @@ def baseline_key(spec: Spec, spec_path: Path, assets: Assets, device: str) -> st
         "dtype": spec.model.dtype,
         "attn": spec.model.attn_implementation,
         "tokenizer": assets.tokenizer_id(spec.model),
-        "eval": spec.eval.model_dump(mode="json"),
+        "eval": spec.eval.model_dump(mode="json", exclude=set(REPORTING_KNOBS)),
         "tasks": folder_digest([project_root(spec_path) / "plugins"]) + (f"+world:{assets.world_key}" if toy else ""),
         "device": device,
         "versions": {p: package_version(p) for p in ("lm_eval", "transformers", "torch")},

@@ -238,6 +238,9 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
     for t in ev.get("tasks", []) if isinstance(ev.get("tasks"), list) else []:
         if isinstance(t, dict):
             t["name"] = task(t.get("name"))
+    for knob in ("hazard_task", "general_task"):  # reporting knobs name evaluated tasks: mapped like them
+        if knob in ev:
+            ev[knob] = task(ev[knob])
     if ev:
         ev["batch_size"] = profile.eval.batch_size
     magic = section("magic")
