@@ -113,8 +113,8 @@ def report(
     reference_only: bool = typer.Option(False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."),
     toy: bool = ToyOption,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write PNG plots (needs the `plot` extra: matplotlib)."),
-    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the one task named like wmdp)."),
-    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the one task named like mmlu)."),
+    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the spec's eval.hazard_task, else the one task named like wmdp)."),
+    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the spec's eval.general_task, else the one task named like mmlu)."),
     power: float = typer.Option(0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."),
     study_name: str = typer.Option("study", "--study-name", help="File name (without .md/.png) of the index and plot written when several runs are reported together."),
 ) -> None:
