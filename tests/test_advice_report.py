@@ -76,3 +76,54 @@ def test_hazard_task_is_validated_mapped_and_out_of_the_hash(tmp_path):
     data.pop("control")
     path.write_text(yaml.safe_dump(data))
     assert load_spec(path, profile=default_toy_profile()).eval.hazard_task == "toy_wmdp"  # mapped like the task names
+
+
+# --------------------------------------------------------------------------- plots
+def _figures(monkeypatch):
+    """Keep every figure plot_tables draws (it closes them after saving)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    return kept
+
+
+def _table(tmp_path, name: str, runs: list[tuple[float, float]], control=None):
+    from unlearnspec.report.build import table_from_results as build
+    base = {"wmdp_bio_robust": 0.42, "mmlu": 0.45}
+    folder = tmp_path / name
+    write_run(folder, name, base, [{"lr": 10.0 ** -(i + 3), "values": {"wmdp_bio_robust": h, "mmlu": g}} for i, (g, h) in enumerate(runs)],
+              control=control)
+    return build(load_results(folder), folder)
+
+
+def test_zoom_keeps_every_point_of_the_experiment(tmp_path, monkeypatch):
+    from unlearnspec.report.plot import plot_tables
+    kept = _figures(monkeypatch)
+    # a point 0.08 left of and 0.06 below the baseline: outside the old fixed window (-0.045 .. +0.015, -0.03 .. +0.04)
+    exp = _table(tmp_path, "exp", [(0.44, 0.41), (0.37, 0.36)], control="ctrl")
+    ctrl = _table(tmp_path, "ctrl", [(0.449, 0.419), (0.445, 0.40)])
+    assert plot_tables([exp, ctrl], tmp_path / "p.png", "t", focus=0) is None
+    zoom = kept[-1].axes[1]
+    (x0, x1), (y0, y1) = zoom.get_xlim(), zoom.get_ylim()
+    for x, y in ((0.44, 0.41), (0.37, 0.36)):
+        assert x0 < x < x1 and y0 < y < y1
+
+
+def test_a_spec_has_one_colour_in_its_own_plot_and_in_the_study_plot(tmp_path, monkeypatch):
+    from unlearnspec.report.plot import plot_tables
+    kept = _figures(monkeypatch)
+    tables = [_table(tmp_path, n, [(0.44, 0.41)]) for n in ("alpha", "beta", "gamma", "exp")]
+    plot_tables([tables[3]], tmp_path / "own.png", "t", focus=0)
+    plot_tables(tables, tmp_path / "study.png", "t")
+
+    def colour(fig, label):
+        line = next(l for l in fig.axes[0].get_lines() if l.get_label().startswith(label))
+        return line.get_color(), line.get_marker(), line.get_linestyle()
+
+    own, study = kept
+    assert colour(own, "exp") == colour(study, "exp")  # the old palette gave it colour 0 alone and colour 3 in the study
+    assert len({colour(study, n)[0] for n in ("alpha", "beta", "gamma", "exp")}) > 1
