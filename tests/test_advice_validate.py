@@ -102,3 +102,40 @@ def test_longer_producer_cycle_fails_validate_for_each_spec_in_it(tmp_path):
     # a producer that merely shares a producer (a diamond, not a cycle) is fine
     (root / "specs" / "cyc_c.yaml").write_text((root / "specs" / "fixed" / "magic_wmdp.yaml").read_text())
     assert _validate(str(a)).exit_code == 0
+
+
+# --------------------------------------------------------------------------- profile mapping said at the start
+def _warmup_spec(root: Path) -> Path:
+    data = load_yaml(SPECS / "fixed" / "all_tokens.yaml")
+    data["name"] = "trial_warmup"
+    data["training"]["warmup_steps"] = 5
+    data["output"]["dir"] = "runs/trial_warmup"
+    path = root / "specs" / "trial_warmup.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+WARMUP_LINE = "trial_warmup: training.warmup_steps: 5 -> 1 (training.steps_scale 0.25, rounded, at least 0; profile toy)"
+
+
+def test_plan_says_which_knobs_the_profile_changed(tmp_path):
+    path = _warmup_spec(spec_project(tmp_path, "fixed"))
+    out = CliRunner().invoke(app, ["run", str(path), "--toy", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert f"[profile] {WARMUP_LINE}" in out.output
+    assert "trial_warmup: training.max_steps: 250 -> 62 (training.steps_scale 0.25" in out.output
+    assert "trial_warmup: training.lr: [2e-05, 0.0001, 0.0004] -> [0.01, 0.05, 0.2] (training.lr_scale.sgd 500; profile toy)" in out.output
+    plain = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert plain.exit_code == 0 and "[profile]" not in plain.output  # no profile: nothing mapped
+
+
+def test_run_says_which_knobs_the_profile_changed_when_it_starts(tmp_path, monkeypatch):
+    from unlearnspec.run.executor import LocalExecutor, Outcome
+
+    path = _warmup_spec(spec_project(tmp_path, "fixed"))
+    started = []
+    monkeypatch.setattr(LocalExecutor, "run", lambda self, plan: started.append(plan) or Outcome())
+    out = CliRunner().invoke(app, ["run", str(path), "--toy", "--no-report"])
+    assert started and out.exit_code == 0, out.output
+    assert f"[profile] {WARMUP_LINE}" in out.output
+

@@ -16,7 +16,7 @@ from typing import Literal, Optional
 from unlearnspec.assets import Assets, folder_digest, package_version
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
-from unlearnspec.spec.profile import is_world_file
+from unlearnspec.spec.profile import MappedKnob, is_world_file
 from unlearnspec.spec.schema import Spec
 
 JobKind = Literal["score", "baseline", "point", "lds"]
@@ -85,6 +85,12 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
     specs: list[SpecRun] = field(default_factory=list)
     profile: Optional[Path] = None
+    mapped: dict[Path, list[MappedKnob]] = field(default_factory=dict)
+    """Per spec file (resolved): the knobs the profile changed, said when the run starts and in the plan."""
+
+    def mapping_lines(self) -> list[str]:
+        """One line per knob a profile changed, per spec of the plan: `spec: field: before -> after (why)`."""
+        return [f"{run.spec.name}: {knob}" for run in self.specs for knob in self.mapped.get(run.path.resolve(), [])]
 
     def job(self, job_id: str) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
@@ -199,7 +205,9 @@ class _Builder:
     def load(self, path: Path, top: bool) -> Spec:
         key = path.resolve()
         if key not in self.specs:
-            self.specs[key] = load_spec(path, overrides=self.overrides if top else (), profile=self.profile)
+            changes: list[MappedKnob] = []
+            self.specs[key] = load_spec(path, overrides=self.overrides if top else (), profile=self.profile, changes=changes)
+            self.plan.mapped[key] = changes
         return self.specs[key]
 
     def add_spec(self, path: Path, top: bool) -> SpecRun:

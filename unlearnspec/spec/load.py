@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.profile import apply_profile, load_profile
+from unlearnspec.spec.profile import MappedKnob, apply_profile, load_profile
 from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source, split_source
 from unlearnspec.spec.schema import Spec
 from unlearnspec.spec.yamlio import _fmt_loc, _line_of, apply_overrides, read_yaml_file, validation_problems
@@ -59,8 +59,10 @@ def load_spec(
     overrides: Iterable[str] = (),
     profile: Optional[str | Path] = None,
     check_refs: bool = True,
+    changes: Optional[list[MappedKnob]] = None,
 ) -> Spec:
-    """Read, override, (optionally) map through a profile, validate and cross-check one spec."""
+    """Read, override, (optionally) map through a profile, validate and cross-check one spec. `changes`
+    receives the knobs the profile changed (see profile.MappedKnob)."""
     path = Path(path)
     data, node = read_yaml_file(path)
     file = str(path)
@@ -69,7 +71,7 @@ def load_spec(
         apply_overrides(data, list(overrides))
         file += " (with --set)"
     if profile is not None:
-        data = apply_profile(data, Path(profile), spec_path=path)
+        data = apply_profile(data, Path(profile), spec_path=path, changes=changes)
         node = None  # lines refer to the original file, not the mapped result
         file += f" (through profile {profile})"
     spec = validate_data(data, node, file)
