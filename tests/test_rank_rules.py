@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
-from unlearnspec.doctor.top_share import top_changed_share, top_selected_share
+from unlearnspec.doctor.top_share import top_ranked_share, top_selected_share
 from unlearnspec.errors import UserError
 from unlearnspec.scores import token_stats, token_weights
 from unlearnspec.spec import TokenRuleSpec, json_schema
@@ -208,18 +208,19 @@ def test_doctor_selected_share_d6_and_changed_share():
     assert top_selected_share(by_fraction).fraction == 0.01 and top_selected_share(by_fraction).exact
     descend_rest = spec.model_copy(update={"tokens": _rule(k=60, rest="descend")})
     assert top_selected_share(descend_rest).fraction == 1.0
-    # changed share: ascend + mask moves every token off 1; a rescaled `selected` counts, a descending rest does not
-    assert top_changed_share(_rule(k=60), None)[0] == 1.0
-    assert top_changed_share(_rule(k=60, selected=0.5, rest="descend"), None) is None  # k / V unknown before a run
-    assert top_changed_share(_rule(k=60, selected=0.5, rest="descend"), 6000)[0] == pytest.approx(0.01)
-    assert top_changed_share(_rule(fraction=0.02, selected="descend"), None)[0] == pytest.approx(0.98)
+    # ranked share: what the scores pick (k / V), whatever the rule does to the rest (issue 22: not "100% changed")
+    assert top_ranked_share(_rule(k=60), None) is None  # k / V unknown before a run
+    share, what = top_ranked_share(_rule(k=60), 6000)
+    assert share == pytest.approx(0.01) and "trains the selected tokens alone" in what
+    assert top_ranked_share(_rule(k=60, selected=0.5, rest="descend"), 6000)[0] == pytest.approx(0.01)
+    assert top_ranked_share(_rule(fraction=0.02, selected="descend"), None)[0] == pytest.approx(0.02)
     findings, _ = diagnose([TOPK])
     (d6,) = [f for f in findings if f.code == "D6"]
     assert d6.severity == "warning" and "up to x17050" in d6.message and "tokens.k: 60" in d6.evidence[0]
     assert not [f for f in findings if f.code in ("D0", "D1", "D2")]  # matched to specs/fixed/ field by field
 
 
-def test_doctor_lds_counts_every_token_of_ascend_and_mask_as_changed(tmp_path):
+def test_doctor_lds_compares_the_ranked_share_of_ascend_and_mask(tmp_path):
     topk = yaml.safe_load(TOPK.read_text())
     topk["output"]["dir"] = "runs/fixed/topk"
     specs = make_project(tmp_path, extra={"topk": topk})
@@ -233,6 +234,7 @@ def test_doctor_lds_counts_every_token_of_ascend_and_mask_as_changed(tmp_path):
               control="fixed_all_tokens", control_path="specs/fixed/all_tokens.yaml")
     findings, _ = diagnose([specs / "fixed" / "topk.yaml"])
     (warn,) = [f for f in findings if f.code == "D11" and f.severity == "warning"]
-    assert "100.0% of valid tokens change weight" in warn.evidence[0] and "every valid token changes" in warn.evidence[0]
+    assert "37.5% of valid tokens change weight by the scores" in warn.evidence[0] and "trains the selected tokens alone" in warn.evidence[0]
+    assert "--unit token --fraction 0.375" in warn.fix and "0.90" not in warn.fix  # the share picked, not a 90% drop
     (d6,) = [f for f in findings if f.code == "D6"]  # measured now: 3 of 8 selected -> x2.67, an error
     assert d6.severity == "error" and "x2.67" in d6.message

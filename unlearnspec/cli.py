@@ -41,17 +41,22 @@ app.add_typer(toy_app, name="toy")
 def validate(
     paths: List[Path] = typer.Argument(..., help="Spec files or folders (searched recursively)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+    toy: bool = ToyOption,
+    profile: Optional[Path] = ProfileOption,
 ) -> None:
     """Validate spec files (and profiles under a `profiles/` folder). Exit 0 if all are valid, 2 otherwise.
+    With --toy (or --profile), each spec, its producers and its control are checked as mapped, as plan,
+    doctor and run read them.
 
-    Example: [bold]unlearnspec validate specs/[/bold]
+    Example: [bold]unlearnspec validate specs/[/bold] ; [bold]unlearnspec validate specs/ --toy[/bold]
     """
     from unlearnspec.spec.load import find_spec_files, validate_files
 
+    chosen = resolve_profile(toy, profile)
     files, problems = find_spec_files(paths)
     if not files and not problems:
         problems.append(Problem(" ".join(map(str, paths)), "", "no .yaml/.yml files found."))
-    checked, file_problems = validate_files(files)
+    checked, file_problems = validate_files(files, chosen)
     problems.extend(file_problems)
     if problems:
         render_problems(problems)
@@ -108,8 +113,8 @@ def report(
     reference_only: bool = typer.Option(False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."),
     toy: bool = ToyOption,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write PNG plots (needs the `plot` extra: matplotlib)."),
-    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the one task named like wmdp)."),
-    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the one task named like mmlu)."),
+    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the spec's eval.hazard_task, else the one task named like wmdp)."),
+    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the spec's eval.general_task, else the one task named like mmlu)."),
     power: float = typer.Option(0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."),
     study_name: str = typer.Option("study", "--study-name", help="File name (without .md/.png) of the index and plot written when several runs are reported together."),
 ) -> None:

@@ -56,6 +56,75 @@ def grid_fingerprint(input_ids: torch.Tensor, attention_mask: torch.Tensor, toke
     return h.hexdigest()
 
 
+# --------------------------------------------------------------------------- what a fingerprint is made of
+def _digest(items: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        data = str(item).encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
+
+
+def fingerprint_inputs(texts: Sequence[str], source_rows: Sequence[int], tokenizer_id: str, width: int,
+                       data: Optional[DataSpec] = None) -> dict[str, Any]:
+    """What a grid's fingerprint is made of, recorded beside it in score sidecars (`data_fingerprint_inputs`) so
+    that a mismatch can name what differs: the data source and row selection as the spec states them, the
+    tokenizer, N, S (the width), append_eos, and digests of the chosen row ids and of their texts."""
+    return {
+        "data source": data.model_dump(mode="json", exclude={"select", "max_seq_len", "append_eos"}, exclude_none=True) if data else None,
+        "data.select": data.select.model_dump(mode="json", exclude_none=True) if data else None,
+        "tokenizer": tokenizer_id,
+        "N": len(texts),
+        "S (max_seq_len)": width,
+        "data.append_eos": data.append_eos if data else None,
+        "row ids": _digest(source_rows),
+        "row texts": _digest(texts),
+    }
+
+
+def grid_inputs(grid: "TokenGrid", data: Optional[DataSpec] = None) -> dict[str, Any]:
+    """`fingerprint_inputs` of a built grid."""
+    return fingerprint_inputs(grid.texts, grid.source_rows, grid.tokenizer_id, grid.shape[1], data)
+
+
+class GridFingerprints:
+    """The fingerprint of a spec's rows at any width (a score file may hold more columns than the grid), callable
+    as `fingerprint_at(width)`, and the inputs it is made of (`inputs(width)`) for naming a mismatch."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: Any, tokenizer_id: str, data: DataSpec, rows: Sequence[int]) -> None:
+        self.texts, self.tokenizer, self.tokenizer_id, self.data, self.rows = list(texts), tokenizer, tokenizer_id, data, list(rows)
+
+    def __call__(self, width: int) -> str:
+        return build_grid(self.texts, self.tokenizer, width, self.tokenizer_id, self.data.append_eos).fingerprint
+
+    def inputs(self, width: int) -> dict[str, Any]:
+        return fingerprint_inputs(self.texts, self.rows, self.tokenizer_id, width, self.data)
+
+
+def fingerprint_difference(recorded: Any, current: Optional[dict[str, Any]]) -> str:
+    """Which input of the data fingerprint differs between a score file's sidecar and this run, in words."""
+    if not isinstance(recorded, dict) or current is None:
+        return ("the score sidecar does not record what its fingerprint was made of (written before unlearnspec recorded "
+                "`data_fingerprint_inputs`), so the differing input is unknown: one of the corpus, the rows (N, filter, order, "
+                "offset), the tokenizer, max_seq_len or append_eos")
+    named = [k for k in current if k not in ("row ids", "row texts") and k in recorded and recorded[k] != current[k]]
+    if named:
+        return "; ".join(f"{k}: {_shown(recorded[k])} (scores) vs {_shown(current[k])} (this run)" for k in named)
+    if recorded.get("row ids") != current["row ids"]:
+        return ("the same selection settings chose other rows (the source data changed under the same name, e.g. another "
+                "dataset revision or files)")
+    if recorded.get("row texts") != current["row texts"]:
+        return "the same rows hold other text (another dataset revision, text_field or chat template)"
+    return (f"every recorded input matches, so the token ids differ: the tokenizer named {current['tokenizer']} changed "
+            "(another revision or local files)")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 # --------------------------------------------------------------------------- rows
 def chat_text(messages: Sequence[dict[str, Any]], chat: ChatSpec, tokenizer: Any = None) -> str:
     """One training text from a list of {role, content} messages."""

@@ -209,10 +209,14 @@ def check_fingerprint(sf: ScoreFile, name: str, s_data: int, fingerprint: str, f
     if recorded_fp is not None:
         expected = fingerprint if s_scores == s_data else fingerprint_at(s_scores)
         if recorded_fp != expected:
+            from unlearnspec.data import fingerprint_difference
+
+            inputs = getattr(fingerprint_at, "inputs", None)  # a data.GridFingerprints names what the fingerprint is made of
+            what = fingerprint_difference(side.get("data_fingerprint_inputs"), inputs(s_scores) if inputs is not None else None)
             raise _fail(
                 sf.path,
-                f"score source {name!r}: data fingerprint mismatch: the scores were computed on other tokens (another corpus, row choice, "
-                "tokenizer or max_seq_len) than this spec trains on. Rescore with matching data.",
+                f"score source {name!r}: data fingerprint mismatch: the scores were computed on other tokens than this spec "
+                f"trains on: {what}. Make the spec's data match the scores' (or rescore on this spec's data).",
             )
 
 

@@ -17,10 +17,10 @@ from unlearnspec.doctor.power_rules import study_findings
 from unlearnspec.doctor.quality_rules import quality_findings
 from unlearnspec.doctor.question_rules import DEFAULT_NEAR_ZERO, question_findings
 from unlearnspec.doctor.result_rules import result_findings
+from unlearnspec.doctor.step_rules import lr_shift
 from unlearnspec.doctor.spec_rules import (
     alignment_ambiguity,
     invalid_spec,
-    lr_shift,
     score_data_mismatch,
     score_file_unusable,
     score_regime_mismatch,

@@ -7,16 +7,19 @@ lds`) says whether the prediction holds for dropping `fraction` of the data. Fin
 - LDS (Spearman) below `lds_min`: error (a selection built on these scores is not attribution);
 - LDS fine: info, stating it (so `doctor` shows the LDS of every score source an experiment reads);
 - the experiment changes far more of the tokens' weights than the LDS dropped (`lds_fraction_factor` times
-  or more): warning, with both fractions.
+  or more): warning, with both fractions. For a `top` rule the share compared is the one its scores pick by
+  rank (k / valid): masking the rest is the rule's doing, which no LDS fraction validates (said as a note).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from unlearnspec.doctor.context import Entry, Workspace, display
 from unlearnspec.doctor.findings import Finding
-from unlearnspec.doctor.top_share import top_changed_share
+from unlearnspec.doctor.step_rules import control_valid_tokens
+from unlearnspec.doctor.top_share import top_ranked_share
 
 DEFAULT_LDS_MIN = 0.8
 """Default of `doctor --lds-min`: a Spearman LDS below it makes a score-steered selection an error."""
@@ -29,14 +32,31 @@ def _num(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, (int, float)) else "n/a"
 
 
-def changed_fraction(entry: Entry, ws: Workspace) -> Optional[tuple[float, str]]:
-    """Share of valid tokens whose weight the experiment moves away from the score run's 1 (masked, flipped
-    or rescaled), measured in results.json or the recorded reference; None when neither exists."""
+@dataclass(frozen=True)
+class Changed:
+    """What the experiment changes against the score run, as LDS can compare it."""
+
+    share: float
+    """Share of valid tokens whose weight the scores move (masked, flipped, rescaled; a `top` rule: picked by rank)."""
+    what: str
+    """How, and where the numbers come from."""
+    fraction: Optional[float]
+    """The `lds --unit token --fraction` that drops as many tokens; None when no dropped fraction matches the change."""
+    note: Optional[str] = None
+    """What LDS cannot say about this rule (a `top` rule's masked rest, a value-weighted rescaling)."""
+
+
+def changed_fraction(entry: Entry, ws: Workspace) -> Optional[Changed]:
+    """What the experiment changes against the score run's all-ones weights, measured in results.json or the
+    recorded reference (a `top` rule: also from the matched control's count of the grid, or `fraction`);
+    None when not known."""
     spec = entry.spec
     assert spec is not None
     mode = spec.tokens.mode
     if mode == "value_weighted":
-        return 1.0, "`value_weighted` rescales every token's weight"
+        return Changed(1.0, "`value_weighted` rescales every token's weight (none is dropped)", None,
+                       "no dropped fraction reproduces a rescaling of every weight: the LDS says whether the scores predict small "
+                       "drops; the run itself is judged against its control")
     found = ws.results(entry)
     stats = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
     origin = "results.json"
@@ -44,10 +64,16 @@ def changed_fraction(entry: Entry, ws: Workspace) -> Optional[tuple[float, str]]
         ref = ws.reference(entry)
         stats = [ref.token_stats] if ref is not None and ref.token_stats is not None else []
         origin = f"reports/reference/{spec.name}.json"
-    if mode == "top":  # the rule fixes which weights move (a rescaled `selected` is neither masked nor flipped)
+    if mode == "top":  # the scores decide which tokens are picked; masking the rest is the rule's doing
         valid = getattr(stats[0], "valid_tokens", None) if stats else None
-        top = top_changed_share(spec.tokens, valid)
-        return None if top is None else (top[0], f"{top[1]} ({origin if valid else 'from the spec'})")
+        if not valid and (counted := control_valid_tokens(entry, ws)) is not None:
+            valid, origin = counted[0], f"the valid tokens counted by the control {counted[1]}"
+        top = top_ranked_share(spec.tokens, valid, stats[0].selected_fraction if stats else None)
+        if top is None:
+            return None
+        note = ("masking the rest is the rule's doing, not the scores': no LDS fraction validates a run on the selected "
+                "tokens alone (the all-tokens control and a positive control judge it)") if spec.tokens.rest_weight() == 0.0 else None
+        return Changed(top[0], f"{top[1]} ({origin if valid else 'from the spec'})", top[0] if 0 < top[0] < 1 else None, note)
     if not stats:
         return None
     s = stats[0]
@@ -55,7 +81,9 @@ def changed_fraction(entry: Entry, ws: Workspace) -> Optional[tuple[float, str]]
     ascending, valid = getattr(s, "ascending_tokens", 0), getattr(s, "valid_tokens", None)  # the reference has no counts
     flipped = ascending / valid if ascending and valid else 0.0
     what = f"{masked:.1%} masked" + (f", {flipped:.1%} flipped to ascent" if flipped else "")
-    return masked + flipped, f"{what} ({origin})"
+    share = masked + flipped
+    return Changed(share, f"{what} ({origin})", share if 0 < share < 1 else None,
+                   None if share < 1 else "every valid token changes weight: no dropped fraction reproduces that")
 
 
 def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
@@ -95,13 +123,17 @@ def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
                 "experiment actually changes (`unlearnspec lds DIR --fraction F`).",
             )
             continue
-        yield Finding("D11", "info", entry.shown, f"score source `{name}`: {measured}", (f"scores: {display(where)}",), "")
-        if changed is not None and isinstance(frac, (int, float)) and changed[0] > fraction_factor * frac:
+        note = (changed.note,) if changed is not None and changed.note else ()
+        yield Finding("D11", "info", entry.shown, f"score source `{name}`: {measured}", (f"scores: {display(where)}", *note), "")
+        if changed is not None and isinstance(frac, (int, float)) and changed.share > fraction_factor * frac:
+            measure = (f"Measure LDS at the experiment's share: `unlearnspec lds {display(where)} --unit token --fraction "
+                       f"{changed.fraction:.3g}`, or change fewer tokens." if changed.fraction is not None else
+                       "No dropped fraction matches this change; read the run against its matched control (D8, D9), and "
+                       "prefer a rule that changes fewer tokens where attribution is the claim.")
             yield Finding(
                 "D11", "warning", entry.shown,
                 f"score source `{name}`: the experiment changes far more tokens than the LDS validated",
-                (f"experiment: {changed[0]:.1%} of valid tokens change weight: {changed[1]}",
-                 f"LDS measured at {frac:.1%} of {unit}s dropped; > {fraction_factor:g}x that is extrapolation"),
-                f"Measure LDS at the experiment's fraction: `unlearnspec lds {display(where)} --unit token --fraction "
-                f"{min(changed[0], 0.9):.2f}`, or change fewer tokens.",
+                (f"experiment: {changed.share:.1%} of valid tokens change weight by the scores: {changed.what}",
+                 f"LDS measured at {frac:.1%} of {unit}s dropped; > {fraction_factor:g}x that is extrapolation", *note),
+                measure,
             )

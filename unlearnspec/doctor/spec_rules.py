@@ -1,5 +1,5 @@
 """Doctor rules that read specs (and score sidecars): validity, matched control, score data, score
-regime, precision, alignment, the effective-LR shift of masking (rules D0-D6) and unusable score files (D10)."""
+regime, precision, alignment (rules D0-D5) and unusable score files (D10); D6 lives in step_rules."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any, Iterator, Optional
 
 from unlearnspec.doctor.context import Entry, Workspace, sidecar_number, sidecar_value
 from unlearnspec.doctor.findings import Finding
-from unlearnspec.doctor.top_share import top_selected_share
+from unlearnspec.doctor.rescore import rescore_advice, rescore_refusals
+from unlearnspec.doctor.step_rules import estimate_fraction, lr_shift  # noqa: F401 - D6 lives in step_rules
 from unlearnspec.report.build import format_lr
-from unlearnspec.spec.rules import And, Compare, Expr, Not, Or, parse_rule
 from unlearnspec.spec import Spec
+from unlearnspec.spec.load import find_spec_files, is_profile_path, project_root, resolve_path, world_problem
 
 TRAINER_ALIGNMENT = "target"
 """Column t weights the loss of predicting token t: the trainer's and the recorded files' convention."""
@@ -77,6 +78,44 @@ def invalid_spec(entry: Entry) -> Iterator[Finding]:
 
 
 # --------------------------------------------------------------------------- D1 matched control
+def matched_controls(entry: Entry, ws: Workspace) -> list[tuple[str, list[float]]]:
+    """All-tokens specs (of this project's specs/ folder, read as the doctor reads this spec) identical to
+    `entry` except the token rule: (path as `control:` takes it, this spec's LRs the candidate does not sweep),
+    the ones sweeping every LR first. The declared control itself is left out."""
+    spec = entry.spec
+    assert spec is not None
+    root = project_root(entry.path)
+    declared = resolve_path(entry.path, spec.control).resolve() if spec.control else None
+    mine = _comparable(spec)
+    found = []
+    for path in find_spec_files([root / "specs"])[0] if (root / "specs").is_dir() else []:
+        if is_profile_path(path) or path.resolve() in (entry.path.resolve(), declared):
+            continue
+        other = ws.spec(path).spec
+        if other is None or other.magic is not None or other.tokens.mode != "all" or _comparable(other) != mine:
+            continue
+        shown = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else str(path)
+        found.append((shown, _missing_lrs(spec.training.lrs, other.training.lrs)))
+    return sorted(found, key=lambda c: (len(c[1]), c[0]))
+
+
+def _control_fix(entry: Entry, ws: Workspace, generic: str, control: Optional[Spec] = None) -> str:
+    """D1's fix: check a toy-only spec with its real control through --toy; else point at an existing matched
+    control when there is one; else `generic`."""
+    spec = entry.spec
+    assert spec is not None
+    if control is not None and spec.model.toy is not None and control.model.toy is None:
+        return (f"This spec is toy-only (`model.toy: {spec.model.toy}`) and its control {spec.control} a real-model spec: "
+                "check them as they run, with `doctor --toy` (the toy profile maps the control onto the toy world).")
+    found = matched_controls(entry, ws)
+    if not found:
+        return generic
+    path, missing = found[0]
+    more = f" (it does not sweep {_lrs_text(missing)}: add those LRs to it)" if missing else ""
+    others = f"; also matched: {', '.join(p for p, _ in found[1:4])}" if len(found) > 1 else ""
+    return f"Set `control: {path}`: it is identical to this spec except the token rule{more}{others}."
+
+
 def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
     spec = entry.spec
     if spec is None or spec.magic is not None:
@@ -87,7 +126,8 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 "D1", "warning", entry.shown,
                 "no matched control: effects can only be read against the untouched baseline",
                 (f"tokens.mode: {spec.tokens.mode}; control: unset",),
-                "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; the seed's exp7 showed training alone moves WMDP and MMLU.",
+                _control_fix(entry, ws, "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; "
+                             "the seed's exp7 showed training alone moves WMDP and MMLU."),
             )
         return
     control = ws.control(entry)
@@ -111,7 +151,8 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
             "D1", "error", entry.shown,
             f"control {control.spec.name} differs in more than the token rule",
             tuple(evidence),
-            f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, LR grid, schedule, batch, steps, data and normalizer.",
+            _control_fix(entry, ws, f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, "
+                         "LR grid, schedule, batch, steps, data and normalizer.", control.spec),
         )
 
 
@@ -166,11 +207,15 @@ def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         if isinstance(side_model, str) and spec.model.name_or_path and side_model != spec.model.name_or_path:
             evidence.append(f"model: {side_model} (score file) vs {spec.model.name_or_path} (training)")
         if evidence:
+            fix = "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/)."
+            other_world = world_problem(spec, producer.spec, src.produced_by or "") if producer is not None and producer.spec is not None else None
+            if other_world is not None:  # a toy-only spec read without --toy: the grid fix would be the wrong one
+                fix = other_world
             yield Finding(
                 "D2", "error", entry.shown,
                 f"score source `{name}` was computed on other data than {spec.name} trains on",
                 tuple(evidence),
-                "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/).",
+                fix,
             )
         elif producer is None and sidecar is None and ws.score_file_problem(entry, src, name) is None:
             yield Finding(
@@ -264,12 +309,16 @@ def score_regime_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 evidence.append(f"lr: {format_lr(float(lr))} (scores) vs {_lrs_text(other)} (steered run)")
         if evidence:
             who = producer.spec.name if producer is not None and producer.spec is not None else "the score file"
+            magic = producer.spec.magic.model_dump(mode="json", exclude_none=True) if producer is not None and producer.spec is not None and producer.spec.magic else None
+            refusals = rescore_refusals(spec, magic)
+            steer = "Steer the same regime the scores were computed in (the producer's optimizer, lr, schedule, warmup, batch, steps, order, clipping)"
             yield Finding(
                 "D3", "warning", entry.shown,
                 f"score source `{name}` ({who}) was computed in another training regime than the run it steers; "
                 "metagradients are local to the trajectory they were computed on",
                 tuple(evidence),
-                "Steer the same regime the scores were computed in (the producer's optimizer, lr, schedule, warmup, batch, steps, order, clipping), or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
+                f"{steer}. {rescore_advice(refusals)}" if refusals else
+                f"{steer}, or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
             )
 
 
@@ -323,62 +372,3 @@ def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
                 (f"scores.{name}.alignment: {effective}; it is shifted by one column before use",),
                 "Check the file really is input-aligned (column t = loss predicted at position t); a wrong declaration shifts every weight by one token.",
             )
-
-
-# --------------------------------------------------------------------------- D6 effective LR shift
-def estimate_fraction(expr: Expr) -> float:
-    """Rough share of tokens a `where` rule selects: a sign test takes about half, `and` multiplies.
-    A `mode: top` rule is not estimated here: it selects a count (k, or `fraction` of the valid tokens)
-    whatever its `where` filter keeps, so D6 reads its share from `top_share.top_selected_share`."""
-    if isinstance(expr, Compare):
-        return {"!=": 1.0, "==": 0.0}.get(expr.op, 0.5) if expr.value == 0 else 0.5
-    if isinstance(expr, Not):
-        return 1.0 - estimate_fraction(expr.arg)
-    if isinstance(expr, And):
-        return estimate_fraction(expr.left) * estimate_fraction(expr.right)
-    if isinstance(expr, Or):
-        a, b = estimate_fraction(expr.left), estimate_fraction(expr.right)
-        return a + b - a * b
-    raise TypeError(type(expr))
-
-
-def lr_shift(entry: Entry, ws: Workspace, limit: float) -> Iterator[Finding]:
-    spec = entry.spec
-    if spec is None or spec.magic is not None:
-        return
-    found = ws.results(entry)
-    stats = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
-    factor: Optional[float] = None
-    up_to = ""  # "up to " when the factor is a bound (a `top` rule's k over an unknown valid count)
-    if stats:
-        # A shift either way breaks the same-LR comparison with the control.
-        factor = max((max(s.per_token_lr_factor, 1.0 / s.per_token_lr_factor) for s in stats if s.per_token_lr_factor > 0), default=1.0)
-        fraction = min(s.selected_fraction for s in stats)
-        origin, measured = f"selected fraction {100 * fraction:.1f}% measured in results.json", True
-    elif spec.loss.normalizer == "selected" and spec.tokens.mode == "where" and spec.tokens.where:
-        ref = ws.reference(entry)
-        if ref is not None and ref.token_stats is not None:
-            fraction, measured = ref.token_stats.selected_fraction, True
-            origin = f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json"
-        else:
-            fraction, measured = estimate_fraction(parse_rule(spec.tokens.where)), False
-            origin = f"selected fraction ~{100 * fraction:.0f}% ESTIMATED from `{spec.tokens.where}` (a sign test keeps about half the tokens, each `and` halves it)"
-        factor = 1.0 / fraction if fraction > 0 else math.inf
-    elif spec.loss.normalizer == "selected" and spec.tokens.mode == "top":
-        ref = ws.reference(entry)
-        if ref is not None and ref.token_stats is not None:
-            fraction, measured = ref.token_stats.selected_fraction, True
-            origin = f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json"
-        else:  # a rank rule fixes a count, not a sign test: no `estimate_fraction` guess (see doctor/top_share.py)
-            share = top_selected_share(spec)
-            fraction, measured, origin = share.fraction, False, share.text
-            up_to = "" if share.exact else "up to "
-        factor = 1.0 / fraction if fraction > 0 else math.inf
-    if factor is None or factor <= limit:
-        return
-    yield Finding(
-        "D6", "error" if measured else "warning", entry.shown,
-        f"the token rule changes the per-token step {up_to}x{factor:.2f} relative to the all-tokens control at the same LR",
-        (f"loss.normalizer: {spec.loss.normalizer}; {origin}; factor = 1/fraction = {factor:.2f} > --lr-factor {limit:g}",),
-        "Set `loss.normalizer: valid` (per-token LR equal to the control), or compare against the control at LR x fraction.",
-    )

@@ -4,8 +4,9 @@
 only once the grid is tokenized, so at doctor time `k / V` is unknown. These helpers say what is known:
 - the selected share (nonzero weight, the `selected` normalizer's count; rule D6): 1 when `rest: descend`,
   `fraction` when given (exact up to rounding), else at least k / (N x (max_seq_len - 1)), a bound;
-- the changed share (weight moved off the score run's 1; rule D11): exact given V, and without V whenever
-  both groups change (then every valid token changes) or `fraction` is given.
+- the ranked share (the tokens the scores pick by rank; rule D11): exact given V or `fraction`. Masking the
+  rest is the rule's doing whatever the scores say, so D11 compares the ranked share, not the masked one,
+  with the fraction the LDS validated.
 Imports no torch.
 """
 
@@ -47,24 +48,21 @@ def top_selected_share(spec: Spec) -> SelectedShare:
                          "so the factor below is an upper bound (set `fraction` to fix the share)")
 
 
-def _changes(weight: float) -> bool:
-    return weight != 1.0
-
-
-def top_changed_share(rule: TokenRuleSpec, valid: Optional[int]) -> Optional[tuple[float, str]]:
-    """Share of valid tokens whose weight a `top` rule moves off 1 (masked, flipped or rescaled), with its
-    reason; `valid` is the measured count of valid tokens (None when not run). None when it depends on
-    the unknown count (`k` given, only one of the two groups changes, not run)."""
-    sel_w, rest_w = rule.selected_weight(), rule.rest_weight()
-    what = f"`top`: selected tokens get weight {sel_w:g}, the rest {rest_w:g}"
-    if _changes(sel_w) and _changes(rest_w):
-        return 1.0, f"{what}: every valid token changes"
-    if valid:
+def top_ranked_share(rule: TokenRuleSpec, valid: Optional[int], measured: Optional[float] = None) -> Optional[tuple[float, str]]:
+    """Share of valid tokens a `top` rule picks by rank (what its scores decide), with what the rule does to
+    them and to the rest; `valid` is the measured count of valid tokens (None when not known), `measured` the
+    selected share a run measured (used with `rest: mask`, where it is the picked share). None when the
+    share depends on the unknown count (`k` given, no count)."""
+    if measured is not None and rule.rest_weight() == 0.0:
+        share = measured
+    elif valid:
         share = min(top_count(rule.k, rule.fraction, valid), valid) / valid
     elif rule.fraction is not None:
         share = rule.fraction
     else:
         return None
-    if _changes(sel_w):
-        return share, f"{what}: {share:.1%} selected"
-    return 1.0 - share, f"{what}: {1.0 - share:.1%} not selected"
+    sel_w, rest_w = rule.selected_weight(), rule.rest_weight()
+    if rest_w == 0.0:
+        return share, (f"`top`: the {100 * share:.3g}% of valid tokens ranked first get weight {sel_w:g} and every other one is masked "
+                       "(weight 0), so the run trains the selected tokens alone")
+    return share, f"`top`: the {100 * share:.3g}% of valid tokens ranked first get weight {sel_w:g}, the rest keep weight {rest_w:g}"

@@ -76,8 +76,10 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
 
     quality = score_job_quality(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
                                 per_task, ctx.say, per_question.scores if per_question is not None else None)
+    from unlearnspec.data import grid_inputs
+
     write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
-                 dtype=spec.model.dtype, lr=job.lr,
+                 dtype=spec.model.dtype, lr=job.lr, fingerprint_inputs=grid_inputs(prep.grid, spec.data),
                  extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
                         "world_size": ctx.world_size,

@@ -81,8 +81,10 @@ def scores_metadata(
     query: Mapping[str, Any],
     dtype: str,
     lr: float | None = None,
+    fingerprint_inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The sidecar contents. `query` needs task, loss and n_questions (see `QueryBatch.info`)."""
+    """The sidecar contents. `query` needs task, loss and n_questions (see `QueryBatch.info`);
+    `fingerprint_inputs`: what the data fingerprint is made of (`data.fingerprint_inputs`), so a mismatch names it."""
     missing = {"task", "loss", "n_questions"} - set(query)
     if missing:
         raise ValueError(f"query metadata lacks {sorted(missing)}")
@@ -97,6 +99,7 @@ def scores_metadata(
         "N": int(scores.shape[0]),
         "S": int(scores.shape[1]),
         "data_fingerprint": fingerprint,
+        **({"data_fingerprint_inputs": dict(fingerprint_inputs)} if fingerprint_inputs is not None else {}),
         "normalizer": "valid",
         "query": {"task": query["task"], "loss": query["loss"], "n_questions": int(query["n_questions"])},
         "optimizer": _optimizer_summary(trajectory, float(lr) if lr is not None else max(lrs)),
@@ -121,6 +124,7 @@ def write_scores(
     dtype: str,
     lr: float | None = None,
     extra: Mapping[str, Any] | None = None,
+    fingerprint_inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the three files (sidecar last, so its presence marks a complete set); returns their paths.
     `extra` adds provenance keys to the sidecar (spec name and hash, model id, timings)."""
@@ -130,7 +134,8 @@ def write_scores(
     out.mkdir(parents=True, exist_ok=True)
     per_token = scores.detach().to(torch.float32).cpu().contiguous()
     per_example = per_token.sum(dim=1)
-    meta = scores_metadata(per_token, trajectory, fingerprint=fingerprint, query=query, dtype=dtype, lr=lr)
+    meta = scores_metadata(per_token, trajectory, fingerprint=fingerprint, query=query, dtype=dtype, lr=lr,
+                           fingerprint_inputs=fingerprint_inputs)
     meta.update(extra or {})
     paths = {"per_token": out / PER_TOKEN_FILE, "per_example": out / PER_EXAMPLE_FILE, "sidecar": out / SIDECAR_FILE}
     _atomic_write(paths["per_token"], lambda p: torch.save(per_token, p))

@@ -11,7 +11,7 @@ from unlearnspec.report.evaluation import Evaluation
 from unlearnspec.report.model import KNOWN_TASK_SIZES, Cell, Comparison, RecordedTable, ReportTable, Row, Selectivity, TaskInfo, display_name, task_role
 from unlearnspec.report.power import table_mde
 from unlearnspec.report.reference import ReferenceFile
-from unlearnspec.report.selectivity import selectivity, selectivity_tasks, with_oracle
+from unlearnspec.report.selectivity import missing_selectivity, selectivity, selectivity_tasks, with_oracle
 from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
 from unlearnspec.report.stats import DEFAULT_POWER, at_chance, mcnemar, two_proportion_z, wilson_interval
 
@@ -155,7 +155,7 @@ def table_from_results(
     selectivity.selectivity_tasks's rule; `power` is the power the MDE is stated at."""
     metric = results.spec.metric
     tasks = list(results.spec.tasks) or sorted({t for r in results.runs for t in r.metrics})
-    hazard, general = selectivity_tasks(_tasks_info(tasks), hazard_task, general_task)
+    hazard, general = selectivity_tasks(_tasks_info(tasks), hazard_task, general_task, results.spec.hazard_task, results.spec.general_task)
     base_ev, base_label = _baseline_evaluation(results, folder)
     ctrl = control_evaluations(*control) if control is not None else {}
     rows: list[Row] = []
@@ -201,6 +201,7 @@ def table_from_results(
         role=results.spec.role,
         hazard_task=hazard,
         general_task=general,
+        selectivity_note=missing_selectivity(infos, hazard, general) if results.spec.control else None,
         positive_control=positive_control,
         positive_control_status=positive_control_status,
         alpha=ALPHA,

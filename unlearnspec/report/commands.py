@@ -35,7 +35,7 @@ def write_report(table: ReportTable, out: Path, plot: bool, control: Optional[Re
         png = out / f"{table.spec}.png"
         tables = [table] + ([control] if control is not None else [])
         labels = [table.spec] + ([f"{control.spec} (control)"] if control is not None else [])
-        note = plot_tables(tables, png, f"{table.spec}: hazard vs general accuracy over the LR sweep", labels)
+        note = plot_tables(tables, png, f"{table.spec}: hazard vs general accuracy over the LR sweep", labels, focus=0)
         if note is None:
             written.append(png)
             plot_line = f"![{table.spec}: hazard vs general accuracy]({png.name})"

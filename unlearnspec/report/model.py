@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnspec.run.results import read_json_model
 from unlearnspec.report.stats import TestName
@@ -176,6 +176,8 @@ class ReportTable(_Model):
     """The task whose drop selectivity rewards (see report.selectivity.selectivity_tasks)."""
     general_task: Optional[str] = None
     """The task whose drop selectivity penalises."""
+    selectivity_note: Optional[str] = Field(default=None, exclude_if=lambda v: v is None)
+    """Why a table with a control has no selectivity column (which tasks matched each role); left out when None."""
     positive_control: Optional[str] = None
     """The study's positive control (the oracle) whose selectivity the runs are compared with."""
     positive_control_status: Optional[str] = None

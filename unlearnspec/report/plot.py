@@ -3,8 +3,9 @@ through its LR sweep, the baseline, chance as a dashed cross and the ideal corne
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from unlearnspec.report.model import ReportTable
 from unlearnspec.report.stats import CHANCE
@@ -13,8 +14,10 @@ MISSING = "plot skipped: matplotlib is not installed (pip install 'unlearnspec[p
 
 
 def _axes_tasks(table: ReportTable) -> Optional[tuple[str, str, str, str]]:
-    general = next((t for t in table.tasks if t.role == "general"), None)
-    hazard = next((t for t in table.tasks if t.role == "hazard"), None)
+    """(general, its display, hazard, its display): the table's selectivity tasks (the spec's `eval.hazard_task`,
+    `report --hazard-task`, or the only task of the role), else the first task of each role."""
+    general = next((t for t in table.tasks if t.name == table.general_task), None) or next((t for t in table.tasks if t.role == "general"), None)
+    hazard = next((t for t in table.tasks if t.name == table.hazard_task), None) or next((t for t in table.tasks if t.role == "hazard"), None)
     if general is None or hazard is None:
         return None
     return general.name, general.display, hazard.name, hazard.display
@@ -35,8 +38,27 @@ def _baseline(table: ReportTable, general: str, hazard: str) -> Optional[tuple[f
     return row.cells[general].acc, row.cells[hazard].acc
 
 
-MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h")
+MARKERS = ("o", "s", "^", "v", "D", "<", ">", "h", "*", "p")
 STYLES = ("-", "--", "-.", ":")
+PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+           "#393b79", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+"""Line colours of experiments: dark, distinct on white; no green or grey (the positive and negative controls'
+colours, ROLE_STYLE)."""
+
+
+def _pick(name: str, salt: str, options: tuple) -> Any:
+    """A stable choice for a spec name (sha256, not Python's per-process salted hash): the same spec gets the
+    same colour, marker and line style in its own report's plot and in every study plot, run after run."""
+    digest = hashlib.sha256(f"{salt}:{name}".encode()).digest()
+    return options[int.from_bytes(digest[:4], "big") % len(options)]
+
+
+def series_style(table: ReportTable) -> dict[str, Any]:
+    """How one table's line is drawn, from its spec name and role only (never from its position in a plot)."""
+    style: dict[str, Any] = dict(color=_pick(table.spec, "colour", PALETTE), marker=_pick(table.spec, "marker", MARKERS),
+                                 linestyle=_pick(table.spec, "line", STYLES), markersize=5, linewidth=1.4, alpha=0.9)
+    style.update({k: v for k, v in ROLE_STYLE.get(table.role or "", {}).items() if k != "label"})
+    return style
 
 ROLE_STYLE = {
     "positive_control": {"label": "positive control (oracle)", "color": "tab:green", "marker": "P", "markersize": 9},
@@ -61,9 +83,23 @@ def _baseline_box(table: ReportTable, general: str, hazard: str) -> Optional[tup
     return g.ci_low, g.ci_high, h.ci_low, h.ci_high
 
 
-def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optional[list[str]] = None) -> Optional[str]:
+def _zoom(centre: Optional[tuple[float, float]], focus: list[tuple[str, float, float]]) -> Optional[tuple[float, float, float, float]]:
+    """The zoom panel's (x0, x1, y0, y1): a window near the baseline, widened to hold every point of the
+    focused table (the experiment a report is about), so its own sweep is never cut off."""
+    if centre is None:
+        return None
+    x0, x1, y0, y1 = centre[0] - 0.045, centre[0] + 0.015, centre[1] - 0.03, centre[1] + 0.04
+    pad = 0.01
+    for _, x, y in focus:
+        x0, x1, y0, y1 = min(x0, x - pad), max(x1, x + pad), min(y0, y - pad), max(y1, y + pad)
+    return x0, x1, y0, y1
+
+
+def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optional[list[str]] = None,
+                focus: Optional[int] = None) -> Optional[str]:
     """Write a PNG (full view + zoom on the baseline), one line per table (legend `labels`, default
-    the spec names); returns None, or why it was skipped."""
+    the spec names); `focus`: the index of the table the plot is about, whose every point the zoom keeps.
+    Colours and markers come from each spec's name and role (`series_style`). Returns None, or why it was skipped."""
     try:
         import matplotlib
 
@@ -88,17 +124,16 @@ def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optio
             label = "baseline" + (" (recorded)" if table.source == "recorded" else "") + " ± 95% CI"
             baselines.setdefault(base, (label, _baseline_box(table, axes[0], axes[2])))
     centre = min(baselines) if baselines else None
-    zoom = (centre[0] - 0.045, centre[0] + 0.015, centre[1] - 0.03, centre[1] + 0.04) if centre else None
+    focused = [points for t, _, points in series if focus is not None and t is tables[focus]]
+    zoom = _zoom(centre, focused[0] if focused else [])
 
     def inside(x: float, y: float) -> bool:
         return zoom is not None and zoom[0] <= x <= zoom[1] and zoom[2] <= y <= zoom[3]
 
     fig, (ax, axz) = plt.subplots(1, 2, figsize=(13, 6.2), dpi=110, gridspec_kw={"width_ratios": [1.25, 1]})
-    cmap = plt.get_cmap("tab10")
     xs, ys = [CHANCE], [CHANCE]
-    for i, (table, _, points) in enumerate(series):
-        style = dict(color=cmap(i % 10), marker=MARKERS[i % len(MARKERS)], linestyle=STYLES[(i // 10 + i) % len(STYLES)], markersize=5, linewidth=1.4, alpha=0.9)
-        style.update({k: v for k, v in ROLE_STYLE.get(table.role or "", {}).items() if k != "label"})
+    for table, _, points in series:
+        style = series_style(table)
         px, py = [p[1] for p in points], [p[2] for p in points]
         ax.plot(px, py, label=legend_label(table, named[id(table)]), **style)
         axz.plot(px, py, **style)

@@ -142,6 +142,8 @@ def legend(table: ReportTable) -> list[str]:
             f"positive on {', '.join(general) or 'the general task'} = kept more than training on all tokens. "
             f"Control: {table.control} ({table.control_status or 'not found'})."
         )
+    if table.control and not has_selectivity(table) and table.selectivity_note:
+        lines.append(f"No selectivity column: {table.selectivity_note}")
     if has_selectivity(table):
         hazard = next(t.display for t in table.tasks if t.name == table.hazard_task)
         general = next(t.display for t in table.tasks if t.name == table.general_task)

@@ -29,17 +29,23 @@ from unlearnspec.report.model import Selectivity, TaskInfo
 from unlearnspec.report.stats import Z95, discordant_counts, paired_difference_variance
 
 
-def selectivity_tasks(tasks: list[TaskInfo], hazard: Optional[str] = None, general: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+def selectivity_tasks(tasks: list[TaskInfo], hazard: Optional[str] = None, general: Optional[str] = None,
+                      spec_hazard: Optional[str] = None, spec_general: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
     """(hazard task, general task) of a table.
 
-    Rule: a task named with `report --hazard-task` / `--general-task` wins; otherwise the table's only
-    task whose role is `hazard` (its name contains `wmdp`) and its only task whose role is `general`
-    (`mmlu`), the roles the report already shows (model.task_role). When that does not give exactly one
-    of each, the side is None and the table has no selectivity (name the tasks on the command line)."""
+    Rule: a task named with `report --hazard-task` / `--general-task` wins; then the spec's `eval.hazard_task` /
+    `eval.general_task` (recorded in results.json); otherwise the table's only task whose role is `hazard` (its
+    name contains `wmdp`) and its only task whose role is `general` (`mmlu`), the roles the report already shows
+    (model.task_role). When that does not give exactly one of each, the side is None and the table has no
+    selectivity; `missing_selectivity` says why."""
     names = [t.name for t in tasks]
     for option, given in (("--hazard-task", hazard), ("--general-task", general)):
         if given is not None and given not in names:
             raise UserError.one(option, f"task {given!r} is not evaluated in this run (tasks: {', '.join(names) or 'none'}).")
+    if hazard is None and spec_hazard in names:
+        hazard = spec_hazard
+    if general is None and spec_general in names:
+        general = spec_general
     if hazard is None:
         found = [t.name for t in tasks if t.role == "hazard" and t.name != general]
         hazard = found[0] if len(found) == 1 else None
@@ -49,6 +55,21 @@ def selectivity_tasks(tasks: list[TaskInfo], hazard: Optional[str] = None, gener
     if hazard is not None and hazard == general:
         raise UserError.one("--general-task", f"the hazard and the general task are both {hazard!r}; selectivity needs two tasks.")
     return hazard, general
+
+
+def missing_selectivity(tasks: list[TaskInfo], hazard: Optional[str], general: Optional[str]) -> Optional[str]:
+    """Why a table has no selectivity column (None when it has both tasks): which tasks matched each role, and
+    how to name the task."""
+    parts = []
+    for side, chosen, role, like, knob in (("hazard", hazard, "hazard", "wmdp", "hazard_task"),
+                                          ("general", general, "general", "mmlu", "general_task")):
+        if chosen is not None:
+            continue
+        matched = [t.name for t in tasks if t.role == role]
+        what = (f"{len(matched)} evaluated tasks are named like `{like}` ({', '.join(matched)})" if matched
+                else f"no evaluated task is named like `{like}`")
+        parts.append(f"no {side} task: {what}; name it with `eval.{knob}` in the spec or `report --{knob.replace('_', '-')}`")
+    return "; ".join(parts) + "." if parts else None
 
 
 @dataclass(frozen=True)

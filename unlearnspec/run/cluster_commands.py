@@ -38,6 +38,8 @@ def submit_study(paths: list[Path], options: Any, cluster: Optional[Path], conso
     request = make_request(paths, options, cluster)
     ctx = context_for(request, request.plan_device, say=lambda m: console.print(m, markup=False, highlight=False))
     plan = plan_for(request, ctx)
+    for line in plan.mapping_lines():  # what the profile changed, as `run` says it
+        console.print(f"[profile] {line}", markup=False, highlight=False)
     try:
         done = SlurmExecutor(ctx, request, settings).submit(plan)
     except SlurmUnavailable as exc:

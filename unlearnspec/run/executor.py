@@ -28,6 +28,7 @@ from unlearnspec.run.rundirs import (
     claim_root,
     clean_stale_tmp,
     provenance,
+    release_root,
     write_json,
 )
 from unlearnspec.spec.load import load_spec, project_root
@@ -51,18 +52,29 @@ class LocalExecutor:
 
     ctx: RunContext
     retry_failed: bool = False
+    claimed: list[Path] = field(default_factory=list)
+    """Output folders this run created; those still empty when it fails are removed (`release_root`)."""
 
     def check(self, plan: Plan) -> None:
         """Refuse before any work when an output in the way is not the tool's own or holds another spec."""
         for run in plan.specs:
             if run.is_score:
                 check_replaceable(run.out)
-            elif self.ctx.is_main:
-                claim_root(run.out, run.hash, run.spec.name)
+            elif self.ctx.is_main and claim_root(run.out, run.hash, run.spec.name):
+                self.claimed.append(run.out)
         for job in plan.jobs:
             check_replaceable(job.out)
 
     def run(self, plan: Plan) -> Outcome:
+        """Run the plan; a refusal or crash before a spec's folder got anything leaves no empty folder behind."""
+        try:
+            return self._run(plan)
+        except BaseException:
+            for folder in self.claimed:
+                release_root(folder)
+            raise
+
+    def _run(self, plan: Plan) -> Outcome:
         if self.ctx.world_size > 1:  # under torchrun: join the group once; every rank runs every job
             from unlearnspec.run import dist
 
@@ -174,7 +186,8 @@ def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional[Outcom
     spec = run.spec
     info = SpecInfo(name=spec.name, hash=run.hash, path=str(run.path), profile=ctx.profile_name, control=control,
                     control_path=spec.control, role=spec.role, metric=spec.eval.metric if spec.eval else "acc",
-                    tasks=[t.name for t in spec.eval.tasks] if spec.eval else [])
+                    tasks=[t.name for t in spec.eval.tasks] if spec.eval else [],
+                    hazard_task=spec.eval.hazard_task if spec.eval else None, general_task=spec.eval.general_task if spec.eval else None)
     if not run.out.is_dir():
         return Results(spec=info, runs=records)
     results = Results(spec=info, baseline=_baseline(run, plan), runs=records,

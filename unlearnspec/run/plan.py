@@ -16,7 +16,7 @@ from typing import Literal, Optional
 from unlearnspec.assets import Assets, folder_digest, package_version
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
-from unlearnspec.spec.profile import is_world_file
+from unlearnspec.spec.profile import MappedKnob, is_world_file
 from unlearnspec.spec.schema import Spec
 
 JobKind = Literal["score", "baseline", "point", "lds"]
@@ -85,6 +85,12 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
     specs: list[SpecRun] = field(default_factory=list)
     profile: Optional[Path] = None
+    mapped: dict[Path, list[MappedKnob]] = field(default_factory=dict)
+    """Per spec file (resolved): the knobs the profile changed, said when the run starts and in the plan."""
+
+    def mapping_lines(self) -> list[str]:
+        """One line per knob a profile changed, per spec of the plan: `spec: field: before -> after (why)`."""
+        return [f"{run.spec.name}: {knob}" for run in self.specs for knob in self.mapped.get(run.path.resolve(), [])]
 
     def job(self, job_id: str) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
@@ -107,6 +113,10 @@ def point_dir_name(point: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", point.replace("=", "_"))
 
 
+REPORTING_KNOBS = ("hazard_task", "general_task")
+"""`eval` fields that only say how reports read the results: out of the spec hash and the baseline key."""
+
+
 def spec_hash(spec: Spec) -> str:
     """sha256 of the resolved spec minus its sweep (kept for a MAGIC spec's single LR) and output location
     (shared by all its points)."""
@@ -118,6 +128,8 @@ def spec_hash(spec: Spec) -> str:
     payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
     payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
     payload.get("magic", {}).pop("lds", None)  # the validation reads the scores; it never changes them
+    for knob in REPORTING_KNOBS:  # which task the report calls the hazard never changes a run
+        payload.get("eval", {}).pop(knob, None)
     payload.pop("parallel", None)  # beyond float summation order
     payload.pop("output", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -138,7 +150,7 @@ def baseline_key(spec: Spec, spec_path: Path, assets: Assets, device: str) -> st
         "dtype": spec.model.dtype,
         "attn": spec.model.attn_implementation,
         "tokenizer": assets.tokenizer_id(spec.model),
-        "eval": spec.eval.model_dump(mode="json"),
+        "eval": spec.eval.model_dump(mode="json", exclude=set(REPORTING_KNOBS)),
         "tasks": folder_digest([project_root(spec_path) / "plugins"]) + (f"+world:{assets.world_key}" if toy else ""),
         "device": device,
         "versions": {p: package_version(p) for p in ("lm_eval", "transformers", "torch")},
@@ -193,7 +205,9 @@ class _Builder:
     def load(self, path: Path, top: bool) -> Spec:
         key = path.resolve()
         if key not in self.specs:
-            self.specs[key] = load_spec(path, overrides=self.overrides if top else (), profile=self.profile)
+            changes: list[MappedKnob] = []
+            self.specs[key] = load_spec(path, overrides=self.overrides if top else (), profile=self.profile, changes=changes)
+            self.plan.mapped[key] = changes
         return self.specs[key]
 
     def add_spec(self, path: Path, top: bool) -> SpecRun:

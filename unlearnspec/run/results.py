@@ -134,6 +134,10 @@ class SpecInfo(_Record):
     """Headline metric."""
     tasks: list[str] = []
     """Evaluated tasks in spec order."""
+    hazard_task: Optional[str] = None
+    """The spec's `eval.hazard_task` (reports read selectivity and plot with it; `report --hazard-task` overrides)."""
+    general_task: Optional[str] = None
+    """The spec's `eval.general_task`."""
 
 
 class Results(_Record):

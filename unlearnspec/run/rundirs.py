@@ -38,9 +38,11 @@ def _mark(folder: Path, **info: Any) -> None:
     write_json_atomic(folder / MARKER, {"by": "unlearnspec", **info})
 
 
-def claim_root(folder: Path, spec_hash: str, what: str) -> None:
+def claim_root(folder: Path, spec_hash: str, what: str) -> bool:
     """Make `folder` an output folder of this spec: create it, or accept it when it is ours and of the
-    same spec, or empty. A foreign or other-spec folder is refused before any work is done."""
+    same spec, or empty. A foreign or other-spec folder is refused before any work is done. True when
+    this call created (or first marked) it, so a run that fails before writing anything can take it back
+    (`release_root`)."""
     if folder.exists() and not folder.is_dir():
         raise UserError.one(str(folder), f"the output folder of {what} is a file; pass another --out or output.dir.")
     if folder.is_dir():
@@ -59,12 +61,28 @@ def claim_root(folder: Path, spec_hash: str, what: str) -> None:
                 "resuming would mix results. Pass another --out, or delete the folder to start over.",
             )
         else:
-            return
+            return False
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError.one(str(folder), f"cannot create the output folder: {exc.strerror or exc}.") from None
     _mark(folder, kind="root", spec_hash=spec_hash)
+    return True
+
+
+def release_root(folder: Path) -> bool:
+    """Remove an output folder this run claimed when it still holds nothing but the tool's marker (the run
+    failed before writing anything): no empty marked folder is left behind. Anything else is left alone."""
+    try:
+        if folder.is_symlink() or not folder.is_dir() or marker(folder) is None:
+            return False
+        if {p.name for p in folder.iterdir()} != {MARKER}:
+            return False
+        (folder / MARKER).unlink()
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def check_replaceable(final: Path) -> None:

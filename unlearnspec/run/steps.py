@@ -36,7 +36,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     key = spec_hash(job.spec)
     if key in ctx.prepared:
         return ctx.prepared[key]
-    from unlearnspec.data import build_grid, load_texts
+    from unlearnspec.data import GridFingerprints, build_grid, load_texts
     from unlearnspec.scores import checked_scores, leaf_score_path, load_score_file, token_stats, token_weights
     from unlearnspec.spec.rules import parse_source
     from unlearnspec.train.modeling import load_tokenizer
@@ -48,8 +48,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     texts, rows = load_texts(spec.data, job.spec_path, tokenizer, assets)
     grid = build_grid(texts, tokenizer, spec.data.max_seq_len, tok_id, spec.data.append_eos, rows)
 
-    def fingerprint_at(width: int) -> str:
-        return build_grid(texts, tokenizer, width, tok_id, spec.data.append_eos).fingerprint
+    fingerprint_at = GridFingerprints(texts, tokenizer, tok_id, spec.data, rows)  # names what differs on a mismatch
 
     scores = {}
     for name, path in job.inputs:

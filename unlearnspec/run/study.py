@@ -72,6 +72,8 @@ def run_study(paths: list[Path], options: RunOptions, console: Any) -> int:
         say = (lambda m: progress.console.print(m, markup=False, highlight=False)) if _is_main() else (lambda m: None)
         ctx = make_context(options, say=say, progress=progress if _is_main() else None)
         plan = make_plan(paths, options, ctx)
+        for line in plan.mapping_lines():  # what the profile changed, so no mapped knob is a surprise
+            say(f"[profile] {line}")
         say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) on {ctx.device}"
             + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
         outcome = LocalExecutor(ctx, retry_failed=options.retry_failed).run(plan)
@@ -102,8 +104,10 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
     rows = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
              "state": job_state(j)} for i, j in enumerate(plan.jobs)]
     if as_json:
-        console.out(json.dumps({"device": ctx.device, "jobs": rows}, indent=2), highlight=False)
+        console.out(json.dumps({"device": ctx.device, "profile_changes": plan.mapping_lines(), "jobs": rows}, indent=2), highlight=False)
         return 0
+    for line in plan.mapping_lines():
+        console.print(f"[profile] {line}", markup=False, highlight=False)
     table = Table(title=f"plan: {len(rows)} job(s) on {ctx.device}")
     for col in ("#", "kind", "job", "folder", "after", "state"):
         table.add_column(col, overflow="fold")

@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.profile import apply_profile, load_profile
+from unlearnspec.spec.profile import MappedKnob, apply_profile, load_profile
 from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source, split_source
 from unlearnspec.spec.schema import Spec
 from unlearnspec.spec.yamlio import _fmt_loc, _line_of, apply_overrides, read_yaml_file, validation_problems
@@ -59,8 +59,10 @@ def load_spec(
     overrides: Iterable[str] = (),
     profile: Optional[str | Path] = None,
     check_refs: bool = True,
+    changes: Optional[list[MappedKnob]] = None,
 ) -> Spec:
-    """Read, override, (optionally) map through a profile, validate and cross-check one spec."""
+    """Read, override, (optionally) map through a profile, validate and cross-check one spec. `changes`
+    receives the knobs the profile changed (see profile.MappedKnob)."""
     path = Path(path)
     data, node = read_yaml_file(path)
     file = str(path)
@@ -69,7 +71,7 @@ def load_spec(
         apply_overrides(data, list(overrides))
         file += " (with --set)"
     if profile is not None:
-        data = apply_profile(data, Path(profile), spec_path=path)
+        data = apply_profile(data, Path(profile), spec_path=path, changes=changes)
         node = None  # lines refer to the original file, not the mapped result
         file += f" (through profile {profile})"
     spec = validate_data(data, node, file)
@@ -118,10 +120,15 @@ def reference_problems(
             continue
         producer = _load_ref(target, cache, profile)
         if isinstance(producer, UserError):
-            problems.append(Problem(file, _fmt_loc(loc), f"the producing spec {src.produced_by} is invalid; run `unlearnspec validate {src.produced_by}`.", _line_of(node, loc)))
+            flag = f" --profile {profile}" if profile is not None else ""
+            problems.append(Problem(file, _fmt_loc(loc), f"the producing spec {src.produced_by} is invalid; run `unlearnspec validate {src.produced_by}{flag}`.", _line_of(node, loc)))
             continue
         if producer.magic is None:
             problems.append(Problem(file, _fmt_loc(loc), f"{src.produced_by} has no `magic` section, so it produces no scores.", _line_of(node, loc)))
+            continue
+        world = world_problem(spec, producer, src.produced_by)
+        if world is not None:  # columns, N and data of another world are not comparable: say which world to use
+            problems.append(Problem(file, _fmt_loc(loc), world, _line_of(node, loc)))
             continue
         leaves = sorted(leaf for base, leaf in map(split_source, spec.tokens.referenced_sources()) if base == name and leaf)
         if leaves and producer.magic.query.per != "task":
@@ -146,6 +153,10 @@ def reference_problems(
         elif msl < columns and not src.truncate_columns:
             loc2 = ("scores", name, "truncate_columns")
             problems.append(Problem(file, _fmt_loc(loc2), f"{src.produced_by} produces {columns} columns but data.max_seq_len={msl}; using a prefix of the columns must be explicit: set `truncate_columns: true`.", _line_of(node, loc)))
+    cycle = producer_cycle(path, spec, cache, profile)
+    if cycle is not None:
+        problems.append(Problem(file, "scores", f"the `produced_by` chain leads back to this spec ({cycle}); a spec cannot depend "
+                                "on its own scores. Point scores.*.produced_by at a MAGIC spec outside the cycle.", _line_of(node, ("scores",))))
     if spec.control is not None:
         loc = ("control",)
         target = resolve_path(path, spec.control)
@@ -154,6 +165,57 @@ def reference_problems(
         elif isinstance(_load_ref(target, cache, profile), UserError):
             problems.append(Problem(file, "control", f"the control spec {spec.control} is invalid; run `unlearnspec validate {spec.control}`.", _line_of(node, loc)))
     return problems
+
+
+def _world(spec: Spec) -> str:
+    return f"the toy world (`model.toy: {spec.model.toy}`)" if spec.model.toy is not None else f"the real model {spec.model.name_or_path}"
+
+
+def world_problem(spec: Spec, producer: Spec, produced_by: str) -> Optional[str]:
+    """Why a producer of another world (toy vs real model) cannot feed `spec`, with the fix that fits: a
+    toy-world spec reading a real producer is checked through the toy profile (which maps the producer);
+    a real spec needs a real producer. None when both run on the same world (always so through a profile,
+    which maps both onto its world)."""
+    if (spec.model.toy is None) == (producer.model.toy is None):
+        return None
+    if spec.model.toy is not None:
+        return (f"this spec is toy-only: it trains on {_world(spec)}, but its producer {produced_by} scores {_world(producer)}, "
+                "so its scores belong to another model and token grid. Check it as it runs: validate, doctor and run it with "
+                "`--toy` (the toy profile maps the producer onto the toy world), or point produced_by at a toy-world MAGIC "
+                "spec (one with `model.toy`).")
+    return (f"this spec trains {_world(spec)}, but its producer {produced_by} scores {_world(producer)}; toy scores cannot "
+            "steer the real model. Point produced_by at a real-model MAGIC spec (one without `model.toy`), or run "
+            "both on the toy world with `--toy`.")
+
+
+def producer_cycle(start: Path, first: Spec, cache: dict[Path, Spec | UserError], profile: Optional[Path] = None) -> Optional[str]:
+    """The `produced_by` chain from the spec `first` (file `start`) back to itself (`a.yaml -> b.yaml ->
+    a.yaml`), or None when following producers never returns to it. Producers are read through `cache`."""
+    begin = start.resolve()
+
+    def producers(path: Path) -> list[Path]:
+        spec = first if path == begin else _load_ref(path, cache, profile)
+        if isinstance(spec, UserError):
+            return []
+        found = (resolve_path(path, s.produced_by) for s in spec.scores.values() if s.produced_by is not None and not s.built_in)
+        return [p.resolve() for p in found if p.is_file()]
+
+    seen: set[Path] = set()
+    stack: list[tuple[Path, list[Path]]] = [(begin, [begin])]
+    while stack:
+        path, chain = stack.pop()
+        for nxt in producers(path):
+            if nxt == begin:
+                root = project_root(begin)
+                return " -> ".join(_shown(p, root) for p in [*chain, begin])
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*chain, nxt]))
+    return None
+
+
+def _shown(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 MAX_SCAN_FOLDERS = 5_000
@@ -204,8 +266,9 @@ def is_profile_path(path: Path) -> bool:
     return "profiles" in path.parent.parts
 
 
-def validate_files(files: Iterable[Path]) -> tuple[int, list[Problem]]:
-    """Validate spec files (and profile files under a `profiles/` folder); returns (count, problems)."""
+def validate_files(files: Iterable[Path], profile: Optional[Path] = None) -> tuple[int, list[Problem]]:
+    """Validate spec files (and profile files under a `profiles/` folder); returns (count, problems).
+    With a `profile` (`validate --toy`), each spec and its producers and controls are checked as mapped."""
     cache: dict[Path, Spec | UserError] = {}
     problems: list[Problem] = []
     count = 0
@@ -216,9 +279,13 @@ def validate_files(files: Iterable[Path]) -> tuple[int, list[Problem]]:
                 load_profile(path)
                 continue
             data, node = read_yaml_file(path)
-            spec = validate_data(data, node, str(path))
+            file = str(path)
+            if profile is not None:
+                data = apply_profile(require_mapping(data, file), profile, spec_path=path)
+                node, file = None, f"{file} (through profile {profile})"
+            spec = validate_data(data, node, file)
             cache[path.resolve()] = spec
-            problems.extend(reference_problems(spec, path, node, cache))
+            problems.extend(reference_problems(spec, path, node, cache, profile))
         except UserError as exc:
             problems.extend(exc.problems)
     return count, problems

@@ -8,6 +8,7 @@ the result. Files named `*_world.yaml` under profiles/ are toy-world configs, no
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -178,8 +179,33 @@ def _lr(value: Any, factor: float) -> Any:
     return value
 
 
-def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> dict[str, Any]:
-    """The raw spec mapping rewritten through the profile (the input is not modified)."""
+@dataclass(frozen=True)
+class MappedKnob:
+    """One knob a profile changed: `field: before -> after (why)`, printed when a run starts and in the plan."""
+
+    field: str
+    before: Any
+    after: Any
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {_shown(self.before)} -> {_shown(self.after)} ({self.why})"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
+                  changes: Optional[list[MappedKnob]] = None) -> dict[str, Any]:
+    """The raw spec mapping rewritten through the profile (the input is not modified). `changes`, when given,
+    receives one MappedKnob per knob whose value the mapping changed, with the profile field that changed it."""
     profile = load_profile(profile_path)
     if not isinstance(profile, Profile):
         what = "a cluster file (pass it with --cluster)" if isinstance(profile, ClusterProfile) else "a toy-world config"
@@ -191,12 +217,22 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
         # would scale N, max_seq_len, steps and LRs twice. Its producers are still mapped when loaded.
         return out
     where = f"{spec_path} (through profile {profile_path})"
+    found: list[MappedKnob] = changes if changes is not None else []
+
+    def note(field: str, before: Any, after: Any, why: str) -> None:
+        if before != after:
+            found.append(MappedKnob(field, before, after, f"{why}; profile {profile.name}"))
 
     def section(name: str) -> dict[str, Any]:
         value = out.get(name)
         return value if isinstance(value, dict) else {}
 
+    before_model = out.get("model")
     out["model"] = profile.model.model_dump()
+    if isinstance(before_model, dict):
+        note("model", before_model.get("name_or_path"), f"toy:{profile.model.toy}", "model.toy")
+        for key in ("dtype", "attn_implementation"):
+            note(f"model.{key}", before_model.get(key), out["model"][key], f"model.{key}")
 
     data_sec = section("data")
     hub = data_sec.get("hub")
@@ -205,54 +241,78 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
         corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
         if corpus is None:
             raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc="data.hub")
+        note("data.hub", " ".join(str(v) for v in (hub.get("path"), hub.get("name")) if v), f"toy corpus {corpus}", "data.corpora")
         del data_sec["hub"]
         data_sec["toy"] = {"corpus": corpus}
     select = data_sec.get("select")
+    scale = profile.data.count_scale
     if isinstance(select, dict):
         if _is_int(select.get("count")):
-            select["count"] = _scaled(select["count"], profile.data.count_scale, 1)
+            before, select["count"] = select["count"], _scaled(select["count"], scale, 1)
+            note("data.select.count", before, select["count"], f"data.count_scale {scale:g}, rounded, at least 1")
+        note("data.select.min_chars", select.get("min_chars", 0), profile.data.min_chars, "data.min_chars: toy passages are short")
         select["min_chars"] = profile.data.min_chars
         if _is_int(select.get("offset")):
-            select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0)
+            before, select["offset"] = select["offset"], _scaled(select["offset"], scale, 0)
+            note("data.select.offset", before, select["offset"], f"data.count_scale {scale:g}, rounded")
+    width = profile.data.max_seq_len_scale
     if _is_int(data_sec.get("max_seq_len")):
-        data_sec["max_seq_len"] = _scaled(data_sec["max_seq_len"], profile.data.max_seq_len_scale, 8)
-    for src in section("scores").values():
+        before, data_sec["max_seq_len"] = data_sec["max_seq_len"], _scaled(data_sec["max_seq_len"], width, 8)
+        note("data.max_seq_len", before, data_sec["max_seq_len"], f"data.max_seq_len_scale {width:g}, rounded, at least 8")
+    for src_name, src in section("scores").items():
         if isinstance(src, dict) and _is_int(src.get("columns")):
-            src["columns"] = _scaled(src["columns"], profile.data.max_seq_len_scale, 8)
+            before, src["columns"] = src["columns"], _scaled(src["columns"], width, 8)
+            note(f"scores.{src_name}.columns", before, src["columns"], f"data.max_seq_len_scale {width:g}, rounded, at least 8")
 
     training = section("training")
+    steps_scale = profile.training.steps_scale
     for key in ("max_steps", "warmup_steps"):
         if _is_int(training.get(key)):
-            training[key] = _scaled(training[key], profile.training.steps_scale, 1 if key == "max_steps" else 0)
+            floor = 1 if key == "max_steps" else 0
+            before, training[key] = training[key], _scaled(training[key], steps_scale, floor)
+            note(f"training.{key}", before, training[key], f"training.steps_scale {steps_scale:g}, rounded, at least {floor}")
     opt = training.get("optimizer")
     name = opt.get("name") if isinstance(opt, dict) else None
     factor = profile.training.lr_scale.get(name) if isinstance(name, str) else None  # type: ignore[call-overload]
     if factor is not None:
         lr = training.get("lr")
         training["lr"] = [_lr(v, factor) for v in lr] if isinstance(lr, list) else _lr(lr, factor)
+        note("training.lr", lr, training["lr"], f"training.lr_scale.{name} {factor:g}")
 
     def task(name: Any) -> Any:
         return profile.tasks.get(name, name) if isinstance(name, str) else name
 
     ev = section("eval")
-    for t in ev.get("tasks", []) if isinstance(ev.get("tasks"), list) else []:
+    for i, t in enumerate(ev.get("tasks", []) if isinstance(ev.get("tasks"), list) else []):
         if isinstance(t, dict):
-            t["name"] = task(t.get("name"))
+            before, t["name"] = t.get("name"), task(t.get("name"))
+            note(f"eval.tasks[{i}].name", before, t["name"], "tasks")
+    for knob in ("hazard_task", "general_task"):  # reporting knobs name evaluated tasks: mapped like them
+        if knob in ev:
+            before, ev[knob] = ev[knob], task(ev[knob])
+            note(f"eval.{knob}", before, ev[knob], "tasks")
     if ev:
+        note("eval.batch_size", ev.get("batch_size", 8), profile.eval.batch_size, "eval.batch_size")
         ev["batch_size"] = profile.eval.batch_size
     magic = section("magic")
     if magic:
+        note("magic.storage", magic.get("storage", "ram"), profile.magic.storage, "magic.storage")
         magic["storage"] = profile.magic.storage
         steps = training.get("max_steps")
         short = profile.magic.lds_max_steps is None or (isinstance(steps, int) and steps <= profile.magic.lds_max_steps)
         if profile.magic.lds is not None and magic.get("lds") is None and short:
             magic["lds"] = profile.magic.lds.model_dump()
+            note("magic.lds", None, magic["lds"], "magic.lds: toy score runs carry their validation")
         query = magic.get("query")
         if isinstance(query, dict):
+            before_task, before_loss = query.get("task"), query.get("loss", "answer_continuation")
             query["task"] = task(query.get("task"))
             query["loss"] = profile.magic.query_loss
+            note("magic.query.task", before_task, query["task"], "tasks")
+            note("magic.query.loss", before_loss, query["loss"], "magic.query_loss")
     baseline = section("baseline")
     if profile.drop_recorded_baseline and "recorded" in baseline:
+        note("baseline.recorded", "the recorded numbers", None, "drop_recorded_baseline: they belong to the real model")
         del baseline["recorded"]
     output = section("output")
     if isinstance(output.get("dir"), str):

@@ -232,9 +232,23 @@ class EvalSpec(_Section):
     """Headline metric of the reports."""
     bootstrap_iters: PositiveInt = 1000
     """Bootstrap iterations for stderrs of non-mean metrics (must be > 0 to keep stderrs)."""
+    hazard_task: Optional[str] = None
+    """Reporting only: the evaluated task (one of `tasks`) whose drop the report's selectivity column rewards and
+    the plot's vertical axis shows, e.g. a leaf such as `toy_wmdp_by_attribute_toxin` beside its group. Unset:
+    the one task named like `wmdp`. `report --hazard-task` overrides it. Not part of the spec hash: changing it
+    reruns nothing. A profile maps it like the task names."""
+    general_task: Optional[str] = None
+    """Reporting only: the evaluated task whose drop selectivity penalises (the plot's horizontal axis). Unset: the
+    one task named like `mmlu`. `report --general-task` overrides it. Not part of the spec hash."""
 
     @model_validator(mode="after")
     def _rules(self) -> "EvalSpec":
+        names = [t.name for t in self.tasks]
+        for field, given in (("hazard_task", self.hazard_task), ("general_task", self.general_task)):
+            if given is not None and given not in names:
+                raise SpecRuleError((field,), f"{given!r} is not one of the evaluated tasks ({', '.join(names)}); name one of them.")
+        if self.hazard_task is not None and self.hazard_task == self.general_task:
+            raise SpecRuleError(("general_task",), f"the hazard and the general task are both {self.hazard_task!r}; selectivity needs two tasks.")
         for i, task in enumerate(self.tasks):
             if task.num_fewshot is None:
                 raise SpecRuleError(

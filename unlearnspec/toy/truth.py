@@ -169,6 +169,9 @@ def spec_truth(spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFA
     }
     if retain_task is not None:
         info["retain_tokens"] = int(((scores == RETAIN_MARK) & valid).sum())
+    from unlearnspec.data import grid_inputs
+
+    info["data_fingerprint_inputs"] = grid_inputs(grid, spec.data)  # so a fingerprint mismatch names what differs
     return Truth(scores, grid.fingerprint, valid, info)
 
 
