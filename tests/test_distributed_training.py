@@ -17,16 +17,16 @@ from .dist_util import torchrun
 pytestmark = pytest.mark.slow
 
 NORMALIZERS = ("selected", "valid", "batch_tokens", "abs_weight")
-CASES = (
-    [{"name": f"ddp_{n}_bs4_ga1", "normalizer": n, "batch_size": 4, "grad_accum": 1} for n in NORMALIZERS]
-    + [{"name": f"ddp_{n}_bs2_ga2", "normalizer": n, "batch_size": 2, "grad_accum": 2} for n in NORMALIZERS]
+CASES = (  # batch_size is the global batch: 8 rows per step on 2 ranks = 2 x 4 rows, or 2 x 2 micro-batches of 2
+    [{"name": f"ddp_{n}_bs4_ga1", "normalizer": n, "batch_size": 8} for n in NORMALIZERS]
+    + [{"name": f"ddp_{n}_bs2_ga2", "normalizer": n, "batch_size": 8, "micro_batch_size": 2} for n in NORMALIZERS]
     + [
-        {"name": "ddp_valid_shuffled", "normalizer": "valid", "batch_size": 4, "grad_accum": 1, "shuffle": True},
-        {"name": "mutant_ddp_no_factor", "normalizer": "valid", "batch_size": 4, "grad_accum": 1, "drop_factor": True},
-        {"name": "fsdp_full_shard", "normalizer": "abs_weight", "batch_size": 2, "grad_accum": 2, "strategy": "fsdp"},
-        {"name": "fsdp_shard_grad_op", "normalizer": "valid", "batch_size": 4, "grad_accum": 1, "strategy": "fsdp",
+        {"name": "ddp_valid_shuffled", "normalizer": "valid", "batch_size": 8, "shuffle": True},
+        {"name": "mutant_ddp_no_factor", "normalizer": "valid", "batch_size": 8, "drop_factor": True},
+        {"name": "fsdp_full_shard", "normalizer": "abs_weight", "batch_size": 8, "micro_batch_size": 2, "strategy": "fsdp"},
+        {"name": "fsdp_shard_grad_op", "normalizer": "valid", "batch_size": 8, "strategy": "fsdp",
          "sharding": "shard_grad_op"},
-        {"name": "mutant_fsdp_no_factor", "normalizer": "abs_weight", "batch_size": 2, "grad_accum": 2,
+        {"name": "mutant_fsdp_no_factor", "normalizer": "abs_weight", "batch_size": 8, "micro_batch_size": 2,
          "strategy": "fsdp", "drop_factor": True},
     ]
 )
@@ -51,9 +51,9 @@ def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     refs = {}
     for n in NORMALIZERS:
-        run_case({"name": n, "normalizer": n, "batch_size": 8, "grad_accum": 1}, out)
+        run_case({"name": n, "normalizer": n, "batch_size": 8}, out)
         refs[n] = torch.load(out / f"{n}.pt")
-    run_case({"name": "shuffled", "normalizer": "valid", "batch_size": 8, "grad_accum": 1, "shuffle": True}, out)
+    run_case({"name": "shuffled", "normalizer": "valid", "batch_size": 8, "shuffle": True}, out)
     refs["shuffled"] = torch.load(out / "shuffled.pt")
     return refs
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.run.plan import plan_layouts
 from unlearnspec.run.slurm import Request, SlurmExecutor, context_for, plan_for, statuses
 from unlearnspec.run.slurmstate import REQUEST, SLURM_DIR, SlurmUnavailable
 from unlearnspec.spec.profile import slurm_settings
@@ -38,6 +39,8 @@ def submit_study(paths: list[Path], options: Any, cluster: Optional[Path], conso
     request = make_request(paths, options, cluster)
     ctx = context_for(request, request.plan_device, say=lambda m: console.print(m, markup=False, highlight=False))
     plan = plan_for(request, ctx)
+    # every training job's global batch must split over its kind's `processes`: refused before anything is submitted
+    plan_layouts(plan, lambda job: settings.resources(job.kind).processes, lambda job: f"jobs.{job.kind}.processes in {source}")
     try:
         done = SlurmExecutor(ctx, request, settings).submit(plan)
     except SlurmUnavailable as exc:
