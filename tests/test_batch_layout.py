@@ -5,6 +5,7 @@ the same rows at any world size. No training here (the torchrun runs are in test
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,19 @@ def test_the_whole_study_splits_over_the_example_sites_processes():
     magic = load_spec(SPECS / "magic" / "magic_wmdp.yaml")
     assert (magic.training.batch_size, magic.training.max_steps, magic.data.select.count) == (4, 250, 1000)  # one epoch
     assert [load_spec(SPECS / f"{n}.yaml").training.batch_size for n in ("exp3_positive_only", "exp7_all_tokens")] == [32, 8]
+
+
+def test_slurm_submission_refuses_a_site_whose_processes_cannot_share_the_batch(tmp_path, monkeypatch):
+    """Refused before anything is submitted: a stand-in `sbatch` on PATH records any call (none is made)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "sbatch-was-called"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {called}\nexit 99\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = CliRunner().invoke(app, ["run", str(SPECS / "magic" / "magic_wmdp.yaml"), "--executor", "slurm",
+                                      "--cluster", str(_site(tmp_path, 3)), "--out", str(tmp_path / "out")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "batch_size 4 is the global batch" in text and "3 ranks (jobs.score.processes in" in text and "nearest: 2 or 4" in text
+    assert not called.exists() and not (tmp_path / "out").exists()

@@ -57,9 +57,9 @@ class GlobalBatchSampler:
     def order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.n_rows))
-        generator = torch.Generator()
+        generator = torch.Generator(device="cpu")  # row indices live on the host: the DataLoader indexes with them
         generator.manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n_rows, generator=generator).tolist()
+        return torch.randperm(self.n_rows, generator=generator, device="cpu").tolist()
 
     def __len__(self) -> int:
         return (self.n_rows // self.layout.global_batch) * self.layout.accumulation + self._tail
