@@ -195,8 +195,6 @@ def doctor(
     raise typer.Exit(exit_code(findings, strict))
 
 
-
-
 @app.command()
 @user_errors
 def run(
