@@ -1,7 +1,8 @@
 """WeightedSFTTrainer under real torchrun (2 CPU ranks, gloo) equals one process with the same global batch.
 
-One torchrun launch trains every 2-rank case (DDP for each normalizer and bs x ga split, a shuffled run,
-FSDP full_shard / shard_grad_op, and two mutations without the world-size loss factor); the one-process
+One torchrun launch trains every 2-rank case (DDP for each normalizer and micro-batch split, a shuffled run,
+an epoch's short last step, FSDP full_shard / shard_grad_op, and two mutations without the world-size loss
+factor); `training.batch_size` is the global batch of every case and its reference. The one-process
 references train in this process with the same worker code (tests/workers/ddp_train.py).
 """
 
@@ -17,17 +18,20 @@ from .dist_util import torchrun
 pytestmark = pytest.mark.slow
 
 NORMALIZERS = ("selected", "valid", "batch_tokens", "abs_weight")
-CASES = (
-    [{"name": f"ddp_{n}_bs4_ga1", "normalizer": n, "batch_size": 4, "grad_accum": 1} for n in NORMALIZERS]
-    + [{"name": f"ddp_{n}_bs2_ga2", "normalizer": n, "batch_size": 2, "grad_accum": 2} for n in NORMALIZERS]
+CASES = (  # batch_size is the global batch: 8 rows per step on 2 ranks = 2 x 4 rows, or 2 x 2 micro-batches of 2
+    [{"name": f"ddp_{n}_bs4_ga1", "normalizer": n, "batch_size": 8} for n in NORMALIZERS]
+    + [{"name": f"ddp_{n}_bs2_ga2", "normalizer": n, "batch_size": 8, "micro_batch_size": 2} for n in NORMALIZERS]
     + [
-        {"name": "ddp_valid_shuffled", "normalizer": "valid", "batch_size": 4, "grad_accum": 1, "shuffle": True},
-        {"name": "mutant_ddp_no_factor", "normalizer": "valid", "batch_size": 4, "grad_accum": 1, "drop_factor": True},
-        {"name": "fsdp_full_shard", "normalizer": "abs_weight", "batch_size": 2, "grad_accum": 2, "strategy": "fsdp"},
-        {"name": "fsdp_shard_grad_op", "normalizer": "valid", "batch_size": 4, "grad_accum": 1, "strategy": "fsdp",
+        {"name": "ddp_valid_shuffled", "normalizer": "valid", "batch_size": 8, "shuffle": True},
+        {"name": "mutant_ddp_no_factor", "normalizer": "valid", "batch_size": 8, "drop_factor": True},
+        {"name": "fsdp_full_shard", "normalizer": "abs_weight", "batch_size": 8, "micro_batch_size": 2, "strategy": "fsdp"},
+        {"name": "fsdp_shard_grad_op", "normalizer": "valid", "batch_size": 8, "strategy": "fsdp",
          "sharding": "shard_grad_op"},
-        {"name": "mutant_fsdp_no_factor", "normalizer": "abs_weight", "batch_size": 2, "grad_accum": 2,
+        {"name": "mutant_fsdp_no_factor", "normalizer": "abs_weight", "batch_size": 8, "micro_batch_size": 2,
          "strategy": "fsdp", "drop_factor": True},
+        # 12 rows per step over 16 rows: the second step is the epoch's 4-row tail (accelerate would pad it)
+        {"name": "ddp_valid_tail", "normalizer": "valid", "batch_size": 12, "shuffle": True},
+        {"name": "ddp_valid_tail_accum", "normalizer": "valid", "batch_size": 12, "micro_batch_size": 3, "shuffle": True},
     ]
 )
 TOL = 1e-6  # relative to the parameters (the issue's bar)
@@ -51,10 +55,12 @@ def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     refs = {}
     for n in NORMALIZERS:
-        run_case({"name": n, "normalizer": n, "batch_size": 8, "grad_accum": 1}, out)
+        run_case({"name": n, "normalizer": n, "batch_size": 8}, out)
         refs[n] = torch.load(out / f"{n}.pt")
-    run_case({"name": "shuffled", "normalizer": "valid", "batch_size": 8, "grad_accum": 1, "shuffle": True}, out)
+    run_case({"name": "shuffled", "normalizer": "valid", "batch_size": 8, "shuffle": True}, out)
     refs["shuffled"] = torch.load(out / "shuffled.pt")
+    run_case({"name": "tail", "normalizer": "valid", "batch_size": 12, "shuffle": True}, out)
+    refs["tail"] = torch.load(out / "tail.pt")
     return refs
 
 
@@ -77,6 +83,13 @@ def test_ddp_equals_one_process(two_ranks, one_process, normalizer, split):
 
 def test_ddp_shuffled_equals_one_process(two_ranks, one_process):
     _assert_equal(two_ranks["ddp_valid_shuffled"], one_process["shuffled"])
+
+
+@pytest.mark.parametrize("name", ["ddp_valid_tail", "ddp_valid_tail_accum"])
+def test_an_epochs_short_last_step_trains_the_same_rows(two_ranks, one_process, name):
+    """The step of 4 rows is dealt over the ranks (2 + 2), not padded with repeated rows as accelerate's
+    `even_batches` sharding does (unlearnspec/train/sampler.py)."""
+    _assert_equal(two_ranks[name], one_process["tail"])
 
 
 def test_normalizers_really_differ(one_process):

@@ -193,6 +193,52 @@ def test_d3_quiet_in_the_producers_regime():
     assert codes(findings, "D3") == []
 
 
+def _batch(findings, spec="selective"):
+    return [f for f in codes(findings, "D3", spec) if "global batch" in f.message]
+
+
+def test_d3_global_batch_of_the_producer_spec_vs_the_steered_run(tmp_path):
+    """One finding per score source; the fix names both ways to match, with the numbers of this case."""
+    def edit(d):
+        d["training"]["batch_size"] = 8
+        d["training"]["max_steps"] = 125  # the same epoch: only the batch differs
+
+    findings, _ = diagnose([make_project(tmp_path, _both(edit))])
+    found = _batch(findings)
+    assert [f.severity for f in found] == ["warning", "warning"]  # wmdp and mmlu, as the other regime findings
+    (wmdp,) = [f for f in found if "`wmdp`" in f.message]
+    assert "computed at a global batch of 4 rows per optimizer step, but fixed_selective trains 8" in wmdp.message
+    assert wmdp.evidence == ("global batch: 4 (specs/fixed/magic_wmdp.yaml: training.batch_size) vs 8 (steered run, training.batch_size)",)
+    assert "Set `training.batch_size: 4` in fixed_selective and its control" in wmdp.fix
+    assert "rescore with `batch_size: 8` in specs/fixed/magic_wmdp.yaml" in wmdp.fix
+    assert not any("batch" in e for f in codes(findings, "D3") for e in f.evidence if f not in found)  # not twice
+
+
+def test_d3_global_batch_recorded_in_scores_json(tmp_path):
+    """A score file made under 4 processes when batch_size was rows per device (16 rows per step) is not the
+    producer's experiment, nor the steered run's regime: two findings, each with its own fix."""
+    specs = make_project(tmp_path)
+    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
+                      {"alignment": "target", "dtype": "float32", "batch_size": 16, "world_size": 4})
+    found = _batch(diagnose([specs])[0])
+    assert len(found) == 2 and all("`wmdp`" in f.message for f in found)
+    stale = next(f for f in found if "not that spec's experiment" in f.message)
+    assert "global batch of 16 rows per step, but fixed_magic_wmdp says 4" in stale.message
+    assert stale.evidence[0] == "scores.json: 16 rows per optimizer step, trained by 4 processes"
+    assert stale.fix.startswith("Rerun the score spec (`unlearnspec run specs/fixed/magic_wmdp.yaml`)")
+    steered = next(f for f in found if f is not stale)
+    assert steered.evidence == ("global batch: 16 (scores.json) vs 4 (steered run, training.batch_size)",)
+    assert "Set `training.batch_size: 16`" in steered.fix
+
+
+def test_d3_global_batch_quiet_when_the_scores_match(tmp_path):
+    specs = make_project(tmp_path)
+    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
+                      {"alignment": "target", "batch_size": 4, "batch": {"global_batch": 4, "world_size": 4,
+                                                                         "micro_batch_size": 1, "accumulation": 1}})
+    assert _batch(diagnose([specs])[0]) == []  # 4 ranks x 1 row is the recorded batch of 4
+
+
 # --------------------------------------------------------------------------- D4
 def test_d4_magic_spec_in_bf16_fails_validation_under_precision(tmp_path):
     findings, _ = diagnose([make_project(tmp_path, {"magic_wmdp": lambda d: d["model"].update(dtype="bfloat16")})])

@@ -180,7 +180,7 @@ def test_write_scores_files(tmp_path) -> None:
     assert meta["query"] == {"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2}
     assert meta["optimizer"] == {"name": "sgd", "lr": 0.1, "weight_decay": 0.01, "momentum": 0.0}
     assert meta["lr_schedule"]["first"] == 0.1 and meta["lr_schedule"]["last"] == 0.05
-    assert (meta["steps"], meta["batch_size"], meta["grad_accum"]) == (3, 2, 1)
+    assert (meta["steps"], meta["batch_size"], meta["micro_batches_per_step"]) == (3, 2, 1)
     assert (meta["dtype"], meta["checkpoints"]) == ("float32", "sqrt")
     assert "unlearnspec_version" in meta
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_example_scores.pt", "per_token_scores.pt", "scores.json"]

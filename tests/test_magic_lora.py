@@ -194,7 +194,7 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
     grid = build_grid(tiny_texts(8, seed=5), tiny_tokenizer(), 10, "tiny")
     fields = dict(lr=0.8, optimizer={"name": "sgd", "weight_decay": 0.05}) if optimizer == "sgd" else dict(
         lr=0.01, optimizer={"name": "adamw", "weight_decay": 0.1, "betas": [0.9, 0.99], "eps": 1e-8})
-    spec = TrainingSpec.model_validate(dict(batch_size=2, grad_accum=2, max_steps=steps, schedule="linear", warmup_steps=1,
+    spec = TrainingSpec.model_validate(dict(batch_size=4, micro_batch_size=2, max_steps=steps, schedule="linear", warmup_steps=1,
                                             shuffle=True, seed=3, **fields))
     model = _trainer_lora_model()
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

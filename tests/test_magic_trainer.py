@@ -29,7 +29,7 @@ def _one_thread():
 
 def _setup(tmp_path, checkpoints="all", steps=4, **training):
     grid = build_grid(tiny_texts(8, seed=5), tiny_tokenizer(), 10, "tiny")
-    fields = dict(optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=2, grad_accum=2, max_steps=steps,
+    fields = dict(optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=4, micro_batch_size=2, max_steps=steps,
                   schedule="linear", warmup_steps=1, shuffle=True, seed=3)
     spec = TrainingSpec.model_validate({**fields, **training})
     model = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64, attn=register_replay_attention())

@@ -130,7 +130,7 @@ def test_pure_loss_matches_hand_computation():
 
 
 def _train_params(grid, weights, normalizer, bs, ga, tmp_path, optimizer="adamw"):
-    training = _training(batch_size=bs, grad_accum=ga, max_steps=3, lr=1e-2, optimizer={"name": optimizer}, shuffle=True)
+    training = _training(batch_size=bs * ga, micro_batch_size=bs, max_steps=3, lr=1e-2, optimizer={"name": optimizer}, shuffle=True)
     model = tiny_model(seed=1)
     trainer = _trainer(model, grid, weights, training, normalizer=normalizer, tmp_path=tmp_path)
     trainer.train()

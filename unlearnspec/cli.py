@@ -35,6 +35,9 @@ app = typer.Typer(
 
 app.add_typer(toy_app, name="toy")
 
+DeviceOption = typer.Option(None, "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+NprocOption = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job; `training.batch_size` is the global batch, split over them.")
+
 
 @app.command()
 @user_errors
@@ -83,25 +86,35 @@ def show(
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
     cluster: Optional[Path] = ClusterOption,
+    nproc: int = NprocOption,
 ) -> None:
-    """Print the resolved spec (after --set overrides and an optional profile), and with --cluster (or a
-    profile with a `slurm:` section) the SLURM resources its jobs would get.
+    """Print the resolved spec (after --set overrides and an optional profile), how its global batch splits over
+    the processes of a launch (--nproc N, or with --cluster the processes of its SLURM job), and with --cluster
+    (or a profile with a `slurm:` section) the SLURM resources its jobs would get.
 
     Example: [bold]unlearnspec show specs/exp7_all_tokens.yaml --toy --set training.lr=1e-3[/bold]
     """
+    from unlearnspec.spec.batch import batch_layout
     from unlearnspec.spec.load import dump_spec, load_spec
 
     chosen = resolve_profile(toy, profile)
     resolved = load_spec(spec, overrides=set_ or [], profile=chosen)
-    sys.stdout.write(dump_spec(resolved))
+    world, launch, slurm = nproc, f"--nproc {nproc}" if nproc > 1 else "one process; --nproc N shows N", ""
     if cluster is not None:
         import yaml
 
         from unlearnspec.spec.profile import slurm_settings
 
+        if nproc > 1:
+            raise UserError.one("--nproc", "give --nproc or --cluster, not both: with --cluster the site file's "
+                                "`processes` of the job kind is the rank count.")
         settings, source = slurm_settings(cluster, chosen)
-        sys.stdout.write(f"# SLURM resources (from {source})\n"
-                         + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+        kind = "score" if resolved.magic is not None else "point"
+        world, launch = settings.resources(kind).processes, f"jobs.{kind}.processes in {source}"
+        slurm = (f"# SLURM resources (from {source})\n"
+                 + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+    layout = batch_layout(resolved.training, world, file=str(spec), launch=launch, n_rows=resolved.data.select.count)
+    sys.stdout.write(dump_spec(resolved) + f"# batch ({launch}): {layout.describe()}\n" + slurm)
 
 
 @app.command()
@@ -187,9 +200,6 @@ def doctor(
     raise typer.Exit(exit_code(findings, strict))
 
 
-DeviceOption = typer.Option(None, "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-
-
 @app.command()
 @user_errors
 def run(
@@ -203,7 +213,7 @@ def run(
     reports_dir: Optional[Path] = typer.Option(None, "--reports-dir", help="Where reports go (default: <out>/reports with --out, else the specs' project reports/)."),
     device: Optional[str] = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...`."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...`; the global batch (`training.batch_size`) is split over them."),
     executor: str = typer.Option("local", "--executor", help="local (here, one job after another) | slurm (submit every job to SLURM and return)."),
     cluster: Optional[Path] = ClusterOption,
 ) -> None:
@@ -220,18 +230,19 @@ def run(
     from unlearnspec.numerics import pin_for_profile
 
     pin_for_profile(resolve_profile(toy, profile))  # before torch is imported: ATen and MKL read their pins once
-    if nproc > 1 and executor == "local" and not dry_run and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_torchrun(nproc))
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from unlearnspec.run.study import RunOptions, run_study, show_plan
+    from unlearnspec.run.study import RunOptions, check_launch, run_study, show_plan
 
     if executor not in ("local", "slurm"):
         raise UserError.one("--executor", f"unknown executor {executor!r}; use local or slurm.")
     options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, retry_failed=retry_failed,
                          device=device, report=report, reports_dir=reports_dir)
+    if nproc > 1 and executor == "local" and not dry_run and "WORLD_SIZE" not in os.environ:
+        check_launch(paths, options, nproc)  # one clear refusal here instead of one per rank
+        raise typer.Exit(_torchrun(nproc))
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if dry_run:
-        raise typer.Exit(show_plan(paths, options, _console()))
+        raise typer.Exit(show_plan(paths, options, _console(), world_size=nproc))
     if executor == "slurm":
         from unlearnspec.run.cluster_commands import submit_study
 
@@ -317,9 +328,10 @@ def plan(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (one spec only)."),
     device: Optional[str] = DeviceOption,
     format: str = typer.Option("table", "--format", help="table | json."),
+    nproc: int = NprocOption,
 ) -> None:
     """Print the jobs `run` would execute, in order: score, baseline and point jobs, their folders, what
-    each waits for, and which are already done.
+    each waits for, which are already done, and how each training job's global batch splits over --nproc ranks.
 
     Example: [bold]unlearnspec plan specs/exp5_selective.yaml --toy[/bold]
     """
@@ -328,7 +340,7 @@ def plan(
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
     options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device)
-    raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json"))
+    raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json", world_size=nproc))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """torchrun worker: train WeightedSFTTrainer on a tiny GPT-NeoX for each case and save the final parameters.
 
 Usage: torchrun --nproc-per-node W tests/workers/ddp_train.py OUT_DIR CASES_JSON
-Each case: {"name", "normalizer", "batch_size", "grad_accum", "shuffle", "strategy", "drop_factor", "sharding"}.
+Each case: {"name", "normalizer", "batch_size" (global), "micro_batch_size", "shuffle", "strategy", "drop_factor", "sharding"}.
 Rank 0 writes OUT_DIR/<name>.pt with the full final parameters (float64, name order), the initial
 parameters and the parameter elements each rank held locally after training (FSDP sharding check).
 `drop_factor` trains with the world-size loss factor removed (the mutation the tests must catch).
@@ -55,7 +55,7 @@ def run_case(case: dict, out: Path) -> dict:
     AcceleratorState._reset_state(reset_partial_state=False)  # DDP and FSDP cases share one launch
     grid, weights = grid_and_weights()
     training = TrainingSpec.model_validate(dict(optimizer={"name": "sgd"}, lr=LR, batch_size=case["batch_size"],
-                                                grad_accum=case["grad_accum"], max_steps=STEPS, seed=0,
+                                                micro_batch_size=case.get("micro_batch_size"), max_steps=STEPS, seed=0,
                                                 shuffle=case.get("shuffle", False)))
     parallel = ParallelSpec(strategy=case.get("strategy", "ddp"),
                             **({"fsdp": {"sharding": case.get("sharding", "full_shard")}} if case.get("strategy") == "fsdp" else {}))

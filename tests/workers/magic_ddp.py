@@ -1,7 +1,7 @@
 """torchrun worker: MAGIC scores of a WeightedSFTTrainer run under data parallelism (float64 tiny GPT-NeoX).
 
 Usage: torchrun --nproc-per-node W tests/workers/magic_ddp.py OUT_DIR
-Trains 4 SGD steps (global batch 8 rows = W ranks x bs (4/W) x grad_accum 2, shuffled, warmup+decay,
+Trains 4 SGD steps (batch_size 8 rows = W ranks x micro_batch_size 4/W x 2 micro-batches, shuffled, warmup+decay,
 weight decay) with MagicCallback recording to disk, then runs the reverse pass three ways on the same
 trajectory: as shipped; with 1-row double backwards and CPU-offloaded adjoints and states; and with the
 Hessian-vector-product all-reduce removed (the mutation); and per question, from batched adjoints. Rank 0 writes OUT_DIR/magic.pt.
@@ -47,7 +47,7 @@ def run(out: Path, states: Path) -> dict:
     torch.set_num_threads(1)
     grid = build_grid(tiny_texts(ROWS, seed=5), tiny_tokenizer(), SEQ, "tiny")
     spec = TrainingSpec.model_validate(dict(
-        optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=GLOBAL_ROWS // world, grad_accum=GA,
+        optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=GLOBAL_ROWS * GA, micro_batch_size=GLOBAL_ROWS // world,
         max_steps=STEPS, schedule="linear", warmup_steps=1, shuffle=True, seed=3))
     model = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64, attn=register_replay_attention())
     cb = MagicCallback(STEPS, "sqrt", storage="disk", storage_dir=states)

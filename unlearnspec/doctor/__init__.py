@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Iterable
 
+from unlearnspec.doctor.batch_rules import score_batch_mismatch
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
 from unlearnspec.doctor.lds_rules import DEFAULT_LDS_FRACTION_FACTOR, DEFAULT_LDS_MIN, lds_findings
@@ -71,6 +72,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += score_file_unusable(entry, ws)
         findings += score_data_mismatch(entry, ws)
         findings += score_regime_mismatch(entry, ws)
+        findings += score_batch_mismatch(entry, ws)
         findings += sidecar_precision(entry, ws)
         findings += alignment_ambiguity(entry, ws)
         findings += lr_shift(entry, ws, lr_factor)

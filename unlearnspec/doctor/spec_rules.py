@@ -248,11 +248,12 @@ def _total_steps(spec: Spec) -> Optional[int]:
     t = spec.training
     if t.max_steps is not None:
         return t.max_steps
-    per_epoch = math.ceil(spec.data.select.count / (t.batch_size * t.grad_accum))
+    per_epoch = math.ceil(spec.data.select.count / t.batch_size)
     return math.ceil(per_epoch * (t.epochs or 0))
 
 
 def _regime(spec: Spec) -> dict[str, Any]:
+    """What D3 compares (the global batch has its own findings: doctor/batch_rules.py)."""
     t, opt = spec.training, spec.training.optimizer
     out: dict[str, Any] = {
         "optimizer": opt.name,
@@ -260,7 +261,6 @@ def _regime(spec: Spec) -> dict[str, Any]:
         "weight_decay": opt.weight_decay,
         "schedule": t.schedule,
         "warmup": t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0),
-        "batch (rows per step)": t.batch_size * t.grad_accum,
         "steps": _total_steps(spec),
         "data order": "shuffled" if t.shuffle else "grid order",
         "max_grad_norm (clipping)": t.max_grad_norm,

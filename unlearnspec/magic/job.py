@@ -11,7 +11,7 @@ from unlearnspec.run import dist
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import RunRecord
-from unlearnspec.run.steps import Timer, prepare, save_model, train, write_spec
+from unlearnspec.run.steps import Timer, batch_record, prepare, save_model, train, write_spec
 
 
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
@@ -82,7 +82,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                  dtype=spec.model.dtype, lr=job.lr, fingerprint_inputs=grid_inputs(prep.grid, spec.data),
                  extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
-                        "world_size": ctx.world_size,
+                        "world_size": ctx.world_size, "batch": batch_record(spec, prep, ctx).model_dump(),
                         "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,
                                          "rounding_risk": stats.rounding_risk, "peak_state_copies": stats.peak_state_copies}})
     from unlearnspec.magic.lds import save_trajectory_plan
@@ -93,7 +93,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     ctx.say(f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "
             f"pass); {neg:.1%} of valid tokens are proponents (score < 0)")
     return RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=".", token_stats=prep.stats,
-                     train_seconds=train_clock.seconds, spec_hash=job.hash, model_dir=model_dir)
+                     train_seconds=train_clock.seconds, spec_hash=job.hash, model_dir=model_dir,
+                     batch=batch_record(spec, prep, ctx))
 
 
 def shared_states_dir(job: Job, workdir: Path) -> Path:

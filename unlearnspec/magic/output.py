@@ -105,8 +105,8 @@ def scores_metadata(
         "optimizer": _optimizer_summary(trajectory, float(lr) if lr is not None else max(lrs)),
         "lr_schedule": lr_schedule_summary(lrs),
         "steps": trajectory.total_steps,
-        "batch_size": rows[0] if len(rows) == 1 else rows,
-        "grad_accum": micro[0] if len(micro) == 1 else micro,
+        "batch_size": rows[0] if len(rows) == 1 else rows,  # rows per optimizer step (all ranks): the global batch
+        "micro_batches_per_step": micro[0] if len(micro) == 1 else micro,  # recorded forward passes, all ranks
         "dtype": dtype,
         "checkpoints": trajectory.schedule,
         "files": {"per_token": PER_TOKEN_FILE, "per_example": PER_EXAMPLE_FILE},

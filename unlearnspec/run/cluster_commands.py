@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.run.plan import plan_layouts
 from unlearnspec.run.slurm import Request, SlurmExecutor, context_for, plan_for, statuses
 from unlearnspec.run.slurmstate import REQUEST, SLURM_DIR, SlurmUnavailable
 from unlearnspec.spec.profile import slurm_settings
@@ -40,6 +41,8 @@ def submit_study(paths: list[Path], options: Any, cluster: Optional[Path], conso
     plan = plan_for(request, ctx)
     for line in plan.mapping_lines():  # what the profile changed, as `run` says it
         console.print(f"[profile] {line}", markup=False, highlight=False)
+    # every training job's global batch must split over its kind's `processes`: refused before anything is submitted
+    plan_layouts(plan, lambda job: settings.resources(job.kind).processes, lambda job: f"jobs.{job.kind}.processes in {source}")
     try:
         done = SlurmExecutor(ctx, request, settings).submit(plan)
     except SlurmUnavailable as exc:

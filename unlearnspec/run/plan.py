@@ -11,10 +11,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from unlearnspec.assets import Assets, folder_digest, package_version
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.batch import BatchLayout, batch_layout
 from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
 from unlearnspec.spec.profile import MappedKnob, is_world_file
 from unlearnspec.spec.schema import Spec
@@ -126,6 +127,7 @@ def spec_hash(spec: Spec) -> str:
     # A score run has one LR and one folder: its LR is part of what it computed (else a changed LR would
     # resume the old scores and their LDS retrainings as done).
     payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
+    payload.get("training", {}).pop("micro_batch_size", None)  # rows per forward pass: the same steps
     payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
     payload.get("magic", {}).pop("lds", None)  # the validation reads the scores; it never changes them
     for knob in REPORTING_KNOBS:  # which task the report calls the hazard never changes a run
@@ -318,3 +320,23 @@ def _check_unique_outputs(plan: Plan) -> None:
             raise UserError.one(str(run.path), f"output.dir {run.out} is also the output of {other.path}; two specs "
                                 "would overwrite each other's results. Give each spec its own output.dir.", loc="output.dir")
         seen[run.out.resolve()] = run
+
+
+def plan_layouts(plan: Plan, world_size: Callable[[Job], int], launch: Callable[[Job], str]) -> dict[str, BatchLayout]:
+    """The batch layout of every job that trains through the trainer (score, point) at the world size it will run
+    under, checked before any work: one UserError listing every spec whose global batch those ranks cannot share,
+    with the fix. (LDS jobs replay the recorded steps row by row, whatever their rank count.)"""
+    layouts: dict[str, BatchLayout] = {}
+    problems: dict[tuple[str, str], Problem] = {}
+    for job in plan.jobs:
+        if job.kind not in ("score", "point"):
+            continue
+        try:
+            layouts[job.id] = batch_layout(job.spec.training, world_size(job), file=str(job.spec_path), launch=launch(job),
+                                           n_rows=job.spec.data.select.count)
+        except UserError as exc:
+            for p in exc.problems:
+                problems.setdefault((p.file, p.message), p)
+    if problems:
+        raise UserError(list(problems.values()))
+    return layouts

@@ -14,7 +14,7 @@ from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import SAMPLES_FILE, BaselineRecord, RunRecord
 from unlearnspec.run.rundirs import write_json
-from unlearnspec.run.steps import Timer, evaluate, prepare, save_model, train, write_spec
+from unlearnspec.run.steps import Timer, batch_record, evaluate, prepare, save_model, train, write_spec
 
 JobRecord = Union[RunRecord, BaselineRecord]
 
@@ -55,7 +55,7 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     spec = job.spec
     prep = prepare(job, ctx)
     record = RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=job.out.name,
-                       token_stats=prep.stats, spec_hash=job.hash)
+                       token_stats=prep.stats, spec_hash=job.hash, batch=batch_record(spec, prep, ctx))
     write_spec(job, workdir)
     write_json(workdir / "token_stats.json", prep.stats.model_dump())
     with Timer() as clock:

@@ -63,6 +63,19 @@ class TokenStats(_Record):
     the normalizer's divisor is 0)."""
 
 
+class BatchRecord(_Record):
+    """How the run's global batch was split over the processes that trained it (spec.batch.BatchLayout)."""
+
+    global_batch: int = Field(gt=0)
+    """Rows per optimizer step (`training.batch_size`)."""
+    world_size: int = Field(gt=0)
+    """Processes (ranks) that trained."""
+    micro_batch_size: int = Field(gt=0)
+    """Rows per forward/backward on one rank."""
+    accumulation: int = Field(gt=0)
+    """Micro-batches per rank per optimizer step."""
+
+
 class EvalRecord(_Record):
     """One evaluation (baseline or a sweep point)."""
 
@@ -97,6 +110,8 @@ class RunRecord(EvalRecord):
     """The saved model or adapter (`output.save_model`), relative to the point's folder."""
     curves: Optional[str] = None
     """Where the training curves went (`training.report_to`): e.g. `tensorboard: curves/tensorboard`."""
+    batch: Optional[BatchRecord] = None
+    """The global batch and its split over the ranks of the launch that trained the point."""
 
 
 class BaselineRecord(EvalRecord):

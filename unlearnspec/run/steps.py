@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job, spec_hash
-from unlearnspec.run.results import TokenStats
+from unlearnspec.run.results import BatchRecord, TokenStats
 from unlearnspec.spec.schema import Spec
 
 
@@ -83,6 +83,14 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     )
     ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights))
     return ctx.prepared[key]
+
+
+def batch_record(spec: Spec, prep: Prepared, ctx: RunContext) -> BatchRecord:
+    """The spec's global batch and its split over this launch's ranks, as the trainer derives it."""
+    from unlearnspec.spec.batch import batch_layout
+
+    layout = batch_layout(spec.training, ctx.world_size, launch="this launch", n_rows=prep.grid.input_ids.shape[0])
+    return BatchRecord(**layout.as_dict())
 
 
 def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks: Sequence[Any] = (),

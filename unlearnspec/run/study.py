@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unlearnspec.run.context import RunContext, resolve_device, toy_context
-from unlearnspec.run.plan import Plan, build_plan
+from unlearnspec.run.plan import Plan, build_plan, plan_layouts
 from unlearnspec.spec.load import project_root
 
 
@@ -74,6 +74,7 @@ def run_study(paths: list[Path], options: RunOptions, console: Any) -> int:
         plan = make_plan(paths, options, ctx)
         for line in plan.mapping_lines():  # what the profile changed, so no mapped knob is a surprise
             say(f"[profile] {line}")
+        plan_layouts(plan, lambda job: ctx.world_size, lambda job: "the processes of this launch")
         say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) on {ctx.device}"
             + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
         outcome = LocalExecutor(ctx, retry_failed=options.retry_failed).run(plan)
@@ -91,8 +92,15 @@ def run_study(paths: list[Path], options: RunOptions, console: Any) -> int:
     return 1 if failed else 0
 
 
-def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: bool = False) -> int:
-    """Print the jobs in order: kind, id, folder, waits-for, state (done / failed / todo)."""
+def check_launch(paths: list[Path], options: RunOptions, world_size: int) -> None:
+    """Refuse, before torchrun starts `world_size` ranks, every spec whose global batch they cannot share."""
+    ctx = make_context(options, say=lambda m: None)
+    plan_layouts(make_plan(paths, options, ctx), lambda job: world_size, lambda job: f"--nproc {world_size}")
+
+
+def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: bool = False, world_size: int = 1) -> int:
+    """Print the jobs in order: kind, id, folder, waits-for, state (done / failed / todo), and the batch split of
+    each training job over `world_size` ranks (refused, with the fix, when they cannot share it)."""
     import json
 
     from rich.table import Table
@@ -101,18 +109,24 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
 
     ctx = make_context(options, say=lambda m: None)
     plan = make_plan(paths, options, ctx)
+    layouts = plan_layouts(plan, lambda job: world_size, lambda job: f"--nproc {world_size}")
     rows = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
-             "state": job_state(j)} for i, j in enumerate(plan.jobs)]
+             "state": job_state(j), "batch": layouts[j.id].as_dict() if j.id in layouts else None}
+            for i, j in enumerate(plan.jobs)]
     if as_json:
-        console.out(json.dumps({"device": ctx.device, "profile_changes": plan.mapping_lines(), "jobs": rows}, indent=2), highlight=False)
+        console.out(json.dumps({"device": ctx.device, "world_size": world_size, "profile_changes": plan.mapping_lines(),
+                                "jobs": rows}, indent=2), highlight=False)
         return 0
     for line in plan.mapping_lines():
         console.print(f"[profile] {line}", markup=False, highlight=False)
-    table = Table(title=f"plan: {len(rows)} job(s) on {ctx.device}")
-    for col in ("#", "kind", "job", "folder", "after", "state"):
+    table = Table(title=f"plan: {len(rows)} job(s) on {ctx.device}" + (f", {world_size} processes each" if world_size > 1 else ""),
+                  caption="batch: rows per optimizer step = ranks x rows per micro-batch x micro-batches")
+    for col in ("#", "kind", "job", "folder", "after", "batch", "state"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(str(r["order"]), r["kind"], r["id"], r["folder"], ", ".join(r["after"]) or "-", r["state"])
+        b = r["batch"]
+        batch = f"{b['global_batch']} = {b['world_size']}x{b['micro_batch_size']}x{b['accumulation']}" if b else "-"
+        table.add_row(str(r["order"]), r["kind"], r["id"], r["folder"], ", ".join(r["after"]) or "-", batch, r["state"])
     console.print(table)
     return 0
 

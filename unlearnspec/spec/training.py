@@ -52,9 +52,14 @@ class TrainingSpec(_Section):
     warmup_steps: Optional[int] = Field(default=None, ge=0)
     """Warmup steps (exclusive with warmup_ratio)."""
     batch_size: PositiveInt
-    """Rows per device micro-batch."""
-    grad_accum: PositiveInt = 1
-    """Micro-batches per optimizer step."""
+    """The global batch: rows per optimizer step, whatever the number of processes (the seed's batch).
+    Under W ranks each rank trains batch_size / W rows of every step; W must divide it."""
+    # Left out of dumps when unset and out of the spec hash (run.plan.spec_hash): a memory knob.
+    micro_batch_size: Optional[PositiveInt] = None
+    """Rows per forward/backward on one rank (a memory knob: the rows of each optimizer step and the
+    step itself stay the same). Each rank accumulates batch_size / (W x micro_batch_size) micro-batches
+    per step, so it must divide each rank's share batch_size / W. Unset: the whole share at once (no
+    accumulation). `unlearnspec show SPEC --nproc W` prints the split."""
     max_steps: Optional[PositiveInt] = None
     """Optimizer steps (exclusive with epochs)."""
     epochs: Optional[float] = Field(default=None, gt=0.0)
@@ -75,6 +80,24 @@ class TrainingSpec(_Section):
     installed). `wandb`: a Weights & Biases run named `spec/point`, its local files in `curves/`;
     configure it with WANDB_* variables (e.g. WANDB_PROJECT, WANDB_MODE=offline); wandb is not a
     dependency. Curves never change the results."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_grad_accum(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "grad_accum" in data:
+            accum, batch = data.get("grad_accum"), data.get("batch_size")
+            known = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (accum, batch))
+            if known and accum == 1:
+                write = f"delete `grad_accum` and keep `batch_size: {batch}`"
+            elif known:
+                write = f"write `batch_size: {batch * accum}` and `micro_batch_size: {batch}`"
+            else:
+                write = "write `batch_size: B x A` (rows per optimizer step) and `micro_batch_size: B`"
+            raise SpecRuleError(("grad_accum",), "`grad_accum` was removed: `batch_size` is now the global batch (rows "
+                                "per optimizer step at any number of processes) and `micro_batch_size` the rows per "
+                                f"forward pass. Instead of `batch_size: {batch}` with `grad_accum: {accum}`, {write} "
+                                "(a run made under W processes had W times that global batch).")
+        return data
 
     @model_validator(mode="after")
     def _rules(self) -> "TrainingSpec":
@@ -160,7 +183,7 @@ class MagicMemorySpec(_Section):
     replay_batch_size: Optional[PositiveInt] = None
     """Rows per double backward in the reverse pass (and per recomputed SGD step). The cross-entropy double
     backward keeps several vocab-sized tensors per sequence, so this is the main memory knob. Unset: the
-    training micro-batches as recorded (`training.batch_size` rows each)."""
+    training micro-batches as recorded (`training.micro_batch_size` rows each; unset, batch_size / W rows)."""
     # Left out of dumps at its default, so specs written before the field existed keep their hash.
     question_chunk: PositiveInt = Field(default=16, exclude_if=lambda v: v == 16)
     """With `query.per: question`: questions whose adjoints go through one batched reverse pass (K). Each

@@ -17,6 +17,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
+from unlearnspec.spec.batch import BatchLayout, batch_layout, optimizer_steps
 from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
 from unlearnspec.train.parallel import parallel_fields, world_size
 from unlearnspec.spec import ParallelSpec, TrainingSpec
@@ -62,10 +63,7 @@ def grid_dataset(grid: TokenGrid, weights: torch.Tensor) -> Any:
 
 
 def total_steps(training: TrainingSpec, n_rows: int) -> int:
-    if training.max_steps is not None:
-        return training.max_steps
-    per_epoch = math.ceil(math.ceil(n_rows / training.batch_size) / training.grad_accum)
-    return max(1, math.ceil(per_epoch * (training.epochs or 1.0)))
+    return optimizer_steps(training, n_rows)
 
 
 def warmup_steps(training: TrainingSpec, steps: int) -> int:
@@ -156,11 +154,12 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
+    layout = batch_layout(training, world_size(), launch="this launch", n_rows=n_rows)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=lr,
-        per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.grad_accum,
+        per_device_train_batch_size=layout.micro_batch_size,  # the global batch's share of one rank and pass
+        gradient_accumulation_steps=layout.accumulation,
         max_steps=total_steps(training, n_rows),
         seed=training.seed,
         data_seed=training.seed,
@@ -264,6 +263,20 @@ class WeightedSFTTrainer(SFTTrainer):
         state.distributed_type = DistributedType.FSDP
         state.fsdp_plugin = FullyShardedDataParallelPlugin(**plugin_args)
         self.is_fsdp_enabled = True
+
+    @property
+    def batch_layout(self) -> BatchLayout:
+        """This launch's split of each optimizer step: ranks x rows per micro-batch x micro-batches per rank."""
+        world = max(1, int(self.args.world_size))
+        m, accum = self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps
+        return BatchLayout(world * m * accum, world, m, accum)
+
+    def get_train_dataloader(self) -> Any:
+        """Every optimizer step trains the same rows at any world size (see train/sampler.py); HF's own
+        loader would let accelerate pad an epoch's short last step with repeated rows under several ranks."""
+        from unlearnspec.train.sampler import prepared_train_dataloader
+
+        return prepared_train_dataloader(self, self.batch_layout)
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         if self.optimizer is None and self.training_spec is not None:
