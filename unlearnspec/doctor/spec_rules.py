@@ -12,6 +12,7 @@ from unlearnspec.doctor.rescore import rescore_advice, rescore_refusals
 from unlearnspec.doctor.step_rules import estimate_fraction, lr_shift  # noqa: F401 - D6 lives in step_rules
 from unlearnspec.report.build import format_lr
 from unlearnspec.spec import Spec
+from unlearnspec.spec.schema import RESULT_NEUTRAL_FIELDS
 from unlearnspec.spec.load import find_spec_files, is_profile_path, project_root, resolve_path, world_problem
 
 TRAINER_ALIGNMENT = "target"
@@ -20,7 +21,10 @@ TRAINER_ALIGNMENT = "target"
 LOW_PRECISION = {"bf16", "bfloat16", "fp16", "float16", "half", "torch.bfloat16", "torch.float16"}
 
 # Fields a control may differ in: identity (incl. `role`), outputs, and the token rule under test.
-_NOT_COMPARED = ("name", "description", "control", "role", "scores", "tokens", "output", "baseline", "magic", "training.lr")
+_NOT_COMPARED = ("name", "description", "control", "role", "scores", "tokens", "baseline", "magic", "training.lr",
+                 *RESULT_NEUTRAL_FIELDS)
+"""What D1 does not compare: the token rule and its scores, names and the sweep, plus every field that never
+changes a run's numbers."""
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

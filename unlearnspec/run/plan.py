@@ -18,7 +18,7 @@ from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.batch import BatchLayout, batch_layout
 from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
 from unlearnspec.spec.profile import MappedKnob, is_world_file
-from unlearnspec.spec.schema import Spec
+from unlearnspec.spec.schema import RESULT_NEUTRAL_FIELDS, Spec, drop_fields
 
 JobKind = Literal["score", "baseline", "point", "lds"]
 SCORES_FILE = "per_token_scores.pt"  # the score file a score job writes (format: unlearnspec.scores)
@@ -119,21 +119,14 @@ REPORTING_KNOBS = ("hazard_task", "general_task")
 
 
 def spec_hash(spec: Spec) -> str:
-    """sha256 of the resolved spec minus its sweep (kept for a MAGIC spec's single LR) and output location
-    (shared by all its points)."""
+    """sha256 of the resolved spec minus its sweep (kept for a MAGIC spec's single LR) and the fields that
+    never change a run's numbers (`RESULT_NEUTRAL_FIELDS`: output location, memory and reporting knobs)."""
     payload = spec.model_dump(mode="json", exclude_none=True)
     if spec.magic is None:  # a sweep's points share the hash; each point's folder names its LR
         payload.get("training", {}).pop("lr", None)
     # A score run has one LR and one folder: its LR is part of what it computed (else a changed LR would
     # resume the old scores and their LDS retrainings as done).
-    payload.get("training", {}).pop("report_to", None)  # where curves go never changes results
-    payload.get("training", {}).pop("micro_batch_size", None)  # rows per forward pass: the same steps
-    payload.get("magic", {}).pop("memory", None)  # memory knobs and the process layout change no result
-    payload.get("magic", {}).pop("lds", None)  # the validation reads the scores; it never changes them
-    for knob in REPORTING_KNOBS:  # which task the report calls the hazard never changes a run
-        payload.get("eval", {}).pop(knob, None)
-    payload.pop("parallel", None)  # beyond float summation order
-    payload.pop("output", None)
+    drop_fields(payload, RESULT_NEUTRAL_FIELDS)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -17,6 +17,32 @@ from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpe
 
 
 # --------------------------------------------------------------------------- the spec
+RESULT_NEUTRAL_FIELDS = (
+    "training.report_to",  # where curves go
+    "training.micro_batch_size",  # rows per forward pass: the same optimizer steps
+    "magic.memory",  # memory knobs and the process layout
+    "magic.lds",  # the validation reads the scores; it never changes them
+    "eval.hazard_task",  # which task the report calls the hazard
+    "eval.general_task",
+    "parallel",  # beyond float summation order
+    "output",  # where results go
+)
+"""Dotted spec fields that never change a run's numbers: out of the spec hash (the resume key) and out of
+the doctor's matched-control comparison (D1)."""
+
+
+def drop_fields(payload: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """`payload` (a spec dump) without the dotted `fields`; missing ones are ignored. Changes it in place."""
+    for dotted in fields:
+        *parents, leaf = dotted.split(".")
+        node: Any = payload
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return payload
+
+
 class Spec(_Section):
     """One experiment (or one MAGIC score run) of attribution-guided unlearning."""
 
