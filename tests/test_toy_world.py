@@ -215,7 +215,7 @@ def test_cli_import_stays_light():
 
 
 # --------------------------------------------------------------------------- the built world
-# Slow: the first use builds the toy world (~1.5-2 CPU-minutes) into $UNLEARNSPEC_CACHE.
+# Slow: they load and evaluate the toy model (the first use installs the shipped world into $UNLEARNSPEC_CACHE).
 @pytest.mark.slow
 def test_built_world_loads_with_auto_classes(toy_world, world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
