@@ -175,6 +175,21 @@ def test_ship_writes_into_a_source_checkout_only(tmp_path, monkeypatch):
         _check_ship(True, None)
 
 
+def test_the_rebuild_comparison_sees_one_bit_and_ignores_only_the_writer_version(tmp_path):
+    """What the slow test relies on: one flipped bit of one weight is a difference; another
+    `transformers_version` in the JSON configs is not, any other config change is."""
+    copy = _shipped_copy(tmp_path)
+    assert model_files_equal(copy, SHIPPED_DIR) == []
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "transformers_version": "9.9.9"}))
+    assert model_files_equal(copy, SHIPPED_DIR) == []
+    (copy / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert model_files_equal(copy, SHIPPED_DIR) == ["config.json", "model.safetensors"]
+
+
 # Slow: pretrains the toy world from scratch (600 steps with the pinned portable kernels, ~4-5 CPU-minutes).
 @pytest.mark.slow
 def test_toy_build_force_rebuilds_the_shipped_world_bit_for_bit(tmp_path):
