@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The package works installed, not just from a checkout: a fresh virtualenv outside the repository,
 # `pip install torch==2.13.0` then `pip install <repo>` (not editable), and from a folder outside the
-# repository run a shipped spec on the toy world and print the recorded reference tables.
+# repository, with an empty cache, install the shipped pretrained toy world (package data: no pretraining),
+# run a shipped spec on it and print the recorded reference tables.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d /tmp/unlearnspec-install-check.XXXXXX)"
@@ -13,6 +14,9 @@ python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet "$REPO"
 mkdir "$WORK/elsewhere" && cd "$WORK/elsewhere"
 python -c "import unlearnspec, sys; assert '$REPO' not in unlearnspec.__file__, unlearnspec.__file__; print('installed at', unlearnspec.__file__)"
+export UNLEARNSPEC_CACHE="$WORK/cache"
+unlearnspec toy build | tee "$WORK/toy-build.log"
+grep -q "the shipped pretrained model, installed in" "$WORK/toy-build.log"
 unlearnspec run "$REPO/specs/exp7_all_tokens.yaml" --toy --out "$WORK/out" --set eval.tasks.0.limit=100 --set eval.tasks.1.limit=100
 test -f "$WORK/out/results.json" && test -f "$WORK/out/reports/exp7_all_tokens.md"
 unlearnspec report --reference-only > "$WORK/recorded.md"

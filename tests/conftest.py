@@ -29,7 +29,8 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def toy_world():
-    """The embedded toy world, built once into a stable cache (UNLEARNSPEC_CACHE, default .cache/ in the repo)."""
+    """The embedded toy world in a stable cache (UNLEARNSPEC_CACHE, default .cache/ in the repo): on first use
+    installed from the shipped pretrained copy in seconds (tests/test_toy_shipped.py), never pretrained."""
     os.environ.setdefault("UNLEARNSPEC_CACHE", str(REPO / ".cache" / "unlearnspec"))
     from unlearnspec.toy.build import ensure_toy_world
 

@@ -30,7 +30,7 @@ def test_whole_study_plan_orders_producers_first_and_shares_baselines():
             assert ids.index(dep) < i, f"{job.id} runs before {dep}"
     kinds = {k: sum(j.kind == k for j in plan.jobs) for k in ("score", "baseline", "point")}
     score_specs = [p for p in SPECS.rglob("*.yaml") if "profiles" not in p.parts and "magic:" in p.read_text()]
-    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 6  # + specs/fixed*, per_task, per_question
+    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 7  # + specs/fixed*, per_task, per_question, quick
     points = sum(len(r.spec.training.lrs) for r in plan.specs if not r.is_score)
     assert kinds["point"] == points
     # exp1-7 and the fixed pair evaluate the same toy model with the same tasks: one baseline job

@@ -195,17 +195,19 @@ def test_include_paths_use_the_projects_toy_tasks_only_when_they_are_this_worlds
     assert not folder_matches(world, tmp_path / "other" / "tasks")
 
 
-def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("force", [False, True], ids=["install-shipped", "build"])
+def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch, force):
+    """Interrupted while writing the world's data: from the shipped copy (first use) or pretraining (--force)."""
     import unlearnspec.toy.build as build
 
-    def crash(cfg, dest, log):
+    def crash(world, dest):
         (dest / "half-written").write_text("x")
         raise KeyboardInterrupt
 
     monkeypatch.setenv("UNLEARNSPEC_CACHE", str(tmp_path))
-    monkeypatch.setattr(build, "build_world", crash)
+    monkeypatch.setattr(build, "write_world_data", crash)
     with pytest.raises(KeyboardInterrupt):
-        ensure_toy_world()
+        ensure_toy_world(force=force)
     assert list((tmp_path / "toy_world").iterdir()) == []
 
 
@@ -215,7 +217,7 @@ def test_cli_import_stays_light():
 
 
 # --------------------------------------------------------------------------- the built world
-# Slow: the first use builds the toy world (~1.5-2 CPU-minutes) into $UNLEARNSPEC_CACHE.
+# Slow: they load and evaluate the toy model (the first use installs the shipped world into $UNLEARNSPEC_CACHE).
 @pytest.mark.slow
 def test_built_world_loads_with_auto_classes(toy_world, world):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from unlearnspec.cli_support import _console, output_folder, user_errors
+from unlearnspec.errors import UserError
 
 toy_app = typer.Typer(help="The embedded offline toy world: tiny model, corpora and cloze tasks.", no_args_is_help=True)
 WorldOption = typer.Option(None, "--config", help="Toy world file (default: specs/profiles/toy_world.yaml).")
@@ -16,25 +17,51 @@ WorldOption = typer.Option(None, "--config", help="Toy world file (default: spec
 @toy_app.command("build")
 @user_errors
 def toy_build(
-    force: bool = typer.Option(False, "--force", help="Rebuild even when the cache holds this world."),
+    force: bool = typer.Option(False, "--force", help="Rebuild from scratch (generate, pretrain, evaluate) even when the cache holds this world."),
     config: Optional[Path] = WorldOption,
+    ship: bool = typer.Option(False, "--ship", help="With --force, in a source checkout: also write the rebuilt default world into unlearnspec/toy/shipped/ (package data)."),
 ) -> None:
-    """Build (or find) the cached toy world and print where it is and its baseline accuracy.
+    """Find, install (from the shipped pretrained copy) or build the cached toy world; print where it is and its baseline.
 
-    Example: [bold]UNLEARNSPEC_CACHE=.cache/unlearnspec unlearnspec toy build --force[/bold]
+    Examples: [bold]UNLEARNSPEC_CACHE=.cache/unlearnspec unlearnspec toy build --force[/bold] ;
+    [bold]unlearnspec toy build --force --ship[/bold] (regenerate the shipped world after changing the world file)
     """
+    if ship:
+        _check_ship(force, config)
     from unlearnspec.numerics import pin_for_world
 
     pin_for_world(config)  # before torch is imported: ATen and MKL read their pins once
     from unlearnspec.toy.build import ensure_toy_world
 
     console = _console()
-    world = ensure_toy_world(config, force=force, log=lambda msg: console.print(msg))
+    world = ensure_toy_world(config, force=force, log=lambda msg: console.print(msg, markup=False))
     info = world.info
-    console.print(f"[green]toy world[/green] {world.root}  (built in {info['build_seconds']}s)")
+    how = (f"the shipped pretrained model, installed in {info.get('install_seconds')}s" if info.get("source") == "shipped"
+           else f"built in {info['build_seconds']}s")
+    console.print(f"[green]toy world[/green] {world.root}  ({how})")
     console.print(f"model     {world.model_dir}\ntasks     {world.task_dir}")
     for task, m in info["baseline"].items():
         console.print(f"baseline  {task}: acc {m['acc']:.4f} ± {m['acc_stderr']:.4f}, acc_norm {m['acc_norm']:.4f} (n={m['n']})")
+    if ship:
+        from unlearnspec.toy.shipped import ship as ship_world
+
+        console.print(f"[green]shipped[/green] {ship_world(world.root, info)} (commit it with the world file)")
+
+
+def _check_ship(force: bool, config: Optional[Path]) -> None:
+    """--ship writes package data: only a fresh build of the default world, only into a source checkout."""
+    from unlearnspec.toy.build import load_config, world_key
+    from unlearnspec.toy.shipped import SHIPPED_DIR
+
+    if not force:
+        raise UserError.one("--ship", "ships a fresh build only (a cached world may come from older code or from the shipped copy itself); add --force.")
+    if config is not None and world_key(load_config(config)) != world_key(load_config(None)):
+        raise UserError.one("--ship", f"the shipped world is the default world (unlearnspec/profiles/toy_world.yaml), and {config} "
+                            "describes another; edit the default world file instead, or drop --ship.")
+    checkout = SHIPPED_DIR.parents[2]  # <checkout>/unlearnspec/toy/shipped
+    if not (checkout / "pyproject.toml").is_file():
+        raise UserError.one("--ship", f"the package at {SHIPPED_DIR.parents[1]} is installed, not a source checkout; "
+                            "run it from a clone (with PYTHONPATH or `pip install -e .`) so the shipped copy can be committed.")
 
 
 @toy_app.command("write-tasks")

@@ -2,7 +2,8 @@
 
 The cache dir ($UNLEARNSPEC_CACHE, default ~/.cache/unlearnspec) holds one folder per hash of the
 world config and generator version; it is built in a temp dir and renamed into place, so an
-interrupted build leaves nothing behind.
+interrupted build leaves nothing behind. On first use a world whose key matches the shipped copy
+(`toy/shipped.py`) takes its tokenizer and model from there instead of pretraining.
 """
 
 from __future__ import annotations
@@ -95,22 +96,24 @@ def load_config(config_path: Optional[Path]) -> WorldConfig:
 
 
 def ensure_toy_world(config_path: Optional[Path] = None, *, force: bool = False, log: Optional[Log] = None) -> ToyWorld:
-    """The toy world of `config_path` (default specs/profiles/toy_world.yaml), built on first use."""
+    """The toy world of `config_path` (default specs/profiles/toy_world.yaml), installed from the shipped
+    copy or built on first use; `force` rebuilds it from scratch (pretraining included)."""
     cfg = load_config(config_path)
     from unlearnspec import numerics
 
     numerics.apply(cfg.numerics, str(config_path or DEFAULT_CONFIG))  # before any tensor work of a build or run
     root = cache_root() / "toy_world" / world_key(cfg)
     if force or not (root / INFO_FILE).is_file():
-        _build_atomically(cfg, root, log or (lambda _msg: None))
+        _build_atomically(cfg, root, log or (lambda _msg: None), from_shipped=not force)
     return ToyWorld(root=root, config=cfg, task_dir=root / "tasks")
 
 
-def _build_atomically(cfg: WorldConfig, root: Path, log: Log) -> None:
+def _build_atomically(cfg: WorldConfig, root: Path, log: Log, from_shipped: bool) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
-        build_world(cfg, tmp, log)
+        if not (from_shipped and install_shipped(cfg, tmp, log)):
+            build_world(cfg, tmp, log)
         follow_umask(tmp)  # mkdtemp and safetensors made 0700/0600: a shared cache must be readable
         if root.exists():  # --force, or another process finished first: replace it
             trash = root.with_name(f".{root.name}.old-{os.getpid()}")
@@ -146,12 +149,36 @@ def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
         "key": world_key(cfg),
         "generator_version": GENERATOR_VERSION,
         "config": cfg.model_dump(mode="json"),
+        "source": "built",
         "build_seconds": round(time.perf_counter() - start, 1),
         "pretrain_seconds": round(train_s, 1),
         "baseline": baseline,
         "numerics": numerics.active(),
     }
     (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def install_shipped(cfg: WorldConfig, dest: Path, log: Log) -> Optional[dict[str, Any]]:
+    """Generate the world's data into `dest` (an empty folder) and take the tokenizer, model and
+    baseline from the shipped copy when it is this config's and intact; None (nothing written) when not."""
+    from unlearnspec.toy.shipped import verified_files
+
+    start = time.perf_counter()
+    key = world_key(cfg)
+    found = verified_files(key, log)
+    if found is None:
+        return None
+    record, files = found
+    write_world_data(generate_world(cfg), dest)
+    (dest / "model").mkdir()
+    for name, data in files.items():
+        (dest / "model" / name).write_bytes(data)
+    info = {k: v for k, v in record.items() if k not in ("files", "regenerate")}
+    info.update(source="shipped", install_seconds=round(time.perf_counter() - start, 1))
+    (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    log(f"toy world {key}: the shipped pretrained model, installed in {info['install_seconds']}s "
+        "(`unlearnspec toy build --force` rebuilds it from scratch)")
     return info
 
 
