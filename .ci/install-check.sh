@@ -11,7 +11,7 @@ python3 -m venv "$WORK/venv"
 # shellcheck disable=SC1091
 . "$WORK/venv/bin/activate"
 python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet "$REPO"
+python -m pip install --quiet "$REPO" -c "$REPO/.ci/constraints.txt"
 mkdir "$WORK/elsewhere" && cd "$WORK/elsewhere"
 python -c "import unlearnspec, sys; assert '$REPO' not in unlearnspec.__file__, unlearnspec.__file__; print('installed at', unlearnspec.__file__)"
 export UNLEARNSPEC_CACHE="$WORK/cache"
