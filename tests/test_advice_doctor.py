@@ -122,6 +122,37 @@ def test_d6_adam_with_l2_decay_warns_about_the_decay_balance(tmp_path):
         assert f.severity == "warning" and "L2 weight decay" in f.message and "`adamw`" in f.fix
 
 
+def test_d6_sgd_is_a_note_when_a_negative_control_takes_the_same_step(tmp_path):
+    """A random-token negative control at the same k, normalizer, optimizer and LRs separates the selection from
+    the larger step: the shift is a matched design (info), for the experiment and for the control itself. Without
+    it, or with another k, the same experiment is still an error once measured."""
+    import copy
+
+    from .fixtures.reportkit import load_yaml
+
+    def negative(k: int):
+        data = load_yaml(SPECS / "fixed" / "selective.yaml")
+        _top60({"name": "sgd"})(data)
+        data.update(name="fixed_random", role="negative_control")
+        data["scores"] = {"rand": {"random": {"seed": 0}}}
+        data["tokens"] = dict(TOP60, source="rand", k=k)
+        return data
+
+    specs = make_project(tmp_path, {"selective": _top60({"name": "sgd"})}, extra={"random": negative(60)})
+    _measured(tmp_path)
+    findings = diagnose([specs])[0]
+    (mine,) = codes(findings, "D6", "selective")
+    (null,) = codes(findings, "D6", "random")
+    assert mine.severity == "info" and "specs/fixed/random.yaml" in mine.fix and "takes the same step" in mine.message
+    assert null.severity == "info" and "negative control" in null.message and "selective" in null.evidence[-1]
+    other = tmp_path / "other"
+    other.mkdir()
+    specs = make_project(other, {"selective": _top60({"name": "sgd"})}, extra={"random": copy.deepcopy(negative(30))})
+    _measured(other)
+    (mine,) = codes(diagnose([specs])[0], "D6", "selective")
+    assert mine.severity == "error" and "LR / 100" in mine.fix  # another k: another step, not a match
+
+
 # --------------------------------------------------------------------------- D1: the matched control that exists
 def test_d1_points_an_adamw_run_at_the_existing_adamw_control(tmp_path):
     import yaml

@@ -402,7 +402,7 @@ def test_shipped_d3_on_every_attribution_experiment(shipped):
     specs = {f.spec for f in codes(shipped, "D3")}
     assert specs == {f"specs/{n}.yaml" for n in ("exp1_value_weighted", "exp2_sign_only", "exp3_positive_only", "exp4_negative_only", "exp5_selective", "exp6_compatible",
                                                  "controls/magic_topk", "controls/magic_topk_not_mmlu", "controls/magic_q_min",
-                                                 "controls/magic_q_union", "per_task/task_min_topk")}  # the controls sweep 2e-5 and 4e-4 too
+                                                 "controls/magic_q_union", "per_task/task_min_topk", "quick/magic_topk")}  # the controls sweep 2e-5 and 4e-4 too
     (toy,) = codes(shipped, "D3", "per_task/task_min_topk")
     assert "lr: 0.05 (scores) vs 0.01 (steered run)" in toy.evidence  # the toy sweep 0.01, 0.05
     expected = {"specs/controls/magic_topk.yaml": "lr: 1e-4 (scores) vs 2e-5 (steered run)",  # 4e-4 diverged: left out

@@ -61,10 +61,8 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         raise UserError([Problem(" ".join(map(str, paths)), "", "no .yaml/.yml spec files found.")])
     ws = Workspace(profile)
     findings: list[Finding] = []
-    entries = []
-    for path in files:
-        entry = ws.spec(path)
-        entries.append(entry)
+    entries = [ws.spec(path) for path in files]
+    for entry in entries:
         findings += invalid_spec(entry)
         if entry.spec is None:
             continue
@@ -75,7 +73,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += score_batch_mismatch(entry, ws)
         findings += sidecar_precision(entry, ws)
         findings += alignment_ambiguity(entry, ws)
-        findings += lr_shift(entry, ws, lr_factor)
+        findings += lr_shift(entry, ws, lr_factor, study=entries)
         findings += result_findings(entry, ws, power)
         findings += lds_findings(entry, ws, lds_min, lds_fraction_factor)
         findings += quality_findings(entry, ws)

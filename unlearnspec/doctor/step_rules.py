@@ -14,7 +14,9 @@ by the selected tokens instead of the valid ones, F = 1/fraction.
 Severity (SGD): `error` when F is known to exceed the limit (measured in results.json or the recorded
 reference, fixed by the spec, or computed from the matched control's measured valid-token count of the
 same grid); `warning` when only an estimate or an upper bound exceeds it, saying that the run's measurement
-decides by the same threshold. Imports no torch.
+decides by the same threshold. A study that holds a negative control (`role: negative_control`, e.g. ascent
+on as many random tokens) taking the same per-token step matches the step shift for every experiment that
+shares it: the effect of the selection is read against that control, so D6 is an `info` there. Imports no torch.
 """
 
 from __future__ import annotations
@@ -165,11 +167,57 @@ def _adam(spec: Spec, shown: str, f: StepFactor, limit: float) -> Finding:
     )
 
 
-def lr_shift(entry: Entry, ws: Workspace, limit: float) -> Iterator[Finding]:
+def _same_dose(a: Spec, b: Spec) -> bool:
+    """Same per-token step by construction: rank rules fixing the same count, same normalizer, optimizer,
+    LR grid and control (a `where` rule's share depends on its scores, so it is never matched by construction)."""
+    ta, tb = a.tokens, b.tokens
+    return (ta.mode == tb.mode == "top" and (ta.k, ta.fraction) == (tb.k, tb.fraction)
+            and a.loss.normalizer == b.loss.normalizer and a.training.optimizer == b.training.optimizer
+            and sorted(a.training.lrs) == sorted(b.training.lrs) and a.control == b.control)
+
+
+def dose_peers(entry: Entry, peers: list[Entry]) -> list[Entry]:
+    """The other checked experiments of `entry`'s study (same control) that take the same per-token step."""
+    spec = entry.spec
+    assert spec is not None
+    return [p for p in peers if p.spec is not None and p.spec.magic is None and p.path.resolve() != entry.path.resolve()
+            and _same_dose(spec, p.spec)]
+
+
+def _dose_matched(spec: Spec, shown: str, f: StepFactor, limit: float, peers: list[Entry]) -> Optional[Finding]:
+    """D6 as an `info` when the study holds a negative control at the same per-token step (or this is one)."""
+    negatives = [p for p in peers if p.spec is not None and p.spec.role == "negative_control"]
+    evidence = (f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)} > --lr-factor {limit:g}",
+                "SGD: each token's step is F times the all-tokens control's at the same LR")
+    if spec.role == "negative_control" and peers:
+        names = ", ".join(p.shown for p in peers)
+        return Finding("D6", "info", shown,
+                       f"this negative control takes a per-token SGD step {'up to ' if f.bound else ''}x{f.factor:.2f} the all-tokens "
+                       "control's, as do the experiments it is the null for: it measures what that step does without the selection",
+                       evidence + (f"same token count, normalizer, optimizer and LR grid: {names}",),
+                       "Nothing to change: read those experiments' effects against this control as well as the all-tokens one.")
+    if not negatives:
+        return None
+    names = ", ".join(p.shown for p in negatives)
+    return Finding("D6", "info", shown,
+                   f"the token rule changes the per-token SGD step {'up to ' if f.bound else ''}x{f.factor:.2f} against the all-tokens "
+                   f"control, and the study's negative control {names} takes the same step: it separates the selection from the step",
+                   evidence + (f"{names}: `role: negative_control`, same token count, normalizer, optimizer and LR grid",),
+                   f"Nothing to change: read the effect of the selection against {names} at the same LR (the all-tokens control "
+                   "alone would confound it with the larger step).")
+
+
+def lr_shift(entry: Entry, ws: Workspace, limit: float, study: Optional[list[Entry]] = None) -> Iterator[Finding]:
+    """D6 for `entry`; `study`: the experiments checked in the same call (those sharing its control and its per-token
+    step, when one is a negative control, make the shift a matched design)."""
     spec = entry.spec
     if spec is None or spec.magic is not None:
         return
     f = step_factor(entry, ws)
     if f is None or f.shift <= limit:
         return
-    yield (_sgd if spec.training.optimizer.name == "sgd" else _adam)(spec, entry.shown, f, limit)
+    if spec.training.optimizer.name != "sgd":
+        yield _adam(spec, entry.shown, f, limit)
+        return
+    matched = _dose_matched(spec, entry.shown, f, limit, dose_peers(entry, study or []))
+    yield matched if matched is not None else _sgd(spec, entry.shown, f, limit)
