@@ -170,6 +170,9 @@ class Trajectory:
     param_names: tuple[str, ...]
     optimizer: OptimizerConfig = OptimizerConfig()
     """The optimizer that made the steps (plain SGD unless recorded otherwise)."""
+    shard_world: int = 1
+    """1: the store holds whole tensors. W > 1: it holds this rank's row shards of a W-rank FSDP run
+    (`magic.sharded`), and only a W-rank sharded reverse pass can replay it."""
 
     def decays(self) -> list[float]:
         """Weight decay of each parameter, in `param_names` order."""
@@ -211,8 +214,10 @@ class TrajectoryRecorder:
         store: StateStore | None = None,
         weight_decay: WeightDecay = 0.0,
         optimizer: OptimizerConfig = OptimizerConfig(),
+        shard_world: int = 1,
     ) -> None:
         self.total_steps = total_steps
+        self.shard_world = shard_world
         self.optimizer = optimizer
         self.schedule = schedule
         self.store: StateStore = store if store is not None else RamStore()
@@ -300,7 +305,8 @@ class TrajectoryRecorder:
         assert self._names is not None
         decay_list(self.weight_decay, self._names)  # a per-name mapping must cover every parameter
         self.store.put(len(self._steps), params)
-        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names, self.optimizer)
+        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names, self.optimizer,
+                          self.shard_world)
 
 
 def plan_steps(
