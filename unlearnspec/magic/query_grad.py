@@ -27,7 +27,7 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], co
     a plain callable query runs on rank 0) and the partial gradients are all-reduced.
     """
     if getattr(comm, "sharded", False):  # theta is this rank's shards (FSDP)
-        from unlearnspec.magic.sharded import sharded_query_gradient
+        from unlearnspec.magic.sharded_query import sharded_query_gradient
 
         return sharded_query_gradient(query, names, theta, comm)
     comm = comm or Alone()
@@ -59,7 +59,7 @@ def question_gradients(query: "QuestionQuery", rows: Sequence[int], names: list[
     questions, then one backward per question through its graph. Under several ranks each rank computes
     the questions k with k % world_size == rank and the stacks are all-reduced."""
     if getattr(comm, "sharded", False):  # theta is this rank's shards (FSDP)
-        from unlearnspec.magic.sharded import sharded_question_gradients
+        from unlearnspec.magic.sharded_query import sharded_question_gradients
 
         return sharded_question_gradients(query, list(rows), names, theta, comm)
     comm = comm or Alone()

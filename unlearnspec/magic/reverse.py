@@ -330,9 +330,7 @@ def reverse_passes(
     comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
     done = 0
     with replay_mode(model):
-        kind = _Replay
-        if getattr(comm, "sharded", False):  # parameters sharded over the ranks (FSDP)
-            from unlearnspec.magic.sharded import ShardedReplay as kind
+        kind = getattr(comm, "replay_class", _Replay)  # `sharded.ShardedReplay` when the ranks hold shards (FSDP)
         replay = kind(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states,
                       second_moment=second_moment)
         first = dict(model.named_parameters())[replay.names[0]]  # its shape tells a batched start ([K, *shape])

@@ -37,9 +37,11 @@ from unlearnspec.magic.trajectory import Params, Trajectory
 
 
 class ShardedCollective:
-    """The ranks of a sharded reverse pass: all-reduce for the score matrix, and the skeleton's forward."""
+    """The ranks of a sharded reverse pass: all-reduce for the score matrix, the skeleton's forward, and the
+    replay class `reverse_passes` uses (`ShardedReplay`, set below)."""
 
     sharded = True
+    replay_class: type = _Replay
 
     def __init__(self, forward: ShardedForward, base: Optional[Collective] = None):
         self.forward = forward
@@ -149,53 +151,6 @@ class ShardedReplay(_Replay):
             super().reverse_step(state, adjoint, t, scores)
 
 
-# --------------------------------------------------------------------------- the starting adjoints
-def sharded_query_gradient(query: Any, names: list[str], theta: list[torch.Tensor], comm: ShardedCollective) -> list[torch.Tensor]:
-    """This rank's shard of grad Q at theta. A query in parts (`QueryLoss`) deals its parts over the ranks, every
-    rank taking the same number of backwards (a short rank backpropagates a zero-weighted part); any other query
-    runs whole on every rank and counts on rank 0 only."""
-    params = [p.detach().requires_grad_() for p in theta]
-    pdict = dict(zip(names, params))
-    total = [torch.zeros_like(p) for p in params]
-    rank, world = comm.rank, comm.world_size
-
-    def add(loss: torch.Tensor) -> None:
-        if loss.dim() != 0:
-            raise ValueError(f"the query must return a scalar loss (got shape {tuple(loss.shape)})")
-        torch._foreach_add_(total, list(torch.autograd.grad(loss, params, materialize_grads=True)))
-
-    with comm.forward.saving():
-        if hasattr(query, "parts") and hasattr(query, "part_count"):
-            mine = iter(query.parts(pdict, rank=rank, world_size=world))
-            for _ in range(math.ceil(query.part_count() / world)):
-                part = next(mine, None)
-                add(part if part is not None else next(iter(query.parts(pdict, rank=0, world_size=world))) * 0.0)
-        else:
-            loss = sum(query.parts(pdict)) if hasattr(query, "parts") else query(pdict)
-            add(loss if rank == 0 else loss * 0.0)
-    return total
-
-
-def sharded_question_gradients(query: Any, rows: list[int], names: list[str], theta: list[torch.Tensor],
-                               comm: ShardedCollective) -> list[torch.Tensor]:
-    """This rank's shard of each question's gradient, [K, *shard.shape] per parameter. Every rank runs the same
-    forwards and one backward per question (the reduce-scatter sums over ranks; only rank 0's counts)."""
-    params = [p.detach().requires_grad_() for p in theta]
-    pdict = dict(zip(names, params))
-    out = [torch.zeros((len(rows), *p.shape), dtype=p.dtype, device=p.device) for p in params]
-    with comm.forward.saving():
-        for start in range(0, len(rows), query.batch_size):
-            ks = list(range(start, min(start + query.batch_size, len(rows))))
-            losses = query.question_losses(pdict, [rows[k] for k in ks])
-            if comm.rank != 0:
-                losses = losses * 0.0
-            for j, k in enumerate(ks):
-                grads = torch.autograd.grad(losses[j], params, retain_graph=j + 1 < len(ks), materialize_grads=True)
-                for buf, g in zip(out, grads):
-                    buf[k] = g
-    return out
-
-
 def sharded_magic_scores(model: nn.Module, grid: Any, trajectory: Trajectory, query: Any,
                          group: Optional[ShardGroup] = None, **kwargs: Any) -> torch.Tensor:
     """`magic_scores` with the parameters sharded over the ranks of `group` (default: the process group)."""
@@ -204,3 +159,5 @@ def sharded_magic_scores(model: nn.Module, grid: Any, trajectory: Trajectory, qu
     skeleton, comm = shard_for_replay(model, group)
     return magic_scores(skeleton, grid, trajectory, rebind_query(query, skeleton), comm=comm, **kwargs)
 
+
+ShardedCollective.replay_class = ShardedReplay

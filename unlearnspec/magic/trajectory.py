@@ -95,20 +95,24 @@ class DiskStore:
     """States as one safetensors file per step under `directory` (written atomically).
 
     Under data parallelism every rank holds the same parameters: only the rank with `write=True` (rank 0)
-    writes the files, the others only note the step, and read the files after a barrier.
+    writes the files, the others only note the step, and read the files after a barrier. Under FSDP each
+    rank writes and reads its own shards, in files named with its `tag` (`state_0000012.rank1of4.safetensors`).
     """
 
     keeps_in_ram = False
 
-    def __init__(self, directory: str | os.PathLike[str], write: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike[str], write: bool = True, tag: str | None = None) -> None:
+        if tag is not None and not tag.replace("_", "").isalnum():
+            raise ValueError(f"a state file tag must be letters, digits and _ (got {tag!r})")
         self.directory = Path(directory)
         self.write = write
+        self.tag = tag
         if write:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._steps: set[int] = set()
 
     def _path(self, step: int) -> Path:
-        return self.directory / f"state_{step:07d}.safetensors"
+        return self.directory / (f"state_{step:07d}.{self.tag}.safetensors" if self.tag else f"state_{step:07d}.safetensors")
 
     def put(self, step: int, params: Mapping[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
