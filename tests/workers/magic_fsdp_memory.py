@@ -19,8 +19,13 @@ import torch
 LAYERS, HIDDEN, HEADS, VOCAB, ROWS, SEQ, STEPS = 8, 64, 4, 64, 8, 8, 16
 
 
-def record(states: Path, tag: str | None, group=None, optimizer: str = "adamw", schedule: str = "sqrt", steps: int = STEPS):
-    """(model, grid, trajectory on disk: whole states, or this rank's shards with `tag`, query)."""
+SHAPE = {"layers": LAYERS, "hidden": HIDDEN, "heads": HEADS, "vocab": VOCAB, "seq": SEQ, "rows": 1}
+
+
+def record(states: Path, tag: str | None, group=None, optimizer: str = "adamw", schedule: str = "sqrt", steps: int = STEPS,
+           shape: dict | None = None):
+    """(model, grid, trajectory on disk: whole states, or this rank's shards with `tag`, query); `shape`: layers,
+    hidden, heads, vocab, seq and rows per step (default `SHAPE`)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from tests.test_magic import Grid
@@ -29,16 +34,18 @@ def record(states: Path, tag: str | None, group=None, optimizer: str = "adamw", 
     from unlearnspec.magic.optimizers import OptimizerConfig
     from unlearnspec.magic.trajectory import Trajectory
 
+    sh = {**SHAPE, **(shape or {})}
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                           intermediate_size=4 * HIDDEN, max_position_embeddings=32, attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(vocab_size=sh["vocab"], hidden_size=sh["hidden"], num_hidden_layers=sh["layers"],
+                           num_attention_heads=sh["heads"], intermediate_size=4 * sh["hidden"], max_position_embeddings=64,
+                           attention_dropout=0.0, hidden_dropout=0.0)
     config._attn_implementation = register_replay_attention()
     model = GPTNeoXForCausalLM(config)
     gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (ROWS, SEQ), generator=gen)
+    ids = torch.randint(0, sh["vocab"], (ROWS, sh["seq"]), generator=gen)
     grid = Grid(ids, torch.ones_like(ids), ids.clone())
     opt = OptimizerConfig(optimizer)  # type: ignore[arg-type]
-    plan = plan_steps(ROWS, steps, 1, 1e-3 if optimizer != "sgd" else 0.1, seed=3)
+    plan = plan_steps(ROWS, steps, sh["rows"], 1e-3 if optimizer != "sgd" else 0.1, seed=3)
     recorder = TrajectoryRecorder(steps, schedule, weight_decay=0.0, optimizer=opt)  # type: ignore[arg-type]
     traj = sgd_train(model, grid, plan, recorder=recorder, use_replay_attention=True, optimizer=opt)
     store = DiskStore(states, tag=tag)
@@ -50,9 +57,9 @@ def record(states: Path, tag: str | None, group=None, optimizer: str = "adamw", 
     return model, grid, disk, _query(model)
 
 
-def measure(group, states: Path, per_question: bool = False, replay: dict | None = None, **run) -> dict:
+def measure(group, states: Path, questions: int = 0, replay: dict | None = None, **run) -> dict:
     """Peak tracked bytes of one reverse pass: plain (group None) or sharded over `group`; `run`: the keywords of
-    `record`; `replay`: those of `magic_scores`; `per_question`: K=4 batched adjoints."""
+    `record`; `replay`: those of `magic_scores`; `questions`: K > 0 scores the 4 questions K at a time (batched)."""
     from unlearnspec.magic import magic_scores
     from unlearnspec.magic.collective import Alone
     from unlearnspec.magic.memtrack import LiveBytes
@@ -67,8 +74,8 @@ def measure(group, states: Path, per_question: bool = False, replay: dict | None
         model, comm = shard_for_replay(model, group)
         query = rebind_query(query, model)
     with LiveBytes() as mem:
-        if per_question:
-            scores = per_question_scores(model, grid, traj, query, chunk=4, comm=comm, **(replay or {})).scores
+        if questions:
+            scores = per_question_scores(model, grid, traj, query, chunk=questions, comm=comm, **(replay or {})).scores
         else:
             scores = magic_scores(model, grid, traj, query, comm=comm, **(replay or {}))
     return {"peak": mem.peak, "param_bytes": params, "scores_norm": float(scores.norm())}
