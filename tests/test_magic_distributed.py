@@ -66,10 +66,11 @@ def test_per_question_scores_from_batched_adjoints_under_two_ranks(runs):
     assert _rel(one["per_question"].mean(0), one["scores"]) <= 1e-10
 
 
-@pytest.fixture(scope="module")
-def fsdp_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["fsdp", "fsdp_ac"])
+def fsdp_run(request, tmp_path_factory):
+    """Trained under FSDP2 full_shard, and again with activation checkpointing (which renames the parameters)."""
     out = tmp_path_factory.mktemp("magic2fsdp")
-    launch = torchrun("magic_ddp.py", str(out), "fsdp", timeout=600)
+    launch = torchrun("magic_ddp.py", str(out), request.param, timeout=600)
     assert not launch.timed_out, f"torchrun hung (killed after {launch.seconds:.0f}s):\n{launch.output[-4000:]}"
     assert launch.returncode == 0, launch.output[-6000:]
     print(f"2-rank FSDP MAGIC launch: {launch.seconds:.1f}s wall")

@@ -160,11 +160,14 @@ def doctor(
     near_zero: float = typer.Option(1e-3, "--near-zero", help="D15 warns about questions (leaf tasks) whose max |score| is below this times the median one's (rules reading min_q/rank_q/wsum_q, min_t/rank_t/wsum_t), in [0, 1)."),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="Site file: D16 checks each job's estimated peak memory per GPU against its slurm.jobs.<kind>.gpu_mem_gb."),
+    gpu_mem_gb: Optional[float] = typer.Option(None, "--gpu-mem-gb", help="GPU memory in GB for D16 (wins over the site file's gpu_mem_gb; without --cluster: 1 GPU per job)."),
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
     masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls;
     per study (the checked specs sharing a control): no positive control (D13), largest effect below the MDE (D14);
-    unusable or near-zero per-question (per-leaf) scores under a `min_q`/`rank_q`/`wsum_q` (`min_t`/...) rule (D15).
+    unusable or near-zero per-question (per-leaf) scores under a `min_q`/`rank_q`/`wsum_q` (`min_t`/...) rule (D15);
+    with --cluster or --gpu-mem-gb, each job whose estimated peak memory per GPU exceeds its GPUs, and the knobs that fix it (D16).
     Exit 0 clean, 1 warnings only, 2 errors (or warnings with --strict).
 
     Example: [bold]unlearnspec doctor specs/[/bold]
@@ -174,7 +177,8 @@ def doctor(
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
     findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile), lds_min=lds_min,
-                               lds_fraction_factor=lds_fraction_factor, power=power, near_zero=near_zero)
+                               lds_fraction_factor=lds_fraction_factor, power=power, near_zero=near_zero, cluster=cluster,
+                               gpu_mem_gb=gpu_mem_gb)
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:

@@ -137,7 +137,12 @@ def gib(n: float) -> float:
     return n / GIB
 
 
-def fits(nbytes: float, gpu_gb: Optional[float], headroom: float = 0.9) -> bool:
-    """Whether `nbytes` fits a GPU of `gpu_gb` GB (10^9 bytes) with 10% kept free (allocator fragmentation,
-    CUDA context, kernels' workspaces)."""
-    return gpu_gb is None or nbytes <= headroom * gpu_gb * 1e9
+HEADROOM = 0.9
+"""Share of a GPU's memory a job may plan to use: the rest is for the CUDA context, allocator fragmentation and
+kernels' workspaces."""
+
+
+def fits(nbytes: float, gpu_gb: Optional[float]) -> bool:
+    """Whether `nbytes` fits a GPU of `gpu_gb` GB, SLURM's GB (2^30 bytes, what nvidia-smi shows / 1024: 80 for an
+    80 GB A100/H100), with `HEADROOM`."""
+    return gpu_gb is None or nbytes <= HEADROOM * gpu_gb * GIB

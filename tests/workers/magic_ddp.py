@@ -1,8 +1,9 @@
 """torchrun worker: MAGIC scores of a WeightedSFTTrainer run under data parallelism (float64 tiny GPT-NeoX).
 
-Usage: torchrun --nproc-per-node W tests/workers/magic_ddp.py OUT_DIR [fsdp]
-With `fsdp` the run trains under FSDP2 full_shard, every rank records its own parameter shards, and the scores
-come from the sharded reverse pass (`magic.sharded`); rank 0 writes OUT_DIR/magic_fsdp.pt (no mutation there).
+Usage: torchrun --nproc-per-node W tests/workers/magic_ddp.py OUT_DIR [fsdp | fsdp_ac]
+With `fsdp` the run trains under FSDP2 full_shard (`fsdp_ac`: with activation checkpointing), every rank records
+its own parameter shards, and the scores come from the sharded reverse pass (`magic.sharded`); rank 0 writes
+OUT_DIR/magic_fsdp.pt (no mutation there).
 Trains 4 SGD steps (global batch 8 rows = W ranks x bs (4/W) x grad_accum 2, shuffled, warmup+decay,
 weight decay) with MagicCallback recording to disk, then runs the reverse pass three ways on the same
 trajectory: as shipped; with 1-row double backwards and CPU-offloaded adjoints and states; and with the
@@ -54,7 +55,9 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
     model = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64, attn=register_replay_attention())
     cb = MagicCallback(STEPS, "sqrt", storage="disk", storage_dir=states)
     with tempfile.TemporaryDirectory() as tmp:
-        args = sft_config(spec, 0.8, Path(tmp), ROWS, device=torch.device("cpu"), parallel=ParallelSpec(strategy=strategy))
+        parallel = ParallelSpec(strategy="fsdp", fsdp={"activation_checkpointing": True}) if strategy == "fsdp_ac" \
+            else ParallelSpec(strategy=strategy)
+        args = sft_config(spec, 0.8, Path(tmp), ROWS, device=torch.device("cpu"), parallel=parallel)
         trainer = WeightedSFTTrainer(model=model, args=args,
                                      train_dataset=grid_dataset(grid, grid.valid_targets.double()),
                                      processing_class=tiny_tokenizer(), callbacks=[cb], normalizer="valid",
@@ -63,7 +66,7 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
         trainer.train()
     traj = cb.trajectory
     assert traj is not None
-    if strategy == "fsdp":
+    if strategy.startswith("fsdp"):
         return _sharded(trainer, traj, grid, world, out)
     query = _query(model)
     result = {
@@ -96,7 +99,9 @@ def _sharded(trainer, traj, grid, world: int, out: Path) -> dict:
     from unlearnspec.magic.sharded import default_group, rebind_query, shard_for_replay
     from unlearnspec.train.parallel import full_state_dict
 
-    final = full_state_dict(trainer.model)  # a collective: every rank joins
+    from unlearnspec.magic.trajectory import plain_name
+
+    final = {plain_name(n): t for n, t in full_state_dict(trainer.model).items()}  # a collective: every rank joins
     group = default_group()
     kept = traj.store.get(traj.total_steps)
     skeleton, comm = shard_for_replay(trainer.model)

@@ -21,7 +21,7 @@ from unlearnspec.magic.checks import (
     optimizer_step_count,
     optimizer_tensors,
 )
-from unlearnspec.magic.trajectory import DiskStore, RamStore, Schedule, Trajectory, TrajectoryRecorder
+from unlearnspec.magic.trajectory import DiskStore, RamStore, Schedule, Trajectory, TrajectoryRecorder, plain_name
 
 
 class MagicCallback(TrainerCallback):
@@ -73,7 +73,7 @@ class MagicCallback(TrainerCallback):
             raise RuntimeError("MagicCallback.attach(trainer) must be called before training")
         check_training_args(packing=bool(getattr(args, "packing", False)),
                             precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision, dropout=self.dropout)
-        self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self._params = {plain_name(n): p for n, p in model.named_parameters() if p.requires_grad}
         self._world = int(getattr(args, "world_size", 1) or 1)
         # FSDP2 shards every parameter by rows (DTensor Shard(0)): each rank records its own shards, which the
         # sharded reverse pass (`magic.sharded`) replays on the same number of ranks.
@@ -81,7 +81,7 @@ class MagicCallback(TrainerCallback):
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         weight_decay = check_optimizer(inner, self._params)
         config = optimizer_config(inner, max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
-        check_model_replayable(model, self._params)
+        check_model_replayable(model)
         if self.storage == "disk" and self._sharded:
             rank = int(getattr(args, "process_index", 0))
             store: DiskStore | RamStore = DiskStore(self.storage_dir, write=True, tag=f"rank{rank}of{self._world}")

@@ -33,7 +33,7 @@ from unlearnspec.magic.replay_stats import ReplayStats
 from unlearnspec.magic.reverse import State, _Replay
 from unlearnspec.magic.shard_ops import ShardGroup
 from unlearnspec.magic.sharded_model import SHARDED_ATTR, ShardedForward, build_skeleton
-from unlearnspec.magic.trajectory import Params, Trajectory
+from unlearnspec.magic.trajectory import Params, Trajectory, plain_name
 
 
 class ShardedCollective:
@@ -69,7 +69,7 @@ def default_group() -> ShardGroup:
 def shard_for_replay(model: nn.Module, group: Optional[ShardGroup] = None) -> tuple[nn.Module, ShardedCollective]:
     """(skeleton, comm) for a sharded reverse pass of `model` (plain or FSDP2-sharded; its parameters are not read)."""
     group = group or default_group()
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # a DTensor's shape is the global one
+    shapes = {plain_name(name): tuple(p.shape) for name, p in model.named_parameters()}  # a DTensor's: the global shape
     skeleton = build_skeleton(model)
     return skeleton, ShardedCollective(ShardedForward(skeleton, shapes, group))
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from unlearnspec.magic.shard_ops import ShardGroup, all_gather_rows, gather_rows
+from unlearnspec.magic.trajectory import plain_name
 
 SHARDED_ATTR = "_unlearnspec_sharded"
 """Attribute of a skeleton module that holds its `ShardedForward` (`replay.forward_logits` dispatches on it)."""
@@ -58,7 +59,7 @@ def build_skeleton(model: nn.Module) -> nn.Module:
     """A copy of `model` without parameter storage (0-row placeholders of the right dtype, device and number of
     dimensions) and with its buffers. Transformers models are rebuilt from their config on the meta device;
     other modules are deep-copied with their parameters swapped out first."""
-    params = list(model.named_parameters())
+    params = [(plain_name(n), p) for n, p in model.named_parameters()]  # without activation-checkpoint wrappers
     first = _local(params[0][1]) if params else None
     device = first.device if first is not None else torch.device("cpu")
 
@@ -73,7 +74,7 @@ def build_skeleton(model: nn.Module) -> nn.Module:
             module, attr = _owner(ghost, name)
             module._parameters[attr] = placeholder(p)
         for name, b in model.named_buffers():
-            module, attr = _owner(ghost, name)
+            module, attr = _owner(ghost, plain_name(name))
             module._buffers[attr] = _local(b).detach().to(device)
     else:
         memo: dict[int, Any] = {id(p): placeholder(p) for _, p in params}

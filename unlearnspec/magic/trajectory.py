@@ -158,6 +158,16 @@ class Step:
         return sum(len(mb) for mb in self.micro_batches)
 
 
+CHECKPOINT_INFIX = "_checkpoint_wrapped_module."
+"""What torch's activation-checkpoint wrapper (FSDP `activation_checkpointing`) inserts into parameter names."""
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the model itself, without wrapper infixes: what a trajectory records, so it replays
+    on a plain model (the reverse pass's skeleton, LDS retrainings)."""
+    return name.replace(CHECKPOINT_INFIX, "")
+
+
 def state_key(state_name: str, param_name: str) -> str:
     """Store key of one optimizer tensor (e.g. `exp_avg/gpt_neox.embed_in.weight`)."""
     return f"{state_name}/{param_name}"
