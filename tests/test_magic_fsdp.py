@@ -80,3 +80,24 @@ def test_sharded_ranks_score_like_one_process(world, references, tmp_path):
     mutant = _rel(got["mutant_sgd_sqrt"], references["sgd_sqrt"])
     print(f"without the reduce-scatter: {mutant:.3f}")
     assert mutant > 1e-2  # measured 0.76 (W=2), 0.86 (W=3)
+
+
+def test_parked_frees_and_restores_the_trained_tensors():
+    """The score job parks the trained shards and the optimizer's m, v in host RAM during the sharded pass
+    (`force`: on the CPU they are parked anyway, so the test can see it)."""
+    from tests.test_magic import tiny_model
+    from unlearnspec.magic.sharded import parked, trained_tensors
+
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    tensors = trained_tensors(model, opt)
+    assert len(tensors) == 3 * len(list(model.parameters()))  # parameters, exp_avg, exp_avg_sq
+    before = [t.detach().clone() for t in tensors]
+    with parked(tensors, force=True) as freed:
+        assert freed == sum(t.numel() * t.element_size() for t in before)
+        assert all(t.untyped_storage().nbytes() == 0 for t in tensors)
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
+    with parked(tensors) as freed:  # in host RAM already: nothing to do
+        assert freed == 0 and all(t.untyped_storage().nbytes() > 0 for t in tensors)

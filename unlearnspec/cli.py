@@ -94,9 +94,15 @@ def show(
 
         from unlearnspec.spec.profile import slurm_settings
 
+        from unlearnspec.doctor.memory_rules import memory_lines
+
         settings, source = slurm_settings(cluster, chosen)
         sys.stdout.write(f"# SLURM resources (from {source})\n"
                          + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+        lines = memory_lines(resolved, settings)
+        if lines:
+            sys.stdout.write("# Memory per GPU (memory model, README 'Memory model'; `doctor --cluster` checks it)\n"
+                             + "".join(f"#   {line}\n" for line in lines))
 
 
 @app.command()

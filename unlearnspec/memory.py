@@ -115,16 +115,47 @@ def reverse_bytes(m: ModelShape, seq: int, s: Setting) -> float:
     return held + gathered + growth * s.rows * double_activations(m, seq, s.dtype_bytes)
 
 
-def train_bytes(m: ModelShape, seq: int, s: Setting) -> float:
+def train_bytes(m: ModelShape, seq: int, s: Setting, with_params: bool = True) -> float:
     """Peak bytes per GPU of training: parameters, gradients and optimizer state (sharded under FSDP, with two
-    modules gathered at once), plus the activations of one micro-batch."""
+    modules gathered at once; DDP keeps a gradient bucket copy as well), plus the activations of one micro-batch.
+    `with_params=False` leaves out the parameters themselves (what a tracked measurement of training sees)."""
     copy = m.params * s.dtype_bytes
-    tensors = 2 + (2 if _opt(s.optimizer) == "adam" else 0)  # parameters, gradients (+ m, v)
+    tensors = int(with_params) + 1 + (2 if _opt(s.optimizer) == "adam" else 0)  # (parameters,) gradients (+ m, v)
     if s.fsdp and s.world > 1:
         held = tensors * copy / s.world + 2 * m.largest_module * s.dtype_bytes
     else:
-        held = (tensors + 1) * copy  # DDP keeps a gradient bucket copy as well
+        held = (tensors + (1 if s.world > 1 else 0)) * copy
     return held + s.rows * train_activations(m, seq, s.dtype_bytes)
+
+
+def kept_count(schedule: str, steps: int) -> int:
+    """States a trajectory keeps (`magic.trajectory.kept_steps`, plus theta_T), without importing torch."""
+    if schedule == "all":
+        return steps + 1
+    if schedule == "sqrt":
+        return math.ceil(steps / math.ceil(math.sqrt(steps))) + 1
+    kept, lo = 1, 0
+    while steps - lo > 1:
+        lo = (lo + steps) // 2
+        kept += 1
+    return kept + 1
+
+
+def host_bytes(m: ModelShape, s: Setting, kept: int, ram_store: bool) -> float:
+    """Host RAM of a score job over all its ranks: each rank loads the whole model before FSDP shards it; then the
+    kept states of a `ram` store and the `sqrt` segment `offload_states` keeps in RAM (whole on each DDP rank,
+    1/W per rank under FSDP)."""
+    copy = m.params * s.dtype_bytes * STATE_TENSORS[_opt(s.optimizer)]
+    ranks = 1 if s.fsdp and s.world > 1 else s.world
+    states = (kept if ram_store else 0) + (math.ceil(math.sqrt(s.steps)) if s.offload_states and s.schedule != "log" else 0)
+    return max(s.world * m.params * s.dtype_bytes, states * copy * ranks)
+
+
+def resident_bytes(m: ModelShape, s: Setting) -> float:
+    """What a score job keeps on each GPU beside its reverse pass: the trained model's parameters and the
+    optimizer's m and v (Adam/AdamW), 1/W of them under FSDP."""
+    copies = 1 + (2 if _opt(s.optimizer) == "adam" else 0)
+    return copies * m.params * s.dtype_bytes / (s.world if s.fsdp and s.world > 1 else 1)
 
 
 def eval_bytes(m: ModelShape, seq: int, batch: int, dtype_bytes: int) -> float:

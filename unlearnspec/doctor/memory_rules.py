@@ -16,12 +16,16 @@ from typing import Optional
 
 from unlearnspec.doctor.findings import Finding
 from unlearnspec.memory import (
+    HEADROOM,
     ModelShape,
     Setting,
     double_activations,
     eval_bytes,
     fits,
     gib,
+    host_bytes,
+    kept_count,
+    resident_bytes,
     reverse_bytes,
     train_bytes,
 )
@@ -33,6 +37,8 @@ KNOWN_SHAPES = {
     "EleutherAI/deep-ignorance-unfiltered": ModelShape(32, 4096, 32, 50304, 16384),
 }
 CONFIG_BYTES = 1 << 20
+HOST = "host RAM"
+"""The phase compared with the job's `mem_gb` (all its ranks together) instead of one GPU's memory."""
 
 
 def model_shape(spec: Spec) -> tuple[Optional[ModelShape], str]:
@@ -109,10 +115,13 @@ def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str
         train += full / m.layers + job.train_rows * m.layers * seq * m.hidden * s.dtype_bytes - full
     out = {"training": train}
     if spec.magic is not None and spec.lora is None:
-        out["reverse pass"] = reverse_bytes(m, seq, s)
+        sharded = s.fsdp and s.world > 1  # the sharded job parks the trained shards in host RAM (`sharded.parked`)
+        out["reverse pass"] = reverse_bytes(m, seq, s) + (0 if sharded else resident_bytes(m, s))
     elif spec.magic is not None:  # LoRA: adapter-sized state is negligible; the frozen weights are one copy
         copy = m.params * s.dtype_bytes / (s.world if s.fsdp else 1)
         out["reverse pass"] = copy + s.rows * double_activations(m, seq, s.dtype_bytes)
+    if spec.magic is not None:
+        out[HOST] = host_bytes(m, s, kept_count(spec.magic.checkpoints, s.steps), spec.magic.storage == "ram")
     if spec.eval is not None and kind == "point":
         out["evaluation"] = eval_bytes(m, seq, job.eval_batch, s.dtype_bytes)
     return out
@@ -147,37 +156,82 @@ def _moves(spec: Spec, job: Job, gpus: int) -> list[tuple[str, Job]]:
     return out
 
 
-def _summary(est: dict[str, float], gpu_gb: float) -> str:
-    return ", ".join(f"{k} {gib(v):.1f}" for k, v in est.items()) + f" GB of {gpu_gb:g}"
+def _summary(est: dict[str, float], gpu_gb: float, host_gb: Optional[float]) -> str:
+    gpu = ", ".join(f"{k} {gib(v):.1f}" for k, v in est.items() if k != HOST) + f" GB of {gpu_gb:g} per GPU"
+    host = f"; {HOST} {gib(est[HOST]):.0f} GB of {host_gb:g}" if HOST in est and host_gb is not None else ""
+    return gpu + host
 
 
-def fit_report(spec: Spec, kind: str, gpus: int, gpu_gb: float) -> tuple[Optional[bool], str, str, str]:
+def _fit(est: dict[str, float], gpu_gb: float, host_gb: Optional[float]) -> bool:
+    return all(fits(v, host_gb if k == HOST else gpu_gb) for k, v in est.items())
+
+
+def _device_fix(spec: Spec, m: ModelShape, job: Job, kind: str, gpus: int, gpu_gb: float) -> tuple[str, dict[str, float]]:
+    """The knobs that make the GPU phases fit (cheapest first, cumulative), and the estimate with them."""
+    chosen: dict[str, str] = {}  # field -> its setting (a later move of the same field replaces the earlier)
+    for knob, moved in _moves(spec, job, gpus):
+        chosen[knob.split(":")[0]] = knob
+        after = phases(spec, m, moved, kind)
+        if _fit(after, gpu_gb, None):
+            return f"set {'; '.join(chosen.values())}", after
+    for more in (2, 4, 8, 16):
+        wide = replace(job, setting=replace(job.setting, world=more, fsdp=True, offload_states=True, rows=1, questions=1),
+                       activation_checkpointing=True, train_rows=1, eval_batch=1)
+        after = phases(spec, m, wide, kind)
+        if more > gpus and _fit(after, gpu_gb, None):
+            return (f"give `{kind}` jobs {more} GPUs (slurm.jobs.{kind}.gpus/processes) with every memory knob of the "
+                    "model"), after
+    return "", {}
+
+
+def fit_report(spec: Spec, kind: str, gpus: int, gpu_gb: float, host_gb: Optional[float] = None) -> tuple[Optional[bool], str, str, str]:
     """(fits as is (None: not estimated), the estimate as is, where the model shape came from, the fix: knobs that
-    make it fit, or why none does) for one job."""
+    make it fit, or why none does) for one job. GPU phases are checked against `gpu_gb` per GPU, host RAM (all
+    ranks) against `host_gb` (the job's mem_gb)."""
     m, source = model_shape(spec)
     if m is None:
         return None, "", source, ""
     job = job_of(spec, max(gpus, 1))
     est = phases(spec, m, job, kind)
-    now = _summary(est, gpu_gb) + f" per GPU on {max(gpus, 1)} GPU(s)"
-    if all(fits(v, gpu_gb) for v in est.values()):
+    now = _summary(est, gpu_gb, host_gb) + f" on {max(gpus, 1)} GPU(s)"
+    if _fit(est, gpu_gb, host_gb):
         return True, now, source, ""
-    chosen: list[str] = []
-    for knob, moved in _moves(spec, job, gpus):
-        chosen.append(knob)
-        after = phases(spec, m, moved, kind)
-        if all(fits(v, gpu_gb) for v in after.values()):
-            return False, now, source, f"set {'; '.join(chosen)}: {_summary(after, gpu_gb)} per GPU"
-    for more in (2, 4, 8, 16):
-        if more <= gpus:
+    fixes, after = [], est
+    if not _fit(est, gpu_gb, None):
+        knobs, after = _device_fix(spec, m, job, kind, gpus, gpu_gb)
+        if not knobs:
+            return False, now, source, "no knob of the memory model makes it fit 16 GPUs; use LoRA (`lora:`) or larger GPUs"
+        fixes.append(knobs)
+    if HOST in after and host_gb is not None and not fits(after[HOST], host_gb):
+        fixes.append(f"raise slurm.jobs.{kind}.mem_gb to {math.ceil(gib(after[HOST]) / HEADROOM)} (host RAM over its ranks: "
+                     "the model each rank loads, then the states the reverse pass keeps there)")
+    return False, now, source, "; and ".join(fixes) + f": {_summary(after, gpu_gb, None)}"
+
+
+def job_kinds(spec: Spec) -> list[str]:
+    """The kinds of the jobs a spec's plan holds that run on GPUs (LDS retrainings are `point`-sized)."""
+    kinds = ["score"] if spec.magic is not None else ["point"]
+    if spec.magic is None and spec.baseline is not None and spec.baseline.evaluate:
+        kinds.append("baseline")
+    return kinds
+
+
+def memory_lines(spec: Spec, site) -> list[str]:
+    """`show --cluster`: each GPU job's estimated peak per GPU against the site's `gpu_mem_gb`."""
+    out = []
+    for kind in job_kinds(spec):
+        res = site.resources(kind)
+        par = spec.parallel_or_default
+        layout = f"{res.processes} process(es), {par.strategy if res.processes > 1 else 'one process'}"
+        if res.gpus == 0:
             continue
-        wide = replace(job, setting=replace(job.setting, world=more, fsdp=True, offload_states=True, rows=1, questions=1),
-                       activation_checkpointing=True, train_rows=1, eval_batch=1)
-        after = phases(spec, m, wide, kind)
-        if all(fits(v, gpu_gb) for v in after.values()):
-            return False, now, source, (f"give `{kind}` jobs {more} GPUs (slurm.jobs.{kind}.gpus/processes) with every "
-                                        f"memory knob of the model: {_summary(after, gpu_gb)} per GPU")
-    return False, now, source, "no knob of the memory model makes it fit 16 GPUs; use LoRA (`lora:`) or larger GPUs"
+        if res.gpu_mem_gb is None:
+            out.append(f"{kind}: {res.gpus} GPU(s), {layout}; set slurm.jobs.{kind}.gpu_mem_gb to check its memory")
+            continue
+        ok, now, source, fix = fit_report(spec, kind, res.gpus, res.gpu_mem_gb, res.mem_gb)
+        verdict = {None: f"not estimated ({source})", True: "fits", False: f"does NOT fit; {fix}"}[ok]
+        out.append(f"{kind}: {layout}; {now}: {verdict}" if now else f"{kind}: {layout}: {verdict}")
+    return out
 
 
 def memory_findings(entry, site, gpu_mem_gb: Optional[float]) -> list[Finding]:
@@ -185,23 +239,20 @@ def memory_findings(entry, site, gpu_mem_gb: Optional[float]) -> list[Finding]:
     spec = entry.spec
     if spec is None or (site is None and gpu_mem_gb is None):
         return []
-    kinds = ["score"] if spec.magic is not None else ["point"]
-    if spec.magic is None and spec.baseline is not None and spec.baseline.evaluate:
-        kinds.append("baseline")
     out = []
-    for kind in kinds:
+    for kind in job_kinds(spec):
         res = site.resources(kind) if site is not None else None
         gpu_gb = gpu_mem_gb if gpu_mem_gb is not None else getattr(res, "gpu_mem_gb", None)
         if gpu_gb is None:
             continue
         gpus = res.gpus if res is not None else 1
-        ok, now, source, fix = fit_report(spec, kind, gpus, gpu_gb)
+        ok, now, source, fix = fit_report(spec, kind, gpus, gpu_gb, res.mem_gb if res is not None else None)
         evidence = (f"model shape: {source}", "memory model: README 'Memory model', unlearnspec/memory.py")
         if ok is None:
             out.append(Finding("D16", "info", entry.shown, f"{kind} job's memory not estimated: {source}."))
         elif ok:
-            out.append(Finding("D16", "info", entry.shown, f"{kind} job fits its GPU(s): {now}.", evidence))
+            out.append(Finding("D16", "info", entry.shown, f"{kind} job fits its resources: {now}.", evidence))
         else:
-            out.append(Finding("D16", "error", entry.shown, f"{kind} job will not fit its GPU(s): {now}; it would fail "
+            out.append(Finding("D16", "error", entry.shown, f"{kind} job will not fit its memory: {now}; it would fail "
                                "with out-of-memory after queueing.", evidence, fix[0].upper() + fix[1:] + "."))
     return out

@@ -4,6 +4,7 @@ one per_token_scores.<leaf>.pt per leaf task of the query, see `magic.per_task`)
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -57,10 +58,15 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
             ctx.progress.update(task, completed=done, total=total * (1 + leaf_passes))
 
     stats = ReplayStats()
+    park: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if comm is not None:  # the sharded pass never reads the trained shards or m, v: off the GPU until it ends
+        from unlearnspec.magic.sharded import parked, trained_tensors
+
+        park = parked(trained_tensors(trainer.model, trainer.optimizer))
     replay = {"micro_batch_rows": memory.replay_batch_size if memory else None, "comm": comm,
               "offload_adjoint": bool(memory and memory.offload_adjoint), "offload_states": bool(memory and memory.offload_states)}
     per_task, per_question = {}, None
-    with Timer() as reverse_clock:
+    with Timer() as reverse_clock, park:
         try:
             scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
                                   **replay)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -72,6 +73,40 @@ def shard_for_replay(model: nn.Module, group: Optional[ShardGroup] = None) -> tu
     shapes = {plain_name(name): tuple(p.shape) for name, p in model.named_parameters()}  # a DTensor's: the global shape
     skeleton = build_skeleton(model)
     return skeleton, ShardedCollective(ShardedForward(skeleton, shapes, group))
+
+
+@contextmanager
+def parked(tensors: Iterable[torch.Tensor], force: bool = False) -> Iterator[int]:
+    """Free the device memory of `tensors` during the block (the trained model's shards and the optimizer's m and
+    v, which the sharded pass never reads: it replays the recorded states) and restore them bit for bit after.
+    Each storage is copied to host RAM and resized to 0 bytes. Tensors already in host RAM are left alone unless
+    `force` (tests). Yields the bytes freed."""
+    saved: list[tuple[Any, Any]] = []
+    seen: set[int] = set()
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        storage = local.untyped_storage()
+        if (storage.device.type == "cpu" and not force) or storage.nbytes() == 0 or storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        saved.append((storage, storage.cpu() if storage.device.type != "cpu" else storage.clone()))
+    for storage, _ in saved:
+        storage.resize_(0)
+    try:
+        yield sum(host.nbytes() for _, host in saved)
+    finally:
+        for storage, host in saved:
+            storage.resize_(host.nbytes())
+            storage.copy_(host)
+
+
+def trained_tensors(model: nn.Module, optimizer: Any = None) -> list[torch.Tensor]:
+    """The trained model's parameters and its optimizer's per-parameter tensors (what `parked` frees)."""
+    out = list(model.parameters())
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for state in getattr(inner, "state", {}).values():
+        out += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return out
 
 
 def rebind_query(query: Any, skeleton: nn.Module) -> Any:
