@@ -14,7 +14,6 @@ tests/test_memory_model.py). Evaluates 6.86B on W GPUs (DDP and FSDP) and the ni
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

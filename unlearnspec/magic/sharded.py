@@ -102,7 +102,7 @@ def parked(tensors: Iterable[torch.Tensor], force: bool = False) -> Iterator[int
 
 def trained_tensors(model: nn.Module, optimizer: Any = None) -> list[torch.Tensor]:
     """The trained model's parameters and its optimizer's per-parameter tensors (what `parked` frees)."""
-    out = list(model.parameters())
+    out: list[torch.Tensor] = list(model.parameters())
     inner = getattr(optimizer, "optimizer", optimizer)
     for state in getattr(inner, "state", {}).values():
         out += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
@@ -119,7 +119,8 @@ def rebind_query(query: Any, skeleton: nn.Module) -> Any:
 
 
 class _ShardView:
-    """A store of whole states read as this rank's row shards (a one-process trajectory replayed sharded)."""
+    """A store of whole states read as this rank's row shards (a one-process or DDP trajectory replayed sharded: each
+    read loads the whole state first, so only an FSDP-recorded trajectory keeps host memory at 1/W)."""
 
     keeps_in_ram = False
 

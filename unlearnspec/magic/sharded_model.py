@@ -117,7 +117,7 @@ class ShardedForward:
             full = gather_rows(self.params[name], self.shapes[name][0], self.group)
             self.gathers += 1
             self._gathered[full.untyped_storage()] = (name, self.params[name])
-            module._parameters[attr] = full
+            module._parameters[attr] = full  # type: ignore[assignment]  # a non-leaf tensor in place of the parameter
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         for attr, name in self._by_module[module]:
@@ -132,7 +132,7 @@ class ShardedForward:
         if entry is None:
             return t
         name, shard = entry
-        return shard, _Saved(name, tuple(t.size()), tuple(t.stride()), t.storage_offset())
+        return shard, _Saved(name, tuple(t.size()), tuple(t.stride()), int(t.storage_offset()))
 
     def _unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
