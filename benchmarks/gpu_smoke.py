@@ -11,6 +11,9 @@ Checks (each prints `CHECK <name>: ok|FAIL ...`, figures print as `FIGURE <name>
    `weighted_over_stock` (WeightedSFTTrainer step time / stock trl.SFTTrainer), tokens/s and peak GPU memory
    of training, `magic_over_train` for the `sqrt` and `all` schedules (record + reverse pass / plain SGD
    training) and the reverse pass's peak GPU memory.
+4. fsdp_magic_w1 / fsdp_magic_w2 (benchmarks/gpu_smoke_fsdp.py): the sharded (FSDP) reverse pass on the device
+   equals the plain pass on the CPU to 1e-10 (float64, SGD and AdamW with clipping), on one rank and on two ranks
+   under torchrun (nccl; skipped with fewer than two GPUs; gloo on the CPU in a dry run).
 Exit code 1 when a check fails. --dry-run shrinks every size (toy point: 2 steps, 16 questions per task).
 """
 
@@ -292,6 +295,13 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
     return f"T={steps} bs={batch} seq={seq}: " + ", ".join(out)
 
 
+def fsdp_checks():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_smoke_fsdp
+
+    return gpu_smoke_fsdp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (no GPU needed)")
@@ -310,6 +320,8 @@ def main() -> None:
         ("magic_float64", lambda: check_magic(device)),
         ("pythia160m_trainers", lambda: check_trainers(device, args.dry_run)),
         ("pythia160m_magic", lambda: check_magic_cost(device, args.dry_run)),
+        ("fsdp_magic_w1", lambda: fsdp_checks().check_one_rank(device)),
+        ("fsdp_magic_w2", lambda: fsdp_checks().check_two_ranks(device)),
     ]
     for name, fn in checks:
         if name not in args.skip:

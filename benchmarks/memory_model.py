@@ -4,15 +4,16 @@ Activation bytes are measured, not assumed: on the CPU, for small GPT-NeoX model
 saves (training backward; and the reverse pass's double backward: grad with create_graph, then grad of
 <grad, v>) is summed through `torch.autograd.graph.saved_tensors_hooks` (storages counted once). A least-
 squares fit per sequence, fp32,  bytes = L*S*(a*d + b*h*S) + c*S*V,  then extrapolates to any shape.
-Parameter-sized buffers are counted from the code (see the README table). Evaluates 6.86B on 4 GPUs.
+Parameter-sized buffers of the reverse pass are fitted to tracked peaks (unlearnspec/memory.py,
+tests/test_memory_model.py). Evaluates 6.86B on W GPUs (DDP and FSDP) and the nine recorded score specs on 4 and
+8 GPUs of 80 GB (what `doctor --cluster` says).
 
-    python benchmarks/memory_model.py [--world 4] [--seq 1024] [--micro 1] [--steps 250]
+    python benchmarks/memory_model.py [--world 4] [--seq 1024] [--micro 1] [--steps 250] [--no-fit]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,53 +99,73 @@ SHAPES = [(1, 64, 4, 64, 512), (2, 64, 4, 128, 512), (1, 64, 4, 256, 512), (3, 1
           (2, 128, 8, 64, 4096), (1, 192, 4, 96, 2048), (2, 96, 2, 192, 512)]
 
 
+def model_rows(W: int, S: int, b: int, T: int) -> list[tuple[str, float]]:
+    """The README table (GiB per GPU) from unlearnspec/memory.py, the model `doctor` uses."""
+    from unlearnspec.memory import Setting, gib, resident_bytes, reverse_bytes, train_bytes
+    from unlearnspec.doctor.memory_rules import KNOWN_SHAPES
+
+    m = KNOWN_SHAPES["EleutherAI/deep-ignorance-unfiltered"]
+    ddp, fsdp = Setting(world=W, rows=b, steps=T), Setting(world=W, fsdp=True, rows=b, steps=T)
+    rev = lambda s: gib(reverse_bytes(m, S, s) + (0 if s.fsdp else resident_bytes(m, s)))  # noqa: E731
+    return [
+        ("training DDP, SGD", gib(train_bytes(m, S, ddp))),
+        ("training DDP, AdamW", gib(train_bytes(m, S, Setting(world=W, rows=b, optimizer="adamw")))),
+        (f"training FSDP full_shard, SGD (W={W})", gib(train_bytes(m, S, fsdp))),
+        (f"training FSDP full_shard, AdamW (W={W})", gib(train_bytes(m, S, Setting(world=W, fsdp=True, rows=b, optimizer="adamw")))),
+        ("reverse pass DDP, sqrt", rev(ddp)),
+        ("reverse pass DDP, sqrt, offload_states", rev(Setting(world=W, rows=b, steps=T, offload_states=True))),
+        ("reverse pass DDP, log", rev(Setting(world=W, rows=b, steps=T, schedule="log"))),
+        (f"reverse pass FSDP (W={W}), sqrt", rev(fsdp)),
+        (f"reverse pass FSDP (W={W}), sqrt, offload_states", rev(Setting(world=W, fsdp=True, rows=b, steps=T, offload_states=True))),
+        (f"reverse pass FSDP (W={W}), log", rev(Setting(world=W, fsdp=True, rows=b, steps=T, schedule="log"))),
+        (f"reverse pass FSDP (W={W}), sqrt, offload_states, per question K=4",
+         rev(Setting(world=W, fsdp=True, rows=b, steps=T, offload_states=True, questions=4))),
+    ]
+
+
+def recorded_runs() -> None:
+    """The nine recorded score specs on 4 and 8 GPUs of 80 GB, as `doctor --cluster` estimates them."""
+    from pathlib import Path
+
+    from unlearnspec.doctor.memory_rules import fit_report
+    from unlearnspec.spec.load import load_spec
+
+    print("| score spec | T | rows/GPU step | 4 x 80 GB | 8 x 80 GB |\n|---|---|---|---|---|")
+    for path in sorted((Path(__file__).resolve().parents[1] / "specs" / "magic").glob("*.yaml")):
+        spec = load_spec(path)
+        cells = []
+        for gpus in (4, 8):
+            ok, now, _, fix = fit_report(spec, "score", gpus, 80.0, 1100.0)
+            cells.append(("fits: " if ok else "no: ") + now.replace(" per GPU", "").replace(f" on {gpus} GPU(s)", ""))
+        print(f"| {spec.name} | {spec.training.max_steps} | {spec.training.batch_size} | {cells[0]} | {cells[1]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=int, default=4)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--micro", type=int, default=1, help="rows per (double) backward on one GPU")
     parser.add_argument("--steps", type=int, default=250, help="T, for the sqrt schedule's recomputed segment")
+    parser.add_argument("--no-fit", action="store_true", help="skip measuring the activations (print the model's tables)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    train_rows, dbl_rows = [], []
-    for shape in SHAPES:
-        t, d2 = measure(*shape)
-        train_rows.append((shape, t))
-        dbl_rows.append((shape, d2))
-    ft, fd = fit(train_rows), fit(dbl_rows)
-    for name, f, rows in (("training forward", ft, train_rows), ("double backward", fd, dbl_rows)):
-        worst = max(abs(model_bytes(f, L, d, h, S, V) / b - 1) for (L, d, h, S, V), b in rows)
-        print(f"fit {name}: bytes/seq = L*S*({f[0]:.1f}*d + {f[1]:.2f}*h*S) + {f[2]:.2f}*S*V + {f[3]:.1f}*S*d"
-              f"  (worst fit error {worst:.1%} over {len(rows)} shapes)")
-
-    # 6.86B GPT-NeoX (Pythia-6.9B shape: deep-ignorance-unfiltered)
-    L, d, h, V, P = 32, 4096, 32, 50304, 6.86e9
-    S, W, b, T = args.seq, args.world, args.micro, args.steps
-    p4 = 4 * P / GIB  # one fp32 parameter-sized buffer
-    act_t = b * model_bytes(ft, L, d, h, S, V) / GIB
-    act_d = b * model_bytes(fd, L, d, h, S, V) / GIB
-    layer = 4 * P / L / GIB
-    seg = math.ceil(math.sqrt(T))
-    depth = math.ceil(math.log2(max(T // 2, 2)))
-    print(f"\n6.86B, W={W} GPUs, S={S}, micro-batch {b}, T={T}; one fp32 copy of the parameters = {p4:.1f} GiB")
-    print(f"activations per micro-batch: training {act_t:.1f} GiB, reverse-pass double backward {act_d:.1f} GiB")
-    rows = [
-        ("training DDP, SGD", 3 * p4 + act_t),
-        ("training DDP, AdamW", 5 * p4 + act_t),
-        (f"training FSDP full_shard, SGD (W={W})", 2 * p4 / W + 2 * layer + act_t),
-        (f"training FSDP full_shard, AdamW (W={W})", 4 * p4 / W + 2 * layer + act_t),
-        (f"training FSDP full_shard + activation checkpointing, AdamW (W={W})",
-         4 * p4 / W + 2 * layer + act_t / L + b * L * S * d * 4 / GIB),
-        # Reverse pass, every rank holds full parameter-sized buffers (magic/reverse.py): the state theta_t, the
-        # adjoint v, the H v accumulator, the double backward's output (its create_graph gradients are freed
-        # before the second backward), plus the recomputed states of the schedule unless offloaded.
-        (f"reverse pass DDP (any W), log schedule (~{depth} recursion states on the GPU)", (4 + depth) * p4 + act_d),
-        (f"reverse pass DDP, sqrt schedule (segment of up to {seg} states on the GPU)", (seg + 3) * p4 + act_d),
-        ("reverse pass DDP, sqrt, offload_states", 4 * p4 + act_d),
-        ("reverse pass DDP, sqrt, offload_states + offload_adjoint", 3 * p4 + act_d),
-    ]
-    for name, gib in rows:
-        print(f"| {name} | {gib:.0f} GiB |")
+    if not args.no_fit:
+        train_rows, dbl_rows = [], []
+        for shape in SHAPES:
+            t, d2 = measure(*shape)
+            train_rows.append((shape, t))
+            dbl_rows.append((shape, d2))
+        ft, fd = fit(train_rows), fit(dbl_rows)
+        for name, f, rows in (("training forward", ft, train_rows), ("double backward", fd, dbl_rows)):
+            worst = max(abs(model_bytes(f, L, d, h, S, V) / b - 1) for (L, d, h, S, V), b in rows)
+            print(f"fit {name}: bytes/seq = L*S*({f[0]:.1f}*d + {f[1]:.2f}*h*S) + {f[2]:.2f}*S*V + {f[3]:.1f}*S*d"
+                  f"  (worst fit error {worst:.1%} over {len(rows)} shapes)")
+    print(f"\n6.86B (Pythia-6.9B shape), fp32, W={args.world} GPUs, S={args.seq}, {args.micro} row(s) per (double) "
+          f"backward, T={args.steps} (unlearnspec/memory.py)")
+    for name, value in model_rows(args.world, args.seq, args.micro, args.steps):
+        print(f"| {name} | {value:.0f} GiB |")
+    print()
+    recorded_runs()
 
 
 if __name__ == "__main__":

@@ -105,13 +105,13 @@ def test_parallel_mistakes_are_user_errors():
         ParallelSpec(device="gpu")
 
 
-def test_magic_refuses_fsdp():
+def test_magic_accepts_fsdp():
+    """The score job runs the sharded reverse pass under FSDP (tests/test_magic_fsdp.py)."""
     from .test_spec import _data
 
     data = _data(PKG.parent / "specs" / "magic" / "magic_wmdp.yaml")
     data["parallel"] = {"strategy": "fsdp"}
-    with pytest.raises(ValueError, match="pytorch#160509"):
-        Spec.model_validate(data)
+    assert Spec.model_validate(data).parallel.strategy == "fsdp"
 
 
 def test_sft_config_device_decides_use_cpu(tmp_path):

@@ -2,7 +2,8 @@
 experiment at any rank count. The shipped spec, with no batch override, trains the one-process model under 2
 ranks (DDP), under 2 ranks with accumulation (micro_batch_size) and under FSDP; one results file, one
 evaluation per point, no hang. Before `batch_size` became the global batch, 2 ranks trained 16 rows per step
-instead of 8 (measured: parameters 2.4e-2 apart at toy lr 1e-3)."""
+instead of 8 (measured: parameters 2.4e-2 apart at toy lr 1e-3). The shipped toy score spec (FSDP: the sharded
+reverse pass) gives the one-process scores."""
 
 from __future__ import annotations
 
@@ -131,3 +132,5 @@ def test_toy_score_spec_as_shipped_gives_the_one_process_scores_under_two_ranks(
     sidecar = json.loads((outs[2] / "scores.json").read_text())
     assert sidecar["batch"] == {"global_batch": 4, "world_size": 2, "micro_batch_size": 2, "accumulation": 1}
     assert sidecar["batch_size"] == 4 and sidecar["steps"] == 62  # 62 steps x 4 rows of the 250-row toy grid
+    assert sidecar["sharded"] is True  # the shipped score specs train and score under FSDP (parallel.strategy)
+    assert not list(tmp_path.glob(".tmp-magic-states-*")) and not list(outs[2].parent.glob(".tmp-magic-states-*"))

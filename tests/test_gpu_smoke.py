@@ -11,7 +11,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ("toy_exp7", "magic_float64", "pythia160m_trainers", "pythia160m_magic")
+CHECKS = ("toy_exp7", "magic_float64", "pythia160m_trainers", "pythia160m_magic", "fsdp_magic_w1", "fsdp_magic_w2")
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:

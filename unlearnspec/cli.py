@@ -105,6 +105,8 @@ def show(
 
         from unlearnspec.spec.profile import slurm_settings
 
+        from unlearnspec.doctor.memory_rules import memory_lines
+
         if nproc > 1:
             raise UserError.one("--nproc", "give --nproc or --cluster, not both: with --cluster the site file's "
                                 "`processes` of the job kind is the rank count.")
@@ -113,6 +115,10 @@ def show(
         world, launch = settings.resources(kind).processes, f"jobs.{kind}.processes in {source}"
         slurm = (f"# SLURM resources (from {source})\n"
                  + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+        lines = memory_lines(resolved, settings)
+        if lines:
+            slurm += ("# Memory per GPU (memory model, README 'Memory model'; `doctor --cluster` checks it)\n"
+                      + "".join(f"#   {line}\n" for line in lines))
     layout = batch_layout(resolved.training, world, file=str(spec), launch=launch, n_rows=resolved.data.select.count)
     sys.stdout.write(dump_spec(resolved) + f"# batch ({launch}): {layout.describe()}\n" + slurm)
 
@@ -178,11 +184,14 @@ def doctor(
     near_zero: float = typer.Option(1e-3, "--near-zero", help="D15 warns about questions (leaf tasks) whose max |score| is below this times the median one's (rules reading min_q/rank_q/wsum_q, min_t/rank_t/wsum_t), in [0, 1)."),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="Site file: D16 checks each job's estimated peak memory per GPU against its slurm.jobs.<kind>.gpu_mem_gb."),
+    gpu_mem_gb: Optional[float] = typer.Option(None, "--gpu-mem-gb", help="GPU memory in GB for D16 (wins over the site file's gpu_mem_gb; without --cluster: 1 GPU per job)."),
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
     masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls;
     per study (the checked specs sharing a control): no positive control (D13), largest effect below the MDE (D14);
-    unusable or near-zero per-question (per-leaf) scores under a `min_q`/`rank_q`/`wsum_q` (`min_t`/...) rule (D15).
+    unusable or near-zero per-question (per-leaf) scores under a `min_q`/`rank_q`/`wsum_q` (`min_t`/...) rule (D15);
+    with --cluster or --gpu-mem-gb, each job whose estimated peak memory per GPU exceeds its GPUs, and the knobs that fix it (D16).
     Exit 0 clean, 1 warnings only, 2 errors (or warnings with --strict).
 
     Example: [bold]unlearnspec doctor specs/[/bold]
@@ -192,7 +201,8 @@ def doctor(
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
     findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile), lds_min=lds_min,
-                               lds_fraction_factor=lds_fraction_factor, power=power, near_zero=near_zero)
+                               lds_fraction_factor=lds_fraction_factor, power=power, near_zero=near_zero, cluster=cluster,
+                               gpu_mem_gb=gpu_mem_gb)
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:

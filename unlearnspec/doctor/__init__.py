@@ -14,6 +14,7 @@ from unlearnspec.doctor.batch_rules import score_batch_mismatch
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
 from unlearnspec.doctor.lds_rules import DEFAULT_LDS_FRACTION_FACTOR, DEFAULT_LDS_MIN, lds_findings
+from unlearnspec.doctor.memory_rules import memory_findings
 from unlearnspec.doctor.power_rules import study_findings
 from unlearnspec.doctor.quality_rules import quality_findings
 from unlearnspec.doctor.question_rules import DEFAULT_NEAR_ZERO, question_findings
@@ -38,11 +39,13 @@ DEFAULT_LR_FACTOR = 1.25
 def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
              profile: Optional[Path] = None, lds_min: float = DEFAULT_LDS_MIN,
              lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR, power: float = DEFAULT_POWER,
-             near_zero: float = DEFAULT_NEAR_ZERO) -> tuple[list[Finding], int]:
+             near_zero: float = DEFAULT_NEAR_ZERO, cluster: Optional[Path] = None,
+             gpu_mem_gb: Optional[float] = None) -> tuple[list[Finding], int]:
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
     With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked.
     The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE).
-    `near_zero`: D15's share of the median unit's (question's, leaf task's) max |score| below which a unit is near zero."""
+    `near_zero`: D15's share of the median unit's (question's, leaf task's) max |score| below which a unit is near zero.
+    `cluster` (a site file) and `gpu_mem_gb` (wins over the site's `gpu_mem_gb`): D16, whether each job fits its GPUs."""
     if not lr_factor >= 1.0:
         raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
     if not -1.0 <= lds_min <= 1.0:
@@ -53,6 +56,13 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         raise UserError.one("--power", f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
     if not 0.0 <= near_zero < 1.0:
         raise UserError.one("--near-zero", f"must be in [0, 1) (got {near_zero}); it is a share of the median question's (leaf task's) max |score|.")
+    if gpu_mem_gb is not None and not gpu_mem_gb > 0:
+        raise UserError.one("--gpu-mem-gb", f"must be a GPU's memory in GB, > 0 (got {gpu_mem_gb}).")
+    site = None
+    if cluster is not None:
+        from unlearnspec.spec.profile import slurm_settings
+
+        site, _ = slurm_settings(cluster, None)
     files, problems = find_spec_files(paths)
     if problems:
         raise UserError(problems)
@@ -78,6 +88,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += lds_findings(entry, ws, lds_min, lds_fraction_factor)
         findings += quality_findings(entry, ws)
         findings += question_findings(entry, ws, near_zero)
+        findings += memory_findings(entry, site, gpu_mem_gb)
     findings += study_findings(entries, ws, power)
     return sort_findings(findings), len(files)
 

@@ -26,6 +26,7 @@ RULES: dict[str, str] = {
     "D13": "no-positive-control",
     "D14": "underpowered",
     "D15": "per-question-scores",
+    "D16": "gpu-memory",
 }
 
 

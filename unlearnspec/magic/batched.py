@@ -27,13 +27,24 @@ def adjoint_dots(grads: list[torch.Tensor] | tuple[torch.Tensor, ...], g_bar: li
     if not g_bar or g_bar[0].dim() == grads[0].dim():
         return torch.stack([(g * d).sum() for g, d in zip(grads, g_bar)]).sum()
     k = g_bar[0].shape[0]
-    return torch.stack([torch.mv(d.reshape(k, -1), g.reshape(-1)) for g, d in zip(grads, g_bar)]).sum(0)
+    return torch.stack([torch.mv(d.reshape(k, g.numel()), g.reshape(-1)) for g, d in zip(grads, g_bar)]).sum(0)
 
 
-def double_backward(dot: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """d dot / d inputs; for a [K] `dot` one batched backward with [K, *input.shape] results."""
+def double_backward(dot: torch.Tensor, inputs: list[torch.Tensor], loop: bool = False) -> tuple[torch.Tensor, ...]:
+    """d dot / d inputs; for a [K] `dot` one batched backward with [K, *input.shape] results. `loop`: K plain
+    backwards through the retained graph instead (the sharded pass: its collectives cannot run under vmap;
+    the same arithmetic, K-fold time of the double backward, 1/K of the vmapped activations)."""
     if dot.dim() == 0:
         return torch.autograd.grad(dot, inputs, materialize_grads=True)
+    if loop:
+        k, outs = dot.shape[0], None
+        for i in range(k):
+            row = torch.autograd.grad(dot[i], inputs, retain_graph=i + 1 < k, materialize_grads=True)
+            if outs is None:
+                outs = [x.new_empty((k, *x.shape)) for x in row]
+            for out, x in zip(outs, row):
+                out[i] = x
+        return tuple(outs or ())
     eye = torch.eye(dot.shape[0], dtype=dot.dtype, device=dot.device)
     return torch.autograd.grad(dot, inputs, grad_outputs=eye, is_grads_batched=True, materialize_grads=True)
 

@@ -21,7 +21,7 @@ from unlearnspec.magic.checks import (
     optimizer_step_count,
     optimizer_tensors,
 )
-from unlearnspec.magic.trajectory import DiskStore, RamStore, Schedule, Trajectory, TrajectoryRecorder
+from unlearnspec.magic.trajectory import DiskStore, RamStore, Schedule, Trajectory, TrajectoryRecorder, plain_name
 
 
 class MagicCallback(TrainerCallback):
@@ -48,6 +48,7 @@ class MagicCallback(TrainerCallback):
         self._pending: list[torch.Tensor] = []
         self._attached = False
         self._world = 1
+        self._sharded = False
 
     def attach(self, trainer: Any) -> None:
         """Listen to the row ids of each optimizer step's micro-batches (fetched before the step begins)."""
@@ -72,21 +73,25 @@ class MagicCallback(TrainerCallback):
             raise RuntimeError("MagicCallback.attach(trainer) must be called before training")
         check_training_args(packing=bool(getattr(args, "packing", False)),
                             precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision, dropout=self.dropout)
-        self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        if any(hasattr(p, "full_tensor") for p in self._params.values()):
-            from unlearnspec.errors import UserError
-
-            raise UserError.one("magic", "the parameters are sharded (FSDP): MAGIC's reverse pass differentiates twice "
-                                "through them, which DTensor redistribution does not support (pytorch#160509). "
-                                "Use parallel.strategy: ddp.", loc="parallel.strategy")
+        self._params = {plain_name(n): p for n, p in model.named_parameters() if p.requires_grad}
         self._world = int(getattr(args, "world_size", 1) or 1)
+        # FSDP2 shards every parameter by rows (DTensor Shard(0)): each rank records its own shards, which the
+        # sharded reverse pass (`magic.sharded`) replays on the same number of ranks.
+        self._sharded = any(hasattr(p, "to_local") for p in self._params.values())
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         weight_decay = check_optimizer(inner, self._params)
         config = optimizer_config(inner, max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
-        check_model_replayable(model, self._params)
-        store = DiskStore(self.storage_dir, write=state.is_world_process_zero) if self.storage == "disk" else RamStore()
+        check_model_replayable(model)
+        if self.storage == "disk" and self._sharded:
+            rank = int(getattr(args, "process_index", 0))
+            store: DiskStore | RamStore = DiskStore(self.storage_dir, write=True, tag=f"rank{rank}of{self._world}")
+        elif self.storage == "disk":
+            store = DiskStore(self.storage_dir, write=state.is_world_process_zero)
+        else:
+            store = RamStore()
         self._optimizer = inner
-        self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay, optimizer=config)
+        self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay, optimizer=config,
+                                           shard_world=self._world if self._sharded else 1)
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         assert self.recorder is not None
@@ -102,12 +107,17 @@ class MagicCallback(TrainerCallback):
             if optimizer_step_count(self._optimizer, first) != expected:
                 raise RuntimeError(f"the optimizer is at step {optimizer_step_count(self._optimizer, first)} before step {t} "
                                    f"(expected {expected}); a step was skipped or taken outside the trainer")
-            opt_state = optimizer_tensors(self._optimizer, self._params, names)
-        self.recorder.begin_step(self._params, lrs.pop(), opt_state)
+            opt_state = {s: _local(ts) for s, ts in optimizer_tensors(self._optimizer, self._params, names).items()}
+        self.recorder.begin_step(_local(self._params), lrs.pop(), opt_state)
         for rows in self._pending:
             self.recorder.add_micro_batch(rows)
         self._pending = []
 
     def on_train_end(self, args, state, control, **kwargs):
         assert self.recorder is not None
-        self.trajectory = self.recorder.finish(self._params)
+        self.trajectory = self.recorder.finish(_local(self._params))
+
+
+def _local(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This rank's shard of each FSDP2 (DTensor) parameter or optimizer tensor; plain tensors as they are."""
+    return {n: t.to_local() if hasattr(t, "to_local") else t for n, t in tensors.items()}

@@ -4,6 +4,7 @@ one per_token_scores.<leaf>.pt per leaf task of the query, see `magic.per_task`)
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from unlearnspec.run import dist
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import RunRecord
-from unlearnspec.run.steps import Timer, batch_record, prepare, save_model, train, write_spec
+from unlearnspec.run.steps import Timer, batch_record, gathered_model, prepare, save_model, train, write_spec
 
 
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
@@ -37,7 +38,13 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                              precision=spec.training.precision, dropout=spec.training.dropout)
     with Timer() as train_clock:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
-    model = trainer.model
+    model, comm = trainer.model, None
+    if callback.trajectory is not None and callback.trajectory.shard_world > 1:  # FSDP: each rank recorded its shards
+        from unlearnspec.magic.sharded import shard_for_replay
+
+        model, comm = shard_for_replay(trainer.model)  # a parameter-free skeleton that all-gathers layer by layer
+        ctx.say(f"[{spec.name}] sharded reverse pass: each of {comm.world_size} ranks holds 1/{comm.world_size} of every "
+                "parameter-sized tensor")
     query = build_query(magic.query, model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
     memory = magic.memory
     chunk = memory.question_chunk if memory else 16
@@ -51,10 +58,15 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
             ctx.progress.update(task, completed=done, total=total * (1 + leaf_passes))
 
     stats = ReplayStats()
-    replay = {"micro_batch_rows": memory.replay_batch_size if memory else None,
+    park: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if comm is not None:  # the sharded pass never reads the trained shards or m, v: off the GPU until it ends
+        from unlearnspec.magic.sharded import parked, trained_tensors
+
+        park = parked(trained_tensors(trainer.model, trainer.optimizer))
+    replay = {"micro_batch_rows": memory.replay_batch_size if memory else None, "comm": comm,
               "offload_adjoint": bool(memory and memory.offload_adjoint), "offload_states": bool(memory and memory.offload_states)}
     per_task, per_question = {}, None
-    with Timer() as reverse_clock:
+    with Timer() as reverse_clock, park:
         try:
             scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
                                   **replay)
@@ -83,12 +95,16 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                  extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
                         "world_size": ctx.world_size, "batch": batch_record(spec, prep, ctx).model_dump(),
+                        "sharded": comm is not None,
                         "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,
                                          "rounding_risk": stats.rounding_risk, "peak_state_copies": stats.peak_state_copies}})
     from unlearnspec.magic.lds import save_trajectory_plan
 
     save_trajectory_plan(workdir, callback.trajectory)  # what `magic.lds` / `unlearnspec lds` retrain from
-    model_dir = save_model(spec, model, prep.tokenizer, workdir) if spec.output.save_model != "none" else None
+    model_dir = None
+    if spec.output.save_model != "none":
+        trained = gathered_model(trainer, spec, ctx) if comm is not None else trainer.model  # FSDP: all ranks gather
+        model_dir = save_model(spec, trained, prep.tokenizer, workdir) if trained is not None else None
     neg = float((scores < 0).float().sum() / prep.grid.valid_targets.sum())
     ctx.say(f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "
             f"pass); {neg:.1%} of valid tokens are proponents (score < 0)")

@@ -9,7 +9,7 @@ adds). Gradient clipping (`max_grad_norm`, torch.nn.utils.clip_grad_norm_) wraps
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional, Protocol
 
@@ -142,32 +142,44 @@ def make_adjoint(config: OptimizerConfig, decays: Sequence[float], *, second_mom
 
 
 # --------------------------------------------------------------------------- clipping
-def grad_norm(grad: Tensors) -> torch.Tensor:
-    """The total L2 norm as clip_grad_norm_ computes it (norm of the per-tensor norms)."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grad, 2.0)), 2.0)
+Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
+"""Sums a small tensor over the ranks that each hold a shard of the parameters (sharded reverse pass);
+None when every rank holds whole tensors."""
 
 
-def clip(grad: Tensors, max_norm: Optional[float]) -> Tensors:
+def grad_norm(grad: Tensors, reduce: Reduce = None) -> torch.Tensor:
+    """The total L2 norm as clip_grad_norm_ computes it (norm of the per-tensor norms); over the shards of
+    all ranks when `reduce` is given."""
+    norms = torch.stack(torch._foreach_norm(grad, 2.0))
+    if reduce is None:
+        return torch.linalg.vector_norm(norms, 2.0)
+    return reduce((norms * norms).sum()).sqrt()
+
+
+def clip(grad: Tensors, max_norm: Optional[float], reduce: Reduce = None) -> Tensors:
     """g * min(max_norm / (||g|| + 1e-6), 1), exactly torch.nn.utils.clip_grad_norm_ (new tensors)."""
     if max_norm is None:
         return grad
-    coef = torch.clamp(float(max_norm) / (grad_norm(grad) + CLIP_EPS), max=1.0)
+    coef = torch.clamp(float(max_norm) / (grad_norm(grad, reduce) + CLIP_EPS), max=1.0)
     return torch._foreach_mul(grad, coef)
 
 
-def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float]) -> Tensors:
+def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float], reduce: Reduce = None) -> Tensors:
     """Adjoint of the raw gradient from the adjoint of the clipped one.
 
     Unclipped (coef >= 1): the identity. Clipped, g_c = tau g / (n + delta) with n = ||g||, so
-    g_bar_raw = tau / (n + delta) g_bar - tau <g, g_bar> / (n (n + delta)^2) g.
+    g_bar_raw = tau / (n + delta) g_bar - tau <g, g_bar> / (n (n + delta)^2) g. Sharded (`reduce`): the norm
+    and the dot product are sums over every rank's shard.
     """
     if max_norm is None:
         return g_bar
-    n = grad_norm(grad)
+    n = grad_norm(grad, reduce)
     tau = float(max_norm)
     if float(tau / (n + CLIP_EPS)) >= 1.0:
         return g_bar
     dot = adjoint_dots(grad, g_bar)  # a scalar, or [K] for K batched adjoints ([K, *shape] each)
+    if reduce is not None:
+        dot = reduce(dot.detach().clone())
     out = torch._foreach_mul(g_bar, tau / (n + CLIP_EPS))
     coef = -tau * dot / (n * (n + CLIP_EPS) ** 2)
     if coef.dim() == 0:

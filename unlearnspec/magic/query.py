@@ -294,6 +294,10 @@ class QueryLoss:
         params = params if params is not None else dict(self.model.named_parameters())
         return torch.cat([self._chunk_losses(params, rows) for rows in self._chunks()])
 
+    def part_count(self) -> int:
+        """How many parts `parts` deals over the ranks (batches of `batch_size` questions)."""
+        return -(-self.batch.n_questions // self.batch_size)
+
     def parts(self, params: Mapping[str, torch.Tensor], rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
         """Per-batch terms summing to Q, so a gradient can be accumulated batch by batch; with
         `world_size` > 1 only the batches dealt to `rank` (round-robin), whose sums over ranks add up to Q."""

@@ -26,6 +26,10 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], co
     Under several ranks each rank differentiates its share of the parts (`parts(params, rank, world_size)`;
     a plain callable query runs on rank 0) and the partial gradients are all-reduced.
     """
+    if getattr(comm, "sharded", False):  # theta is this rank's shards (FSDP)
+        from unlearnspec.magic.sharded_query import sharded_query_gradient
+
+        return sharded_query_gradient(query, names, theta, comm)
     comm = comm or Alone()
     params = [p.detach().requires_grad_() for p in theta]
     pdict = dict(zip(names, params))
@@ -54,6 +58,10 @@ def question_gradients(query: "QuestionQuery", rows: Sequence[int], names: list[
     divided by the number of questions), stacked per parameter: [K, *param.shape]. One forward per batch of
     questions, then one backward per question through its graph. Under several ranks each rank computes
     the questions k with k % world_size == rank and the stacks are all-reduced."""
+    if getattr(comm, "sharded", False):  # theta is this rank's shards (FSDP)
+        from unlearnspec.magic.sharded_query import sharded_question_gradients
+
+        return sharded_question_gradients(query, list(rows), names, theta, comm)
     comm = comm or Alone()
     params = [p.detach().requires_grad_() for p in theta]
     pdict = dict(zip(names, params))

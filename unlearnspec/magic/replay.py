@@ -25,7 +25,11 @@ class GridLike(Protocol):
 def forward_logits(
     model: nn.Module, params: Mapping[str, torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Logits [B, S, V] of `model` evaluated at `params` (missing names fall back to the model's own)."""
+    """Logits [B, S, V] of `model` evaluated at `params` (missing names fall back to the model's own). A sharded
+    skeleton (`sharded_model.build_skeleton`) takes its rank's shards and all-gathers each module's parameters."""
+    sharded = getattr(model, "_unlearnspec_sharded", None)
+    if sharded is not None:
+        return sharded.logits(params, input_ids, attention_mask)
     out = functional_call(
         model, dict(params), (), {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     )

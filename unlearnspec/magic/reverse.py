@@ -28,20 +28,13 @@ from unlearnspec.magic.batched import adjoint_dots, double_backward
 from unlearnspec.magic.query_grad import BatchedQuery, Query, query_gradient  # noqa: F401 - re-exported
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
 from unlearnspec.train.loss import weighted_token_loss
-from unlearnspec.magic.optimizers import clip, clip_adjoint, make_adjoint
+from unlearnspec.magic.optimizers import Reduce, clip, clip_adjoint, grad_norm, make_adjoint
+from unlearnspec.magic.replay_state import State, StateKeeping
 from unlearnspec.magic.replay_stats import ROUNDING_RISK_WARN, ReplayStats, rounding_warning  # noqa: F401 - ReplayStats re-exported
-from unlearnspec.magic.trajectory import Trajectory, state_key
+from unlearnspec.magic.trajectory import Trajectory
 
 
-def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2.0)), 2.0)
-
-
-State = list[list[torch.Tensor]]
-"""theta followed by the optimizer's tensors (`OptimizerAdjoint.state_names`), each a list ordered like the names."""
-
-
-class _Replay:
+class _Replay(StateKeeping):
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
     def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats,
@@ -65,6 +58,10 @@ class _Replay:
         self.needs_grad = self.rule.needs_grad or self.max_grad_norm is not None
         self.per_state = 1 + len(self.rule.state_names)  # parameter-sized tensors per state
         self.denoms = [self._denominator(t) for t in range(trajectory.total_steps)]
+        self.reduce: Reduce = None
+        """Sums norms and dot products over the ranks when each holds a shard (`sharded.ShardedReplay`)."""
+        self.batched_loop = False
+        """Double-backward K batched adjoints one by one (the sharded pass) instead of vmapped."""
         self._live = 0
         self._held: set[int] = set()
         self._hold(0)
@@ -88,47 +85,22 @@ class _Replay:
             micro = tuple(torch.cat(micro).split(self.micro_batch_rows))
         return list(micro[self.comm.rank::self.comm.world_size])
 
+    def slots(self, t: int) -> list[tuple[torch.Tensor, bool]]:
+        """(rows, owned) of every forward this rank runs for step t; a rank that runs a forward with no rows
+        of its own (owned False: zero weights) keeps the ranks' collectives in step (`sharded.py`)."""
+        return [(rows, True) for rows in self.chunks(t)]
+
+    def _one_graph(self, slots: list[tuple[torch.Tensor, bool]]) -> bool:
+        """Whether the step's gradient is the gradient of this rank's only graph (then it is reused)."""
+        return len(slots) == 1 and self.comm.world_size == 1
+
+    def _sum_gradient(self, grad: list[torch.Tensor]) -> None:
+        """Sum the ranks' partial gradients (each over its own rows) in place."""
+        self.comm.all_reduce_(grad)
+
     def _reduce_hvp(self, hv: list[torch.Tensor]) -> None:
         """Sum the ranks' partial H v (each over its own rows) into the full product, in place."""
         self.comm.all_reduce_(hv)
-
-    # ------------------------------------------------------------------ state bookkeeping
-    def _hold(self, n: int = 1) -> None:
-        """Count n more live states; the peak is in parameter-sized copies (theta, m, v each count)."""
-        self._live += n
-        copies = (self.traj.store.ram_copies + self._live) * self.per_state
-        self.stats.peak_state_copies = max(self.stats.peak_state_copies, copies)
-
-    def _release(self, n: int = 1) -> None:
-        self._live -= n
-
-    def load(self, step: int, theta_only: bool = False, to_device: bool = True) -> State:
-        """The kept state of `step` (theta, then the optimizer's tensors), moved to the model's device
-        unless `to_device` is False."""
-        stored = self.traj.store.get(step)
-        keys = [self.names] + ([] if theta_only else [[state_key(s, n) for n in self.names] for s in self.rule.state_names])
-        missing = [k for ks in keys for k in ks if k not in stored]
-        if missing:
-            raise KeyError(f"state of step {step} lacks {missing[:3]}")
-        state = [[stored[k] for k in ks] for ks in keys]
-        moved = to_device and bool(state[0]) and state[0][0].device != self.device  # kept in host RAM or on disk
-        if moved:
-            state = self.on_device(state)
-        if moved or not getattr(self.traj.store, "keeps_in_ram", False):
-            self._hold()  # a new copy, released by unload
-            self._held.add(step)
-        return state
-
-    def unload(self, step: int) -> None:
-        if step in self._held:
-            self._held.discard(step)
-            self._release()
-
-    def on_device(self, state: State) -> State:
-        return [[x.to(self.device) for x in xs] for xs in state]
-
-    def to_host(self, state: State) -> State:
-        return [[x.cpu() for x in xs] for xs in state]
 
     # ------------------------------------------------------------------ one step forward / backward
     def _batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,35 +118,39 @@ class _Replay:
         """grad L_t(theta) summed over the step's micro-batches (first order, nothing retained)."""
         params = [p.detach().requires_grad_() for p in theta]
         grad: list[torch.Tensor] | None = None
-        for rows in self.chunks(t):
-            w = None if self.weights is None else self.weights[rows].to(self.device)
+        for rows, owned in self.slots(t):
+            w = self.weights[rows].to(self.device) if owned and self.weights is not None else None
+            if not owned:
+                w = torch.zeros(rows.shape[0], self.grid.labels.shape[1], dtype=theta[0].dtype, device=self.device)
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], w), params, materialize_grads=True))
             grad = g if grad is None else torch._foreach_add(grad, g)
         if grad is None:  # this rank owns no rows of the step
             grad = [torch.zeros_like(p) for p in theta]
-        self.comm.all_reduce_(grad)
+        self._sum_gradient(grad)
         return grad
 
     def step(self, state: State, t: int) -> State:
         """State t+1 from state t with the recorded optimizer's arithmetic (clipping first, if recorded)."""
         theta, opt_state = state[0], state[1:]
-        grad = clip(self.gradient(theta, t), self.max_grad_norm)
+        grad = clip(self.gradient(theta, t), self.max_grad_norm, self.reduce)
         with torch.no_grad():
             theta_new, opt_new = self.rule.step(theta, opt_state, grad, t, self.traj.steps[t].lr)
         self.stats.recomputed_steps += 1
         return [theta_new, *opt_new]
 
-    def _graph(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, dtype: torch.dtype):
-        """(weights, grads with create_graph) of one micro-batch: the first half of a double backward."""
+    def _graph(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, dtype: torch.dtype, owned: bool = True):
+        """(weights, grads with create_graph) of one micro-batch: the first half of a double backward (weights 0
+        on a slot the rank does not own)."""
         labels = self.grid.labels[rows]
-        weights = torch.ones(labels.shape, dtype=dtype, device=params[0].device, requires_grad=True)
+        fill = torch.ones if owned else torch.zeros
+        weights = fill(labels.shape, dtype=dtype, device=params[0].device, requires_grad=True)
         loss = self._loss(params, rows, denom, weights)
         return weights, torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
 
     def _track_gain(self, g_bar: list[torch.Tensor], theta_bar: list[torch.Tensor]) -> None:
         if not g_bar or g_bar[0].device.type == "meta":  # shape-only runs (device tests) have no values
             return
-        top, bottom = float(_norm(g_bar)), float(_norm(theta_bar))
+        top, bottom = float(grad_norm(g_bar, self.reduce)), float(grad_norm(theta_bar, self.reduce))
         st = self.stats
         if not st._first_theta_bar:
             st._first_theta_bar = bottom
@@ -189,33 +165,34 @@ class _Replay:
         theta, opt_state = state[0], state[1:]
         need_hv = self.hessian and t > 0  # the adjoint of state 0 is never used
         params = [p.detach().requires_grad_() for p in theta]
-        chunks = self.chunks(t)
-        kept = None  # one micro-batch in one process: its graph serves both the gradient and the double backward
+        slots = self.slots(t)
+        kept = None  # one graph per rank holding the whole step: it serves both the gradient and the double backward
         grad = None
         if self.needs_grad:
-            if len(chunks) == 1 and self.comm.world_size == 1:
-                kept = self._graph(params, chunks[0], denom, scores.dtype)
+            if self._one_graph(slots):
+                kept = self._graph(params, slots[0][0], denom, scores.dtype, slots[0][1])
                 grad = [g.detach() for g in kept[1]]
             else:
-                grad = self.gradient(theta, t)  # all-reduced over the ranks
+                grad = self.gradient(theta, t)  # summed over the ranks
         host = adjoint[0][0].device if adjoint and adjoint[0] else self.device
         if self.offload:  # offload_adjoint: the adjoint lives in host RAM between steps
             adjoint[:] = self.on_device(adjoint)
         with torch.no_grad():
-            clipped = clip(grad, self.max_grad_norm) if grad is not None else None
+            clipped = clip(grad, self.max_grad_norm, self.reduce) if grad is not None else None
             g_bar, new_adjoint = self.rule.adjoint(theta, opt_state, clipped, t, step.lr, adjoint)
             if grad is not None:
-                g_bar = clip_adjoint(grad, g_bar, self.max_grad_norm)
+                g_bar = clip_adjoint(grad, g_bar, self.max_grad_norm, self.reduce)
             self._track_gain(getattr(self.rule, "touched", None) or g_bar, adjoint[0])
         hv: list[torch.Tensor] | None = None
-        for rows in chunks:
-            weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype)
+        for rows, owned in slots:
+            weights, grads = kept if kept is not None else self._graph(params, rows, denom, scores.dtype, owned)
             kept = None
             dot = adjoint_dots(grads, g_bar)  # <grad L_t, g_bar>: a scalar, or [K] for K batched adjoints
             del grads  # g_bar needs no gradient, so the graph does not keep them: one parameter-sized buffer less
             inputs = params + [weights] if need_hv else [weights]
-            outs = double_backward(dot, inputs)
-            scores.index_add_(scores.dim() - 2, rows.to(scores.device), outs[-1].detach())
+            outs = double_backward(dot, inputs, loop=self.batched_loop)
+            if owned:
+                scores.index_add_(scores.dim() - 2, rows.to(scores.device), outs[-1].detach())
             if need_hv:
                 part = [o.detach() for o in outs[:-1]]
                 if hv is None:
@@ -353,8 +330,9 @@ def reverse_passes(
     comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
     done = 0
     with replay_mode(model):
-        replay = _Replay(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states,
-                         second_moment=second_moment)
+        kind = getattr(comm, "replay_class", _Replay)  # `sharded.ShardedReplay` when the ranks hold shards (FSDP)
+        replay = kind(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states,
+                      second_moment=second_moment)
         first = dict(model.named_parameters())[replay.names[0]]  # its shape tells a batched start ([K, *shape])
 
         def final() -> list[torch.Tensor]:

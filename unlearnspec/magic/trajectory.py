@@ -95,20 +95,24 @@ class DiskStore:
     """States as one safetensors file per step under `directory` (written atomically).
 
     Under data parallelism every rank holds the same parameters: only the rank with `write=True` (rank 0)
-    writes the files, the others only note the step, and read the files after a barrier.
+    writes the files, the others only note the step, and read the files after a barrier. Under FSDP each
+    rank writes and reads its own shards, in files named with its `tag` (`state_0000012.rank1of4.safetensors`).
     """
 
     keeps_in_ram = False
 
-    def __init__(self, directory: str | os.PathLike[str], write: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike[str], write: bool = True, tag: str | None = None) -> None:
+        if tag is not None and not tag.replace("_", "").isalnum():
+            raise ValueError(f"a state file tag must be letters, digits and _ (got {tag!r})")
         self.directory = Path(directory)
         self.write = write
+        self.tag = tag
         if write:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._steps: set[int] = set()
 
     def _path(self, step: int) -> Path:
-        return self.directory / f"state_{step:07d}.safetensors"
+        return self.directory / (f"state_{step:07d}.{self.tag}.safetensors" if self.tag else f"state_{step:07d}.safetensors")
 
     def put(self, step: int, params: Mapping[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
@@ -154,6 +158,16 @@ class Step:
         return sum(len(mb) for mb in self.micro_batches)
 
 
+CHECKPOINT_INFIX = "_checkpoint_wrapped_module."
+"""What torch's activation-checkpoint wrapper (FSDP `activation_checkpointing`) inserts into parameter names."""
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the model itself, without wrapper infixes: what a trajectory records, so it replays
+    on a plain model (the reverse pass's skeleton, LDS retrainings)."""
+    return name.replace(CHECKPOINT_INFIX, "")
+
+
 def state_key(state_name: str, param_name: str) -> str:
     """Store key of one optimizer tensor (e.g. `exp_avg/gpt_neox.embed_in.weight`)."""
     return f"{state_name}/{param_name}"
@@ -170,6 +184,9 @@ class Trajectory:
     param_names: tuple[str, ...]
     optimizer: OptimizerConfig = OptimizerConfig()
     """The optimizer that made the steps (plain SGD unless recorded otherwise)."""
+    shard_world: int = 1
+    """1: the store holds whole tensors. W > 1: it holds this rank's row shards of a W-rank FSDP run
+    (`magic.sharded`), and only a W-rank sharded reverse pass can replay it."""
 
     def decays(self) -> list[float]:
         """Weight decay of each parameter, in `param_names` order."""
@@ -211,8 +228,10 @@ class TrajectoryRecorder:
         store: StateStore | None = None,
         weight_decay: WeightDecay = 0.0,
         optimizer: OptimizerConfig = OptimizerConfig(),
+        shard_world: int = 1,
     ) -> None:
         self.total_steps = total_steps
+        self.shard_world = shard_world
         self.optimizer = optimizer
         self.schedule = schedule
         self.store: StateStore = store if store is not None else RamStore()
@@ -300,7 +319,8 @@ class TrajectoryRecorder:
         assert self._names is not None
         decay_list(self.weight_decay, self._names)  # a per-name mapping must cover every parameter
         self.store.put(len(self._steps), params)
-        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names, self.optimizer)
+        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names, self.optimizer,
+                          self.shard_world)
 
 
 def plan_steps(

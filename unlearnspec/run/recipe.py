@@ -14,7 +14,7 @@ from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import SAMPLES_FILE, BaselineRecord, RunRecord
 from unlearnspec.run.rundirs import write_json
-from unlearnspec.run.steps import Timer, batch_record, evaluate, prepare, save_model, train, write_spec
+from unlearnspec.run.steps import Timer, batch_record, evaluate, gathered_model, prepare, save_model, train, write_spec
 
 JobRecord = Union[RunRecord, BaselineRecord]
 
@@ -100,19 +100,3 @@ def run_baseline(job: Job, ctx: RunContext, workdir: Path) -> BaselineRecord:
     write_json(workdir / "eval.json", result.to_json())
     write_json(workdir / SAMPLES_FILE, result.samples)
     return BaselineRecord(status="ok", metrics=result.metrics, samples_file=SAMPLES_FILE)
-
-
-def gathered_model(trainer: Any, spec: Any, ctx: RunContext) -> Any:
-    """The trained model as one plain module on rank 0. Under FSDP every rank joins the all-gather of the
-    shards (a collective), then rank 0 loads them into a freshly loaded copy of the base model."""
-    if ctx.world_size == 1 or spec.parallel is None or spec.parallel.strategy != "fsdp":
-        return trainer.model
-    from unlearnspec.train.modeling import load_model
-    from unlearnspec.train.parallel import full_state_dict
-
-    state = full_state_dict(trainer.accelerator.unwrap_model(trainer.model))
-    if not ctx.is_main:
-        return None
-    plain = load_model(spec.model, ctx.assets, dropout=0.0, device=ctx.device_for(spec))
-    plain.load_state_dict(state, strict=False)
-    return plain

@@ -195,3 +195,19 @@ class Timer:
 
     def __exit__(self, *exc: Any) -> None:
         self.seconds = round(time.perf_counter() - self.start, 3)
+
+
+def gathered_model(trainer: Any, spec: Any, ctx: RunContext) -> Any:
+    """The trained model as one plain module on rank 0. Under FSDP every rank joins the all-gather of the
+    shards (a collective), then rank 0 loads them into a freshly loaded copy of the base model."""
+    if ctx.world_size == 1 or spec.parallel is None or spec.parallel.strategy != "fsdp":
+        return trainer.model
+    from unlearnspec.train.modeling import load_model
+    from unlearnspec.train.parallel import full_state_dict
+
+    state = full_state_dict(trainer.accelerator.unwrap_model(trainer.model))
+    if not ctx.is_main:
+        return None
+    plain = load_model(spec.model, ctx.assets, dropout=0.0, device=ctx.device_for(spec))
+    plain.load_state_dict(state, strict=False)
+    return plain

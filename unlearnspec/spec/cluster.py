@@ -31,6 +31,10 @@ class JobResources(_Section):
     """Memory per job in GB (`--mem`)."""
     time_min: PositiveInt
     """Time limit in minutes (`--time`); a job killed by it is requeued up to `slurm.max_requeues` times."""
+    gpu_mem_gb: Optional[PositiveFloat] = None
+    """Memory of one of its GPUs in GB as SLURM counts them (2^30 bytes; nvidia-smi's MiB / 1024), e.g. 80 for an
+    A100/H100 80GB. Not asked of SLURM: `doctor` and `show --cluster` check each job's estimated peak per GPU
+    against it before submission (90% of it, the rest is the CUDA context's). Unset: not checked."""
 
     @model_validator(mode="after")
     def _rules(self) -> "JobResources":

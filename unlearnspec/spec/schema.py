@@ -148,13 +148,6 @@ class Spec(_Section):
             raise SpecRuleError(("training", "lr"), "a MAGIC spec produces one score file: give a single learning rate.")
         if self.training.dropout:
             raise SpecRuleError(("training", "dropout"), "MAGIC needs a deterministic replay; set `dropout: 0`.")
-        if self.parallel is not None and self.parallel.strategy == "fsdp":
-            raise SpecRuleError(
-                ("parallel", "strategy"),
-                "MAGIC cannot run under FSDP: its reverse pass differentiates twice through the parameters, and "
-                "PyTorch's DTensor redistribution is not twice-differentiable (pytorch#160509). Use `strategy: ddp` "
-                "(every rank holds the full model; see the README's memory model).",
-            )
         if self.lora is not None and self.lora.dropout:
             raise SpecRuleError(("lora", "dropout"), "MAGIC needs a deterministic replay; set `lora.dropout: 0` (LoRA "
                                 "score runs differentiate through the adapters only, exactly).")

@@ -1,0 +1,110 @@
+"""doctor D16 gpu-memory: each job's estimated peak per GPU (and host RAM) against the site file's `gpu_mem_gb`
+(`mem_gb`) or `--gpu-mem-gb`, before submission; the fix names the knobs. The estimates are the memory model's
+(unlearnspec/memory.py), which tests/test_memory_model.py checks against tracked allocations; training's here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from unlearnspec.cli import app
+from unlearnspec.doctor import diagnose
+from unlearnspec.memory import ModelShape, Setting, train_bytes
+
+from .conftest import REPO
+
+SITE = REPO / "specs" / "profiles" / "slurm_example.yaml"
+SCORE_SPECS = sorted((REPO / "specs" / "magic").glob("*.yaml"))
+
+
+def _d16(findings):
+    return [f for f in findings if f.code == "D16"]
+
+
+def test_the_nine_recorded_score_runs_fit_4_gpus_of_80_gb_sharded():
+    findings, count = diagnose([REPO / "specs" / "magic"], cluster=SITE)
+    d16 = _d16(findings)
+    assert count == len(SCORE_SPECS) == 9 and len(d16) == 9
+    assert all(f.severity == "info" and "fits its resources" in f.message and "on 4 GPU(s)" in f.message for f in d16), d16
+
+
+def _without_knobs(tmp_path, spec_path, drop=("parallel",), memory=None):
+    data = yaml.safe_load(spec_path.read_text())
+    for key in drop:
+        data.pop(key, None)
+    data["magic"].pop("memory", None)
+    if memory:
+        data["magic"]["memory"] = memory
+    out = tmp_path / spec_path.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def test_a_score_run_without_the_knobs_is_named_with_the_knobs_that_fix_it(tmp_path):
+    spec = _without_knobs(tmp_path, REPO / "specs" / "magic" / "magic_wmdp.yaml")
+    (f,) = _d16(diagnose([spec], cluster=SITE)[0])
+    assert f.severity == "error" and "will not fit" in f.message
+    assert "parallel.strategy: fsdp" in f.fix and "magic.memory.offload_states: true" in f.fix
+    # the global batch of 4 rows over the site's 4 score processes is 1 row per rank already: no replay_batch_size move
+    assert "replay_batch_size" not in f.fix and "reverse pass 69.6 GB of 80" in f.fix
+
+
+def test_host_ram_is_checked_against_the_jobs_mem_gb(tmp_path):
+    site = yaml.safe_load(SITE.read_text())
+    site["slurm"]["jobs"]["score"]["mem_gb"] = 400
+    small = tmp_path / "site.yaml"
+    small.write_text(yaml.safe_dump(site))
+    (f,) = _d16(diagnose([REPO / "specs" / "magic" / "magic_wmdp_forget_10k.yaml"], cluster=small)[0])
+    assert f.severity == "error" and "host RAM 919 GB of 400" in f.message
+    assert f.fix.startswith("Raise slurm.jobs.score.mem_gb to 1022") and "parallel" not in f.fix
+
+
+def test_gpu_mem_on_the_command_line_wins_and_exits_2(tmp_path):
+    result = CliRunner().invoke(app, ["doctor", str(REPO / "specs" / "magic" / "magic_wmdp.yaml"), "--cluster", str(SITE),
+                                      "--gpu-mem-gb", "40", "--format", "json"])
+    assert result.exit_code == 2, result.output
+    (f,) = [f for f in json.loads(result.output)["findings"] if f["code"] == "D16"]
+    assert f["severity"] == "error" and "of 40 per GPU" in f["message"]
+    bad = CliRunner().invoke(app, ["doctor", str(REPO / "specs" / "magic"), "--gpu-mem-gb", "0"])
+    assert bad.exit_code == 2 and "--gpu-mem-gb" in bad.output
+
+
+def test_without_gpu_memory_nothing_is_checked():
+    assert _d16(diagnose([REPO / "specs" / "magic" / "magic_wmdp.yaml"])[0]) == []
+
+
+def test_show_cluster_prints_the_sharded_layout_and_verdict():
+    result = CliRunner().invoke(app, ["show", str(REPO / "specs" / "magic" / "magic_wmdp.yaml"), "--cluster", str(SITE)])
+    assert result.exit_code == 0, result.output
+    assert "# Memory per GPU" in result.output
+    assert "score: 4 process(es), fsdp; training 27.0, reverse pass 69.6 GB of 80 per GPU" in result.output
+    assert result.output.rstrip().endswith(": fits")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_training_peak_matches_the_model(optimizer):
+    """Tracked allocations of real training steps (stock torch.optim, one process) against `train_bytes` without the
+    parameters themselves (they exist before the block): gradients, m and v, activations of one micro-batch."""
+    import torch
+
+    from tests.test_magic import Grid
+    from unlearnspec.magic import plan_steps, sgd_train
+    from unlearnspec.magic.memtrack import LiveBytes
+    from unlearnspec.magic.optimizers import OptimizerConfig
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    shape = ModelShape(4, 48, 4, 96, 192)
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=96, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192,
+                           max_position_embeddings=64, attention_dropout=0.0, hidden_dropout=0.0)
+    config._attn_implementation = "eager"
+    model = GPTNeoXForCausalLM(config)
+    ids = torch.randint(0, 96, (6, 32), generator=torch.Generator().manual_seed(1))
+    grid = Grid(ids, torch.ones_like(ids), ids.clone())
+    with LiveBytes() as mem:
+        sgd_train(model, grid, plan_steps(6, 3, 3, 1e-3, seed=0), optimizer=OptimizerConfig(optimizer))  # type: ignore[arg-type]
+    predicted = train_bytes(shape, 32, Setting(rows=3, optimizer=optimizer), with_params=False)
+    assert abs(predicted / mem.peak - 1) <= 0.10, (predicted, mem.peak)  # measured +1.6% (sgd), +1.0% (adamw)
