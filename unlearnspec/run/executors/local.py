@@ -3,7 +3,9 @@ and clean the output folders, decide per job whether it runs, record what it did
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import signal
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal, Optional
 
 from unlearnspec.run.assemble import assemble
 from unlearnspec.run.context import RunContext
@@ -140,3 +142,20 @@ def folder_status(plan: Plan) -> dict[str, JobStatus]:
     run = LocalRun(plan, RunContext(say=lambda _m: None), RunDisplay(), retry_failed=False)
     run.ended = {j.id for j in plan.jobs}
     return run.status()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a batch system) stops the run like Ctrl-C does, so the workers are stopped too."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

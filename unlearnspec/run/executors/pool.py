@@ -8,18 +8,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.run.executors.base import ExecutorOptions, JobStatus, Outcome
 from unlearnspec.run.executors.gpus import assign_gpus, visible_gpus
-from unlearnspec.run.executors.local import LocalRun, folder_status
+from unlearnspec.run.executors.local import LocalRun, folder_status, sigterm_as_interrupt
 from unlearnspec.run.executors.worker import JobResult, WorkerSetup, init_worker, run_job
 from unlearnspec.run.options import RunOptions, make_context, make_plan
 from unlearnspec.run.plan import Job, Plan
@@ -28,23 +26,6 @@ from unlearnspec.run.progress import RunDisplay
 STOP_GRACE_S = 20.0
 """How long a stopped worker may take to unwind its job; then it is killed (its temp folder stays,
 marked with its dead pid, and the next run removes it)."""
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a batch system) stops the run like Ctrl-C does, so the workers are stopped too."""
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class PoolExecutor:
@@ -122,6 +103,9 @@ class PoolExecutor:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             self._drain(messages)
+            for q in (slots, messages):
+                q.close()
+                q.join_thread()
         if error is not None:
             raise error
         return run.close()

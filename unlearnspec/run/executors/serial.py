@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import ClassVar, Optional, Union
 
 from unlearnspec.errors import UserError
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.executors.base import ExecutorOptions, JobStatus, Outcome
-from unlearnspec.run.executors.local import LocalRun, folder_status
+from unlearnspec.run.executors.local import LocalRun, folder_status, sigterm_as_interrupt
 from unlearnspec.run.jobstate import POINT_FILE
 from unlearnspec.run.options import RunOptions, make_context, make_plan, quiet_libraries
 from unlearnspec.run.plan import Job, Plan
@@ -72,22 +73,26 @@ class SerialExecutor:
         if run is None:
             raise RuntimeError("wait() before submit()")
         try:
-            for job in run.plan.jobs:
-                if run.decide(job) == "ended":
-                    continue
-                run.started(job)
-                start = time.perf_counter()
-                record = self.run_job(job)
-                if self.ctx.world_size > 1:
-                    from unlearnspec.run import dist
-
-                    dist.barrier()  # rank 0 evaluated and wrote; the next job starts together
-                run.finished(job, record.status, record.reason, time.perf_counter() - start)
+            with sigterm_as_interrupt() if self.ctx.world_size == 1 else nullcontext():
+                self._run_all(run)
         except KeyboardInterrupt:  # the job's atomic folder removed its temp folder on the way out
             if self.ctx.world_size > 1:
                 raise
             run.outcome.interrupted = True
         return run.close()
+
+    def _run_all(self, run: LocalRun) -> None:
+        for job in run.plan.jobs:
+            if run.decide(job) == "ended":
+                continue
+            run.started(job)
+            start = time.perf_counter()
+            record = self.run_job(job)
+            if self.ctx.world_size > 1:
+                from unlearnspec.run import dist
+
+                dist.barrier()  # rank 0 evaluated and wrote; the next job starts together
+            run.finished(job, record.status, record.reason, time.perf_counter() - start)
 
     def run(self, plan: Plan) -> Outcome:
         """submit + wait: the whole plan here."""

@@ -67,8 +67,19 @@ def init_worker(setup: WorkerSetup, slots: Any, messages: Any) -> None:
 def _on_sigterm(signum: int, _frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup on the way out must not be cut short
     if not _state.get("busy"):
-        os._exit(STOPPED)
+        _exit()
     raise Stop()
+
+
+def _exit() -> None:
+    """Leave now (the pool's loop would catch SystemExit and wait for the next job), after releasing the
+    named semaphores libraries made here (tqdm's lock): else multiprocessing's resource tracker warns."""
+    from multiprocessing import util
+
+    try:
+        util._run_finalizers(0)  # what a normal process exit runs; no public API for it
+    finally:
+        os._exit(STOPPED)
 
 
 def _say(message: str) -> None:
@@ -105,7 +116,7 @@ def run_job(job_id: str, job_hash: str) -> JobResult:
         finally:
             _state["busy"] = False
     except Stop:  # the job's folders are cleaned up by now; leave without reporting
-        os._exit(STOPPED)
+        _exit()
     except UserError as exc:
         return JobResult(job_id, "error", str(exc), time.perf_counter() - start, os.getpid(), tuple(exc.problems))
     return JobResult(job_id, record.status, record.reason, time.perf_counter() - start, os.getpid())
