@@ -102,7 +102,7 @@ def test_plain_progress_prints_one_counted_line_per_job_and_a_summary():
     display.finished(p2, "failed", 3.0, "non-finite loss at step 2")
     display.not_run(p3, "score:x failed: boom")
     display.finished(p4, "ok", 7.0)
-    outcome = Outcome(ran=[p1.id, p2.id, p4.id], skipped=[base.id],
+    outcome = Outcome(ran=[p1.id, p2.id, p4.id], skipped=[base.id], seconds={p1.id: 8.25, p2.id: 3.0, p4.id: 70.0},
                       failed={p2.id: f"{p2.id} failed: non-finite loss at step 2", p3.id: "not run: score:x failed: boom"})
     display.summary(outcome, plan)
     lines = buf.getvalue().splitlines()
@@ -111,7 +111,7 @@ def test_plain_progress_prints_one_counted_line_per_job_and_a_summary():
     assert lines[2] == "[4/5] point exp7_all_tokens/lr_0.001 not run: score:x failed: boom"
     assert lines[3] == "[5/5] point exp7_all_tokens/lr_0.002 ok 7.0 s"
     assert lines[4].startswith("[summary] 5 job(s) in 0:0") and lines[4].endswith(
-        "wall: 2 done, 1 failed, 1 not run, 1 skipped (already done or recorded as failed)")
+        "wall (jobs' own time 1:21): 2 done, 1 failed, 1 not run, 1 skipped (already done or recorded as failed)")
     assert lines[5] == f"  failed   {p2.id}: {p2.id} failed: non-finite loss at step 2"
     assert lines[6] == f"  not run  {p3.id}: not run: score:x failed: boom"
 
@@ -201,3 +201,34 @@ def test_each_worker_sees_its_own_gpu_set_one_thread_and_the_numerics_pins(toy_w
     assert all(by_pid[d["pid"]] == d["cuda"] for d in seen)
     assert {d["omp"] for d in seen} == {"1"} and {d["aten"] for d in seen} == {"default"}
     assert not any(d["torch_loaded"] for d in seen)  # the pins came before torch could read them
+
+
+def test_the_slurm_executor_hands_the_plan_over_through_the_same_protocol(toy_world, tmp_path, monkeypatch):
+    """`run --executor slurm` goes through the registry like the local ones: submit every job (producers
+    first, dependants after them), say where to follow, return at once; local-only options are refused."""
+    import shutil
+
+    from unlearnspec.run.slurm import SlurmExecutor
+    from unlearnspec.run.study import run_study
+
+    spec = tiny_project(tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # as if on a login node
+    submitted: list[tuple[str, list[str]]] = []
+
+    def fake_submit(self, job, after):  # what sbatch would get: the job and the SLURM ids it waits for
+        submitted.append((job.id, list(after)))
+        return str(100 + len(submitted))
+
+    monkeypatch.setattr(SlurmExecutor, "_submit", fake_submit)
+    monkeypatch.setattr(SlurmExecutor, "_assemble", lambda self, plan, slurm_of, any_new: "999")
+    buf = io.StringIO()
+    options = RunOptions(profile=default_toy_profile(), auto_produce=True, report=False)
+    assert run_study([spec], options, Console(file=buf, width=200), executor="slurm") == 0
+    ids = {job: str(101 + i) for i, (job, _) in enumerate(submitted)}
+    assert submitted[0] == (SCORE, []) and all(after == [ids[SCORE]] for job, after in submitted if job in POINTS)
+    out = buf.getvalue()
+    assert "on SLURM (resources: " in out and "results.json and reports: job 999" in out
+    assert f"{len(submitted)} submitted" in out and "follow with: unlearnspec status" in out
+    with pytest.raises(UserError, match="--jobs"):
+        executor_class("slurm", ExecutorOptions(jobs=2)).create(options, ExecutorOptions(jobs=2), RunDisplay())

@@ -78,7 +78,8 @@ def test_two_jobs_at_once_give_the_serial_numbers_and_report(serial, toy_world, 
     kinds = [c[1] for c in counted]
     assert kinds.index("score") < min(i for i, k in enumerate(kinds) if k in ("point", "lds"))
     summary = next(line for line in out if line.startswith("[summary]"))
-    assert re.match(rf"\[summary\] 10 job\(s\) in \d+:\d\d wall: {10 - skipped} done, 0 failed, 0 not run, "
+    assert re.match(rf"\[summary\] 10 job\(s\) in \d+:\d\d wall \(jobs' own time \d+:\d\d\): {10 - skipped} done, "
+                    rf"0 failed, 0 not run, "
                     rf"{skipped} skipped", summary), summary
 
 
@@ -110,7 +111,9 @@ def test_an_interrupted_pool_run_leaves_nothing_half_written_and_resumes(serial,
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be interrupted"
+        writing = [p.name.removeprefix(".tmp-").rsplit("-", 1)[0] for p in lds.iterdir() if p.name.startswith(".tmp-")]
         os.kill(proc.pid, signal.SIGTERM)
+        stopped_at = time.time()
         assert proc.wait(90) == 130
         assert _group_gone(proc.pid, 15), "a worker outlived the run"
     finally:
@@ -118,7 +121,10 @@ def test_an_interrupted_pool_run_leaves_nothing_half_written_and_resumes(serial,
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     first = (tmp_path / "first.log").read_text()
-    assert "[interrupted]" in first and "rerun the same command to resume" in first, first[-3000:]
+    assert "[interrupted] stopped 2 worker(s)" in first and "rerun the same command to resume" in first, first[-3000:]
+    for name in writing:  # the jobs being written were stopped, not run to their end
+        done = lds / name / "lds.json"
+        assert not done.is_file() or done.stat().st_mtime <= stopped_at, f"{name} went on after the interrupt"
     for tmp in (p for p in tmp_path.rglob(".tmp-*") if p.is_dir()):  # only removable temp folders may stay
         info = marker(tmp)
         assert info is not None and writer_alive(info) is None, tmp

@@ -160,7 +160,8 @@ class RunDisplay:
         if outcome.submitted:
             parts.append(f"{len(outcome.submitted)} submitted")
         head = "[interrupted]" if outcome.interrupted else "[summary]"
-        self.say(f"{head} {len(plan.jobs)} job(s) in {wall} wall: " + ", ".join(parts))
+        own = clock(sum(outcome.seconds.values()))  # what these jobs would take one after another
+        self.say(f"{head} {len(plan.jobs)} job(s) in {wall} wall (jobs' own time {own}): " + ", ".join(parts))
         for job_id in failed_now:
             self.say(f"  failed   {job_id}: {outcome.failed[job_id]}")
         for job_id in not_run:

@@ -4,7 +4,7 @@ live progress, then render the reports of the experiments that ran."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: imported from here by callers
     RunOptions,
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from unlearnspec.run.executors.base import ExecutorOptions
 
 
-def run_study(paths: list[Path], options: RunOptions, console: Any, executor: "str | None" = None,
-              settings: "ExecutorOptions | None" = None) -> int:
+def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Optional[str] = None,
+              settings: Optional[ExecutorOptions] = None) -> int:
     """Run the given specs with the named executor; returns the exit code (0 all ok, 1 when some job failed
     or was not run, 130 when interrupted)."""
     from unlearnspec.run.executors import executor_class

@@ -69,7 +69,6 @@ class LocalRun:
         if blocked is not None:
             reason = blocked if blocked.startswith("not run: ") else f"not run: {blocked}"
             self.outcome.failed[job.id] = reason
-            self.ctx.say(f"[{job.id}] not run: a job it needs failed")
             self.display.not_run(job, reason.removeprefix("not run: "))
             self.ended.add(job.id)
             return "ended"

@@ -10,6 +10,7 @@ import os
 import queue
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -144,6 +145,9 @@ class PoolExecutor:
                     run.finished(job, result.status, result.reason, result.seconds)
                     continue
                 run.running.discard(job.id)
+                if isinstance(problem, BrokenProcessPool):  # a worker died outright (the OOM killer, a crash)
+                    problem = RuntimeError(f"the worker process running {job.id} died ({problem}); finished jobs are "
+                                           "kept, rerun the command to resume")
                 error = error or (UserError(list(result.problems)) if result is not None else problem)
                 self.display.say(f"[{job.id}] stopped the run: {result.reason if result else repr(problem)}")
         return error
