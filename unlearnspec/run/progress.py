@@ -21,7 +21,7 @@ KINDS: tuple[JobKind, ...] = ("score", "lds", "baseline", "point")
 
 def clock(seconds: float) -> str:
     """`4:05`, `1:02:03`: elapsed time and ETA."""
-    s = int(round(max(0.0, seconds)))
+    s = round(max(0.0, seconds))
     h, m = divmod(s, 3600)
     m, s = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

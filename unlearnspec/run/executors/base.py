@@ -12,8 +12,8 @@ from unlearnspec.run.outcome import Outcome
 from unlearnspec.run.plan import Plan
 
 if TYPE_CHECKING:
-    from unlearnspec.run.progress import RunDisplay
     from unlearnspec.run.options import RunOptions
+    from unlearnspec.run.progress import RunDisplay
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class PoolExecutor:
         self._run = LocalRun(plan, self.ctx, self.display, self.options.retry_failed)
         self._run.prepare(workers=self.jobs)
         if self.ctx.toy and plan.jobs:
-            self.ctx.assets.world  # built here once, not by several workers at the same time
+            _ = self.ctx.assets.world  # built here once, not by several workers at the same time
 
     def status(self, plan: Plan) -> dict[str, JobStatus]:
         return self._run.status() if self._run is not None and self._run.plan is plan else folder_status(plan)
