@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from unlearnspec.magic.lds import lds_table
-    from unlearnspec.run.executor import LocalExecutor
+    from unlearnspec.run.executors.serial import SerialExecutor
     from unlearnspec.run.plan import Plan
     from unlearnspec.run.study import RunOptions, make_context, make_plan, quiet_libraries
     from unlearnspec.spec.profile import default_toy_profile
@@ -49,7 +49,7 @@ def main() -> None:
             ctx = make_context(options, say=lambda m: None)
             plan = make_plan([args.spec], options, ctx)
             run = plan.specs[0]
-            LocalExecutor(ctx).run(Plan(jobs=[plan.job(j) for j in (*run.points, *run.lds)], specs=[run]))
+            SerialExecutor(ctx).run(Plan(jobs=[plan.job(j) for j in (*run.points, *run.lds)], specs=[run]))
             entry = lds_table(out / "scores.json")
             assert entry is not None, "no LDS summary was written"
             lo, hi = entry["spearman_ci95"]

@@ -130,11 +130,13 @@ def test_plan_says_which_knobs_the_profile_changed(tmp_path):
 
 
 def test_run_says_which_knobs_the_profile_changed_when_it_starts(tmp_path, monkeypatch):
-    from unlearnspec.run.executor import LocalExecutor, Outcome
+    from unlearnspec.run.executors.serial import SerialExecutor
+    from unlearnspec.run.outcome import Outcome
 
     path = _warmup_spec(spec_project(tmp_path, "fixed"))
     started = []
-    monkeypatch.setattr(LocalExecutor, "run", lambda self, plan: started.append(plan) or Outcome())
+    monkeypatch.setattr(SerialExecutor, "submit", lambda self, plan: started.append(plan))
+    monkeypatch.setattr(SerialExecutor, "wait", lambda self: Outcome())
     out = CliRunner().invoke(app, ["run", str(path), "--toy", "--no-report"])
     assert started and out.exit_code == 0, out.output
     assert f"[profile] {WARMUP_LINE}" in out.output

@@ -20,7 +20,7 @@ from unlearnspec.report.render import grid, headers, markdown
 from unlearnspec.report.stats import mcnemar_mde
 from unlearnspec.run.results import load_results
 from unlearnspec.run.context import RunContext
-from unlearnspec.run.executor import assemble
+from unlearnspec.run.assemble import assemble
 from unlearnspec.run.plan import build_plan
 from unlearnspec.spec.profile import default_toy_profile
 

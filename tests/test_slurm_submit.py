@@ -105,7 +105,7 @@ def test_points_wait_afterok_for_the_score_jobs_they_read(exp5_plan, monkeypatch
 
 
 def _record_failure(job, reason: str) -> None:
-    from unlearnspec.run.executor import POINT_FILE
+    from unlearnspec.run.jobstate import POINT_FILE
     from unlearnspec.run.rundirs import atomic_dir, write_json
 
     with atomic_dir(job.out, kind=job.kind, job=job.id, spec_hash=job.hash) as tmp:

@@ -223,14 +223,17 @@ def run(
     reports_dir: Optional[Path] = typer.Option(None, "--reports-dir", help="Where reports go (default: <out>/reports with --out, else the specs' project reports/)."),
     device: Optional[str] = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...`; the global batch (`training.batch_size`) is split over them."),
-    executor: str = typer.Option("local", "--executor", help="local (here, one job after another) | slurm (submit every job to SLURM and return)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...` (serial executor); the global batch (`training.batch_size`) is split over them."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Jobs at once, each in its own worker process (the pool executor); 1: one after another here."),
+    gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", min=0, help="GPUs per pool job, a disjoint CUDA_VISIBLE_DEVICES set each (default: 1 when GPUs are visible, else 0)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="serial (here, one job after another) | pool (here, --jobs N at once) | slurm (submit every job to SLURM and return). Default: pool with --jobs > 1 or --gpus-per-job, else serial."),
     cluster: Optional[Path] = ClusterOption,
 ) -> None:
     """Run specs: the plan's score, baseline and sweep-point jobs (resumable), results.json, then reports.
+    On a terminal a live panel shows jobs done by kind, the running ones and an ETA; in logs one line per job.
 
     Examples: [bold]unlearnspec run specs/exp7_all_tokens.yaml --toy[/bold] ;
-    [bold]unlearnspec run specs/ --toy[/bold] (the whole toy study) ;
+    [bold]unlearnspec run specs/ --toy --jobs 2[/bold] (the whole toy study, two jobs at once) ;
     [bold]unlearnspec run specs/ --executor slurm --cluster my_site.yaml[/bold] (then [bold]unlearnspec status specs/[/bold])
     """
     import os
@@ -240,24 +243,23 @@ def run(
     from unlearnspec.numerics import pin_for_profile
 
     pin_for_profile(resolve_profile(toy, profile))  # before torch is imported: ATen and MKL read their pins once
+    from unlearnspec.run.executors import executor_class
+    from unlearnspec.run.executors.base import ExecutorOptions
     from unlearnspec.run.study import RunOptions, check_launch, run_study, show_plan
 
-    if executor not in ("local", "slurm"):
-        raise UserError.one("--executor", f"unknown executor {executor!r}; use local or slurm.")
+    settings = ExecutorOptions(jobs=jobs, gpus_per_job=gpus_per_job, nproc=nproc, cluster=cluster)
+    chosen = executor_class(executor, settings)  # an unknown name is refused before any work
+
     options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, retry_failed=retry_failed,
                          device=device, report=report, reports_dir=reports_dir)
-    if nproc > 1 and executor == "local" and not dry_run and "WORLD_SIZE" not in os.environ:
+    if nproc > 1 and chosen.under_torchrun and not dry_run and "WORLD_SIZE" not in os.environ:
         check_launch(paths, options, nproc)  # one clear refusal here instead of one per rank
         raise typer.Exit(_torchrun(nproc))
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if dry_run:
         raise typer.Exit(show_plan(paths, options, _console(), world_size=nproc))
-    if executor == "slurm":
-        from unlearnspec.run.cluster_commands import submit_study
-
-        raise typer.Exit(submit_study(paths, options, cluster, _console()))
-    raise typer.Exit(run_study(paths, options, _console()))
+    raise typer.Exit(run_study(paths, options, _console(), executor=chosen.name, settings=settings))
 
 
 @app.command()

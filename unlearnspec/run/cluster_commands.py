@@ -1,4 +1,4 @@
-"""`run --executor slurm` and `status`: submit the plan to SLURM, and show where each job stands."""
+"""`run --executor slurm` and `status`: the request SLURM jobs rebuild the plan from, and where each job stands."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.run.plan import plan_layouts
-from unlearnspec.run.slurm import Request, SlurmExecutor, context_for, plan_for, statuses
+from unlearnspec.run.slurm import Request, context_for, plan_for, statuses
 from unlearnspec.run.slurmstate import REQUEST, SLURM_DIR, SlurmUnavailable
 from unlearnspec.spec.profile import slurm_settings
 
 
-def _require_slurm() -> None:
+def require_slurm() -> None:
     if shutil.which("sbatch") is None:
         raise UserError.one("--executor", "sbatch is not on PATH: this machine cannot submit SLURM jobs. Run on a "
-                            "login node of the cluster, or use --executor local.")
+                            "login node of the cluster, or run here without --executor slurm (--jobs N runs N jobs "
+                            "at once).")
 
 
 def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Request:
@@ -30,36 +30,6 @@ def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Re
                    overrides=list(options.overrides), out=absolute(options.out),
                    plan_device="cuda" if settings.jobs.baseline.gpus else "cpu", cluster=absolute(cluster),
                    retry_failed=options.retry_failed, report=options.report, reports_dir=absolute(options.reports_dir))
-
-
-def submit_study(paths: list[Path], options: Any, cluster: Optional[Path], console: Any) -> int:
-    """Submit every job of the plan that is neither done nor queued/running; print what was submitted."""
-    _require_slurm()
-    settings, source = slurm_settings(cluster, options.profile)
-    request = make_request(paths, options, cluster)
-    ctx = context_for(request, request.plan_device, say=lambda m: console.print(m, markup=False, highlight=False))
-    plan = plan_for(request, ctx)
-    for line in plan.mapping_lines():  # what the profile changed, as `run` says it
-        console.print(f"[profile] {line}", markup=False, highlight=False)
-    # every training job's global batch must split over its kind's `processes`: refused before anything is submitted
-    plan_layouts(plan, lambda job: settings.resources(job.kind).processes, lambda job: f"jobs.{job.kind}.processes in {source}")
-    try:
-        done = SlurmExecutor(ctx, request, settings).submit(plan)
-    except SlurmUnavailable as exc:
-        raise UserError.one("--executor", f"SLURM does not answer ({exc}).") from None
-    kept = ", ".join(f"{sum(1 for s in done.kept.values() if s == k)} {k}" for k in sorted(set(done.kept.values())))
-    console.print(f"[slurm] {len(plan.jobs)} job(s) in the plan (resources: {source}): {len(done.submitted)} submitted"
-                  + (f", kept {kept}" if kept else "") + (f", {len(done.not_run)} not run" if done.not_run else "")
-                  + f" in {done.seconds:.2f} s", markup=False, highlight=False)
-    folders = " ".join(str(r.out) for r in plan.specs if not r.is_score) or " ".join(str(r.out) for r in plan.specs)
-    if done.assemble:
-        console.print(f"[slurm] results.json and reports: job {done.assemble}, after the others end", markup=False,
-                      highlight=False)
-    console.print(f"[slurm] follow with: unlearnspec status {folders}", markup=False, highlight=False)
-    failed = [j for j, s in done.kept.items() if s == "failed"]
-    for job_id in failed:
-        console.print(f"[slurm] {job_id} is recorded as failed; --retry-failed submits it again", markup=False, highlight=False)
-    return 1 if done.not_run or failed else 0
 
 
 def _requests(paths: list[Path], options: Any) -> list[Request]:

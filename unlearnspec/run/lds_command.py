@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.run.study import RunOptions
+from unlearnspec.run.options import RunOptions
 
 
 def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
@@ -48,16 +48,19 @@ def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
 
 def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any], console: Any) -> int:
     """Run the LDS jobs of one score run here; print the summary. Exit 0, or 1 when a retraining failed."""
-    from unlearnspec.run.executor import LocalExecutor, job_state
+    from unlearnspec.run.executors.serial import SerialExecutor
+    from unlearnspec.run.jobstate import job_state
+    from unlearnspec.run.options import make_context, make_plan, quiet_libraries
     from unlearnspec.run.plan import Plan
-    from unlearnspec.run.study import make_context, make_plan, quiet_libraries
+    from unlearnspec.run.progress import RunDisplay
 
     spec_path, options = lds_target(target, options) if target.is_dir() else (target, options)
     given = {k: v for k, v in settings.items() if v is not None}
     overrides = [f"magic.lds.{k}={v}" for k, v in given.items()] or ["magic.lds.subsets=30"]
     options = replace(options, overrides=[*options.overrides, *overrides], auto_produce=False, report=False)
     quiet_libraries()
-    ctx = make_context(options, say=lambda m: console.print(m, markup=False, highlight=False))
+    display = RunDisplay(console)
+    ctx = make_context(options, say=display.say)
     plan = make_plan([spec_path], options, ctx)
     run = next(r for r in plan.specs if r.path.resolve() == spec_path.resolve())
     if not run.is_score:
@@ -71,7 +74,7 @@ def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any],
     ctx.say(f"[lds] {run.spec.name}: {lds.subsets} retrainings of {lds.fraction:.0%} {lds.unit}s dropped + 1 reference, "
             "each replays the recorded steps forward (no reverse pass) and evaluates the query")
     sub = Plan(jobs=[score] + [plan.job(j) for j in run.lds], specs=[run], profile=plan.profile)
-    outcome = LocalExecutor(ctx).run(sub)
+    outcome = SerialExecutor(ctx, display=display).run(sub)
     return _print_summary(run.out, console) if not outcome.failed else 1
 
 

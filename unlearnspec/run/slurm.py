@@ -63,7 +63,7 @@ class Request:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def options(self, device: Optional[str] = None) -> Any:
-        from unlearnspec.run.study import RunOptions
+        from unlearnspec.run.options import RunOptions
 
         path = lambda p: Path(p) if p else None  # noqa: E731
         return RunOptions(profile=path(self.profile), overrides=list(self.overrides), out=path(self.out),
@@ -97,9 +97,9 @@ class JobFailed(RuntimeError):
 def run_one(request: Request, job_id: str, job_hash: str, device: str) -> tuple[str, Optional[str]]:
     """Run one job of the submitted plan with the local executor's code; every torchrun rank calls this."""
     from unlearnspec.errors import UserError
-    from unlearnspec.run.executor import LocalExecutor
+    from unlearnspec.run.executors.serial import SerialExecutor
+    from unlearnspec.run.options import quiet_libraries
     from unlearnspec.run.rundirs import TMP_PREFIX, marker
-    from unlearnspec.run.study import quiet_libraries
 
     quiet_libraries()
     ctx = context_for(request, device)
@@ -118,7 +118,7 @@ def run_one(request: Request, job_id: str, job_hash: str, device: str) -> tuple[
         for stale in job.out.parent.glob(f"{TMP_PREFIX}{job.out.name}-*"):
             if stale.is_dir() and not stale.is_symlink() and marker(stale) is not None:
                 shutil.rmtree(stale, ignore_errors=True)
-    record = LocalExecutor(ctx).run_job(job)
+    record = SerialExecutor(ctx).run_job(job)
     if ctx.is_main and job.out.is_dir():
         sub = read_json(job_dir(job) / SUBMISSION) or {}
         write_state(job.out / "slurm.json", {"slurm_id": my_env().get("SLURM_JOB_ID", sub.get("slurm_id")),
@@ -210,8 +210,9 @@ def _blocking(producer: JobStatus) -> str:
 def assemble_all(request: Request, say: Any = print) -> dict[Path, Any]:
     from rich.console import Console
 
-    from unlearnspec.run.executor import Outcome, assemble
-    from unlearnspec.run.study import reports_dir_for
+    from unlearnspec.run.assemble import assemble
+    from unlearnspec.run.executors.base import Outcome
+    from unlearnspec.run.options import reports_dir_for
 
     ctx = context_for(request, "cpu", say=say)
     plan = plan_for(request, ctx)
@@ -279,10 +280,10 @@ class SlurmExecutor:
     settings: SlurmSection
 
     def submit(self, plan: Plan) -> Submitted:
-        from unlearnspec.run.executor import LocalExecutor
+        from unlearnspec.run.executors.local import claim_outputs
 
         start = time.perf_counter()
-        LocalExecutor(self.ctx).check(plan)  # claims the output folders; refuses foreign ones before submitting
+        claim_outputs(plan, self.ctx, [])  # claims the output folders; refuses foreign ones before submitting
         for run in plan.specs:  # `status RUN_DIR` rebuilds the plan from it (a score job's folder is its own)
             if not run.is_score:
                 write_state(run.out / SLURM_DIR / REQUEST, asdict(self.request))

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from unlearnspec.run.executors.base import JobStatus
 from unlearnspec.run.plan import Job
 
 SLURM_DIR = ".slurm"
@@ -117,28 +118,6 @@ def ended_state(slurm_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- one job's status
-@dataclass
-class JobStatus:
-    """One row of `status`."""
-
-    job: str
-    kind: str
-    state: str
-    """done | failed | queued | running | not submitted | not run | cancelled | lost"""
-    detail: str = ""
-    slurm_id: str = ""
-    log: str = ""
-    recorded: bool = False
-    """The job left a record (its folder): a recorded failure is rerun only with --retry-failed."""
-
-    @property
-    def live(self) -> bool:
-        return self.state in ("queued", "running")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def job_status(job: Job, live: dict[str, Live], blocked: Optional[str] = None) -> JobStatus:
     """Where `job` stands: its folder first (done / recorded failure), then its submission and SLURM."""
     from unlearnspec.run.jobstate import job_state, read_record

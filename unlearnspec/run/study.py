@@ -1,95 +1,55 @@
-"""`unlearnspec run` and `unlearnspec plan`: build the plan, show it or hand it to an executor with live
-progress, then render the reports of the experiments that ran."""
+"""`unlearnspec run` and `unlearnspec plan`: build the plan, show it or hand it to the chosen executor with
+live progress, then render the reports of the experiments that ran."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from unlearnspec.run.context import RunContext, resolve_device, toy_context
-from unlearnspec.run.plan import Plan, build_plan, plan_layouts
-from unlearnspec.spec.load import project_root
+from unlearnspec.run.plan import plan_layouts
+from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: imported from here by callers
+    RunOptions,
+    make_context,
+    make_plan,
+    quiet_libraries,
+    reports_dir_for,
+)
 
-
-@dataclass
-class RunOptions:
-    """How to run (none of this changes an experiment: that lives in specs and profiles)."""
-
-    profile: Optional[Path] = None
-    overrides: list[str] = field(default_factory=list)
-    out: Optional[Path] = None
-    retry_failed: bool = False
-    device: Optional[str] = None
-    auto_produce: bool = False
-    """Run missing score producers first (on with --toy, where a score run costs seconds)."""
-    report: bool = True
-    reports_dir: Optional[Path] = None
+if TYPE_CHECKING:
+    from unlearnspec.run.executors.base import ExecutorOptions
 
 
-def quiet_libraries() -> None:
-    import datasets
-    import transformers
+def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Optional[str] = None,
+              settings: Optional[ExecutorOptions] = None) -> int:
+    """Run the given specs with the named executor; returns the exit code (0 all ok, 1 when some job failed
+    or was not run, 130 when interrupted)."""
+    from unlearnspec.run.executors import executor_class
+    from unlearnspec.run.executors.base import ExecutorOptions
+    from unlearnspec.run.progress import RunDisplay
 
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    for name in ("lm_eval", "lm-eval", "datasets", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def make_context(options: RunOptions, say: Any = print, progress: Any = None) -> RunContext:
-    device = resolve_device(options.device)
-    explicit = options.device not in (None, "", "auto")
-    if options.profile is not None:
-        return toy_context(options.profile, device=device, device_requested=explicit, say=say, progress=progress)
-    return RunContext(device=device, device_requested=explicit, say=say, progress=progress)
-
-
-def make_plan(paths: list[Path], options: RunOptions, ctx: RunContext) -> Plan:
-    return build_plan(paths, profile=options.profile, overrides=tuple(options.overrides), out=options.out,
-                      auto_produce=options.auto_produce, assets=ctx.assets, device=ctx.device.split(":")[0])
-
-
-def reports_dir_for(plan: Plan, options: RunOptions) -> Path:
-    """--reports-dir; else next to the output with --out; else the reports/ of the specs' project."""
-    if options.reports_dir is not None:
-        return options.reports_dir
-    if options.out is not None:
-        return options.out / "reports"
-    return project_root(plan.specs[-1].path) / "reports"
-
-
-def run_study(paths: list[Path], options: RunOptions, console: Any) -> int:
-    """Run the given specs; returns the exit code (0 all ok, 1 when some sweep point failed)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from unlearnspec.run.executor import LocalExecutor
-
-    quiet_libraries()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not _is_main()) as progress:
-        say = (lambda m: progress.console.print(m, markup=False, highlight=False)) if _is_main() else (lambda m: None)
-        ctx = make_context(options, say=say, progress=progress if _is_main() else None)
-        plan = make_plan(paths, options, ctx)
+    settings = settings or ExecutorOptions()
+    cls = executor_class(executor, settings)
+    main = _is_main()
+    with RunDisplay(console if main else None, live=main and console.is_terminal) as display:
+        ex = cls.create(options, settings, display)
+        plan = ex.make_plan(paths)
         for line in plan.mapping_lines():  # what the profile changed, so no mapped knob is a surprise
-            say(f"[profile] {line}")
-        plan_layouts(plan, lambda job: ctx.world_size, lambda job: "the processes of this launch")
-        say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) on {ctx.device}"
-            + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
-        outcome = LocalExecutor(ctx, retry_failed=options.retry_failed).run(plan)
-    if not ctx.is_main:
+            display.say(f"[profile] {line}")
+        display.say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) {ex.where}")
+        ex.submit(plan)
+        outcome = ex.wait()
+    if not main:
         return 0
+    display.summary(outcome, plan)
+    if outcome.interrupted:
+        return 130
     experiments = [r for r in plan.specs if not r.is_score and r.path in outcome.results]
-    if options.report and experiments:
+    if options.report and outcome.complete and experiments:
         from unlearnspec.report.commands import run_report
 
         run_report([str(r.out) for r in experiments], out=reports_dir_for(plan, options), reference=None,
                    toy=options.profile is not None, plot=True, console=console)
-    failed = [j for j in outcome.failed]
-    if failed:
-        console.print(f"[yellow]{len(failed)} job(s) failed or were not run; the reasons are in results.json[/yellow]")
-    return 1 if failed else 0
+    return 1 if outcome.failed else 0
 
 
 def check_launch(paths: list[Path], options: RunOptions, world_size: int) -> None:
