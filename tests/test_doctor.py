@@ -469,3 +469,25 @@ def test_doctor_through_the_toy_profile_reads_toy_outputs_and_skips_recorded_num
     assert entry.spec.model.toy == "tiny-neox"
     assert ws.reference(entry) is None
     assert Workspace().reference(Workspace().spec(SPECS / "exp7_all_tokens.yaml")) is not None
+
+
+def test_run_ends_with_the_doctors_summary_of_the_specs_it_ran(tmp_path, monkeypatch):
+    """A local `run` ends with the doctor's counts and one line per error/warning, and names the doctor call that
+    shows the evidence; the run's exit code stays the run's (warnings do not fail it)."""
+    from typer.testing import CliRunner
+
+    from unlearnspec.cli import app
+    from unlearnspec.run import study
+
+    from .fixtures.reportkit import make_project
+
+    specs = make_project(tmp_path, {"selective": lambda d: d["training"]["optimizer"].update(momentum=0.9)})
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: 0)  # the specs' jobs are not the point here
+    out = CliRunner().invoke(app, ["run", str(specs), "--no-report"])
+    assert out.exit_code == 0 and "doctor:" not in out.output  # no reports: no verdict either
+    out = CliRunner().invoke(app, ["run", str(specs)])
+    assert out.exit_code == 0, out.output
+    head = next(line for line in out.output.splitlines() if line.startswith("doctor: "))
+    assert "error(s)" in head and "in 4 spec(s)" in head  # specs/fixed: the pair and their two score specs
+    assert "D3 score-regime-mismatch" in out.output and "momentum" not in head
+    assert f"evidence and fixes: unlearnspec doctor {specs}" in out.output

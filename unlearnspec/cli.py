@@ -259,7 +259,22 @@ def run(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if dry_run:
         raise typer.Exit(show_plan(paths, options, _console(), world_size=nproc))
-    raise typer.Exit(run_study(paths, options, _console(), executor=chosen.name, settings=settings))
+    code = run_study(paths, options, _console(), executor=chosen.name, settings=settings)
+    if report and chosen.name != "slurm" and code in (0, 1) and os.environ.get("RANK", "0") == "0":
+        _doctor_summary(paths, toy, profile)
+    raise typer.Exit(code)
+
+
+def _doctor_summary(paths: List[Path], toy: bool, profile: Optional[Path]) -> None:
+    """After a local run: the doctor's verdict on the specs just run (and their results), in a few lines."""
+    import shlex
+
+    from unlearnspec.doctor import diagnose
+    from unlearnspec.doctor.findings import print_summary
+
+    findings, count = diagnose(paths, profile=resolve_profile(toy, profile))
+    flags = " --toy" if toy else (f" --profile {shlex.quote(str(profile))}" if profile else "")
+    print_summary(findings, count, _console(), f"unlearnspec doctor {' '.join(shlex.quote(str(p)) for p in paths)}{flags}")
 
 
 @app.command()
