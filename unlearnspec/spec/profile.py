@@ -199,21 +199,9 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
     out["model"] = profile.model.model_dump()
 
     data_sec = section("data")
-    hub = data_sec.get("hub")
-    if isinstance(hub, dict):
-        keys = [f"{hub.get('path')}/{hub.get('name')}", str(hub.get("path"))]
-        corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
-        if corpus is None:
-            raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc="data.hub")
-        del data_sec["hub"]
-        data_sec["toy"] = {"corpus": corpus}
-    select = data_sec.get("select")
-    if isinstance(select, dict):
-        if _is_int(select.get("count")):
-            select["count"] = _scaled(select["count"], profile.data.count_scale, 1)
-        select["min_chars"] = profile.data.min_chars
-        if _is_int(select.get("offset")):
-            select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0)
+    _map_source(data_sec, profile, where, profile_path, "data")
+    if isinstance(data_sec.get("retain"), dict):  # an unlearning objective's retain set, mapped the same way
+        _map_source(data_sec["retain"], profile, where, profile_path, "data.retain")
     if _is_int(data_sec.get("max_seq_len")):
         data_sec["max_seq_len"] = _scaled(data_sec["max_seq_len"], profile.data.max_seq_len_scale, 8)
     for src in section("scores").values():
@@ -260,6 +248,25 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
         rel = rel[len("runs/"):] if rel.startswith("runs/") else rel
         output["dir"] = f"{profile.output_prefix.rstrip('/')}/{rel}"
     return out
+
+
+def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_path: Path, loc: str) -> None:
+    """A data source's hub dataset -> its toy corpus, its N scaled and its filter replaced (in place)."""
+    hub = source.get("hub")
+    if isinstance(hub, dict):
+        keys = [f"{hub.get('path')}/{hub.get('name')}", str(hub.get("path"))]
+        corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
+        if corpus is None:
+            raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc=f"{loc}.hub")
+        del source["hub"]
+        source["toy"] = {"corpus": corpus}
+    select = source.get("select")
+    if isinstance(select, dict):
+        if _is_int(select.get("count")):
+            select["count"] = _scaled(select["count"], profile.data.count_scale, 1)
+        select["min_chars"] = profile.data.min_chars
+        if _is_int(select.get("offset")):
+            select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0)
 
 
 def slurm_settings(cluster: Optional[Path], profile: Optional[Path]) -> tuple[SlurmSection, str]:
