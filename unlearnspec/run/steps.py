@@ -79,11 +79,15 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
                                         fingerprint_at))
     weights = token_weights(spec.tokens, scores, grid.labels)
     stats = token_stats(weights, grid.labels, spec.loss.normalizer)
-    ctx.say(
-        f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid tokens selected "
-        f"({stats.selected_fraction:.1%}); {stats.ascending_tokens:,} ascend, {stats.descending_tokens:,} descend; "
-        f"normalizer {stats.normalizer}, per-token step x{stats.per_token_lr_factor:.2f} vs an all-tokens run"
-    )
+    if spec.objective.name != "weighted":  # the rule selects forget tokens; the objective sets the direction
+        ctx.say(f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid forget tokens selected "
+                f"({stats.selected_fraction:.1%}) for objective {spec.objective.name}")
+    else:
+        ctx.say(
+            f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid tokens selected "
+            f"({stats.selected_fraction:.1%}); {stats.ascending_tokens:,} ascend, {stats.descending_tokens:,} descend; "
+            f"normalizer {stats.normalizer}, per-token step x{stats.per_token_lr_factor:.2f} vs an all-tokens run"
+        )
     from unlearnspec.run.objectives import retain_grid
 
     retain = retain_grid(spec, job.spec_path, tokenizer, ctx)
