@@ -111,6 +111,35 @@ def test_npo_first_step_loss_is_2_log2_over_beta_and_the_reference_is_cached(tmp
     assert obj2.reference.status == "loaded" and torch.equal(obj2.ref_logprobs, objective.ref_logprobs)
 
 
+def test_npo_reference_is_the_base_model_with_lora_adapters_disabled(tmp_path):
+    """With LoRA the reference is the base model (adapters off), not the adapted policy; only adapters train."""
+    from unlearnspec.train.objectives.reference import compute_reference
+
+    from .tiny import tiny_model
+
+    forget, _, _ = grids()
+    trainer, objective = build({"objective": NPO, "batch_size": 8, "grad_accum": 1, "lora": True}, tmp_path)
+    base = compute_reference(tiny_model(), forget.input_ids, forget.attention_mask, forget.labels, 8, fused=False)
+    assert torch.allclose(objective.ref_logprobs, base, atol=1e-5)
+    adapted = compute_reference(trainer.model, forget.input_ids,
+                                forget.attention_mask, forget.labels, 8, fused=False)
+    assert torch.allclose(adapted, base, atol=1e-5)  # compute_reference itself disables the adapters
+    with torch.no_grad():
+        policy = token_logprobs(trainer.model, forget.input_ids, forget.attention_mask, forget.labels, fused=False)
+    assert float((policy - base[:, 1:]).abs().max()) > 1e-2  # the adapted policy differs: the check can fail
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    trainer.train()
+    assert all(torch.equal(p.detach(), frozen[n]) for n, p in trainer.model.named_parameters() if "lora_" not in n)
+
+
+def test_rmu_layer_beyond_the_model_is_a_clean_error(tmp_path):
+    from unlearnspec.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        build({"objective": {**RMU, "layer": 5}, "batch_size": 8, "grad_accum": 1}, tmp_path)
+    assert info.value.problems[0].loc == "objective.layer" and "0..1" in info.value.problems[0].message
+
+
 def test_retain_rows_pair_by_row_id_modulo():
     from unlearnspec.train.objectives.base import RetainRows
 

@@ -62,6 +62,15 @@ def build(case: dict, workdir: Path, model=None):
                                 True, reference)
     model = model if model is not None else tiny_model()
     objective.prepare_model(model)
+    if case.get("lora"):  # as steps.train: LoRA after the objective's preparation; B perturbed so adapters matter
+        from unlearnspec.spec import LoraSpec
+        from unlearnspec.train.modeling import apply_lora
+
+        model = apply_lora(model, LoraSpec(rank=4))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
     args = sft_config(training, lr, workdir / "trainer", ROWS, parallel=ParallelSpec(), device=torch.device("cpu"))
     trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=grid_dataset(forget, weights),
                                  processing_class=tiny_tokenizer(), normalizer=case.get("normalizer", "valid"),
