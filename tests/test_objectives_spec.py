@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 
 import jsonschema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import pytest
 import yaml
 
@@ -136,3 +138,27 @@ def test_the_toy_profile_maps_the_retain_set():
     with pytest.raises(UserError) as info:
         apply_profile(data, default_toy_profile(), spec_path=FIXED)
     assert info.value.problems[0].loc == "data.retain.hub"
+
+
+_junk = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=6),
+                  st.lists(st.integers(-1, 9), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+_keys = st.sampled_from(["name", "alpha", "beta", "gamma", "layer", "steering_coef", "seed", "train_layers",
+                         "train_params", "x"])
+_names = st.one_of(st.sampled_from(["weighted", "grad_diff", "npo", "simnpo", "rmu", "rmuu"]), _junk)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_junk, st.dictionaries(_keys, _junk, max_size=5)), _names, st.booleans())
+def test_random_objectives_raise_only_clean_errors(objective, name, retain):
+    data = _base()
+    if isinstance(objective, dict):
+        objective = {**objective, "name": name}
+    data["objective"] = objective
+    if retain:
+        data["data"]["retain"] = RETAIN
+    try:
+        validate_data(data, None, "mutant.yaml")
+    except UserError as exc:
+        assert exc.problems and all(p.message for p in exc.problems)
+        for p in exc.problems:
+            p.render()
