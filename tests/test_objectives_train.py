@@ -95,7 +95,9 @@ def test_batch_split_does_not_change_the_step(tmp_path, objective):
     b = run_case({"name": "b", "objective": objective, "batch_size": 4, "grad_accum": 2, "normalizer": "selected"}, tmp_path)
     moved = float((a["params"] - a["initial"]).norm())
     assert moved > 1e-3
-    assert float((a["params"] - b["params"]).norm()) < 1e-5 * moved
+    error = float((a["params"] - b["params"]).norm()) / moved
+    print(f"{objective['name']}: bs 8 x ga 1 vs bs 4 x ga 2, |difference| / |update| = {error:.1e}")
+    assert error < 1e-5
 
 
 def test_npo_first_step_loss_is_2_log2_over_beta_and_the_reference_is_cached(tmp_path):
