@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 
 from unlearnspec.errors import UserError, first_line
-from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
+from unlearnspec.spec import ChatSpec, DataSourceSpec, DataSpec, SelectSpec
 from unlearnspec.train.loss import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def chat_text(messages: Sequence[dict[str, Any]], chat: ChatSpec, tokenizer: Any
     return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
 
 
-def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data") -> list[int]:
+def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data", loc: str = "data") -> list[int]:
     """Indices of the chosen rows: filter by length, order, offset, then take `count`."""
     kept = [i for i, t in enumerate(texts) if len(t.strip()) > select.min_chars]
     if select.order == "length":
@@ -152,12 +152,12 @@ def select_rows(texts: Sequence[str], select: SelectSpec, where: str = "data") -
             where,
             f"only {len(chosen)} rows remain after filtering (> {select.min_chars} chars) and offset {start}, "
             f"but select.count is {select.count}. Lower the count or the offset, or use more data.",
-            loc="data.select.count",
+            loc=f"{loc}.select.count",
         )
     return chosen
 
 
-def _load_dataset(data: DataSpec, spec_path: Path, assets: Optional["Assets"]) -> Any:
+def _load_dataset(data: DataSourceSpec, spec_path: Path, assets: Optional["Assets"], loc: str = "data") -> Any:
     import datasets
 
     from unlearnspec.spec.load import resolve_path
@@ -169,14 +169,14 @@ def _load_dataset(data: DataSpec, spec_path: Path, assets: Optional["Assets"]) -
             files = [str(resolve_path(spec_path, p)) for p in data.files.paths]
             missing = [f for f in files if not Path(f).is_file()]
             if missing:
-                raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix data.files.paths.", loc="data.files.paths")
+                raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix {loc}.files.paths.", loc=f"{loc}.files.paths")
             empty = [f for f in files if Path(f).stat().st_size == 0]
             if empty:
-                raise UserError.one(str(spec_path), f"data file(s) are empty: {', '.join(empty)}. Fix data.files.paths.", loc="data.files.paths")
+                raise UserError.one(str(spec_path), f"data file(s) are empty: {', '.join(empty)}. Fix {loc}.files.paths.", loc=f"{loc}.files.paths")
             return datasets.load_dataset(data.files.format, data_files=files, split="train")
         assert data.toy is not None
         if assets is None:
-            raise UserError.one(str(spec_path), "a toy corpus is read through a run's assets (the toy world); run with --toy.", loc="data.toy")
+            raise UserError.one(str(spec_path), "a toy corpus is read through a run's assets (the toy world); run with --toy.", loc=f"{loc}.toy")
         return datasets.load_dataset("json", data_files=str(assets.corpus_path(data.toy.corpus)), split="train")
     except UserError:
         raise
@@ -186,38 +186,40 @@ def _load_dataset(data: DataSpec, spec_path: Path, assets: Optional["Assets"]) -
                 str(spec_path),
                 f"cannot read the data files ({first_line(exc)}). Check that each file is valid `{data.files.format}`"
                 + (" (JSON Lines: one JSON object per line)." if data.files.format == "json" else "."),
-                loc="data.files",
+                loc=f"{loc}.files",
             ) from None
         if data.toy is not None:
             raise UserError.one(
                 str(spec_path),
                 f"cannot read the toy corpus {data.toy.corpus!r} ({first_line(exc)}). The cached toy world is damaged: "
                 "rebuild it with `unlearnspec toy build --force`, or clear $UNLEARNSPEC_CACHE.",
-                loc="data.toy",
+                loc=f"{loc}.toy",
             ) from None
         what = f"{data.hub.path}" + (f" ({data.hub.name})" if data.hub.name else "") if data.hub else "?"
         raise UserError.one(
             str(spec_path),
             f"cannot load dataset {what}: {first_line(exc)}. "
-            "Without hub access, run on the embedded toy world with `--toy`, or point data.files at local copies.",
-            loc="data",
+            f"Without hub access, run on the embedded toy world with `--toy`, or point {loc}.files at local copies.",
+            loc=loc,
         ) from None
 
 
-def load_texts(data: DataSpec, spec_path: Path, tokenizer: Any = None, assets: Optional["Assets"] = None) -> tuple[list[str], list[int]]:
-    """The N chosen texts (and their row indices in the loaded dataset); `assets` resolves toy corpora."""
-    ds = _load_dataset(data, spec_path, assets)
+def load_texts(data: DataSourceSpec, spec_path: Path, tokenizer: Any = None, assets: Optional["Assets"] = None,
+               loc: str = "data") -> tuple[list[str], list[int]]:
+    """The N chosen texts (and their row indices in the loaded dataset); `assets` resolves toy corpora; `loc`
+    names the section in messages (`data`, `data.retain`)."""
+    ds = _load_dataset(data, spec_path, assets, loc)
     column = data.chat.messages_field if data.chat is not None else data.text_field
     if column not in ds.column_names:
         raise UserError.one(
             str(spec_path),
             f"the dataset has no column {column!r} (columns: {', '.join(ds.column_names)}). "
-            f"Set data.{'chat.messages_field' if data.chat else 'text_field'}.",
-            loc="data",
+            f"Set {loc}.{'chat.messages_field' if data.chat else 'text_field'}.",
+            loc=loc,
         )
     raw = ds[column]
     texts = [chat_text(m, data.chat, tokenizer) for m in raw] if data.chat is not None else [str(t) for t in raw]
-    rows = select_rows(texts, data.select, str(spec_path))
+    rows = select_rows(texts, data.select, str(spec_path), loc)
     return [texts[i] for i in rows], rows
 
 

@@ -69,6 +69,10 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         record.status, record.reason = "failed", reason
         return record
     write_json(workdir / "log_history.json", trainer.state.log_history)
+    if trainer.objective is not None and ctx.is_main:
+        from unlearnspec.run.objectives import OBJECTIVE_FILE, objective_record
+
+        write_json(workdir / OBJECTIVE_FILE, objective_record(trainer.objective, prep))
     if spec.training.report_to not in (None, "none"):
         record.curves = f"{spec.training.report_to}: {trainer.curves_dir.relative_to(workdir)}"
     trained = gathered_model(trainer, spec, ctx)  # a plain model on rank 0, also after FSDP sharded it

@@ -25,6 +25,8 @@ class Prepared:
     weights: Any
     stats: TokenStats
     dataset: Any
+    retain: Any = None
+    """The retain grid of an unlearning objective with a retain term (`data.retain`), else None."""
 
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
@@ -76,12 +78,19 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
                                         fingerprint_at))
     weights = token_weights(spec.tokens, scores, grid.labels)
     stats = token_stats(weights, grid.labels, spec.loss.normalizer)
-    ctx.say(
-        f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid tokens selected "
-        f"({stats.selected_fraction:.1%}); {stats.ascending_tokens:,} ascend, {stats.descending_tokens:,} descend; "
-        f"normalizer {stats.normalizer}, per-token step x{stats.per_token_lr_factor:.2f} vs an all-tokens run"
-    )
-    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights))
+    if spec.objective.name != "weighted":  # the rule selects forget tokens; the objective sets the direction
+        ctx.say(f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid forget tokens selected "
+                f"({stats.selected_fraction:.1%}) for objective {spec.objective.name}")
+    else:
+        ctx.say(
+            f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid tokens selected "
+            f"({stats.selected_fraction:.1%}); {stats.ascending_tokens:,} ascend, {stats.descending_tokens:,} descend; "
+            f"normalizer {stats.normalizer}, per-token step x{stats.per_token_lr_factor:.2f} vs an all-tokens run"
+        )
+    from unlearnspec.run.objectives import retain_grid
+
+    retain = retain_grid(spec, job.spec_path, tokenizer, ctx)
+    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights), retain)
     return ctx.prepared[key]
 
 
@@ -117,6 +126,11 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
         from unlearnspec.magic.attention import use_replay_attention
 
         use_replay_attention(model)
+    from unlearnspec.run.objectives import point_objective
+
+    objective = point_objective(spec, prep, ctx, device, fused=not exact_replay)  # None: `weighted`
+    if objective is not None:
+        objective.prepare_model(model)  # RMU: which parameters train, the frozen copy (before any wrapper)
     if spec.lora is not None:
         model = apply_lora(model, spec.lora)
     n = prep.grid.input_ids.shape[0]
@@ -139,7 +153,10 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
         normalizer=spec.loss.normalizer,
         fused_head=not exact_replay,
         curves_dir=workdir / CURVES_DIR,  # inside the point's folder (trainer/ is removed after training)
+        objective=objective,
     )
+    if objective is not None:
+        objective.attach(trainer)  # NPO: the reference log-probs (cached per forget grid and model)
     for cb in callbacks:
         attach = getattr(cb, "attach", None)
         if attach is not None:

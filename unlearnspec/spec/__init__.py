@@ -6,9 +6,18 @@
 from unlearnspec.spec.base import SPEC_SCHEMA_VERSION, SpecRuleError
 from unlearnspec.spec.load import dump_spec, load_spec
 from unlearnspec.spec.parallel import FsdpSpec, ParallelSpec
+from unlearnspec.spec.objectives import (
+    GradDiffObjective,
+    NpoObjective,
+    ObjectiveSpec,
+    RmuObjective,
+    SimNpoObjective,
+    WeightedObjective,
+)
 from unlearnspec.spec.schema import Spec, json_schema
 from unlearnspec.spec.sections import (
     ChatSpec,
+    DataSourceSpec,
     DataSpec,
     FilesDataSpec,
     HubDataSpec,
@@ -36,8 +45,9 @@ from unlearnspec.spec.training import (
 
 __all__ = [
     "SPEC_SCHEMA_VERSION", "SpecRuleError", "Spec", "json_schema", "load_spec", "dump_spec",
-    "ChatSpec", "DataSpec", "FilesDataSpec", "HubDataSpec", "LossSpec", "ModelSpec", "ScoreSourceSpec",
+    "ChatSpec", "DataSourceSpec", "DataSpec", "FilesDataSpec", "HubDataSpec", "LossSpec", "ModelSpec", "ScoreSourceSpec",
     "SelectSpec", "TokenRuleSpec", "ToyDataSpec", "BaselineSpec", "EvalSpec", "EvalTaskSpec", "LoraSpec",
     "LdsSpec", "MagicMemorySpec", "MagicSpec", "OptimizerSpec", "OutputSpec", "QuerySpec", "RecordedBaseline", "TrainingSpec",
-    "FsdpSpec", "ParallelSpec",
+    "FsdpSpec", "ParallelSpec", "ObjectiveSpec", "WeightedObjective", "GradDiffObjective", "NpoObjective",
+    "SimNpoObjective", "RmuObjective",
 ]

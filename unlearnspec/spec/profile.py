@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError
 
@@ -235,26 +235,9 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
             note(f"model.{key}", before_model.get(key), out["model"][key], f"model.{key}")
 
     data_sec = section("data")
-    hub = data_sec.get("hub")
-    if isinstance(hub, dict):
-        keys = [f"{hub.get('path')}/{hub.get('name')}", str(hub.get("path"))]
-        corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
-        if corpus is None:
-            raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc="data.hub")
-        note("data.hub", " ".join(str(v) for v in (hub.get("path"), hub.get("name")) if v), f"toy corpus {corpus}", "data.corpora")
-        del data_sec["hub"]
-        data_sec["toy"] = {"corpus": corpus}
-    select = data_sec.get("select")
-    scale = profile.data.count_scale
-    if isinstance(select, dict):
-        if _is_int(select.get("count")):
-            before, select["count"] = select["count"], _scaled(select["count"], scale, 1)
-            note("data.select.count", before, select["count"], f"data.count_scale {scale:g}, rounded, at least 1")
-        note("data.select.min_chars", select.get("min_chars", 0), profile.data.min_chars, "data.min_chars: toy passages are short")
-        select["min_chars"] = profile.data.min_chars
-        if _is_int(select.get("offset")):
-            before, select["offset"] = select["offset"], _scaled(select["offset"], scale, 0)
-            note("data.select.offset", before, select["offset"], f"data.count_scale {scale:g}, rounded")
+    _map_source(data_sec, profile, where, profile_path, "data", note)
+    if isinstance(data_sec.get("retain"), dict):  # an unlearning objective's retain set, mapped the same way
+        _map_source(data_sec["retain"], profile, where, profile_path, "data.retain", note)
     width = profile.data.max_seq_len_scale
     if _is_int(data_sec.get("max_seq_len")):
         before, data_sec["max_seq_len"] = data_sec["max_seq_len"], _scaled(data_sec["max_seq_len"], width, 8)
@@ -320,6 +303,32 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
         rel = rel[len("runs/"):] if rel.startswith("runs/") else rel
         output["dir"] = f"{profile.output_prefix.rstrip('/')}/{rel}"
     return out
+
+
+def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_path: Path, loc: str,
+                note: Callable[[str, Any, Any, str], None]) -> None:
+    """A data source's hub dataset -> its toy corpus, its N scaled and its filter replaced (in place); each
+    changed knob is reported through `note(field, before, after, why)`."""
+    hub = source.get("hub")
+    if isinstance(hub, dict):
+        keys = [f"{hub.get('path')}/{hub.get('name')}", str(hub.get("path"))]
+        corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
+        if corpus is None:
+            raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc=f"{loc}.hub")
+        note(f"{loc}.hub", " ".join(str(v) for v in (hub.get("path"), hub.get("name")) if v), f"toy corpus {corpus}", "data.corpora")
+        del source["hub"]
+        source["toy"] = {"corpus": corpus}
+    select = source.get("select")
+    scale = profile.data.count_scale
+    if isinstance(select, dict):
+        if _is_int(select.get("count")):
+            before, select["count"] = select["count"], _scaled(select["count"], scale, 1)
+            note(f"{loc}.select.count", before, select["count"], f"data.count_scale {scale:g}, rounded, at least 1")
+        note(f"{loc}.select.min_chars", select.get("min_chars", 0), profile.data.min_chars, "data.min_chars: toy passages are short")
+        select["min_chars"] = profile.data.min_chars
+        if _is_int(select.get("offset")):
+            before, select["offset"] = select["offset"], _scaled(select["offset"], scale, 0)
+            note(f"{loc}.select.offset", before, select["offset"], f"data.count_scale {scale:g}, rounded")
 
 
 def slurm_settings(cluster: Optional[Path], profile: Optional[Path]) -> tuple[SlurmSection, str]:

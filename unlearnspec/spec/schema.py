@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
+from unlearnspec.spec.objectives import ObjectiveSpec, WeightedObjective, objective_alpha, is_unlearning
 from unlearnspec.spec.parallel import ParallelSpec
 from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
@@ -66,6 +67,10 @@ class Spec(_Section):
     """Token rule: signed per-token weights."""
     loss: LossSpec
     """Loss normalizer."""
+    objective: ObjectiveSpec = Field(default=WeightedObjective(), exclude_if=lambda v: isinstance(v, WeightedObjective))
+    """The loss a point minimises: `weighted` (default: the token rule's signed weights), or an established
+    unlearning method on `data` as the forget set: `grad_diff`, `npo`, `simnpo`, `rmu` (docs/objectives/).
+    Left out of the spec's dump and hash when `weighted`, so a spec without it keeps its hash."""
     training: TrainingSpec
     """Optimisation."""
     lora: Optional[LoraSpec] = None
@@ -128,14 +133,55 @@ class Spec(_Section):
         if self.output.save_model == "adapter" and self.lora is None:
             raise SpecRuleError(("output", "save_model"), "`save_model: adapter` needs a `lora` section (there is no adapter "
                                 "without LoRA); use `final` or `none`.")
+        self._objective_rules()
         if self.magic is not None:
             self._magic_rules()
         elif self.eval is None:
             raise SpecRuleError(("eval",), "an experiment spec needs `eval` (only MAGIC score specs may omit it).")
         return self
 
+    def _objective_rules(self) -> None:
+        obj, name = self.objective, self.objective.name
+        alpha = objective_alpha(obj)
+        if self.data.retain is not None and alpha == 0:
+            why = "`objective: weighted` has no retain term" if not is_unlearning(obj) else f"objective.alpha is 0 ({name})"
+            raise SpecRuleError(("data", "retain"), f"`data.retain` is read only by an unlearning objective with a retain "
+                                f"term, and {why}. Delete `data.retain`, or set `objective.alpha` > 0.")
+        if not is_unlearning(obj):
+            return
+        if alpha > 0 and self.data.retain is None:
+            raise SpecRuleError(("data", "retain"), f"objective `{name}` with alpha={alpha:g} weights a retain term, but "
+                                "`data.retain` is not set. Add the retain set under `data.retain` (its own hub/files/toy "
+                                "and select; e.g. `retain: {hub: {path: cais/wmdp-corpora, name: bio-retain-corpus}, "
+                                "select: {count: 1000}}`), or set `objective.alpha: 0`.")
+        mode = self.tokens.mode
+        if mode in ("value_weighted", "sign"):
+            raise SpecRuleError(("tokens", "mode"), f"objective `{name}` reads the token rule as a selection of forget "
+                                f"tokens (|weight| of each; the objective sets the direction), but `mode: {mode}` gives "
+                                "weights of both signs whose sign would be dropped. Use `mode: all`, `where`, or `top` "
+                                "with `rest: mask`; or `objective: weighted` for signed weights.")
+        if mode == "top" and self.tokens.rest == "descend":
+            raise SpecRuleError(("tokens", "rest"), f"objective `{name}` reads the token rule as a selection of forget "
+                                "tokens, so `rest: descend` (ordinary training on the other tokens) would unlearn them "
+                                "too. Set `rest: mask`, and put what must be kept into `data.retain` with `alpha` > 0.")
+        if name in ("npo", "simnpo") and self.loss.normalizer != "valid":
+            raise SpecRuleError(("loss", "normalizer"), f"objective `{name}` averages its forget term over sequences "
+                                f"(and its retain term over valid retain tokens), so `normalizer: {self.loss.normalizer}` "
+                                "would not be read. Write `normalizer: valid`.")
+        if name == "rmu" and self.lora is not None:
+            raise SpecRuleError(("lora",), "objective `rmu` trains chosen parameters of the base model itself "
+                                "(objective.train_layers / train_params); delete `lora`.")
+        if name == "rmu" and self.parallel is not None and self.parallel.strategy == "fsdp":
+            raise SpecRuleError(("parallel", "strategy"), "objective `rmu` trains some parameters of a layer and keeps "
+                                "a frozen copy of the model for its retain term, which this tool runs only unsharded. "
+                                "Use `strategy: ddp`.")
+
     def _magic_rules(self) -> None:
         opt = self.training.optimizer
+        if is_unlearning(self.objective):
+            raise SpecRuleError(("objective",), f"a MAGIC spec scores the `weighted` loss (its reverse pass differentiates "
+                                f"sum(w * CE) / D), not `{self.objective.name}`. Delete `objective` here; set it on the "
+                                "experiment specs that read these scores.")
         if opt.momentum:
             raise SpecRuleError(("training", "optimizer", "momentum"), "MAGIC supports SGD without momentum; set `momentum: 0`.")
         if self.model.dtype in ("bfloat16", "float16") or self.training.precision != "fp32":

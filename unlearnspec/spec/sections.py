@@ -118,8 +118,8 @@ class SelectSpec(_Section):
         return self
 
 
-class DataSpec(_Section):
-    """The training data and its fixed token grid [N, max_seq_len]."""
+class DataSourceSpec(_Section):
+    """Where rows come from and which N are used (the training data, and `data.retain`)."""
 
     hub: Optional[HubDataSpec] = None
     """Read from the hub."""
@@ -133,15 +133,23 @@ class DataSpec(_Section):
     """Set for chat data (e.g. UltraChat)."""
     select: SelectSpec
     """How the N rows are chosen."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSourceSpec":
+        _exactly_one(self, ("hub", "files", "toy"), "a data source")
+        return self
+
+
+class DataSpec(DataSourceSpec):
+    """The training data (the forget set of an unlearning `objective`) and its fixed token grid [N, max_seq_len]."""
+
     max_seq_len: int = Field(gt=0, le=MAX_SEQ_LEN)
     """S: every row is truncated/right-padded to exactly this many tokens (at most 131072)."""
     append_eos: bool = False
     """Append the EOS token to every row before truncation."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
-        _exactly_one(self, ("hub", "files", "toy"), "data")
-        return self
+    retain: Optional[DataSourceSpec] = None
+    """The retain set of an unlearning `objective` with a retain term (`alpha` > 0): its own source and rows, the
+    same max_seq_len and append_eos. Forget row i is paired with retain row i mod N_retain in every step."""
 
 
 # --------------------------------------------------------------------------- scores and rules

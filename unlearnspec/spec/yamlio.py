@@ -241,10 +241,22 @@ def _unwrap_model(annotation: Any) -> Optional[type[BaseModel]]:
     return None
 
 
+def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """The members of a union of models told apart by a `name` literal (e.g. `objective`), by name."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel) and "name" in a.model_fields]
+    return {typing.get_args(m.model_fields["name"].annotation)[0]: m for m in members} if len(members) > 1 else {}
+
+
 def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Spec) -> Optional[type[BaseModel]]:
+    """The model at `loc` (pydantic's raw loc: a tagged union's member tag picks the member)."""
     model: Optional[type[BaseModel]] = root
     pending_container = False
+    tagged: dict[str, type[BaseModel]] = {}
     for part in loc:
+        if tagged:
+            model, tagged = tagged.get(part), {}
+            continue
         if model is None:
             return None
         if pending_container:  # a dict key or list index inside a container field
@@ -256,8 +268,9 @@ def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Spec) -> Optional[ty
         origin = typing.get_origin(field.annotation)
         inner = [typing.get_origin(a) for a in typing.get_args(field.annotation)]
         pending_container = origin in (list, dict) or any(o in (list, dict) for o in inner)
+        tagged = _tagged_members(field.annotation)
         model = _unwrap_model(field.annotation)
-    return None if pending_container else model
+    return None if pending_container or tagged else model
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
@@ -265,6 +278,8 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     out: list[Any] = []
     node = data
     for i, part in enumerate(loc):
+        if isinstance(node, dict) and part not in node and node.get("name") == part:
+            continue  # the member tag of a union told apart by `name` (e.g. objective.npo.beta)
         if isinstance(node, dict):
             out.append(part)
             node = node.get(part)
@@ -287,7 +302,7 @@ def _fmt_loc(loc: Iterable[Any]) -> str:
 def _message(err: Mapping[str, Any], loc: tuple[Any, ...], root: type[BaseModel] = Spec) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1], root)
+        model = _model_at(tuple(err["loc"])[:-1], root)
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
         hint = f" Did you mean `{close[0]}`?" if close else ""

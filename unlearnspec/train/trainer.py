@@ -19,6 +19,7 @@ from trl import SFTConfig, SFTTrainer
 from unlearnspec.data import TokenGrid
 from unlearnspec.spec.batch import BatchLayout, batch_layout, optimizer_steps
 from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
+from unlearnspec.train.objectives import Objective
 from unlearnspec.train.parallel import parallel_fields, world_size
 from unlearnspec.spec import ParallelSpec, TrainingSpec
 
@@ -210,7 +211,8 @@ class WeightedSFTTrainer(SFTTrainer):
     loss_is_scaled_for_ga = True  # divided by the window's normalizer already
 
     def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True,
-                 curves_dir: Optional[Path] = None, training: Optional[TrainingSpec] = None, **kwargs: Any):
+                 curves_dir: Optional[Path] = None, training: Optional[TrainingSpec] = None,
+                 objective: Optional[Objective] = None, **kwargs: Any):
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
         # With `training`, the Trainer builds the spec's optimizer and schedule itself (create_optimizer below):
@@ -241,6 +243,9 @@ class WeightedSFTTrainer(SFTTrainer):
         # MAGIC runs use the full logits and loss.token_nll so training is exactly what the replay computes.
         self.fused_head = fused_head
         self.batch_listeners: list[BatchListener] = []
+        # An unlearning objective (spec `objective`, unlearnspec.train.objectives) computes the loss instead;
+        # None is `weighted`, this class's own loss, whose code path stays exactly as it was.
+        self.objective = objective
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         wandb = "wandb" in (self.args.report_to or []) and self.args.process_index == 0  # HF logs on rank 0
@@ -314,6 +319,11 @@ class WeightedSFTTrainer(SFTTrainer):
         return 1
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        if self.objective is not None:  # the objective's divisors over the window, summed over the ranks
+            counts = torch.stack([self.objective.counts(b) for b in batch_samples]).sum(0).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                counts = self.accelerator.gather(counts).view(-1, counts.numel()).sum(0)
+            return counts
         count = sum(normalizer_count(b["labels"], b["token_weights"], self.normalizer) for b in batch_samples)
         count = torch.as_tensor(count, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -323,6 +333,8 @@ class WeightedSFTTrainer(SFTTrainer):
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.objective is not None:
+            return self._objective_loss(model, inputs, return_outputs, num_items_in_batch)
         weights = inputs.pop("token_weights")
         inputs.pop("row_id", None)
         labels = inputs["labels"]
@@ -341,6 +353,18 @@ class WeightedSFTTrainer(SFTTrainer):
         if model.training and self._diverged(loss.detach()):
             raise TrainingDiverged(self.state.global_step, float(loss.detach()))
         return (loss, outputs) if return_outputs else loss
+
+    def _objective_loss(self, model: Any, inputs: dict, return_outputs: bool, counts: Optional[torch.Tensor]) -> Any:
+        assert self.objective is not None
+        window = counts is not None
+        if counts is None:  # called outside the training loop: this micro-batch is the whole step
+            counts = self.objective.counts(inputs)
+        loss = self.objective.loss(model, inputs, counts.to(inputs["input_ids"].device))
+        if window:
+            loss = loss * self._data_parallel_factor()
+        if model.training and self._diverged(loss.detach()):
+            raise TrainingDiverged(self.state.global_step, float(loss.detach()))
+        return (loss, None) if return_outputs else loss
 
 
 @contextlib.contextmanager
