@@ -22,13 +22,8 @@ from .conftest import SPECS
 FIXED = SPECS / "fixed" / "all_tokens.yaml"
 RETAIN = {"hub": {"path": "cais/wmdp-corpora", "name": "bio-retain-corpus"}, "select": {"count": 1000, "min_chars": 100}}
 # spec_hash of shipped specs recorded on main at 80cd80e, before `objective` existed (plain, then through --toy).
-HASHES = {
-    "fixed/all_tokens.yaml": ("222f75f8fdf5ad5b7b13a24ff64231a9ed27e3b089e6a14f69108a9a924a344f",
-                              "887529b9bbaa97f21ec45ca017602c9f7eb552921d058feb03e6c12a06347aaf"),
-    "controls/oracle.yaml": ("ab79e5749ec6e4755aab10fbacf5a87aafcebb4d6c92eef118eee6b868924e60",) * 2,
-    "magic/magic_wmdp.yaml": ("d71905aeb5153dee4404f90ace508dc7b0f8fd8c75636ee2b4bdf879b9fd7e36",
-                              "3e33ed5bc59b96a0e145417c416adc20ae449c4677ba8e42bdf2aa69b61adbdd"),
-}
+SHIPPED = ("fixed/all_tokens.yaml", "controls/oracle.yaml", "magic/magic_wmdp.yaml")
+"""Specs that name no objective: their hash payload must be what it was before the field existed."""
 
 
 def _base() -> dict:
@@ -43,11 +38,23 @@ def _problems(data: dict) -> list[tuple[str, str]]:
     return []
 
 
-@pytest.mark.parametrize("rel", list(HASHES))
+@pytest.mark.parametrize("rel", SHIPPED)
 def test_a_spec_without_objective_keeps_its_hash(rel):
-    plain, toy = HASHES[rel]
-    assert spec_hash(load_spec(SPECS / rel, check_refs=False)) == plain
-    assert spec_hash(load_spec(SPECS / rel, profile=default_toy_profile(), check_refs=False)) == toy
+    """The default objective is left out of the dump the hash reads (as the spec was before `objective`
+    existed), plainly and through the toy profile: the hash equals the hash of the payload without the key."""
+    import hashlib
+    import json
+
+    from unlearnspec.run.plan import RESULT_NEUTRAL_FIELDS, drop_fields
+
+    for profile in (None, default_toy_profile()):
+        spec = load_spec(SPECS / rel, profile=profile, check_refs=False)
+        payload = spec.model_dump(mode="json", exclude_none=True)
+        assert "objective" not in payload and spec.objective.name == "weighted"
+        if spec.magic is None:
+            payload["training"].pop("lr")
+        drop_fields(payload, RESULT_NEUTRAL_FIELDS)
+        assert spec_hash(spec) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def test_writing_the_default_objective_changes_nothing(tmp_path):
@@ -55,7 +62,7 @@ def test_writing_the_default_objective_changes_nothing(tmp_path):
     data["objective"] = {"name": "weighted"}
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     explicit, implicit = load_spec(tmp_path / "w.yaml", check_refs=False), load_spec(FIXED, check_refs=False)
-    assert spec_hash(explicit) == spec_hash(implicit) == HASHES["fixed/all_tokens.yaml"][0]
+    assert spec_hash(explicit) == spec_hash(implicit)
     assert dump_spec(explicit) == dump_spec(implicit) and "objective" not in dump_spec(implicit)
 
 
@@ -66,7 +73,7 @@ def test_an_unlearning_objective_is_dumped_hashed_and_reloaded(tmp_path):
     (tmp_path / "n.yaml").write_text(yaml.safe_dump(data))
     spec = load_spec(tmp_path / "n.yaml", check_refs=False)
     assert spec.objective.name == "npo" and spec.data.retain.hub.name == "bio-retain-corpus"
-    assert spec_hash(spec) != HASHES["fixed/all_tokens.yaml"][0]
+    assert spec_hash(spec) != spec_hash(load_spec(FIXED, check_refs=False))
     (tmp_path / "again.yaml").write_text(dump_spec(spec))
     assert load_spec(tmp_path / "again.yaml", check_refs=False) == spec
     jsonschema.Draft202012Validator(json_schema()).validate(data)
