@@ -18,6 +18,10 @@ def _require_slurm() -> None:
     if shutil.which("sbatch") is None:
         raise UserError.one("--executor", "sbatch is not on PATH: this machine cannot submit SLURM jobs. Run on a "
                             "login node of the cluster, or use --executor local.")
+    if shutil.which("srun") is None:  # submitit writes `srun ...` into every job script and refuses without it
+        raise UserError.one("--executor", "sbatch is on PATH but srun is not: jobs start their work with srun, so this "
+                            "is not a complete SLURM client. Run on a login node of the cluster (or load its SLURM "
+                            "module so both are on PATH), or use --executor local.")
 
 
 def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Request:
@@ -111,8 +115,11 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
         table.add_column(col, overflow="fold")
     colour = {"done": "green", "failed": "red", "not run": "red", "lost": "red", "cancelled": "yellow",
               "running": "cyan", "queued": "blue"}
-    for r in rows:
-        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else r["state"]
-        table.add_row(r["job"], state, r["detail"], r["slurm_id"] or "-", r["log"] if r["state"] != "done" else "")
+    from rich.markup import escape
+
+    for r in rows:  # job names, reasons and log paths come from files: shown as text, never as markup
+        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else escape(r["state"])
+        table.add_row(escape(r["job"]), state, escape(r["detail"]), escape(r["slurm_id"] or "-"),
+                      escape(r["log"]) if r["state"] != "done" else "")
     console.print(table)
     return 0

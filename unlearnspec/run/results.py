@@ -6,13 +6,29 @@ doc id) so reports can run paired tests without bloating results.json.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, Optional, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import read_json, write_json_atomic
+from unlearnspec.safeio import SPEC_NAME_PATTERN, read_json, write_json_atomic
+
+Count = Annotated[int, Field(ge=0, le=2**53)]
+"""A count read back (questions, tokens): an int a float holds exactly; `n: 1e400` is a broken file."""
+
+
+def _inside_folder(value: Optional[str]) -> Optional[str]:
+    """A path recorded relative to the results.json folder: it may not leave it (no absolute path, no `..`)."""
+    if value is None:
+        return value
+    parts = PurePosixPath(value).parts
+    if not value or value.startswith(("/", "\\")) or ".." in parts or any(ord(c) < 32 for c in value):
+        raise ValueError(f"must be a path inside the run folder (relative, no `..`), not {value[:80]!r}")
+    return value
+
+
+InsidePath = Annotated[str, AfterValidator(_inside_folder)]
 
 RESULTS_FORMAT = 1
 RESULTS_FILE = "results.json"
@@ -37,22 +53,22 @@ class TaskMetrics(_Record):
     """Length-normalised accuracy, when the task reports it."""
     acc_norm_stderr: Optional[float] = Field(default=None, allow_inf_nan=True)
     """Standard error of acc_norm."""
-    n: int = Field(ge=0)
+    n: Count
     """Number of questions."""
 
 
 class TokenStats(_Record):
     """Selected-token statistics of one run's weight grid (valid = non-pad target tokens)."""
 
-    valid_tokens: int
+    valid_tokens: Count
     """Valid target tokens in the grid."""
-    selected_tokens: int
+    selected_tokens: Count
     """Valid tokens with nonzero weight."""
     selected_fraction: float = Field(ge=0.0, le=1.0)
     """selected_tokens / valid_tokens."""
-    ascending_tokens: int
+    ascending_tokens: Count
     """Tokens with negative weight (gradient ascent)."""
-    descending_tokens: int
+    descending_tokens: Count
     """Tokens with positive weight (gradient descent)."""
     mean_abs_weight: float
     """Mean |weight| over valid tokens."""
@@ -68,7 +84,7 @@ class EvalRecord(_Record):
 
     metrics: dict[str, TaskMetrics] = {}
     """Task name -> metrics."""
-    samples_file: Optional[str] = None
+    samples_file: Optional[InsidePath] = None
     """Per-question correctness, relative to the results.json folder."""
 
 
@@ -85,7 +101,7 @@ class RunRecord(EvalRecord):
     """Why the point failed (e.g. non-finite loss at step 12)."""
     token_stats: Optional[TokenStats] = None
     """Selected-token statistics."""
-    run_dir: str
+    run_dir: InsidePath
     """The point's folder, relative to the results.json folder."""
     train_seconds: Optional[float] = None
     """Wall seconds of training."""
@@ -93,7 +109,7 @@ class RunRecord(EvalRecord):
     """Wall seconds of evaluation."""
     spec_hash: Optional[str] = None
     """Hash of the spec the point ran (sweep and output excluded); resume refuses a different one."""
-    model_dir: Optional[str] = None
+    model_dir: Optional[InsidePath] = None
     """The saved model or adapter (`output.save_model`), relative to the point's folder."""
     curves: Optional[str] = None
     """Where the training curves went (`training.report_to`): e.g. `tensorboard: curves/tensorboard`."""
@@ -115,8 +131,8 @@ class BaselineRecord(EvalRecord):
 class SpecInfo(_Record):
     """Which spec produced the results."""
 
-    name: str
-    """Spec name."""
+    name: str = Field(pattern=SPEC_NAME_PATTERN, max_length=200)
+    """Spec name (it names the report files, so it is held to the spec-name pattern when read back)."""
     hash: str
     """sha256 of the resolved spec (after overrides and profile)."""
     path: str

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.base import STRICT_CONFIG
 from unlearnspec.spec.training import LdsSpec
-from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, is_cluster_data, load_cluster
+from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, _OneLineText, is_cluster_data, load_cluster
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
@@ -24,8 +23,12 @@ PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 """Shipped profiles (package data; specs/profiles/ links to them so they stay visible in the project)."""
 
 
-class _Section(BaseModel):
-    model_config = STRICT_CONFIG
+Scale = Annotated[float, Field(gt=0, le=1e6)]
+"""A factor a profile multiplies a count, length, step count or learning rate by (a toy world shrinks them)."""
+
+
+class _Section(_OneLineText):
+    """A profile section: strict, and every text one line without control characters."""
 
 
 class ProfileModel(_Section):
@@ -44,20 +47,20 @@ class ProfileData(_Section):
 
     corpora: dict[str, str]
     """Hub dataset (`path` or `path/config`) -> toy corpus name."""
-    count_scale: PositiveFloat
+    count_scale: Scale
     """N is multiplied by this (rounded, at least 1)."""
     min_chars: int = Field(ge=0)
     """Replaces select.min_chars (toy passages are short)."""
-    max_seq_len_scale: PositiveFloat
+    max_seq_len_scale: Scale
     """max_seq_len (and declared score columns) are multiplied by this (rounded, at least 8)."""
 
 
 class ProfileTraining(_Section):
     """Scales the optimisation to the toy's size."""
 
-    steps_scale: PositiveFloat
+    steps_scale: Scale
     """max_steps and warmup_steps are multiplied by this (rounded, at least 1)."""
-    lr_scale: dict[Literal["sgd", "adam", "adamw"], PositiveFloat]
+    lr_scale: dict[Literal["sgd", "adam", "adamw"], Scale]
     """Per optimizer: every learning rate of the grid is multiplied by this."""
 
 
@@ -168,13 +171,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _scaled(value: int, factor: float, floor: int) -> int:
-    return max(floor, int(round(value * factor)))
+MAX_SCALED = 2**53
+"""Largest count, length or step count a profile may produce (a float holds it exactly)."""
+
+
+def _scaled(value: int, factor: float, floor: int, field: str = "", where: str = "") -> int:
+    """value x factor, rounded, at least `floor`; a result beyond MAX_SCALED (or an int beyond float range)
+    is a UserError naming the spec field and the profile's factor, not an OverflowError."""
+    try:
+        out = value * factor
+    except OverflowError:
+        out = float("inf")
+    if not out <= MAX_SCALED:
+        raise UserError.one(where or "profile", f"{value} scaled by the profile's factor {factor:g} is {out:.3g}, beyond "
+                            f"{MAX_SCALED:,}; lower the spec's value or the profile's scale.", loc=field)
+    return max(floor, int(round(out)))
 
 
 def _lr(value: Any, factor: float) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(f"{value * factor:.6g}")  # no 1.0000000000000002e-4 noise in resolved specs
+        try:
+            return float(f"{value * factor:.6g}")  # no 1.0000000000000002e-4 noise in resolved specs
+        except OverflowError:
+            return float("inf")  # an int beyond float range: the spec's lr check refuses it, naming the field
     return value
 
 
@@ -210,20 +229,21 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path) -> 
     select = data_sec.get("select")
     if isinstance(select, dict):
         if _is_int(select.get("count")):
-            select["count"] = _scaled(select["count"], profile.data.count_scale, 1)
+            select["count"] = _scaled(select["count"], profile.data.count_scale, 1, "data.select.count", where)
         select["min_chars"] = profile.data.min_chars
         if _is_int(select.get("offset")):
-            select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0)
+            select["offset"] = _scaled(select["offset"], profile.data.count_scale, 0, "data.select.offset", where)
     if _is_int(data_sec.get("max_seq_len")):
-        data_sec["max_seq_len"] = _scaled(data_sec["max_seq_len"], profile.data.max_seq_len_scale, 8)
-    for src in section("scores").values():
+        data_sec["max_seq_len"] = _scaled(data_sec["max_seq_len"], profile.data.max_seq_len_scale, 8, "data.max_seq_len", where)
+    for name, src in section("scores").items():
         if isinstance(src, dict) and _is_int(src.get("columns")):
-            src["columns"] = _scaled(src["columns"], profile.data.max_seq_len_scale, 8)
+            src["columns"] = _scaled(src["columns"], profile.data.max_seq_len_scale, 8, f"scores.{name}.columns", where)
 
     training = section("training")
     for key in ("max_steps", "warmup_steps"):
         if _is_int(training.get(key)):
-            training[key] = _scaled(training[key], profile.training.steps_scale, 1 if key == "max_steps" else 0)
+            training[key] = _scaled(training[key], profile.training.steps_scale, 1 if key == "max_steps" else 0,
+                                    f"training.{key}", where)
     opt = training.get("optimizer")
     name = opt.get("name") if isinstance(opt, dict) else None
     factor = profile.training.lr_scale.get(name) if isinstance(name, str) else None  # type: ignore[call-overload]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import follow_umask, read_json
+from unlearnspec.safeio import follow_umask, read_json, write_json, write_text
 from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig, load_world_config
 from unlearnspec.toy.taskfiles import write_task_folder
@@ -151,16 +151,15 @@ def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
         "baseline": baseline,
         "numerics": numerics.active(),
     }
-    (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(dest / INFO_FILE, info)
     return info
 
 
 def write_world_data(world: World, dest: Path) -> None:
     """The pure-Python part of a world: corpora, facts and the task folder."""
-    (dest / "corpora").mkdir(parents=True, exist_ok=True)
     for name, rows in world.corpora.items():
-        (dest / "corpora" / f"{name}.jsonl").write_text(jsonl(rows), encoding="utf-8")
-    (dest / "facts.jsonl").write_text(jsonl(f.to_json() for f in world.facts), encoding="utf-8")
+        write_text(dest / "corpora" / f"{name}.jsonl", jsonl(rows), root=dest)
+    write_text(dest / "facts.jsonl", jsonl(f.to_json() for f in world.facts))
     write_task_folder(world, dest / "tasks")
 
 
