@@ -58,7 +58,7 @@ def open_regular(path: Path, what: str, fix: str, max_bytes: int, missing: str =
             raise _problem(path, f"is not a regular file (a device, FIFO or socket), so it is not a {what}; it was not "
                                  f"read. {fix}".strip())
         if info.st_size > max_bytes:
-            raise _problem(path, f"the {what} is {info.st_size:,} bytes, more than the {max_bytes:,} a {what} may have; "
+            raise _problem(path, f"the {what} is {info.st_size:,} bytes, larger than the {max_bytes:,} a {what} may have; "
                                  f"is this the right file? {fix}".strip())
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         fh = os.fdopen(fd, "rb")
