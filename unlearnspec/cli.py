@@ -88,15 +88,16 @@ def show(
 
     chosen = resolve_profile(toy, profile)
     resolved = load_spec(spec, overrides=set_ or [], profile=chosen)
-    sys.stdout.write(dump_spec(resolved))
-    if cluster is not None:
+    slurm = ""
+    if cluster is not None:  # read before anything is printed: a bad site file prints only its error
         import yaml
 
         from unlearnspec.spec.profile import slurm_settings
 
         settings, source = slurm_settings(cluster, chosen)
-        sys.stdout.write(f"# SLURM resources (from {source})\n"
-                         + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+        slurm = (f"# SLURM resources (from {source})\n"
+                 + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+    sys.stdout.write(dump_spec(resolved) + slurm)
 
 
 @app.command()
