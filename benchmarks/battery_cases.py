@@ -204,7 +204,7 @@ def truth_out(box: Any, Case: Any) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- 6: full or read-only disk
-def disk(box: Any, Case: Any) -> list[Any]:
+def disk(box: Any, Case: Any, skip_slow: bool) -> list[Any]:
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         return []
     cases = []
@@ -220,7 +220,12 @@ def disk(box: Any, Case: Any) -> list[Any]:
                       ("report, 60 KB left", f"dd if=/dev/zero of={mnt}/fill bs=1k count=964 2>/dev/null; {py} report runs/a runs/b --out {mnt}/rep"),
                       ("recorded tables, disk full", f"{fill}{py} report --reference-only --out {mnt}/rep"),
                       ("toy truth, disk full", f"{fill}{py} toy truth specs/fixed/magic_wmdp.yaml --out {mnt}/truth"),
-                      ("read-only mount", f"mount -o remount,ro {mnt} && {py} report runs/a --out {mnt}/rep --no-plot")]:
+                      ("read-only mount", f"mount -o remount,ro {mnt} && {py} report runs/a --out {mnt}/rep --no-plot")]
+                     + ([] if skip_slow else [
+                         ("run --toy, the model save hits the full disk",
+                          f"dd if=/dev/zero of={mnt}/fill bs=1k count=700 2>/dev/null; {py} run {SPEC} --toy --set 'training.lr=[0.001]' "
+                          f"--set training.max_steps=2 --set 'eval.tasks=[{{name: wmdp_bio_robust, num_fewshot: 0, limit: 10}}]' "
+                          f"--out {mnt}/run --reports-dir {mnt}/rep")]):
         script = setup + cmd + check
         cases.append(Case("6 full disk", what, ["sh", "-c", script], (2,), subprocess=True, prefix=["unshare", "-rm"]))
     return cases
@@ -435,5 +440,5 @@ def build_cases(box: Any, Case: Any, skip_slow: bool = False) -> list[Any]:
     _project(box)
     os.chdir(box.root)
     return [*pr_check(box, Case), *site_text(box, Case), *links(box, Case), *names(box, Case), *truth_out(box, Case),
-            *disk(box, Case), *nothing_selected(box, Case, skip_slow), *reads(box, Case), *trajectory(box, Case),
+            *disk(box, Case, skip_slow), *nothing_selected(box, Case, skip_slow), *reads(box, Case), *trajectory(box, Case),
             *overflow(box, Case), *slurm_state(box, Case), *toy_tasks(box, Case), *specials(box, Case)]

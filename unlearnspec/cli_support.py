@@ -3,7 +3,6 @@ mistakes (UserError, filesystem errors naming a path) into short messages with e
 
 from __future__ import annotations
 
-import errno
 import functools
 import sys
 from pathlib import Path
@@ -41,36 +40,21 @@ def render_problems(problems: list[Problem], title: str = "error") -> None:
         console.print(f"[red]{title}[/red] [cyan]{escape(where)}[/cyan]{field} {escape(p.message)}")
 
 
-DISK_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS, errno.EFBIG, errno.EIO}
-"""errnos that are about the disk, not the path: reported even when the error names no file."""
-DISK_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "Read-only file system", "File too large")
-"""How libraries that wrap an OSError in their own exception (safetensors, torch's zip writer) still say it."""
-
-
 def filesystem_problem(exc: BaseException) -> Optional[Problem]:
     """An OSError about a path the user chose (an --out that is a file, a folder without write permission,
     UNLEARNSPEC_CACHE below a file, /proc/...) or about the disk (full, quota, read-only), also when a library
     wrapped it in its own exception, as one Problem naming the path and the fix for that errno; None for
     anything else (a closed pipe, a bug), which stays a real error."""
-    from unlearnspec.safewrite import advice
+    from unlearnspec.safewrite import advice, disk_error
 
-    seen: set[int] = set()
-    cause: Optional[BaseException] = exc
-    while cause is not None and id(cause) not in seen:  # the OSError a library wrapped, if any
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and (cause.filename is not None or cause.errno in DISK_ERRORS):
-            names = " -> ".join(str(f) for f in (cause.filename, cause.filename2) if f is not None)
-            if cause.errno not in DISK_ERRORS:
-                return Problem(names, "", f"{advice(cause)}. Check this path.")
-            return Problem(names or "(writing the outputs)", "", f"{advice(cause)}. Files being written were left as "
-                           "they were (outputs are written to temporary names and renamed when complete); rerun to "
-                           "resume.")
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc)
-    said = next((t for t in DISK_TEXT if t in text), None)
-    if said is not None:
-        return Problem("(writing the outputs)", "", f"{said} ({type(exc).__name__}). Free space or write to another folder; "
-                       "files being written were left as they were, and a rerun resumes.")
+    disk = disk_error(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return Problem(names, "", f"{advice(exc)}. " + ("Files being written were left as they were; rerun to resume."
+                                                          if disk else "Check this path."))
+    if disk is not None:
+        return Problem("(writing the outputs)", "", f"{disk}. Files being written were left as they were (outputs are "
+                       "written to temporary names and renamed when complete); rerun to resume.")
     return None
 
 
@@ -84,7 +68,7 @@ def user_errors(fn: F) -> F:
         except UserError as exc:
             render_problems(exc.problems)
             raise typer.Exit(2) from None
-        except (OSError, RuntimeError) as exc:  # RuntimeError: a library's wrapper of a disk error
+        except Exception as exc:  # an OSError, or a library's wrapper of a disk error (SafetensorError, RuntimeError)
             problem = filesystem_problem(exc)
             if problem is None:
                 raise

@@ -62,6 +62,26 @@ def advice(exc: OSError) -> str:
     return f"{exc.strerror or type(exc).__name__}"
 
 
+DISK_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS, errno.EFBIG, errno.EIO}
+"""errnos that are about the disk, not about a path: reported even when the error names no file."""
+DISK_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "Read-only file system", "File too large")
+"""How libraries that wrap an OSError in their own exception (safetensors, torch's zip writer) still say it."""
+
+
+def disk_error(exc: BaseException) -> Optional[str]:
+    """The advice for an exception that is a disk error (full, quota, read-only, I/O) or wraps one (through
+    __cause__/__context__, or in its message, as safetensors does); None for anything else."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+            return advice(cause)
+        cause = cause.__cause__ or cause.__context__
+    said = next((t for t in DISK_TEXT if t in str(exc)), None)
+    return None if said is None else f"{said} ({type(exc).__name__}). Free space, or write to another folder"
+
+
 def _refuse(path: Path, message: str) -> WriteRefused:
     return WriteRefused.one(str(path), message)
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import read_json_lenient, write_json_atomic
+from unlearnspec.safewrite import WriteRefused, disk_error
 
 MARKER = ".unlearnspec.json"
 TMP_PREFIX = ".tmp-"
@@ -125,7 +126,14 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
     tmp.mkdir()
     _mark(tmp, host=platform.node(), pid=os.getpid(), **info)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # a full disk while the job wrote (a model save, a library's file): name the job
+            why = disk_error(exc)
+            if why is None:
+                raise
+            raise WriteRefused.one(str(final), f"could not be written: {why}. Its previous folder, if any, is unchanged "
+                                   "(the job wrote into a temporary folder, now removed); rerun to resume.") from None
         check_replaceable(final)
         if final.exists():
             old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
