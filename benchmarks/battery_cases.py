@@ -214,7 +214,7 @@ def disk(box: Any, Case: Any, skip_slow: bool) -> list[Any]:
     fill = f"dd if=/dev/zero of={mnt}/fill bs=1k count=2000 2>/dev/null; "
     setup = f"mount -t tmpfs -o size=1m tmpfs {mnt} && mkdir -p {mnt}/rep && printf 'previous report\\n' > {mnt}/rep/exp_a.md && "
     check = f" ; rc=$?; test \"$(cat {mnt}/rep/exp_a.md)\" = 'previous report' || echo LOST-PREVIOUS-REPORT; exit $rc"
-    for what, cmd in [("report, disk full", f"{fill}{py} report runs/a --out {mnt}/rep"),
+    for what, cmd in ([("report, disk full", f"{fill}{py} report runs/a --out {mnt}/rep"),
                       ("report, no plot, disk full", f"{fill}{py} report runs/a --out {mnt}/rep --no-plot"),
                       ("report two runs + study, disk full", f"{fill}{py} report runs/a runs/b --out {mnt}/rep"),
                       ("report, 60 KB left", f"dd if=/dev/zero of={mnt}/fill bs=1k count=964 2>/dev/null; {py} report runs/a runs/b --out {mnt}/rep"),
@@ -225,7 +225,7 @@ def disk(box: Any, Case: Any, skip_slow: bool) -> list[Any]:
                          ("run --toy, the model save hits the full disk",
                           f"dd if=/dev/zero of={mnt}/fill bs=1k count=700 2>/dev/null; {py} run {SPEC} --toy --set 'training.lr=[0.001]' "
                           f"--set training.max_steps=2 --set 'eval.tasks=[{{name: wmdp_bio_robust, num_fewshot: 0, limit: 10}}]' "
-                          f"--out {mnt}/run --reports-dir {mnt}/rep")]):
+                          f"--out {mnt}/run --reports-dir {mnt}/rep")])):
         script = setup + cmd + check
         cases.append(Case("6 full disk", what, ["sh", "-c", script], (2,), subprocess=True, prefix=["unshare", "-rm"]))
     return cases

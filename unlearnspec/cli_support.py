@@ -30,14 +30,20 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def shown(text: str) -> str:
+    """Text from files or arguments as the terminal may show it: control characters (ESC, CR, NUL...) as
+    escapes, so a name read back cannot rewrite the screen; line breaks inside a message stay."""
+    return "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+
+
 def render_problems(problems: list[Problem], title: str = "error") -> None:
     from rich.markup import escape
 
     console = _console(stderr=True)
     for p in problems:
         where = f"{p.file}:{p.line}" if p.line else p.file
-        field = f" [bold]{escape(p.loc)}[/bold]:" if p.loc else ""
-        console.print(f"[red]{title}[/red] [cyan]{escape(where)}[/cyan]{field} {escape(p.message)}")
+        field = f" [bold]{escape(shown(p.loc))}[/bold]:" if p.loc else ""
+        console.print(f"[red]{title}[/red] [cyan]{escape(shown(where))}[/cyan]{field} {escape(shown(p.message))}")
 
 
 def filesystem_problem(exc: BaseException) -> Optional[Problem]:

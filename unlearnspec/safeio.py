@@ -9,9 +9,10 @@ import json
 import os
 import re
 import stat
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.safewrite import (  # noqa: F401 - the one write path, re-exported for callers
@@ -136,6 +137,23 @@ def check_tensor_storage(tensor: Any, path: Path) -> None:
         raise _problem(path, f"the tensor {list(tensor.shape)} is an expanded or overlapping view (strides "
                              f"{list(tensor.stride())}) of {stored * tensor.element_size():,} stored bytes that claims "
                              f"{claimed:,}; it was not used. Save plain data: `torch.save(t.contiguous().clone(), path)`.")
+
+
+# --------------------------------------------------------------------------- text read back
+def terminal_control(value: Any, loc: str = "") -> Optional[tuple[str, str]]:
+    """(key path, character) of the first control character other than a line break or tab in any key or
+    string of a JSON value: read back and printed, an escape sequence (ESC, CSI, CR, backspace) would rewrite
+    what the terminal shows. None when there is none."""
+    if isinstance(value, str):
+        bad = next((c for c in value if unicodedata.category(c) == "Cc" and c not in "\n\t"), None)
+        return (loc or "(top level)", bad) if bad is not None else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        where = f"{loc}.{k}" if loc else str(k)
+        found = (terminal_control(k, where) if isinstance(k, str) else None) or terminal_control(v, where)
+        if found:
+            return found
+    return None
 
 
 # --------------------------------------------------------------------------- names read back

@@ -234,14 +234,14 @@ def _non_finite(value: Any, where: str = "") -> Optional[str]:
     return None
 
 
-def write_json(path: Path, payload: object, root: Optional[Path] = None) -> Path:
+def write_json(path: Path, payload: object, root: Optional[Path] = None, ensure_ascii: bool = True) -> Path:
     """Strict JSON (no NaN or Infinity, which JSON does not have and other tools reject), atomically. A
     payload holding one is refused, naming the key: the producer must say `null` and why."""
     bad = _non_finite(payload)
     if bad is not None:
         raise _refuse(path, f"not written: `{bad}` is not a finite number (NaN or infinity), which JSON cannot hold. "
                             "This is a bug in unlearnspec; please report it with the command you ran.")
-    text = json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    text = json.dumps(payload, indent=2, sort_keys=False, allow_nan=False, ensure_ascii=ensure_ascii) + "\n"
     return write_text(path, text, root)
 
 

@@ -11,11 +11,11 @@ from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_reference
 from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.inputs import Selection, load_run_input, load_table, report_for
-from unlearnspec.report.model import ReportTable, dumps
+from unlearnspec.report.model import ReportTable
 from unlearnspec.report.plot import plot_tables
 from unlearnspec.report.reference import REFERENCE_DIR, ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
 from unlearnspec.report.render import markdown, print_table
-from unlearnspec.safeio import check_name, write_text
+from unlearnspec.safeio import check_name, write_json, write_text
 from unlearnspec.spec.load import SPEC_SUFFIXES
 from unlearnspec.spec.load import load_spec
 
@@ -44,7 +44,7 @@ def write_report(table: ReportTable, out: Path, plot: bool, control: Optional[Re
             plot_line = f"_{note}_"
     md, js = out / f"{table.spec}.md", out / f"{table.spec}.json"
     _write(md, markdown(table, plot_line), out)
-    _write(js, dumps(table), out)
+    write_json(js, table.model_dump(mode="json"), root=out, ensure_ascii=False)  # as `dumps`, and never NaN
     return [md, js, *written], note
 
 

@@ -117,9 +117,12 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
               "running": "cyan", "queued": "blue"}
     from rich.markup import escape
 
-    for r in rows:  # job names, reasons and log paths come from files: shown as text, never as markup
-        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else escape(r["state"])
-        table.add_row(escape(r["job"]), state, escape(r["detail"]), escape(r["slurm_id"] or "-"),
-                      escape(r["log"]) if r["state"] != "done" else "")
+    def text(value: str) -> str:  # job names, reasons and log paths come from files: text, never markup or escapes
+        return escape("".join(c if c.isprintable() else "?" for c in value))
+
+    for r in rows:
+        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else text(r["state"])
+        table.add_row(text(r["job"]), state, text(r["detail"]), text(r["slurm_id"] or "-"),
+                      text(r["log"]) if r["state"] != "done" else "")
     console.print(table)
     return 0

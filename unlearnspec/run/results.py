@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import SPEC_NAME_PATTERN, read_json, write_json_atomic
+from unlearnspec.safeio import SPEC_NAME_PATTERN, read_json, terminal_control, write_json_atomic
 
 Count = Annotated[int, Field(ge=0, le=2**53)]
 """A count read back (questions, tokens): an int a float holds exactly; `n: 1e400` is a broken file."""
@@ -179,6 +179,10 @@ M = TypeVar("M", bound=BaseModel)
 def read_json_model(path: Path, cls: type[M], what: str, missing: str, fix: str) -> M:
     """Read a JSON file into a Pydantic model; every failure is a UserError naming the file and the fix."""
     raw = read_json(path, what, missing, fix)
+    control = terminal_control(raw)
+    if control is not None:
+        raise UserError.one(str(path), f"not a valid {what} ({control[0]}: holds the control character {control[1]!r}, "
+                            f"which printed would rewrite the terminal). {fix}")
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
