@@ -42,8 +42,12 @@ def _problem(path: Path, message: str) -> UserError:
 @contextmanager
 def open_regular(path: Path, what: str, fix: str, max_bytes: int, missing: str = "") -> Iterator[tuple[BinaryIO, int]]:
     """Open a regular file for reading and yield (file, size). A FIFO, device or socket is refused without
-    blocking on it (opened non-blocking, then fstat), and a file larger than `max_bytes` before it is read."""
+    being opened (stat first: opening some devices acts) or blocked on (opened non-blocking, then fstat, in
+    case it was swapped meanwhile), and a file larger than `max_bytes` before it is read."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode):
+            raise _problem(path, f"is not a regular file (a device, FIFO or socket), so it is not a {what}; it was not "
+                                 f"read. {fix}".strip())
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise _problem(path, missing or f"no such file. {fix}".strip()) from None
