@@ -82,7 +82,10 @@ def _alarm(signum: int, frame: Any) -> None:
 def run_case(case: Case, box: Sandbox) -> dict[str, Any]:
     start = time.perf_counter()
     if case.call is not None:
-        code, output = case.call()
+        try:
+            code, output = case.call()
+        except Exception as exc:  # noqa: BLE001 - an escaped exception is a traceback
+            code, output = -1, f"Traceback: {exc!r}"
     elif case.subprocess:
         cmd = case.prefix + ([sys.executable, "-m", "unlearnspec", *case.argv] if case.argv and not case.prefix else case.argv)
         env = {**os.environ, "PYTHONPATH": str(REPO), **(case.env or {})}
