@@ -90,7 +90,7 @@ def _pr_case(box: Any, Case: Any, i: int, name: bytes, base: str, kind: str) -> 
 def pr_check(box: Any, Case: Any) -> list[Any]:
     names = [b";touch PWNED;#e", b"x#e touch PWNED #", b"a|touch PWNED|b", b"$(touch PWNED)", b"`touch PWNED`", b"-rf",
              b"q'uote\"d", b"100%", b"tab\there", b"new\nline", b"\xc3\xbc-umlaut", b"\xff\xfe-not-utf8", b"back\\slash",
-             b"&touch PWNED&", b" lead space", b"*glob*"]
+             b"&touch PWNED&", b" lead space", b"*glob*", b";touch PWNED;#ew o", b"$(id);touch PWNED;#gew o"]
     cases = [_pr_case(box, Case, i, n, "main", "report" if i % 2 == 0 else "spec") for i, n in enumerate(names)]
     cases += [_pr_case(box, Case, 100 + i, b"ok", base, "report") for i, base in enumerate(["rel#1", "v1.0#e", "a&b"])]
     return cases

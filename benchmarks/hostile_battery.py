@@ -6,7 +6,7 @@ run) in a sandbox project, and is checked for: a traceback, an exit code outside
 or changed file the tool did not create (user files planted in the project and a canary folder beside it,
 which planted links point at), and executed code (a marker file injected text would create).
 
-    python benchmarks/hostile_battery.py [--out battery.json] [--skip-slow]
+    python benchmarks/hostile_battery.py [--out battery.json] [--skip-slow] [--only "1 "]
 
 Prints one line per class and the totals; `--skip-slow` leaves out the cases that train (where-rule runs).
 """
@@ -117,6 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip-slow", action="store_true")
+    parser.add_argument("--only", default="", help="Run only the classes whose label starts with this (e.g. `1 `).")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hostile-"))
     box = Sandbox(root=tmp / "project", outside=tmp / "outside", marker=tmp / "project" / "PWNED")
@@ -124,7 +125,7 @@ def main() -> int:
     box.plant(box.outside / "canary.txt", "outside the project: never written\n")
     box.plant(box.outside / "notes.md", "# a user's markdown file outside the project\n")
     os.chdir(tmp)
-    cases = build_cases(box, Case, skip_slow=args.skip_slow)
+    cases = [c for c in build_cases(box, Case, skip_slow=args.skip_slow) if c.cls.startswith(args.only)]
     os.chdir(box.root)
     counts: Counter = Counter()
     per_class: dict[str, Counter] = defaultdict(Counter)
