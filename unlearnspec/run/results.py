@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal, Optional, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import SPEC_NAME_PATTERN, read_json, terminal_control, write_json_atomic
@@ -94,7 +94,7 @@ class RunRecord(EvalRecord):
     point: str
     """Point id, e.g. `lr=1e-05` (also the run dir name, made filesystem-safe)."""
     hparams: dict[str, float] = {}
-    """The swept hyperparameters of this point (at least `lr`)."""
+    """The swept hyperparameters of this point (at least `lr`: finite and > 0, as in a spec)."""
     status: Literal["ok", "failed"]
     """ok, or failed with `reason`."""
     reason: Optional[str] = None
@@ -113,6 +113,14 @@ class RunRecord(EvalRecord):
     """The saved model or adapter (`output.save_model`), relative to the point's folder."""
     curves: Optional[str] = None
     """Where the training curves went (`training.report_to`): e.g. `tensorboard: curves/tensorboard`."""
+
+
+    @field_validator("hparams")
+    @classmethod
+    def _lr_as_in_a_spec(cls, value: dict[str, float]) -> dict[str, float]:
+        if "lr" in value and not value["lr"] > 0:
+            raise ValueError(f"lr must be > 0, as in a spec (got {value['lr']})")
+        return value
 
 
 class BaselineRecord(EvalRecord):
