@@ -146,7 +146,8 @@ class _Sink(io.RawIOBase):
         return done
 
 
-def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] = None, by_path: bool = False) -> Path:
+def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] = None, by_path: bool = False,
+               durable: bool = True) -> Path:
     """Write `path` by calling `writer(file)` on a binary file, atomically: the bytes go to a temp file in
     the same folder, are fsynced and renamed over `path` only when complete. `root` is the folder the tool
     owns (default: path's folder): folders below it are created and may not be links, and `path` may not
@@ -154,7 +155,9 @@ def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] =
     the user's link is not the tool's to replace). On any failure the temp file is removed, `path` is as
     before, and an OSError becomes a WriteRefused naming the file and the fix. `by_path`: `writer` gets the
     temp file's path instead (for libraries that only write to a path, e.g. safetensors' save_file); the
-    path reaches the file through the folder already opened, so a link swapped in meanwhile is not followed."""
+    path reaches the file through the folder already opened, so a link swapped in meanwhile is not followed.
+    `durable=False` skips the fsyncs (scratch files a crash makes worthless anyway, e.g. MAGIC's kept states:
+    on a cluster filesystem an fsync per step costs more than the step's write)."""
     root = path.parent if root is None else root
     fd = _open_folder(root, _inside(path, root), path)
     name = path.name
@@ -182,7 +185,8 @@ def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] =
                     writer(os.path.join(proc if os.path.isdir(proc) else str(path.parent), tmp))
                 else:
                     writer(sink)
-                os.fsync(out)
+                if durable:
+                    os.fsync(out)
             except OSError as exc:
                 raise _refuse(path, f"could not be written: {advice(exc)}. The previous file, if any, is unchanged.") from None
             except Exception:
@@ -195,7 +199,8 @@ def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] =
         try:
             os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
             created = False
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except OSError as exc:
             raise _refuse(path, f"could not be written: {advice(exc)}. The previous file, if any, is unchanged.") from None
     finally:

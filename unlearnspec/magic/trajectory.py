@@ -118,7 +118,7 @@ class DiskStore:
         from unlearnspec.safewrite import write_with
 
         tensors = {n: p.detach().contiguous().cpu() for n, p in params.items()}
-        write_with(self._path(step), lambda tmp: save_file(tensors, tmp), by_path=True)
+        write_with(self._path(step), lambda tmp: save_file(tensors, tmp), by_path=True, durable=False)  # scratch
         self._steps.add(step)
 
     def get(self, step: int) -> Params:
