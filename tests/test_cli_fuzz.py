@@ -445,7 +445,7 @@ HOSTILE = [_check_report_names, _check_site, _check_profile_numbers, _check_read
 
 
 @pytest.mark.parametrize("check", HOSTILE)
-@settings(FAST, max_examples=8)
+@settings(FAST, max_examples=5)
 @given(data=st.data())
 def test_fuzz_hostile(project, check, data):
     check(project, data)
