@@ -358,7 +358,7 @@ def _check_site(project: Path, data) -> None:
     from unlearnspec.spec.cluster import load_cluster
 
     site = project / "specs" / "profiles" / "fuzz_site.yaml"
-    raw = hostile.site_file(site, OUTSIDE["marker"], data.draw)
+    hostile.site_file(site, OUTSIDE["marker"], data.draw)
     result = invoke(project, "site", "show", project / "specs" / "exp7_all_tokens.yaml", "--toy", "--cluster", site)
     if result.exit_code != 0:
         return
@@ -368,7 +368,7 @@ def _check_site(project: Path, data) -> None:
             text = sbatch_script(project / "runs" / "job", settings, kind, "j", ["1"], "afterok", "python -u -m x")
         except UserError:
             continue
-        leaked = hostile.script_leaks(text, OUTSIDE["marker"], list(raw["slurm"].get("setup", [])))
+        leaked = hostile.script_leaks(text, OUTSIDE["marker"], list(settings.setup))  # as loaded: YAML folds U+0085
         COUNTS["executed"] += leaked
         assert not leaked, text
 
