@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One torch thread in every test and subprocess, as the toy world's numerics pin it (`numerics.threads`): a
+# float reduction over 2 threads differs in the last bits, so bit-exact checks would otherwise depend on
+# whether a toy-world test (whose set-up pins the thread count) happened to run earlier in the session.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The toy world pins CPU numerics (specs/profiles/toy_world.yaml `numerics`); ATen and MKL read the
 # pins at torch's first operation, so they are set here, before any test module imports torch.

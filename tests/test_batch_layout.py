@@ -260,8 +260,9 @@ def test_slurm_submission_refuses_a_site_whose_processes_cannot_share_the_batch(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     called = tmp_path / "sbatch-was-called"
-    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {called}\nexit 99\n")
-    (bin_dir / "sbatch").chmod(0o755)
+    for tool in ("sbatch", "srun"):  # a SLURM client as a login node has it; any call is recorded
+        (bin_dir / tool).write_text(f"#!/bin/sh\ntouch {called}\nexit 99\n")
+        (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     result = CliRunner().invoke(app, ["run", str(SPECS / "magic" / "magic_wmdp.yaml"), "--executor", "slurm",
                                       "--cluster", str(_site(tmp_path, 3)), "--out", str(tmp_path / "out")])

@@ -2,10 +2,15 @@
 YAML texts, score files, results/report JSON and argument lists go through validate, show, doctor,
 report and diff in-process (typer's CliRunner); `run --toy` gets a few bounded inputs under `slow`.
 
-Property, for every input: exit code 0, 1 or 2, no exception escapes (so no traceback), and no file
+Property, for every input: exit code 0, 1 or 2, no exception escapes (so no traceback), no file
 the tool did not create is deleted or changed (sentinel files in the project, the repo's specs/ and
-reports/ hashed before and after). The default run is derandomized and bounded (a few seconds);
-`-m slow` runs many more examples. With UNLEARNSPEC_FUZZ_COUNTS=path the counts are written there.
+reports/ hashed before and after), nothing is written outside the project (a canary folder beside it,
+which links planted in report folders point at), and no text runs as a command (the marker file that
+injected text would create). Issue 22's classes get their own generators (tests/fixtures/hostile.py):
+read-back spec names, links in report folders, site-file fields, profile scales, numbers and paths in
+results.json, expanded tensors, toy task names and --out folders, devices and FIFOs. The default run is
+derandomized and bounded (a few seconds); `-m slow` runs many more examples. With
+UNLEARNSPEC_FUZZ_COUNTS=path the counts are written there.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ from typer.testing import CliRunner
 
 from unlearnspec.cli import app
 
+from .fixtures import hostile
 from .fixtures.reportkit import answers, flip, token_stats, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (REPO / "specs").rglob("*.yaml") if "profiles" not in p.parts)
 COUNTS: Counter = Counter()
+OUTSIDE: dict[str, Any] = {}
+"""The canary folder beside the project (root, its files' bytes) and the marker injected text would create."""
 FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 LONG = settings(max_examples=400, deadline=None, derandomize=True, database=None,
@@ -62,6 +70,9 @@ def project(tmp_path_factory):
     """A project copy (specs, reference tables) with sentinel user files; cwd is inside it, so
     default outputs (reports/, runs/) land here. Yields the root; checks nothing was lost at the end."""
     root = tmp_path_factory.mktemp("fuzzproject")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "canary.txt").write_text("the user's file, outside the project\n")
+    OUTSIDE.update(root=outside, before={"canary.txt": (outside / "canary.txt").read_bytes()}, marker=root / "PWNED")
     (root / "pyproject.toml").write_text("[project]\nname = 'fuzz'\n")
     shutil.copytree(REPO / "specs", root / "specs")
     shutil.copytree(REPO / "reports" / "reference", root / "reports" / "reference")
@@ -106,6 +117,11 @@ def invoke(project: Path, kind: str, *args: Any) -> Any:
         ok = (project / rel).is_file() and (project / rel).read_text() == text
         COUNTS["deletions"] += not ok
         assert ok, f"{argv} deleted or changed {rel}"
+    outside_ok = hostile.outside_untouched(OUTSIDE["root"], OUTSIDE["before"])
+    COUNTS["outside_writes"] += not outside_ok
+    assert outside_ok, f"{argv} wrote outside the project"
+    COUNTS["executed"] += OUTSIDE["marker"].exists()
+    assert not OUTSIDE["marker"].exists(), f"{argv} ran injected text"
     return result
 
 
@@ -197,9 +213,11 @@ def yaml_texts(draw) -> str:
 
 @st.composite
 def score_payloads(draw) -> bytes:
-    kind = draw(st.sampled_from(["bytes", "tensor", "tensor", "pickle", "safetensors"]))
+    kind = draw(st.sampled_from(["bytes", "tensor", "tensor", "pickle", "safetensors", "expanded"]))
     if kind == "bytes":
         return draw(st.binary(max_size=300))
+    if kind == "expanded":
+        return hostile.expanded_tensor(draw)
     shape = draw(st.lists(st.integers(0, 20), min_size=0, max_size=3))
     dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64, torch.bool]))
     t = torch.zeros(shape, dtype=dtype)
@@ -313,6 +331,132 @@ def _check_args(project: Path, data) -> None:
     first = data.draw(st.sampled_from(["validate", "show", "doctor", "report", "diff", "schema"]))
     rest = data.draw(st.lists(st.one_of(st.sampled_from(ARG_POOL), st.text(max_size=8)), max_size=6))
     invoke(project, "args", first, *rest)
+
+
+# --------------------------------------------------------------------------- issue 22's classes
+def _check_report_names(project: Path, data) -> None:
+    """Read-back spec names and links in the report folder: nothing lands outside it or through a link."""
+    target = project / "results" / "hostile"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(project / "results" / "a", target)
+    raw = json.loads((target / "results.json").read_text())
+    raw["spec"]["name"] = data.draw(hostile.hostile_names(OUTSIDE["root"]))
+    (target / "results.json").write_text(json.dumps(raw))
+    out = project / "reports" / "hostile_out"
+    hostile.plant_links(out, OUTSIDE["root"], data.draw)
+    extra = [project / "results" / "b"] if data.draw(st.booleans()) else []
+    invoke(project, "names", "report", target, *extra, "--out", out, "--study-name", "fuzzstudy",
+           *(["--no-plot"] if data.draw(st.booleans()) else []))
+    for link in out.iterdir():  # the planted links are still links, never replaced by files
+        assert not link.name.startswith("exp_h") or link.is_symlink() or link.is_file()
+
+
+def _check_site(project: Path, data) -> None:
+    """Site-file text with line breaks and hostile resources: refused at validation, or never a script line."""
+    from unlearnspec.errors import UserError
+    from unlearnspec.run.slurm import sbatch_script
+    from unlearnspec.spec.cluster import load_cluster
+
+    site = project / "specs" / "profiles" / "fuzz_site.yaml"
+    hostile.site_file(site, OUTSIDE["marker"], data.draw)
+    result = invoke(project, "site", "show", project / "specs" / "exp7_all_tokens.yaml", "--toy", "--cluster", site)
+    if result.exit_code != 0:
+        return
+    settings = load_cluster(site).slurm
+    for kind in ("score", "point", "baseline", "assemble"):
+        try:
+            text = sbatch_script(project / "runs" / "job", settings, kind, "j", ["1"], "afterok", "python -u -m x")
+        except UserError:
+            continue
+        leaked = hostile.script_leaks(text, OUTSIDE["marker"], list(settings.setup))  # as loaded: YAML folds U+0085
+        COUNTS["executed"] += leaked
+        assert not leaked, text
+
+
+def _check_profile_numbers(project: Path, data) -> None:
+    profile = project / "fuzz_profile.yaml"
+    hostile.profile_file(profile, data.draw)
+    invoke(project, "profile", "show", project / "specs" / "exp7_all_tokens.yaml", "--profile", profile)
+
+
+def _check_read_back(project: Path, data) -> None:
+    """Numbers and paths read back from results.json: finite, in range, inside the run folder, never a device
+    or FIFO (a FIFO would hang the read)."""
+    fifo = project / "results" / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    target = project / "results" / "numbers"
+    hostile.numbers_in_results(project / "results" / "a", target, OUTSIDE["root"], fifo, data.draw)
+    invoke(project, "numbers", "report", target, "--out", project / "reports" / "numbers", "--no-plot")
+    invoke(project, "numbers", "diff", project / "results" / "a", target)
+
+
+def _check_toy_names(project: Path, data) -> None:
+    """Toy task names that are paths, and --out folders holding the user's files (SENTINELS' out/)."""
+    task = data.draw(st.sampled_from(["../facts", "../tasks/toy_mmlu", "/etc/passwd", "toy_wmdp/../toy_mmlu", "", ".",
+                                      "toy_wmdp\n", "*", "toy_*", "toy_wmdp", "_toy_wmdp_by_attribute"]))
+    out = data.draw(st.sampled_from(["out", "out/keep.txt", "reports/my_report.md"]))
+    invoke(project, "toy", "toy", "truth", project / "specs" / "fixed" / "magic_wmdp.yaml", "--task", task, "--out", project / out)
+
+
+def _check_specials(project: Path, data) -> None:
+    """Devices, FIFOs and links where a spec, profile or folder is expected."""
+    special = project / "specs" / "special"
+    shutil.rmtree(special, ignore_errors=True)
+    special.mkdir()
+    kind = data.draw(st.sampled_from(["fifo", "devnull", "devzero", "loop", "dangling"]))
+    if kind == "fifo":
+        os.mkfifo(special / "x.yaml")
+    elif kind in ("devnull", "devzero"):
+        os.symlink(f"/dev/{kind[3:]}", special / "x.yaml")
+    elif kind == "loop":
+        os.symlink(special / "x.yaml", special / "x.yaml")
+    else:
+        os.symlink(special / "nope", special / "x.yaml")
+    cmd = data.draw(st.sampled_from(["validate", "doctor", "show", "plan"]))
+    target = special / "x.yaml" if data.draw(st.booleans()) or cmd in ("show",) else special
+    invoke(project, "special", cmd, target, *(["--toy"] if cmd in ("show", "plan") else []))
+    invoke(project, "special", "validate", "/dev/null")
+
+
+def _check_trajectory(project: Path, data) -> None:
+    """trajectory.json as an LDS run reads it: any tampering is a UserError naming the file."""
+    from unlearnspec.errors import UserError
+    from unlearnspec.magic.lds import load_trajectory_plan
+
+    folder = project / "traj"
+    folder.mkdir(exist_ok=True)
+    good = {"format": 1, "schedule": "sqrt", "param_names": ["a"], "weight_decay": 0.0,
+            "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "initial_step": 0, "max_grad_norm": 1.0},
+            "steps": [{"lr": 1e-3, "micro_batches": [[0, 1], [2]]}, {"lr": 5e-4, "micro_batches": [[3]]}]}
+    (folder / "trajectory.json").write_text(data.draw(json_mutations(json.dumps(good))))
+    COUNTS["inputs"] += 1
+    COUNTS["trajectory:lds"] += 1
+    try:
+        plan = load_trajectory_plan(folder, n_rows=4)
+    except UserError:
+        return
+    assert all(0 <= int(r) < 4 for s in plan.steps for mb in s.micro_batches for r in mb)
+    assert all(0.0 <= s.lr < float("inf") for s in plan.steps)
+
+
+HOSTILE = [_check_report_names, _check_site, _check_profile_numbers, _check_read_back, _check_toy_names, _check_specials,
+           _check_trajectory]
+
+
+@pytest.mark.parametrize("check", HOSTILE)
+@settings(FAST, max_examples=5)
+@given(data=st.data())
+def test_fuzz_hostile(project, check, data):
+    check(project, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", HOSTILE)
+@LONG
+@given(data=st.data())
+def test_fuzz_hostile_long(project, check, data):
+    check(project, data)
 
 
 @pytest.mark.parametrize("check", [_check_specs, _check_yaml, _check_scores, _check_results, _check_args])

@@ -84,7 +84,7 @@ def test_exp5_equals_exp6_iff_no_exact_zero_mmlu_score():
     six = _rule(mode="where", where="wmdp > 0 and mmlu < 0")
     assert (mmlu == 0).sum() == 0
     assert torch.equal(token_weights(five, {"wmdp": wmdp, "mmlu": mmlu}, labels), token_weights(six, {"wmdp": wmdp, "mmlu": mmlu}, labels))
-    mmlu[wmdp > 0] = 0.0  # some valid tokens now sit exactly at zero
+    mmlu[(wmdp > 0) & (torch.arange(30) % 2 == 0)] = 0.0  # some valid tokens now sit exactly at zero
     assert not torch.equal(token_weights(five, {"wmdp": wmdp, "mmlu": mmlu}, labels), token_weights(six, {"wmdp": wmdp, "mmlu": mmlu}, labels))
 
 

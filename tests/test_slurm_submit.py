@@ -42,17 +42,16 @@ def test_resource_rules_are_user_errors(tmp_path):
 
 
 def test_sbatch_script_carries_every_resource(tmp_path):
-    from unlearnspec.run.slurm import _executor
+    from unlearnspec.run.slurm import sbatch_script
 
     site = load_cluster(EXAMPLE).slurm
-    text = _executor(tmp_path, site, "score", "us-score-x", ["11", "12"], "afterok")._make_submission_file_text(
-        "python -u -m submitit.core._submit", "uid")
-    for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=32", "#SBATCH --mem=409600MB",
+    text = sbatch_script(tmp_path, site, "score", "us-score-x", ["11", "12"], "afterok", "python -u -m submitit.core._submit")
+    for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=32", "#SBATCH --mem=1126400MB",
                  "#SBATCH --time=240", "#SBATCH --partition=gpu", "#SBATCH --account=my-lab", "#SBATCH --qos=normal",
                  "#SBATCH --constraint='a100|h100'", "#SBATCH --kill-on-invalid-dep=yes",
                  "#SBATCH --dependency=afterok:11:12", "#SBATCH --job-name=us-score-x", "module load cuda/12.4"):
         assert line in text, line
-    point = _executor(tmp_path, site, "point", "p", [], "afterok")._make_submission_file_text("cmd", "uid")
+    point = sbatch_script(tmp_path, site, "point", "p", [], "afterok", "cmd")
     assert "#SBATCH --gpus-per-node=1" in point and "--dependency" not in point
 
 

@@ -100,7 +100,7 @@ def show(
     chosen = resolve_profile(toy, profile)
     resolved = load_spec(spec, overrides=set_ or [], profile=chosen)
     world, launch, slurm = nproc, f"--nproc {nproc}" if nproc > 1 else "one process; --nproc N shows N", ""
-    if cluster is not None:
+    if cluster is not None:  # read before anything is printed: a bad site file prints only its error
         import yaml
 
         from unlearnspec.spec.profile import slurm_settings

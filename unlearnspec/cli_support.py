@@ -30,25 +30,38 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def shown(text: str) -> str:
+    """Text from files or arguments as the terminal may show it: control characters (ESC, CR, NUL...) as
+    escapes, so a name read back cannot rewrite the screen; line breaks inside a message stay."""
+    return "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+
+
 def render_problems(problems: list[Problem], title: str = "error") -> None:
     from rich.markup import escape
 
     console = _console(stderr=True)
     for p in problems:
         where = f"{p.file}:{p.line}" if p.line else p.file
-        field = f" [bold]{escape(p.loc)}[/bold]:" if p.loc else ""
-        console.print(f"[red]{title}[/red] [cyan]{escape(where)}[/cyan]{field} {escape(p.message)}")
+        field = f" [bold]{escape(shown(p.loc))}[/bold]:" if p.loc else ""
+        console.print(f"[red]{title}[/red] [cyan]{escape(shown(where))}[/cyan]{field} {escape(shown(p.message))}")
 
 
-def filesystem_problem(exc: OSError) -> Optional[Problem]:
-    """An OSError about a path the user chose (an --out that is a file, a folder without write
-    permission, UNLEARNSPEC_CACHE below a file, /proc/...) as one Problem naming the path; None
-    for errors without a path (a closed pipe), which stay real errors."""
-    if exc.filename is None:
-        return None
-    names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-    why = exc.strerror or type(exc).__name__
-    return Problem(names, "", f"{why}. Check this path: a file may stand where a folder is needed (or the reverse), or a folder may not be writable.")
+def filesystem_problem(exc: BaseException) -> Optional[Problem]:
+    """An OSError about a path the user chose (an --out that is a file, a folder without write permission,
+    UNLEARNSPEC_CACHE below a file, /proc/...) or about the disk (full, quota, read-only), also when a library
+    wrapped it in its own exception, as one Problem naming the path and the fix for that errno; None for
+    anything else (a closed pipe, a bug), which stays a real error."""
+    from unlearnspec.safewrite import advice, disk_error
+
+    disk = disk_error(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return Problem(names, "", f"{advice(exc)}. " + ("Files being written were left as they were; rerun to resume."
+                                                          if disk else "Check this path."))
+    if disk is not None:
+        return Problem("(writing the outputs)", "", f"{disk}. Files being written were left as they were (outputs are "
+                       "written to temporary names and renamed when complete); rerun to resume.")
+    return None
 
 
 def user_errors(fn: F) -> F:
@@ -61,7 +74,7 @@ def user_errors(fn: F) -> F:
         except UserError as exc:
             render_problems(exc.problems)
             raise typer.Exit(2) from None
-        except OSError as exc:
+        except Exception as exc:  # an OSError, or a library's wrapper of a disk error (SafetensorError, RuntimeError)
             problem = filesystem_problem(exc)
             if problem is None:
                 raise

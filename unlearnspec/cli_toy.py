@@ -107,8 +107,9 @@ def toy_truth(
     from unlearnspec.assets import Assets
     from unlearnspec.spec.load import load_spec
     from unlearnspec.spec.profile import world_config_path
-    from unlearnspec.toy.truth import RETAIN_TASK, require_toy, spec_truth, write_truth
+    from unlearnspec.toy.truth import RETAIN_TASK, claim_truth_folder, require_toy, spec_truth, write_truth
 
+    claim_truth_folder(out)  # before any work: a folder holding others' files is refused
     loaded = load_spec(spec, profile=chosen)
     require_toy(loaded, str(spec))
     truth = spec_truth(loaded, spec, Assets(world_config=world_config_path(chosen)), task, RETAIN_TASK if retain else None)

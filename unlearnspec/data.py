@@ -167,9 +167,12 @@ def _load_dataset(data: DataSourceSpec, spec_path: Path, assets: Optional["Asset
             return datasets.load_dataset(data.hub.path, data.hub.name, split=data.hub.split, revision=data.hub.revision)
         if data.files is not None:
             files = [str(resolve_path(spec_path, p)) for p in data.files.paths]
-            missing = [f for f in files if not Path(f).is_file()]
+            missing = [f for f in files if not Path(f).exists()]
             if missing:
                 raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix {loc}.files.paths.", loc=f"{loc}.files.paths")
+            irregular = [f for f in files if not Path(f).is_file()]
+            if irregular:  # a folder, FIFO or device: the datasets reader would hang on a FIFO or read /dev/zero forever
+                raise UserError.one(str(spec_path), f"not regular files: {', '.join(irregular)}. Give data files.", loc=f"{loc}.files.paths")
             empty = [f for f in files if Path(f).stat().st_size == 0]
             if empty:
                 raise UserError.one(str(spec_path), f"data file(s) are empty: {', '.join(empty)}. Fix {loc}.files.paths.", loc=f"{loc}.files.paths")

@@ -19,7 +19,7 @@ import torch
 from unlearnspec.errors import UserError
 from unlearnspec.train.loss import IGNORE_INDEX, Normalizer
 from unlearnspec.run.results import TokenStats
-from unlearnspec.safeio import read_json
+from unlearnspec.safeio import MAX_TENSOR_BYTES, check_tensor_storage, open_regular, read_bytes, read_json
 from unlearnspec.spec.rules import evaluate, parse_rule
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.sections import top_count
@@ -46,16 +46,16 @@ def load_score_file(path: Path, shape: str = "[N, S]") -> ScoreFile:
     The bytes are untrusted: the torch and safetensors parsers raise many exception types on a
     damaged or foreign file (KeyError, IndexError, UnicodeDecodeError, struct.error, ...), so any
     failure of the parse is a UserError naming the file, never a traceback."""
-    if path.is_dir():
-        raise _fail(path, "is a folder, not a score file. Point `path` at per_token_scores.pt or a .safetensors file.")
-    if not path.is_file():
-        raise _fail(path, "score file not found. Run the producing MAGIC spec first, or fix the path.")
+    fix = "Point `path` at per_token_scores.pt or a .safetensors file."
+    missing = "score file not found. Run the producing MAGIC spec first, or fix the path."
     tensor: object
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        try:
-            tensors = load_file(str(path))
+        try:  # the header's shapes are checked against the real byte count by the parser
+            tensors = load(read_bytes(path, "score file", fix, MAX_TENSOR_BYTES, missing))
+        except UserError:
+            raise
         except Exception as exc:  # noqa: BLE001 - untrusted bytes, see the docstring
             raise _fail(path, f"not a readable safetensors file ({type(exc).__name__}: {str(exc)[:160]}).") from None
         if len(tensors) != 1:
@@ -67,9 +67,13 @@ def load_score_file(path: Path, shape: str = "[N, S]") -> ScoreFile:
             tensor = next(iter(tensors.values()))
     else:
         try:
-            with warnings.catch_warnings():
+            # A regular file of bounded size (no FIFO, no device); the loader checks each storage's record
+            # against the bytes it claims, so storages are bounded by the file size.
+            with open_regular(path, "score file", fix, MAX_TENSOR_BYTES, missing) as (fh, _), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "Detected pickle protocol 4": noise for the user
-                tensor = torch.load(path, map_location="cpu", weights_only=True)
+                tensor = torch.load(fh, map_location="cpu", weights_only=True)
+        except UserError:
+            raise
         except pickle.UnpicklingError as exc:
             text = str(exc)
             culprit = next((line.strip() for line in text.splitlines() if "unsupported global" in line.lower()), None)
@@ -86,6 +90,7 @@ def load_score_file(path: Path, shape: str = "[N, S]") -> ScoreFile:
             tensor = tensor["scores"]
     if not isinstance(tensor, torch.Tensor):
         raise _fail(path, f"expected a tensor {shape}, found {type(tensor).__name__}.")
+    check_tensor_storage(tensor, path)  # an expanded view of a few bytes is refused before any use
     sidecar = None
     side = path.parent / SIDECAR_FILE
     if side.is_file():
@@ -238,7 +243,27 @@ def token_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], label
         w = top_weights(rule, scores, valid)
     else:
         w = evaluate(parse_rule(rule.where or ""), scores).float()
-    return w.float().masked_fill(~valid, 0.0)
+    w = w.float().masked_fill(~valid, 0.0)
+    if not bool((w != 0).any()):
+        raise _nothing_selected(rule, int(valid.sum()))
+    return w
+
+
+def _nothing_selected(rule: TokenRuleSpec, n_valid: int) -> UserError:
+    """A rule that gives every valid token weight 0 trains nothing: the run would report the untouched model
+    as an effect (and divide by zero selected tokens). Refused before training, with the fix for its mode."""
+    if n_valid == 0:
+        return UserError.one("data", "the token grid has no valid target token (every label is padding), so there is "
+                             "nothing to train on. Raise data.max_seq_len or choose rows with text.", loc="data")
+    fix = {
+        "where": f"`where: {rule.where}` is false on every one of them. Widen the condition (check its threshold against "
+                 "the scores' range, e.g. with `unlearnspec doctor`)",
+        "sign": f"every score of {rule.source!r} is 0 there, so sign() is 0. Check the score file (a failed or empty run?)",
+        "top": "both `selected` and `rest` weigh 0. Give the selected tokens a nonzero weight (`ascend`, `descend` or a number)",
+    }.get(rule.mode, "every weight is 0. Check the rule and its scores")
+    return UserError.one(f"token rule (mode: {rule.mode})", f"selects none of the {n_valid:,} valid target tokens: {fix}. "
+                         "Training with all weights 0 would change nothing, and the run would report the untouched model "
+                         "as a result.", loc="tokens.where" if rule.mode == "where" else "tokens")
 
 
 def top_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], valid: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ the retraining and the statistics. `lds_job.py` runs them as jobs of the plan.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -59,26 +58,37 @@ def save_trajectory_plan(folder: Path, trajectory: Trajectory) -> Path:
     return path
 
 
-def load_trajectory_plan(folder: Path) -> Trajectory:
-    """The recorded steps of a score run (an empty state store: the caller puts theta_0 at step 0)."""
+def load_trajectory_plan(folder: Path, n_rows: Optional[int] = None) -> Trajectory:
+    """The recorded steps of a score run (an empty state store: the caller puts theta_0 at step 0). Every
+    number is validated as a spec's is (finite, in range, an int where an int is meant), and with `n_rows`
+    every row id must index the grid: a tampered file is a UserError naming the field, never a traceback
+    or a silently different retraining."""
+    from pydantic import ValidationError
+
     from unlearnspec.errors import UserError
+    from unlearnspec.magic.trajectory_file import TrajectoryFile
     from unlearnspec.safeio import read_json
 
     path = folder / TRAJECTORY_FILE
     fix = "Rerun the score spec (score runs record it since unlearnspec 0.9) to validate it by LDS."
     data = read_json(path, "recorded step plan", f"no {TRAJECTORY_FILE} in the score run. {fix}", fix)
     try:
-        if data.get("format") != TRAJECTORY_FORMAT:
-            raise ValueError(f"format {data.get('format')!r}")
-        opt = dict(data["optimizer"])
-        opt["betas"] = tuple(float(b) for b in opt["betas"])
-        steps = tuple(Step(float(s["lr"]), tuple(torch.tensor(mb, dtype=torch.long, device="cpu") for mb in s["micro_batches"]))
-                      for s in data["steps"])
-        decay = data["weight_decay"]
-        return Trajectory(steps, RamStore(), data["schedule"], decay if isinstance(decay, dict) else float(decay),
-                          tuple(str(n) for n in data["param_names"]), OptimizerConfig(**opt))
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError.one(str(path), f"not a step plan this version can read ({type(exc).__name__}: {str(exc)[:120]}). {fix}") from None
+        plan = TrajectoryFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise UserError.one(str(path), f"not a step plan this version can read ({loc}: {first['msg']}). {fix}", loc=loc) from None
+    for i, s in enumerate(plan.steps):
+        for j, mb in enumerate(s.micro_batches):
+            bad = next((r for r in mb if n_rows is not None and r >= n_rows), None)
+            if bad is not None:
+                raise UserError.one(str(path), f"row {bad} is beyond the {n_rows} rows of this spec's grid; the plan is "
+                                    f"not this run's. {fix}", loc=f"steps.{i}.micro_batches.{j}")
+    opt = plan.optimizer
+    steps = tuple(Step(s.lr, tuple(torch.tensor(mb, dtype=torch.long, device="cpu") for mb in s.micro_batches)) for s in plan.steps)
+    return Trajectory(steps, RamStore(), plan.schedule, plan.weight_decay, tuple(plan.param_names),
+                      OptimizerConfig(name=opt.name, betas=(opt.betas[0], opt.betas[1]), eps=opt.eps, initial_step=opt.initial_step,
+                                      max_grad_norm=opt.max_grad_norm))
 
 
 # --------------------------------------------------------------------------- subsets and predictions
@@ -207,9 +217,11 @@ def summarize(actual: Sequence[float], predicted: Sequence[float], lds: LdsSpec,
 
 def lds_table(path: Path) -> Optional[dict[str, Any]]:
     """The `lds` entry of a scores.json, or None (no file, unreadable, or not validated)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    from unlearnspec.safeio import read_json_lenient
+
+    data = read_json_lenient(path)
     entry = data.get("lds") if isinstance(data, dict) else None
-    return entry if isinstance(entry, dict) and isinstance(entry.get("spearman"), (int, float)) else None
+    rho = entry.get("spearman") if isinstance(entry, dict) else None
+    # a correlation: a finite number in [-1, 1] (not a bool, not NaN from a tampered or older file)
+    ok = isinstance(rho, (int, float)) and not isinstance(rho, bool) and -1.0 <= rho <= 1.0
+    return entry if ok else None

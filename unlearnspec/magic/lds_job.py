@@ -47,7 +47,7 @@ def _shared(job: Job, ctx: RunContext) -> dict[str, Any]:
     spec, folder = job.spec, score_dir(job)
     assert spec.magic is not None
     prep = prepare(job, ctx)
-    trajectory = load_trajectory_plan(folder)
+    trajectory = load_trajectory_plan(folder, n_rows=int(prep.grid.labels.shape[0]))
     scores = load_score_file(folder / SCORES_FILE).scores
     if tuple(scores.shape) != tuple(prep.grid.labels.shape):
         raise UserError.one(str(folder / SCORES_FILE), f"scores are {tuple(scores.shape)} but this spec's token grid is "
@@ -97,24 +97,24 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
 
 
 def _read(job: Job) -> Optional[dict[str, Any]]:
-    import json
+    from unlearnspec.safeio import read_json_lenient
 
     if job_state(job) != "done":
         return None
-    try:
-        data = json.loads((job.out / LDS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = read_json_lenient(job.out / LDS_FILE)
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if not isinstance(data, dict) or not finite(data.get("query")):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("query"), (int, float)) else None
+    if data.get("subset") is not None and not (finite(data.get("predicted")) and finite(data.get("dropped"))):
+        return None
+    return data
 
 
 def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, Any]]:
     """Correlate the finished retrainings (all of them, else None) into `lds/summary.json` and the `lds` entry
     of `scores.json` (rewritten atomically; the score folder is the tool's own). `new` says it changed."""
-    import json
-
     from unlearnspec.magic.lds import summarize
-    from unlearnspec.safeio import write_json_atomic
+    from unlearnspec.safeio import read_json, write_json_atomic
 
     entries = [_read(j) for j in jobs]
     reference = next((e for j, e in zip(jobs, entries) if j.subset is None), None)
@@ -126,10 +126,13 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, A
     predicted = [float(e["predicted"]) for e in subsets]
     summary = summarize(actual, predicted, lds, int(subsets[0]["dropped"]))
     summary["reference_query"] = reference["query"]
-    summary["retrain_seconds"] = round(sum(e.get("seconds", 0.0) for e in [reference, *subsets]), 3)
+    seconds = [e.get("seconds") for e in [reference, *subsets]]
+    summary["retrain_seconds"] = round(sum(float(x) for x in seconds if isinstance(x, (int, float)) and math.isfinite(x)), 3)
     summary["method"] = ("retrain the recorded run (replayed steps, same order and schedule) with each subset's weights "
                          "set to 0; actual = Q(subset) - Q(reference), predicted = -sum(score x weight) over the subset")
-    sidecar = json.loads((folder / SIDECAR_FILE).read_text(encoding="utf-8"))
+    sidecar = read_json(folder / SIDECAR_FILE, "score sidecar", "missing.", "Rerun the score spec.")
+    if not isinstance(sidecar, dict):
+        raise UserError.one(str(folder / SIDECAR_FILE), "the score sidecar is not a JSON object. Rerun the score spec.")
     def finite(v: Any) -> Any:
         if isinstance(v, list):
             return [finite(x) for x in v]

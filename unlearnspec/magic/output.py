@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 
 from unlearnspec import __version__
 from unlearnspec.magic.trajectory import Trajectory
-from unlearnspec.safeio import follow_umask
+from unlearnspec.safeio import write_json, write_with
 
 SCORES_FORMAT_VERSION = 1
 PER_TOKEN_FILE = "per_token_scores.pt"
@@ -29,16 +28,9 @@ PER_TASK_FILE = "per_token_scores.{leaf}.pt"
 SIDECAR_FILE = "scores.json"
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        follow_umask(Path(tmp))  # mkstemp made it 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _save_tensor(path: Path, tensor: torch.Tensor) -> None:
+    """A plain tensor file through the one write path (atomic, never through a link, errors named)."""
+    write_with(path, lambda fh: torch.save(tensor, fh))
 
 
 def lr_schedule_summary(lrs: Sequence[float]) -> dict[str, Any]:
@@ -138,9 +130,9 @@ def write_scores(
                            fingerprint_inputs=fingerprint_inputs)
     meta.update(extra or {})
     paths = {"per_token": out / PER_TOKEN_FILE, "per_example": out / PER_EXAMPLE_FILE, "sidecar": out / SIDECAR_FILE}
-    _atomic_write(paths["per_token"], lambda p: torch.save(per_token, p))
-    _atomic_write(paths["per_example"], lambda p: torch.save(per_example, p))
-    _atomic_write(paths["sidecar"], lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    _save_tensor(paths["per_token"], per_token)
+    _save_tensor(paths["per_example"], per_example)
+    write_json(paths["sidecar"], meta)
     return paths
 
 
@@ -156,7 +148,7 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
             raise ValueError(f"scores of leaf {leaf!r} must be [N, S] (got {tuple(entry.scores.shape)})")
         name = PER_TASK_FILE.format(leaf=leaf)
         tensor = entry.scores.detach().to(torch.float32).cpu().contiguous()
-        _atomic_write(out / name, lambda p, t=tensor: torch.save(t, p))
+        write_with(out / name, lambda fh, t=tensor: torch.save(t, fh), root=out)  # a leaf name may not leave `out`
         block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
     return block
 
@@ -174,6 +166,6 @@ def write_question_scores(out_dir: str | os.PathLike[str], per_question: Any) ->
         raise ValueError(f"per-question scores must be [Q, N, S] (got {tuple(tensor.shape)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / PER_QUESTION_FILE, lambda p: torch.save(tensor, p))
+    _save_tensor(out / PER_QUESTION_FILE, tensor)
     return {"file": PER_QUESTION_FILE, "questions": int(tensor.shape[0]), "doc_keys": list(per_question.doc_keys),
             "weights": per_question.weights, "chunk": per_question.chunk, "reverse_seconds": per_question.seconds}

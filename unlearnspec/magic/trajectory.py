@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,15 +119,10 @@ class DiskStore:
         if not self.write:
             self._steps.add(step)
             return
+        from unlearnspec.safewrite import write_with
+
         tensors = {n: p.detach().contiguous().cpu() for n, p in params.items()}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, self._path(step))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_with(self._path(step), lambda tmp: save_file(tensors, tmp), by_path=True, durable=False)  # scratch
         self._steps.add(step)
 
     def get(self, step: int) -> Params:

@@ -11,23 +11,24 @@ from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_reference
 from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.inputs import Selection, load_run_input, load_table, report_for
-from unlearnspec.report.model import ReportTable, dumps
+from unlearnspec.report.model import ReportTable
 from unlearnspec.report.plot import plot_tables
 from unlearnspec.report.reference import REFERENCE_DIR, ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
 from unlearnspec.report.render import markdown, print_table
+from unlearnspec.safeio import check_name, write_json, write_text
 from unlearnspec.spec.load import SPEC_SUFFIXES
 from unlearnspec.spec.load import load_spec
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
+def _write(path: Path, text: str, out: Path) -> None:
+    """Every report file goes through the one write path: atomic, inside `out`, never through a link."""
+    write_text(path, text, root=out)
 
 
 def write_report(table: ReportTable, out: Path, plot: bool, control: Optional[ReportTable] = None) -> tuple[list[Path], Optional[str]]:
     """reports/<spec>.md, .json and (with matplotlib) .png with the control's sweep beside the
     run's; returns the files and a plot note."""
+    check_name(table.spec, "spec name", f"report of {out}")  # it names the files below
     written = []
     note = None
     plot_line = None
@@ -42,13 +43,15 @@ def write_report(table: ReportTable, out: Path, plot: bool, control: Optional[Re
         else:
             plot_line = f"_{note}_"
     md, js = out / f"{table.spec}.md", out / f"{table.spec}.json"
-    _write(md, markdown(table, plot_line))
-    _write(js, dumps(table))
+    _write(md, markdown(table, plot_line), out)
+    write_json(js, table.model_dump(mode="json"), root=out, ensure_ascii=False)  # as `dumps`, and never NaN
     return [md, js, *written], note
 
 
 def write_study(tables: list[ReportTable], out: Path, plot: bool, name: str = "study") -> list[Path]:
     """An index of several reports with one plot of all their sweeps."""
+    for t in tables:
+        check_name(t.spec, "spec name", f"study index {name}")
     lines = [f"# {name}", ""]
     written = []
     if plot:
@@ -61,7 +64,7 @@ def write_study(tables: list[ReportTable], out: Path, plot: bool, name: str = "s
             lines += [f"_{note}_", ""]
     lines += [f"- [{t.spec}]({t.spec}.md)" + (f": {t.title}" if t.title != t.spec else "") for t in sorted(tables, key=lambda t: t.spec)]
     md = out / f"{name}.md"
-    _write(md, "\n".join(lines) + "\n")
+    _write(md, "\n".join(lines) + "\n", out)
     return [md, *written]
 
 
@@ -138,7 +141,7 @@ def run_reference_only(args: list[str], out: Optional[Path], plot: bool, console
         if note is None:
             written.append(png)
     md = out / "recorded.md"
-    _write(md, "# Recorded tables of the seed\n\n" + body)
+    _write(md, "# Recorded tables of the seed\n\n" + body, out)
     written.insert(0, md)
     console.print("wrote " + ", ".join(str(p) for p in written), markup=False)
     return written

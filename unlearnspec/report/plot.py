@@ -169,7 +169,10 @@ def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optio
         ax.add_patch(Rectangle((zoom[0], zoom[2]), zoom[1] - zoom[0], zoom[3] - zoom[2], fill=False, edgecolor="black", linewidth=0.8, linestyle=":"))
     axz.set_title("zoom near the baseline (grey box: baseline 95% CI)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    from unlearnspec.safewrite import write_with
+
+    try:
+        write_with(path, lambda fh: fig.savefig(fh, format="png", metadata={"Software": None}))
+    finally:
+        plt.close(fig)
     return None

@@ -3,7 +3,6 @@ baseline (from the shared cache) and the LDS summary of a score spec. Every exec
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Optional
 
 from unlearnspec.run.context import RunContext
@@ -29,10 +28,12 @@ def _baseline(run: SpecRun, plan: Plan) -> Optional[BaselineRecord]:
         return rec.model_copy(update={"status": "failed", "reason": "the baseline job has not finished"})
     from unlearnspec.errors import UserError
     from unlearnspec.evaluation import EvalResult
+    from unlearnspec.safeio import read_json
 
+    fix = f"Delete the folder {cache} (the tool's own cache entry) and rerun to re-evaluate."
     try:
-        result = EvalResult.from_json(json.loads((cache / "eval.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        result = EvalResult.from_json(read_json(cache / "eval.json", "cached baseline evaluation", "missing.", fix))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError.one(str(cache / "eval.json"), f"the cached baseline evaluation is unreadable ({type(exc).__name__}); "
                             f"delete the folder {cache} (the tool's own cache entry) and rerun to re-evaluate.") from None
     write_json(run.out / "baseline" / "eval.json", result.to_json())

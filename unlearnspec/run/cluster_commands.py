@@ -19,6 +19,10 @@ def require_slurm() -> None:
         raise UserError.one("--executor", "sbatch is not on PATH: this machine cannot submit SLURM jobs. Run on a "
                             "login node of the cluster, or run here without --executor slurm (--jobs N runs N jobs "
                             "at once).")
+    if shutil.which("srun") is None:  # submitit writes `srun ...` into every job script and refuses without it
+        raise UserError.one("--executor", "sbatch is on PATH but srun is not: jobs start their work with srun, so this "
+                            "is not a complete SLURM client. Run on a login node of the cluster (or load its SLURM "
+                            "module so both are on PATH), or run here without --executor slurm.")
 
 
 def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Request:
@@ -86,8 +90,14 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
         table.add_column(col, overflow="fold")
     colour = {"done": "green", "failed": "red", "not run": "red", "lost": "red", "cancelled": "yellow",
               "running": "cyan", "queued": "blue"}
+    from rich.markup import escape
+
+    def text(value: str) -> str:  # job names, reasons and log paths come from files: text, never markup or escapes
+        return escape("".join(c if c.isprintable() else "?" for c in value))
+
     for r in rows:
-        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else r["state"]
-        table.add_row(r["job"], state, r["detail"], r["slurm_id"] or "-", r["log"] if r["state"] != "done" else "")
+        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else text(r["state"])
+        table.add_row(text(r["job"]), state, text(r["detail"]), text(r["slurm_id"] or "-"),
+                      text(r["log"]) if r["state"] != "done" else "")
     console.print(table)
     return 0

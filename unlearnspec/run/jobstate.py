@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from unlearnspec.run.plan import SCORES_FILE, Job
 from unlearnspec.run.results import RunRecord
 from unlearnspec.run.rundirs import marker
+from unlearnspec.safeio import read_json_lenient
 
 POINT_FILE = "point.json"
 LDS_FILE = "lds.json"  # what one LDS retraining measured (unlearnspec.magic.lds)
@@ -21,9 +22,10 @@ def read_record(folder: Path) -> Optional[RunRecord]:
     """The point.json of a job folder the tool wrote, or None."""
     if marker(folder) is None:
         return None
+    raw = read_json_lenient(folder / POINT_FILE)
     try:
-        return RunRecord.model_validate_json((folder / POINT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, ValidationError):
+        return RunRecord.model_validate(raw) if isinstance(raw, dict) else None
+    except (ValueError, ValidationError):
         return None
 
 

@@ -7,7 +7,6 @@ spec's LDS retraining jobs (resumable; finished ones are skipped) and writes the
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -26,10 +25,12 @@ def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
     if not (target / "scores.json").is_file() or not results.is_file():
         raise UserError.one(str(target), "is not a finished score run (no scores.json and results.json). Give the folder a "
                             "MAGIC spec wrote, or the spec file itself.")
+    from unlearnspec.safeio import read_json
+
     try:
-        info = json.loads(results.read_text(encoding="utf-8"))["spec"]
+        info = read_json(results, "results.json", "missing.", f"Give the spec file instead: `unlearnspec lds SPEC --out {target}`.")["spec"]
         spec_path, profile_name = Path(str(info["path"])), info.get("profile")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise UserError.one(str(results), f"unreadable ({type(exc).__name__}); give the spec file instead: "
                             f"`unlearnspec lds SPEC --out {target}`.") from None
     if not spec_path.is_file():

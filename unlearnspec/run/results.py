@@ -6,13 +6,29 @@ doc id) so reports can run paired tests without bloating results.json.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, Optional, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import read_json, write_json_atomic
+from unlearnspec.safeio import SPEC_NAME_PATTERN, read_json, terminal_control, write_json_atomic
+
+Count = Annotated[int, Field(ge=0, le=2**53)]
+"""A count read back (questions, tokens): an int a float holds exactly; `n: 1e400` is a broken file."""
+
+
+def _inside_folder(value: Optional[str]) -> Optional[str]:
+    """A path recorded relative to the results.json folder: it may not leave it (no absolute path, no `..`)."""
+    if value is None:
+        return value
+    parts = PurePosixPath(value).parts
+    if not value or value.startswith(("/", "\\")) or ".." in parts or any(ord(c) < 32 for c in value):
+        raise ValueError(f"must be a path inside the run folder (relative, no `..`), not {value[:80]!r}")
+    return value
+
+
+InsidePath = Annotated[str, AfterValidator(_inside_folder)]
 
 RESULTS_FORMAT = 1
 RESULTS_FILE = "results.json"
@@ -37,22 +53,22 @@ class TaskMetrics(_Record):
     """Length-normalised accuracy, when the task reports it."""
     acc_norm_stderr: Optional[float] = Field(default=None, allow_inf_nan=True)
     """Standard error of acc_norm."""
-    n: int = Field(ge=0)
+    n: Count
     """Number of questions."""
 
 
 class TokenStats(_Record):
     """Selected-token statistics of one run's weight grid (valid = non-pad target tokens)."""
 
-    valid_tokens: int
+    valid_tokens: Count
     """Valid target tokens in the grid."""
-    selected_tokens: int
+    selected_tokens: Count
     """Valid tokens with nonzero weight."""
     selected_fraction: float = Field(ge=0.0, le=1.0)
     """selected_tokens / valid_tokens."""
-    ascending_tokens: int
+    ascending_tokens: Count
     """Tokens with negative weight (gradient ascent)."""
-    descending_tokens: int
+    descending_tokens: Count
     """Tokens with positive weight (gradient descent)."""
     mean_abs_weight: float
     """Mean |weight| over valid tokens."""
@@ -81,7 +97,7 @@ class EvalRecord(_Record):
 
     metrics: dict[str, TaskMetrics] = {}
     """Task name -> metrics."""
-    samples_file: Optional[str] = None
+    samples_file: Optional[InsidePath] = None
     """Per-question correctness, relative to the results.json folder."""
 
 
@@ -91,14 +107,14 @@ class RunRecord(EvalRecord):
     point: str
     """Point id, e.g. `lr=1e-05` (also the run dir name, made filesystem-safe)."""
     hparams: dict[str, float] = {}
-    """The swept hyperparameters of this point (at least `lr`)."""
+    """The swept hyperparameters of this point (at least `lr`: finite and > 0, as in a spec)."""
     status: Literal["ok", "failed"]
     """ok, or failed with `reason`."""
     reason: Optional[str] = None
     """Why the point failed (e.g. non-finite loss at step 12)."""
     token_stats: Optional[TokenStats] = None
     """Selected-token statistics."""
-    run_dir: str
+    run_dir: InsidePath
     """The point's folder, relative to the results.json folder."""
     train_seconds: Optional[float] = None
     """Wall seconds of training."""
@@ -106,12 +122,20 @@ class RunRecord(EvalRecord):
     """Wall seconds of evaluation."""
     spec_hash: Optional[str] = None
     """Hash of the spec the point ran (sweep and output excluded); resume refuses a different one."""
-    model_dir: Optional[str] = None
+    model_dir: Optional[InsidePath] = None
     """The saved model or adapter (`output.save_model`), relative to the point's folder."""
     curves: Optional[str] = None
     """Where the training curves went (`training.report_to`): e.g. `tensorboard: curves/tensorboard`."""
     batch: Optional[BatchRecord] = None
     """The global batch and its split over the ranks of the launch that trained the point."""
+
+
+    @field_validator("hparams")
+    @classmethod
+    def _lr_as_in_a_spec(cls, value: dict[str, float]) -> dict[str, float]:
+        if "lr" in value and not value["lr"] > 0:
+            raise ValueError(f"lr must be > 0, as in a spec (got {value['lr']})")
+        return value
 
 
 class BaselineRecord(EvalRecord):
@@ -130,8 +154,8 @@ class BaselineRecord(EvalRecord):
 class SpecInfo(_Record):
     """Which spec produced the results."""
 
-    name: str
-    """Spec name."""
+    name: str = Field(pattern=SPEC_NAME_PATTERN, max_length=200)
+    """Spec name (it names the report files, so it is held to the spec-name pattern when read back)."""
     hash: str
     """sha256 of the resolved spec (after overrides and profile)."""
     path: str
@@ -182,6 +206,10 @@ M = TypeVar("M", bound=BaseModel)
 def read_json_model(path: Path, cls: type[M], what: str, missing: str, fix: str) -> M:
     """Read a JSON file into a Pydantic model; every failure is a UserError naming the file and the fix."""
     raw = read_json(path, what, missing, fix)
+    control = terminal_control(raw)
+    if control is not None:
+        raise UserError.one(str(path), f"not a valid {what} ({control[0]}: holds the control character {control[1]!r}, "
+                            f"which printed would rewrite the terminal). {fix}")
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:

@@ -8,7 +8,6 @@ half-written folder under the final name.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import write_json_atomic
+from unlearnspec.safeio import read_json_lenient, write_json_atomic
+from unlearnspec.safewrite import WriteRefused, disk_error
 
 MARKER = ".unlearnspec.json"
 TMP_PREFIX = ".tmp-"
@@ -27,10 +27,7 @@ TMP_PREFIX = ".tmp-"
 
 def marker(folder: Path) -> Optional[dict[str, Any]]:
     """The folder's ownership marker, or None when the tool did not create it."""
-    try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data = read_json_lenient(folder / MARKER, max_bytes=1 << 20)  # a FIFO or device named so is no marker
     return data if isinstance(data, dict) and data.get("by") == "unlearnspec" else None
 
 
@@ -147,7 +144,14 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
     tmp.mkdir()
     _mark(tmp, host=platform.node(), pid=os.getpid(), **info)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # a full disk while the job wrote (a model save, a library's file): name the job
+            why = disk_error(exc)
+            if why is None:
+                raise
+            raise WriteRefused.one(str(final), f"could not be written: {why}. Its previous folder, if any, is unchanged "
+                                   "(the job wrote into a temporary folder, now removed); rerun to resume.") from None
         check_replaceable(final)
         if final.exists():
             old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"

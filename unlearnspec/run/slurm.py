@@ -31,8 +31,10 @@ from unlearnspec.run.slurmstate import (
     live_jobs,
     my_env,
     read_json,
+    slurm_id_of,
     write_state,
 )
+from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.spec.cluster import JobKindName, SlurmSection
 
 ASSEMBLE = "_assemble"
@@ -55,12 +57,24 @@ class Request:
 
     @classmethod
     def read(cls, path: Path) -> "Request":
+        """The request a submission wrote, its fields type-checked (a damaged or edited file is a UserError)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from unlearnspec.errors import UserError
+
+        fix = "Rerun `unlearnspec run ... --executor slurm` to rewrite it."
         data = read_json(path)
         if data is None:
-            from unlearnspec.errors import UserError
-
-            raise UserError.one(str(path), "unreadable submission request; rerun `unlearnspec run ... --executor slurm`.")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            raise UserError.one(str(path), f"unreadable submission request. {fix}")
+        try:
+            request = TypeAdapter(cls).validate_python({k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            if not request.paths or request.plan_device not in ("cpu", "cuda"):
+                raise UserError.one(str(path), f"not a submission request (no spec paths, or an unknown plan device). {fix}")
+            return request
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "top level"
+            raise UserError.one(str(path), f"not a submission request ({loc}: {first['msg']}). {fix}", loc=loc) from None
 
     def options(self, device: Optional[str] = None) -> Any:
         from unlearnspec.run.options import RunOptions
@@ -193,7 +207,7 @@ class AssembleTask:
 def statuses(plan: Plan) -> dict[str, JobStatus]:
     """Every job's status, producers first, so a dependant of a failed producer shows why it did not run."""
     subs = {j.id: read_json(job_dir(j) / SUBMISSION) or {} for j in plan.jobs}
-    live = live_jobs([str(s.get("slurm_id", "")) for s in subs.values()])
+    live = live_jobs([slurm_id_of(s) for s in subs.values()])
     out: dict[str, JobStatus] = {}
     for job in plan.jobs:
         blocked = next((_blocking(out[a]) for a in job.after if a in out and out[a].state in ("failed", "not run")), None)
@@ -231,26 +245,6 @@ def assemble_all(request: Request, say: Any = print) -> dict[Path, Any]:
 
 
 # --------------------------------------------------------------------------- submitting
-def _executor(folder: Path, settings: SlurmSection, kind: JobKindName, name: str, after: list[str], how: str) -> Any:
-    import submitit
-
-    res = settings.resources(kind)
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
-    extra = {**settings.sbatch_extra(), "kill_on_invalid_dep": "yes"}
-    params: dict[str, Any] = dict(job_name=name, time=res.time_min, nodes=1, ntasks_per_node=1, cpus_per_task=res.cpus,
-                                  mem=f"{int(res.mem_gb * 1024)}MB", setup=list(settings.setup),
-                                  additional_parameters=extra)
-    if res.gpus:
-        params["gpus_per_node"] = res.gpus
-    for key in ("partition", "account", "qos"):
-        if getattr(settings, key):
-            params[key] = getattr(settings, key)
-    if after:
-        params["dependency"] = f"{how}:" + ":".join(after)
-    ex.update_parameters(**params)
-    return ex
-
-
 def _job_name(job: Job) -> str:
     import re
 
@@ -332,10 +326,10 @@ class SlurmExecutor:
         if not slurm_of:
             assemble_all(self.request, say=self.ctx.say)
             return None
-        previous = read_json(folder / SUBMISSION) or {}
-        if not submitted_any and previous.get("slurm_id") and live_jobs([str(previous["slurm_id"])]):
-            return str(previous["slurm_id"])
-        ex = _executor(folder, self.settings, "assemble", "us-assemble", sorted(set(slurm_of.values()), key=int), "afterany")
+        previous = slurm_id_of(read_json(folder / SUBMISSION) or {})
+        if not submitted_any and previous and live_jobs([previous]):
+            return previous
+        ex = _executor(folder, self.settings, "assemble", "us-assemble", sorted(set(slurm_of.values()), key=lambda i: (len(i), i)), "afterany")
         sjob = ex.submit(AssembleTask(self.request))
         write_state(folder / SUBMISSION, {"job": "assemble", "slurm_id": sjob.job_id, "name": "us-assemble",
                                           "log_out": str(sjob.paths.stdout), "at": time.time()})

@@ -9,8 +9,8 @@ ones `sacct` (with a slurmdbd), else `scontrol show job` (recently ended), else 
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +45,24 @@ def job_dir(job: Job) -> Path:
 
 
 def read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """A state file, or None when it is missing, not a regular file, too large or not a JSON object."""
+    from unlearnspec.safeio import read_json_lenient
+
+    data = read_json_lenient(path, max_bytes=16 << 20)
     return data if isinstance(data, dict) else None
 
 
-def write_state(path: Path, payload: dict[str, Any]) -> None:
-    from unlearnspec.run.results import write_json_atomic
+def slurm_id_of(record: dict[str, Any]) -> str:
+    """The SLURM job id a state file records ('' when none, or not an id: `123` or an array's `123_4`); it is
+    passed to squeue/sacct and onto `--dependency` lines, so nothing else gets through."""
+    value = str(record.get("slurm_id", ""))
+    return value if re.fullmatch(r"[0-9]{1,20}(_[0-9]{1,10})?", value) else ""
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, payload)
+
+def write_state(path: Path, payload: dict[str, Any]) -> None:
+    from unlearnspec.safeio import write_json
+
+    write_json(path, payload, root=path.parent.parent)  # the job's state folder may not be a link
 
 
 # --------------------------------------------------------------------------- asking SLURM
@@ -124,7 +130,7 @@ def job_status(job: Job, live: dict[str, Live], blocked: Optional[str] = None) -
 
     state = job_state(job)
     sub = read_json(job_dir(job) / SUBMISSION) or {}
-    slurm_id, log = str(sub.get("slurm_id", "")), str(sub.get("log_out", ""))
+    slurm_id, log = slurm_id_of(sub), str(sub.get("log_out", ""))
     row = JobStatus(job.id, job.kind, "", slurm_id=slurm_id, log=log)
     if state == "done":
         row.state = "done"

@@ -199,7 +199,9 @@ def write_spec(job: Job, folder: Path) -> None:
     """The resolved spec of this job: `unlearnspec run <folder>/spec.yaml` reproduces it."""
     from unlearnspec.spec.load import dump_spec
 
-    (folder / "spec.yaml").write_text(dump_spec(job.spec), encoding="utf-8")
+    from unlearnspec.safeio import write_text
+
+    write_text(folder / "spec.yaml", dump_spec(job.spec))
 
 
 class Timer:

@@ -7,10 +7,12 @@ memory and time limit here; nothing is left to a hidden default. Imports no torc
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from unlearnspec.errors import UserError
 from unlearnspec.spec.base import SpecRuleError, _Section
@@ -18,20 +20,57 @@ from unlearnspec.spec.base import SpecRuleError, _Section
 JobKindName = Literal["score", "point", "baseline", "lds", "assemble"]
 
 
-class JobResources(_Section):
+def control_character(value: Any, loc: tuple[Any, ...] = ()) -> Optional[tuple[tuple[Any, ...], str]]:
+    """The first text (a key or a value, at any depth) holding a control character or a line/paragraph
+    separator, as (field path, the character); None when there is none. Such text in a site or profile
+    field would end an `#SBATCH` line or a script line, and what follows would run as a shell command."""
+    if isinstance(value, str):
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+        return (loc, bad) if bad is not None else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = control_character(k, loc + (k,)) if isinstance(k, str) else None
+            found = found or control_character(v, loc + (k,))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = control_character(v, loc + (i,))
+            if found:
+                return found
+    return None
+
+
+class _OneLineText(_Section):
+    """A section of a site or profile file: every text in it is one line without control characters."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_line(cls, data: Any) -> Any:
+        found = control_character(data)
+        if found is not None:
+            loc, char = found
+            raise SpecRuleError(loc, f"holds the control character {char!r}. Site and profile text becomes part of "
+                                "`#SBATCH` and shell lines of every job script, where a line break would run the "
+                                "rest as a command; write it on one line without control characters.")
+        return data
+
+
+class JobResources(_OneLineText):
     """What one SLURM job of a kind asks for (one node)."""
 
-    gpus: int = Field(default=0, ge=0)
+    gpus: int = Field(default=0, ge=0, le=1024)
     """GPUs per job (`--gpus-per-node`); 0 runs on CPUs only."""
-    processes: PositiveInt = 1
+    processes: int = Field(default=1, ge=1, le=1024)
     """Processes per job; more than 1 starts them with torchrun (one per GPU on a GPU job)."""
-    cpus: PositiveInt
+    cpus: int = Field(ge=1, le=1_000_000)
     """CPUs per job (`--cpus-per-task`)."""
-    mem_gb: PositiveFloat
-    """Memory per job in GB (`--mem`)."""
-    time_min: PositiveInt
-    """Time limit in minutes (`--time`); a job killed by it is requeued up to `slurm.max_requeues` times."""
-    gpu_mem_gb: Optional[PositiveFloat] = None
+    mem_gb: float = Field(gt=0, le=1_000_000)
+    """Memory per job in GB (`--mem`), at most 1,000,000 (a petabyte)."""
+    time_min: int = Field(ge=1, le=10_000_000)
+    """Time limit in minutes (`--time`), at most 10,000,000 (19 years); a job killed by it is requeued up to
+    `slurm.max_requeues` times."""
+    gpu_mem_gb: Optional[float] = Field(default=None, gt=0, le=1_000_000)
     """Memory of one of its GPUs in GB as SLURM counts them (2^30 bytes; nvidia-smi's MiB / 1024), e.g. 80 for an
     A100/H100 80GB. Not asked of SLURM: `doctor` and `show --cluster` check each job's estimated peak per GPU
     against it before submission (90% of it, the rest is the CUDA context's). Unset: not checked."""
@@ -44,7 +83,7 @@ class JobResources(_Section):
         return self
 
 
-class JobKinds(_Section):
+class JobKinds(_OneLineText):
     """Resources per job kind."""
 
     score: JobResources
@@ -60,7 +99,7 @@ class JobKinds(_Section):
     """The final job that writes results.json and the reports once the others ended."""
 
 
-class SlurmSection(_Section):
+class SlurmSection(_OneLineText):
     """Where and how jobs are submitted."""
 
     partition: Optional[str] = None
@@ -74,7 +113,7 @@ class SlurmSection(_Section):
     setup: list[str] = []
     """Shell lines run in each job before Python starts, e.g. `module load cuda/12.4`,
     `source ~/venvs/unlearnspec/bin/activate`. The submitting shell's environment is passed on."""
-    max_requeues: int = Field(default=3, ge=0)
+    max_requeues: int = Field(default=3, ge=0, le=1000)
     """How often a job stopped by its time limit is requeued (it restarts its point from scratch) before it is
     reported failed. Preempted jobs are always requeued."""
     jobs: JobKinds
@@ -83,8 +122,9 @@ class SlurmSection(_Section):
     @model_validator(mode="after")
     def _rules(self) -> "SlurmSection":
         for i, line in enumerate(self.extra_sbatch):
-            if not line.startswith("--") or len(line) < 3 or " " in line.split("=", 1)[0]:
-                raise SpecRuleError(("extra_sbatch", i), f"write sbatch options as `--name=value` or `--flag` (got {line!r}).")
+            if not re.fullmatch(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?", line):
+                raise SpecRuleError(("extra_sbatch", i), f"write sbatch options as `--name=value` or `--flag`, the name in "
+                                    f"letters, digits and `-` (got {line!r}).")
         return self
 
     def resources(self, kind: JobKindName) -> JobResources:
@@ -101,7 +141,7 @@ class SlurmSection(_Section):
         return out
 
 
-class ClusterProfile(_Section):
+class ClusterProfile(_OneLineText):
     """A site file: the cluster's SLURM settings (`unlearnspec run ... --executor slurm --cluster FILE`)."""
 
     name: str

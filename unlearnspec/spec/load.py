@@ -252,6 +252,9 @@ def find_spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Probl
                 found.extend(under)
         elif p.is_file():
             found.append(p)
+        elif p.exists():
+            problems.append(Problem(str(p), "", "is not a regular file or folder (a device, FIFO or socket); give spec "
+                                    "files or folders."))
         else:
             problems.append(Problem(str(p), "", "no such file or folder."))
     return found, problems

@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.base import STRICT_CONFIG
 from unlearnspec.spec.training import LdsSpec
-from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, is_cluster_data, load_cluster
+from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, _OneLineText, is_cluster_data, load_cluster
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
@@ -25,8 +24,12 @@ PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 """Shipped profiles (package data; specs/profiles/ links to them so they stay visible in the project)."""
 
 
-class _Section(BaseModel):
-    model_config = STRICT_CONFIG
+Scale = Annotated[float, Field(gt=0, le=1e6)]
+"""A factor a profile multiplies a count, length, step count or learning rate by (a toy world shrinks them)."""
+
+
+class _Section(_OneLineText):
+    """A profile section: strict, and every text one line without control characters."""
 
 
 class ProfileModel(_Section):
@@ -45,20 +48,20 @@ class ProfileData(_Section):
 
     corpora: dict[str, str]
     """Hub dataset (`path` or `path/config`) -> toy corpus name."""
-    count_scale: PositiveFloat
+    count_scale: Scale
     """N is multiplied by this (rounded, at least 1)."""
     min_chars: int = Field(ge=0)
     """Replaces select.min_chars (toy passages are short)."""
-    max_seq_len_scale: PositiveFloat
+    max_seq_len_scale: Scale
     """max_seq_len (and declared score columns) are multiplied by this (rounded, at least 8)."""
 
 
 class ProfileTraining(_Section):
     """Scales the optimisation to the toy's size."""
 
-    steps_scale: PositiveFloat
+    steps_scale: Scale
     """max_steps and warmup_steps are multiplied by this (rounded, at least 1)."""
-    lr_scale: dict[Literal["sgd", "adam", "adamw"], PositiveFloat]
+    lr_scale: dict[Literal["sgd", "adam", "adamw"], Scale]
     """Per optimizer: every learning rate of the grid is multiplied by this."""
 
 
@@ -169,13 +172,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _scaled(value: int, factor: float, floor: int) -> int:
-    return max(floor, int(round(value * factor)))
+MAX_SCALED = 2**53
+"""Largest count, length or step count a profile may produce (a float holds it exactly)."""
+
+
+def _scaled(value: int, factor: float, floor: int, field: str = "", where: str = "") -> int:
+    """value x factor, rounded, at least `floor`; a result beyond MAX_SCALED (or an int beyond float range)
+    is a UserError naming the spec field and the profile's factor, not an OverflowError."""
+    try:
+        out = value * factor
+    except OverflowError:
+        out = float("inf")
+    if not out <= MAX_SCALED:
+        raise UserError.one(where or "profile", f"{value} scaled by the profile's factor {factor:g} is {out:.3g}, beyond "
+                            f"{MAX_SCALED:,}; lower the spec's value or the profile's scale.", loc=field)
+    return max(floor, int(round(out)))
 
 
 def _lr(value: Any, factor: float) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(f"{value * factor:.6g}")  # no 1.0000000000000002e-4 noise in resolved specs
+        try:
+            return float(f"{value * factor:.6g}")  # no 1.0000000000000002e-4 noise in resolved specs
+        except OverflowError:
+            return float("inf")  # an int beyond float range: the spec's lr check refuses it, naming the field
     return value
 
 
@@ -240,11 +259,11 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
         _map_source(data_sec["retain"], profile, where, profile_path, "data.retain", note)
     width = profile.data.max_seq_len_scale
     if _is_int(data_sec.get("max_seq_len")):
-        before, data_sec["max_seq_len"] = data_sec["max_seq_len"], _scaled(data_sec["max_seq_len"], width, 8)
+        before, data_sec["max_seq_len"] = data_sec["max_seq_len"], _scaled(data_sec["max_seq_len"], width, 8, "data.max_seq_len", where)
         note("data.max_seq_len", before, data_sec["max_seq_len"], f"data.max_seq_len_scale {width:g}, rounded, at least 8")
     for src_name, src in section("scores").items():
         if isinstance(src, dict) and _is_int(src.get("columns")):
-            before, src["columns"] = src["columns"], _scaled(src["columns"], width, 8)
+            before, src["columns"] = src["columns"], _scaled(src["columns"], width, 8, f"scores.{src_name}.columns", where)
             note(f"scores.{src_name}.columns", before, src["columns"], f"data.max_seq_len_scale {width:g}, rounded, at least 8")
 
     training = section("training")
@@ -252,7 +271,7 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
     for key in ("max_steps", "warmup_steps"):
         if _is_int(training.get(key)):
             floor = 1 if key == "max_steps" else 0
-            before, training[key] = training[key], _scaled(training[key], steps_scale, floor)
+            before, training[key] = training[key], _scaled(training[key], steps_scale, floor, f"training.{key}", where)
             note(f"training.{key}", before, training[key], f"training.steps_scale {steps_scale:g}, rounded, at least {floor}")
     opt = training.get("optimizer")
     name = opt.get("name") if isinstance(opt, dict) else None
@@ -322,12 +341,12 @@ def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_pa
     scale = profile.data.count_scale
     if isinstance(select, dict):
         if _is_int(select.get("count")):
-            before, select["count"] = select["count"], _scaled(select["count"], scale, 1)
+            before, select["count"] = select["count"], _scaled(select["count"], scale, 1, f"{loc}.select.count", where)
             note(f"{loc}.select.count", before, select["count"], f"data.count_scale {scale:g}, rounded, at least 1")
         note(f"{loc}.select.min_chars", select.get("min_chars", 0), profile.data.min_chars, "data.min_chars: toy passages are short")
         select["min_chars"] = profile.data.min_chars
         if _is_int(select.get("offset")):
-            before, select["offset"] = select["offset"], _scaled(select["offset"], scale, 0)
+            before, select["offset"] = select["offset"], _scaled(select["offset"], scale, 0, f"{loc}.select.offset", where)
             note(f"{loc}.select.offset", before, select["offset"], f"data.count_scale {scale:g}, rounded")
 
 

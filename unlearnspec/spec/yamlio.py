@@ -149,17 +149,10 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
 
 def read_yaml_file(path: Path) -> tuple[Any, Optional[yaml.Node]]:
     """Read and parse a YAML file (at most MAX_YAML_BYTES); every failure is a UserError naming it."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_YAML_BYTES + 1)
-    except FileNotFoundError:
-        raise UserError([Problem(str(path), "", "file not found. Check the path.")]) from None
-    except IsADirectoryError:
-        raise UserError([Problem(str(path), "", "is a folder, not a YAML file.")]) from None
-    except OSError as exc:
-        raise UserError([Problem(str(path), "", f"cannot read the file: {exc.strerror or exc}.")]) from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise UserError([Problem(str(path), "", f"larger than {MAX_YAML_BYTES:,} bytes; a spec is a few KB. Is this the right file?")])
+    from unlearnspec.safeio import read_bytes
+
+    # a regular file only (a FIFO would block, /dev/zero never ends), at most MAX_YAML_BYTES
+    raw = read_bytes(path, "YAML file", "", MAX_YAML_BYTES, missing="file not found. Check the path.")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

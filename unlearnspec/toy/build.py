@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import follow_umask, read_json
+from unlearnspec.safeio import follow_umask, read_json, write_bytes, write_json, write_text
 from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig, load_world_config
 from unlearnspec.toy.taskfiles import write_task_folder
@@ -155,7 +155,7 @@ def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
         "baseline": baseline,
         "numerics": numerics.active(),
     }
-    (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(dest / INFO_FILE, info)
     return info
 
 
@@ -171,12 +171,11 @@ def install_shipped(cfg: WorldConfig, dest: Path, log: Log) -> Optional[dict[str
         return None
     record, files = found
     write_world_data(generate_world(cfg), dest)
-    (dest / "model").mkdir()
     for name, data in files.items():
-        (dest / "model" / name).write_bytes(data)
+        write_bytes(dest / "model" / name, data, root=dest)
     info = {k: v for k, v in record.items() if k not in ("files", "regenerate")}
     info.update(source="shipped", install_seconds=round(time.perf_counter() - start, 1))
-    (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(dest / INFO_FILE, info, root=dest)
     log(f"toy world {key}: the shipped pretrained model, installed in {info['install_seconds']}s "
         "(`unlearnspec toy build --force` rebuilds it from scratch)")
     return info
@@ -184,10 +183,9 @@ def install_shipped(cfg: WorldConfig, dest: Path, log: Log) -> Optional[dict[str
 
 def write_world_data(world: World, dest: Path) -> None:
     """The pure-Python part of a world: corpora, facts and the task folder."""
-    (dest / "corpora").mkdir(parents=True, exist_ok=True)
     for name, rows in world.corpora.items():
-        (dest / "corpora" / f"{name}.jsonl").write_text(jsonl(rows), encoding="utf-8")
-    (dest / "facts.jsonl").write_text(jsonl(f.to_json() for f in world.facts), encoding="utf-8")
+        write_text(dest / "corpora" / f"{name}.jsonl", jsonl(rows), root=dest)
+    write_text(dest / "facts.jsonl", jsonl(f.to_json() for f in world.facts))
     write_task_folder(world, dest / "tasks")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import follow_umask, read_json
+from unlearnspec.safeio import follow_umask, read_json, write_json
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 MANIFEST = "world.json"
@@ -131,7 +131,7 @@ def ship(world_root: Path, info: dict[str, Any], dest: Optional[Path] = None) ->
     try:
         for name in MODEL_FILES:
             shutil.copyfile(model / name, tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / MANIFEST, record, root=tmp)
         follow_umask(tmp)
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         if dest.exists():

@@ -8,7 +8,6 @@ toy analogue of WMDP Bio Robust's category subtasks, so `magic.query.per: task` 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from unlearnspec.toy.grammar import KINDS
@@ -109,14 +108,11 @@ def _attribute_group(world: World) -> dict[str, str]:
 
 def write_task_folder(world: World, dest: Path) -> list[Path]:
     """Write (or overwrite) the task files into `dest`; each file is replaced atomically."""
-    dest.mkdir(parents=True, exist_ok=True)
+    from unlearnspec.safeio import write_text
+
     written = []
     for name, content in task_files(world).items():
-        target = dest / name
-        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, target)
-        written.append(target)
+        written.append(write_text(dest / name, content, root=dest))
     return written
 
 
@@ -124,6 +120,6 @@ def folder_matches(world: World, folder: Path) -> bool:
     """True when `folder` holds exactly this world's task files (extra files such as caches ignored)."""
     for name, content in task_files(world).items():
         path = folder / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != content:
+        if not path.is_file() or path.is_symlink() or path.read_bytes() != content.encode("utf-8"):
             return False
     return True

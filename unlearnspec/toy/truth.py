@@ -16,8 +16,6 @@ grid's data fingerprint), so a token rule reads it as a `path:` score source lik
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
@@ -62,32 +60,57 @@ class Truth:
 
 
 # --------------------------------------------------------------------------- facts a task asks
+def toy_tasks(task_dir: Path) -> dict[str, list[Path]]:
+    """The toy world's tasks by name, from a listing of its task folder (a name given by a user or a sidecar is
+    looked up here, never joined into a path): a task `<task>.jsonl`, and a group `_<task>.yaml` whose leaves
+    are `<task>_*.jsonl`."""
+    files = sorted(p for p in task_dir.glob("*.jsonl") if p.is_file()) if task_dir.is_dir() else []
+    tasks: dict[str, list[Path]] = {p.stem: [p] for p in files}
+    for group in sorted(task_dir.glob("_*.yaml")) if task_dir.is_dir() else []:
+        name = group.stem[1:]
+        if name not in tasks:
+            tasks[name] = [p for p in files if p.stem.startswith(f"{name}_")]
+    return {k: v for k, v in tasks.items() if v}
+
+
 def asked_facts(task_dir: Path, task: str) -> set[str]:
     """Fact ids a toy task asks: the `fact` of each doc in `<task>.jsonl`; for a group (`_<task>.yaml`,
     e.g. toy_wmdp_by_attribute) the union over its leaves `<task>_*.jsonl`."""
-    files = [task_dir / f"{task}.jsonl"]
-    if not files[0].is_file():
-        files = sorted(task_dir.glob(f"{task}_*.jsonl")) if (task_dir / f"_{task}.yaml").is_file() else []
-    if not files:
-        known = sorted(p.stem for p in task_dir.glob("*.jsonl"))
-        raise UserError.one(str(task_dir), f"the toy world has no task {task!r}, so it is unknown which facts it asks. "
-                            f"Name one of: {', '.join(known)}.")
+    tasks = toy_tasks(task_dir)
+    if task not in tasks:
+        raise UserError.one(str(task_dir), f"the toy world has no task {task[:80]!r}, so it is unknown which facts it asks "
+                            f"(a task is named, never given as a path). Name one of: {', '.join(sorted(tasks))}.")
     facts: set[str] = set()
-    for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                facts.add(str(json.loads(line)["fact"]))
+    for path in tasks[task]:
+        for row in _jsonl(path, "toy task file"):
+            fact = row.get("fact") if isinstance(row, dict) else None
+            if not isinstance(fact, (str, int)):
+                raise UserError.one(str(path), f"a doc names no `fact`; the toy world is damaged. {DAMAGED}")
+            facts.add(str(fact))
     return facts
 
 
 def task_known(task_dir: Path, task: str) -> bool:
     """True when `asked_facts(task_dir, task)` finds the task's docs (a task or group of this toy world)."""
-    return (task_dir / f"{task}.jsonl").is_file() or (task_dir / f"_{task}.yaml").is_file()
+    return task in toy_tasks(task_dir)
+
+
+DAMAGED = "Rebuild the toy world: `unlearnspec toy build --force`."
+
+
+def _jsonl(path: Path, what: str) -> list[Any]:
+    from unlearnspec.safeio import MAX_JSON_BYTES, read_text
+
+    text = read_text(path, what, DAMAGED, MAX_JSON_BYTES)
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        raise UserError.one(str(path), f"the {what} is not JSON Lines ({str(exc)[:100]}). {DAMAGED}") from None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a cached toy corpus (JSON Lines, in dataset order)."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _jsonl(path, "toy corpus")
 
 
 # --------------------------------------------------------------------------- spans -> tokens
@@ -145,6 +168,11 @@ def spec_truth(spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFA
     those `retain_task` asks (when given). `grid`/`tokenizer`: the already built grid (a score job's)."""
     require_toy(spec, str(spec_path))
     assert spec.data.toy is not None
+    task_dir = Path(assets.world.task_dir)
+    marks: dict[str, float] = {}  # first: an unknown task is refused before the grid is built
+    if retain_task is not None:
+        marks.update(dict.fromkeys(asked_facts(task_dir, retain_task), RETAIN_MARK))
+    marks.update(dict.fromkeys(asked_facts(task_dir, task), FORGET_MARK))
     if grid is None or tokenizer is None:
         from unlearnspec.data import build_grid, load_texts
         from unlearnspec.train.modeling import load_tokenizer
@@ -153,11 +181,6 @@ def spec_truth(spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFA
         texts, rows_chosen = load_texts(spec.data, spec_path, tokenizer, assets)
         grid = build_grid(texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos,
                           rows_chosen)
-    task_dir = Path(assets.world.task_dir)
-    marks: dict[str, float] = {}
-    if retain_task is not None:
-        marks.update(dict.fromkeys(asked_facts(task_dir, retain_task), RETAIN_MARK))
-    marks.update(dict.fromkeys(asked_facts(task_dir, task), FORGET_MARK))
     scores = truth_for_grid(grid, tokenizer, read_rows(assets.corpus_path(spec.data.toy.corpus)), marks)
     valid = grid.valid_targets
     n_valid = int(valid.sum())
@@ -175,12 +198,31 @@ def spec_truth(spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFA
     return Truth(scores, grid.fingerprint, valid, info)
 
 
-def write_truth(out: Path, truth: Truth) -> dict[str, Path]:
-    """Write `per_token_scores.pt` and `scores.json` (last: its presence marks a complete set) into `out`."""
-    from unlearnspec.safeio import write_json_atomic
+def claim_truth_folder(out: Path) -> None:
+    """`out` may be new, empty, or a folder `toy truth` wrote before (only its two files, and a sidecar naming
+    it); anything else is refused before any work, so no file the tool did not create is overwritten."""
+    from unlearnspec.safeio import read_json_lenient
     from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir():
+        return  # new (a file in the way is refused by --out's check and the write path)
+    names = {p.name for p in out.iterdir()}
+    side = read_json_lenient(out / SIDECAR_FILE) if SIDECAR_FILE in names else None
+    ours = isinstance(side, dict) and side.get("produced_by") == SOURCE_NAME
+    foreign = sorted(names - {SCORES_FILE, SIDECAR_FILE} if ours else names)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise UserError.one(str(out), f"this folder holds files `toy truth` did not write ({shown}); it will not write "
+                            "into it (it could overwrite them). Pass a new or empty folder with --out.", loc="--out")
+
+
+def write_truth(out: Path, truth: Truth) -> dict[str, Path]:
+    """Write `per_token_scores.pt` and `scores.json` (last: its presence marks a complete set) into `out`,
+    which `claim_truth_folder` accepted."""
+    from unlearnspec.safeio import write_json, write_with
+    from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE
+
+    claim_truth_folder(out)
     n, s = truth.scores.shape
     sidecar = {
         "format_version": 1, "alignment": "target",
@@ -189,20 +231,6 @@ def write_truth(out: Path, truth: Truth) -> dict[str, Path]:
         "N": n, "S": s, "data_fingerprint": truth.fingerprint, **truth.info,
     }
     paths = {"per_token": out / SCORES_FILE, "sidecar": out / SIDECAR_FILE}
-    _atomic(paths["per_token"], lambda p: torch.save(truth.scores.contiguous(), p))
-    write_json_atomic(paths["sidecar"], sidecar)
+    write_with(paths["per_token"], lambda fh: torch.save(truth.scores.contiguous(), fh))
+    write_json(paths["sidecar"], sidecar)
     return paths
-
-
-def _atomic(path: Path, write: Any) -> None:
-    from unlearnspec.safeio import follow_umask
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        follow_umask(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from unlearnspec.errors import UserError
-from unlearnspec.safeio import current_umask, read_json, write_json_atomic
+from unlearnspec.safeio import check_tensor_storage, read_json, write_json, write_with
 from unlearnspec.train.objectives.base import targets, token_logprobs
 
 REFERENCE_DIR = "reference_logprobs"
@@ -75,7 +73,7 @@ class ReferenceCache:
                                 self.autocast)
         self.status = "computed"
         if self.is_main:
-            self.save(ref)
+            self.store(ref)
         return ref
 
     def load(self) -> Optional[torch.Tensor]:
@@ -98,24 +96,17 @@ class ReferenceCache:
             raise self._damaged(f"it is not a plain tensor file ({type(exc).__name__})") from None
         if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32 or tuple(tensor.shape) != (n, s):
             raise self._damaged(f"it does not hold a float32 [{n}, {s}] tensor")
+        check_tensor_storage(tensor, path)  # an expanded view of a few bytes is refused before any use
         valid = targets(self.labels)
         if not bool(torch.isfinite(tensor).all()) or bool((tensor[valid] > 0).any()) or bool((tensor[~valid] != 0).any()):
             raise self._damaged("its values are not log-probabilities (finite, <= 0 at targets, 0 elsewhere)")
         return tensor
 
-    def save(self, ref: torch.Tensor) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{TENSOR_FILE}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(ref.contiguous().cpu(), fh)
-            write_json_atomic(self.folder / SIDECAR_FILE, self.payload)
-            os.replace(tmp, self.folder / TENSOR_FILE)  # the tensor last: a sidecar alone is never read as an entry
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    def store(self, ref: torch.Tensor) -> None:
+        tensor = ref.contiguous().cpu()
+        write_json(self.folder / SIDECAR_FILE, self.payload, root=self.folder.parent)
+        # the tensor last: a sidecar alone is never read as an entry
+        write_with(self.folder / TENSOR_FILE, lambda fh: torch.save(tensor, fh), root=self.folder.parent)
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "file": str(self.folder / TENSOR_FILE), "status": self.status,
