@@ -141,3 +141,22 @@ def test_run_says_which_knobs_the_profile_changed_when_it_starts(tmp_path, monke
     assert started and out.exit_code == 0, out.output
     assert f"[profile] {WARMUP_LINE}" in out.output
 
+
+
+def test_a_long_mapping_starts_a_run_as_one_line_per_spec_plus_the_shared_changes():
+    """The whole toy study changes ~300 knobs: a run starts with the changes every spec shares once and one line per
+    spec with its own, and every changed knob of the full list is in one of them (the plan keeps the reasons)."""
+    from unlearnspec.run.options import RunOptions, make_context, make_plan
+    from unlearnspec.spec.profile import default_toy_profile
+
+    options = RunOptions(profile=default_toy_profile(), auto_produce=True)
+    plan = make_plan([SPECS], options, make_context(options, say=lambda m: None))
+    full, short = plan.mapping_lines(), plan.mapping_summary()
+    assert len(full) > 100 and len(short) < len(plan.specs) + 2
+    assert short[0].startswith("all ") and "model EleutherAI/deep-ignorance-unfiltered -> toy:tiny-neox" in short[0]
+    names = [line.split(":", 1)[0] for line in short[1:]]
+    assert len(names) == len(set(names))
+    for run in plan.specs:
+        for knob in plan.mapped.get(run.path.resolve(), []):
+            assert knob.short() in short[0] or any(line.startswith(f"{run.spec.name}: ") and knob.short() in line
+                                                   for line in short[1:]), (run.spec.name, knob.short())

@@ -93,6 +93,22 @@ class Plan:
         """One line per knob a profile changed, per spec of the plan: `spec: field: before -> after (why)`."""
         return [f"{run.spec.name}: {knob}" for run in self.specs for knob in self.mapped.get(run.path.resolve(), [])]
 
+    def mapping_summary(self, limit: int = 20) -> list[str]:
+        """What the profile changed, as a run starts: `mapping_lines` when there are at most `limit`; else the
+        changes every mapped spec shares on one line and one line per spec with its own (no reasons: the plan
+        lists them)."""
+        lines = self.mapping_lines()
+        if len(lines) <= limit:
+            return lines
+        mapped = [(run.spec.name, self.mapped[run.path.resolve()]) for run in self.specs if self.mapped.get(run.path.resolve())]
+        shared = set.intersection(*(({k.short() for k in knobs}) for _, knobs in mapped))
+        out = [f"all {len(mapped)} specs: " + "; ".join(k.short() for k in mapped[0][1] if k.short() in shared)] if shared else []
+        for name, knobs in mapped:
+            own = [k.short() for k in knobs if k.short() not in shared]
+            if own:
+                out.append(f"{name}: " + "; ".join(own))
+        return out
+
     def job(self, job_id: str) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
 

@@ -33,8 +33,11 @@ def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Op
     with RunDisplay(console if main else None, live=main and console.is_terminal) as display:
         ex = cls.create(options, settings, display)
         plan = ex.make_plan(paths)
-        for line in plan.mapping_lines():  # what the profile changed, so no mapped knob is a surprise
+        summary = plan.mapping_summary()  # what the profile changed, so no mapped knob is a surprise
+        for line in summary:
             display.say(f"[profile] {line}")
+        if len(summary) < len(plan.mapping_lines()):
+            display.say("[profile] each knob with the profile field that changed it: `unlearnspec plan` with the same arguments")
         display.say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) {ex.where}")
         ex.submit(plan)
         outcome = ex.wait()

@@ -210,6 +210,10 @@ class MappedKnob:
     def __str__(self) -> str:
         return f"{self.field}: {_shown(self.before)} -> {_shown(self.after)} ({self.why})"
 
+    def short(self) -> str:
+        """`field before -> after`, without the reason (the compact form a long run starts with)."""
+        return f"{self.field} {_shown(self.before)} -> {_shown(self.after)}"
+
 
 def _shown(value: Any) -> str:
     if value is None:
