@@ -72,7 +72,7 @@ def validate(
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of spec files (use with yaml-language-server, see README)."""
+    """Print the JSON Schema of spec files (use with yaml-language-server, see docs/getting-started.md)."""
     from unlearnspec.spec import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
@@ -117,7 +117,7 @@ def show(
                  + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
         lines = memory_lines(resolved, settings)
         if lines:
-            slurm += ("# Memory per GPU (memory model, README 'Memory model'; `doctor --cluster` checks it)\n"
+            slurm += ("# Memory per GPU (memory model, docs/magic.md 'Memory model'; `doctor --cluster` checks it)\n"
                       + "".join(f"#   {line}\n" for line in lines))
     layout = batch_layout(resolved.training, world, file=str(spec), launch=launch, n_rows=resolved.data.select.count)
     sys.stdout.write(dump_spec(resolved) + f"# batch ({launch}): {layout.describe()}\n" + slurm)

@@ -246,7 +246,7 @@ def memory_findings(entry, site, gpu_mem_gb: Optional[float]) -> list[Finding]:
             continue
         gpus = res.gpus if res is not None else 1
         ok, now, source, fix = fit_report(spec, kind, gpus, gpu_gb, res.mem_gb if res is not None else None)
-        evidence = (f"model shape: {source}", "memory model: README 'Memory model', unlearnspec/memory.py")
+        evidence = (f"model shape: {source}", "memory model: docs/magic.md 'Memory model', unlearnspec/memory.py")
         if ok is None:
             out.append(Finding("D16", "info", entry.shown, f"{kind} job's memory not estimated: {source}."))
         elif ok:

@@ -63,7 +63,7 @@ class FilesDataSpec(_Section):
     """Local data files read with `datasets.load_dataset(format, data_files=...)`."""
 
     paths: list[str] = Field(min_length=1)
-    """Files (relative to the project root, see README); all are concatenated in order."""
+    """Files (relative to the project root, see docs/specs.md); all are concatenated in order."""
     format: Literal["json", "csv", "parquet", "text"] = "json"
     """File format; `json` also reads JSON Lines."""
 
