@@ -20,10 +20,29 @@ from unlearnspec.numerics import pin_for_world  # noqa: E402
 
 pin_for_world()
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"
+
+
+@pytest.fixture(autouse=True)
+def _torch_numerics_restored():
+    """A toy-world run applies the world's numerics to this process (oneDNN, threads); put them back after
+    every test, so a bit-exact test gives the same bits whichever tests ran before it in the same process
+    (serially or in a pytest-xdist worker)."""
+    torch = sys.modules.get("torch")
+    before = (torch.backends.mkldnn.enabled, torch.get_num_threads()) if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    mkldnn, threads = before if before is not None else (True, int(os.environ["OMP_NUM_THREADS"]))
+    torch.backends.mkldnn.enabled = mkldnn
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
