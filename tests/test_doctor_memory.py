@@ -1,6 +1,6 @@
 """doctor D16 gpu-memory: each job's estimated peak per GPU (and host RAM) against the site file's `gpu_mem_gb`
 (`mem_gb`) or `--gpu-mem-gb`, before submission; the fix names the knobs. The estimates are the memory model's
-(unlearnspec/memory.py), which tests/test_memory_model.py checks against tracked allocations; training's here."""
+(unlearnspec/doctor/memory_model.py), which tests/test_memory_model.py checks against tracked allocations; training's here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
-from unlearnspec.memory import ModelShape, Setting, train_bytes
+from unlearnspec.doctor.memory_model import ModelShape, Setting, train_bytes
 
 from .conftest import REPO
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from unlearnspec.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, rank_q, source_aggregates, wsum_q
+from unlearnspec.scores.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, rank_q, source_aggregates, wsum_q
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
 from unlearnspec.errors import UserError

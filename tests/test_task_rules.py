@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearnspec.aggregate import AGGREGATES, checked_task_scores, min_q, rank_q, source_aggregates, wsum_q
+from unlearnspec.scores.aggregate import AGGREGATES, checked_task_scores, min_q, rank_q, source_aggregates, wsum_q
 from unlearnspec.doctor import diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.magic.output import write_task_scores

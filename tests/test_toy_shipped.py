@@ -166,7 +166,7 @@ def test_ship_is_refused_without_force_or_for_another_world(tmp_path):
 
 
 def test_ship_writes_into_a_source_checkout_only(tmp_path, monkeypatch):
-    from unlearnspec.cli_toy import _check_ship
+    from unlearnspec.cli.toy import _check_ship
 
     _check_ship(True, None)  # this checkout: allowed
     _check_ship(True, REPO / "unlearnspec" / "profiles" / "toy_world.yaml")  # the default world named explicitly

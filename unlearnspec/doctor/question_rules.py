@@ -45,7 +45,7 @@ def question_findings(entry: Entry, ws: Workspace, near_zero: float = DEFAULT_NE
             continue  # no score folder yet (or a built-in source, refused by validation)
         import torch
 
-        from unlearnspec.aggregate import READERS, near_zero_questions
+        from unlearnspec.scores.aggregate import READERS, near_zero_questions
         from unlearnspec.scores import SCORES_FILE
 
         one, many, scores_of, leave_out = _UNIT[fam]

@@ -61,7 +61,7 @@ class MagicCallback(TrainerCallback):
             # Every rank trains its own micro-batches; the trajectory holds the GLOBAL batch of each step,
             # interleaved (rank 0's k-th micro-batch, rank 1's k-th, ...), identical on every rank. All
             # ranks get here at the same point (the Trainer gathers the token count here too).
-            from unlearnspec.run.dist import gather_objects
+            from unlearnspec.train.dist import gather_objects
 
             per_rank = gather_objects([rows.tolist() for rows in mine])
             depth = max(len(r) for r in per_rank)

@@ -75,6 +75,11 @@ def check_power(power: float, option: str = "--power") -> float:
     return power
 
 
+def report_runs(runs: list[Path], out: Path, toy: bool, console) -> None:
+    """The reports a finished `run` writes (run/options.Reporter): every experiment folder, with plots."""
+    run_report([str(r) for r in runs], out=out, reference=None, toy=toy, plot=True, console=console)
+
+
 def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console,
                selection: Optional[Selection] = None, study_name: str = "study") -> list[Path]:
     """Write and print the report of each run; with several, also the study index and plot (`<study_name>.md`,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from unlearnspec.assets import Assets
+from unlearnspec.spec.assets import Assets
 
 Say = Callable[[str], None]
 

@@ -58,7 +58,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
                                       fingerprint_at)
     for name, src in spec.scores.items():  # `random` / `toy:truth`: built for this grid, then checked like a file
         if src.built_in:
-            from unlearnspec.builtin_scores import builtin_score_file
+            from unlearnspec.scores.builtin import builtin_score_file
 
             built = builtin_score_file(name, src, spec, job.spec_path, assets, grid, tokenizer)
             scores[name] = checked_scores(built, src, name, grid.labels, grid.fingerprint, fingerprint_at)
@@ -72,7 +72,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
         elif agg is not None and name in inputs:  # `min_q(source)`, `min_t(source)`, ...: over questions, leaf tasks
             aggregates.setdefault(name, []).append(full)
     for name, fulls in aggregates.items():
-        from unlearnspec.aggregate import source_aggregates
+        from unlearnspec.scores.aggregate import source_aggregates
 
         scores.update(source_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint,
                                         fingerprint_at))

@@ -47,11 +47,8 @@ def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Op
     if outcome.interrupted:
         return 130
     experiments = [r for r in plan.specs if not r.is_score and r.path in outcome.results]
-    if options.report and outcome.complete and experiments:
-        from unlearnspec.report.commands import run_report
-
-        run_report([str(r.out) for r in experiments], out=reports_dir_for(plan, options), reference=None,
-                   toy=options.profile is not None, plot=True, console=console)
+    if options.report and options.reporter is not None and outcome.complete and experiments:
+        options.reporter([r.out for r in experiments], reports_dir_for(plan, options), options.profile is not None, console)
     return 1 if outcome.failed else 0
 
 

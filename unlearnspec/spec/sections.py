@@ -13,7 +13,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, source_name_problem, sources
-from unlearnspec.toy import TOY_CORPORA, TOY_MODELS
+from unlearnspec import worlds
 
 
 # --------------------------------------------------------------------------- model
@@ -36,8 +36,9 @@ class ModelSpec(_Section):
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
         _exactly_one(self, ("name_or_path", "toy"), "model")
-        if self.toy is not None and self.toy not in TOY_MODELS:
-            raise SpecRuleError(("toy",), f"unknown toy model {self.toy!r}; available: {', '.join(TOY_MODELS)}")
+        problem = worlds.unknown("models", self.toy) if self.toy is not None else None
+        if problem is not None:
+            raise SpecRuleError(("toy",), problem)
         return self
 
 
@@ -76,8 +77,9 @@ class ToyDataSpec(_Section):
 
     @model_validator(mode="after")
     def _known(self) -> "ToyDataSpec":
-        if self.corpus not in TOY_CORPORA:
-            raise SpecRuleError(("corpus",), f"unknown toy corpus {self.corpus!r}; available: {', '.join(TOY_CORPORA)}")
+        problem = worlds.unknown("corpora", self.corpus)
+        if problem is not None:
+            raise SpecRuleError(("corpus",), problem)
         return self
 
 
@@ -152,12 +154,7 @@ class DataSpec(DataSourceSpec):
     same max_seq_len and append_eos. Forget row i is paired with retain row i mod N_retain in every step."""
 
 
-# --------------------------------------------------------------------------- scores and rules
-TOY_PRODUCERS: dict[str, str] = {
-    "toy:truth": "the toy world's ground truth: -1 on the tokens stating a value of a fact `task` asks",
-}
-"""Score producers built into unlearnspec (`produced_by: toy:<name>`), computed in-process for the spec's own
-token grid when the run prepares it; every other `produced_by` is a spec path."""
+# --------------------------------------------------------------------------- scores and rules (built-in producers: worlds)
 TOY_TASK_NAME = r"^toy_[a-z0-9_]+$"
 """A toy task or group name (`toy_wmdp`, `toy_wmdp_by_attribute`); whether the world has it is checked at run time."""
 
@@ -209,10 +206,11 @@ class ScoreSourceSpec(_Section):
     def _one_source(self) -> "ScoreSourceSpec":
         _exactly_one(self, ("path", "produced_by", "random"), "a score source")
         built = self.random is not None or is_toy_producer(self.produced_by)
-        if is_toy_producer(self.produced_by) and self.produced_by not in TOY_PRODUCERS:
-            raise SpecRuleError(("produced_by",), f"unknown built-in producer {self.produced_by!r}; available: "
-                                f"{', '.join(TOY_PRODUCERS)} ({'; '.join(TOY_PRODUCERS.values())}). A spec path "
-                                "cannot start with `toy:`.")
+        known = {name: p.description for name, p in worlds.producers().items()}
+        if is_toy_producer(self.produced_by) and self.produced_by not in known:
+            names = f"{', '.join(known)} ({'; '.join(known.values())})" if known else "none (no toy world is registered)"
+            raise SpecRuleError(("produced_by",), f"unknown built-in producer {self.produced_by!r}; available: {names}. "
+                                "A spec path cannot start with `toy:`.")
         if self.produced_by != "toy:truth":
             for name in ("task", "retain_task"):
                 if getattr(self, name) is not None:
@@ -388,13 +386,15 @@ class TokenRuleSpec(_Section):
         return found
 
 
+Normalizer = Literal["selected", "valid", "batch_tokens", "abs_weight"]
+
+
 class LossSpec(_Section):
     """Loss = sum(weight * token cross-entropy) / normalizer, over one optimizer step."""
 
-    normalizer: Literal["selected", "valid", "batch_tokens", "abs_weight"]
-    """Divisor, counted over the whole accumulation window: `selected` = tokens with nonzero weight
-    (what masking with -100 does; masking then raises the per-token LR), `valid` = all non-pad target
-    tokens (same per-token LR as the all-tokens control), `batch_tokens` = rows x (max_seq_len-1),
-    `abs_weight` = sum of |weight|."""
+    normalizer: Normalizer
+    """Divisor, counted over the whole accumulation window: `selected` = tokens with nonzero weight (what masking
+    with -100 does; masking then raises the per-token LR), `valid` = all non-pad target tokens (same per-token LR
+    as the all-tokens control), `batch_tokens` = rows x (max_seq_len-1), `abs_weight` = sum of |weight|."""
 
 

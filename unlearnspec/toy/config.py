@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_valid
 
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.base import STRICT_CONFIG, Seed
-from unlearnspec.toy import TOY_CORPORA
+from unlearnspec.toy.names import TOY_CORPORA
 
 
 class _Section(BaseModel):

@@ -19,7 +19,7 @@ import torch
 from unlearnspec.errors import UserError
 
 if TYPE_CHECKING:
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.data import TokenGrid
     from unlearnspec.spec import Spec
 
@@ -91,7 +91,7 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
         truth = spec_truth(spec, spec_path, assets, for_task, grid=grid, tokenizer=tokenizer)
         return {**attribution_quality(matrix, truth.forget_mask, truth.valid), "task": for_task, "world": truth.info["world"]}
 
-    from unlearnspec.aggregate import AGGREGATES
+    from unlearnspec.scores.aggregate import AGGREGATES
     from unlearnspec.scores import valid_targets
 
     def aggregates(units: torch.Tensor, suffix: str) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
 def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, Any]:
     """Compute `attribution_quality` of a finished toy score run folder (per_token_scores.pt, scores.json and
     the resolved spec.yaml a score job writes) and write it into its scores.json; returns it."""
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.data import build_grid, load_texts
     from unlearnspec.safeio import read_json, write_json_atomic
     from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE, checked_scores, leaf_score_path, load_score_file
@@ -153,7 +153,7 @@ def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, A
               for leaf, entry in sorted((sidecar.get("per_task") or {}).items())}
     per_question = None
     if isinstance(sidecar.get("per_question"), dict):
-        from unlearnspec.aggregate import checked_question_scores
+        from unlearnspec.scores.aggregate import checked_question_scores
 
         per_question = checked_question_scores(mean_path, source, "min_q(scores)", grid.labels, grid.fingerprint, fingerprint_at)
     quality = grid_quality(spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves,

@@ -26,7 +26,7 @@ from unlearnspec.errors import UserError
 from unlearnspec.toy.world import row_text
 
 if TYPE_CHECKING:
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.data import TokenGrid
     from unlearnspec.spec import Spec
 

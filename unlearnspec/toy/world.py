@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
-from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
+from unlearnspec.toy.names import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig
 from unlearnspec.toy.grammar import KINDS, _ANIMALS, _CHAT_CLOSERS, _CODAS, _COLOURS, _FOLLOWUPS, _FOODS, _GEO, _GOODS, _HABITATS, _METHODS, _ONSETS, _PROFESSIONS, _REGIONS, _ROUTES, _VOWELS, _WIKI_PREFIXES
 

@@ -93,7 +93,9 @@ class PoolExecutor:
         slots, messages = spawn.Queue(), spawn.Queue()
         for slot in self.slots:
             slots.put(slot)
-        setup = WorkerSetup(paths=tuple(self.paths), options=self.options)
+        from unlearnspec import worlds
+
+        setup = WorkerSetup(paths=tuple(self.paths), options=self.options, worlds=worlds.plugins())
         pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=spawn, initializer=init_worker,
                                    initargs=(setup, slots, messages))
         error: Optional[BaseException] = None

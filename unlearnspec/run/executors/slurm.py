@@ -66,7 +66,7 @@ class SlurmBackend:
 
         self._plan = plan
         try:
-            self._done = SlurmExecutor(self.ctx, self.request, self.settings).submit(plan)
+            self._done = SlurmExecutor(self.ctx, self.request, self.settings, self.options.reporter).submit(plan)
         except SlurmUnavailable as exc:
             raise UserError.one("--executor", f"SLURM does not answer ({exc}).") from None
 

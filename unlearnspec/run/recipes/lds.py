@@ -1,4 +1,4 @@
-"""LDS retraining jobs of a score run (`magic.lds`), and the summary they add to its scores.json.
+"""The LDS recipe: retraining jobs of a score run (`magic.lds`), and the summary they add to its scores.json.
 
 Each job (`lds:<spec>/reference`, `lds:<spec>/subset_007`, ...) replays the recorded run from theta_0 with
 its subset's weights set to 0 and evaluates the query: `<score folder>.lds/<job>/lds.json`. When all have
@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from unlearnspec.errors import UserError
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.jobstate import LDS_FILE, SIDECAR_FILE, job_state
-from unlearnspec.run.plan import LDS_SUFFIX, SCORES_FILE, Job, spec_hash
+from unlearnspec.run.plan import LDS_SUFFIX, SCORES_FILE, Job, Plan, SpecRun, spec_hash
 from unlearnspec.run.results import RunRecord
 from unlearnspec.run.rundirs import write_json
 from unlearnspec.run.steps import prepare
@@ -146,3 +146,16 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, A
     sidecar["lds"] = clean
     write_json_atomic(folder / SIDECAR_FILE, sidecar)
     return {**clean, "new": True}
+
+
+def finish_score(run: SpecRun, plan: Plan, ctx: RunContext) -> None:
+    """After a score spec's LDS retrainings: their summary into scores.json (once all have finished)."""
+    summary = write_lds_summary(run.out, [plan.job(j) for j in run.lds])
+
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    if summary is not None and summary.get("new"):
+        lo, hi = summary["spearman_ci95"]
+        ctx.say(f"[{run.spec.name}] LDS {num(summary['spearman'])} (Spearman; 95% CI {num(lo)}-{num(hi)}) over {summary['subsets']} subsets of {summary['fraction']:.0%} "
+                f"{summary['unit']}s")

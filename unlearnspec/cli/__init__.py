@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from unlearnspec.cli_support import (  # noqa: F401 - render_problems: re-exported for tests
+from unlearnspec.cli.support import (  # noqa: F401 - render_problems: re-exported for tests
     ClusterOption,
     ProfileOption,
     SetOption,
@@ -21,7 +21,7 @@ from unlearnspec.cli_support import (  # noqa: F401 - render_problems: re-export
     resolve_profile,
     user_errors,
 )
-from unlearnspec.cli_toy import toy_app
+from unlearnspec.cli.toy import toy_app
 from unlearnspec.errors import Problem, UserError
 
 app = typer.Typer(
@@ -240,18 +240,20 @@ def run(
 
     output_folder(out, "--out")
     output_folder(reports_dir, "--reports-dir")
-    from unlearnspec.numerics import pin_for_profile
+    from unlearnspec.toy.numerics import pin_for_profile
 
     pin_for_profile(resolve_profile(toy, profile))  # before torch is imported: ATen and MKL read their pins once
     from unlearnspec.run.executors import executor_class
     from unlearnspec.run.executors.base import ExecutorOptions
+    from unlearnspec.report.commands import report_runs
     from unlearnspec.run.study import RunOptions, check_launch, run_study, show_plan
 
     settings = ExecutorOptions(jobs=jobs, gpus_per_job=gpus_per_job, nproc=nproc, cluster=cluster)
     chosen = executor_class(executor, settings)  # an unknown name is refused before any work
 
     options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, retry_failed=retry_failed,
-                         device=device, report=report, reports_dir=reports_dir)
+                         device=device, report=report, reports_dir=reports_dir,
+                         reporter=report_runs)
     if nproc > 1 and chosen.under_torchrun and not dry_run and "WORLD_SIZE" not in os.environ:
         check_launch(paths, options, nproc)  # one clear refusal here instead of one per rank
         raise typer.Exit(_torchrun(nproc))
@@ -297,7 +299,7 @@ def lds(
 
     Example: [bold]unlearnspec lds runs/toy/magic/magic_wmdp[/bold]
     """
-    from unlearnspec.numerics import pin_for_profile
+    from unlearnspec.toy.numerics import pin_for_profile
     from unlearnspec.run.lds_command import lds_target, run_lds_command
     from unlearnspec.run.study import RunOptions
 

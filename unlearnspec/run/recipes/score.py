@@ -1,4 +1,4 @@
-"""The score job: train the MAGIC spec's run (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass, and write
+"""The score recipe: train the MAGIC spec's run (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass, and write
 per_token_scores.pt + per_example_scores.pt + scores.json into the job's work folder (with `per: task` also
 one per_token_scores.<leaf>.pt per leaf task of the query, see `magic.per_task`)."""
 
@@ -8,7 +8,8 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from unlearnspec.run import dist
+from unlearnspec import worlds
+from unlearnspec.train import dist
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import RunRecord
@@ -84,10 +85,10 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     leaves = {"per_task": write_task_scores(workdir, per_task)} if per_task else {}
     if per_question is not None:
         leaves["per_question"] = write_question_scores(workdir, per_question)
-    from unlearnspec.toy.quality import score_job_quality  # toy world only: scores vs the recorded fact spans
-
-    quality = score_job_quality(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
-                                per_task, ctx.say, per_question.scores if per_question is not None else None)
+    world = worlds.registered()  # the toy world's hook: scores vs the recorded fact spans ({} elsewhere)
+    hook = world.score_quality if world is not None else None
+    quality = hook(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
+                   per_task, ctx.say, per_question.scores if per_question is not None else None) if hook else {}
     from unlearnspec.data import grid_inputs
 
     write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
