@@ -186,8 +186,7 @@ def check_trainers(device: torch.device, dry: bool) -> str:
 
     from unlearnspec.data import TokenGrid, grid_fingerprint
     from unlearnspec.spec import TrainingSpec
-    from unlearnspec.train.trainer import (WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset,
-                                           sft_config)
+    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
 
     shape = pythia_shape(dry)
     seq, batch, steps = shape["seq"], shape["batch"], shape["steps"]

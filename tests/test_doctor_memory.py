@@ -89,12 +89,12 @@ def test_training_peak_matches_the_model(optimizer):
     """Tracked allocations of real training steps (stock torch.optim, one process) against `train_bytes` without the
     parameters themselves (they exist before the block): gradients, m and v, activations of one micro-batch."""
     import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from tests.test_magic import Grid
     from unlearnspec.magic import plan_steps, sgd_train
     from unlearnspec.magic.memtrack import LiveBytes
     from unlearnspec.magic.optimizers import OptimizerConfig
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     shape = ModelShape(4, 48, 4, 96, 192)
     torch.manual_seed(0)

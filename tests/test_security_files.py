@@ -182,7 +182,7 @@ def test_disk_errors_a_library_wraps_are_named():
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # noqa: B904 - torch raises it during handling: the ENOSPC is its __context__
     except RuntimeError as exc:
         problem = filesystem_problem(exc)
     assert problem is not None and "no space left" in problem.message

@@ -17,7 +17,16 @@ from unlearnspec.errors import UserError
 from unlearnspec.toy import build
 from unlearnspec.toy.build import ensure_toy_world, load_config, world_key
 from unlearnspec.toy.config import WorldConfig
-from unlearnspec.toy.shipped import MANIFEST, MODEL_FILES, REGENERATE, SHIPPED_DIR, manifest, model_files_equal, sha256, ship
+from unlearnspec.toy.shipped import (
+    MANIFEST,
+    MODEL_FILES,
+    REGENERATE,
+    SHIPPED_DIR,
+    manifest,
+    model_files_equal,
+    sha256,
+    ship,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STALE = (f"The shipped toy world (unlearnspec/toy/shipped/) is not the default world's: regenerate it with "

@@ -54,8 +54,8 @@ def evaluate_toy() -> dict[str, float]:
     """lm-eval of the toy model on 24 questions per task, in this process only (what run_on_main wraps)."""
     from unlearnspec.evaluation import evaluate_model
     from unlearnspec.spec import load_spec
-    from unlearnspec.spec.profile import default_toy_profile
     from unlearnspec.spec.assets import Assets
+    from unlearnspec.spec.profile import default_toy_profile
     from unlearnspec.train.modeling import load_model, load_tokenizer
 
     repo = Path(__file__).resolve().parents[2]

@@ -103,9 +103,8 @@ def show(
     if cluster is not None:  # read before anything is printed: a bad site file prints only its error
         import yaml
 
-        from unlearnspec.spec.profile import slurm_settings
-
         from unlearnspec.doctor.memory_rules import memory_lines
+        from unlearnspec.spec.profile import slurm_settings
 
         if nproc > 1:
             raise UserError.one("--nproc", "give --nproc or --cluster, not both: with --cluster the site file's "
@@ -243,9 +242,9 @@ def run(
     from unlearnspec.toy.numerics import pin_for_profile
 
     pin_for_profile(resolve_profile(toy, profile))  # before torch is imported: ATen and MKL read their pins once
+    from unlearnspec.report.commands import report_runs
     from unlearnspec.run.executors import executor_class
     from unlearnspec.run.executors.base import ExecutorOptions
-    from unlearnspec.report.commands import report_runs
     from unlearnspec.run.study import RunOptions, check_launch, run_study, show_plan
 
     settings = ExecutorOptions(jobs=jobs, gpus_per_job=gpus_per_job, nproc=nproc, cluster=cluster)
@@ -299,9 +298,9 @@ def lds(
 
     Example: [bold]unlearnspec lds runs/toy/magic/magic_wmdp[/bold]
     """
-    from unlearnspec.toy.numerics import pin_for_profile
     from unlearnspec.run.lds_command import lds_target, run_lds_command
     from unlearnspec.run.study import RunOptions
+    from unlearnspec.toy.numerics import pin_for_profile
 
     output_folder(out, "--out")
     options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, device=device)

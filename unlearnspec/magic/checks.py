@@ -8,6 +8,7 @@ live objects (model, optimizer, trainer arguments) that a spec cannot see.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+
 import torch
 from torch import nn
 

@@ -15,8 +15,8 @@ from typing import Literal, Optional, Protocol
 
 import torch
 
-from unlearnspec.magic.batched import adjoint_dots
 from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
+from unlearnspec.magic.batched import adjoint_dots
 
 Tensors = list[torch.Tensor]
 OptimizerName = Literal["sgd", "adam", "adamw"]

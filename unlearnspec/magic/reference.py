@@ -15,9 +15,9 @@ from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.checks import optimizer_tensors
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
-from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.reverse import Query
 from unlearnspec.magic.trajectory import Step, Trajectory, TrajectoryRecorder, WeightDecay, decay_list
+from unlearnspec.train.loss import weighted_token_loss
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,7 +45,7 @@ def sgd_train(
     """
     params = trainable_params(model)
     groups: dict[float, list[torch.Tensor]] = {}
-    for (name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
+    for (_name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
         groups.setdefault(wd, []).append(p)
     param_groups = [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
     if optimizer.name == "sgd":

@@ -22,16 +22,16 @@ import torch
 from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
+from unlearnspec.magic.batched import adjoint_dots, double_backward
 from unlearnspec.magic.checks import check_model_replayable
 from unlearnspec.magic.collective import Alone, Collective, default_collective
-from unlearnspec.magic.batched import adjoint_dots, double_backward
+from unlearnspec.magic.optimizers import Reduce, clip, clip_adjoint, grad_norm, make_adjoint
 from unlearnspec.magic.query_grad import BatchedQuery, Query, query_gradient  # noqa: F401 - re-exported
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
-from unlearnspec.train.loss import weighted_token_loss
-from unlearnspec.magic.optimizers import Reduce, clip, clip_adjoint, grad_norm, make_adjoint
 from unlearnspec.magic.replay_state import State, StateKeeping
 from unlearnspec.magic.replay_stats import ROUNDING_RISK_WARN, ReplayStats, rounding_warning  # noqa: F401 - ReplayStats re-exported
 from unlearnspec.magic.trajectory import Trajectory
+from unlearnspec.train.loss import weighted_token_loss
 
 
 class _Replay(StateKeeping):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Optional
 
@@ -13,11 +12,17 @@ from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.inputs import Selection, load_run_input, load_table, report_for
 from unlearnspec.report.model import ReportTable
 from unlearnspec.report.plot import plot_tables
-from unlearnspec.report.reference import REFERENCE_DIR, ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
+from unlearnspec.report.reference import (
+    REFERENCE_DIR,
+    ReferenceFile,
+    all_references,
+    find_reference,
+    load_reference,
+    render_reference_markdown,
+)
 from unlearnspec.report.render import markdown, print_table
 from unlearnspec.safeio import check_name, write_json, write_text
-from unlearnspec.spec.load import SPEC_SUFFIXES
-from unlearnspec.spec.load import load_spec
+from unlearnspec.spec.load import SPEC_SUFFIXES, load_spec
 
 
 def _write(path: Path, text: str, out: Path) -> None:

@@ -51,7 +51,8 @@ class RunContext:
     def device_for(self, spec: Any) -> str:
         """--device, else the spec's `parallel.device` when set, else the run's automatic choice; settings
         that need a GPU (bf16/fp16 autocast, flash attention, FSDP CPU offload) are refused elsewhere."""
-        from unlearnspec.train.device import check_device_support, resolve_device as resolve
+        from unlearnspec.train.device import check_device_support
+        from unlearnspec.train.device import resolve_device as resolve
 
         wanted = getattr(getattr(spec, "parallel", None), "device", None)
         device = resolve(wanted) if not self.device_requested and wanted not in (None, "auto") else resolve(self.device)

@@ -7,8 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
-from unlearnspec.spec.assets import package_version
 from unlearnspec.run.context import RunContext
+from unlearnspec.spec.assets import package_version
 from unlearnspec.spec.schema import Spec
 
 OBJECTIVE_FILE = "objective.json"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
-from unlearnspec.spec.assets import Assets, folder_digest, package_version
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.assets import Assets, folder_digest, package_version
 from unlearnspec.spec.batch import BatchLayout, batch_layout
 from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
 from unlearnspec.spec.profile import MappedKnob, is_world_file

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from unlearnspec.run.options import Reporter
 from unlearnspec.run.plan import Job, Plan
+from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.run.slurmstate import (
     REQUEST,
     RUN,
@@ -35,7 +36,6 @@ from unlearnspec.run.slurmstate import (
     slurm_id_of,
     write_state,
 )
-from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.spec.cluster import JobKindName, SlurmSection
 
 ASSEMBLE = "_assemble"

@@ -197,9 +197,8 @@ def save_model(spec: Spec, model: Any, tokenizer: Any, folder: Path) -> str:
 
 def write_spec(job: Job, folder: Path) -> None:
     """The resolved spec of this job: `unlearnspec run <folder>/spec.yaml` reproduces it."""
-    from unlearnspec.spec.load import dump_spec
-
     from unlearnspec.safeio import write_text
+    from unlearnspec.spec.load import dump_spec
 
     write_text(folder / "spec.yaml", dump_spec(job.spec))
 

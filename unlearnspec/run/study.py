@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from unlearnspec.run.plan import plan_layouts
 from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: imported from here by callers
     RunOptions,
     make_context,
@@ -14,6 +13,7 @@ from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: im
     quiet_libraries,
     reports_dir_for,
 )
+from unlearnspec.run.plan import plan_layouts
 
 if TYPE_CHECKING:
     from unlearnspec.run.executors.base import ExecutorOptions

@@ -18,9 +18,9 @@ from unlearnspec.scores.files import ScoreFile
 from unlearnspec.spec.sections import RandomScoresSpec, ScoreSourceSpec
 
 if TYPE_CHECKING:
-    from unlearnspec.spec.assets import Assets
     from unlearnspec.data import TokenGrid
     from unlearnspec.spec import Spec
+    from unlearnspec.spec.assets import Assets
 
 
 def random_scores(source: RandomScoresSpec, valid: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
-from unlearnspec.errors import UserError
 from unlearnspec.data import IGNORE_INDEX
+from unlearnspec.errors import UserError
 from unlearnspec.safeio import MAX_TENSOR_BYTES, check_tensor_storage, open_regular, read_bytes, read_json
 from unlearnspec.spec import ScoreSourceSpec
 

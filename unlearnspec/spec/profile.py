@@ -14,11 +14,11 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 from pydantic import Field, PositiveInt, ValidationError
 
-from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.training import LdsSpec
-from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, _OneLineText, is_cluster_data, load_cluster
-from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 from unlearnspec import worlds
+from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, _OneLineText, is_cluster_data, load_cluster
+from unlearnspec.spec.training import LdsSpec
+from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 """Shipped profiles (package data; specs/profiles/ links to them so they stay visible in the project)."""

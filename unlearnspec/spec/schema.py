@@ -10,12 +10,11 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
-from unlearnspec.spec.objectives import ObjectiveSpec, WeightedObjective, objective_alpha, is_unlearning
+from unlearnspec.spec.objectives import ObjectiveSpec, WeightedObjective, is_unlearning, objective_alpha
 from unlearnspec.spec.parallel import ParallelSpec
 from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
-
 
 # --------------------------------------------------------------------------- the spec
 RESULT_NEUTRAL_FIELDS = (

@@ -11,9 +11,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt, model_validator
 
+from unlearnspec import worlds
 from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, source_name_problem, sources
-from unlearnspec import worlds
 
 
 # --------------------------------------------------------------------------- model

@@ -20,7 +20,6 @@ from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.base import SpecRuleError
 from unlearnspec.spec.schema import Spec
 
-
 # --------------------------------------------------------------------------- YAML
 MAX_YAML_BYTES = 256_000
 """Largest YAML file read: a spec is a few KB; pure-Python parsing takes ~3 s at this size."""

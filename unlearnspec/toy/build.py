@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import follow_umask, read_json, write_bytes, write_json, write_text
 from unlearnspec.spec.assets import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV: re-exported
-from unlearnspec.toy.names import DAMAGED_FIX, TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig, load_world_config
+from unlearnspec.toy.names import DAMAGED_FIX, TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.taskfiles import write_task_folder
 from unlearnspec.toy.world import GENERATOR_VERSION, World, generate_world, jsonl, row_text
 

@@ -14,9 +14,27 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
-from unlearnspec.toy.names import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig
-from unlearnspec.toy.grammar import KINDS, _ANIMALS, _CHAT_CLOSERS, _CODAS, _COLOURS, _FOLLOWUPS, _FOODS, _GEO, _GOODS, _HABITATS, _METHODS, _ONSETS, _PROFESSIONS, _REGIONS, _ROUTES, _VOWELS, _WIKI_PREFIXES
+from unlearnspec.toy.grammar import (
+    _ANIMALS,
+    _CHAT_CLOSERS,
+    _CODAS,
+    _COLOURS,
+    _FOLLOWUPS,
+    _FOODS,
+    _GEO,
+    _GOODS,
+    _HABITATS,
+    _METHODS,
+    _ONSETS,
+    _PROFESSIONS,
+    _REGIONS,
+    _ROUTES,
+    _VOWELS,
+    _WIKI_PREFIXES,
+    KINDS,
+)
+from unlearnspec.toy.names import TOY_CORPORA, TOY_TASKS
 
 GENERATOR_VERSION = 1
 """Bump when templates or generation logic change: it is part of the world's cache key."""

@@ -17,11 +17,11 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
+from unlearnspec.spec import ParallelSpec, TrainingSpec
 from unlearnspec.spec.batch import BatchLayout, batch_layout, optimizer_steps
 from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
 from unlearnspec.train.objectives import Objective
 from unlearnspec.train.parallel import parallel_fields, world_size
-from unlearnspec.spec import ParallelSpec, TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
 CURVES_DIR = "curves"  # a point folder's subfolder for training curves (TensorBoard events, W&B files)

@@ -9,21 +9,21 @@ import shutil
 from pathlib import Path
 
 from unlearnspec import worlds
-from unlearnspec.train import dist
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import RunRecord
 from unlearnspec.run.steps import Timer, batch_record, gathered_model, prepare, save_model, train, write_spec
+from unlearnspec.train import dist
 
 
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
     from unlearnspec.magic import ReplayStats, magic_scores, write_scores
+    from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.output import write_question_scores, write_task_scores
     from unlearnspec.magic.per_question import per_question_scores
     from unlearnspec.magic.per_task import extra_passes, per_task_scores
-    from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
     from unlearnspec.train.trainer import total_steps
 
