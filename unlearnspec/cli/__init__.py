@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
+import unlearnspec.toy  # noqa: F401 - registers the embedded toy world with unlearnspec.worlds (the plug-in at the edge)
 from unlearnspec.cli.support import (  # noqa: F401 - render_problems: re-exported for tests
     ClusterOption,
     ProfileOption,
@@ -110,7 +111,7 @@ def show(
             raise UserError.one("--nproc", "give --nproc or --cluster, not both: with --cluster the site file's "
                                 "`processes` of the job kind is the rank count.")
         settings, source = slurm_settings(cluster, chosen)
-        kind = "score" if resolved.magic is not None else "point"
+        kind: Literal["score", "point"] = "score" if resolved.magic is not None else "point"
         world, launch = settings.resources(kind).processes, f"jobs.{kind}.processes in {source}"
         slurm = (f"# SLURM resources (from {source})\n"
                  + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))

@@ -161,7 +161,7 @@ def clip(grad: Tensors, max_norm: Optional[float], reduce: Reduce = None) -> Ten
     if max_norm is None:
         return grad
     coef = torch.clamp(float(max_norm) / (grad_norm(grad, reduce) + CLIP_EPS), max=1.0)
-    return torch._foreach_mul(grad, coef)
+    return list(torch._foreach_mul(grad, coef))
 
 
 def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float], reduce: Reduce = None) -> Tensors:
@@ -180,7 +180,7 @@ def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float], reduc
     dot = adjoint_dots(grad, g_bar)  # a scalar, or [K] for K batched adjoints ([K, *shape] each)
     if reduce is not None:
         dot = reduce(dot.detach().clone())
-    out = torch._foreach_mul(g_bar, tau / (n + CLIP_EPS))
+    out = list(torch._foreach_mul(g_bar, tau / (n + CLIP_EPS)))
     coef = -tau * dot / (n * (n + CLIP_EPS) ** 2)
     if coef.dim() == 0:
         torch._foreach_add_(out, torch._foreach_mul(grad, coef))

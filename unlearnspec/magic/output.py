@@ -7,6 +7,7 @@ says how to read them (alignment, sign, normalizer) and what produced them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -148,7 +149,7 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
             raise ValueError(f"scores of leaf {leaf!r} must be [N, S] (got {tuple(entry.scores.shape)})")
         name = PER_TASK_FILE.format(leaf=leaf)
         tensor = entry.scores.detach().to(torch.float32).cpu().contiguous()
-        write_with(out / name, lambda fh, t=tensor: torch.save(t, fh), root=out)  # a leaf name may not leave `out`
+        write_with(out / name, functools.partial(torch.save, tensor), root=out)  # a leaf name may not leave `out`
         block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
     return block
 

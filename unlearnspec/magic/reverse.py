@@ -123,7 +123,7 @@ class _Replay(StateKeeping):
             if not owned:
                 w = torch.zeros(rows.shape[0], self.grid.labels.shape[1], dtype=theta[0].dtype, device=self.device)
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], w), params, materialize_grads=True))
-            grad = g if grad is None else torch._foreach_add(grad, g)
+            grad = g if grad is None else list(torch._foreach_add(grad, g))
         if grad is None:  # this rank owns no rows of the step
             grad = [torch.zeros_like(p) for p in theta]
         self._sum_gradient(grad)

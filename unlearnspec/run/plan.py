@@ -254,7 +254,8 @@ class _Builder:
         return run
 
     def score_inputs(self, path: Path, spec: Spec) -> tuple[tuple[tuple[str, Path], ...], tuple[str, ...]]:
-        inputs, after = [], []
+        inputs: list[tuple[str, Path]] = []
+        after: list[str] = []
         for name, src in spec.scores.items():
             if src.path is not None:
                 inputs.append((name, resolve_path(path, src.path)))

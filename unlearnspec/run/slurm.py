@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from unlearnspec import worlds
 from unlearnspec.run.options import Reporter
 from unlearnspec.run.plan import Job, Plan
 from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
@@ -55,6 +56,8 @@ class Request:
     retry_failed: bool = False
     report: bool = True
     reports_dir: Optional[str] = None
+    worlds: list[str] = field(default_factory=lambda: list(worlds.plugins()))
+    """The world plug-ins the submitting process had registered (`unlearnspec.toy`); each job imports them again."""
 
     @classmethod
     def read(cls, path: Path) -> "Request":
@@ -90,6 +93,7 @@ def context_for(request: Request, device: str, say: Any = print) -> Any:
     """A run context on `device` without probing it (the submitting node may have no GPU)."""
     from unlearnspec.run.context import RunContext, toy_context
 
+    worlds.load_plugins(request.worlds, where="request.json worlds")  # a job process has not imported the CLI
     if request.profile is not None:
         return toy_context(Path(request.profile), device=device, say=say)
     return RunContext(device=device, say=say)

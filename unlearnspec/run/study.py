@@ -70,7 +70,7 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
     ctx = make_context(options, say=lambda m: None)
     plan = make_plan(paths, options, ctx)
     layouts = plan_layouts(plan, lambda job: world_size, lambda job: f"--nproc {world_size}")
-    rows = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
+    rows: list[dict[str, Any]] = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
              "state": job_state(j), "batch": layouts[j.id].as_dict() if j.id in layouts else None}
             for i, j in enumerate(plan.jobs)]
     if as_json:

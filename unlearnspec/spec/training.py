@@ -89,7 +89,7 @@ class TrainingSpec(_Section):
             known = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (accum, batch))
             if known and accum == 1:
                 write = f"delete `grad_accum` and keep `batch_size: {batch}`"
-            elif known:
+            elif known and isinstance(batch, int) and isinstance(accum, int):
                 write = f"write `batch_size: {batch * accum}` and `micro_batch_size: {batch}`"
             else:
                 write = "write `batch_size: B x A` (rows per optimizer step) and `micro_batch_size: B`"

@@ -311,7 +311,7 @@ def _message(err: Mapping[str, Any], loc: tuple[Any, ...], root: type[BaseModel]
 def _misspelled_missing(errors: list[Any], data: Any) -> set[tuple[Any, ...]]:
     """Locs of 'missing' errors explained by an unknown sibling key that is a close match:
     one "did you mean" message says it all."""
-    extra = {}
+    extra: dict[tuple[Any, ...], list[str]] = {}
     for err in errors:
         if err["type"] == "extra_forbidden":
             loc = _clean_loc(tuple(err["loc"]), data)

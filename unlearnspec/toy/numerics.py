@@ -75,7 +75,7 @@ def apply(numerics: Any, where: str) -> dict[str, str]:
     pin_environment(numerics)
     import torch
 
-    torch.backends.mkldnn.enabled = bool(numerics.onednn)
+    torch.backends.mkldnn.enabled = bool(numerics.onednn)  # type: ignore[assignment]  # a module property in torch
     if numerics.threads is not None:
         torch.set_num_threads(numerics.threads)
     now = active()

@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from unlearnspec.toy.config import WorldConfig
 from unlearnspec.toy.grammar import (
@@ -322,7 +322,7 @@ def generate_world(cfg: WorldConfig) -> World:
     return World(cfg, facts, corpora, tasks)
 
 
-def row_text(row: dict[str, Any]) -> str:
+def row_text(row: Mapping[str, Any]) -> str:
     """The training text of a row: `text`, or chat contents joined with "\\n" (what spans index)."""
     if "messages" in row:
         return "\n".join(m["content"] for m in row["messages"])

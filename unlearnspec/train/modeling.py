@@ -60,7 +60,7 @@ def load_model(model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Op
             revision=model.revision,
             dtype=dtype or DTYPES[model.dtype],
             attn_implementation=model.attn_implementation,
-        ).to(device)
+        ).to(device)  # type: ignore[arg-type]  # transformers' stub of .to
     except Exception as exc:  # noqa: BLE001 - a truncated safetensors raises SafetensorError, not OSError
         raise _offline_error("model", where, exc, model) from None
 
@@ -78,7 +78,7 @@ def apply_lora(model: Any, lora: LoraSpec) -> Any:
         )
     config = LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r in float; its stub says int
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         bias="none",

@@ -135,7 +135,7 @@ class PoolExecutor:
                 if len(running) < self.jobs:
                     waiting.remove(job)
                     run.started(job)
-                    running[pool.submit(self.work, job.id, job.hash)] = job
+                    running[pool.submit(type(self).work, job.id, job.hash)] = job
             if not running:
                 if waiting and error is None:
                     raise RuntimeError(f"jobs wait for jobs outside the plan: {[j.id for j in waiting][:5]}")

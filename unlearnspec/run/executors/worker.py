@@ -81,7 +81,7 @@ def _exit() -> None:
     from multiprocessing import util
 
     try:
-        util._run_finalizers(0)  # what a normal process exit runs; no public API for it
+        util._run_finalizers(0)  # type: ignore[attr-defined]  # what a normal process exit runs; no public API for it
     finally:
         os._exit(STOPPED)
 

@@ -120,7 +120,9 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, A
     reference = next((e for j, e in zip(jobs, entries) if j.subset is None), None)
     if reference is None or any(e is None for e in entries) or not (folder / SIDECAR_FILE).is_file():
         return None
-    lds = next(j for j in jobs if j.subset is not None).spec.magic.lds  # type: ignore[union-attr]
+    magic = next(j for j in jobs if j.subset is not None).spec.magic
+    lds = magic.lds if magic is not None else None
+    assert lds is not None, "LDS jobs come from a spec with magic.lds"
     subsets = [e for j, e in zip(jobs, entries) if j.subset is not None and e is not None]
     actual = [e["query"] - reference["query"] for e in subsets]
     predicted = [float(e["predicted"]) for e in subsets]
