@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from unlearnspec import __version__
+from unlearnspec.magic.optimizers import OPTIMIZERS
 from unlearnspec.magic.trajectory import Trajectory
 from unlearnspec.safeio import write_json, write_with
 
@@ -57,10 +58,11 @@ def _decay_summary(trajectory: Trajectory) -> float | dict[str, Any]:
 def _optimizer_summary(trajectory: Trajectory, lr: float) -> dict[str, Any]:
     opt = trajectory.optimizer
     out: dict[str, Any] = {"name": opt.name, "lr": lr, "weight_decay": _decay_summary(trajectory)}
-    if opt.name == "sgd":
+    hyper = OPTIMIZERS[opt.name].hyperparameters
+    if not hyper:
         out["momentum"] = 0.0
     else:
-        out.update(betas=list(opt.betas), eps=opt.eps)
+        out.update({key: list(v) if isinstance(v := getattr(opt, key), tuple) else v for key in hyper})
     if opt.max_grad_norm is not None:
         out["max_grad_norm"] = opt.max_grad_norm
     return out

@@ -17,7 +17,7 @@ from pydantic import Field, PositiveInt, ValidationError
 from unlearnspec import worlds
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, _OneLineText, is_cluster_data, load_cluster
-from unlearnspec.spec.training import LdsSpec
+from unlearnspec.spec.training import LdsSpec, OptimizerName
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
@@ -61,7 +61,7 @@ class ProfileTraining(_Section):
 
     steps_scale: Scale
     """max_steps and warmup_steps are multiplied by this (rounded, at least 1)."""
-    lr_scale: dict[Literal["sgd", "adam", "adamw"], Scale]
+    lr_scale: dict[OptimizerName, Scale]
     """Per optimizer: every learning rate of the grid is multiplied by this."""
 
 

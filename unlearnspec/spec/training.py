@@ -8,12 +8,15 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from unlearnspec.spec.base import Seed, SpecRuleError, _Section
 
-
 # --------------------------------------------------------------------------- training
+OptimizerName = Literal["sgd", "adam", "adamw"]
+"""The optimizers a spec may name: train/trainer.py builds each, magic/optimizers.py OPTIMIZERS replays each."""
+
+
 class OptimizerSpec(_Section):
     """Optimizer and its hyperparameters."""
 
-    name: Literal["sgd", "adam", "adamw"]
+    name: OptimizerName
     """sgd | adam (L2 in the gradient) | adamw (decoupled weight decay)."""
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     """SGD momentum."""

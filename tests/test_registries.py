@@ -1,0 +1,33 @@
+"""The extension points of issue 24: each registry names every member the spec allows, and what it says of a
+member is true of the library (checked against torch, not restated)."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import torch
+
+from unlearnspec.magic.checks import optimizer_config
+from unlearnspec.magic.optimizers import OPTIMIZERS, make_adjoint, optimizer_name
+from unlearnspec.spec.training import OptimizerName
+
+
+def test_every_spec_optimizer_has_one_replay_entry():
+    assert tuple(OPTIMIZERS) == get_args(OptimizerName)
+
+
+def test_each_optimizer_entry_matches_torch():
+    """The state the recorder keeps is exactly torch's per-parameter state; the hyperparameters are param-group
+    keys; the class maps back to the name; the adjoint rule carries the same state."""
+    for name, kind in OPTIMIZERS.items():
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = kind.torch_class([p], lr=0.1)
+        p.grad = torch.full((3,), 0.5)
+        opt.step()
+        assert set(opt.state[p]) - {"step", "momentum_buffer"} == set(kind.state_names), name
+        assert all(key in opt.param_groups[0] for key in kind.hyperparameters), name
+        assert optimizer_name(opt) == name
+        config = optimizer_config(kind.torch_class([torch.nn.Parameter(torch.ones(2))], lr=0.1))
+        assert config.name == name and config.state_names == kind.state_names
+        assert make_adjoint(config, [0.0]).state_names == kind.state_names
+    assert optimizer_name(torch.optim.RMSprop([torch.nn.Parameter(torch.ones(1))], lr=0.1)) is None
