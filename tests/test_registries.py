@@ -31,3 +31,31 @@ def test_each_optimizer_entry_matches_torch():
         assert config.name == name and config.state_names == kind.state_names
         assert make_adjoint(config, [0.0]).state_names == kind.state_names
     assert optimizer_name(torch.optim.RMSprop([torch.nn.Parameter(torch.ones(1))], lr=0.1)) is None
+
+
+def test_every_token_mode_has_traits_and_one_weight_function():
+    from unlearnspec.scores.weights import WEIGHTS
+    from unlearnspec.spec.token_modes import TOKEN_MODES, TokenMode
+
+    assert tuple(TOKEN_MODES) == get_args(TokenMode) == tuple(WEIGHTS)
+
+
+def test_token_mode_traits_are_what_the_spec_checks():
+    """`reads_source` and `where` decide which fields a rule of each mode needs and refuses."""
+    import pytest
+    from pydantic import ValidationError
+
+    from unlearnspec.spec import TokenRuleSpec
+    from unlearnspec.spec.token_modes import TOKEN_MODES
+
+    top = {"k": 1, "order": "most_negative", "selected": "ascend", "rest": "mask"}
+    for mode, traits in TOKEN_MODES.items():
+        base = {"mode": mode, **(top if mode == "top" else {}), **({"where": "s > 0"} if traits.where == "required" else {})}
+        with_source, without = {**base, "source": "s"}, base
+        ok, refused = (with_source, without) if traits.reads_source else (without, with_source)
+        TokenRuleSpec.model_validate(ok)
+        with pytest.raises(ValidationError, match="source"):
+            TokenRuleSpec.model_validate(refused)
+        if traits.where == "no":
+            with pytest.raises(ValidationError, match="where"):
+                TokenRuleSpec.model_validate({**ok, "where": "s > 0"})

@@ -8,7 +8,7 @@ k (or fraction) valid tokens ranked first by one source get the `selected` weigh
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -19,25 +19,40 @@ from unlearnspec.scores.files import valid_targets
 from unlearnspec.spec import TokenRuleSpec
 from unlearnspec.spec.rules import evaluate, parse_rule
 from unlearnspec.spec.sections import Normalizer, top_count
+from unlearnspec.spec.token_modes import TOKEN_MODES, TokenMode
+
+Scores = Mapping[str, torch.Tensor]
+WeightRule = Callable[[TokenRuleSpec, Scores, torch.Tensor], torch.Tensor]
+"""(rule, score sources, valid-target mask [N, S]) -> weights [N, S] (zeroed off the valid targets afterwards)."""
 
 
-def token_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def _source(rule: TokenRuleSpec, scores: Scores) -> torch.Tensor:
+    assert rule.source is not None  # the spec requires it for every mode that reads one (spec.token_modes)
+    return scores[rule.source]
+
+
+def _value_weighted(rule: TokenRuleSpec, scores: Scores, valid: torch.Tensor) -> torch.Tensor:
+    s = _source(rule, scores)
+    scale = s[valid].abs().mean()
+    if not scale > 0:
+        raise UserError.one(f"score source {rule.source!r}", "every valid token has score 0, so value weighting is undefined.")
+    return s / scale
+
+
+WEIGHTS: dict[TokenMode, WeightRule] = {
+    "all": lambda rule, scores, valid: valid.float(),
+    "value_weighted": _value_weighted,
+    "sign": lambda rule, scores, valid: torch.sign(_source(rule, scores)),
+    "where": lambda rule, scores, valid: evaluate(parse_rule(rule.where or ""), scores).float(),
+    "top": lambda rule, scores, valid: top_weights(rule, scores, valid),
+}
+"""The weight function of every token mode (their traits: `unlearnspec.spec.token_modes.TOKEN_MODES`)."""
+
+
+def token_weights(rule: TokenRuleSpec, scores: Scores, labels: torch.Tensor) -> torch.Tensor:
     """Signed weights [N, S] (target alignment), zero wherever there is no training target."""
     valid = valid_targets(labels)
-    if rule.mode == "all":
-        w = valid.float()
-    elif rule.mode == "value_weighted":
-        s = scores[rule.source]  # type: ignore[index]
-        scale = s[valid].abs().mean()
-        if not scale > 0:
-            raise UserError.one(f"score source {rule.source!r}", "every valid token has score 0, so value weighting is undefined.")
-        w = s / scale
-    elif rule.mode == "sign":
-        w = torch.sign(scores[rule.source])  # type: ignore[index]
-    elif rule.mode == "top":
-        w = top_weights(rule, scores, valid)
-    else:
-        w = evaluate(parse_rule(rule.where or ""), scores).float()
+    w = WEIGHTS[rule.mode](rule, scores, valid)
     w = w.float().masked_fill(~valid, 0.0)
     if not bool((w != 0).any()):
         raise _nothing_selected(rule, int(valid.sum()))
@@ -50,12 +65,7 @@ def _nothing_selected(rule: TokenRuleSpec, n_valid: int) -> UserError:
     if n_valid == 0:
         return UserError.one("data", "the token grid has no valid target token (every label is padding), so there is "
                              "nothing to train on. Raise data.max_seq_len or choose rows with text.", loc="data")
-    fix = {
-        "where": f"`where: {rule.where}` is false on every one of them. Widen the condition (check its threshold against "
-                 "the scores' range, e.g. with `unlearnspec doctor`)",
-        "sign": f"every score of {rule.source!r} is 0 there, so sign() is 0. Check the score file (a failed or empty run?)",
-        "top": "both `selected` and `rest` weigh 0. Give the selected tokens a nonzero weight (`ascend`, `descend` or a number)",
-    }.get(rule.mode, "every weight is 0. Check the rule and its scores")
+    fix = TOKEN_MODES[rule.mode].nothing_selected.format(where=rule.where, source=rule.source)
     return UserError.one(f"token rule (mode: {rule.mode})", f"selects none of the {n_valid:,} valid target tokens: {fix}. "
                          "Training with all weights 0 would change nothing, and the run would report the untouched model "
                          "as a result.", loc="tokens.where" if rule.mode == "where" else "tokens")
@@ -68,7 +78,7 @@ def top_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], valid: 
     Ties are broken by flat index in the [N, S] grid (row-major: lower row, then lower column first),
     through a stable sort; -0.0 and 0.0 are one value. A count above the candidates is a UserError
     naming k and the counts, never clamped."""
-    s = scores[rule.source]  # type: ignore[index]
+    s = _source(rule, scores)
     candidates = valid.clone()
     if rule.where is not None:
         candidates &= evaluate(parse_rule(rule.where), scores)

@@ -14,6 +14,7 @@ from pydantic import Field, PositiveInt, model_validator
 from unlearnspec import worlds
 from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, source_name_problem, sources
+from unlearnspec.spec.token_modes import TOKEN_MODES, TokenMode
 
 
 # --------------------------------------------------------------------------- model
@@ -238,7 +239,6 @@ class ScoreSourceSpec(_Section):
         return self.random is not None or is_toy_producer(self.produced_by)
 
 
-TokenMode = Literal["all", "value_weighted", "sign", "where", "top"]
 TopOrder = Literal["most_negative", "most_positive"]
 TopSelected = Union[Literal["ascend", "descend"], float]
 TopRest = Literal["mask", "descend"]
@@ -260,15 +260,14 @@ def top_count(k: Optional[int], fraction: Optional[float], valid: int) -> int:
 class TokenRuleSpec(_Section):
     """Which tokens are trained, and with which signed weight.
 
-    Sign convention (the seed's): score = d(query loss)/d(token weight), so a negative score marks a
-    proponent. `value_weighted` gives weight score/mean|score| and `sign` gives sign(score): proponents
-    (negative scores) get negative weights, i.e. gradient ascent; positive scores get descent.
-    `where` trains selected tokens with weight +1 and masks the rest (weight 0). `top` ranks the valid
-    target tokens by one score source and gives the `k` (or `fraction`) strongest the `selected` weight and
-    every other valid token the `rest` weight; an optional `where` restricts the candidates before ranking.
-    A source may be an aggregation of a `per: question` producer's per-question scores: `min_q(wmdp)`,
-    `rank_q(wmdp)` or `wsum_q(wmdp)` (see `unlearnspec.spec.rules`); top-k by `rank_q` with `order:
-    most_negative` is the union of every question's top-j tokens (ties at the last j by grid position).
+    Sign convention (the seed's): score = d(query loss)/d(token weight), so a negative score marks a proponent.
+    `value_weighted` gives weight score/mean|score| and `sign` gives sign(score): proponents (negative scores) get
+    negative weights, i.e. gradient ascent; positive scores get descent. `where` trains selected tokens with weight +1
+    and masks the rest (weight 0). `top` ranks the valid target tokens by one score source and gives the `k` (or
+    `fraction`) strongest the `selected` weight and every other valid token the `rest` weight; an optional `where`
+    restricts the candidates before ranking. A source may be an aggregation of a `per: question` producer's per-question
+    scores: `min_q(wmdp)`, `rank_q(wmdp)` or `wsum_q(wmdp)` (see `unlearnspec.spec.rules`); top-k by `rank_q` with
+    `order: most_negative` is the union of every question's top-j tokens (ties at the last j by grid position).
     `min_t(wmdp)`, `rank_t(wmdp)`, `wsum_t(wmdp)` do the same over the leaf tasks of a `per: task` producer."""
 
     mode: TokenMode = "all"
@@ -317,23 +316,24 @@ class TokenRuleSpec(_Section):
 
     @model_validator(mode="after")
     def _rules(self) -> "TokenRuleSpec":
-        if self.mode in ("value_weighted", "sign", "top") and self.source is None:
+        traits = TOKEN_MODES[self.mode]
+        if traits.reads_source and self.source is None:
             what = "the score source name to rank by" if self.mode == "top" else "the score source name to read"
             raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: {what}.")
         if self.source is not None and (problem := source_name_problem(self.source)) is not None:
             raise SpecRuleError(("source",), f"`source: {self.source[:80]}` is not a score source name: {problem}. Write a "
                                 "name under `scores` (e.g. `wmdp`), one leaf task of it (e.g. `wmdp.dual_use_virology`) "
                                 "or an aggregation over its questions or leaf tasks (e.g. `min_q(wmdp)`, `min_t(wmdp)`).")
-        if self.mode == "where" and self.where is None:
+        if traits.where == "required" and self.where is None:
             raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
         if self.where is not None:
             try:
                 parse_rule(self.where)
             except RuleSyntaxError as exc:
                 raise SpecRuleError(("where",), f"cannot parse the selection: {exc}") from None
-        if self.mode not in ("where", "top") and self.where is not None:
+        if traits.where == "no" and self.where is not None:
             raise SpecRuleError(("where",), f"`where` is only read with `mode: where` or `mode: top` (mode is {self.mode}).")
-        if self.mode in ("all", "where") and self.source is not None:
+        if not traits.reads_source and self.source is not None:
             raise SpecRuleError(("source",), f"`source` is not read with `mode: {self.mode}`; delete it.")
         if self.mode == "top":
             self._top_rules()
