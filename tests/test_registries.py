@@ -59,3 +59,25 @@ def test_token_mode_traits_are_what_the_spec_checks():
         if traits.where == "no":
             with pytest.raises(ValidationError, match="where"):
                 TokenRuleSpec.model_validate({**ok, "where": "s > 0"})
+
+
+def test_token_mode_traits_match_the_weight_functions():
+    """Checked against the implementation, not the spec checks built from the traits: a mode reads `source`
+    iff its weight function fails without one, and is `signed` iff it gives both signs on mixed scores."""
+    from unlearnspec.scores.weights import WEIGHTS
+    from unlearnspec.spec import TokenRuleSpec
+    from unlearnspec.spec.token_modes import TOKEN_MODES
+
+    scores = {"s": torch.tensor([[-2.0, -1.0, 0.5, 3.0]])}
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    top = {"k": 2, "order": "most_negative", "selected": "ascend", "rest": "mask"}
+    for mode, traits in TOKEN_MODES.items():
+        fields = {"mode": mode, "where": "s > -10" if traits.where != "no" else None, **(top if mode == "top" else {})}
+        weights = WEIGHTS[mode](TokenRuleSpec.model_construct(**fields, source="s"), scores, valid)
+        assert bool((weights < 0).any() and (weights > 0).any()) == traits.signed, mode
+        try:
+            WEIGHTS[mode](TokenRuleSpec.model_construct(**fields, source=None), scores, valid)
+            reads = False
+        except (AssertionError, KeyError):
+            reads = True
+        assert reads == traits.reads_source, mode
