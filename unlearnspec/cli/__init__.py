@@ -262,7 +262,7 @@ def run(
     if dry_run:
         raise typer.Exit(show_plan(paths, options, _console(), world_size=nproc))
     code = run_study(paths, options, _console(), executor=chosen.name, settings=settings)
-    if report and chosen.name != "slurm" and code in (0, 1) and os.environ.get("RANK", "0") == "0":
+    if report and not chosen.detached and code in (0, 1) and os.environ.get("RANK", "0") == "0":
         _doctor_summary(paths, toy, profile)
     raise typer.Exit(code)
 

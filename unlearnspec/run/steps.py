@@ -6,27 +6,13 @@ Each step takes the job's spec and the run context; none knows which executor ru
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from unlearnspec.run.context import RunContext
+from unlearnspec.run.context import Prepared, RunContext  # noqa: F401 - Prepared: re-exported
 from unlearnspec.run.plan import Job, spec_hash
-from unlearnspec.run.results import BatchRecord, TokenStats
+from unlearnspec.run.results import BatchRecord
 from unlearnspec.spec.schema import Spec
-
-
-@dataclass
-class Prepared:
-    """Everything the sweep points of one spec share: tokenizer, token grid, signed weights, dataset."""
-
-    tokenizer: Any
-    grid: Any
-    weights: Any
-    stats: TokenStats
-    dataset: Any
-    retain: Any = None
-    """The retain grid of an unlearning objective with a retain term (`data.retain`), else None."""
 
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:

@@ -34,6 +34,7 @@ class PoolExecutor:
 
     name: ClassVar[str] = "pool"
     under_torchrun: ClassVar[bool] = False
+    detached: ClassVar[bool] = False
     work: ClassVar[Callable[[str, str], JobResult]] = staticmethod(run_job)
     """What a worker runs per job (id, hash); a module-level function, since it crosses a spawn."""
 

@@ -30,6 +30,7 @@ class SerialExecutor:
 
     name: ClassVar[str] = "serial"
     under_torchrun: ClassVar[bool] = True
+    detached: ClassVar[bool] = False
 
     def __init__(self, ctx: RunContext, retry_failed: bool = False, display: Optional[RunDisplay] = None,
                  options: Optional[RunOptions] = None) -> None:

@@ -20,6 +20,7 @@ class SlurmBackend:
 
     name: ClassVar[str] = "slurm"
     under_torchrun: ClassVar[bool] = False
+    detached: ClassVar[bool] = True
 
     def __init__(self, options: RunOptions, cluster: Optional[Path], display: RunDisplay) -> None:
         from unlearnspec.spec.profile import slurm_settings
