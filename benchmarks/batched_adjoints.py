@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def recorded_run(spec_path: Path, workdir: Path):
-    """(model, grid, trajectory, query) of the spec's toy score run, as `magic/job.py::run_score` builds them."""
+    """(model, grid, trajectory, query) of the spec's toy score run, as `run/recipes/score.py::run_score` builds them."""
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
     from unlearnspec.run.steps import prepare, train

@@ -105,7 +105,7 @@ def site_text(box: Any, Case: Any) -> list[Any]:
     payloads = [f"touch {box.marker} #", f"scancel -u root; touch {box.marker}", f"#SBATCH --time=1\ntouch {box.marker}"]
     for label, where in fields.items():
         for c in CONTROL:
-            for j, payload in enumerate(payloads[:2] if c != "\n" else payloads):
+            for _j, payload in enumerate(payloads[:2] if c != "\n" else payloads):
                 data = json.loads(json.dumps(base))
                 target = data
                 for k in where[:-1]:

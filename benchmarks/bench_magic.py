@@ -26,7 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from unlearnspec.train.loss import IGNORE_INDEX, weighted_token_loss
 from unlearnspec.magic import (
     OptimizerConfig,
     ReplayStats,
@@ -37,6 +36,7 @@ from unlearnspec.magic import (
     trainable_params,
 )
 from unlearnspec.magic.query import QueryBatch, QueryLoss
+from unlearnspec.train.loss import IGNORE_INDEX, weighted_token_loss
 
 VOCAB, SEQ, BATCH, STEPS, LR = 4096, 64, 8, 20, 1e-2
 ADAM_LR, ADAM_DECAY = 1e-3, 0.01

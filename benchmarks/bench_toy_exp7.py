@@ -23,7 +23,7 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     subprocess.run([sys.executable, "-m", "unlearnspec", "toy", "build"], cwd=REPO, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    from unlearnspec.toy.build import cache_root
+    from unlearnspec.spec.assets import cache_root
 
     shutil.rmtree(cache_root() / "baselines", ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -74,7 +74,7 @@ def toy_point(device: torch.device, dry: bool) -> dict[str, float]:
     """Train and evaluate the first sweep point of exp7 on the toy world on `device`, through the tool's
     own plan and recipe (the job `unlearnspec run` would run); task -> acc."""
     from unlearnspec.run.plan import build_plan
-    from unlearnspec.run.recipe import run_job
+    from unlearnspec.run.recipes import run_job
     from unlearnspec.run.study import RunOptions, make_context
     from unlearnspec.spec.profile import default_toy_profile
 
@@ -186,8 +186,7 @@ def check_trainers(device: torch.device, dry: bool) -> str:
 
     from unlearnspec.data import TokenGrid, grid_fingerprint
     from unlearnspec.spec import TrainingSpec
-    from unlearnspec.train.trainer import (WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset,
-                                           sft_config)
+    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
 
     shape = pythia_shape(dry)
     seq, batch, steps = shape["seq"], shape["batch"], shape["steps"]

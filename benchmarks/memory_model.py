@@ -4,7 +4,7 @@ Activation bytes are measured, not assumed: on the CPU, for small GPT-NeoX model
 saves (training backward; and the reverse pass's double backward: grad with create_graph, then grad of
 <grad, v>) is summed through `torch.autograd.graph.saved_tensors_hooks` (storages counted once). A least-
 squares fit per sequence, fp32,  bytes = L*S*(a*d + b*h*S) + c*S*V,  then extrapolates to any shape.
-Parameter-sized buffers of the reverse pass are fitted to tracked peaks (unlearnspec/memory.py,
+Parameter-sized buffers of the reverse pass are fitted to tracked peaks (unlearnspec/doctor/memory_model.py,
 tests/test_memory_model.py). Evaluates 6.86B on W GPUs (DDP and FSDP) and the nine recorded score specs on 4 and
 8 GPUs of 80 GB (what `doctor --cluster` says).
 
@@ -100,8 +100,8 @@ SHAPES = [(1, 64, 4, 64, 512), (2, 64, 4, 128, 512), (1, 64, 4, 256, 512), (3, 1
 
 
 def model_rows(W: int, S: int, b: int, T: int) -> list[tuple[str, float]]:
-    """The README table (GiB per GPU) from unlearnspec/memory.py, the model `doctor` uses."""
-    from unlearnspec.memory import Setting, gib, resident_bytes, reverse_bytes, train_bytes
+    """The README table (GiB per GPU) from unlearnspec/doctor/memory_model.py, the model `doctor` uses."""
+    from unlearnspec.doctor.memory_model import Setting, gib, resident_bytes, reverse_bytes, train_bytes
     from unlearnspec.doctor.memory_rules import KNOWN_SHAPES
 
     m = KNOWN_SHAPES["EleutherAI/deep-ignorance-unfiltered"]
@@ -161,7 +161,7 @@ def main() -> None:
             print(f"fit {name}: bytes/seq = L*S*({f[0]:.1f}*d + {f[1]:.2f}*h*S) + {f[2]:.2f}*S*V + {f[3]:.1f}*S*d"
                   f"  (worst fit error {worst:.1%} over {len(rows)} shapes)")
     print(f"\n6.86B (Pythia-6.9B shape), fp32, W={args.world} GPUs, S={args.seq}, {args.micro} row(s) per (double) "
-          f"backward, T={args.steps} (unlearnspec/memory.py)")
+          f"backward, T={args.steps} (unlearnspec/doctor/memory_model.py)")
     for name, value in model_rows(args.world, args.seq, args.micro, args.steps):
         print(f"| {name} | {value:.0f} GiB |")
     print()

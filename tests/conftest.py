@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The toy world pins CPU numerics (specs/profiles/toy_world.yaml `numerics`); ATen and MKL read the
 # pins at torch's first operation, so they are set here, before any test module imports torch.
-from unlearnspec.numerics import pin_for_world  # noqa: E402
+from unlearnspec.toy.numerics import pin_for_world  # noqa: E402
 
 pin_for_world()
 

@@ -14,10 +14,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from unlearnspec.builtin_scores import random_scores
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
 from unlearnspec.scores import token_weights
+from unlearnspec.scores.builtin import random_scores
 from unlearnspec.spec import TokenRuleSpec, json_schema
 from unlearnspec.spec.sections import RandomScoresSpec
 
@@ -65,10 +65,10 @@ def test_top_k_on_random_scores_picks_k_distinct_valid_tokens_reproducibly():
 
 # --------------------------------------------------------------------------- truth through the plan
 def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path):
-    from unlearnspec.builtin_scores import builtin_score_file
     from unlearnspec.run.context import toy_context
     from unlearnspec.run.plan import build_plan
     from unlearnspec.run.steps import prepare
+    from unlearnspec.scores.builtin import builtin_score_file
     from unlearnspec.spec.profile import default_toy_profile
 
     out = tmp_path / "truth"

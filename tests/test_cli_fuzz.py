@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import shutil
 from collections import Counter
 from pathlib import Path

@@ -9,8 +9,8 @@ import torch
 
 from unlearnspec.data import build_grid, chat_text, load_grid, load_texts, select_rows
 from unlearnspec.errors import UserError
-from unlearnspec.train.loss import IGNORE_INDEX
 from unlearnspec.spec import ChatSpec, DataSpec, SelectSpec
+from unlearnspec.train.loss import IGNORE_INDEX
 
 from .tiny import tiny_texts, tiny_tokenizer
 

@@ -1,4 +1,4 @@
-"""unlearnspec.run.dist: alone (no process group) and on 2 real torchrun CPU ranks (tests/workers/dist_fail.py)."""
+"""unlearnspec.train.dist: alone (no process group) and on 2 real torchrun CPU ranks (tests/workers/dist_fail.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from unlearnspec.run import dist
+from unlearnspec.train import dist
 
 from .dist_util import torchrun
 

@@ -170,7 +170,7 @@ def _adamw(d):
 
 def test_d3_adam_fields(tmp_path):
     """In a matched AdamW regime D3 is quiet; a producer with other betas, warmup or clipping is named."""
-    every = {name: _adamw for name in ("selective", "all_tokens", "magic_wmdp", "magic_mmlu")}
+    every = dict.fromkeys(("selective", "all_tokens", "magic_wmdp", "magic_mmlu"), _adamw)
     (tmp_path / "same").mkdir()
     (tmp_path / "other").mkdir()
     findings, _ = diagnose([make_project(tmp_path / "same", every)])

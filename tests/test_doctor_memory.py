@@ -1,6 +1,6 @@
 """doctor D16 gpu-memory: each job's estimated peak per GPU (and host RAM) against the site file's `gpu_mem_gb`
 (`mem_gb`) or `--gpu-mem-gb`, before submission; the fix names the knobs. The estimates are the memory model's
-(unlearnspec/memory.py), which tests/test_memory_model.py checks against tracked allocations; training's here."""
+(unlearnspec/doctor/memory_model.py), which tests/test_memory_model.py checks against tracked allocations; training's here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
-from unlearnspec.memory import ModelShape, Setting, train_bytes
+from unlearnspec.doctor.memory_model import ModelShape, Setting, train_bytes
 
 from .conftest import REPO
 
@@ -89,12 +89,12 @@ def test_training_peak_matches_the_model(optimizer):
     """Tracked allocations of real training steps (stock torch.optim, one process) against `train_bytes` without the
     parameters themselves (they exist before the block): gradients, m and v, activations of one micro-batch."""
     import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from tests.test_magic import Grid
     from unlearnspec.magic import plan_steps, sgd_train
     from unlearnspec.magic.memtrack import LiveBytes
     from unlearnspec.magic.optimizers import OptimizerConfig
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     shape = ModelShape(4, 48, 4, 96, 192)
     torch.manual_seed(0)

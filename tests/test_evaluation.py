@@ -53,7 +53,7 @@ def test_toy_tasks_load_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # lm-eval would resolve relative data_files against this
     tm = TaskManager(include_path=str(TOY_TASKS_DIR), include_defaults=False)
     loaded = tm.load(["toy_wmdp", "toy_mmlu"])
-    for name, task in loaded["tasks"].items():
+    for _name, task in loaded["tasks"].items():
         docs = list(task.eval_docs)
         assert len(docs) == 300
         doc = docs[0]

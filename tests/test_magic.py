@@ -13,7 +13,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
-from unlearnspec.train.loss import IGNORE_INDEX, token_nll, weighted_token_loss
 from unlearnspec.magic import (
     DiskStore,
     ReplayStats,
@@ -27,8 +26,9 @@ from unlearnspec.magic import (
     unrolled_query,
     unrolled_scores,
 )
-from unlearnspec.magic.replay import forward_logits
 from unlearnspec.magic.query import QueryBatch, QueryLoss
+from unlearnspec.magic.replay import forward_logits
+from unlearnspec.train.loss import IGNORE_INDEX, token_nll, weighted_token_loss
 
 N, S, VOCAB = 6, 8, 50
 LR = 2.0  # large, so the Hessian term changes the scores by ~90% (asserted below)
@@ -183,7 +183,7 @@ def finite_difference_errors(setup: Setup, scores_by_name: dict[str, torch.Tenso
         e = torch.zeros(N, S, dtype=torch.float64)
         e[i, p] = 1.0
         directions.append(e)
-    worst = {name: 0.0 for name in scores_by_name}
+    worst = dict.fromkeys(scores_by_name, 0.0)
     for u in directions:
         fd = (setup.q_of_weights(base + h * u) - setup.q_of_weights(base - h * u)) / (2 * h)
         for name, s in scores_by_name.items():

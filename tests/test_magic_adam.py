@@ -11,7 +11,16 @@ import warnings
 import pytest
 import torch
 
-from unlearnspec.magic import DiskStore, ReplayStats, TrajectoryRecorder, magic_scores, plan_steps, sgd_train, split_micro_batches, trainable_params
+from unlearnspec.magic import (
+    DiskStore,
+    ReplayStats,
+    TrajectoryRecorder,
+    magic_scores,
+    plan_steps,
+    sgd_train,
+    split_micro_batches,
+    trainable_params,
+)
 from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.reverse import _Replay
@@ -99,7 +108,7 @@ def fd_errors(setup: AdamSetup, scores_by_name: dict[str, torch.Tensor]) -> dict
         e = torch.zeros(N, S, dtype=torch.float64)
         e[i, p] = 1.0
         directions.append(e)
-    worst = {name: 0.0 for name in scores_by_name}
+    worst = dict.fromkeys(scores_by_name, 0.0)
     for u in directions:
         fd = richardson(setup.q_of_weights, u, base)
         for name, s in scores_by_name.items():
@@ -152,7 +161,7 @@ def test_matches_independent_unrolled_adam(adam_case) -> None:
     setup, exact, oracle = adam_case
     assert exact.dtype == torch.float64 and torch.isfinite(exact).all()
     assert rel_err(exact, oracle) <= 1e-10
-    assert setup.plan[0].lr == 0.0 and len(set(s.lr for s in setup.plan)) == len(setup.plan)  # warmup + cosine
+    assert setup.plan[0].lr == 0.0 and len({s.lr for s in setup.plan}) == len(setup.plan)  # warmup + cosine
 
 
 def test_second_moment_trap_is_exercised(adam_case) -> None:

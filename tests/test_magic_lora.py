@@ -14,14 +14,32 @@ import pytest
 import torch
 
 from unlearnspec.errors import UserError
-from unlearnspec.magic import ReplayStats, TrajectoryRecorder, magic_scores, plan_steps, sgd_train, trainable_params, unrolled_query, unrolled_scores
+from unlearnspec.magic import (
+    ReplayStats,
+    TrajectoryRecorder,
+    magic_scores,
+    plan_steps,
+    sgd_train,
+    trainable_params,
+    unrolled_query,
+    unrolled_scores,
+)
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.trajectory import decay_list
 from unlearnspec.spec import LoraSpec
 from unlearnspec.train.modeling import apply_lora
 
 from .adam_oracle import adam_unrolled_scores
-from .test_magic import N, finite_difference_errors, hf_style_decay, one_thread, rel_err, tiny_grid, tiny_model, tiny_query  # noqa: F401 - one_thread: autouse fixture
+from .test_magic import (  # noqa: F401 - one_thread: autouse fixture
+    N,
+    finite_difference_errors,
+    hf_style_decay,
+    one_thread,
+    rel_err,
+    tiny_grid,
+    tiny_model,
+    tiny_query,
+)
 
 LORA = LoraSpec(rank=3, alpha=6.0, dropout=0.0, target_modules=["query_key_value", "dense", "dense_h_to_4h"])
 SGD_LR = 1.0  # the Hessian term changes the scores by ~90% here (asserted below)

@@ -9,11 +9,25 @@ import torch
 
 from unlearnspec.data import build_grid
 from unlearnspec.errors import UserError
-from unlearnspec.magic import ReplayStats, magic_scores, register_replay_attention, replay_mode, sgd_train, unrolled_scores
+from unlearnspec.magic import (
+    ReplayStats,
+    magic_scores,
+    register_replay_attention,
+    replay_mode,
+    sgd_train,
+    unrolled_scores,
+)
 from unlearnspec.magic.callback import MagicCallback
 from unlearnspec.magic.reverse import _Replay
 from unlearnspec.spec import TrainingSpec
-from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, decay_parameter_names, grid_dataset, sft_config
+from unlearnspec.train.trainer import (
+    WeightedSFTTrainer,
+    build_optimizer,
+    build_scheduler,
+    decay_parameter_names,
+    grid_dataset,
+    sft_config,
+)
 
 from .adam_oracle import adam_unrolled_scores
 from .tiny import tiny_model, tiny_texts, tiny_tokenizer

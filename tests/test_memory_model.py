@@ -1,4 +1,4 @@
-"""The memory model (unlearnspec/memory.py) against tracked allocations of real reverse passes on the CPU
+"""The memory model (unlearnspec/doctor/memory_model.py) against tracked allocations of real reverse passes on the CPU
 (`magic.memtrack.LiveBytes`), on shapes other than those its constants were fitted on; and the sharded pass's
 per-rank peak against one process: 1/W of it (tests/workers/magic_fsdp_memory.py)."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from unlearnspec.memory import ModelShape, Setting, reverse_bytes
+from unlearnspec.doctor.memory_model import ModelShape, Setting, reverse_bytes
 
 from .dist_util import torchrun
 

@@ -30,12 +30,12 @@ sys.path.insert(0, os.environ["REPO"])
 from unlearnspec.toy.config import NumericsConfig
 PINNED = NumericsConfig(aten_kernels="default", mkl_cbwr="COMPATIBLE", onednn=False, threads=1)
 if os.environ.get("PIN"):
-    from unlearnspec.numerics import pin_environment
+    from unlearnspec.toy.numerics import pin_environment
     pin_environment(PINNED)              # what the CLI does before importing torch, for a pinned world
 import torch
 torch.set_num_threads(1)
 if os.environ.get("PIN"):
-    from unlearnspec.numerics import apply
+    from unlearnspec.toy.numerics import apply
     apply(PINNED, "probe")
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 torch.manual_seed(0)
@@ -80,7 +80,7 @@ def test_pins_make_training_bitwise_identical_across_simulated_machines():
 def test_apply_refuses_when_torch_already_runs_other_kernels(monkeypatch):
     import torch
 
-    from unlearnspec import numerics
+    from unlearnspec.toy import numerics
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     with pytest.raises(UserError, match="before starting Python"):
@@ -117,7 +117,7 @@ def test_cli_pins_before_torch_is_imported(tmp_path):
     code = (
         "import os, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from unlearnspec.numerics import pin_for_profile\n"
+        "from unlearnspec.toy.numerics import pin_for_profile\n"
         f"pin_for_profile({str(tmp_path / 'toy.yaml')!r})\n"
         "assert 'torch' not in sys.modules\n"
         "print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['MKL_CBWR'])\n"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 
 import jsonschema
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from unlearnspec.errors import UserError
 from unlearnspec.run.plan import spec_hash

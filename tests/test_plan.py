@@ -178,7 +178,7 @@ def test_the_plan_builds_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from unlearnspec.run.plan import build_plan; from unlearnspec.spec.profile import default_toy_profile;"
+    code = ("import sys; import unlearnspec.toy; from unlearnspec.run.plan import build_plan; from unlearnspec.spec.profile import default_toy_profile;"
             f"build_plan([__import__('pathlib').Path({str(SPECS)!r})], profile=default_toy_profile(), auto_produce=True);"
             "print(sorted({'torch', 'transformers', 'trl', 'peft', 'lm_eval'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
@@ -187,7 +187,7 @@ def test_the_plan_builds_without_torch():
 
 def test_baseline_cache_key_follows_everything_that_changes_the_numbers(tmp_path, monkeypatch):
     import unlearnspec.run.plan as plan_mod
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.spec.load import load_spec
 
     (tmp_path / "pyproject.toml").write_text("")

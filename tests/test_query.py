@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from unlearnspec.errors import UserError
-from unlearnspec.train.loss import IGNORE_INDEX
 from unlearnspec.magic import query_gradient, replay_mode
 from unlearnspec.magic.query import QueryLoss, build_query, build_query_batch, letter_prompt, load_tasks
 from unlearnspec.spec import QuerySpec
+from unlearnspec.train.loss import IGNORE_INDEX
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "query_task"
 GROUP = "fixture_mcq_group"

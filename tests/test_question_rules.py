@@ -14,11 +14,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from unlearnspec.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, rank_q, source_aggregates, wsum_q
 from unlearnspec.cli import app
 from unlearnspec.doctor import diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.scores import token_weights
+from unlearnspec.scores.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, rank_q, source_aggregates, wsum_q
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, parse_source, sources, split_source
 

@@ -272,8 +272,8 @@ def test_bad_data_files_are_user_errors(tmp_path, content, expect):
 
 
 def test_damaged_toy_world_points_at_toy_build_force(tmp_path, toy_world):
-    from unlearnspec.assets import Assets
     from unlearnspec.spec import ModelSpec
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.toy.build import ToyWorld
     from unlearnspec.train.modeling import load_model
 

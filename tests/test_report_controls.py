@@ -13,15 +13,15 @@ from unlearnspec.errors import UserError
 from unlearnspec.report.build import table_from_results
 from unlearnspec.report.commands import run_report
 from unlearnspec.report.diff import diff_tables
+from unlearnspec.report.inputs import RunInput, Selection, report_for
 from unlearnspec.report.model import load_report
 from unlearnspec.report.plot import legend_label
-from unlearnspec.report.inputs import RunInput, Selection, report_for
 from unlearnspec.report.render import grid, headers, markdown
 from unlearnspec.report.stats import mcnemar_mde
-from unlearnspec.run.results import load_results
-from unlearnspec.run.context import RunContext
 from unlearnspec.run.assemble import assemble
+from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import build_plan
+from unlearnspec.run.results import load_results
 from unlearnspec.spec.profile import default_toy_profile
 
 from .fixtures.reportkit import answers, flip, make_project, write_run
@@ -175,7 +175,7 @@ def test_every_table_states_its_mde(tmp_path):
     assert gn.discordance == round(20 / 1200, 4) and gn.n == 400
     assert gn.mde == round((20 / 1200) ** 0.5 * (ZA * 20 + ZB * (400 - ZA**2 + ZB**2) ** 0.5) / (400 + ZB**2), 4)
     md = markdown(table)
-    assert f"MDE (smallest |Δ| the table's test detects with power 0.80 at α = 0.05" in md
+    assert "MDE (smallest |Δ| the table's test detects with power 0.80 at α = 0.05" in md
     assert f"WMDP Bio Robust {hz.mde:.4f} (n=200, McNemar, ψ={hz.discordance:.4f}, Δ control)" in md
     control = _built(_study(tmp_path), "all_tokens")  # no control: the MDE of Δ base
     assert control.mde and all(p.against == "baseline" for p in control.mde)

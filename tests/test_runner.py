@@ -177,8 +177,8 @@ def test_diverging_point_is_recorded_and_the_sweep_goes_on(toy_world, tmp_path):
 
 
 def test_a_toy_run_dir_spec_reruns_without_double_scaling(toy_world, tmp_path):
-    from unlearnspec.spec.profile import default_toy_profile
     from unlearnspec.spec.load import dump_spec, load_spec
+    from unlearnspec.spec.profile import default_toy_profile
 
     mapped = load_spec(REPO / EXP7, profile=default_toy_profile())
     (tmp_path / "spec.yaml").write_text(dump_spec(mapped))

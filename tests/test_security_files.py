@@ -176,13 +176,13 @@ def test_report_on_a_full_disk_exits_2_without_a_traceback(tmp_path, run_dir, mo
 
 
 def test_disk_errors_a_library_wraps_are_named():
-    from unlearnspec.cli_support import filesystem_problem
+    from unlearnspec.cli.support import filesystem_problem
 
     try:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # noqa: B904 - torch raises it during handling: the ENOSPC is its __context__
     except RuntimeError as exc:
         problem = filesystem_problem(exc)
     assert problem is not None and "no space left" in problem.message
@@ -248,7 +248,7 @@ def test_report_does_not_hang_on_a_fifo_or_read_dev_zero(tmp_path, run_dir):
 # --------------------------------------------------------------------------- class 12 and 13
 @pytest.mark.parametrize("task", ["../facts", "../tasks/toy_mmlu", "/etc/passwd", "toy_wmdp/../toy_mmlu"])
 def test_toy_tasks_are_names_not_paths(tmp_path, task):
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.toy.truth import asked_facts
 
     task_dir = Path(Assets().world.task_dir)

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unlearnspec.errors import UserError
-from unlearnspec.spec.yamlio import apply_overrides, parse_yaml
-from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, validate_data, validate_files
 from unlearnspec.spec import json_schema
+from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, validate_data, validate_files
+from unlearnspec.spec.yamlio import apply_overrides, parse_yaml
 
 from .conftest import REPO, SPECS
 

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles (function-level imports included), modules under 400 lines."""
+"""The package's shape: no import cycles between modules or between packages (function-level imports included),
+packages in their layer order with the toy world at the edge, modules under 400 lines."""
 
 from __future__ import annotations
 
@@ -81,6 +82,70 @@ def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):
     code = "def f():\n    from unlearnspec.run.executors.serial import SerialExecutor\n"
     tree = ast.parse(code)
     assert any(isinstance(n, ast.ImportFrom) and n.module == "unlearnspec.run.executors.serial" for n in ast.walk(tree))
+
+
+LAYERS: dict[str, int] = {
+    # a package may import only packages of a lower layer; the order of issue 24:
+    # spec -> data, scores -> train -> magic -> evaluation -> run -> report -> doctor -> cli
+    "errors": 0, "safewrite": 1, "records": 1, "worlds": 1, "safeio": 2,
+    "spec": 3, "data": 4, "scores": 5, "train": 6, "magic": 7, "evaluation": 8, "run": 9, "report": 10,
+    "doctor": 11, "toy": 11,  # the toy world is a plug-in at the edge: it registers through `worlds`
+    "cli": 12, "__main__": 13,
+}
+
+
+def package_of(module: str) -> str:
+    """`unlearnspec.run.recipes.score` -> `run`; a top-level module is its own package."""
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """package -> the packages its modules import (module cycles inside one package are the test above's)."""
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        src = package_of(module)
+        if not src:
+            continue
+        out.setdefault(src, set())
+        out[src] |= {dst for t in targets if (dst := package_of(t)) and dst != src}
+    for targets in list(out.values()):
+        for dst in targets:
+            out.setdefault(dst, set())
+    return out
+
+
+def layer_violations(packages: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in packages.items() for b in targets
+                  if a not in LAYERS or b not in LAYERS or LAYERS[b] >= LAYERS[a])
+
+
+def test_no_import_cycles_between_packages():
+    packages = package_graph(import_graph())
+    cycle = find_cycle(packages)
+    assert not cycle, "package import cycle: " + " -> ".join(cycle)
+
+
+def test_packages_import_only_lower_layers():
+    packages = package_graph(import_graph())
+    assert set(packages) <= set(LAYERS), f"packages without a layer in LAYERS: {sorted(set(packages) - set(LAYERS))}"
+    assert not layer_violations(packages), "imports against the layer order: " + ", ".join(layer_violations(packages))
+
+
+def test_core_never_imports_the_toy_world_and_magic_never_imports_run():
+    packages = package_graph(import_graph())
+    assert [p for p, targets in packages.items() if "toy" in targets and p != "cli"] == []
+    assert "run" not in packages["magic"]
+
+
+def test_the_package_checks_can_fail():
+    """A magic -> run import (the loop issue 24 found) is a package cycle and a layer violation."""
+    graph = import_graph()
+    graph["unlearnspec.magic.callback"].add("unlearnspec.run.plan")
+    packages = package_graph(graph)
+    assert find_cycle(packages)[:1] in (["magic"], ["run"])
+    assert "magic -> run" in layer_violations(packages)
+    graph["unlearnspec.spec.sections"].add("unlearnspec.toy.truth")
+    assert "spec -> toy" in layer_violations(package_graph(graph))
 
 
 def test_every_module_is_under_400_lines():

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearnspec.aggregate import AGGREGATES, checked_task_scores, min_q, rank_q, source_aggregates, wsum_q
 from unlearnspec.doctor import diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.magic.output import write_task_scores
 from unlearnspec.magic.per_task import TaskScores
 from unlearnspec.scores import token_weights
+from unlearnspec.scores.aggregate import AGGREGATES, checked_task_scores, min_q, rank_q, source_aggregates, wsum_q
 from unlearnspec.spec import ScoreSourceSpec, TokenRuleSpec
 from unlearnspec.spec.rules import AGGREGATIONS, RuleSyntaxError, parse_rule, parse_source, sources
 

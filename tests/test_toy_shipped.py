@@ -17,7 +17,16 @@ from unlearnspec.errors import UserError
 from unlearnspec.toy import build
 from unlearnspec.toy.build import ensure_toy_world, load_config, world_key
 from unlearnspec.toy.config import WorldConfig
-from unlearnspec.toy.shipped import MANIFEST, MODEL_FILES, REGENERATE, SHIPPED_DIR, manifest, model_files_equal, sha256, ship
+from unlearnspec.toy.shipped import (
+    MANIFEST,
+    MODEL_FILES,
+    REGENERATE,
+    SHIPPED_DIR,
+    manifest,
+    model_files_equal,
+    sha256,
+    ship,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STALE = (f"The shipped toy world (unlearnspec/toy/shipped/) is not the default world's: regenerate it with "
@@ -166,7 +175,7 @@ def test_ship_is_refused_without_force_or_for_another_world(tmp_path):
 
 
 def test_ship_writes_into_a_source_checkout_only(tmp_path, monkeypatch):
-    from unlearnspec.cli_toy import _check_ship
+    from unlearnspec.cli.toy import _check_ship
 
     _check_ship(True, None)  # this checkout: allowed
     _check_ship(True, REPO / "unlearnspec" / "profiles" / "toy_world.yaml")  # the default world named explicitly

@@ -163,7 +163,7 @@ def test_truth_file_plugs_into_a_token_rule_on_the_specs_grid(toy_world, tmp_pat
 
 
 def test_quality_of_a_run_folder_is_written_into_its_sidecar(toy_world, tmp_path):
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.spec.profile import default_toy_profile
     from unlearnspec.toy.truth import spec_truth
 

@@ -182,7 +182,7 @@ def test_world_key_follows_the_config():
 
 def test_include_paths_use_the_projects_toy_tasks_only_when_they_are_this_worlds(tmp_path, world):
     """The shipped plugins/toy and the world's cached copy would register the same task names twice."""
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.toy.build import ToyWorld, write_world_data
 
     write_world_data(world, tmp_path / "default")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from unlearnspec.data import build_grid
-from unlearnspec.train.loss import normalizer_count, token_nll, weighted_token_loss
 from unlearnspec.spec import LoraSpec, TrainingSpec
+from unlearnspec.train.loss import normalizer_count, token_nll, weighted_token_loss
 from unlearnspec.train.trainer import (
     GridCollator,
     TrainingDiverged,

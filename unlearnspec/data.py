@@ -17,10 +17,12 @@ import torch
 
 from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import ChatSpec, DataSourceSpec, DataSpec, SelectSpec
-from unlearnspec.train.loss import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
+
+IGNORE_INDEX = -100
+"""The label of a position that is no training target (padding, column 0): what torch's cross-entropy skips."""
 
 
 @dataclass(frozen=True)

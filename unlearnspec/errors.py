@@ -6,7 +6,7 @@ Anything raised as `UserError` is rendered as a short message with exit code 2, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TypeVar
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Problem:
         return f"{where}{field} {self.message}"
 
 
+E = TypeVar("E", bound="UserError")
+
+
 class UserError(Exception):
     """A user mistake in a spec, profile, override, score file or dataset (exit code 2)."""
 
@@ -32,7 +35,7 @@ class UserError(Exception):
         super().__init__("\n".join(p.render() for p in problems))
 
     @classmethod
-    def one(cls, file: str, message: str, loc: str = "", line: Optional[int] = None) -> "UserError":
+    def one(cls: type[E], file: str, message: str, loc: str = "", line: Optional[int] = None) -> E:
         return cls([Problem(file, loc, message, line)])
 
 

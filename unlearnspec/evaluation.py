@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from unlearnspec.errors import Problem, UserError, first_line
-from unlearnspec.run.results import TaskMetrics
+from unlearnspec.records import TaskMetrics
 from unlearnspec.spec import EvalSpec
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ def local_numel(model: torch.nn.Module) -> int:
 
 
 def run_case(case: dict, out: Path) -> dict:
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
 
     from tests.tiny import tiny_model, tiny_tokenizer
     from unlearnspec.spec import ParallelSpec, TrainingSpec

@@ -1,4 +1,4 @@
-"""torchrun worker for unlearnspec.run.dist: sharing results and failing together on 2 CPU ranks.
+"""torchrun worker for unlearnspec.train.dist: sharing results and failing together on 2 CPU ranks.
 
 Usage: torchrun --nproc-per-node 2 tests/workers/dist_fail.py OUT_DIR MODE
 MODE `agreed`: run_on_main success and failure, a rank-1 failure inside fail_together, a
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from unlearnspec.run import dist
+from unlearnspec.train import dist
 
 
 def diverging_run() -> str:
@@ -54,8 +54,8 @@ def evaluate_toy() -> dict[str, float]:
     """lm-eval of the toy model on 24 questions per task, in this process only (what run_on_main wraps)."""
     from unlearnspec.evaluation import evaluate_model
     from unlearnspec.spec import load_spec
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.spec.profile import default_toy_profile
-    from unlearnspec.assets import Assets
     from unlearnspec.train.modeling import load_model, load_tokenizer
 
     repo = Path(__file__).resolve().parents[2]

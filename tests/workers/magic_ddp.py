@@ -97,9 +97,8 @@ def _sharded(trainer, traj, grid, world: int, out: Path) -> dict:
     from unlearnspec.magic import magic_scores
     from unlearnspec.magic.per_question import per_question_scores
     from unlearnspec.magic.sharded import default_group, rebind_query, shard_for_replay
-    from unlearnspec.train.parallel import full_state_dict
-
     from unlearnspec.magic.trajectory import plain_name
+    from unlearnspec.train.parallel import full_state_dict
 
     final = {plain_name(n): t for n, t in full_state_dict(trainer.model).items()}  # a collective: every rank joins
     group = default_group()

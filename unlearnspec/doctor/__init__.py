@@ -8,7 +8,7 @@ Imports no torch/transformers/lm_eval: it reads YAML and JSON only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Iterable
+from typing import Iterable, Optional
 
 from unlearnspec.doctor.batch_rules import score_batch_mismatch
 from unlearnspec.doctor.context import Workspace
@@ -19,7 +19,6 @@ from unlearnspec.doctor.power_rules import study_findings
 from unlearnspec.doctor.quality_rules import quality_findings
 from unlearnspec.doctor.question_rules import DEFAULT_NEAR_ZERO, question_findings
 from unlearnspec.doctor.result_rules import result_findings
-from unlearnspec.doctor.step_rules import lr_shift
 from unlearnspec.doctor.spec_rules import (
     alignment_ambiguity,
     invalid_spec,
@@ -29,6 +28,7 @@ from unlearnspec.doctor.spec_rules import (
     sidecar_precision,
     unmatched_control,
 )
+from unlearnspec.doctor.step_rules import lr_shift
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.report.stats import DEFAULT_POWER
 from unlearnspec.spec.load import find_spec_files, is_profile_path

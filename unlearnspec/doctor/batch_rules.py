@@ -39,8 +39,9 @@ def score_batch_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         producer = ws.producer(entry, src)
         sidecar = ws.sidecar(entry, src)
         recorded = sidecar_global_batch(sidecar)
-        written = producer.spec.training.batch_size if producer is not None and producer.spec is not None else None
-        who = producer.spec.name if written is not None else "the score file"
+        producing = producer.spec if producer is not None else None
+        written = producing.training.batch_size if producing is not None else None
+        who = producing.name if producing is not None else "the score file"
         where = src.produced_by or src.path
         if recorded is not None and written is not None and recorded != written:
             yield Finding(

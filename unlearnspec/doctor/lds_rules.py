@@ -58,7 +58,7 @@ def changed_fraction(entry: Entry, ws: Workspace) -> Optional[Changed]:
                        "no dropped fraction reproduces a rescaling of every weight: the LDS says whether the scores predict small "
                        "drops; the run itself is judged against its control")
     found = ws.results(entry)
-    stats = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
+    stats: list[Any] = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
     origin = "results.json"
     if not stats:
         ref = ws.reference(entry)

@@ -1,5 +1,5 @@
 """D16 gpu-memory: before submission, whether each job of a spec fits the GPUs it will get (site file
-`slurm.jobs.<kind>.gpu_mem_gb`, or `doctor --gpu-mem-gb`), from the memory model (`unlearnspec.memory`):
+`slurm.jobs.<kind>.gpu_mem_gb`, or `doctor --gpu-mem-gb`), from the memory model (`unlearnspec.doctor.memory_model`):
 training, the MAGIC reverse pass and evaluation, per GPU. A job that does not fit is an error naming the
 knobs that make it fit (the first ones, in the order the model finds them cheapest); one that fits is an
 `info` with its estimate. Imports no torch: the model's shape comes from its config.json in the local
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from unlearnspec.doctor.findings import Finding
-from unlearnspec.memory import (
+from unlearnspec.doctor.memory_model import (
     HEADROOM,
     ModelShape,
     Setting,
@@ -45,11 +45,10 @@ HOST = "host RAM"
 def model_shape(spec: Spec) -> tuple[Optional[ModelShape], str]:
     """(shape, where it came from), or (None, why not)."""
     if spec.model.toy is not None:
-        from unlearnspec.toy.config import load_world_config
+        from unlearnspec import worlds
 
-        world = Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
-        m = load_world_config(world).model
-        return ModelShape(m.layers, m.hidden, m.heads, m.vocab_size, m.intermediate), f"toy world ({world.name})"
+        where, m = worlds.get(worlds.TOY).model_dims()
+        return ModelShape(m["layers"], m["hidden"], m["heads"], m["vocab_size"], m["intermediate"]), where
     name = spec.model.name_or_path or ""
     local = Path(name) / "config.json"
     found: Optional[Path] = local if local.is_file() else None
@@ -107,7 +106,7 @@ def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str
         return {"evaluation": eval_bytes(m, seq, job.eval_batch, s.dtype_bytes)}
     train = train_bytes(m, seq, replace(s, rows=job.train_rows))
     if job.activation_checkpointing and s.fsdp and s.world > 1:  # one layer's activations plus each layer's input
-        from unlearnspec.memory import train_activations
+        from unlearnspec.doctor.memory_model import train_activations
 
         full = job.train_rows * train_activations(m, seq, s.dtype_bytes)
         train += full / m.layers + job.train_rows * m.layers * seq * m.hidden * s.dtype_bytes - full
@@ -246,7 +245,7 @@ def memory_findings(entry, site, gpu_mem_gb: Optional[float]) -> list[Finding]:
             continue
         gpus = res.gpus if res is not None else 1
         ok, now, source, fix = fit_report(spec, kind, gpus, gpu_gb, res.mem_gb if res is not None else None)
-        evidence = (f"model shape: {source}", "memory model: docs/magic.md 'Memory model', unlearnspec/memory.py")
+        evidence = (f"model shape: {source}", "memory model: docs/magic.md 'Memory model', unlearnspec/doctor/memory_model.py")
         if ok is None:
             out.append(Finding("D16", "info", entry.shown, f"{kind} job's memory not estimated: {source}."))
         elif ok:

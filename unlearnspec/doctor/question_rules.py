@@ -45,8 +45,8 @@ def question_findings(entry: Entry, ws: Workspace, near_zero: float = DEFAULT_NE
             continue  # no score folder yet (or a built-in source, refused by validation)
         import torch
 
-        from unlearnspec.aggregate import READERS, near_zero_questions
         from unlearnspec.scores import SCORES_FILE
+        from unlearnspec.scores.aggregate import READERS, near_zero_questions
 
         one, many, scores_of, leave_out = _UNIT[fam]
         mean_path = resolve_path(entry.path, src.path) if src.path is not None else ws.score_dir(entry, src) / SCORES_FILE

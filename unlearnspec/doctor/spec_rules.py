@@ -12,8 +12,8 @@ from unlearnspec.doctor.rescore import rescore_advice, rescore_refusals
 from unlearnspec.doctor.step_rules import estimate_fraction, lr_shift  # noqa: F401 - D6 lives in step_rules
 from unlearnspec.report.build import format_lr
 from unlearnspec.spec import Spec
-from unlearnspec.spec.schema import RESULT_NEUTRAL_FIELDS
 from unlearnspec.spec.load import find_spec_files, is_profile_path, project_root, resolve_path, world_problem
+from unlearnspec.spec.schema import RESULT_NEUTRAL_FIELDS
 
 TRAINER_ALIGNMENT = "target"
 """Column t weights the loss of predicting token t: the trainer's and the recorded files' convention."""

@@ -76,7 +76,7 @@ def moments(m: Tensors, v: Tensors, g: Tensors, hyper: AdamHyper) -> tuple[Tenso
     m_new = torch._foreach_lerp(m, g, 1 - b1)
     v_new = torch._foreach_mul(v, b2)
     torch._foreach_addcmul_(v_new, g, g, value=1 - b2)
-    return m_new, v_new
+    return list(m_new), list(v_new)
 
 
 def denominator(v_new: Tensors, hyper: AdamHyper, k: int) -> Tensors:
@@ -85,7 +85,7 @@ def denominator(v_new: Tensors, hyper: AdamHyper, k: int) -> Tensors:
     u = torch._foreach_sqrt(v_new)
     torch._foreach_div_(u, s)
     torch._foreach_add_(u, hyper.eps)
-    return u
+    return list(u)
 
 
 def adam_step(
@@ -99,7 +99,7 @@ def adam_step(
     u = denominator(v_new, hyper, k)
     inv_bc1, _ = _bias(hyper, k)
     theta_new = torch._foreach_addcdiv(theta, m_new, u, value=-(lr * inv_bc1))
-    return theta_new, m_new, v_new
+    return list(theta_new), m_new, v_new
 
 
 def adam_adjoint(
@@ -135,11 +135,11 @@ def adam_adjoint(
     u = torch._foreach_div(r, s)  # the arithmetic of `denominator`, keeping r = sqrt(v')
     torch._foreach_add_(u, hyper.eps)
     t_over_u = torch._foreach_div(theta_bar, u)
-    big_m = torch._foreach_add(m_bar, t_over_u, alpha=-c)  # M = m_bar' - c theta_bar' / u
+    big_m = list(torch._foreach_add(m_bar, t_over_u, alpha=-c))  # M = m_bar' - c theta_bar' / u
     reached = [vn > 0 for vn in v_new]
     if second_moment:
         # V = v_bar' + c theta_bar' m' / (2 s u^2 r), exactly 0 where r = sqrt(v') = 0
-        big_v = torch._foreach_mul(t_over_u, m_new)
+        big_v = list(torch._foreach_mul(t_over_u, m_new))
         den = torch._foreach_mul(u, r)
         torch._foreach_clamp_min_(den, torch.finfo(den[0].dtype).tiny)  # r = 0: finite, then zeroed below
         torch._foreach_div_(big_v, den)
@@ -156,4 +156,4 @@ def adam_adjoint(
         theta_part = [tb.mul(1 - lr * wd) if wd else tb.clone() for tb, wd in zip(theta_bar, decays)]
     else:
         theta_part = [tb.add(gb, alpha=wd) if wd else tb.clone() for tb, gb, wd in zip(theta_bar, g_bar, decays)]
-    return g_bar, theta_part, torch._foreach_mul(big_m, b1), torch._foreach_mul(big_v, b2)
+    return list(g_bar), theta_part, list(torch._foreach_mul(big_m, b1)), list(torch._foreach_mul(big_v, b2))

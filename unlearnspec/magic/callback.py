@@ -61,7 +61,7 @@ class MagicCallback(TrainerCallback):
             # Every rank trains its own micro-batches; the trajectory holds the GLOBAL batch of each step,
             # interleaved (rank 0's k-th micro-batch, rank 1's k-th, ...), identical on every rank. All
             # ranks get here at the same point (the Trainer gathers the token count here too).
-            from unlearnspec.run.dist import gather_objects
+            from unlearnspec.train.dist import gather_objects
 
             per_rank = gather_objects([rows.tolist() for rows in mine])
             depth = max(len(r) for r in per_rank)
@@ -82,11 +82,12 @@ class MagicCallback(TrainerCallback):
         weight_decay = check_optimizer(inner, self._params)
         config = optimizer_config(inner, max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
         check_model_replayable(model)
-        if self.storage == "disk" and self._sharded:
+        folder = self.storage_dir  # set whenever storage is disk (checked in __init__)
+        if self.storage == "disk" and folder is not None and self._sharded:
             rank = int(getattr(args, "process_index", 0))
-            store: DiskStore | RamStore = DiskStore(self.storage_dir, write=True, tag=f"rank{rank}of{self._world}")
-        elif self.storage == "disk":
-            store = DiskStore(self.storage_dir, write=state.is_world_process_zero)
+            store: DiskStore | RamStore = DiskStore(folder, write=True, tag=f"rank{rank}of{self._world}")
+        elif self.storage == "disk" and folder is not None:
+            store = DiskStore(folder, write=state.is_world_process_zero)
         else:
             store = RamStore()
         self._optimizer = inner

@@ -8,11 +8,12 @@ live objects (model, optimizer, trainer arguments) that a spec cannot see.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+
 import torch
 from torch import nn
 
 from unlearnspec.errors import UserError
-from unlearnspec.magic.optimizers import OptimizerConfig
+from unlearnspec.magic.optimizers import OPTIMIZERS, OptimizerConfig, optimizer_name
 
 _SOURCE = "magic"
 REPLAY_DTYPES = (torch.float32, torch.float64)
@@ -76,10 +77,12 @@ def check_optimizer(
     Returns the weight decay: one value, or per name when groups differ (the HF Trainer exempts
     biases and norm weights); per-name needs `named_params`."""
     kind = type(optimizer)
-    if kind not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+    name = optimizer_name(optimizer)
+    if name is None:
+        classes, names = [k.torch_class.__name__ for k in OPTIMIZERS.values()], list(OPTIMIZERS)
         raise _fail(
-            f"the optimizer is {kind.__name__}; the exact reverse pass is implemented for plain SGD, Adam and AdamW. "
-            "Use training.optimizer.name: sgd, adam or adamw.",
+            f"the optimizer is {kind.__name__}; the exact reverse pass is implemented for plain "
+            f"{', '.join(classes[:-1])} and {classes[-1]}. Use training.optimizer.name: {', '.join(names[:-1])} or {names[-1]}.",
             loc="training.optimizer.name",
         )
     by_id: dict[int, float] = {}
@@ -95,7 +98,7 @@ def check_optimizer(
             raise _fail("Adam(amsgrad=True) is not replayed; use amsgrad=False.", loc="training.optimizer")
         for p in group["params"]:
             by_id[id(p)] = float(group.get("weight_decay", 0.0))
-    if kind is not torch.optim.SGD:
+    if OPTIMIZERS[name].hyperparameters == ("betas", "eps"):
         hyper = {(tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in optimizer.param_groups}
         if len(hyper) != 1:
             raise _fail(f"parameter groups have different Adam betas/eps {sorted(hyper)}; MAGIC assumes one.", loc="training.optimizer")
@@ -114,14 +117,15 @@ def check_optimizer(
 
 def optimizer_config(optimizer: torch.optim.Optimizer, max_grad_norm: float | None = None) -> OptimizerConfig:
     """The replay's description of a checked torch optimizer (`check_optimizer` first), before its first step."""
-    if type(optimizer) is torch.optim.SGD:
-        return OptimizerConfig("sgd", max_grad_norm=max_grad_norm or None)
+    name = optimizer_name(optimizer)
+    assert name is not None, "check_optimizer first"
+    if not OPTIMIZERS[name].state_names:
+        return OptimizerConfig(name, max_grad_norm=max_grad_norm or None)  # type: ignore[arg-type]
     group = optimizer.param_groups[0]
     steps = {int(optimizer_step_count(optimizer, p)) for g in optimizer.param_groups for p in g["params"]}
     if len(steps) != 1:
         raise _fail(f"parameters are at different Adam step counts {sorted(steps)}; start MAGIC from one optimizer state.",
                     loc="training.optimizer")
-    name = "adamw" if type(optimizer) is torch.optim.AdamW else "adam"
     return OptimizerConfig(name, (float(group["betas"][0]), float(group["betas"][1])), float(group["eps"]),  # type: ignore[arg-type]
                            initial_step=steps.pop(), max_grad_norm=max_grad_norm or None)
 

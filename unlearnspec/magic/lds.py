@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from typing_extensions import NotRequired, TypedDict
 
 from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.collective import Collective, default_collective
@@ -183,7 +184,31 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return pearson(average_ranks(a), average_ranks(b))
 
 
-def summarize(actual: Sequence[float], predicted: Sequence[float], lds: LdsSpec, dropped: int) -> dict[str, Any]:
+class LdsSummary(TypedDict):
+    """The `lds` entry of a score run's scores.json (and `<score folder>.lds/summary.json`): what doctor and the
+    `lds` command read. Non-finite numbers are written as null."""
+
+    spearman: Optional[float]
+    pearson: Optional[float]
+    spearman_ci95: list[Optional[float]]
+    """Bootstrap 95% interval of Spearman (pairs resampled, seeded by `seed`)."""
+    scale_ratio: Optional[float]
+    """||predicted|| / ||actual||: 1 when the linear prediction has the right size."""
+    subsets: int
+    fraction: float
+    unit: str
+    seed: int
+    dropped_per_subset: int
+    bootstrap_resamples: int
+    reference_query: NotRequired[float]
+    """Q of the reference retraining (no subset dropped)."""
+    retrain_seconds: NotRequired[float]
+    method: NotRequired[str]
+    new: NotRequired[bool]
+    """In what `write_lds_summary` returns only: the entry changed (not written to disk)."""
+
+
+def summarize(actual: Sequence[float], predicted: Sequence[float], lds: LdsSpec, dropped: int) -> LdsSummary:
     """Spearman, Pearson, a bootstrap 95% interval of Spearman (pairs resampled, seeded by `lds.seed`), and the
     scale ratio ||predicted|| / ||actual|| (1 = the linear prediction has the right size)."""
     if len(actual) != len(predicted) or len(actual) < 3:

@@ -5,21 +5,24 @@ optimizer's own tensors (`state_names`), an adjoint has one list per state tenso
 how one step maps (theta, state, grad) forward and (adjoint of the step's outputs) backward to the
 adjoint of the gradient g_bar and of the step's inputs (less H_t g_bar, which one double backward
 adds). Gradient clipping (`max_grad_norm`, torch.nn.utils.clip_grad_norm_) wraps any rule.
+
+OPTIMIZERS (below the rules) is the one place that names each optimizer with its torch class, its adjoint, the state
+the recorder keeps and the hyperparameters the checks compare: a new optimizer is a rule and one entry there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Protocol
+from typing import Optional, Protocol
 
 import torch
 
-from unlearnspec.magic.batched import adjoint_dots
 from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
+from unlearnspec.magic.batched import adjoint_dots
+from unlearnspec.spec.training import OptimizerName
 
 Tensors = list[torch.Tensor]
-OptimizerName = Literal["sgd", "adam", "adamw"]
 CLIP_EPS = 1e-6
 """torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)."""
 
@@ -41,11 +44,11 @@ class OptimizerConfig:
     @property
     def state_names(self) -> tuple[str, ...]:
         """Names of the optimizer's per-parameter tensors a kept state stores next to theta."""
-        return () if self.name == "sgd" else ("exp_avg", "exp_avg_sq")
+        return OPTIMIZERS[self.name].state_names
 
     @property
     def hyper(self) -> AdamHyper:
-        return AdamHyper(tuple(self.betas), self.eps, decoupled=self.name == "adamw")  # type: ignore[arg-type]
+        return AdamHyper(tuple(self.betas), self.eps, decoupled=OPTIMIZERS[self.name].decoupled)  # type: ignore[arg-type]
 
 
 class OptimizerAdjoint(Protocol):
@@ -134,11 +137,38 @@ class AdamAdjoint:
         return g_bar, [theta_part, m_bar, v_bar]
 
 
+@dataclass(frozen=True)
+class OptimizerKind:
+    """Everything the exact reverse pass knows of one torch optimizer."""
+
+    torch_class: type[torch.optim.Optimizer]
+    """The class `checks.check_optimizer` accepts and `checks.optimizer_config` maps back to this name."""
+    adjoint: Callable[[OptimizerConfig, Sequence[float], bool], OptimizerAdjoint]
+    """(config, per-parameter decays, second_moment) -> the step and adjoint rule."""
+    state_names: tuple[str, ...] = ()
+    """The optimizer's per-parameter tensors (torch's state keys) the recorder keeps next to theta."""
+    hyperparameters: tuple[str, ...] = ()
+    """Param-group keys besides lr and weight_decay that must be one value for all groups (checked, recorded)."""
+    decoupled: bool = False
+    """Weight decay applied to theta (AdamW) rather than folded into the gradient."""
+
+
+OPTIMIZERS: dict[OptimizerName, OptimizerKind] = {
+    "sgd": OptimizerKind(torch.optim.SGD, lambda config, decays, second_moment: SGDAdjoint(decays)),
+    "adam": OptimizerKind(torch.optim.Adam, AdamAdjoint, ("exp_avg", "exp_avg_sq"), ("betas", "eps")),
+    "adamw": OptimizerKind(torch.optim.AdamW, AdamAdjoint, ("exp_avg", "exp_avg_sq"), ("betas", "eps"), decoupled=True),
+}
+"""Every optimizer the reverse pass replays, by its spec name (`training.optimizer.name`)."""
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> Optional[OptimizerName]:
+    """The OPTIMIZERS name of a torch optimizer (its exact class), or None when the reverse pass has no rule for it."""
+    return next((name for name, kind in OPTIMIZERS.items() if type(optimizer) is kind.torch_class), None)
+
+
 def make_adjoint(config: OptimizerConfig, decays: Sequence[float], *, second_moment: bool = True) -> OptimizerAdjoint:
     """The rule for a recorded optimizer."""
-    if config.name == "sgd":
-        return SGDAdjoint(decays)
-    return AdamAdjoint(config, decays, second_moment=second_moment)
+    return OPTIMIZERS[config.name].adjoint(config, decays, second_moment)
 
 
 # --------------------------------------------------------------------------- clipping
@@ -161,7 +191,7 @@ def clip(grad: Tensors, max_norm: Optional[float], reduce: Reduce = None) -> Ten
     if max_norm is None:
         return grad
     coef = torch.clamp(float(max_norm) / (grad_norm(grad, reduce) + CLIP_EPS), max=1.0)
-    return torch._foreach_mul(grad, coef)
+    return list(torch._foreach_mul(grad, coef))
 
 
 def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float], reduce: Reduce = None) -> Tensors:
@@ -180,7 +210,7 @@ def clip_adjoint(grad: Tensors, g_bar: Tensors, max_norm: Optional[float], reduc
     dot = adjoint_dots(grad, g_bar)  # a scalar, or [K] for K batched adjoints ([K, *shape] each)
     if reduce is not None:
         dot = reduce(dot.detach().clone())
-    out = torch._foreach_mul(g_bar, tau / (n + CLIP_EPS))
+    out = list(torch._foreach_mul(g_bar, tau / (n + CLIP_EPS)))
     coef = -tau * dot / (n * (n + CLIP_EPS) ** 2)
     if coef.dim() == 0:
         torch._foreach_add_(out, torch._foreach_mul(grad, coef))

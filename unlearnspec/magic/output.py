@@ -7,6 +7,7 @@ says how to read them (alignment, sign, normalizer) and what produced them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from unlearnspec import __version__
+from unlearnspec.magic.optimizers import OPTIMIZERS
 from unlearnspec.magic.trajectory import Trajectory
 from unlearnspec.safeio import write_json, write_with
 
@@ -56,10 +58,11 @@ def _decay_summary(trajectory: Trajectory) -> float | dict[str, Any]:
 def _optimizer_summary(trajectory: Trajectory, lr: float) -> dict[str, Any]:
     opt = trajectory.optimizer
     out: dict[str, Any] = {"name": opt.name, "lr": lr, "weight_decay": _decay_summary(trajectory)}
-    if opt.name == "sgd":
+    hyper = OPTIMIZERS[opt.name].hyperparameters
+    if not hyper:
         out["momentum"] = 0.0
     else:
-        out.update(betas=list(opt.betas), eps=opt.eps)
+        out.update({key: list(v) if isinstance(v := getattr(opt, key), tuple) else v for key in hyper})
     if opt.max_grad_norm is not None:
         out["max_grad_norm"] = opt.max_grad_norm
     return out
@@ -148,7 +151,7 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
             raise ValueError(f"scores of leaf {leaf!r} must be [N, S] (got {tuple(entry.scores.shape)})")
         name = PER_TASK_FILE.format(leaf=leaf)
         tensor = entry.scores.detach().to(torch.float32).cpu().contiguous()
-        write_with(out / name, lambda fh, t=tensor: torch.save(t, fh), root=out)  # a leaf name may not leave `out`
+        write_with(out / name, functools.partial(torch.save, tensor), root=out)  # a leaf name may not leave `out`
         block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
     return block
 

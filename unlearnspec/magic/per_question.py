@@ -15,15 +15,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from unlearnspec.magic.collective import Collective
 from unlearnspec.magic.query import QueryLoss
 from unlearnspec.magic.query_grad import question_gradients
 from unlearnspec.magic.replay import GridLike
+from unlearnspec.magic.replay_options import ReplayOptions
 from unlearnspec.magic.reverse import reverse_passes
 from unlearnspec.magic.trajectory import Trajectory
 
@@ -59,7 +61,7 @@ def per_question_scores(
     dtype: torch.dtype | None = torch.float32,
     progress: Callable[[int, int], None] | None = None,
     comm: Collective | None = None,
-    **replay: Any,
+    **replay: Unpack[ReplayOptions],
 ) -> QuestionScores:
     """Scores of each question of `query` (or of the rows `questions` only), `chunk` per batched reverse pass.
     `replay`: the keywords of `reverse_passes` (micro_batch_rows, offload_adjoint, offload_states, hessian, ...).

@@ -14,14 +14,16 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from unlearnspec.errors import UserError
+from unlearnspec.magic.collective import Collective
 from unlearnspec.magic.query import QueryLoss
 from unlearnspec.magic.replay import GridLike
+from unlearnspec.magic.replay_options import ReplayOptions
 from unlearnspec.magic.reverse import magic_scores
 from unlearnspec.magic.trajectory import Trajectory
 
@@ -74,10 +76,11 @@ def per_task_scores(
     *,
     dtype: torch.dtype | None = torch.float32,
     progress: Callable[[int, int], None] | None = None,
-    **replay: Any,
+    comm: Collective | None = None,
+    **replay: Unpack[ReplayOptions],
 ) -> dict[str, TaskScores]:
-    """Rule leaf name -> scores of that leaf's query, one `magic_scores` pass each (same `replay` keywords:
-    micro_batch_rows, offload_adjoint, offload_states, comm, ...). A query of a single leaf is the mean query:
+    """Rule leaf name -> scores of that leaf's query, one `magic_scores` pass each (same `comm` and `replay`
+    keywords: micro_batch_rows, offload_adjoint, offload_states, hessian, second_moment). A query of a single leaf is the mean query:
     its scores are `mean_scores` when given. Scores are returned as `dtype` (None: the compute dtype) on the
     CPU. `progress(i, K)` is called after each leaf's pass."""
     leaves = query.per_task()
@@ -88,7 +91,7 @@ def per_task_scores(
         if mean_scores is not None and len(leaves) == 1:
             scores = mean_scores
         else:
-            scores = magic_scores(model, grid, trajectory, leaf_query, dtype=dtype, **replay)
+            scores = magic_scores(model, grid, trajectory, leaf_query, dtype=dtype, comm=comm, **replay)
         seconds = 0.0 if scores is mean_scores else round(time.perf_counter() - started, 3)
         out[names[task]] = TaskScores(task, leaf_query.batch.n_questions, scores.detach().cpu(), seconds)
         if progress is not None:

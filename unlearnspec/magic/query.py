@@ -21,8 +21,8 @@ from torch import nn
 
 from unlearnspec.errors import UserError
 from unlearnspec.magic.replay import forward_logits
-from unlearnspec.train.loss import IGNORE_INDEX, token_nll
 from unlearnspec.spec import QuerySpec
+from unlearnspec.train.loss import IGNORE_INDEX, token_nll
 
 QueryLossKind = Literal["answer_continuation", "answer_letter"]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -43,7 +43,7 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], co
         if part.dim() != 0:
             raise ValueError(f"the query must return a scalar loss (got shape {tuple(part.shape)})")
         grads = list(torch.autograd.grad(part, params, materialize_grads=True))
-        total = grads if total is None else torch._foreach_add(total, grads)
+        total = grads if total is None else list(torch._foreach_add(total, grads))
     if total is None and comm.world_size == 1:
         raise ValueError("the query produced no loss")
     if total is None:  # more ranks than query parts: this rank adds nothing

@@ -5,19 +5,20 @@ and benchmarks use both; the Adam oracle is written independently in the tests).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.checks import optimizer_tensors
-from unlearnspec.magic.optimizers import OptimizerConfig
+from unlearnspec.magic.optimizers import OPTIMIZERS, OptimizerConfig
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
-from unlearnspec.train.loss import weighted_token_loss
 from unlearnspec.magic.reverse import Query
 from unlearnspec.magic.trajectory import Step, Trajectory, TrajectoryRecorder, WeightDecay, decay_list
+from unlearnspec.train.loss import weighted_token_loss
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,14 +46,15 @@ def sgd_train(
     """
     params = trainable_params(model)
     groups: dict[float, list[torch.Tensor]] = {}
-    for (name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
+    for (_name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
         groups.setdefault(wd, []).append(p)
     param_groups = [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
-    if optimizer.name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(param_groups, lr=plan[0].lr)
-    else:
-        cls = torch.optim.AdamW if optimizer.name == "adamw" else torch.optim.Adam
-        opt = cls(param_groups, lr=plan[0].lr, betas=optimizer.betas, eps=optimizer.eps, foreach=False)
+    kind = OPTIMIZERS[optimizer.name]
+    options: dict[str, Any] = {key: getattr(optimizer, key) for key in kind.hyperparameters}  # Adam's betas, eps
+    if options:
+        options["foreach"] = False
+    make: Callable[..., torch.optim.Optimizer] = kind.torch_class
+    opt = make(param_groups, lr=plan[0].lr, **options)
     if recorder is not None and recorder.optimizer != optimizer:
         raise ValueError(f"the recorder expects {recorder.optimizer}, the run uses {optimizer}")
     context = replay_mode(model) if use_replay_attention else nullcontext()

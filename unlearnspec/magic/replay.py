@@ -17,9 +17,14 @@ from unlearnspec.train.loss import IGNORE_INDEX
 class GridLike(Protocol):
     """The fixed token grid [N, S]: labels are input_ids with IGNORE_INDEX at pads (target alignment)."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
+    @property
+    def input_ids(self) -> torch.Tensor: ...
+
+    @property
+    def attention_mask(self) -> torch.Tensor: ...
+
+    @property
+    def labels(self) -> torch.Tensor: ...
 
 
 def forward_logits(

@@ -22,16 +22,16 @@ import torch
 from torch import nn
 
 from unlearnspec.magic.attention import replay_mode
+from unlearnspec.magic.batched import adjoint_dots, double_backward
 from unlearnspec.magic.checks import check_model_replayable
 from unlearnspec.magic.collective import Alone, Collective, default_collective
-from unlearnspec.magic.batched import adjoint_dots, double_backward
+from unlearnspec.magic.optimizers import Reduce, clip, clip_adjoint, grad_norm, make_adjoint
 from unlearnspec.magic.query_grad import BatchedQuery, Query, query_gradient  # noqa: F401 - re-exported
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
-from unlearnspec.train.loss import weighted_token_loss
-from unlearnspec.magic.optimizers import Reduce, clip, clip_adjoint, grad_norm, make_adjoint
 from unlearnspec.magic.replay_state import State, StateKeeping
 from unlearnspec.magic.replay_stats import ROUNDING_RISK_WARN, ReplayStats, rounding_warning  # noqa: F401 - ReplayStats re-exported
 from unlearnspec.magic.trajectory import Trajectory
+from unlearnspec.train.loss import weighted_token_loss
 
 
 class _Replay(StateKeeping):
@@ -123,7 +123,7 @@ class _Replay(StateKeeping):
             if not owned:
                 w = torch.zeros(rows.shape[0], self.grid.labels.shape[1], dtype=theta[0].dtype, device=self.device)
             g = list(torch.autograd.grad(self._loss(params, rows, self.denoms[t], w), params, materialize_grads=True))
-            grad = g if grad is None else torch._foreach_add(grad, g)
+            grad = g if grad is None else list(torch._foreach_add(grad, g))
         if grad is None:  # this rank owns no rows of the step
             grad = [torch.zeros_like(p) for p in theta]
         self._sum_gradient(grad)

@@ -8,12 +8,23 @@ from pathlib import Path
 from typing import Optional, TypeVar
 
 from unlearnspec.report.evaluation import Evaluation
-from unlearnspec.report.model import KNOWN_TASK_SIZES, Cell, Comparison, RecordedTable, ReportTable, Row, Selectivity, TaskInfo, display_name, task_role
+from unlearnspec.report.model import (
+    KNOWN_TASK_SIZES,
+    Cell,
+    Comparison,
+    RecordedTable,
+    ReportTable,
+    Row,
+    Selectivity,
+    TaskInfo,
+    display_name,
+    task_role,
+)
 from unlearnspec.report.power import table_mde
 from unlearnspec.report.reference import ReferenceFile
 from unlearnspec.report.selectivity import missing_selectivity, selectivity, selectivity_tasks, with_oracle
-from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
 from unlearnspec.report.stats import DEFAULT_POWER, at_chance, mcnemar, two_proportion_z, wilson_interval
+from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
 
 ALPHA = 0.05
 

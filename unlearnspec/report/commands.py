@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Optional
 
@@ -13,11 +12,17 @@ from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.inputs import Selection, load_run_input, load_table, report_for
 from unlearnspec.report.model import ReportTable
 from unlearnspec.report.plot import plot_tables
-from unlearnspec.report.reference import REFERENCE_DIR, ReferenceFile, all_references, find_reference, load_reference, render_reference_markdown
+from unlearnspec.report.reference import (
+    REFERENCE_DIR,
+    ReferenceFile,
+    all_references,
+    find_reference,
+    load_reference,
+    render_reference_markdown,
+)
 from unlearnspec.report.render import markdown, print_table
 from unlearnspec.safeio import check_name, write_json, write_text
-from unlearnspec.spec.load import SPEC_SUFFIXES
-from unlearnspec.spec.load import load_spec
+from unlearnspec.spec.load import SPEC_SUFFIXES, load_spec
 
 
 def _write(path: Path, text: str, out: Path) -> None:
@@ -73,6 +78,11 @@ def check_power(power: float, option: str = "--power") -> float:
     if not 0.5 <= power < 1.0:
         raise UserError.one(option, f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
     return power
+
+
+def report_runs(runs: list[Path], out: Path, toy: bool, console) -> None:
+    """The reports a finished `run` writes (run/options.Reporter): every experiment folder, with plots."""
+    run_report([str(r) for r in runs], out=out, reference=None, toy=toy, plot=True, console=console)
 
 
 def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console,

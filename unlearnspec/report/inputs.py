@@ -14,8 +14,7 @@ from unlearnspec.report.reference import ReferenceFile, find_reference, load_ref
 from unlearnspec.report.stats import DEFAULT_POWER
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
 from unlearnspec.safeio import read_json
-from unlearnspec.spec.load import SPEC_SUFFIXES
-from unlearnspec.spec.load import load_spec, project_root, resolve_path
+from unlearnspec.spec.load import SPEC_SUFFIXES, load_spec, project_root, resolve_path
 from unlearnspec.spec.yamlio import read_yaml_file
 
 

@@ -11,8 +11,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from unlearnspec.run.results import read_json_model
 from unlearnspec.report.stats import TestName
+from unlearnspec.run.results import read_json_model
 
 REPORT_FORMAT = 1
 RECORDED_LABEL = "recorded (invalid: bad HPs)"

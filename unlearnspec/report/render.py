@@ -145,10 +145,10 @@ def legend(table: ReportTable) -> list[str]:
     if table.control and not has_selectivity(table) and table.selectivity_note:
         lines.append(f"No selectivity column: {table.selectivity_note}")
     if has_selectivity(table):
-        hazard = next(t.display for t in table.tasks if t.name == table.hazard_task)
-        general = next(t.display for t in table.tasks if t.name == table.general_task)
+        hazard_name = next(t.display for t in table.tasks if t.name == table.hazard_task)
+        general_name = next(t.display for t in table.tasks if t.name == table.general_task)
         lines.append(
-            f"selectivity = (control − run) on {hazard} − (control − run) on {general} at the same LR: positive = forgot more of "
+            f"selectivity = (control − run) on {hazard_name} − (control − run) on {general_name} at the same LR: positive = forgot more of "
             f"the hazard than of the general task beyond the control; 95% interval ±1.96·√(Var_hazard + Var_general), each task's "
             f"paired Var = (ψ − d²)/n from its discordant questions (`unpaired`: p(1−p)/n per side; `mixed`: one task unpaired); "
             f"`*` = the interval excludes 0."

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.report.evaluation import Evaluation
@@ -105,7 +105,8 @@ def selectivity(run: Evaluation, ctrl: Evaluation, hazard: Optional[str], genera
     value = g.delta - h.delta
     se = math.sqrt(h.variance + g.variance)
     low, high = value - Z95 * se, value + Z95 * se
-    test = "paired" if h.paired and g.paired else ("unpaired" if not (h.paired or g.paired) else "mixed")
+    test: Literal["paired", "unpaired", "mixed"] = (
+        "paired" if h.paired and g.paired else ("unpaired" if not (h.paired or g.paired) else "mixed"))
     return Selectivity(value=round(value, 4), se=round(se, 6), ci_low=round(low, 4), ci_high=round(high, 4), test=test,
                        significant=low > 0 or high < 0)
 

@@ -45,7 +45,7 @@ def _baseline(run: SpecRun, plan: Plan) -> Optional[BaselineRecord]:
 def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional["Outcome"] = None) -> Results:
     """results.json of one spec from its job folders (finished points only; the rest are pending)."""
     if run.lds:
-        from unlearnspec.run.recipe import finish_score
+        from unlearnspec.run.recipes.lds import finish_score
 
         finish_score(run, plan, ctx)
     records = []

@@ -6,11 +6,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from unlearnspec.assets import Assets
+from unlearnspec.records import TokenStats
+from unlearnspec.spec.assets import Assets
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from unlearnspec.data import TokenGrid
 
 Say = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """Everything the sweep points of one spec share: tokenizer, token grid, signed weights, dataset."""
+
+    tokenizer: "PreTrainedTokenizerBase"
+    grid: "TokenGrid"
+    weights: "torch.Tensor"
+    stats: TokenStats
+    dataset: "datasets.Dataset"
+    retain: Optional["TokenGrid"] = None
+    """The retain grid of an unlearning objective with a retain term (`data.retain`), else None."""
 
 
 def world_size() -> int:
@@ -36,8 +57,11 @@ class RunContext:
     say: Say = print
     progress: Any = None
     """A rich Progress, or None."""
-    prepared: dict[str, Any] = field(default_factory=dict)
-    """Spec hash -> run.steps.Prepared (token grid and weights), shared by the points of a sweep."""
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    """Spec hash -> the prepared token grid and weights, shared by the points of a sweep."""
+    recipe_cache: dict[str, object] = field(default_factory=dict)
+    """What a recipe shares between its jobs in one process (e.g. the LDS retrainings' model and trajectory),
+    by a key of the recipe's; the recipe checks the type of what it reads back."""
 
     @property
     def is_main(self) -> bool:
@@ -51,7 +75,8 @@ class RunContext:
     def device_for(self, spec: Any) -> str:
         """--device, else the spec's `parallel.device` when set, else the run's automatic choice; settings
         that need a GPU (bf16/fp16 autocast, flash attention, FSDP CPU offload) are refused elsewhere."""
-        from unlearnspec.train.device import check_device_support, resolve_device as resolve
+        from unlearnspec.train.device import check_device_support
+        from unlearnspec.train.device import resolve_device as resolve
 
         wanted = getattr(getattr(spec, "parallel", None), "device", None)
         device = resolve(wanted) if not self.device_requested and wanted not in (None, "auto") else resolve(self.device)

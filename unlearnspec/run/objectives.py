@@ -7,8 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
-from unlearnspec.assets import package_version
 from unlearnspec.run.context import RunContext
+from unlearnspec.spec.assets import package_version
 from unlearnspec.spec.schema import Spec
 
 OBJECTIVE_FILE = "objective.json"
@@ -47,7 +47,7 @@ def point_objective(spec: Spec, prep: Any, ctx: RunContext, device: str, fused: 
         return None
     import torch
 
-    from unlearnspec.toy.build import cache_root
+    from unlearnspec.spec.assets import cache_root
     from unlearnspec.train.objectives import OBJECTIVES, ReferenceCache, RetainRows, build_objective
 
     retain = None

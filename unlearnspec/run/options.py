@@ -6,11 +6,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from unlearnspec.run.context import RunContext, resolve_device, toy_context
 from unlearnspec.run.plan import Plan, build_plan
 from unlearnspec.spec.load import project_root
+
+
+class Reporter(Protocol):
+    """Writes and prints the reports of the experiment folders a run finished (the report layer, above this one,
+    passes it in: `unlearnspec.report.commands.report_runs`; run/ never imports report/)."""
+
+    def __call__(self, runs: list[Path], out: Path, toy: bool, console: Any) -> None: ...
 
 
 @dataclass
@@ -26,6 +33,8 @@ class RunOptions:
     """Run missing score producers first (on with --toy, where a score run costs seconds)."""
     report: bool = True
     reports_dir: Optional[Path] = None
+    reporter: Optional[Reporter] = None
+    """What writes the reports when `report` is on; None (a library caller that did not pass one): no reports."""
 
 
 def quiet_libraries() -> None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
-from unlearnspec.assets import Assets, folder_digest, package_version
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.spec.assets import Assets, folder_digest, package_version
 from unlearnspec.spec.batch import BatchLayout, batch_layout
 from unlearnspec.spec.load import find_spec_files, is_profile_path, load_spec, project_root, resolve_path
 from unlearnspec.spec.profile import MappedKnob, is_world_file
@@ -254,7 +254,8 @@ class _Builder:
         return run
 
     def score_inputs(self, path: Path, spec: Spec) -> tuple[tuple[tuple[str, Path], ...], tuple[str, ...]]:
-        inputs, after = [], []
+        inputs: list[tuple[str, Path]] = []
+        after: list[str] = []
         for name, src in spec.scores.items():
             if src.path is not None:
                 inputs.append((name, resolve_path(path, src.path)))
@@ -297,7 +298,7 @@ def build_plan(paths: list[Path], *, profile: Optional[Path] = None, overrides: 
                device: str = "cpu", cache_root: Optional[Path] = None) -> Plan:
     """Expand spec files/folders into the plan. Score producers come before the points that read them;
     specs named as controls before the specs that compare with them."""
-    from unlearnspec.toy.build import cache_root as default_cache
+    from unlearnspec.spec.assets import cache_root as default_cache
 
     files, problems = find_spec_files(paths)
     files = [f for f in files if not is_profile_path(f) and not is_world_file(f)]

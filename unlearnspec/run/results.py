@@ -6,80 +6,21 @@ doc id) so reports can run paired tests without bloating results.json.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal, Optional, TypeVar
+from pathlib import Path
+from typing import Literal, Optional, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from unlearnspec.errors import UserError
+from unlearnspec.records import Count, InsidePath, Record, TaskMetrics, TokenStats  # noqa: F401 - re-exported
 from unlearnspec.safeio import SPEC_NAME_PATTERN, read_json, terminal_control, write_json_atomic
-
-Count = Annotated[int, Field(ge=0, le=2**53)]
-"""A count read back (questions, tokens): an int a float holds exactly; `n: 1e400` is a broken file."""
-
-
-def _inside_folder(value: Optional[str]) -> Optional[str]:
-    """A path recorded relative to the results.json folder: it may not leave it (no absolute path, no `..`)."""
-    if value is None:
-        return value
-    parts = PurePosixPath(value).parts
-    if not value or value.startswith(("/", "\\")) or ".." in parts or any(ord(c) < 32 for c in value):
-        raise ValueError(f"must be a path inside the run folder (relative, no `..`), not {value[:80]!r}")
-    return value
-
-
-InsidePath = Annotated[str, AfterValidator(_inside_folder)]
 
 RESULTS_FORMAT = 1
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.json"
 
 
-class _Record(BaseModel):
-    # NaN and inf are refused unless a field says otherwise: a NaN accuracy or LR is a broken
-    # file, not a result (reports would call it "collapsed", diff would call it "within noise").
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
-
-
-class TaskMetrics(_Record):
-    """lm-eval numbers of one task (or group)."""
-
-    acc: float = Field(ge=0.0, le=1.0)
-    """Accuracy."""
-    acc_stderr: Optional[float] = Field(default=None, allow_inf_nan=True)
-    """lm-eval's standard error of acc (NaN where lm-eval could not estimate it; reports then use
-    the binomial stderr)."""
-    acc_norm: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    """Length-normalised accuracy, when the task reports it."""
-    acc_norm_stderr: Optional[float] = Field(default=None, allow_inf_nan=True)
-    """Standard error of acc_norm."""
-    n: Count
-    """Number of questions."""
-
-
-class TokenStats(_Record):
-    """Selected-token statistics of one run's weight grid (valid = non-pad target tokens)."""
-
-    valid_tokens: Count
-    """Valid target tokens in the grid."""
-    selected_tokens: Count
-    """Valid tokens with nonzero weight."""
-    selected_fraction: float = Field(ge=0.0, le=1.0)
-    """selected_tokens / valid_tokens."""
-    ascending_tokens: Count
-    """Tokens with negative weight (gradient ascent)."""
-    descending_tokens: Count
-    """Tokens with positive weight (gradient descent)."""
-    mean_abs_weight: float
-    """Mean |weight| over valid tokens."""
-    normalizer: str
-    """The spec's loss normalizer."""
-    per_token_lr_factor: float = Field(allow_inf_nan=True)
-    """Per-token step relative to an all-tokens run with normalizer `valid` (1.0 = same; inf when
-    the normalizer's divisor is 0)."""
-
-
-class BatchRecord(_Record):
+class BatchRecord(Record):
     """How the run's global batch was split over the processes that trained it (spec.batch.BatchLayout)."""
 
     global_batch: int = Field(gt=0)
@@ -92,7 +33,7 @@ class BatchRecord(_Record):
     """Micro-batches per rank per optimizer step."""
 
 
-class EvalRecord(_Record):
+class EvalRecord(Record):
     """One evaluation (baseline or a sweep point)."""
 
     metrics: dict[str, TaskMetrics] = {}
@@ -151,7 +92,7 @@ class BaselineRecord(EvalRecord):
     """Where the recorded numbers come from."""
 
 
-class SpecInfo(_Record):
+class SpecInfo(Record):
     """Which spec produced the results."""
 
     name: str = Field(pattern=SPEC_NAME_PATTERN, max_length=200)
@@ -179,7 +120,7 @@ class SpecInfo(_Record):
     """The spec's `eval.general_task`."""
 
 
-class Results(_Record):
+class Results(Record):
     """results.json: one spec run."""
 
     format: int = Field(default=RESULTS_FORMAT)

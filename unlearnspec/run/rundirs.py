@@ -176,7 +176,7 @@ def git_sha(root: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    from unlearnspec.assets import package_version
+    from unlearnspec.spec.assets import package_version
 
     out = {"python": platform.python_version()}
     for pkg in ("unlearnspec", "torch", "transformers", "trl", "peft", "lm_eval", "datasets"):

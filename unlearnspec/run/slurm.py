@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from unlearnspec import worlds
+from unlearnspec.run.options import Reporter
 from unlearnspec.run.plan import Job, Plan
+from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.run.slurmstate import (
     REQUEST,
     RUN,
@@ -34,7 +37,6 @@ from unlearnspec.run.slurmstate import (
     slurm_id_of,
     write_state,
 )
-from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.spec.cluster import JobKindName, SlurmSection
 
 ASSEMBLE = "_assemble"
@@ -54,6 +56,8 @@ class Request:
     retry_failed: bool = False
     report: bool = True
     reports_dir: Optional[str] = None
+    worlds: list[str] = field(default_factory=lambda: list(worlds.plugins()))
+    """The world plug-ins the submitting process had registered (`unlearnspec.toy`); each job imports them again."""
 
     @classmethod
     def read(cls, path: Path) -> "Request":
@@ -89,6 +93,7 @@ def context_for(request: Request, device: str, say: Any = print) -> Any:
     """A run context on `device` without probing it (the submitting node may have no GPU)."""
     from unlearnspec.run.context import RunContext, toy_context
 
+    worlds.load_plugins(request.worlds, where="request.json worlds")  # a job process has not imported the CLI
     if request.profile is not None:
         return toy_context(Path(request.profile), device=device, say=say)
     return RunContext(device=device, say=say)
@@ -198,9 +203,11 @@ class AssembleTask:
     """The last job: results.json of every spec from the job folders, then the reports."""
 
     request: Request
+    reporter: Optional[Reporter] = None
+    """Pickled with the task by reference (a module-level function of the report layer)."""
 
     def __call__(self) -> str:
-        assemble_all(self.request)
+        assemble_all(self.request, reporter=self.reporter)
         return "ok"
 
 
@@ -221,7 +228,7 @@ def _blocking(producer: JobStatus) -> str:
     return f"{producer.job} failed: {producer.detail}"
 
 
-def assemble_all(request: Request, say: Any = print) -> dict[Path, Any]:
+def assemble_all(request: Request, say: Any = print, reporter: Optional[Reporter] = None) -> dict[Path, Any]:
     from rich.console import Console
 
     from unlearnspec.run.assemble import assemble
@@ -236,11 +243,9 @@ def assemble_all(request: Request, say: Any = print) -> dict[Path, Any]:
             outcome.failed[job_id] = st.detail if st.state == "not run" else f"{job_id} {st.state}: {st.detail}"
     results = {run.path: assemble(run, plan, ctx, outcome) for run in plan.specs}
     experiments = [r for r in plan.specs if not r.is_score]
-    if request.report and experiments:
-        from unlearnspec.report.commands import run_report
-
-        run_report([str(r.out) for r in experiments], out=reports_dir_for(plan, request.options()), reference=None,
-                   toy=request.profile is not None, plot=True, console=Console(width=200))
+    if request.report and reporter is not None and experiments:
+        reporter([r.out for r in experiments], reports_dir_for(plan, request.options()), request.profile is not None,
+                 Console(width=200))
     return results
 
 
@@ -272,6 +277,7 @@ class SlurmExecutor:
     ctx: Any
     request: Request
     settings: SlurmSection
+    reporter: Optional[Reporter] = None
 
     def submit(self, plan: Plan) -> Submitted:
         from unlearnspec.run.executors.local import claim_outputs
@@ -324,13 +330,13 @@ class SlurmExecutor:
         last = plan.specs[-1]
         folder = (last.out.parent / SLURM_DIR / f"{ASSEMBLE}-{last.out.name}") if last.is_score else last.out / SLURM_DIR / ASSEMBLE
         if not slurm_of:
-            assemble_all(self.request, say=self.ctx.say)
+            assemble_all(self.request, say=self.ctx.say, reporter=self.reporter)
             return None
         previous = slurm_id_of(read_json(folder / SUBMISSION) or {})
         if not submitted_any and previous and live_jobs([previous]):
             return previous
         ex = _executor(folder, self.settings, "assemble", "us-assemble", sorted(set(slurm_of.values()), key=lambda i: (len(i), i)), "afterany")
-        sjob = ex.submit(AssembleTask(self.request))
+        sjob = ex.submit(AssembleTask(self.request, self.reporter))
         write_state(folder / SUBMISSION, {"job": "assemble", "slurm_id": sjob.job_id, "name": "us-assemble",
                                           "log_out": str(sjob.paths.stdout), "at": time.time()})
         return str(sjob.job_id)

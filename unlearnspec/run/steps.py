@@ -6,27 +6,13 @@ Each step takes the job's spec and the run context; none knows which executor ru
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from unlearnspec.run.context import RunContext
+from unlearnspec.run.context import Prepared, RunContext  # noqa: F401 - Prepared: re-exported
 from unlearnspec.run.plan import Job, spec_hash
-from unlearnspec.run.results import BatchRecord, TokenStats
+from unlearnspec.run.results import BatchRecord
 from unlearnspec.spec.schema import Spec
-
-
-@dataclass
-class Prepared:
-    """Everything the sweep points of one spec share: tokenizer, token grid, signed weights, dataset."""
-
-    tokenizer: Any
-    grid: Any
-    weights: Any
-    stats: TokenStats
-    dataset: Any
-    retain: Any = None
-    """The retain grid of an unlearning objective with a retain term (`data.retain`), else None."""
 
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
@@ -58,7 +44,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
                                       fingerprint_at)
     for name, src in spec.scores.items():  # `random` / `toy:truth`: built for this grid, then checked like a file
         if src.built_in:
-            from unlearnspec.builtin_scores import builtin_score_file
+            from unlearnspec.scores.builtin import builtin_score_file
 
             built = builtin_score_file(name, src, spec, job.spec_path, assets, grid, tokenizer)
             scores[name] = checked_scores(built, src, name, grid.labels, grid.fingerprint, fingerprint_at)
@@ -72,7 +58,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
         elif agg is not None and name in inputs:  # `min_q(source)`, `min_t(source)`, ...: over questions, leaf tasks
             aggregates.setdefault(name, []).append(full)
     for name, fulls in aggregates.items():
-        from unlearnspec.aggregate import source_aggregates
+        from unlearnspec.scores.aggregate import source_aggregates
 
         scores.update(source_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint,
                                         fingerprint_at))
@@ -197,9 +183,8 @@ def save_model(spec: Spec, model: Any, tokenizer: Any, folder: Path) -> str:
 
 def write_spec(job: Job, folder: Path) -> None:
     """The resolved spec of this job: `unlearnspec run <folder>/spec.yaml` reproduces it."""
-    from unlearnspec.spec.load import dump_spec
-
     from unlearnspec.safeio import write_text
+    from unlearnspec.spec.load import dump_spec
 
     write_text(folder / "spec.yaml", dump_spec(job.spec))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from unlearnspec.run.plan import plan_layouts
 from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: imported from here by callers
     RunOptions,
     make_context,
@@ -14,6 +13,7 @@ from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: im
     quiet_libraries,
     reports_dir_for,
 )
+from unlearnspec.run.plan import plan_layouts
 
 if TYPE_CHECKING:
     from unlearnspec.run.executors.base import ExecutorOptions
@@ -47,11 +47,8 @@ def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Op
     if outcome.interrupted:
         return 130
     experiments = [r for r in plan.specs if not r.is_score and r.path in outcome.results]
-    if options.report and outcome.complete and experiments:
-        from unlearnspec.report.commands import run_report
-
-        run_report([str(r.out) for r in experiments], out=reports_dir_for(plan, options), reference=None,
-                   toy=options.profile is not None, plot=True, console=console)
+    if options.report and options.reporter is not None and outcome.complete and experiments:
+        options.reporter([r.out for r in experiments], reports_dir_for(plan, options), options.profile is not None, console)
     return 1 if outcome.failed else 0
 
 
@@ -73,7 +70,7 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
     ctx = make_context(options, say=lambda m: None)
     plan = make_plan(paths, options, ctx)
     layouts = plan_layouts(plan, lambda job: world_size, lambda job: f"--nproc {world_size}")
-    rows = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
+    rows: list[dict[str, Any]] = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
              "state": job_state(j), "batch": layouts[j.id].as_dict() if j.id in layouts else None}
             for i, j in enumerate(plan.jobs)]
     if as_json:

@@ -5,7 +5,6 @@
 
 from unlearnspec.spec.base import SPEC_SCHEMA_VERSION, SpecRuleError
 from unlearnspec.spec.load import dump_spec, load_spec
-from unlearnspec.spec.parallel import FsdpSpec, ParallelSpec
 from unlearnspec.spec.objectives import (
     GradDiffObjective,
     NpoObjective,
@@ -14,6 +13,7 @@ from unlearnspec.spec.objectives import (
     SimNpoObjective,
     WeightedObjective,
 )
+from unlearnspec.spec.parallel import FsdpSpec, ParallelSpec
 from unlearnspec.spec.schema import Spec, json_schema
 from unlearnspec.spec.sections import (
     ChatSpec,
@@ -32,8 +32,8 @@ from unlearnspec.spec.training import (
     BaselineSpec,
     EvalSpec,
     EvalTaskSpec,
-    LoraSpec,
     LdsSpec,
+    LoraSpec,
     MagicMemorySpec,
     MagicSpec,
     OptimizerSpec,

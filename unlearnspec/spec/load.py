@@ -105,7 +105,7 @@ def reference_problems(
     problems = []
     for name, src in spec.scores.items():
         if src.path is not None:
-            loc = ("scores", name, "path")
+            loc: tuple[str, ...] = ("scores", name, "path")
             target = resolve_path(path, src.path)
             if target.is_dir():
                 problems.append(Problem(file, _fmt_loc(loc), f"{src.path} is a folder, not a score file (looked at {target}).", _line_of(node, loc)))
@@ -132,7 +132,7 @@ def reference_problems(
             continue
         leaves = sorted(leaf for base, leaf in map(split_source, spec.tokens.referenced_sources()) if base == name and leaf)
         if leaves and producer.magic.query.per != "task":
-            loc2 = ("tokens",)
+            loc2: tuple[str, ...] = ("tokens",)
             problems.append(Problem(file, _fmt_loc(loc2), f"the token rule reads the leaf task scores {', '.join(f'{name}.{x}' for x in leaves)}, but "
                                     f"{src.produced_by} writes only mean-query scores (`magic.query.per: mean`). Set `per: task` under "
                                     f"magic.query there, or read plain `{name}`.", _line_of(node, loc2)))

@@ -14,11 +14,11 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 from pydantic import Field, PositiveInt, ValidationError
 
+from unlearnspec import worlds
 from unlearnspec.errors import Problem, UserError
-from unlearnspec.spec.training import LdsSpec
 from unlearnspec.spec.cluster import ClusterProfile, SlurmSection, _OneLineText, is_cluster_data, load_cluster
+from unlearnspec.spec.training import LdsSpec, OptimizerName
 from unlearnspec.spec.yamlio import read_yaml_file, validation_problems_for
-from unlearnspec.toy import TOY_CORPORA, TOY_MODELS, TOY_TASKS
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 """Shipped profiles (package data; specs/profiles/ links to them so they stay visible in the project)."""
@@ -61,7 +61,7 @@ class ProfileTraining(_Section):
 
     steps_scale: Scale
     """max_steps and warmup_steps are multiplied by this (rounded, at least 1)."""
-    lr_scale: dict[Literal["sgd", "adam", "adamw"], Scale]
+    lr_scale: dict[OptimizerName, Scale]
     """Per optimizer: every learning rate of the grid is multiplied by this."""
 
 
@@ -130,9 +130,7 @@ def is_world_file(path: Path) -> bool:
 def load_profile(path: Path) -> Any:
     """Validate a profile file (a mapping profile, or a `*_world.yaml` toy-world config)."""
     if is_world_file(path):
-        from unlearnspec.toy.config import load_world_config
-
-        return load_world_config(path)
+        return worlds.get().check_config(path)
     data, node = read_yaml_file(path)
     if not isinstance(data, dict):
         raise UserError.one(str(path), "a profile must be a YAML mapping.")
@@ -146,14 +144,13 @@ def load_profile(path: Path) -> Any:
     except ValidationError as exc:
         raise UserError(validation_problems_for(Profile, exc, data, node, str(path))) from None
     problems = []
-    if profile.model.toy not in TOY_MODELS:
-        problems.append(Problem(str(path), "model.toy", f"unknown toy model {profile.model.toy!r}; available: {', '.join(TOY_MODELS)}."))
-    for hub, corpus in profile.data.corpora.items():
-        if corpus not in TOY_CORPORA:
-            problems.append(Problem(str(path), f"data.corpora.{hub}", f"unknown toy corpus {corpus!r}; available: {', '.join(TOY_CORPORA)}."))
-    for task, toy in profile.tasks.items():
-        if toy not in TOY_TASKS:
-            problems.append(Problem(str(path), f"tasks.{task}", f"unknown toy task {toy!r}; available: {', '.join(TOY_TASKS)}."))
+    named = [("models", "model.toy", profile.model.toy)]
+    named += [("corpora", f"data.corpora.{hub}", corpus) for hub, corpus in profile.data.corpora.items()]
+    named += [("tasks", f"tasks.{task}", toy) for task, toy in profile.tasks.items()]
+    for kind, field, value in named:
+        problem = worlds.unknown(kind, value)
+        if problem is not None:
+            problems.append(Problem(str(path), field, f"{problem}."))
     if profile.world is not None and not (path.parent / profile.world).is_file():
         problems.append(Problem(str(path), "world", f"world file {profile.world} not found next to the profile."))
     if problems:

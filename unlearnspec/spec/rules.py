@@ -76,7 +76,7 @@ module docstring)."""
 
 
 def aggregation_parts(agg: str) -> tuple[str, str]:
-    """`min_t` -> ("min", "t"): the kind (key of `unlearnspec.aggregate.AGGREGATES`) and the family suffix
+    """`min_t` -> ("min", "t"): the kind (key of `unlearnspec.scores.aggregate.AGGREGATES`) and the family suffix
     (key of `AGGREGATION_PER`) of an aggregation in `AGGREGATIONS`."""
     kind, _, fam = agg.rpartition("_")
     return kind, fam

@@ -10,12 +10,12 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 
 from unlearnspec.spec.base import SpecRuleError, _Section
-from unlearnspec.spec.objectives import ObjectiveSpec, WeightedObjective, objective_alpha, is_unlearning
+from unlearnspec.spec.objectives import ObjectiveSpec, WeightedObjective, is_unlearning, objective_alpha
 from unlearnspec.spec.parallel import ParallelSpec
 from unlearnspec.spec.rules import AGGREGATION_PER, aggregation_parts, parse_source
 from unlearnspec.spec.sections import DataSpec, LossSpec, ModelSpec, ScoreSourceSpec, TokenRuleSpec
+from unlearnspec.spec.token_modes import TOKEN_MODES
 from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpec, OutputSpec, TrainingSpec
-
 
 # --------------------------------------------------------------------------- the spec
 RESULT_NEUTRAL_FIELDS = (
@@ -155,7 +155,7 @@ class Spec(_Section):
                                 "and select; e.g. `retain: {hub: {path: cais/wmdp-corpora, name: bio-retain-corpus}, "
                                 "select: {count: 1000}}`), or set `objective.alpha: 0`.")
         mode = self.tokens.mode
-        if mode in ("value_weighted", "sign"):
+        if TOKEN_MODES[mode].signed:
             raise SpecRuleError(("tokens", "mode"), f"objective `{name}` reads the token rule as a selection of forget "
                                 f"tokens (|weight| of each; the objective sets the direction), but `mode: {mode}` gives "
                                 "weights of both signs whose sign would be dropped. Use `mode: all`, `where`, or `top` "

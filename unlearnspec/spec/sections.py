@@ -11,9 +11,10 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt, model_validator
 
+from unlearnspec import worlds
 from unlearnspec.spec.base import Seed, SpecRuleError, _exactly_one, _Section
 from unlearnspec.spec.rules import RuleSyntaxError, parse_rule, source_name_problem, sources
-from unlearnspec.toy import TOY_CORPORA, TOY_MODELS
+from unlearnspec.spec.token_modes import TOKEN_MODES, TokenMode
 
 
 # --------------------------------------------------------------------------- model
@@ -36,8 +37,9 @@ class ModelSpec(_Section):
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
         _exactly_one(self, ("name_or_path", "toy"), "model")
-        if self.toy is not None and self.toy not in TOY_MODELS:
-            raise SpecRuleError(("toy",), f"unknown toy model {self.toy!r}; available: {', '.join(TOY_MODELS)}")
+        problem = worlds.unknown("models", self.toy) if self.toy is not None else None
+        if problem is not None:
+            raise SpecRuleError(("toy",), problem)
         return self
 
 
@@ -76,8 +78,9 @@ class ToyDataSpec(_Section):
 
     @model_validator(mode="after")
     def _known(self) -> "ToyDataSpec":
-        if self.corpus not in TOY_CORPORA:
-            raise SpecRuleError(("corpus",), f"unknown toy corpus {self.corpus!r}; available: {', '.join(TOY_CORPORA)}")
+        problem = worlds.unknown("corpora", self.corpus)
+        if problem is not None:
+            raise SpecRuleError(("corpus",), problem)
         return self
 
 
@@ -152,12 +155,7 @@ class DataSpec(DataSourceSpec):
     same max_seq_len and append_eos. Forget row i is paired with retain row i mod N_retain in every step."""
 
 
-# --------------------------------------------------------------------------- scores and rules
-TOY_PRODUCERS: dict[str, str] = {
-    "toy:truth": "the toy world's ground truth: -1 on the tokens stating a value of a fact `task` asks",
-}
-"""Score producers built into unlearnspec (`produced_by: toy:<name>`), computed in-process for the spec's own
-token grid when the run prepares it; every other `produced_by` is a spec path."""
+# --------------------------------------------------------------------------- scores and rules (built-in producers: worlds)
 TOY_TASK_NAME = r"^toy_[a-z0-9_]+$"
 """A toy task or group name (`toy_wmdp`, `toy_wmdp_by_attribute`); whether the world has it is checked at run time."""
 
@@ -209,10 +207,11 @@ class ScoreSourceSpec(_Section):
     def _one_source(self) -> "ScoreSourceSpec":
         _exactly_one(self, ("path", "produced_by", "random"), "a score source")
         built = self.random is not None or is_toy_producer(self.produced_by)
-        if is_toy_producer(self.produced_by) and self.produced_by not in TOY_PRODUCERS:
-            raise SpecRuleError(("produced_by",), f"unknown built-in producer {self.produced_by!r}; available: "
-                                f"{', '.join(TOY_PRODUCERS)} ({'; '.join(TOY_PRODUCERS.values())}). A spec path "
-                                "cannot start with `toy:`.")
+        known = {name: p.description for name, p in worlds.producers().items()}
+        if is_toy_producer(self.produced_by) and self.produced_by not in known:
+            names = f"{', '.join(known)} ({'; '.join(known.values())})" if known else "none (no toy world is registered)"
+            raise SpecRuleError(("produced_by",), f"unknown built-in producer {self.produced_by!r}; available: {names}. "
+                                "A spec path cannot start with `toy:`.")
         if self.produced_by != "toy:truth":
             for name in ("task", "retain_task"):
                 if getattr(self, name) is not None:
@@ -240,7 +239,6 @@ class ScoreSourceSpec(_Section):
         return self.random is not None or is_toy_producer(self.produced_by)
 
 
-TokenMode = Literal["all", "value_weighted", "sign", "where", "top"]
 TopOrder = Literal["most_negative", "most_positive"]
 TopSelected = Union[Literal["ascend", "descend"], float]
 TopRest = Literal["mask", "descend"]
@@ -262,15 +260,14 @@ def top_count(k: Optional[int], fraction: Optional[float], valid: int) -> int:
 class TokenRuleSpec(_Section):
     """Which tokens are trained, and with which signed weight.
 
-    Sign convention (the seed's): score = d(query loss)/d(token weight), so a negative score marks a
-    proponent. `value_weighted` gives weight score/mean|score| and `sign` gives sign(score): proponents
-    (negative scores) get negative weights, i.e. gradient ascent; positive scores get descent.
-    `where` trains selected tokens with weight +1 and masks the rest (weight 0). `top` ranks the valid
-    target tokens by one score source and gives the `k` (or `fraction`) strongest the `selected` weight and
-    every other valid token the `rest` weight; an optional `where` restricts the candidates before ranking.
-    A source may be an aggregation of a `per: question` producer's per-question scores: `min_q(wmdp)`,
-    `rank_q(wmdp)` or `wsum_q(wmdp)` (see `unlearnspec.spec.rules`); top-k by `rank_q` with `order:
-    most_negative` is the union of every question's top-j tokens (ties at the last j by grid position).
+    Sign convention (the seed's): score = d(query loss)/d(token weight), so a negative score marks a proponent.
+    `value_weighted` gives weight score/mean|score| and `sign` gives sign(score): proponents (negative scores) get
+    negative weights, i.e. gradient ascent; positive scores get descent. `where` trains selected tokens with weight +1
+    and masks the rest (weight 0). `top` ranks the valid target tokens by one score source and gives the `k` (or
+    `fraction`) strongest the `selected` weight and every other valid token the `rest` weight; an optional `where`
+    restricts the candidates before ranking. A source may be an aggregation of a `per: question` producer's per-question
+    scores: `min_q(wmdp)`, `rank_q(wmdp)` or `wsum_q(wmdp)` (see `unlearnspec.spec.rules`); top-k by `rank_q` with
+    `order: most_negative` is the union of every question's top-j tokens (ties at the last j by grid position).
     `min_t(wmdp)`, `rank_t(wmdp)`, `wsum_t(wmdp)` do the same over the leaf tasks of a `per: task` producer."""
 
     mode: TokenMode = "all"
@@ -319,23 +316,24 @@ class TokenRuleSpec(_Section):
 
     @model_validator(mode="after")
     def _rules(self) -> "TokenRuleSpec":
-        if self.mode in ("value_weighted", "sign", "top") and self.source is None:
+        traits = TOKEN_MODES[self.mode]
+        if traits.reads_source and self.source is None:
             what = "the score source name to rank by" if self.mode == "top" else "the score source name to read"
             raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: {what}.")
         if self.source is not None and (problem := source_name_problem(self.source)) is not None:
             raise SpecRuleError(("source",), f"`source: {self.source[:80]}` is not a score source name: {problem}. Write a "
                                 "name under `scores` (e.g. `wmdp`), one leaf task of it (e.g. `wmdp.dual_use_virology`) "
                                 "or an aggregation over its questions or leaf tasks (e.g. `min_q(wmdp)`, `min_t(wmdp)`).")
-        if self.mode == "where" and self.where is None:
+        if traits.where == "required" and self.where is None:
             raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
         if self.where is not None:
             try:
                 parse_rule(self.where)
             except RuleSyntaxError as exc:
                 raise SpecRuleError(("where",), f"cannot parse the selection: {exc}") from None
-        if self.mode not in ("where", "top") and self.where is not None:
+        if traits.where == "no" and self.where is not None:
             raise SpecRuleError(("where",), f"`where` is only read with `mode: where` or `mode: top` (mode is {self.mode}).")
-        if self.mode in ("all", "where") and self.source is not None:
+        if not traits.reads_source and self.source is not None:
             raise SpecRuleError(("source",), f"`source` is not read with `mode: {self.mode}`; delete it.")
         if self.mode == "top":
             self._top_rules()
@@ -388,13 +386,15 @@ class TokenRuleSpec(_Section):
         return found
 
 
+Normalizer = Literal["selected", "valid", "batch_tokens", "abs_weight"]
+
+
 class LossSpec(_Section):
     """Loss = sum(weight * token cross-entropy) / normalizer, over one optimizer step."""
 
-    normalizer: Literal["selected", "valid", "batch_tokens", "abs_weight"]
-    """Divisor, counted over the whole accumulation window: `selected` = tokens with nonzero weight
-    (what masking with -100 does; masking then raises the per-token LR), `valid` = all non-pad target
-    tokens (same per-token LR as the all-tokens control), `batch_tokens` = rows x (max_seq_len-1),
-    `abs_weight` = sum of |weight|."""
+    normalizer: Normalizer
+    """Divisor, counted over the whole accumulation window: `selected` = tokens with nonzero weight (what masking
+    with -100 does; masking then raises the per-token LR), `valid` = all non-pad target tokens (same per-token LR
+    as the all-tokens control), `batch_tokens` = rows x (max_seq_len-1), `abs_weight` = sum of |weight|."""
 
 

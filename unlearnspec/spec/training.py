@@ -8,12 +8,15 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from unlearnspec.spec.base import Seed, SpecRuleError, _Section
 
-
 # --------------------------------------------------------------------------- training
+OptimizerName = Literal["sgd", "adam", "adamw"]
+"""The optimizers a spec may name: train/trainer.py builds each, magic/optimizers.py OPTIMIZERS replays each."""
+
+
 class OptimizerSpec(_Section):
     """Optimizer and its hyperparameters."""
 
-    name: Literal["sgd", "adam", "adamw"]
+    name: OptimizerName
     """sgd | adam (L2 in the gradient) | adamw (decoupled weight decay)."""
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     """SGD momentum."""
@@ -89,7 +92,7 @@ class TrainingSpec(_Section):
             known = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (accum, batch))
             if known and accum == 1:
                 write = f"delete `grad_accum` and keep `batch_size: {batch}`"
-            elif known:
+            elif known and isinstance(batch, int) and isinstance(accum, int):
                 write = f"write `batch_size: {batch * accum}` and `micro_batch_size: {batch}`"
             else:
                 write = "write `batch_size: B x A` (rows per optimizer step) and `micro_batch_size: B`"

@@ -20,7 +20,6 @@ from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.base import SpecRuleError
 from unlearnspec.spec.schema import Spec
 
-
 # --------------------------------------------------------------------------- YAML
 MAX_YAML_BYTES = 256_000
 """Largest YAML file read: a spec is a few KB; pure-Python parsing takes ~3 s at this size."""
@@ -312,7 +311,7 @@ def _message(err: Mapping[str, Any], loc: tuple[Any, ...], root: type[BaseModel]
 def _misspelled_missing(errors: list[Any], data: Any) -> set[tuple[Any, ...]]:
     """Locs of 'missing' errors explained by an unknown sibling key that is a close match:
     one "did you mean" message says it all."""
-    extra = {}
+    extra: dict[tuple[Any, ...], list[str]] = {}
     for err in errors:
         if err["type"] == "extra_forbidden":
             loc = _clean_loc(tuple(err["loc"]), data)

@@ -1,10 +1,7 @@
-"""The embedded toy world: names of its corpora, tasks and models (import-light registry)."""
+"""The embedded toy world, a plug-in at the edge: importing this package registers it with `unlearnspec.worlds`
+(its names, assets, ground truth and score-quality hook; see `toy.plugin`). Import-light."""
 
-TOY_CORPORA: tuple[str, ...] = ("wikitext", "bio_forget", "bio_retain", "ultrachat", "lie")
-"""Toy analogues of WikiText-103, the WMDP bio forget/retain corpora, UltraChat and wmdp-lie-o."""
+from unlearnspec.toy.names import TOY_CORPORA, TOY_MODELS, TOY_TASKS  # noqa: F401 - the public names
+from unlearnspec.toy.plugin import register as _register
 
-TOY_TASKS: tuple[str, ...] = ("toy_wmdp", "toy_mmlu")
-"""Four-choice cloze tasks: forget domain (WMDP analogue) and retain domain (MMLU analogue)."""
-
-TOY_MODELS: tuple[str, ...] = ("tiny-neox",)
-"""Embedded GPT-NeoX models trained offline on the toy corpora."""
+_register()

@@ -20,12 +20,12 @@ from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import follow_umask, read_json, write_bytes, write_json, write_text
-from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
+from unlearnspec.spec.assets import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV: re-exported
 from unlearnspec.toy.config import WorldConfig, load_world_config
+from unlearnspec.toy.names import DAMAGED_FIX, TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.taskfiles import write_task_folder
 from unlearnspec.toy.world import GENERATOR_VERSION, World, generate_world, jsonl, row_text
 
-CACHE_ENV = "UNLEARNSPEC_CACHE"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
 INFO_FILE = "world.json"
 
@@ -68,20 +68,6 @@ class ToyWorld:
         return info
 
 
-DAMAGED_FIX = f"The cached toy world is damaged: rebuild it with `unlearnspec toy build --force`, or clear ${CACHE_ENV}."
-
-
-def cache_root() -> Path:
-    """$UNLEARNSPEC_CACHE (default ~/.cache/unlearnspec); a path that exists but is no folder is
-    refused here, by name, instead of failing deep inside a build."""
-    env = os.environ.get(CACHE_ENV)
-    root = Path(env or Path.home() / ".cache" / "unlearnspec").expanduser()
-    if root.exists() and not root.is_dir():
-        where = f"{CACHE_ENV}={env}" if env else str(root)
-        raise UserError.one(where, f"the cache location {root} exists but is not a folder. Point {CACHE_ENV} at a folder (it is created if missing).")
-    return root
-
-
 def world_key(cfg: WorldConfig) -> str:
     """Hash of everything that determines the built world."""
     payload = json.dumps({"generator": GENERATOR_VERSION, "config": cfg.model_dump(mode="json")}, sort_keys=True)
@@ -99,7 +85,7 @@ def ensure_toy_world(config_path: Optional[Path] = None, *, force: bool = False,
     """The toy world of `config_path` (default specs/profiles/toy_world.yaml), installed from the shipped
     copy or built on first use; `force` rebuilds it from scratch (pretraining included)."""
     cfg = load_config(config_path)
-    from unlearnspec import numerics
+    import unlearnspec.toy.numerics as numerics
 
     numerics.apply(cfg.numerics, str(config_path or DEFAULT_CONFIG))  # before any tensor work of a build or run
     root = cache_root() / "toy_world" / world_key(cfg)
@@ -133,7 +119,7 @@ def build_world(cfg: WorldConfig, dest: Path, log: Log) -> dict[str, Any]:
     write_world_data(world, dest)
     log(f"generated {len(world.facts)} facts, corpora and tasks in {time.perf_counter() - start:.1f}s")
 
-    from unlearnspec import numerics
+    import unlearnspec.toy.numerics as numerics
     from unlearnspec.toy.pretrain import pretrain, train_tokenizer
 
     tokenizer = train_tokenizer((row_text(r) for rows in world.corpora.values() for r in rows), cfg.model)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_valid
 
 from unlearnspec.errors import Problem, UserError
 from unlearnspec.spec.base import STRICT_CONFIG, Seed
-from unlearnspec.toy import TOY_CORPORA
+from unlearnspec.toy.names import TOY_CORPORA
 
 
 class _Section(BaseModel):
@@ -62,7 +62,7 @@ class FrequencyConfig(_Section):
 class CorporaConfig(_Section):
     """Rows of each toy corpus and how the mixed corpora split between the domains."""
 
-    rows: dict[str, PositiveInt] = {name: 4000 for name in TOY_CORPORA}
+    rows: dict[str, PositiveInt] = dict.fromkeys(TOY_CORPORA, 4000)
     """Rows generated per corpus (toy specs may take up to 2500 of one corpus)."""
     wikitext_forget_share: float = Field(default=0.15, ge=0.0, le=1.0)
     """Share of `wikitext` passages about the forget domain (the rest: retain domain)."""

@@ -55,7 +55,7 @@ def make_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> GPTNeoXF
         num_attention_heads=cfg.heads,
         intermediate_size=cfg.intermediate,
         max_position_embeddings=cfg.max_seq_len,
-        rotary_pct=cfg.rotary_pct,
+        rotary_pct=cfg.rotary_pct,  # type: ignore[call-arg]  # read from **kwargs by transformers 5
         hidden_dropout=0.0,
         attention_dropout=0.0,
         use_parallel_residual=True,

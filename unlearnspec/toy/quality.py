@@ -19,9 +19,9 @@ import torch
 from unlearnspec.errors import UserError
 
 if TYPE_CHECKING:
-    from unlearnspec.assets import Assets
     from unlearnspec.data import TokenGrid
     from unlearnspec.spec import Spec
+    from unlearnspec.spec.assets import Assets
 
 FIXED_K = 60
 """The second precision@k: the forget-fact token count of the toy specs/fixed/magic_wmdp.yaml grid, so runs
@@ -91,8 +91,8 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
         truth = spec_truth(spec, spec_path, assets, for_task, grid=grid, tokenizer=tokenizer)
         return {**attribution_quality(matrix, truth.forget_mask, truth.valid), "task": for_task, "world": truth.info["world"]}
 
-    from unlearnspec.aggregate import AGGREGATES
     from unlearnspec.scores import valid_targets
+    from unlearnspec.scores.aggregate import AGGREGATES
 
     def aggregates(units: torch.Tensor, suffix: str) -> dict[str, Any]:
         valid = valid_targets(grid.labels)
@@ -112,11 +112,11 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
 def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, Any]:
     """Compute `attribution_quality` of a finished toy score run folder (per_token_scores.pt, scores.json and
     the resolved spec.yaml a score job writes) and write it into its scores.json; returns it."""
-    from unlearnspec.assets import Assets
     from unlearnspec.data import build_grid, load_texts
     from unlearnspec.safeio import read_json, write_json_atomic
     from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE, checked_scores, leaf_score_path, load_score_file
     from unlearnspec.spec import ScoreSourceSpec
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.spec.load import load_spec
     from unlearnspec.toy.truth import require_toy
     from unlearnspec.train.modeling import load_tokenizer
@@ -153,7 +153,7 @@ def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, A
               for leaf, entry in sorted((sidecar.get("per_task") or {}).items())}
     per_question = None
     if isinstance(sidecar.get("per_question"), dict):
-        from unlearnspec.aggregate import checked_question_scores
+        from unlearnspec.scores.aggregate import checked_question_scores
 
         per_question = checked_question_scores(mean_path, source, "min_q(scores)", grid.labels, grid.fingerprint, fingerprint_at)
     quality = grid_quality(spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves,

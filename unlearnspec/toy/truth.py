@@ -26,9 +26,9 @@ from unlearnspec.errors import UserError
 from unlearnspec.toy.world import row_text
 
 if TYPE_CHECKING:
-    from unlearnspec.assets import Assets
     from unlearnspec.data import TokenGrid
     from unlearnspec.spec import Spec
+    from unlearnspec.spec.assets import Assets
 
 FORGET_MARK = -1.0
 """Score of a token stating a value of a queried forget fact: a proponent of the hazard query."""

@@ -12,11 +12,29 @@ import json
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from unlearnspec.toy import TOY_CORPORA, TOY_TASKS
 from unlearnspec.toy.config import WorldConfig
-from unlearnspec.toy.grammar import KINDS, _ANIMALS, _CHAT_CLOSERS, _CODAS, _COLOURS, _FOLLOWUPS, _FOODS, _GEO, _GOODS, _HABITATS, _METHODS, _ONSETS, _PROFESSIONS, _REGIONS, _ROUTES, _VOWELS, _WIKI_PREFIXES
+from unlearnspec.toy.grammar import (
+    _ANIMALS,
+    _CHAT_CLOSERS,
+    _CODAS,
+    _COLOURS,
+    _FOLLOWUPS,
+    _FOODS,
+    _GEO,
+    _GOODS,
+    _HABITATS,
+    _METHODS,
+    _ONSETS,
+    _PROFESSIONS,
+    _REGIONS,
+    _ROUTES,
+    _VOWELS,
+    _WIKI_PREFIXES,
+    KINDS,
+)
+from unlearnspec.toy.names import TOY_CORPORA, TOY_TASKS
 
 GENERATOR_VERSION = 1
 """Bump when templates or generation logic change: it is part of the world's cache key."""
@@ -304,7 +322,7 @@ def generate_world(cfg: WorldConfig) -> World:
     return World(cfg, facts, corpora, tasks)
 
 
-def row_text(row: dict[str, Any]) -> str:
+def row_text(row: Mapping[str, Any]) -> str:
     """The training text of a row: `text`, or chat contents joined with "\\n" (what spans index)."""
     if "messages" in row:
         return "\n".join(m["content"] for m in row["messages"])

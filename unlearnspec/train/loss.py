@@ -7,13 +7,13 @@ a zero weight (or label -100) contributes exactly nothing.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-Normalizer = Literal["selected", "valid", "batch_tokens", "abs_weight"]
+from unlearnspec.data import IGNORE_INDEX
+from unlearnspec.spec.sections import Normalizer
+
+__all__ = ["IGNORE_INDEX", "Normalizer", "normalizer_count", "token_nll", "weighted_nll_loss", "weighted_token_loss"]
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,18 +6,18 @@ from typing import Any, Optional
 
 import torch
 
-from unlearnspec.assets import Assets
+from unlearnspec import worlds
 from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import LoraSpec, ModelSpec
+from unlearnspec.spec.assets import Assets
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _offline_error(what: str, name: str, exc: Exception, model: Optional[ModelSpec] = None) -> UserError:
     if model is not None and model.toy is not None:
-        from unlearnspec.toy.build import DAMAGED_FIX
-
-        return UserError.one(name, f"cannot load the cached toy {what} ({first_line(exc)}). {DAMAGED_FIX}", loc="model.toy")
+        fix = worlds.get().damaged_fix
+        return UserError.one(name, f"cannot load the cached toy {what} ({first_line(exc)}). {fix}", loc="model.toy")
     return UserError.one(
         name,
         f"cannot load the {what} {name!r} ({first_line(exc)}). "
@@ -60,7 +60,7 @@ def load_model(model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Op
             revision=model.revision,
             dtype=dtype or DTYPES[model.dtype],
             attn_implementation=model.attn_implementation,
-        ).to(device)
+        ).to(device)  # type: ignore[arg-type]  # transformers' stub of .to
     except Exception as exc:  # noqa: BLE001 - a truncated safetensors raises SafetensorError, not OSError
         raise _offline_error("model", where, exc, model) from None
 
@@ -78,7 +78,7 @@ def apply_lora(model: Any, lora: LoraSpec) -> Any:
         )
     config = LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r in float; its stub says int
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         bias="none",

@@ -87,7 +87,7 @@ def prepared_train_dataloader(trainer: Any, layout: BatchLayout) -> Any:
                                                     pin_memory=args.dataloader_pin_memory))
     wrapper = getattr(loader, "batch_sampler", None)
     if wrapper is not sampler:
-        if getattr(wrapper, "batch_sampler", None) is not sampler:
+        if wrapper is None or getattr(wrapper, "batch_sampler", None) is not sampler:
             raise RuntimeError(f"accelerate wrapped the training sampler unexpectedly ({type(wrapper).__name__})")
         wrapper.num_processes, wrapper.process_index = 1, 0  # BatchSamplerShard -> pass-through
     return loader

@@ -17,11 +17,11 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
+from unlearnspec.spec import ParallelSpec, TrainingSpec
 from unlearnspec.spec.batch import BatchLayout, batch_layout, optimizer_steps
 from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
 from unlearnspec.train.objectives import Objective
 from unlearnspec.train.parallel import parallel_fields, world_size
-from unlearnspec.spec import ParallelSpec, TrainingSpec
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
 CURVES_DIR = "curves"  # a point folder's subfolder for training curves (TensorBoard events, W&B files)
@@ -208,7 +208,7 @@ class WeightedSFTTrainer(SFTTrainer):
     (`token_weights`), so they stay aligned with labels whatever the sampler does.
     """
 
-    loss_is_scaled_for_ga = True  # divided by the window's normalizer already
+    loss_is_scaled_for_ga: bool = True  # type: ignore[assignment]  # HF declares None; divided by the window's normalizer already
 
     def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True,
                  curves_dir: Optional[Path] = None, training: Optional[TrainingSpec] = None,
@@ -234,7 +234,7 @@ class WeightedSFTTrainer(SFTTrainer):
         self.remove_callback(PrinterCallback)  # the runner reports progress itself
         # Training curves (args.report_to) go to `curves_dir`, by default output_dir/curves. HF 5.x has no
         # logging_dir argument: its TensorBoard callback reads an env var or makes runs/<date_host>.
-        self.curves_dir = Path(curves_dir) if curves_dir is not None else Path(self.args.output_dir) / CURVES_DIR
+        self.curves_dir = Path(curves_dir) if curves_dir is not None else Path(str(self.args.output_dir)) / CURVES_DIR
         for cb in self.callback_handler.callbacks:
             if type(cb).__name__ == "TensorBoardCallback":
                 cb.logging_dir = str(self.curves_dir / "tensorboard")
@@ -245,7 +245,7 @@ class WeightedSFTTrainer(SFTTrainer):
         self.batch_listeners: list[BatchListener] = []
         # An unlearning objective (spec `objective`, unlearnspec.train.objectives) computes the loss instead;
         # None is `weighted`, this class's own loss, whose code path stays exactly as it was.
-        self.objective = objective
+        self.objective: Optional[Objective] = objective
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         wandb = "wandb" in (self.args.report_to or []) and self.args.process_index == 0  # HF logs on rank 0
@@ -286,13 +286,16 @@ class WeightedSFTTrainer(SFTTrainer):
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         if self.optimizer is None and self.training_spec is not None:
             target = model if model is not None else self.model
+            assert target is not None, "create_optimizer before the Trainer has its model"
             params = [p for p in target.parameters() if p.requires_grad]
             self.optimizer = build_optimizer(self.training_spec, params, self.args.learning_rate)
         return super().create_optimizer(model) if self.optimizer is None else self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.lr_scheduler is None and self.training_spec is not None:
-            self.lr_scheduler = build_scheduler(self.training_spec, optimizer or self.optimizer, num_training_steps)
+            chosen = optimizer or self.optimizer
+            assert chosen is not None, "create_scheduler before create_optimizer"
+            self.lr_scheduler = build_scheduler(self.training_spec, chosen, num_training_steps)
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 

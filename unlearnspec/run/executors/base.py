@@ -59,6 +59,8 @@ class Executor(Protocol):
     name: ClassVar[str]
     under_torchrun: ClassVar[bool]
     """`run --nproc N` restarts the command under torchrun and every rank runs every job (serial only)."""
+    detached: ClassVar[bool]
+    """`wait` returns before the jobs have run (SLURM): no results here yet, so no doctor summary after `run`."""
     ctx: RunContext
 
     @classmethod

@@ -4,8 +4,8 @@ and clean the output folders, decide per job whether it runs, record what it did
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
 from unlearnspec.run.assemble import assemble

@@ -34,6 +34,7 @@ class PoolExecutor:
 
     name: ClassVar[str] = "pool"
     under_torchrun: ClassVar[bool] = False
+    detached: ClassVar[bool] = False
     work: ClassVar[Callable[[str, str], JobResult]] = staticmethod(run_job)
     """What a worker runs per job (id, hash); a module-level function, since it crosses a spawn."""
 
@@ -93,7 +94,9 @@ class PoolExecutor:
         slots, messages = spawn.Queue(), spawn.Queue()
         for slot in self.slots:
             slots.put(slot)
-        setup = WorkerSetup(paths=tuple(self.paths), options=self.options)
+        from unlearnspec import worlds
+
+        setup = WorkerSetup(paths=tuple(self.paths), options=self.options, worlds=worlds.plugins())
         pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=spawn, initializer=init_worker,
                                    initargs=(setup, slots, messages))
         error: Optional[BaseException] = None
@@ -133,7 +136,7 @@ class PoolExecutor:
                 if len(running) < self.jobs:
                     waiting.remove(job)
                     run.started(job)
-                    running[pool.submit(self.work, job.id, job.hash)] = job
+                    running[pool.submit(type(self).work, job.id, job.hash)] = job
             if not running:
                 if waiting and error is None:
                     raise RuntimeError(f"jobs wait for jobs outside the plan: {[j.id for j in waiting][:5]}")

@@ -30,6 +30,7 @@ class SerialExecutor:
 
     name: ClassVar[str] = "serial"
     under_torchrun: ClassVar[bool] = True
+    detached: ClassVar[bool] = False
 
     def __init__(self, ctx: RunContext, retry_failed: bool = False, display: Optional[RunDisplay] = None,
                  options: Optional[RunOptions] = None) -> None:
@@ -61,7 +62,7 @@ class SerialExecutor:
 
     def submit(self, plan: Plan) -> None:
         if self.ctx.world_size > 1:  # under torchrun: join the group once; every rank runs every job
-            from unlearnspec.run import dist
+            from unlearnspec.train import dist
 
             parallel = plan.specs[0].spec.parallel_or_default
             dist.init(parallel.backend, parallel.timeout_s)
@@ -95,7 +96,7 @@ class SerialExecutor:
             start = time.perf_counter()
             record = self.run_job(job)
             if self.ctx.world_size > 1:
-                from unlearnspec.run import dist
+                from unlearnspec.train import dist
 
                 dist.barrier()  # rank 0 evaluated and wrote; the next job starts together
             run.finished(job, record.status, record.reason, time.perf_counter() - start)
@@ -107,7 +108,7 @@ class SerialExecutor:
 
     def run_job(self, job: Job) -> Union[RunRecord, BaselineRecord]:
         """One job into its atomic folder (rank 0; other ranks train in a private scratch folder)."""
-        from unlearnspec.run.recipe import run_job
+        from unlearnspec.run.recipes import run_job
 
         if not self.ctx.is_main:
             import tempfile

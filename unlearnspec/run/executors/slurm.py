@@ -20,6 +20,7 @@ class SlurmBackend:
 
     name: ClassVar[str] = "slurm"
     under_torchrun: ClassVar[bool] = False
+    detached: ClassVar[bool] = True
 
     def __init__(self, options: RunOptions, cluster: Optional[Path], display: RunDisplay) -> None:
         from unlearnspec.spec.profile import slurm_settings
@@ -66,7 +67,7 @@ class SlurmBackend:
 
         self._plan = plan
         try:
-            self._done = SlurmExecutor(self.ctx, self.request, self.settings).submit(plan)
+            self._done = SlurmExecutor(self.ctx, self.request, self.settings, self.options.reporter).submit(plan)
         except SlurmUnavailable as exc:
             raise UserError.one("--executor", f"SLURM does not answer ({exc}).") from None
 

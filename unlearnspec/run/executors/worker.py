@@ -26,6 +26,8 @@ class WorkerSetup:
     """As the parent's, with the device kind of the workers (cpu, or cuda for jobs given GPUs)."""
     threads: int = 1
     """torch threads per job, unless OMP_NUM_THREADS or the profile's `threads` say otherwise."""
+    worlds: tuple[str, ...] = ()
+    """The plugin modules of the parent's worlds (`unlearnspec.worlds.plugins()`), imported again here."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ def init_worker(setup: WorkerSetup, slots: Any, messages: Any) -> None:
         os.environ.setdefault(var, str(setup.threads))
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from unlearnspec.numerics import pin_for_profile
+    from unlearnspec import worlds
 
-    pin_for_profile(setup.options.profile)
+    worlds.load_plugins(setup.worlds)  # the parent's worlds (the toy world), registered here too
+    if setup.options.profile is not None:
+        worlds.get().pin_for_profile(setup.options.profile)
     _state.update(setup=setup, messages=messages, busy=False)
 
 
@@ -77,7 +81,7 @@ def _exit() -> None:
     from multiprocessing import util
 
     try:
-        util._run_finalizers(0)  # what a normal process exit runs; no public API for it
+        util._run_finalizers(0)  # type: ignore[attr-defined]  # what a normal process exit runs; no public API for it
     finally:
         os._exit(STOPPED)
 

@@ -1,4 +1,4 @@
-"""The score job: train the MAGIC spec's run (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass, and write
+"""The score recipe: train the MAGIC spec's run (SGD, Adam or AdamW) under MagicCallback, run the exact reverse pass, and write
 per_token_scores.pt + per_example_scores.pt + scores.json into the job's work folder (with `per: task` also
 one per_token_scores.<leaf>.pt per leaf task of the query, see `magic.per_task`)."""
 
@@ -7,23 +7,30 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-from unlearnspec.run import dist
+from unlearnspec import worlds
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.plan import Job
 from unlearnspec.run.results import RunRecord
 from unlearnspec.run.steps import Timer, batch_record, gathered_model, prepare, save_model, train, write_spec
+from unlearnspec.train import dist
+
+if TYPE_CHECKING:
+    from unlearnspec.magic.per_question import QuestionScores
+    from unlearnspec.magic.per_task import TaskScores
 
 
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
     from unlearnspec.magic import ReplayStats, magic_scores, write_scores
+    from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.output import write_question_scores, write_task_scores
     from unlearnspec.magic.per_question import per_question_scores
     from unlearnspec.magic.per_task import extra_passes, per_task_scores
-    from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.query import build_query
+    from unlearnspec.magic.replay_options import ReplayOptions
     from unlearnspec.train.trainer import total_steps
 
     spec, magic = job.spec, job.spec.magic
@@ -63,18 +70,23 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         from unlearnspec.magic.sharded import parked, trained_tensors
 
         park = parked(trained_tensors(trainer.model, trainer.optimizer))
-    replay = {"micro_batch_rows": memory.replay_batch_size if memory else None, "comm": comm,
-              "offload_adjoint": bool(memory and memory.offload_adjoint), "offload_states": bool(memory and memory.offload_states)}
-    per_task, per_question = {}, None
+    replay = ReplayOptions(micro_batch_rows=memory.replay_batch_size if memory else None,
+                           offload_adjoint=bool(memory and memory.offload_adjoint),
+                           offload_states=bool(memory and memory.offload_states))
+    trajectory = callback.trajectory
+    if trajectory is None:
+        raise RuntimeError(f"[{spec.name}] MagicCallback recorded no trajectory (training did not start)")
+    per_task: dict[str, TaskScores] = {}
+    per_question: Optional[QuestionScores] = None
     with Timer() as reverse_clock, park:
         try:
-            scores = magic_scores(model, prep.grid, callback.trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
-                                  **replay)
+            scores = magic_scores(model, prep.grid, trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
+                                  comm=comm, **replay)
             if magic.query.per == "task":  # before the states below are deleted
-                per_task = per_task_scores(model, prep.grid, callback.trajectory, query, scores, **replay,
+                per_task = per_task_scores(model, prep.grid, trajectory, query, scores, comm=comm, **replay,
                                            progress=lambda i, k: progress(steps * (1 + i), steps))
             elif magic.query.per == "question":
-                per_question = per_question_scores(model, prep.grid, callback.trajectory, query, chunk=chunk, **replay,
+                per_question = per_question_scores(model, prep.grid, trajectory, query, chunk=chunk, comm=comm, **replay,
                                                    progress=lambda done, total: progress(steps + done, steps))
         finally:
             ctx.done(task)
@@ -84,13 +96,13 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     leaves = {"per_task": write_task_scores(workdir, per_task)} if per_task else {}
     if per_question is not None:
         leaves["per_question"] = write_question_scores(workdir, per_question)
-    from unlearnspec.toy.quality import score_job_quality  # toy world only: scores vs the recorded fact spans
-
-    quality = score_job_quality(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
-                                per_task, ctx.say, per_question.scores if per_question is not None else None)
+    world = worlds.registered()  # the toy world's hook: scores vs the recorded fact spans ({} elsewhere)
+    hook = world.score_quality if world is not None else None
+    quality = hook(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
+                   per_task, ctx.say, per_question.scores if per_question is not None else None) if hook else {}
     from unlearnspec.data import grid_inputs
 
-    write_scores(workdir, scores, callback.trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
+    write_scores(workdir, scores, trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
                  dtype=spec.model.dtype, lr=job.lr, fingerprint_inputs=grid_inputs(prep.grid, spec.data),
                  extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
                         "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
@@ -100,7 +112,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                                          "rounding_risk": stats.rounding_risk, "peak_state_copies": stats.peak_state_copies}})
     from unlearnspec.magic.lds import save_trajectory_plan
 
-    save_trajectory_plan(workdir, callback.trajectory)  # what `magic.lds` / `unlearnspec lds` retrain from
+    save_trajectory_plan(workdir, trajectory)  # what `magic.lds` / `unlearnspec lds` retrain from
     model_dir = None
     if spec.output.save_model != "none":
         trained = gathered_model(trainer, spec, ctx) if comm is not None else trainer.model  # FSDP: all ranks gather

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
-from unlearnspec.cli_support import (  # noqa: F401 - render_problems: re-exported for tests
+import unlearnspec.toy  # noqa: F401 - registers the embedded toy world with unlearnspec.worlds (the plug-in at the edge)
+from unlearnspec.cli.support import (  # noqa: F401 - render_problems: re-exported for tests
     ClusterOption,
     ProfileOption,
     SetOption,
@@ -21,7 +22,7 @@ from unlearnspec.cli_support import (  # noqa: F401 - render_problems: re-export
     resolve_profile,
     user_errors,
 )
-from unlearnspec.cli_toy import toy_app
+from unlearnspec.cli.toy import toy_app
 from unlearnspec.errors import Problem, UserError
 
 app = typer.Typer(
@@ -103,15 +104,14 @@ def show(
     if cluster is not None:  # read before anything is printed: a bad site file prints only its error
         import yaml
 
-        from unlearnspec.spec.profile import slurm_settings
-
         from unlearnspec.doctor.memory_rules import memory_lines
+        from unlearnspec.spec.profile import slurm_settings
 
         if nproc > 1:
             raise UserError.one("--nproc", "give --nproc or --cluster, not both: with --cluster the site file's "
                                 "`processes` of the job kind is the rank count.")
         settings, source = slurm_settings(cluster, chosen)
-        kind = "score" if resolved.magic is not None else "point"
+        kind: Literal["score", "point"] = "score" if resolved.magic is not None else "point"
         world, launch = settings.resources(kind).processes, f"jobs.{kind}.processes in {source}"
         slurm = (f"# SLURM resources (from {source})\n"
                  + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
@@ -240,9 +240,10 @@ def run(
 
     output_folder(out, "--out")
     output_folder(reports_dir, "--reports-dir")
-    from unlearnspec.numerics import pin_for_profile
+    from unlearnspec.toy.numerics import pin_for_profile
 
     pin_for_profile(resolve_profile(toy, profile))  # before torch is imported: ATen and MKL read their pins once
+    from unlearnspec.report.commands import report_runs
     from unlearnspec.run.executors import executor_class
     from unlearnspec.run.executors.base import ExecutorOptions
     from unlearnspec.run.study import RunOptions, check_launch, run_study, show_plan
@@ -251,7 +252,8 @@ def run(
     chosen = executor_class(executor, settings)  # an unknown name is refused before any work
 
     options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, retry_failed=retry_failed,
-                         device=device, report=report, reports_dir=reports_dir)
+                         device=device, report=report, reports_dir=reports_dir,
+                         reporter=report_runs)
     if nproc > 1 and chosen.under_torchrun and not dry_run and "WORLD_SIZE" not in os.environ:
         check_launch(paths, options, nproc)  # one clear refusal here instead of one per rank
         raise typer.Exit(_torchrun(nproc))
@@ -260,7 +262,7 @@ def run(
     if dry_run:
         raise typer.Exit(show_plan(paths, options, _console(), world_size=nproc))
     code = run_study(paths, options, _console(), executor=chosen.name, settings=settings)
-    if report and chosen.name != "slurm" and code in (0, 1) and os.environ.get("RANK", "0") == "0":
+    if report and not chosen.detached and code in (0, 1) and os.environ.get("RANK", "0") == "0":
         _doctor_summary(paths, toy, profile)
     raise typer.Exit(code)
 
@@ -297,9 +299,9 @@ def lds(
 
     Example: [bold]unlearnspec lds runs/toy/magic/magic_wmdp[/bold]
     """
-    from unlearnspec.numerics import pin_for_profile
     from unlearnspec.run.lds_command import lds_target, run_lds_command
     from unlearnspec.run.study import RunOptions
+    from unlearnspec.toy.numerics import pin_for_profile
 
     output_folder(out, "--out")
     options = RunOptions(profile=resolve_profile(toy, profile), overrides=set_ or [], out=out, device=device)

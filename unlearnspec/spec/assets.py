@@ -1,24 +1,37 @@
-"""Where a spec's named things live: model and tokenizer folders, corpora and lm-eval task folders.
+"""Where a spec's named things live: model and tokenizer folders, corpora and lm-eval task folders; the cache.
 
-A spec names a hub model or an embedded toy model; `Assets` resolves toy names against one toy world
-(built on first use), so loaders take one typed object instead of a `toy=`/`world=` parameter.
+A spec names a hub model or an embedded toy model; `Assets` resolves toy names against one toy world (the one
+registered with `unlearnspec.worlds`, built on first use), so loaders take one typed object instead of a
+`toy=`/`world=` parameter.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
+from unlearnspec import worlds
 from unlearnspec.errors import UserError
 from unlearnspec.spec.load import project_root
 from unlearnspec.spec.sections import ModelSpec
 
-if TYPE_CHECKING:
-    from unlearnspec.toy.build import ToyWorld
+CACHE_ENV = "UNLEARNSPEC_CACHE"
+
+
+def cache_root() -> Path:
+    """$UNLEARNSPEC_CACHE (default ~/.cache/unlearnspec); a path that exists but is no folder is
+    refused here, by name, instead of failing deep inside a build."""
+    env = os.environ.get(CACHE_ENV)
+    root = Path(env or Path.home() / ".cache" / "unlearnspec").expanduser()
+    if root.exists() and not root.is_dir():
+        where = f"{CACHE_ENV}={env}" if env else str(root)
+        raise UserError.one(where, f"the cache location {root} exists but is not a folder. Point {CACHE_ENV} at a folder (it is created if missing).")
+    return root
 
 
 @dataclass
@@ -30,18 +43,14 @@ class Assets:
     log: Callable[[str], None] = field(default=lambda _msg: None, repr=False)
 
     @cached_property
-    def world(self) -> "ToyWorld":
+    def world(self) -> worlds.BuiltWorld:
         """The toy world, built into the cache on first use."""
-        from unlearnspec.toy.build import ensure_toy_world
-
-        return ensure_toy_world(self.world_config, log=self.log)
+        return worlds.get().build(self.world_config, self.log)
 
     @cached_property
     def world_key(self) -> str:
         """The cache key of the toy world, without building it."""
-        from unlearnspec.toy.build import load_config, world_key
-
-        return world_key(load_config(self.world_config))
+        return worlds.get().key(self.world_config)
 
     def model_location(self, model: ModelSpec) -> str:
         if model.toy is not None:

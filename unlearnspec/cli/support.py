@@ -12,7 +12,6 @@ import typer
 
 from unlearnspec.errors import Problem, UserError
 
-
 F = TypeVar("F", bound=Callable[..., object])
 
 SetOption = typer.Option(None, "--set", help="Override a field before validation, e.g. --set training.lr=1e-5 (repeatable).")

@@ -33,7 +33,7 @@ def pin_for_world(config_path: Optional[os.PathLike] = None) -> None:
 
     from unlearnspec.toy.config import load_world_config
 
-    path = Path(config_path) if config_path is not None else Path(__file__).resolve().parent / "profiles" / "toy_world.yaml"
+    path = Path(config_path) if config_path is not None else Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
     try:
         pin_environment(load_world_config(path).numerics)
     except UserError:
@@ -75,7 +75,7 @@ def apply(numerics: Any, where: str) -> dict[str, str]:
     pin_environment(numerics)
     import torch
 
-    torch.backends.mkldnn.enabled = bool(numerics.onednn)
+    torch.backends.mkldnn.enabled = bool(numerics.onednn)  # type: ignore[assignment]  # a module property in torch
     if numerics.threads is not None:
         torch.set_num_threads(numerics.threads)
     now = active()

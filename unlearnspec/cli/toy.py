@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from unlearnspec.cli_support import _console, output_folder, user_errors
+from unlearnspec.cli.support import _console, output_folder, user_errors
 from unlearnspec.errors import UserError
 
 toy_app = typer.Typer(help="The embedded offline toy world: tiny model, corpora and cloze tasks.", no_args_is_help=True)
@@ -28,7 +28,7 @@ def toy_build(
     """
     if ship:
         _check_ship(force, config)
-    from unlearnspec.numerics import pin_for_world
+    from unlearnspec.toy.numerics import pin_for_world
 
     pin_for_world(config)  # before torch is imported: ATen and MKL read their pins once
     from unlearnspec.toy.build import ensure_toy_world
@@ -98,13 +98,13 @@ def toy_truth(
     Example: [bold]unlearnspec toy truth specs/fixed/magic_wmdp.yaml --out runs/toy/truth/magic_wmdp[/bold]
     """
     output_folder(out, "--out")
-    from unlearnspec.cli_support import resolve_profile
-    from unlearnspec.numerics import pin_for_profile
+    from unlearnspec.cli.support import resolve_profile
+    from unlearnspec.toy.numerics import pin_for_profile
 
     chosen = resolve_profile(profile is None, profile)
     assert chosen is not None
     pin_for_profile(chosen)  # before torch is imported
-    from unlearnspec.assets import Assets
+    from unlearnspec.spec.assets import Assets
     from unlearnspec.spec.load import load_spec
     from unlearnspec.spec.profile import world_config_path
     from unlearnspec.toy.truth import RETAIN_TASK, claim_truth_folder, require_toy, spec_truth, write_truth
@@ -130,7 +130,7 @@ def toy_quality(
 
     Example: [bold]unlearnspec toy quality runs/toy/fixed/magic_wmdp[/bold]
     """
-    from unlearnspec.numerics import pin_for_world
+    from unlearnspec.toy.numerics import pin_for_world
 
     pin_for_world(None)  # before torch is imported
     from unlearnspec.toy.quality import run_quality

@@ -1,5 +1,5 @@
-"""Score sources a run builds itself for its own token grid: seeded random scores (`random: {seed}`) and the
-toy world's ground truth (`produced_by: toy:truth`).
+"""Score sources a run builds itself for its own token grid: seeded random scores (`random: {seed}`) and a
+registered world's producers (`produced_by: toy:truth`, the toy world's ground truth; see `unlearnspec.worlds`).
 
 Both come back as an in-memory `ScoreFile` (target alignment, a sidecar with the grid's N, S and data
 fingerprint), so `unlearnspec.run.steps.prepare` sends them through the same `checked_scores` path as a score
@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unlearnspec.scores import ScoreFile
+from unlearnspec import worlds
+from unlearnspec.scores.files import ScoreFile
 from unlearnspec.spec.sections import RandomScoresSpec, ScoreSourceSpec
 
 if TYPE_CHECKING:
-    from unlearnspec.assets import Assets
     from unlearnspec.data import TokenGrid
     from unlearnspec.spec import Spec
+    from unlearnspec.spec.assets import Assets
 
 
 def random_scores(source: RandomScoresSpec, valid: torch.Tensor) -> torch.Tensor:
@@ -48,14 +49,11 @@ def builtin_score_file(name: str, source: ScoreSourceSpec, spec: "Spec", spec_pa
         scores = random_scores(source.random, grid.valid_targets)
         sidecar.update(produced_by="random", seed=source.random.seed, distribution=source.random.distribution)
         label = f"scores.{name} (random, seed {source.random.seed})"
-    elif source.produced_by == "toy:truth":
-        from unlearnspec.toy.truth import DEFAULT_TASK, spec_truth
-
-        truth = spec_truth(spec, spec_path, assets, task=source.task or DEFAULT_TASK, retain_task=source.retain_task,
-                           grid=grid, tokenizer=tokenizer)
-        scores = truth.scores
-        sidecar.update(truth.info)
-        label = f"scores.{name} (toy:truth, task {sidecar.get('task')})"
+    elif source.produced_by is not None and source.produced_by in worlds.producers():
+        scores, info = worlds.producers()[source.produced_by].scores(
+            spec, spec_path, assets, task=source.task, retain_task=source.retain_task, grid=grid, tokenizer=tokenizer)
+        sidecar.update(info)
+        label = f"scores.{name} ({source.produced_by}, task {sidecar.get('task')})"
     else:
         raise ValueError(f"score source {name!r} is not built in (path or spec producer)")
     return ScoreFile(path=Path(label), scores=scores, sidecar=sidecar)

@@ -1,4 +1,4 @@
-"""LDS retraining jobs of a score run (`magic.lds`), and the summary they add to its scores.json.
+"""The LDS recipe: retraining jobs of a score run (`magic.lds`), and the summary they add to its scores.json.
 
 Each job (`lds:<spec>/reference`, `lds:<spec>/subset_007`, ...) replays the recorded run from theta_0 with
 its subset's weights set to 0 and evaluates the query: `<score folder>.lds/<job>/lds.json`. When all have
@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from unlearnspec.errors import UserError
-from unlearnspec.run.context import RunContext
+from unlearnspec.run.context import Prepared, RunContext
 from unlearnspec.run.jobstate import LDS_FILE, SIDECAR_FILE, job_state
-from unlearnspec.run.plan import LDS_SUFFIX, SCORES_FILE, Job, spec_hash
+from unlearnspec.run.plan import LDS_SUFFIX, SCORES_FILE, Job, Plan, SpecRun, spec_hash
 from unlearnspec.run.results import RunRecord
 from unlearnspec.run.rundirs import write_json
 from unlearnspec.run.steps import prepare
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from unlearnspec.magic.lds import LdsSummary
+    from unlearnspec.magic.query import QueryLoss
+    from unlearnspec.magic.trajectory import Trajectory
 
 SUMMARY_FILE = "summary.json"
 
@@ -30,12 +39,25 @@ def score_dir(job: Job) -> Path:
     return root.with_name(root.name[: -len(LDS_SUFFIX)])
 
 
-def _shared(job: Job, ctx: RunContext) -> dict[str, Any]:
-    """What every retraining of one score run shares (loaded once per process): model and theta_0, the
-    recorded steps, the scores, the query."""
+@dataclass(frozen=True)
+class LdsShared:
+    """What every retraining of one score run shares (loaded once per process)."""
+
+    prep: Prepared
+    trajectory: "Trajectory"
+    """The recorded steps (`magic.lds.load_trajectory_plan`)."""
+    scores: "torch.Tensor"
+    model: "nn.Module"
+    theta0: list["torch.Tensor"]
+    query: "QueryLoss"
+
+
+def _shared(job: Job, ctx: RunContext) -> LdsShared:
+    """Model and theta_0, the recorded steps, the scores and the query of the job's score run, once per process."""
     key = f"lds:{spec_hash(job.spec)}"
-    if key in ctx.prepared:
-        return ctx.prepared[key]
+    cached = ctx.recipe_cache.get(key)
+    if isinstance(cached, LdsShared):
+        return cached
     import torch
 
     from unlearnspec.magic.attention import use_replay_attention
@@ -65,9 +87,9 @@ def _shared(job: Job, ctx: RunContext) -> dict[str, Any]:
     theta0 = [params[n].detach().clone() for n in trajectory.param_names]
     query = build_query(spec.magic.query, model, prep.tokenizer,
                         include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
-    ctx.prepared[key] = {"prep": prep, "trajectory": trajectory, "scores": scores, "model": model, "theta0": theta0,
-                         "query": query}
-    return ctx.prepared[key]
+    shared = LdsShared(prep, trajectory, scores, model, theta0, query)
+    ctx.recipe_cache[key] = shared
+    return shared
 
 
 def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
@@ -77,7 +99,7 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     lds = job.spec.magic.lds if job.spec.magic else None
     assert lds is not None
     shared = _shared(job, ctx)
-    prep = shared["prep"]
+    prep = shared.prep
     start = time.perf_counter()
     weights = prep.weights
     entry: dict[str, Any] = {"subset": job.subset, "unit": lds.unit, "fraction": lds.fraction, "seed": lds.seed}
@@ -85,10 +107,10 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         drop = drop_set(lds, prep.weights, prep.grid.labels, job.subset)
         mask = dropped_mask(prep.weights.shape, drop, lds.unit)
         weights = prep.weights.masked_fill(mask, 0)
-        entry.update(dropped=int(drop.numel()), predicted=predicted_change(shared["scores"], prep.weights, mask),
+        entry.update(dropped=int(drop.numel()), predicted=predicted_change(shared.scores, prep.weights, mask),
                      dropped_ids=drop.tolist())
-    params = retrained_params(shared["model"], prep.grid, shared["trajectory"], shared["theta0"], weights)
-    entry["query"] = query_value(shared["model"], shared["query"], params)
+    params = retrained_params(shared.model, prep.grid, shared.trajectory, shared.theta0, weights)
+    entry["query"] = query_value(shared.model, shared.query, params)
     entry["seconds"] = round(time.perf_counter() - start, 3)
     if ctx.is_main:
         write_json(workdir / LDS_FILE, entry)
@@ -110,17 +132,19 @@ def _read(job: Job) -> Optional[dict[str, Any]]:
     return data
 
 
-def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, Any]]:
+def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]:
     """Correlate the finished retrainings (all of them, else None) into `lds/summary.json` and the `lds` entry
     of `scores.json` (rewritten atomically; the score folder is the tool's own). `new` says it changed."""
-    from unlearnspec.magic.lds import summarize
+    from unlearnspec.magic.lds import LdsSummary, summarize
     from unlearnspec.safeio import read_json, write_json_atomic
 
     entries = [_read(j) for j in jobs]
     reference = next((e for j, e in zip(jobs, entries) if j.subset is None), None)
     if reference is None or any(e is None for e in entries) or not (folder / SIDECAR_FILE).is_file():
         return None
-    lds = next(j for j in jobs if j.subset is not None).spec.magic.lds  # type: ignore[union-attr]
+    magic = next(j for j in jobs if j.subset is not None).spec.magic
+    lds = magic.lds if magic is not None else None
+    assert lds is not None, "LDS jobs come from a spec with magic.lds"
     subsets = [e for j, e in zip(jobs, entries) if j.subset is not None and e is not None]
     actual = [e["query"] - reference["query"] for e in subsets]
     predicted = [float(e["predicted"]) for e in subsets]
@@ -138,11 +162,24 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[dict[str, A
             return [finite(x) for x in v]
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
-    clean = {k: finite(v) for k, v in summary.items()}
+    clean = cast(LdsSummary, {k: finite(v) for k, v in summary.items()})
     if sidecar.get("lds") == clean:
-        return {**clean, "new": False}
+        return LdsSummary(**clean, new=False)
     write_json_atomic(jobs[0].out.parent / SUMMARY_FILE, {**clean, "pairs": [
         {"subset": e["subset"], "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)]})
     sidecar["lds"] = clean
     write_json_atomic(folder / SIDECAR_FILE, sidecar)
-    return {**clean, "new": True}
+    return LdsSummary(**clean, new=True)
+
+
+def finish_score(run: SpecRun, plan: Plan, ctx: RunContext) -> None:
+    """After a score spec's LDS retrainings: their summary into scores.json (once all have finished)."""
+    summary = write_lds_summary(run.out, [plan.job(j) for j in run.lds])
+
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    if summary is not None and summary.get("new"):
+        lo, hi = summary["spearman_ci95"]
+        ctx.say(f"[{run.spec.name}] LDS {num(summary['spearman'])} (Spearman; 95% CI {num(lo)}-{num(hi)}) over {summary['subsets']} subsets of {summary['fraction']:.0%} "
+                f"{summary['unit']}s")

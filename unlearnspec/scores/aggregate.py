@@ -33,8 +33,18 @@ import torch
 
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import read_json
-from unlearnspec.scores import (SIDECAR_FILE, ScoreFile, check_fingerprint, check_score_file, checked_scores,
-                                leaf_score_path, load_score_file, task_block, to_target_alignment, valid_targets)
+from unlearnspec.scores.files import (
+    SIDECAR_FILE,
+    ScoreFile,
+    check_fingerprint,
+    check_score_file,
+    checked_scores,
+    leaf_score_path,
+    load_score_file,
+    task_block,
+    to_target_alignment,
+    valid_targets,
+)
 from unlearnspec.spec import ScoreSourceSpec
 from unlearnspec.spec.rules import AGGREGATIONS, aggregation_parts, aggregation_units, parse_source
 
