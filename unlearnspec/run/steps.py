@@ -27,6 +27,8 @@ class Prepared:
     dataset: Any
     retain: Any = None
     """The retain grid of an unlearning objective with a retain term (`data.retain`), else None."""
+    attack: Any = None
+    """The held-out rows of the relearning attack (`attack.data`), checked against grid and retain, else None."""
 
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
@@ -90,7 +92,10 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     from unlearnspec.run.objectives import retain_grid
 
     retain = retain_grid(spec, job.spec_path, tokenizer, ctx)
-    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights), retain)
+    from unlearnspec.run.attack import attack_grid
+
+    held_out = attack_grid(spec, job.spec_path, tokenizer, ctx, grid, retain)  # refuses rows shared with grid/retain
+    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights), retain, held_out)
     return ctx.prepared[key]
 
 
