@@ -96,7 +96,7 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
         return None
     import torch
 
-    from unlearnspec.run.steps import Timer, evaluate
+    from unlearnspec.evaluation import evaluate_model
     from unlearnspec.train.attack import relearn
     from unlearnspec.train.modeling import apply_lora, merged_for_eval
 
@@ -119,13 +119,14 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
         trained_for = round(time.perf_counter() - since[0], 3)
         folder = out / f"k={k}"
         ctx.say(f"[attack] {spec.name} {job.point}: {k} steps (loss {losses[-1]:.3f}); evaluating")
-        with Timer() as ev:
-            result = evaluate(spec, job.spec_path, trained, prep.tokenizer, ctx)
+        start = time.perf_counter()
+        result = evaluate_model(trained, prep.tokenizer, spec.eval, ctx.include_paths(job.spec_path))  # as the point's own
+        evaluated_for = round(time.perf_counter() - start, 3)
         write_json(folder / "eval.json", result.to_json())
         write_json(folder / SAMPLES_FILE, result.samples)
         results.append(AttackResult(steps=k, metrics=dict(result.metrics), loss=losses[-1],
                                     samples_file=f"{job.out.name}/{ATTACK_DIR}/k={k}/{SAMPLES_FILE}",
-                                    train_seconds=trained_for, eval_seconds=ev.seconds))
+                                    train_seconds=trained_for, eval_seconds=evaluated_for))
         if task is not None:
             ctx.progress.update(task, completed=k)
         since[0] = time.perf_counter()
