@@ -256,3 +256,23 @@ def test_attack_grid_refuses_or_drops_rows_of_the_unlearning_data(tmp_path: Path
     assert held.dropped == 1 and list(held.grid.texts) == [texts[6], texts[7]]
     clean = _files_spec(tmp_path, texts[:5], [texts[6], texts[7]])
     assert attack_grid(clean, tmp_path / "x.yaml", tiny_tokenizer(), ctx, forget, None).dropped == 0
+
+
+def test_the_attacked_copy_is_fresh_trainable_and_leaves_hooks_behind():
+    """RMU leaves a forward hook holding a non-leaf activation on the model (deepcopy refused it in the toy study);
+    the copy carries the weights only, every parameter trainable."""
+    from unlearnspec.run.attack import unlearned_copy
+
+    model = tiny_model(seed=2)
+    kept = {}
+    model.gpt_neox.layers[0].register_forward_hook(lambda m, a, out: kept.update(h=out[0] if isinstance(out, tuple) else out))
+    model(input_ids=torch.tensor([[3, 4, 5]]))  # the hook now holds an activation with a grad_fn
+    model.requires_grad_(False)  # as RMU leaves most parameters
+    with pytest.raises(RuntimeError):
+        copy.deepcopy(model)
+    victim = unlearned_copy(model, None, lambda: tiny_model(seed=9))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), victim.parameters()))
+    assert all(p.requires_grad for p in victim.parameters())
+    kept.clear()
+    victim(input_ids=torch.tensor([[3, 4]]))
+    assert kept == {}  # the hook stayed on the original

@@ -3,11 +3,10 @@ and the attack itself on a copy of the unlearned model, evaluated after each ste
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.run.context import RunContext
@@ -87,6 +86,18 @@ def _overlap_error(held: Any, shared: dict[int, str], where: str) -> UserError:
     )
 
 
+def unlearned_copy(model: Any, lora: Any, fresh: Callable[[], Any]) -> Any:
+    """The evaluated model's weights (LoRA merged in, in place: the point is already evaluated and saved) in a freshly
+    built model, every parameter trainable. Not a deepcopy: an objective's hooks and state stay behind (RMU's
+    activation capture holds non-leaf tensors, which deepcopy refuses, and would keep capturing)."""
+    from unlearnspec.train.modeling import merged_for_eval
+
+    plain = merged_for_eval(model, lora, force=True)
+    victim = fresh()
+    victim.load_state_dict(plain.state_dict())
+    return victim.requires_grad_(True)
+
+
 def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) -> Optional[list[AttackResult]]:
     """Fine-tune a copy of the evaluated `model` on the held-out rows and evaluate it after each step count
     (None when the spec has no `attack`). Main rank only: the attack is one process whatever trained the point."""
@@ -98,12 +109,13 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
 
     from unlearnspec.evaluation import evaluate_model
     from unlearnspec.train.attack import relearn
-    from unlearnspec.train.modeling import apply_lora, merged_for_eval
+    from unlearnspec.train.modeling import apply_lora
+
+    from unlearnspec.train.modeling import load_model
 
     device = ctx.device_for(spec)
+    victim = unlearned_copy(model, spec.lora, lambda: load_model(spec.model, ctx.assets, dropout=0.0, device=device))
     torch.manual_seed(attack.seed)  # LoRA's initialisation
-    victim = merged_for_eval(copy.deepcopy(model), spec.lora, force=True)  # the unlearned weights, adapters merged
-    victim.requires_grad_(True)  # full fine-tuning trains everything (RMU left most parameters frozen)
     if attack.lora is not None:
         victim = apply_lora(victim, attack.lora)
     out = workdir / ATTACK_DIR
