@@ -263,16 +263,18 @@ def test_the_attacked_copy_is_fresh_trainable_and_leaves_hooks_behind():
     the copy carries the weights only, every parameter trainable."""
     from unlearnspec.run.attack import unlearned_copy
 
+    from unlearnspec.train.objectives.rmu import _Capture
+
     model = tiny_model(seed=2)
-    kept = {}
-    model.gpt_neox.layers[0].register_forward_hook(lambda m, a, out: kept.update(h=out[0] if isinstance(out, tuple) else out))
-    model(input_ids=torch.tensor([[3, 4, 5]]))  # the hook now holds an activation with a grad_fn
+    capture = _Capture(model.gpt_neox.layers[0])  # RMU's own hook
+    capture.on = True
+    model(input_ids=torch.tensor([[3, 4, 5]]))  # it now holds an activation with a grad_fn
     model.requires_grad_(False)  # as RMU leaves most parameters
     with pytest.raises(RuntimeError):
         copy.deepcopy(model)
     victim = unlearned_copy(model, None, lambda: tiny_model(seed=9))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), victim.parameters()))
     assert all(p.requires_grad for p in victim.parameters())
-    kept.clear()
+    held = capture.value
     victim(input_ids=torch.tensor([[3, 4]]))
-    assert kept == {}  # the hook stayed on the original
+    assert capture.value is held and not victim.gpt_neox.layers[0]._forward_hooks  # the hook stayed on the original
