@@ -39,7 +39,7 @@ def test_the_attack_section_validates_and_enters_the_hash():
 
     data = _spec_data()
     spec = validate_data(data, None, "x.yaml")
-    assert spec.attack is not None and spec.attack.steps == [5, 25] and spec.attack.lora is None
+    assert spec.attack is not None and spec.attack.steps == [5, 25, 100] and spec.attack.lora is None
     other = copy.deepcopy(data)
     other["attack"]["lr"] = 1e-5
     assert spec_hash(validate_data(other, None, "x.yaml")) != spec_hash(spec)  # it changes results
@@ -80,7 +80,7 @@ def test_the_toy_profile_maps_the_attack_rows_and_lr_but_not_its_step_counts():
     spec = load_spec(GRAD_DIFF, profile=SPECS / "profiles" / "toy.yaml")
     a = spec.attack
     assert a.data.toy.corpus == "bio_forget" and a.data.select.count == 50 and a.data.select.offset == 250
-    assert a.steps == [5, 25] and math.isclose(a.lr, 5e-4)
+    assert a.steps == [5, 25, 100] and math.isclose(a.lr, 1e-3)
 
 
 # --------------------------------------------------------------------------- held-out rows
