@@ -278,3 +278,23 @@ def test_the_attacked_copy_is_fresh_trainable_and_leaves_hooks_behind():
     held = capture.value
     victim(input_ids=torch.tensor([[3, 4]]))
     assert capture.value is held and not victim.gpt_neox.layers[0]._forward_hooks  # the hook stayed on the original
+
+
+def test_an_unlearning_objective_on_all_tokens_is_an_experiment_for_d8_and_d9():
+    """NPO with `tokens.mode: all` dropped toy WMDP by 0.40 (reports/comparators): that is its effect, not a control
+    moving the metrics (D9); grad_diff, which moved nothing, is an experiment within noise (D8)."""
+    from unlearnspec.doctor.result_rules import control_moves, within_noise
+    from unlearnspec.report.model import load_report
+    from unlearnspec.spec.load import load_spec
+
+    reports = SPECS.parent / "reports" / "comparators"
+    toy = SPECS / "profiles" / "toy.yaml"
+
+    def entry(name):
+        return SimpleNamespace(spec=load_spec(SPECS / "comparators" / f"{name}.yaml", profile=toy), shown=name)
+
+    npo = load_report(reports / "comparators_npo.json")
+    assert list(control_moves(entry("npo"), "results.json", npo)) == []
+    assert [f.code for f in within_noise(entry("grad_diff"), "results.json", load_report(reports / "comparators_grad_diff.json"))] == ["D8"]
+    control = SimpleNamespace(spec=load_spec(SPECS / "fixed" / "all_tokens.yaml", profile=toy), shown="all_tokens")
+    assert [f.code for f in control_moves(control, "results.json", npo)] == ["D9"]  # the same rows from a control
