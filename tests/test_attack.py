@@ -262,7 +262,6 @@ def test_the_attacked_copy_is_fresh_trainable_and_leaves_hooks_behind():
     """RMU leaves a forward hook holding a non-leaf activation on the model (deepcopy refused it in the toy study);
     the copy carries the weights only, every parameter trainable."""
     from unlearnspec.run.attack import unlearned_copy
-
     from unlearnspec.train.objectives.rmu import _Capture
 
     model = tiny_model(seed=2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from unlearnspec.report.evaluation import Evaluation
 from unlearnspec.report.model import AttackCell
@@ -74,7 +74,7 @@ def attack_cell(steps: int, task: str, attacked: Evaluation, unlearned: Evaluati
     bootstrap when all three logged the same questions, else the delta method), or why R is n/a."""
     acc, n = attacked.acc[task], attacked.n[task]
     low, high = wilson_interval(acc, n)
-    cell = dict(steps=steps, acc=round(acc, 4), n=n, ci_low=round(low, 4), ci_high=round(high, 4))
+    cell: dict[str, Any] = dict(steps=steps, acc=round(acc, 4), n=n, ci_low=round(low, 4), ci_high=round(high, 4))
     if base is None or task not in base.acc or task not in unlearned.acc:
         return AttackCell(**cell, recovery_note="no baseline")
     r = recovery_fraction(base.acc[task], unlearned.acc[task], acc)

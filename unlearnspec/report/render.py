@@ -135,8 +135,8 @@ def grid(table: ReportTable) -> list[list[str]]:
         if table.positive_control and has_selectivity(table):
             line.append(fmt_oracle_fraction(row.selectivity) if live else "")
         for k in attack_steps(table):
-            cell = next((c for c in row.attack if c.steps == k), None)
-            line += [f"{fmt_acc(cell.acc)} [{cell.ci_low:.4f}, {cell.ci_high:.4f}]" if cell else "", fmt_recovery(cell) if cell else ""]
+            hit = next((c for c in row.attack if c.steps == k), None)
+            line += [f"{fmt_acc(hit.acc)} [{hit.ci_low:.4f}, {hit.ci_high:.4f}]" if hit else "", fmt_recovery(hit) if hit else ""]
         line.append(_note(table, row))
         out.append(line)
     return out

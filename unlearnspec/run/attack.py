@@ -3,8 +3,8 @@ and the attack itself on a copy of the unlearned model, evaluated after each ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -109,9 +109,7 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
 
     from unlearnspec.evaluation import evaluate_model
     from unlearnspec.train.attack import relearn
-    from unlearnspec.train.modeling import apply_lora
-
-    from unlearnspec.train.modeling import load_model
+    from unlearnspec.train.modeling import apply_lora, load_model
 
     device = ctx.device_for(spec)
     victim = unlearned_copy(model, spec.lora, lambda: load_model(spec.model, ctx.assets, dropout=0.0, device=device))
