@@ -297,3 +297,23 @@ def test_an_unlearning_objective_on_all_tokens_is_an_experiment_for_d8_and_d9():
     assert [f.code for f in within_noise(entry("grad_diff"), "results.json", load_report(reports / "comparators_grad_diff.json"))] == ["D8"]
     control = SimpleNamespace(spec=load_spec(SPECS / "fixed" / "all_tokens.yaml", profile=toy), shown="all_tokens")
     assert [f.code for f in control_moves(control, "results.json", npo)] == ["D9"]  # the same rows from a control
+
+
+def test_d16_counts_the_attack_on_one_gpu_and_names_a_lora_attack_as_the_fix():
+    """Full fine-tuning of the 6.9B model with AdamW on the main GPU holds parameters, gradients and two moments
+    (16 bytes a parameter) beside the evaluated model: no micro-batch makes that fit 80 GB; LoRA does."""
+    from unlearnspec.doctor.memory_rules import fit_report, phases, job_of, model_shape
+    from unlearnspec.memory import gib, train_activations
+
+    spec = validate_data(_spec_data(), None, "x.yaml")
+    m, _ = model_shape(spec)
+    est = phases(spec, m, job_of(spec, 1))
+    copy_gb = gib(m.params * 4)
+    act = gib(4 * train_activations(m, 1024, 4))
+    assert math.isclose(est["attack"] / 2**30, 5 * copy_gb + act, rel_tol=1e-9) and gib(est["attack"]) > 80
+    fits, now, _, fix = fit_report(spec, "point", 1, 80.0)
+    assert fits is False and "attack 1" in now and "attack.lora" in fix
+    lora = copy.deepcopy(_spec_data())
+    lora["attack"]["lora"] = {"rank": 8}
+    est = phases(validate_data(lora, None, "x.yaml"), m, job_of(validate_data(lora, None, "x.yaml"), 4))
+    assert math.isclose(est["attack"] / 2**30, 2 * copy_gb + act, rel_tol=1e-9)  # on the main GPU at any world size
