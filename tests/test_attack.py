@@ -313,6 +313,9 @@ def test_d16_counts_the_attack_on_one_gpu_and_names_a_lora_attack_as_the_fix():
     assert math.isclose(est["attack"] / 2**30, 5 * copy_gb + act, rel_tol=1e-9) and gib(est["attack"]) > 80
     fits, now, _, fix = fit_report(spec, "point", 1, 80.0)
     assert fits is False and "attack 1" in now and "attack.lora" in fix
+    rmu = yaml.safe_load((SPECS / "comparators" / "rmu.yaml").read_text())  # AdamW training: no knob fits one GPU
+    fix = fit_report(validate_data(rmu, None, "x.yaml"), "point", 1, 80.0)[3]
+    assert "GPUs" in fix and "attack.lora" in fix  # more GPUs do not shrink the one-GPU attack
     lora = copy.deepcopy(_spec_data())
     lora["attack"]["lora"] = {"rank": 8}
     est = phases(validate_data(lora, None, "x.yaml"), m, job_of(validate_data(lora, None, "x.yaml"), 4))

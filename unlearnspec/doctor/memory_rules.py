@@ -202,8 +202,9 @@ def _device_fix(spec: Spec, m: ModelShape, job: Job, kind: str, gpus: int, gpu_g
                        attack_lora=spec.attack is not None)
         after = phases(spec, m, wide, kind)
         if more > gpus and _fit(after, gpu_gb, None):
+            lora = " and `attack.lora: {rank: 8}` (the attack runs on one GPU)" if job.attack_lora != wide.attack_lora else ""
             return (f"give `{kind}` jobs {more} GPUs (slurm.jobs.{kind}.gpus/processes) with every memory knob of the "
-                    "model"), after
+                    f"model{lora}"), after
     return "", {}
 
 
