@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional
 
+from unlearnspec.doctor.attack_rules import missing_attack
 from unlearnspec.doctor.batch_rules import score_batch_mismatch
 from unlearnspec.doctor.context import Workspace
 from unlearnspec.doctor.findings import RULES, Finding, exit_code, print_findings, sort_findings, to_json
@@ -89,6 +90,7 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
         findings += quality_findings(entry, ws)
         findings += question_findings(entry, ws, near_zero)
         findings += memory_findings(entry, site, gpu_mem_gb)
+        findings += missing_attack(entry)
     findings += study_findings(entries, ws, power)
     return sort_findings(findings), len(files)
 

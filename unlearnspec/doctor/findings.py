@@ -27,6 +27,7 @@ RULES: dict[str, str] = {
     "D14": "underpowered",
     "D15": "per-question-scores",
     "D16": "gpu-memory",
+    "D17": "no-attack",
 }
 
 

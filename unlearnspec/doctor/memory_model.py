@@ -158,6 +158,15 @@ def resident_bytes(m: ModelShape, s: Setting) -> float:
     return copies * m.params * s.dtype_bytes / (s.world if s.fsdp and s.world > 1 else 1)
 
 
+def attack_bytes(m: ModelShape, seq: int, rows: int, optimizer: str, lora: bool, dtype_bytes: int) -> float:
+    """Peak bytes of the relearning attack on the main GPU, beside the evaluated point's model it copies: full
+    fine-tuning on one process (parameters, gradients, optimizer state), or LoRA (frozen weights; adapter-sized
+    state neglected), plus the activations of one micro-batch of `rows` sequences."""
+    copy = m.params * dtype_bytes
+    held = copy + (copy if lora else train_bytes(m, seq, Setting(optimizer=optimizer, rows=0, dtype_bytes=dtype_bytes)))
+    return held + rows * train_activations(m, seq, dtype_bytes)
+
+
 def eval_bytes(m: ModelShape, seq: int, batch: int, dtype_bytes: int) -> float:
     """Peak bytes of an in-process lm-eval pass on one GPU: the whole model and a batch's logits (float32,
     twice: the log-softmax beside them)."""

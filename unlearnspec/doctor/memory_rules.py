@@ -19,6 +19,7 @@ from unlearnspec.doctor.memory_model import (
     HEADROOM,
     ModelShape,
     Setting,
+    attack_bytes,
     double_activations,
     eval_bytes,
     fits,
@@ -82,6 +83,9 @@ class Job:
     train_rows: int
     activation_checkpointing: bool
     eval_batch: int
+    attack_rows: int = 1
+    """Rows per forward/backward of the relearning attack (`attack.micro_batch_size`, else its batch)."""
+    attack_lora: bool = False
 
 
 def job_of(spec: Spec, world: int) -> Job:
@@ -96,7 +100,9 @@ def job_of(spec: Spec, world: int) -> Job:
                       offload_states=bool(memory and memory.offload_states),
                       questions=(memory.question_chunk if memory else 16) if per_question else 1,
                       dtype_bytes=DTYPE_BYTES[spec.model.dtype])
-    return Job(setting, rows, par.fsdp.activation_checkpointing, spec.eval.batch_size if spec.eval else 8)
+    a = spec.attack
+    return Job(setting, rows, par.fsdp.activation_checkpointing, spec.eval.batch_size if spec.eval else 8,
+               (a.micro_batch_size or a.batch_size) if a else 1, bool(a and a.lora))
 
 
 def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str, float]:
@@ -121,6 +127,8 @@ def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str
         out[HOST] = host_bytes(m, s, kept_count(spec.magic.checkpoints, s.steps), spec.magic.storage == "ram")
     if spec.eval is not None and kind == "point":
         out["evaluation"] = eval_bytes(m, seq, job.eval_batch, s.dtype_bytes)
+    if spec.attack is not None and kind == "point":  # on the main GPU alone, whatever the world size
+        out["attack"] = attack_bytes(m, seq, job.attack_rows, spec.attack.optimizer.name, job.attack_lora, s.dtype_bytes)
     return out
 
 
@@ -151,6 +159,21 @@ def _moves(spec: Spec, job: Job, gpus: int) -> list[tuple[str, Job]]:
     while spec.eval is not None and job.eval_batch > 1:
         job = replace(job, eval_batch=job.eval_batch // 2)
         out.append((f"eval.batch_size: {job.eval_batch}", job))
+    return out + _attack_moves(spec, job)
+
+
+def _attack_moves(spec: Spec, job: Job) -> list[tuple[str, Job]]:
+    """The attack runs on one GPU: smaller micro-batches, then LoRA adapters instead of full fine-tuning."""
+    out: list[tuple[str, Job]] = []
+    if spec.attack is None:
+        return out
+    batch = spec.attack.batch_size
+    for rows in sorted((d for d in range(1, job.attack_rows) if batch % d == 0), reverse=True):
+        job = replace(job, attack_rows=rows)
+        out.append((f"attack.micro_batch_size: {rows}", job))
+    if not job.attack_lora:
+        out.append(("attack.lora: {rank: 8} (a LoRA attack: the full one holds parameters, gradients and optimizer "
+                    "state on one GPU)", replace(job, attack_lora=True)))
     return out
 
 
@@ -174,11 +197,13 @@ def _device_fix(spec: Spec, m: ModelShape, job: Job, kind: str, gpus: int, gpu_g
             return f"set {'; '.join(chosen.values())}", after
     for more in (2, 4, 8, 16):
         wide = replace(job, setting=replace(job.setting, world=more, fsdp=True, offload_states=True, rows=1, questions=1),
-                       activation_checkpointing=True, train_rows=1, eval_batch=1)
+                       activation_checkpointing=True, train_rows=1, eval_batch=1, attack_rows=1,
+                       attack_lora=spec.attack is not None)
         after = phases(spec, m, wide, kind)
         if more > gpus and _fit(after, gpu_gb, None):
+            lora = " and `attack.lora: {rank: 8}` (the attack runs on one GPU)" if job.attack_lora != wide.attack_lora else ""
             return (f"give `{kind}` jobs {more} GPUs (slurm.jobs.{kind}.gpus/processes) with every memory knob of the "
-                    "model"), after
+                    f"model{lora}"), after
     return "", {}
 
 

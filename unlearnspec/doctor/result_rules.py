@@ -11,6 +11,7 @@ from unlearnspec.report.build import table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, Row
 from unlearnspec.report.render import TEST_LABEL, fmt_p
 from unlearnspec.report.stats import DEFAULT_POWER
+from unlearnspec.spec.schema import Spec
 
 
 def tables_for(entry: Entry, ws: Workspace, power: float = DEFAULT_POWER) -> list[tuple[str, ReportTable]]:
@@ -83,7 +84,7 @@ def _significant(row: Row, against: str) -> bool:
 
 def within_noise(entry: Entry, origin: str, table: ReportTable) -> Iterator[Finding]:
     spec = entry.spec
-    if spec is not None and spec.tokens.mode == "all":
+    if spec is not None and _all_tokens_control(spec):
         return  # a control that does not move is what a control should do (see D9)
     live = [r for r in _ok_runs(table) if not r.collapsed]
     quiet = []
@@ -103,10 +104,16 @@ def within_noise(entry: Entry, origin: str, table: ReportTable) -> Iterator[Find
     )
 
 
+def _all_tokens_control(spec: Spec) -> bool:
+    """Plain training on every token: what D8 leaves alone and D9 judges. An unlearning objective on all forget
+    tokens (`tokens.mode: all`, `objective: npo`, ...) is an experiment, not a control."""
+    return spec.tokens.mode == "all" and spec.objective.name == "weighted"
+
+
 # --------------------------------------------------------------------------- D9 control moves the metrics
 def control_moves(entry: Entry, origin: str, table: ReportTable) -> Iterator[Finding]:
     spec = entry.spec
-    if spec is None or spec.magic is not None or spec.tokens.mode != "all":
+    if spec is None or spec.magic is not None or not _all_tokens_control(spec):
         return
     moved = [r for r in _ok_runs(table) if _significant(r, "baseline")]
     if not moved:

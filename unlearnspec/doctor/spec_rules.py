@@ -21,10 +21,11 @@ TRAINER_ALIGNMENT = "target"
 LOW_PRECISION = {"bf16", "bfloat16", "fp16", "float16", "half", "torch.bfloat16", "torch.float16"}
 
 # Fields a control may differ in: identity (incl. `role`), outputs, and the token rule under test.
-_NOT_COMPARED = ("name", "description", "control", "role", "scores", "tokens", "baseline", "magic", "training.lr",
+_NOT_COMPARED = ("name", "description", "control", "role", "scores", "tokens", "baseline", "magic", "training.lr", "attack",
                  *RESULT_NEUTRAL_FIELDS)
-"""What D1 does not compare: the token rule and its scores, names and the sweep, plus every field that never
-changes a run's numbers."""
+"""What D1 does not compare: the token rule and its scores, names and the sweep, the relearning attack (it runs
+after the point is trained and evaluated, so it never changes the point), plus every field that never changes a
+run's numbers."""
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Optional, TypeVar
 
+from unlearnspec.report.attack import attack_cells
 from unlearnspec.report.evaluation import Evaluation
 from unlearnspec.report.model import (
     KNOWN_TASK_SIZES,
@@ -197,6 +198,7 @@ def table_from_results(
                 kind="run", point=run.point, lr=lr, label=label, selected_fraction=fraction, lr_factor=factor,
                 collapsed=_collapsed(cells), control_point=(ctrl_ev is not None) if control_status is not None else None, cells=cells,
                 samples_note=_samples_note(run_ev, ctrl_ev), selectivity=sel,
+                attack=attack_cells(run, folder, hazard, run_ev, base_ev, evaluation_of, metric),
             )
         )
     infos = _tasks_info(tasks)

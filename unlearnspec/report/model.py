@@ -112,6 +112,23 @@ class TaskPower(_Model):
     """Why the MDE is n/a."""
 
 
+class AttackCell(_Model):
+    """The hazard task after k steps of the relearning attack on a run's model (report.attack)."""
+
+    steps: int
+    acc: float
+    n: int
+    ci_low: float
+    ci_high: float
+    recovery: Optional[float] = None
+    """(acc - acc_unlearned) / (acc_baseline - acc_unlearned); None when n/a (`recovery_note` says why)."""
+    recovery_low: Optional[float] = None
+    recovery_high: Optional[float] = None
+    recovery_method: Optional[Literal["bootstrap", "delta"]] = None
+    """`bootstrap`: paired percentile bootstrap over questions; `delta`: delta method, independent binomials."""
+    recovery_note: Optional[str] = None
+
+
 class Row(_Model):
     """The baseline or one sweep point."""
 
@@ -132,6 +149,8 @@ class Row(_Model):
     cells: dict[str, Cell] = {}
     selectivity: Optional[Selectivity] = None
     """Runs with a control point at this LR and a hazard and a general task."""
+    attack: list[AttackCell] = Field(default=[], exclude_if=lambda v: not v)
+    """The relearning attack on this run, one cell per step count (left out when the spec has no attack)."""
 
 
 class TaskInfo(_Model):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from unlearnspec.report.attack import RECOVERY_LEGEND, fmt_recovery
 from unlearnspec.report.model import Cell, Comparison, ReportTable, Row, Selectivity, TaskPower
 from unlearnspec.report.reference import markdown_grid
 
@@ -100,8 +101,20 @@ def headers(table: ReportTable) -> list[str]:
         cols.append("selectivity [95% CI]")
     if table.positive_control and has_selectivity(table):
         cols.append("oracle fraction")
+    hazard = _hazard_display(table)
+    for k in attack_steps(table):
+        cols += [f"{hazard} after attack ({k} steps) [95% CI]", f"recovery ({k} steps) [95% CI]"]
     cols.append("note")
     return cols
+
+
+def attack_steps(table: ReportTable) -> list[int]:
+    """The attack step counts of any row of the table, in order (no columns when no row was attacked)."""
+    return sorted({c.steps for r in table.rows for c in r.attack})
+
+
+def _hazard_display(table: ReportTable) -> str:
+    return next((t.display for t in table.tasks if t.name == table.hazard_task), table.hazard_task or "hazard")
 
 
 def grid(table: ReportTable) -> list[list[str]]:
@@ -121,6 +134,9 @@ def grid(table: ReportTable) -> list[list[str]]:
             line.append(fmt_selectivity(row.selectivity) if live else "")
         if table.positive_control and has_selectivity(table):
             line.append(fmt_oracle_fraction(row.selectivity) if live else "")
+        for k in attack_steps(table):
+            hit = next((c for c in row.attack if c.steps == k), None)
+            line += [f"{fmt_acc(hit.acc)} [{hit.ci_low:.4f}, {hit.ci_high:.4f}]" if hit else "", fmt_recovery(hit) if hit else ""]
         line.append(_note(table, row))
         out.append(line)
     return out
@@ -158,6 +174,8 @@ def legend(table: ReportTable) -> list[str]:
             f"oracle fraction = selectivity / the positive control's selectivity at the same LR (positive control: {table.positive_control}, "
             f"{table.positive_control_status or 'found'}); n/a when the oracle's interval includes 0."
         )
+    if attack_steps(table):
+        lines.append(RECOVERY_LEGEND)
     if table.mde:
         lines.append(
             f"MDE (smallest |Δ| the table's test detects with power {table.power:.2f} at α = {table.alpha:.2f}; McNemar: Connor's formula "

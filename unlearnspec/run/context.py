@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from unlearnspec.data import TokenGrid
+    from unlearnspec.run.attack import HeldOut
 
 Say = Callable[[str], None]
 
@@ -32,6 +33,8 @@ class Prepared:
     dataset: "datasets.Dataset"
     retain: Optional["TokenGrid"] = None
     """The retain grid of an unlearning objective with a retain term (`data.retain`), else None."""
+    attack: Optional["HeldOut"] = None
+    """The held-out rows of the relearning attack (`attack.data`), checked against grid and retain, else None."""
 
 
 def world_size() -> int:

@@ -42,6 +42,19 @@ class EvalRecord(Record):
     """Per-question correctness, relative to the results.json folder."""
 
 
+class AttackResult(EvalRecord):
+    """The point's model after k steps of the relearning attack (`attack` in the spec), evaluated on its tasks."""
+
+    steps: int = Field(gt=0)
+    """k: optimizer steps of the attack so far (the attack is cumulative over the spec's `attack.steps`)."""
+    loss: Optional[float] = None
+    """Mean token cross-entropy on the held-out rows at the k-th step (before its update)."""
+    train_seconds: Optional[float] = None
+    """Wall seconds of attack training since the previous count."""
+    eval_seconds: Optional[float] = None
+    """Wall seconds of this evaluation."""
+
+
 class RunRecord(EvalRecord):
     """One sweep point."""
 
@@ -69,6 +82,8 @@ class RunRecord(EvalRecord):
     """Where the training curves went (`training.report_to`): e.g. `tensorboard: curves/tensorboard`."""
     batch: Optional[BatchRecord] = None
     """The global batch and its split over the ranks of the launch that trained the point."""
+    attack: Optional[list[AttackResult]] = None
+    """The relearning attack on this point's model, one entry per step count (unset: the spec has no `attack`)."""
 
 
     @field_validator("hparams")

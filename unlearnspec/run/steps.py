@@ -76,7 +76,10 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     from unlearnspec.run.objectives import retain_grid
 
     retain = retain_grid(spec, job.spec_path, tokenizer, ctx)
-    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights), retain)
+    from unlearnspec.run.attack import attack_grid
+
+    held_out = attack_grid(spec, job.spec_path, tokenizer, ctx, grid, retain)  # refuses rows shared with grid/retain
+    ctx.prepared[key] = Prepared(tokenizer, grid, weights, stats, grid_dataset(grid, weights), retain, held_out)
     return ctx.prepared[key]
 
 

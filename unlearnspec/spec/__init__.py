@@ -3,6 +3,7 @@
 `from unlearnspec.spec import Spec, load_spec` is the public entry point.
 """
 
+from unlearnspec.spec.attack import AttackSpec
 from unlearnspec.spec.base import SPEC_SCHEMA_VERSION, SpecRuleError
 from unlearnspec.spec.load import dump_spec, load_spec
 from unlearnspec.spec.objectives import (
@@ -49,5 +50,5 @@ __all__ = [
     "SelectSpec", "TokenRuleSpec", "ToyDataSpec", "BaselineSpec", "EvalSpec", "EvalTaskSpec", "LoraSpec",
     "LdsSpec", "MagicMemorySpec", "MagicSpec", "OptimizerSpec", "OutputSpec", "QuerySpec", "RecordedBaseline", "TrainingSpec",
     "FsdpSpec", "ParallelSpec", "ObjectiveSpec", "WeightedObjective", "GradDiffObjective", "NpoObjective",
-    "SimNpoObjective", "RmuObjective",
+    "SimNpoObjective", "RmuObjective", "AttackSpec",
 ]

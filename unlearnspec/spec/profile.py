@@ -258,6 +258,10 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
     _map_source(data_sec, profile, where, profile_path, "data", note)
     if isinstance(data_sec.get("retain"), dict):  # an unlearning objective's retain set, mapped the same way
         _map_source(data_sec["retain"], profile, where, profile_path, "data.retain", note)
+    attack = section("attack")
+    if isinstance(attack.get("data"), dict):  # the attack's held-out forget rows: mapped as `data` is
+        _map_source(attack["data"], profile, where, profile_path, "attack.data", note)
+    _map_lr(attack, profile, "attack", note)  # its step counts are counts: never scaled
     width = profile.data.max_seq_len_scale
     if _is_int(data_sec.get("max_seq_len")):
         before, data_sec["max_seq_len"] = data_sec["max_seq_len"], _scaled(data_sec["max_seq_len"], width, 8, "data.max_seq_len", where)
@@ -274,13 +278,7 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
             floor = 1 if key == "max_steps" else 0
             before, training[key] = training[key], _scaled(training[key], steps_scale, floor, f"training.{key}", where)
             note(f"training.{key}", before, training[key], f"training.steps_scale {steps_scale:g}, rounded, at least {floor}")
-    opt = training.get("optimizer")
-    name = opt.get("name") if isinstance(opt, dict) else None
-    factor = profile.training.lr_scale.get(name) if isinstance(name, str) else None  # type: ignore[call-overload]
-    if factor is not None:
-        lr = training.get("lr")
-        training["lr"] = [_lr(v, factor) for v in lr] if isinstance(lr, list) else _lr(lr, factor)
-        note("training.lr", lr, training["lr"], f"training.lr_scale.{name} {factor:g}")
+    _map_lr(training, profile, "training", note)
 
     def task(name: Any) -> Any:
         return profile.tasks.get(name, name) if isinstance(name, str) else name
@@ -323,6 +321,17 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
         rel = rel[len("runs/"):] if rel.startswith("runs/") else rel
         output["dir"] = f"{profile.output_prefix.rstrip('/')}/{rel}"
     return out
+
+
+def _map_lr(section: dict[str, Any], profile: Profile, loc: str, note: Callable[[str, Any, Any, str], None]) -> None:
+    """A section's `lr` (one or a list) scaled by the profile's factor for its `optimizer.name`, in place."""
+    opt = section.get("optimizer")
+    name = opt.get("name") if isinstance(opt, dict) else None
+    factor = profile.training.lr_scale.get(name) if isinstance(name, str) else None  # type: ignore[call-overload]
+    if factor is not None and "lr" in section:
+        lr = section.get("lr")
+        section["lr"] = [_lr(v, factor) for v in lr] if isinstance(lr, list) else _lr(lr, factor)
+        note(f"{loc}.lr", lr, section["lr"], f"training.lr_scale.{name} {factor:g}")
 
 
 def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_path: Path, loc: str,

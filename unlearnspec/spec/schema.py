@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
+from unlearnspec.spec.attack import AttackSpec
 from unlearnspec.spec.base import SpecRuleError, _Section
 from unlearnspec.spec.objectives import ObjectiveSpec, WeightedObjective, is_unlearning, objective_alpha
 from unlearnspec.spec.parallel import ParallelSpec
@@ -21,6 +22,7 @@ from unlearnspec.spec.training import BaselineSpec, EvalSpec, LoraSpec, MagicSpe
 RESULT_NEUTRAL_FIELDS = (
     "training.report_to",  # where curves go
     "training.micro_batch_size",  # rows per forward pass: the same optimizer steps
+    "attack.micro_batch_size",  # the same for the relearning attack
     "magic.memory",  # memory knobs and the process layout
     "magic.lds",  # the validation reads the scores; it never changes them
     "eval.hazard_task",  # which task the report calls the hazard
@@ -79,6 +81,9 @@ class Spec(_Section):
     """Set for a score-producing spec (specs/magic/)."""
     eval: Optional[EvalSpec] = None
     """Evaluation after training."""
+    attack: Optional[AttackSpec] = None
+    """A relearning attack on each point's unlearned model, evaluated on the `eval` tasks after each step count
+    (docs/objectives/attack.md); unset: none. It changes the recorded results, so it is part of the spec hash."""
     baseline: BaselineSpec = BaselineSpec()
     """Baseline comparison."""
     output: OutputSpec
@@ -178,6 +183,9 @@ class Spec(_Section):
 
     def _magic_rules(self) -> None:
         opt = self.training.optimizer
+        if self.attack is not None:
+            raise SpecRuleError(("attack",), "a MAGIC spec produces scores and evaluates nothing, so there is no "
+                                "unlearned model to attack. Delete `attack` here; set it on the experiment specs.")
         if is_unlearning(self.objective):
             raise SpecRuleError(("objective",), f"a MAGIC spec scores the `weighted` loss (its reverse pass differentiates "
                                 f"sum(w * CE) / D), not `{self.objective.name}`. Delete `objective` here; set it on the "

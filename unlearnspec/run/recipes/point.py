@@ -58,4 +58,7 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         record.model_dir = save_model(spec, model, prep.tokenizer, workdir)
     record.metrics = dict(result.metrics)
     record.samples_file = f"{job.out.name}/{SAMPLES_FILE}"
+    from unlearnspec.run.attack import run_attack
+
+    record.attack = run_attack(job, model, prep, ctx, workdir)  # the relearning attack, when the spec has one
     return record
