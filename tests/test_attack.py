@@ -303,7 +303,7 @@ def test_d16_counts_the_attack_on_one_gpu_and_names_a_lora_attack_as_the_fix():
     """Full fine-tuning of the 6.9B model with AdamW on the main GPU holds parameters, gradients and two moments
     (16 bytes a parameter) beside the evaluated model: no micro-batch makes that fit 80 GB; LoRA does."""
     from unlearnspec.doctor.memory_rules import fit_report, job_of, model_shape, phases
-    from unlearnspec.memory import gib, train_activations
+    from unlearnspec.doctor.memory_model import gib, train_activations
 
     spec = validate_data(_spec_data(), None, "x.yaml")
     m, _ = model_shape(spec)

@@ -3,8 +3,9 @@ types of results.json, an evaluation's task metrics (evaluation) and a weight gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -67,3 +68,11 @@ class TokenStats(Record):
     per_token_lr_factor: float = Field(allow_inf_nan=True)
     """Per-token step relative to an all-tokens run with normalizer `valid` (1.0 = same; inf when
     the normalizer's divisor is 0)."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The relearning attack's held-out rows (run.attack)'s rows: the grid trained on, and how many selected rows were dropped as shared (`drop`)."""
+
+    grid: Any
+    dropped: int = 0

@@ -4,11 +4,11 @@ and the attack itself on a copy of the unlearned model, evaluated after each ste
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.records import HeldOut
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.results import SAMPLES_FILE, AttackResult
 from unlearnspec.run.rundirs import write_json
@@ -49,12 +49,6 @@ def attack_grid(spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext, fo
     return HeldOut(grid, dropped)
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """The attack's rows: the grid trained on, and how many selected rows were dropped as shared (`drop`)."""
-
-    grid: Any
-    dropped: int = 0
 
 
 def held_out_overlap(held: Any, used: dict[str, Any]) -> dict[int, str]:

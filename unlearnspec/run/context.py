@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from unlearnspec.records import TokenStats
+from unlearnspec.records import HeldOut, TokenStats
 from unlearnspec.spec.assets import Assets
 
 if TYPE_CHECKING:
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from unlearnspec.data import TokenGrid
-    from unlearnspec.run.attack import HeldOut
 
 Say = Callable[[str], None]
 
