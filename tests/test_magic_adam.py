@@ -334,12 +334,16 @@ def test_fixed_adamw_score_spec_runs_on_the_toy_world(toy_world, tmp_path) -> No
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]))
     out = tmp_path / "scores"
-    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "run", "specs/fixed_adamw/magic_wmdp.yaml", "--toy", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # 320 -> 80 toy rows, 40 -> 10 steps (the spec's epochs), 5 LDS subsets: the regime's code path is the point,
+    # not the toy world's numbers (suite time, issue 23; the full spec ran 31 steps over 250 rows here).
+    small = ["--set", "data.select.count=320", "--set", "training.max_steps=40", "--set", "magic.lds.subsets=5"]
+    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "run", "specs/fixed_adamw/magic_wmdp.yaml", "--toy", "--out", str(out),
+                           *small], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     side = json.loads((out / "scores.json").read_text())
     assert side["optimizer"]["name"] == "adamw" and side["optimizer"]["max_grad_norm"] == 1.0
-    assert side["lr_schedule"]["first"] == 0.0 and side["steps"] == 31 and side["checkpoints"] == "sqrt"
+    assert side["lr_schedule"]["first"] == 0.0 and side["steps"] == 10 and side["checkpoints"] == "sqrt"
     assert 0 < side["reverse_pass"]["rounding_risk"] < 1e-4  # below the warning threshold in this regime
+    assert side["lds"]["subsets"] == 5
     scores = torch.load(out / "per_token_scores.pt", weights_only=True)
-    assert scores.shape == (250, 64) and torch.isfinite(scores).all() and scores.abs().max() > 0
+    assert scores.shape == (80, 64) and torch.isfinite(scores).all() and scores.abs().max() > 0

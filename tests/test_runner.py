@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import REPO
 
@@ -134,6 +135,18 @@ def test_missing_scores_name_the_producer_and_command(toy_world, tmp_path):
     assert "specs/magic/magic_wmdp.yaml" in proc.stderr and "unlearnspec run specs/magic/magic_wmdp.yaml" in proc.stderr
 
 
+def _shrink_producers(specs: Path, names: tuple[str, ...], count: int, steps: int) -> None:
+    """Rewrite copied score specs to fewer rows and steps and the fewest LDS subsets (the profile gives an
+    LDS only to specs that set none): the toy world's numbers are not the point where this is used."""
+    for name in names:
+        path = specs / f"{name}.yaml"
+        spec = yaml.safe_load(path.read_text())
+        spec["data"]["select"]["count"] = count
+        spec["training"]["max_steps"] = steps
+        spec["magic"]["lds"] = {"subsets": 5, "fraction": 0.05, "unit": "row", "seed": 0}
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
 @pytest.mark.slow
 def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     """The score specs an experiment names are produced first under --toy; their scores steer the run."""
@@ -141,14 +154,19 @@ def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     shutil.copytree(REPO / "specs", project / "specs")
     shutil.copytree(REPO / "plugins", project / "plugins")
     (project / "pyproject.toml").write_text("")  # project root: runs/ go here, not into the repo
+    # 200 -> 50 toy rows, 48 -> 12 steps, 5 LDS subsets (suite time, issue 23): the order of the jobs and the
+    # scores' use are the point here, not the toy world's numbers.
+    _shrink_producers(project / "specs" / "magic", ("magic_wmdp", "magic_mmlu"), count=200, steps=48)
     args = ["run", "specs/exp5_selective.yaml", "--toy", "--no-report", "--set", "training.lr=[1.0e-4]",
-            "--set", "eval.tasks.0.limit=50", "--set", "eval.tasks.1.limit=50"]
+            "--set", "data.select.count=200", "--set", "training.max_steps=24",
+            "--set", "eval.tasks.0.limit=20", "--set", "eval.tasks.1.limit=20"]
     proc = _run(args, _env(toy_world), cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for producer in ("magic_wmdp", "magic_mmlu"):
         side = json.loads((project / "runs/toy/magic" / producer / "scores.json").read_text())
         assert side["alignment"] == "target" and side["query"]["loss"] == "answer_continuation"
-        assert side["N"] == 250 and side["S"] == 64 and side["dtype"] == "float32"
+        assert side["N"] == 50 and side["S"] == 64 and side["dtype"] == "float32"
+        assert side["lds"]["subsets"] == 5  # each producer's own LDS ran before the experiment read it
     results = json.loads((project / "runs/toy/exp5_selective/results.json").read_text())
     stats = results["runs"][0]["token_stats"]
     assert results["runs"][0]["status"] == "ok"
