@@ -14,6 +14,7 @@ from unlearnspec.errors import Problem, UserError
 
 F = TypeVar("F", bound=Callable[..., object])
 
+DeviceOption = typer.Option(None, "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 SetOption = typer.Option(None, "--set", help="Override a field before validation, e.g. --set training.lr=1e-5 (repeatable).")
 ToyOption = typer.Option(False, "--toy", help="Map the spec onto the embedded toy world (specs/profiles/toy.yaml).")
 ProfileOption = typer.Option(None, "--profile", help="Map the spec through this profile file instead of the toy profile.")
