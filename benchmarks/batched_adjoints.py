@@ -45,10 +45,18 @@ def recorded_run(spec_path: Path, workdir: Path):
     spec, magic = job.spec, job.spec.magic
     prep = prepare(job, ctx)
     steps = total_steps(spec.training, prep.grid.input_ids.shape[0])
-    callback = MagicCallback(steps, magic.checkpoints, magic.storage, workdir / "states", precision=spec.training.precision,
-                             dropout=spec.training.dropout)
+    callback = MagicCallback(
+        steps,
+        magic.checkpoints,
+        magic.storage,
+        workdir / "states",
+        precision=spec.training.precision,
+        dropout=spec.training.dropout,
+    )
     trainer = train(spec, prep, workdir / "train", ctx, callbacks=[callback], exact_replay=True)
-    query = build_query(magic.query, trainer.model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
+    query = build_query(
+        magic.query, trainer.model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)]
+    )
     return trainer.model, prep.grid, callback.trajectory, query
 
 
@@ -69,13 +77,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="batched-adjoints-") as tmp:
         model, grid, trajectory, query = recorded_run(args.spec, Path(tmp))
         rows = list(range(args.k))
-        print(f"toy score run: {trajectory.total_steps} steps, grid {tuple(grid.labels.shape)}, "
-              f"{sum(p.numel() for p in model.parameters())} parameters, K={args.k} questions, "
-              f"{torch.get_num_threads()} threads", flush=True)
+        print(
+            f"toy score run: {trajectory.total_steps} steps, grid {tuple(grid.labels.shape)}, "
+            f"{sum(p.numel() for p in model.parameters())} parameters, K={args.k} questions, "
+            f"{torch.get_num_threads()} threads",
+            flush=True,
+        )
 
         def separate() -> torch.Tensor:
-            return torch.stack([magic_scores(model, grid, trajectory, QueryLoss(model, query.batch.subset([q], "q"), 1))
-                                for q in rows])
+            return torch.stack(
+                [magic_scores(model, grid, trajectory, QueryLoss(model, query.batch.subset([q], "q"), 1)) for q in rows]
+            )
 
         def batched() -> torch.Tensor:
             return per_question_scores(model, grid, trajectory, query, questions=rows, chunk=args.k).scores
@@ -90,8 +102,11 @@ def main() -> None:
             err = float((a - b).abs().max() / a.abs().max())
             assert err < 1e-4, f"batched and separate scores differ: max relative error {err:.2e}"
             ratios.append((t2 - t1) / (t1 - t0))
-            print(f"round {r + 1}: separate {t1 - t0:.1f}s, batched {t2 - t1:.1f}s, ratio {ratios[-1]:.3f} "
-                  f"(max |diff| / max |score| {err:.1e})", flush=True)
+            print(
+                f"round {r + 1}: separate {t1 - t0:.1f}s, batched {t2 - t1:.1f}s, ratio {ratios[-1]:.3f} "
+                f"(max |diff| / max |score| {err:.1e})",
+                flush=True,
+            )
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

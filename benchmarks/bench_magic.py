@@ -79,8 +79,14 @@ def build():
 
     torch.manual_seed(0)
     config = GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-        max_position_embeddings=SEQ, attention_dropout=0.0, hidden_dropout=0.0,
+        vocab_size=VOCAB,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=SEQ,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
     )
     model = GPTNeoXForCausalLM(config)
     n_rows = BATCH * STEPS
@@ -90,7 +96,9 @@ def build():
     q_labels = torch.full_like(q_ids, IGNORE_INDEX)
     q_labels[:, -8:] = q_ids[:, -8:]
     keys = tuple(map(str, range(8)))
-    query = QueryLoss(model, QueryBatch(q_ids, torch.ones_like(q_ids), q_labels, "random", "answer_continuation", 0, keys), 8)
+    query = QueryLoss(
+        model, QueryBatch(q_ids, torch.ones_like(q_ids), q_labels, "random", "answer_continuation", 0, keys), 8
+    )
     plan = plan_steps(n_rows, STEPS, BATCH, LR, seed=0)
     theta0 = {n: p.detach().clone() for n, p in trainable_params(model).items()}
     return model, grid, query, plan, theta0
@@ -151,7 +159,9 @@ def profile_reverse(model, grid, query, plan, theta0, adam: bool = False) -> Non
     reset(model, theta0)
     if adam:
         recorder = TrajectoryRecorder(len(plan), "sqrt", weight_decay=ADAM_DECAY, optimizer=ADAMW)
-        trajectory = sgd_train(model, grid, adam_plan(plan), weight_decay=ADAM_DECAY, recorder=recorder, optimizer=ADAMW)
+        trajectory = sgd_train(
+            model, grid, adam_plan(plan), weight_decay=ADAM_DECAY, recorder=recorder, optimizer=ADAMW
+        )
     else:
         trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), "all"))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -169,8 +179,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, grid, query, plan, theta0 = build()
     n_params = sum(p.numel() for p in theta0.values())
-    print(f"GPT-NeoX 4x128 vocab {VOCAB}: {n_params / 1e6:.2f}M params ({n_params * 4 / 2**20:.1f} MiB per copy); "
-          f"seq {SEQ} batch {BATCH} T={STEPS} fp32, {args.threads} threads, {args.rounds} rounds")
+    print(
+        f"GPT-NeoX 4x128 vocab {VOCAB}: {n_params / 1e6:.2f}M params ({n_params * 4 / 2**20:.1f} MiB per copy); "
+        f"seq {SEQ} batch {BATCH} T={STEPS} fp32, {args.threads} threads, {args.rounds} rounds"
+    )
     if args.profile or args.profile_adam:
         profile_reverse(model, grid, query, plan, theta0, adam=args.profile_adam)
 
@@ -189,16 +201,21 @@ def main() -> None:
                     plain_adamw(model, grid, plan)
                 else:
                     stats[way] = ReplayStats()
-                    train_and_score(model, grid, query, plan, way.removeprefix("adam_"), stats[way], adam=way.startswith("adam"))
+                    train_and_score(
+                        model, grid, query, plan, way.removeprefix("adam_"), stats[way], adam=way.startswith("adam")
+                    )
             elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if r:
                 times[way].append(elapsed)
                 cpu[way].append(elapsed_cpu)
         if r:
             t = {k: v[-1] for k, v in times.items()}
-            print(f"round {r}: train {t['train']:.2f}s  all {t['all']:.2f}s (x{t['all'] / t['train']:.2f})  "
-                  f"sqrt {t['sqrt']:.2f}s (x{t['sqrt'] / t['train']:.2f})  adamw train {t['adam_train']:.2f}s  "
-                  f"adamw sqrt {t['adam_sqrt']:.2f}s (x{t['adam_sqrt'] / t['adam_train']:.2f})", flush=True)
+            print(
+                f"round {r}: train {t['train']:.2f}s  all {t['all']:.2f}s (x{t['all'] / t['train']:.2f})  "
+                f"sqrt {t['sqrt']:.2f}s (x{t['sqrt'] / t['train']:.2f})  adamw train {t['adam_train']:.2f}s  "
+                f"adamw sqrt {t['adam_sqrt']:.2f}s (x{t['adam_sqrt'] / t['adam_train']:.2f})",
+                flush=True,
+            )
 
     ratio = {k: statistics.median(a / b for a, b in zip(times[k], times["train"])) for k in ("all", "sqrt")}
     cpu_ratio = {k: statistics.median(a / b for a, b in zip(cpu[k], cpu["train"])) for k in ("all", "sqrt")}
@@ -206,18 +223,22 @@ def main() -> None:
     print(f"train: median {statistics.median(times['train']):.2f}s peak_rss={mib['train']:.0f}MiB")
     for way in ("all", "sqrt"):
         s = stats[way]
-        print(f"{way}: median {statistics.median(times[way]):.2f}s ratio={ratio[way]:.2f} "
-              f"cpu_time_ratio={cpu_ratio[way]:.2f} peak_rss={mib[way]:.0f}MiB "
-              f"peak_param_copies={s.peak_state_copies} recomputed_steps={s.recomputed_steps} reverse_pass={s.seconds:.2f}s")
+        print(
+            f"{way}: median {statistics.median(times[way]):.2f}s ratio={ratio[way]:.2f} "
+            f"cpu_time_ratio={cpu_ratio[way]:.2f} peak_rss={mib[way]:.0f}MiB "
+            f"peak_param_copies={s.peak_state_copies} recomputed_steps={s.recomputed_steps} reverse_pass={s.seconds:.2f}s"
+        )
     step_ratio = stats["all"].seconds / STEPS / (statistics.median(times["train"]) / STEPS)
     print(f"one reverse step (double backward: H v and per-token terms) = {step_ratio:.2f} x one training step")
     adam_ratio = statistics.median(a / b for a, b in zip(times["adam_sqrt"], times["adam_train"]))
     adam_cpu = statistics.median(a / b for a, b in zip(cpu["adam_sqrt"], cpu["adam_train"]))
     s = stats["adam_sqrt"]
-    print(f"adamw train: median {statistics.median(times['adam_train']):.2f}s peak_rss={mib['adam_train']:.0f}MiB; "
-          f"adamw sqrt: median {statistics.median(times['adam_sqrt']):.2f}s cpu_time_ratio={adam_cpu:.2f} "
-          f"peak_rss={mib['adam_sqrt']:.0f}MiB peak_param_copies={s.peak_state_copies} (sgd sqrt: {stats['sqrt'].peak_state_copies}) "
-          f"recomputed_steps={s.recomputed_steps} reverse_pass={s.seconds:.2f}s")
+    print(
+        f"adamw train: median {statistics.median(times['adam_train']):.2f}s peak_rss={mib['adam_train']:.0f}MiB; "
+        f"adamw sqrt: median {statistics.median(times['adam_sqrt']):.2f}s cpu_time_ratio={adam_cpu:.2f} "
+        f"peak_rss={mib['adam_sqrt']:.0f}MiB peak_param_copies={s.peak_state_copies} (sgd sqrt: {stats['sqrt'].peak_state_copies}) "
+        f"recomputed_steps={s.recomputed_steps} reverse_pass={s.seconds:.2f}s"
+    )
     print(f"magic_adam_over_train={adam_ratio:.2f}")
     print(f"magic_over_train={ratio['sqrt']:.2f} magic_all_over_train={ratio['all']:.2f}")
 

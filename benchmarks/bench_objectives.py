@@ -28,8 +28,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, TrainerCallback  # noqa: E402
 
-SHAPES = {"toy": dict(layers=4, hidden=128, heads=4, vocab=4096, seq=64, batch=4, rows=250, rmu_layer=2),
-          "pythia70m": dict(layers=6, hidden=512, heads=8, vocab=50304, seq=256, batch=8, rows=64, rmu_layer=3)}
+SHAPES = {
+    "toy": dict(layers=4, hidden=128, heads=4, vocab=4096, seq=64, batch=4, rows=250, rmu_layer=2),
+    "pythia70m": dict(layers=6, hidden=512, heads=8, vocab=50304, seq=256, batch=8, rows=64, rmu_layer=3),
+}
 VARIANTS = {
     "weighted": None,
     "grad_ascent": {"name": "grad_diff", "alpha": 0.0},
@@ -85,9 +87,16 @@ def main() -> None:
     shape = SHAPES[args.shape]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-                           num_attention_heads=shape["heads"], intermediate_size=4 * shape["hidden"],
-                           max_position_embeddings=shape["seq"], attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        intermediate_size=4 * shape["hidden"],
+        max_position_embeddings=shape["seq"],
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     config._attn_implementation = "eager"
     base = GPTNeoXForCausalLM(config)
     forget, retain = _grid(shape, 0), _grid(shape, 1)
@@ -100,22 +109,46 @@ def main() -> None:
         for _ in range(args.rounds):
             medians = {}
             for name, raw in VARIANTS.items():
-                spec = TypeAdapter(ObjectiveSpec).validate_python({**raw, "layer": shape["rmu_layer"]} if name == "rmu" else raw or {"name": "weighted"})
+                spec = TypeAdapter(ObjectiveSpec).validate_python(
+                    {**raw, "layer": shape["rmu_layer"]} if name == "rmu" else raw or {"name": "weighted"}
+                )
                 optimizer = "adamw" if name == "rmu" else "sgd"
-                training = TrainingSpec.model_validate(dict(optimizer={"name": optimizer}, lr=1e-4, batch_size=shape["batch"],
-                                                            max_steps=args.steps, seed=0, shuffle=False))
+                training = TrainingSpec.model_validate(
+                    dict(
+                        optimizer={"name": optimizer},
+                        lr=1e-4,
+                        batch_size=shape["batch"],
+                        max_steps=args.steps,
+                        seed=0,
+                        shuffle=False,
+                    )
+                )
                 model = copy.deepcopy(base).to(device)
                 reference = None
                 if OBJECTIVES.get(spec.name) is not None and OBJECTIVES[spec.name].needs_reference:
-                    reference = ReferenceCache(forget.input_ids, forget.attention_mask, forget.labels, forget.fingerprint,
-                                               {"bench": time.time_ns()}, Path(tmp), shape["batch"], say=lambda _m: None)
+                    reference = ReferenceCache(
+                        forget.input_ids,
+                        forget.attention_mask,
+                        forget.labels,
+                        forget.fingerprint,
+                        {"bench": time.time_ns()},
+                        Path(tmp),
+                        shape["batch"],
+                        say=lambda _m: None,
+                    )
                 objective = build_objective(spec, "valid", rows if getattr(spec, "alpha", 0) else None, True, reference)
                 if objective is not None:
                     objective.prepare_model(model)
                 timer = StepTimer()
-                trainer = WeightedSFTTrainer(model=model, args=sft_config(training, 1e-4, Path(tmp) / name, shape["rows"], device=device),
-                                             train_dataset=grid_dataset(forget, weights), processing_class=tok,
-                                             training=training, objective=objective, callbacks=[timer])
+                trainer = WeightedSFTTrainer(
+                    model=model,
+                    args=sft_config(training, 1e-4, Path(tmp) / name, shape["rows"], device=device),
+                    train_dataset=grid_dataset(forget, weights),
+                    processing_class=tok,
+                    training=training,
+                    objective=objective,
+                    callbacks=[timer],
+                )
                 if objective is not None:
                     start = time.perf_counter()
                     objective.attach(trainer)
@@ -128,7 +161,12 @@ def main() -> None:
                 ratios[name].append(medians[name] / medians["weighted"])
             epoch = -(-shape["rows"] // shape["batch"])  # control steps in one pass over the forget grid
             ref_ratios.append(npo_reference / (medians["weighted"] * epoch))
-            print("round: " + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in medians.items()) + f" npo_reference={npo_reference:.2f}s", flush=True)
+            print(
+                "round: "
+                + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in medians.items())
+                + f" npo_reference={npo_reference:.2f}s",
+                flush=True,
+            )
     final = {name: statistics.median(r) for name, r in ratios.items()}
     final["npo_reference"] = statistics.median(ref_ratios)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} thread(s)"

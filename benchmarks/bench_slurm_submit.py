@@ -34,8 +34,11 @@ def running_times(job_ids: list[str], t_submit: float, timeout: float = 300) -> 
     seen: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     while len(seen) < len(job_ids) and time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join({j.split("_")[0] for j in job_ids})],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join({j.split("_")[0] for j in job_ids})],
+            capture_output=True,
+            text=True,
+        ).stdout
         states = dict(line.split("|") for line in out.splitlines() if "|" in line)
         now = time.time() - t_submit
         for j in job_ids:
@@ -52,8 +55,12 @@ def main() -> None:
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="us-bench-slurm-"))
     ex = submitit.AutoExecutor(folder=folder / "%j")
-    ex.update_parameters(slurm_partition=args.partition, timeout_min=5, cpus_per_task=1,
-                         slurm_setup=[f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}"])
+    ex.update_parameters(
+        slurm_partition=args.partition,
+        timeout_min=5,
+        cpus_per_task=1,
+        slurm_setup=[f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}"],
+    )
     report: dict = {"cluster": ex.cluster, "folder": str(folder)}
 
     t0 = time.time()
@@ -71,8 +78,11 @@ def main() -> None:
     run = running_times([j.job_id for j in jobs], t0)
     starts = sorted(j.result() - t0 for j in jobs)
     report["array_to_running_s"] = [round(run[j.job_id], 2) for j in jobs]
-    report["array_to_function_start_s"] = {"first": round(starts[0], 2), "median": round(statistics.median(starts), 2),
-                                           "last": round(starts[-1], 2)}
+    report["array_to_function_start_s"] = {
+        "first": round(starts[0], 2),
+        "median": round(statistics.median(starts), 2),
+        "last": round(starts[-1], 2),
+    }
     report["array_all_done_s"] = round(time.time() - t0, 2)
     report["array_submitit_states"] = sorted({j.watcher.get_state(j.job_id, mode="force") for j in jobs})
     report["submitit_sacct_calls"] = job.watcher.num_calls

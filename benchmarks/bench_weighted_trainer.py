@@ -58,8 +58,16 @@ def main() -> None:
     vocab, seq, batch = 4096, 128, 8
     n_rows = batch * args.steps
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                           intermediate_size=512, max_position_embeddings=seq, attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=seq,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     base = GPTNeoXForCausalLM(config)
     ids = torch.randint(2, vocab, (n_rows, seq))
     mask = torch.ones_like(ids)
@@ -78,13 +86,28 @@ def main() -> None:
         sched = build_scheduler(training, opt, args.steps)
         with tempfile.TemporaryDirectory() as out:
             if kind == "stock":
-                cfg = sft_config(training, 1e-4, out, n_rows, max_length=seq, dataset_kwargs=None, remove_unused_columns=True)
-                trainer = SFTTrainer(model=model, args=cfg, train_dataset=stock_ds, processing_class=tok,
-                                     optimizers=(opt, sched), callbacks=[timer])
+                cfg = sft_config(
+                    training, 1e-4, out, n_rows, max_length=seq, dataset_kwargs=None, remove_unused_columns=True
+                )
+                trainer = SFTTrainer(
+                    model=model,
+                    args=cfg,
+                    train_dataset=stock_ds,
+                    processing_class=tok,
+                    optimizers=(opt, sched),
+                    callbacks=[timer],
+                )
             else:
                 cfg = sft_config(training, 1e-4, out, n_rows)
-                trainer = WeightedSFTTrainer(model=model, args=cfg, train_dataset=weighted_ds, processing_class=tok,
-                                             optimizers=(opt, sched), callbacks=[timer], normalizer="valid")
+                trainer = WeightedSFTTrainer(
+                    model=model,
+                    args=cfg,
+                    train_dataset=weighted_ds,
+                    processing_class=tok,
+                    optimizers=(opt, sched),
+                    callbacks=[timer],
+                    normalizer="valid",
+                )
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)  # same (silent) logging for both
@@ -96,7 +119,9 @@ def main() -> None:
         order = ("stock", "weighted") if r % 2 == 0 else ("weighted", "stock")
         t = {kind: run(kind) for kind in order}
         ratios.append(t["weighted"] / t["stock"])
-        print(f"round {r}: stock {t['stock'] * 1e3:.1f} ms/step, weighted {t['weighted'] * 1e3:.1f} ms/step, ratio {ratios[-1]:.3f}")
+        print(
+            f"round {r}: stock {t['stock'] * 1e3:.1f} ms/step, weighted {t['weighted'] * 1e3:.1f} ms/step, ratio {ratios[-1]:.3f}"
+        )
     print(f"threads={torch.get_num_threads()} rounds={args.rounds} steps={args.steps}")
     print(f"weighted_over_stock={statistics.median(ratios):.3f}")
 

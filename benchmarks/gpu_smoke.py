@@ -81,10 +81,19 @@ def toy_point(device: torch.device, dry: bool) -> dict[str, float]:
     lr = ["training.lr=[1.0e-4]"]
     overrides = lr + (["training.max_steps=2", "eval.tasks.0.limit=16", "eval.tasks.1.limit=16"] if dry else [])
     with tempfile.TemporaryDirectory() as tmp:
-        options = RunOptions(profile=default_toy_profile(), overrides=overrides, out=Path(tmp) / "out", device=str(device))
+        options = RunOptions(
+            profile=default_toy_profile(), overrides=overrides, out=Path(tmp) / "out", device=str(device)
+        )
         ctx = make_context(options, say=lambda _m: None)
-        plan = build_plan([REPO / "specs" / "exp7_all_tokens.yaml"], profile=options.profile, overrides=tuple(overrides),
-                          out=options.out, assets=ctx.assets, device=device.type, cache_root=Path(tmp) / "cache")
+        plan = build_plan(
+            [REPO / "specs" / "exp7_all_tokens.yaml"],
+            profile=options.profile,
+            overrides=tuple(overrides),
+            out=options.out,
+            assets=ctx.assets,
+            device=device.type,
+            cache_root=Path(tmp) / "cache",
+        )
         job = next(j for j in plan.jobs if j.kind == "point")
         work = Path(tmp) / "work"
         work.mkdir()
@@ -92,7 +101,8 @@ def toy_point(device: torch.device, dry: bool) -> dict[str, float]:
     if record.status != "ok":
         raise AssertionError(f"the toy point failed on {device}: {record.reason}")
     return {task: float(m.acc) for task, m in record.metrics.items()} | {
-        f"{task}.n": float(m.n) for task, m in record.metrics.items()}
+        f"{task}.n": float(m.n) for task, m in record.metrics.items()
+    }
 
 
 def check_toy(device: torch.device, dry: bool) -> str:
@@ -120,8 +130,16 @@ def tiny_magic_setup(seed: int = 0):
             self.input_ids, self.attention_mask, self.labels = ids, mask, labels
 
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                           max_position_embeddings=32, attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     model = GPTNeoXForCausalLM(config).double()
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 50, (6, 8), generator=gen)
@@ -131,11 +149,20 @@ def tiny_magic_setup(seed: int = 0):
     q_ids = torch.randint(0, 50, (3, 7), generator=gen)
     q_labels = torch.full_like(q_ids, IGNORE_INDEX)
     q_labels[:, 4:] = q_ids[:, 4:]
-    query = QueryLoss(model, QueryBatch(q_ids, torch.ones_like(q_ids), q_labels, "tiny", "answer_continuation", 0,
-                                        ("a", "b", "c")), batch_size=2)
+    query = QueryLoss(
+        model,
+        QueryBatch(q_ids, torch.ones_like(q_ids), q_labels, "tiny", "answer_continuation", 0, ("a", "b", "c")),
+        batch_size=2,
+    )
     plan = plan_steps(6, 4, 3, [2.0, 1.8, 1.6, 1.4], seed=3)
-    trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), "sqrt", weight_decay=0.01),
-                           weight_decay=0.01, use_replay_attention=True)
+    trajectory = sgd_train(
+        model,
+        grid,
+        plan,
+        recorder=TrajectoryRecorder(len(plan), "sqrt", weight_decay=0.01),
+        weight_decay=0.01,
+        use_replay_attention=True,
+    )
     return model, grid, query, trajectory
 
 
@@ -165,9 +192,17 @@ def build_model(shape: dict[str, int], device: torch.device):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-                           num_attention_heads=shape["heads"], intermediate_size=4 * shape["hidden"],
-                           max_position_embeddings=shape["seq"], rotary_pct=0.25, attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        intermediate_size=4 * shape["hidden"],
+        max_position_embeddings=shape["seq"],
+        rotary_pct=0.25,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     return GPTNeoXForCausalLM(config).to(device)
 
 
@@ -194,8 +229,9 @@ def check_trainers(device: torch.device, dry: bool) -> str:
     ids = torch.randint(2, shape["vocab"], (n_rows, seq), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     grid = TokenGrid(ids, mask, ids.clone(), grid_fingerprint(ids, mask, "smoke"), "smoke")
-    training = TrainingSpec.model_validate(dict(optimizer={"name": "adamw"}, lr=1e-5, batch_size=batch, max_steps=steps,
-                                                shuffle=False, seed=0))
+    training = TrainingSpec.model_validate(
+        dict(optimizer={"name": "adamw"}, lr=1e-5, batch_size=batch, max_steps=steps, shuffle=False, seed=0)
+    )
     tok = word_tokenizer(shape["vocab"])
     base = build_model(shape, torch.device("cpu"))
     datasets.disable_progress_bars()
@@ -223,13 +259,22 @@ def check_trainers(device: torch.device, dry: bool) -> str:
         reset_peak(device)
         with tempfile.TemporaryDirectory() as out:
             if kind == "stock":
-                cfg = sft_config(training, 1e-5, Path(out), n_rows, device=device, max_length=seq, dataset_kwargs=None,
-                                 remove_unused_columns=True)
+                cfg = sft_config(
+                    training,
+                    1e-5,
+                    Path(out),
+                    n_rows,
+                    device=device,
+                    max_length=seq,
+                    dataset_kwargs=None,
+                    remove_unused_columns=True,
+                )
                 trainer = SFTTrainer(model=model, args=cfg, train_dataset=stock_ds, **both)
             else:
                 cfg = sft_config(training, 1e-5, Path(out), n_rows, device=device)
-                trainer = WeightedSFTTrainer(model=model, args=cfg, train_dataset=grid_dataset(grid, grid.valid_targets.float()),
-                                             **both)
+                trainer = WeightedSFTTrainer(
+                    model=model, args=cfg, train_dataset=grid_dataset(grid, grid.valid_targets.float()), **both
+                )
             trainer.remove_callback(PrinterCallback)  # same (silent) logging for both
             trainer.train()
         return statistics.median(timer.times[2:] or timer.times), peak_gib(device)
@@ -260,8 +305,11 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
     q_ids = torch.randint(0, vocab, (4, min(seq, 64)), generator=gen)
     q_labels = torch.full_like(q_ids, IGNORE_INDEX)
     q_labels[:, -2:] = q_ids[:, -2:]
-    query = QueryLoss(model, QueryBatch(q_ids, torch.ones_like(q_ids), q_labels, "random", "answer_continuation", 0,
-                                        tuple("abcd")), batch_size=4)
+    query = QueryLoss(
+        model,
+        QueryBatch(q_ids, torch.ones_like(q_ids), q_labels, "random", "answer_continuation", 0, tuple("abcd")),
+        batch_size=4,
+    )
     plan = plan_steps(batch * steps, steps, batch, 1e-4, seed=0)
     theta0 = {n: p.detach().clone() for n, p in trainable_params(model).items()}
 
@@ -282,7 +330,9 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
         reset_peak(device)
         sync(device)
         start = time.perf_counter()
-        trajectory = sgd_train(model, Grid, plan, recorder=TrajectoryRecorder(steps, schedule), use_replay_attention=True)
+        trajectory = sgd_train(
+            model, Grid, plan, recorder=TrajectoryRecorder(steps, schedule), use_replay_attention=True
+        )
         magic_scores(model, Grid, trajectory, query)
         sync(device)
         ratio = (time.perf_counter() - start) / train_s
@@ -311,8 +361,11 @@ def main() -> None:
 
     device = torch.device("cpu") if args.dry_run else resolve_device("cuda")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
-    print(f"device {device} ({name}), torch {torch.__version__}, dry_run={args.dry_run}"
-          + (" (tiny sizes: the FIGURE lines mean nothing)" if args.dry_run else ""), flush=True)
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, dry_run={args.dry_run}"
+        + (" (tiny sizes: the FIGURE lines mean nothing)" if args.dry_run else ""),
+        flush=True,
+    )
     started = time.perf_counter()
     checks: list[tuple[str, Callable[[], str]]] = [
         ("toy_exp7", lambda: check_toy(device, args.dry_run)),
@@ -325,7 +378,9 @@ def main() -> None:
     for name, fn in checks:
         if name not in args.skip:
             check(name, fn)
-    print(f"TOTAL {time.perf_counter() - started:.1f}s, {len(FAILED)} failed{': ' + ', '.join(FAILED) if FAILED else ''}")
+    print(
+        f"TOTAL {time.perf_counter() - started:.1f}s, {len(FAILED)} failed{': ' + ', '.join(FAILED) if FAILED else ''}"
+    )
     raise SystemExit(1 if FAILED else 0)
 
 

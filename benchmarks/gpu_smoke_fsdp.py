@@ -61,9 +61,23 @@ def check_two_ranks(device: torch.device) -> str:
         return f"W=2 skipped: {torch.cuda.device_count()} GPU"
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SMOKE_DEVICE=device.type)
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                               str(Path(__file__).resolve()), "--worker", tmp], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                str(Path(__file__).resolve()),
+                "--worker",
+                tmp,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             raise AssertionError(f"torchrun failed: {(proc.stdout + proc.stderr)[-500:]}")
         got = torch.load(Path(tmp) / "scores.pt")

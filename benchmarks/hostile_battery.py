@@ -87,10 +87,14 @@ def run_case(case: Case, box: Sandbox) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - an escaped exception is a traceback
             code, output = -1, f"Traceback: {exc!r}"
     elif case.subprocess:
-        cmd = case.prefix + ([sys.executable, "-m", "unlearnspec", *case.argv] if case.argv and not case.prefix else case.argv)
+        cmd = case.prefix + (
+            [sys.executable, "-m", "unlearnspec", *case.argv] if case.argv and not case.prefix else case.argv
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO), **(case.env or {})}
         try:
-            proc = subprocess.run(cmd, cwd=box.root, env=env, capture_output=True, text=True, errors="replace", timeout=case.timeout)
+            proc = subprocess.run(
+                cmd, cwd=box.root, env=env, capture_output=True, text=True, errors="replace", timeout=case.timeout
+            )
             code, output = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired:
             code, output = -1, "TIMEOUT (a read that blocks?)"
@@ -136,7 +140,8 @@ def main() -> int:
         out = res["output"]
         bad = {
             "tracebacks": "Traceback" in out or res["code"] == -1,
-            "wrong_exit_codes": res["code"] not in case.expect or (case.must_say is not None and case.must_say not in out),
+            "wrong_exit_codes": res["code"] not in case.expect
+            or (case.must_say is not None and case.must_say not in out),
             "lost_files": bool(box.lost()) or box.outside_changed(before),
             "executed_code": box.marker.exists() or any(box.root.rglob("PWNED*")),
         }
@@ -146,9 +151,18 @@ def main() -> int:
             counts[key] += hit
             per_class[case.cls][key] += hit
         if any(bad.values()):
-            failures.append({"class": case.cls, "what": case.what, "argv": case.argv, "code": res["code"],
-                             "expect": case.expect, "must_say": case.must_say, "why": [k for k, v in bad.items() if v],
-                             "output": out[-1500:]})
+            failures.append(
+                {
+                    "class": case.cls,
+                    "what": case.what,
+                    "argv": case.argv,
+                    "code": res["code"],
+                    "expect": case.expect,
+                    "must_say": case.must_say,
+                    "why": [k for k, v in bad.items() if v],
+                    "output": out[-1500:],
+                }
+            )
             for p in box.lost():  # restore, so one failure is counted once
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.unlink(missing_ok=True) if p.is_symlink() else None
@@ -158,14 +172,20 @@ def main() -> int:
                 pwned.unlink()
     for cls in sorted(per_class):
         c = per_class[cls]
-        print(f"{cls:<28} cases {c['cases']:>4}  tracebacks {c['tracebacks']}  wrong exit {c['wrong_exit_codes']}  "
-              f"lost files {c['lost_files']}  executed {c['executed_code']}")
-    print(f"TOTAL cases={counts['cases']} tracebacks={counts['tracebacks']} wrong_exit_codes={counts['wrong_exit_codes']} "
-          f"lost_files={counts['lost_files']} executed_code={counts['executed_code']}")
+        print(
+            f"{cls:<28} cases {c['cases']:>4}  tracebacks {c['tracebacks']}  wrong exit {c['wrong_exit_codes']}  "
+            f"lost files {c['lost_files']}  executed {c['executed_code']}"
+        )
+    print(
+        f"TOTAL cases={counts['cases']} tracebacks={counts['tracebacks']} wrong_exit_codes={counts['wrong_exit_codes']} "
+        f"lost_files={counts['lost_files']} executed_code={counts['executed_code']}"
+    )
     for f in failures[:20]:
         print(json.dumps(f, default=str)[:2000])
     if args.out:
-        args.out.write_text(json.dumps({"totals": counts, "per_class": per_class, "failures": failures}, indent=2, default=str))
+        args.out.write_text(
+            json.dumps({"totals": counts, "per_class": per_class, "failures": failures}, indent=2, default=str)
+        )
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failures else 0
 

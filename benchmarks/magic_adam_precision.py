@@ -110,11 +110,13 @@ def main() -> None:
             flips = float(((s32[valid] > 0) != (s64[valid] > 0)).double().mean())
             ex = float((s32.sum(1) - s64.sum(1)).norm() / s64.sum(1).norm())
             first_gap = full if first_gap is None else first_gap
-            print(f"eps={eps:g} lr={training.lrs[0]:g} steps={training.max_steps}: full gap {full:.2e} "
-                  f"(per-example {ex:.2e}), reverse-only gap {reverse:.2e}, spearman {rho:.5f}, sign flips {flips:.2%}; "
-                  f"float32 adjoint gain {stats32.adjoint_gain:.3g}, growth {stats32.adjoint_growth:.3g}, "
-                  f"rounding risk {stats32.rounding_risk:.2g}",
-                  flush=True)
+            print(
+                f"eps={eps:g} lr={training.lrs[0]:g} steps={training.max_steps}: full gap {full:.2e} "
+                f"(per-example {ex:.2e}), reverse-only gap {reverse:.2e}, spearman {rho:.5f}, sign flips {flips:.2%}; "
+                f"float32 adjoint gain {stats32.adjoint_gain:.3g}, growth {stats32.adjoint_growth:.3g}, "
+                f"rounding risk {stats32.rounding_risk:.2g}",
+                flush=True,
+            )
     print(f"adam_fp32_gap={first_gap:.3e}")
 
 

@@ -51,9 +51,17 @@ def measure(layers: int, d: int, heads: int, seq: int, vocab: int) -> tuple[int,
     from unlearnspec.train.loss import weighted_token_loss
 
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
-                           intermediate_size=4 * d, max_position_embeddings=seq, rotary_pct=0.25,
-                           attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * d,
+        max_position_embeddings=seq,
+        rotary_pct=0.25,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     config._attn_implementation = "eager"
     model = GPTNeoXForCausalLM(config)
     ids = torch.randint(0, vocab, (1, seq))
@@ -95,8 +103,16 @@ def model_bytes(f: tuple[float, ...], L: int, d: int, h: int, S: int, V: int) ->
     return L * S * (f[0] * d + f[1] * h * S) + f[2] * S * V + f[3] * S * d
 
 
-SHAPES = [(1, 64, 4, 64, 512), (2, 64, 4, 128, 512), (1, 64, 4, 256, 512), (3, 128, 4, 64, 512), (1, 64, 8, 128, 1024),
-          (2, 128, 8, 64, 4096), (1, 192, 4, 96, 2048), (2, 96, 2, 192, 512)]
+SHAPES = [
+    (1, 64, 4, 64, 512),
+    (2, 64, 4, 128, 512),
+    (1, 64, 4, 256, 512),
+    (3, 128, 4, 64, 512),
+    (1, 64, 8, 128, 1024),
+    (2, 128, 8, 64, 4096),
+    (1, 192, 4, 96, 2048),
+    (2, 96, 2, 192, 512),
+]
 
 
 def model_rows(W: int, S: int, b: int, T: int) -> list[tuple[str, float]]:
@@ -111,15 +127,23 @@ def model_rows(W: int, S: int, b: int, T: int) -> list[tuple[str, float]]:
         ("training DDP, SGD", gib(train_bytes(m, S, ddp))),
         ("training DDP, AdamW", gib(train_bytes(m, S, Setting(world=W, rows=b, optimizer="adamw")))),
         (f"training FSDP full_shard, SGD (W={W})", gib(train_bytes(m, S, fsdp))),
-        (f"training FSDP full_shard, AdamW (W={W})", gib(train_bytes(m, S, Setting(world=W, fsdp=True, rows=b, optimizer="adamw")))),
+        (
+            f"training FSDP full_shard, AdamW (W={W})",
+            gib(train_bytes(m, S, Setting(world=W, fsdp=True, rows=b, optimizer="adamw"))),
+        ),
         ("reverse pass DDP, sqrt", rev(ddp)),
         ("reverse pass DDP, sqrt, offload_states", rev(Setting(world=W, rows=b, steps=T, offload_states=True))),
         ("reverse pass DDP, log", rev(Setting(world=W, rows=b, steps=T, schedule="log"))),
         (f"reverse pass FSDP (W={W}), sqrt", rev(fsdp)),
-        (f"reverse pass FSDP (W={W}), sqrt, offload_states", rev(Setting(world=W, fsdp=True, rows=b, steps=T, offload_states=True))),
+        (
+            f"reverse pass FSDP (W={W}), sqrt, offload_states",
+            rev(Setting(world=W, fsdp=True, rows=b, steps=T, offload_states=True)),
+        ),
         (f"reverse pass FSDP (W={W}), log", rev(Setting(world=W, fsdp=True, rows=b, steps=T, schedule="log"))),
-        (f"reverse pass FSDP (W={W}), sqrt, offload_states, per question K=4",
-         rev(Setting(world=W, fsdp=True, rows=b, steps=T, offload_states=True, questions=4))),
+        (
+            f"reverse pass FSDP (W={W}), sqrt, offload_states, per question K=4",
+            rev(Setting(world=W, fsdp=True, rows=b, steps=T, offload_states=True, questions=4)),
+        ),
     ]
 
 
@@ -146,7 +170,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--micro", type=int, default=1, help="rows per (double) backward on one GPU")
     parser.add_argument("--steps", type=int, default=250, help="T, for the sqrt schedule's recomputed segment")
-    parser.add_argument("--no-fit", action="store_true", help="skip measuring the activations (print the model's tables)")
+    parser.add_argument(
+        "--no-fit", action="store_true", help="skip measuring the activations (print the model's tables)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     if not args.no_fit:
@@ -158,10 +184,14 @@ def main() -> None:
         ft, fd = fit(train_rows), fit(dbl_rows)
         for name, f, rows in (("training forward", ft, train_rows), ("double backward", fd, dbl_rows)):
             worst = max(abs(model_bytes(f, L, d, h, S, V) / b - 1) for (L, d, h, S, V), b in rows)
-            print(f"fit {name}: bytes/seq = L*S*({f[0]:.1f}*d + {f[1]:.2f}*h*S) + {f[2]:.2f}*S*V + {f[3]:.1f}*S*d"
-                  f"  (worst fit error {worst:.1%} over {len(rows)} shapes)")
-    print(f"\n6.86B (Pythia-6.9B shape), fp32, W={args.world} GPUs, S={args.seq}, {args.micro} row(s) per (double) "
-          f"backward, T={args.steps} (unlearnspec/doctor/memory_model.py)")
+            print(
+                f"fit {name}: bytes/seq = L*S*({f[0]:.1f}*d + {f[1]:.2f}*h*S) + {f[2]:.2f}*S*V + {f[3]:.1f}*S*d"
+                f"  (worst fit error {worst:.1%} over {len(rows)} shapes)"
+            )
+    print(
+        f"\n6.86B (Pythia-6.9B shape), fp32, W={args.world} GPUs, S={args.seq}, {args.micro} row(s) per (double) "
+        f"backward, T={args.steps} (unlearnspec/doctor/memory_model.py)"
+    )
     for name, value in model_rows(args.world, args.seq, args.micro, args.steps):
         print(f"| {name} | {value:.0f} GiB |")
     print()

@@ -53,10 +53,13 @@ def main() -> None:
             entry = lds_table(out / "scores.json")
             assert entry is not None, "no LDS summary was written"
             lo, hi = entry["spearman_ci95"]
-            print(f"{unit}s {fraction:.0%}: LDS {entry['spearman']:.3f} (95% CI {lo:.3f}-{hi:.3f}), Pearson "
-                  f"{entry['pearson']:.3f}, |pred|/|actual| {entry['scale_ratio']:.2f}, {entry['subsets']} subsets of "
-                  f"{entry['dropped_per_subset']} {unit}s, lr {run.spec.training.lrs[0]:g}, "
-                  f"{entry['retrain_seconds']:.0f}s of retraining", flush=True)
+            print(
+                f"{unit}s {fraction:.0%}: LDS {entry['spearman']:.3f} (95% CI {lo:.3f}-{hi:.3f}), Pearson "
+                f"{entry['pearson']:.3f}, |pred|/|actual| {entry['scale_ratio']:.2f}, {entry['subsets']} subsets of "
+                f"{entry['dropped_per_subset']} {unit}s, lr {run.spec.training.lrs[0]:g}, "
+                f"{entry['retrain_seconds']:.0f}s of retraining",
+                flush=True,
+            )
             rows.append(entry["spearman"])
     print(f"lds={rows[0]:.3f}")
 

@@ -19,9 +19,21 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, x, torch.ones_like(x)).sqrt() * positive
 
 
-def adam_unrolled_query(model, grid, plan: Sequence, query, theta0: Mapping[str, torch.Tensor], weights: torch.Tensor, *,
-                        name: str, betas=(0.9, 0.999), eps: float = 1e-8, decays: Sequence[float],
-                        max_grad_norm: float | None = None, create_graph: bool = False) -> torch.Tensor:
+def adam_unrolled_query(
+    model,
+    grid,
+    plan: Sequence,
+    query,
+    theta0: Mapping[str, torch.Tensor],
+    weights: torch.Tensor,
+    *,
+    name: str,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    decays: Sequence[float],
+    max_grad_norm: float | None = None,
+    create_graph: bool = False,
+) -> torch.Tensor:
     """Q(theta_T(weights)) with Adam (L2 in the gradient) or AdamW (decay before the update), from zero moments."""
     assert name in ("adam", "adamw")
     b1, b2 = betas

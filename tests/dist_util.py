@@ -22,21 +22,34 @@ class Launch:
     timed_out: bool
 
 
-def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 300.0, env: dict[str, str] | None = None) -> Launch:
+def torchrun(
+    script: str, *args: str, nproc: int = 2, timeout: float = 300.0, env: dict[str, str] | None = None
+) -> Launch:
     """`torchrun --standalone --nproc-per-node N tests/workers/SCRIPT ARGS`; on timeout the whole process
     group (torchrun and its ranks) is killed and `timed_out` is set."""
     full_env = dict(os.environ)
     full_env.update(
         PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]),
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        TRANSFORMERS_VERBOSITY="error",
         OMP_NUM_THREADS="1",
     )
     full_env.update(env or {})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(WORKERS / script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(WORKERS / script),
+        *args,
+    ]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
         timed_out = False

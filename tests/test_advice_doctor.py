@@ -68,13 +68,19 @@ def _top60(optimizer: dict):
         d["tokens"] = dict(TOP60)
         d["loss"]["normalizer"] = "selected"
         d["training"]["optimizer"] = optimizer
+
     return edit
 
 
 def _measured(tmp_path, fraction: float = 0.01):
     from .fixtures.reportkit import token_stats, write_run
-    write_run(tmp_path / "runs" / "fixed" / "selective", "fixed_selective", None, [
-        {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.30, "mmlu": 0.45}, "stats": token_stats(fraction)}])
+
+    write_run(
+        tmp_path / "runs" / "fixed" / "selective",
+        "fixed_selective",
+        None,
+        [{"lr": 1e-4, "values": {"wmdp_bio_robust": 0.30, "mmlu": 0.45}, "stats": token_stats(fraction)}],
+    )
 
 
 def test_d6_sgd_bound_before_the_run_says_the_measurement_decides(tmp_path):
@@ -91,11 +97,20 @@ def test_d6_sgd_bound_before_the_run_says_the_measurement_decides(tmp_path):
 
 def test_d6_sgd_before_the_run_agrees_with_after_when_the_control_counted_the_grid(tmp_path):
     from .fixtures.reportkit import token_stats, write_run
+
     specs = make_project(tmp_path, {"selective": _top60({"name": "sgd"})})
-    write_run(tmp_path / "runs" / "fixed" / "all_tokens", "fixed_all_tokens", None, [
-        {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}, "stats": token_stats(1.0, "valid")}])
+    write_run(
+        tmp_path / "runs" / "fixed" / "all_tokens",
+        "fixed_all_tokens",
+        None,
+        [{"lr": 1e-4, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}, "stats": token_stats(1.0, "valid")}],
+    )
     (before,) = codes(diagnose([specs])[0], "D6")
-    assert before.severity == "error" and "x166.67" in before.message and "10,000 valid target tokens" in before.evidence[0]
+    assert (
+        before.severity == "error"
+        and "x166.67" in before.message
+        and "10,000 valid target tokens" in before.evidence[0]
+    )
     _measured(tmp_path, 60 / 10000)
     (after,) = codes(diagnose([specs])[0], "D6")
     assert (after.severity, after.message) == (before.severity, before.message)
@@ -165,7 +180,10 @@ def test_d1_points_an_adamw_run_at_the_existing_adamw_control(tmp_path):
     (root / "specs" / "trial.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
     findings, _ = diagnose([root / "specs" / "trial.yaml"])
     (d1,) = codes(findings, "D1")
-    assert d1.severity == "error" and "training.optimizer.name: adamw (trial_adamw) vs sgd (fixed_all_tokens)" in d1.evidence
+    assert (
+        d1.severity == "error"
+        and "training.optimizer.name: adamw (trial_adamw) vs sgd (fixed_all_tokens)" in d1.evidence
+    )
     assert d1.fix.startswith("Set `control: specs/fixed_adamw/all_tokens.yaml`")
     # with no control at all: the same pointer
     del exp["control"]
@@ -189,7 +207,16 @@ def test_d1_without_a_matched_control_keeps_the_generic_fix_and_names_missing_lr
     assert "Set `control:" not in d1.fix and "identical except `tokens`" in d1.fix
     exp["training"]["batch_size"] = 4  # now specs/fixed/all_tokens.yaml matches, but sweeps only 1e-4
     exp["control"] = "specs/nope_control.yaml"
-    (root / "specs" / "nope_control.yaml").write_text(yaml.safe_dump({**load_yaml(SPECS / "fixed" / "all_tokens.yaml"), "name": "other", "training": {**exp["training"], "optimizer": {"name": "adamw"}}}, sort_keys=False))
+    (root / "specs" / "nope_control.yaml").write_text(
+        yaml.safe_dump(
+            {
+                **load_yaml(SPECS / "fixed" / "all_tokens.yaml"),
+                "name": "other",
+                "training": {**exp["training"], "optimizer": {"name": "adamw"}},
+            },
+            sort_keys=False,
+        )
+    )
     (root / "specs" / "trial.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
     (d1,) = codes(diagnose([root / "specs" / "trial.yaml"])[0], "D1")
     assert d1.fix.startswith("Set `control: specs/fixed/all_tokens.yaml`") and "does not sweep 5e-5" in d1.fix
@@ -200,22 +227,38 @@ def test_d1_toy_only_spec_with_a_real_control_is_told_to_use_toy():
     (d1,) = codes(findings, "D1", "oracle")
     assert "doctor --toy" in d1.fix
     from unlearnspec.spec.profile import default_toy_profile
+
     assert codes(diagnose([SPECS / "controls" / "oracle.yaml"], profile=default_toy_profile())[0], "D1") == []
 
 
 # --------------------------------------------------------------------------- D11: what a rank rule changes
 def _lds_sidecars(tmp_path, fraction: float = 0.01):
     from .fixtures.reportkit import write_json_atomic
-    lds = {"spearman": 0.97, "pearson": 0.97, "spearman_ci95": [0.95, 0.99], "subsets": 30, "fraction": fraction, "unit": "row"}
+
+    lds = {
+        "spearman": 0.97,
+        "pearson": 0.97,
+        "spearman_ci95": [0.95, 0.99],
+        "subsets": 30,
+        "fraction": fraction,
+        "unit": "row",
+    }
     for name in ("magic_wmdp", "magic_mmlu"):
-        write_json_atomic(tmp_path / "runs" / "fixed" / name / "scores.json",
-                          {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024, "lds": lds})
+        write_json_atomic(
+            tmp_path / "runs" / "fixed" / name / "scores.json",
+            {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024, "lds": lds},
+        )
 
 
 def _top(k=None, fraction=None):
     def edit(d):
-        d["tokens"] = {**TOP60, "k": k} if k is not None else {**{x: y for x, y in TOP60.items() if x != "k"}, "fraction": fraction}
+        d["tokens"] = (
+            {**TOP60, "k": k}
+            if k is not None
+            else {**{x: y for x, y in TOP60.items() if x != "k"}, "fraction": fraction}
+        )
         d["scores"].pop("mmlu")
+
     return edit
 
 
@@ -232,7 +275,9 @@ def test_d11_top40_ascend_mask_is_not_100_percent_changed(tmp_path):
 def test_d11_large_rank_share_suggests_that_share_never_a_capped_90_percent(tmp_path):
     specs = make_project(tmp_path, {"selective": _top(fraction=0.2)})
     _lds_sidecars(tmp_path)
-    (warn,) = [f for f in codes(diagnose([specs])[0], "D11") if f.severity == "warning"]  # known from `fraction`, before a run
+    (warn,) = [
+        f for f in codes(diagnose([specs])[0], "D11") if f.severity == "warning"
+    ]  # known from `fraction`, before a run
     assert "20.0% of valid tokens change weight by the scores" in warn.evidence[0]
     assert "--unit token --fraction 0.2`" in warn.fix and "0.90" not in warn.fix
 
@@ -241,6 +286,7 @@ def test_d11_value_weighted_gets_no_fraction_to_measure(tmp_path):
     def edit(d):
         d["tokens"] = {"mode": "value_weighted", "source": "wmdp"}
         d["scores"].pop("mmlu")
+
     specs = make_project(tmp_path, {"selective": edit})
     _lds_sidecars(tmp_path)
     (warn,) = [f for f in codes(diagnose([specs])[0], "D11") if f.severity == "warning"]

@@ -24,7 +24,9 @@ SRC = ScoreSourceSpec(path="x.pt", alignment="target")
 
 
 def _data(**select) -> DataSpec:
-    return DataSpec.model_validate({"toy": {"corpus": "wikitext"}, "select": {"count": 4, "min_chars": 0, **select}, "max_seq_len": 12})
+    return DataSpec.model_validate(
+        {"toy": {"corpus": "wikitext"}, "select": {"count": 4, "min_chars": 0, **select}, "max_seq_len": 12}
+    )
 
 
 def _refusal(recorded_inputs, texts, data: DataSpec, rows=(0, 1, 2, 3), tokenizer_id="tiny") -> str:
@@ -35,7 +37,9 @@ def _refusal(recorded_inputs, texts, data: DataSpec, rows=(0, 1, 2, 3), tokenize
         sidecar["data_fingerprint_inputs"] = recorded_inputs
     sf = ScoreFile(path=Path("runs/x/per_token_scores.pt"), scores=torch.zeros(4, 12), sidecar=sidecar)
     with pytest.raises(UserError) as info:
-        checked_scores(sf, SRC, "wmdp", grid.labels, grid.fingerprint, GridFingerprints(texts, tok, tokenizer_id, data, rows))
+        checked_scores(
+            sf, SRC, "wmdp", grid.labels, grid.fingerprint, GridFingerprints(texts, tok, tokenizer_id, data, rows)
+        )
     return "\n".join(p.message for p in info.value.problems)
 
 
@@ -45,7 +49,10 @@ def test_the_refusal_names_the_differing_selection_and_tokenizer():
     text = _refusal(recorded, texts, _data())
     assert "data fingerprint mismatch" in text
     assert "tokenizer: other-tokenizer (scores) vs tiny (this run)" in text
-    assert "data.select: {count: 4, min_chars: 0, order: original, offset: 8} (scores) vs {count: 4, min_chars: 0, order: original} (this run)" in text
+    assert (
+        "data.select: {count: 4, min_chars: 0, order: original, offset: 8} (scores) vs {count: 4, min_chars: 0, order: original} (this run)"
+        in text
+    )
     assert "N:" not in text and "S (max_seq_len)" not in text  # what matches is not named
 
 
@@ -93,9 +100,22 @@ def test_a_run_refused_on_the_fingerprint_names_the_field_and_leaves_no_folder(t
     (root / "scores").mkdir()
     torch.save(torch.zeros(250, 64), root / "scores" / "per_token_scores.pt")
     recorded = {"data.select": {**spec["data"]["select"], "offset_fraction": 0.5}, "N": 250}
-    (root / "scores" / "scores.json").write_text(json.dumps({"alignment": "target", "N": 250, "S": 64, "data_fingerprint": "0" * 64,
-                                                            "data_fingerprint_inputs": recorded}))
+    (root / "scores" / "scores.json").write_text(
+        json.dumps(
+            {
+                "alignment": "target",
+                "N": 250,
+                "S": 64,
+                "data_fingerprint": "0" * 64,
+                "data_fingerprint_inputs": recorded,
+            }
+        )
+    )
     out = CliRunner().invoke(app, ["run", str(root / "specs" / "trial.yaml"), "--no-report"])
     assert out.exit_code == 2, out.output
-    assert "data fingerprint mismatch" in out.output and "offset_fraction: 0.5" in out.output and "(this run)" in out.output
+    assert (
+        "data fingerprint mismatch" in out.output
+        and "offset_fraction: 0.5" in out.output
+        and "(this run)" in out.output
+    )
     assert not (root / "runs" / "trial_fp").exists()  # the old run left runs/trial_fp/ holding only its marker

@@ -25,13 +25,28 @@ W, M, L = answers(200, 120), answers(200, 140), answers(40, 30)
 
 def _runs(tmp_path, hazard=None):
     base = {"toy_wmdp": W, "toy_mmlu": M, LEAF: L}
-    ctrl = write_run(tmp_path / "ctrl", "ctrl", base, [{"lr": 0.05, "values": {"toy_wmdp": flip(W, 2), "toy_mmlu": flip(M, 2), LEAF: flip(L, 1)}}],
-                     tasks=TASKS, profile="toy")
-    exp = write_run(tmp_path / "exp", "exp", base, [{"lr": 0.05, "values": {"toy_wmdp": flip(W, 6), "toy_mmlu": flip(M, 2), LEAF: flip(L, 8)}}],
-                    tasks=TASKS, control="ctrl", profile="toy")
+    ctrl = write_run(
+        tmp_path / "ctrl",
+        "ctrl",
+        base,
+        [{"lr": 0.05, "values": {"toy_wmdp": flip(W, 2), "toy_mmlu": flip(M, 2), LEAF: flip(L, 1)}}],
+        tasks=TASKS,
+        profile="toy",
+    )
+    exp = write_run(
+        tmp_path / "exp",
+        "exp",
+        base,
+        [{"lr": 0.05, "values": {"toy_wmdp": flip(W, 6), "toy_mmlu": flip(M, 2), LEAF: flip(L, 8)}}],
+        tasks=TASKS,
+        control="ctrl",
+        profile="toy",
+    )
     if hazard is not None:
         results = load_results(exp)
-        save_results(results.model_copy(update={"spec": results.spec.model_copy(update={"hazard_task": hazard})}), exp.parent)
+        save_results(
+            results.model_copy(update={"spec": results.spec.model_copy(update={"hazard_task": hazard})}), exp.parent
+        )
     return (load_results(exp), exp.parent), (load_results(ctrl), ctrl.parent)
 
 
@@ -40,7 +55,10 @@ def test_two_wmdp_tasks_without_a_name_say_why_the_column_is_missing(tmp_path):
     table = table_from_results(*exp, control=ctrl, control_status="", toy=True)
     assert table.hazard_task is None and "selectivity [95% CI]" not in headers(table)
     text = markdown(table)
-    assert "No selectivity column: no hazard task: 2 evaluated tasks are named like `wmdp` (toy_wmdp, toy_wmdp_by_attribute_toxin)" in text
+    assert (
+        "No selectivity column: no hazard task: 2 evaluated tasks are named like `wmdp` (toy_wmdp, toy_wmdp_by_attribute_toxin)"
+        in text
+    )
     assert "`eval.hazard_task`" in text and "`report --hazard-task`" in text
 
 
@@ -93,15 +111,22 @@ def _figures(monkeypatch):
 
 def _table(tmp_path, name: str, runs: list[tuple[float, float]], control=None):
     from unlearnspec.report.build import table_from_results as build
+
     base = {"wmdp_bio_robust": 0.42, "mmlu": 0.45}
     folder = tmp_path / name
-    write_run(folder, name, base, [{"lr": 10.0 ** -(i + 3), "values": {"wmdp_bio_robust": h, "mmlu": g}} for i, (g, h) in enumerate(runs)],
-              control=control)
+    write_run(
+        folder,
+        name,
+        base,
+        [{"lr": 10.0 ** -(i + 3), "values": {"wmdp_bio_robust": h, "mmlu": g}} for i, (g, h) in enumerate(runs)],
+        control=control,
+    )
     return build(load_results(folder), folder)
 
 
 def test_zoom_keeps_every_point_of_the_experiment(tmp_path, monkeypatch):
     from unlearnspec.report.plot import plot_tables
+
     kept = _figures(monkeypatch)
     # a point 0.08 left of and 0.06 below the baseline: outside the old fixed window (-0.045 .. +0.015, -0.03 .. +0.04)
     exp = _table(tmp_path, "exp", [(0.44, 0.41), (0.37, 0.36)], control="ctrl")
@@ -115,6 +140,7 @@ def test_zoom_keeps_every_point_of_the_experiment(tmp_path, monkeypatch):
 
 def test_a_spec_has_one_colour_in_its_own_plot_and_in_the_study_plot(tmp_path, monkeypatch):
     from unlearnspec.report.plot import plot_tables
+
     kept = _figures(monkeypatch)
     tables = [_table(tmp_path, n, [(0.44, 0.41)]) for n in ("alpha", "beta", "gamma", "exp")]
     plot_tables([tables[3]], tmp_path / "own.png", "t", focus=0)
@@ -125,5 +151,7 @@ def test_a_spec_has_one_colour_in_its_own_plot_and_in_the_study_plot(tmp_path, m
         return line.get_color(), line.get_marker(), line.get_linestyle()
 
     own, study = kept
-    assert colour(own, "exp") == colour(study, "exp")  # the old palette gave it colour 0 alone and colour 3 in the study
+    assert colour(own, "exp") == colour(
+        study, "exp"
+    )  # the old palette gave it colour 0 alone and colour 3 in the study
     assert len({colour(study, n)[0] for n in ("alpha", "beta", "gamma", "exp")}) > 1

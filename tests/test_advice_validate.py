@@ -86,7 +86,9 @@ def test_self_referencing_producer_fails_validate_naming_the_chain(tmp_path):
     path = _magic(root, "self_ref", "specs/self_ref.yaml")
     out = _validate(str(path))
     assert out.exit_code == 2, out.output
-    assert "specs/self_ref.yaml -> specs/self_ref.yaml" in out.output and "cannot depend on its own scores" in out.output
+    assert (
+        "specs/self_ref.yaml -> specs/self_ref.yaml" in out.output and "cannot depend on its own scores" in out.output
+    )
 
 
 def test_longer_producer_cycle_fails_validate_for_each_spec_in_it(tmp_path):
@@ -115,7 +117,9 @@ def _warmup_spec(root: Path) -> Path:
     return path
 
 
-WARMUP_LINE = "trial_warmup: training.warmup_steps: 5 -> 1 (training.steps_scale 0.25, rounded, at least 0; profile toy)"
+WARMUP_LINE = (
+    "trial_warmup: training.warmup_steps: 5 -> 1 (training.steps_scale 0.25, rounded, at least 0; profile toy)"
+)
 
 
 def test_plan_says_which_knobs_the_profile_changed(tmp_path):
@@ -124,7 +128,10 @@ def test_plan_says_which_knobs_the_profile_changed(tmp_path):
     assert out.exit_code == 0, out.output
     assert f"[profile] {WARMUP_LINE}" in out.output
     assert "trial_warmup: training.max_steps: 250 -> 62 (training.steps_scale 0.25" in out.output
-    assert "trial_warmup: training.lr: [2e-05, 0.0001, 0.0004] -> [0.01, 0.05, 0.2] (training.lr_scale.sgd 500; profile toy)" in out.output
+    assert (
+        "trial_warmup: training.lr: [2e-05, 0.0001, 0.0004] -> [0.01, 0.05, 0.2] (training.lr_scale.sgd 500; profile toy)"
+        in out.output
+    )
     plain = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
     assert plain.exit_code == 0 and "[profile]" not in plain.output  # no profile: nothing mapped
 
@@ -142,7 +149,6 @@ def test_run_says_which_knobs_the_profile_changed_when_it_starts(tmp_path, monke
     assert f"[profile] {WARMUP_LINE}" in out.output
 
 
-
 def test_a_long_mapping_starts_a_run_as_one_line_per_spec_plus_the_shared_changes():
     """The whole toy study changes ~300 knobs: a run starts with the changes every spec shares once and one line per
     spec with its own, and every changed knob of the full list is in one of them (the plan keeps the reasons)."""
@@ -158,5 +164,6 @@ def test_a_long_mapping_starts_a_run_as_one_line_per_spec_plus_the_shared_change
     assert len(names) == len(set(names))
     for run in plan.specs:
         for knob in plan.mapped.get(run.path.resolve(), []):
-            assert knob.short() in short[0] or any(line.startswith(f"{run.spec.name}: ") and knob.short() in line
-                                                   for line in short[1:]), (run.spec.name, knob.short())
+            assert knob.short() in short[0] or any(
+                line.startswith(f"{run.spec.name}: ") and knob.short() in line for line in short[1:]
+            ), (run.spec.name, knob.short())

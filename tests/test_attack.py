@@ -51,15 +51,18 @@ def test_the_attack_section_validates_and_enters_the_hash():
     assert "attack" not in validate_data(without, None, "x.yaml").model_dump(exclude_none=True)
 
 
-@pytest.mark.parametrize("edit, loc, words", [
-    (lambda a: a.update(steps=[25, 5]), "attack.steps", "strictly increasing"),
-    (lambda a: a.update(steps=[]), "attack.steps", ""),
-    (lambda a: a.update(lr=0), "attack.lr", ""),
-    (lambda a: a.update(micro_batch_size=3), "attack.micro_batch_size", "does not divide"),
-    (lambda a: a.update(lora={"rank": 4, "dropout": 0.1}), "attack.lora.dropout", "dropout: 0"),
-    (lambda a: a.update(shared_rows="keep"), "attack.shared_rows", ""),
-    (lambda a: a.pop("data"), "attack.data", ""),
-])
+@pytest.mark.parametrize(
+    "edit, loc, words",
+    [
+        (lambda a: a.update(steps=[25, 5]), "attack.steps", "strictly increasing"),
+        (lambda a: a.update(steps=[]), "attack.steps", ""),
+        (lambda a: a.update(lr=0), "attack.lr", ""),
+        (lambda a: a.update(micro_batch_size=3), "attack.micro_batch_size", "does not divide"),
+        (lambda a: a.update(lora={"rank": 4, "dropout": 0.1}), "attack.lora.dropout", "dropout: 0"),
+        (lambda a: a.update(shared_rows="keep"), "attack.shared_rows", ""),
+        (lambda a: a.pop("data"), "attack.data", ""),
+    ],
+)
 def test_the_attack_section_refuses_bad_values(edit, loc, words):
     data = _spec_data()
     edit(data["attack"])
@@ -121,7 +124,9 @@ def test_row_fingerprints_ignore_padding_and_see_the_tokens():
 def _attack(**kw):
     from unlearnspec.spec.training import OptimizerSpec
 
-    base = dict(steps=[3, 10], lr=3e-3, optimizer=OptimizerSpec(name="adamw"), batch_size=4, micro_batch_size=None, seed=0)
+    base = dict(
+        steps=[3, 10], lr=3e-3, optimizer=OptimizerSpec(name="adamw"), batch_size=4, micro_batch_size=None, seed=0
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -179,9 +184,9 @@ def test_recovery_intervals_bootstrap_and_delta():
     from unlearnspec.report.evaluation import Evaluation
 
     n = 200
-    base = [1] * 120 + [0] * 80          # 0.60
-    unl = [1] * 60 + [0] * 140           # 0.30, paired: right only where the base was
-    att = [1] * 90 + [0] * 110           # 0.45
+    base = [1] * 120 + [0] * 80  # 0.60
+    unl = [1] * 60 + [0] * 140  # 0.30, paired: right only where the base was
+    att = [1] * 90 + [0] * 110  # 0.45
     evs = []
     for s in (base, unl, att):
         ev = Evaluation()
@@ -198,7 +203,9 @@ def test_recovery_intervals_bootstrap_and_delta():
     for ev, s in zip(unpaired, (base, unl, att)):
         ev.add("toy_wmdp", sum(s) / n, n)
     cell = attack_cell(5, "toy_wmdp", unpaired[2], unpaired[1], unpaired[0])
-    assert cell.recovery_method == "delta" and math.isclose(cell.recovery_high - 0.5, 1.959963984540054 * math.sqrt(var), abs_tol=1e-4)
+    assert cell.recovery_method == "delta" and math.isclose(
+        cell.recovery_high - 0.5, 1.959963984540054 * math.sqrt(var), abs_tol=1e-4
+    )
     same = attack_cell(5, "toy_wmdp", evs[2], evs[0], evs[0])  # "unlearned" = base: no drop
     assert same.recovery is None and fmt_recovery(same) == "n/a (no drop)"
 
@@ -233,7 +240,11 @@ def _files_spec(tmp_path: Path, forget: list[str], held: list[str], shared_rows:
     for name, texts in (("forget", forget), ("held", held)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     data = _spec_data()
-    data["data"] = {"files": {"paths": [str(tmp_path / "forget.jsonl")]}, "select": {"count": len(forget)}, "max_seq_len": 24}
+    data["data"] = {
+        "files": {"paths": [str(tmp_path / "forget.jsonl")]},
+        "select": {"count": len(forget)},
+        "max_seq_len": 24,
+    }
     data["objective"] = {"name": "grad_diff", "alpha": 0.0}
     data["attack"]["data"] = {"files": {"paths": [str(tmp_path / "held.jsonl")]}, "select": {"count": len(held)}}
     data["attack"]["shared_rows"] = shared_rows
@@ -294,7 +305,10 @@ def test_an_unlearning_objective_on_all_tokens_is_an_experiment_for_d8_and_d9():
 
     npo = load_report(reports / "comparators_npo.json")
     assert list(control_moves(entry("npo"), "results.json", npo)) == []
-    assert [f.code for f in within_noise(entry("grad_diff"), "results.json", load_report(reports / "comparators_grad_diff.json"))] == ["D8"]
+    assert [
+        f.code
+        for f in within_noise(entry("grad_diff"), "results.json", load_report(reports / "comparators_grad_diff.json"))
+    ] == ["D8"]
     control = SimpleNamespace(spec=load_spec(SPECS / "fixed" / "all_tokens.yaml", profile=toy), shown="all_tokens")
     assert [f.code for f in control_moves(control, "results.json", npo)] == ["D9"]  # the same rows from a control
 
@@ -302,8 +316,8 @@ def test_an_unlearning_objective_on_all_tokens_is_an_experiment_for_d8_and_d9():
 def test_d16_counts_the_attack_on_one_gpu_and_names_a_lora_attack_as_the_fix():
     """Full fine-tuning of the 6.9B model with AdamW on the main GPU holds parameters, gradients and two moments
     (16 bytes a parameter) beside the evaluated model: no micro-batch makes that fit 80 GB; LoRA does."""
-    from unlearnspec.doctor.memory_rules import fit_report, job_of, model_shape, phases
     from unlearnspec.doctor.memory_model import gib, train_activations
+    from unlearnspec.doctor.memory_rules import fit_report, job_of, model_shape, phases
 
     spec = validate_data(_spec_data(), None, "x.yaml")
     m, _ = model_shape(spec)

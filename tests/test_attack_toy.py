@@ -29,10 +29,21 @@ def _spec(tmp_path, shared_rows: str) -> str:
 
 
 def _run(toy_world, tmp_path, spec: str, out: str, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]))
-    return subprocess.run([sys.executable, "-m", "unlearnspec", "run", spec, "--toy", "--out", str(tmp_path / out), *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "run", spec, "--toy", "--out", str(tmp_path / out), *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_the_attack_runs_on_the_toy_world_and_refuses_shared_rows(toy_world, tmp_path):

@@ -39,14 +39,17 @@ def _refusal(training: TrainingSpec, world: int, **kw) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- the derivation
-@pytest.mark.parametrize("batch,micro,world,expected", [
-    (8, None, 1, (8, 1, 8, 1)),
-    (8, None, 2, (8, 2, 4, 1)),
-    (8, 2, 2, (8, 2, 2, 2)),
-    (8, 1, 4, (8, 4, 1, 2)),
-    (32, 4, 4, (32, 4, 4, 2)),
-    (4, None, 4, (4, 4, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "batch,micro,world,expected",
+    [
+        (8, None, 1, (8, 1, 8, 1)),
+        (8, None, 2, (8, 2, 4, 1)),
+        (8, 2, 2, (8, 2, 2, 2)),
+        (8, 1, 4, (8, 4, 1, 2)),
+        (32, 4, 4, (32, 4, 4, 2)),
+        (4, None, 4, (4, 4, 1, 1)),
+    ],
+)
 def test_the_global_batch_splits_into_ranks_micro_batches_and_accumulation(batch, micro, world, expected):
     layout = batch_layout(_training(batch_size=batch, micro_batch_size=micro), world)
     assert (layout.global_batch, layout.world_size, layout.micro_batch_size, layout.accumulation) == expected
@@ -76,15 +79,24 @@ def test_a_rank_count_that_does_not_divide_the_global_batch_names_the_nearest_th
 def test_a_micro_batch_that_does_not_divide_the_share_names_the_largest_that_does():
     loc, msg = _refusal(_training(batch_size=24, micro_batch_size=5), 2)
     assert loc == "training.micro_batch_size"
-    assert "does not divide each rank's share" in msg and "batch_size 24 over 2 ranks (--nproc X) = 12 rows per rank" in msg
-    assert "`micro_batch_size: 4` (3 micro-batches per step)" in msg and "or delete it (12 rows per forward pass)" in msg
+    assert (
+        "does not divide each rank's share" in msg
+        and "batch_size 24 over 2 ranks (--nproc X) = 12 rows per rank" in msg
+    )
+    assert (
+        "`micro_batch_size: 4` (3 micro-batches per step)" in msg and "or delete it (12 rows per forward pass)" in msg
+    )
     assert batch_layout(_training(batch_size=24, micro_batch_size=4), 2).accumulation == 3
 
 
 def test_a_micro_batch_larger_than_the_share_is_refused_with_the_share():
     loc, msg = _refusal(_training(batch_size=8, micro_batch_size=8), 4)
     assert loc == "training.micro_batch_size"
-    assert "larger than each rank's share" in msg and "= 2 rows per rank" in msg and "`micro_batch_size: 2` (1 micro-batch per step)" in msg
+    assert (
+        "larger than each rank's share" in msg
+        and "= 2 rows per rank" in msg
+        and "`micro_batch_size: 2` (1 micro-batch per step)" in msg
+    )
 
 
 def test_an_epoch_tail_too_short_for_the_ranks_is_refused_with_a_launch_that_works():
@@ -102,11 +114,14 @@ def test_an_epoch_tail_too_short_for_the_ranks_is_refused_with_a_launch_that_wor
         batch_layout(fixed, world, n_rows=251)
 
 
-@pytest.mark.parametrize("accum,expected", [
-    (2, "write `batch_size: 8` and `micro_batch_size: 4`"),
-    (1, "delete `grad_accum` and keep `batch_size: 4`"),
-    ("two", "write `batch_size: B x A` (rows per optimizer step) and `micro_batch_size: B`"),
-])
+@pytest.mark.parametrize(
+    "accum,expected",
+    [
+        (2, "write `batch_size: 8` and `micro_batch_size: 4`"),
+        (1, "delete `grad_accum` and keep `batch_size: 4`"),
+        ("two", "write `batch_size: B x A` (rows per optimizer step) and `micro_batch_size: B`"),
+    ],
+)
 def test_grad_accum_is_refused_with_the_migration(tmp_path, accum, expected):
     spec = yaml.safe_load(EXP7.read_text())
     spec["training"].update(batch_size=4, grad_accum=accum)
@@ -149,13 +164,16 @@ def _steps(n: int, layout: BatchLayout, epochs: int = 2, seed: int = 3) -> list[
     return out
 
 
-@pytest.mark.parametrize("n,batch,micro,world", [
-    (250, 8, None, 2),   # exp7-like
-    (250, 32, None, 4),  # exp3-like: the 26-row last step over 4 ranks
-    (250, 32, 4, 2),     # accumulation 4 on 2 ranks, and the short step
-    (251, 8, 2, 2),      # a 3-row last step over 2 ranks
-    (10, 4, 1, 2),
-])
+@pytest.mark.parametrize(
+    "n,batch,micro,world",
+    [
+        (250, 8, None, 2),  # exp7-like
+        (250, 32, None, 4),  # exp3-like: the 26-row last step over 4 ranks
+        (250, 32, 4, 2),  # accumulation 4 on 2 ranks, and the short step
+        (251, 8, 2, 2),  # a 3-row last step over 2 ranks
+        (10, 4, 1, 2),
+    ],
+)
 def test_every_step_holds_the_one_process_rows_at_any_world_size(n, batch, micro, world):
     one = _steps(n, BatchLayout(batch, 1, batch, 1))
     training = _training(batch_size=batch, micro_batch_size=micro, max_steps=2 * -(-n // batch))
@@ -189,7 +207,8 @@ def test_accelerates_own_sharding_repeats_rows_in_the_short_last_step():
     last = shards[0][-1] + shards[1][-1]
     assert len(last) == 32 and len(set(last) & set(range(16))) == 6  # 6 rows trained twice in the epoch
     ours = rank_micro_batches(list(range(224, 250)), BatchLayout(32, 2, 16, 1), 0) + rank_micro_batches(
-        list(range(224, 250)), BatchLayout(32, 2, 16, 1), 1)
+        list(range(224, 250)), BatchLayout(32, 2, 16, 1), 1
+    )
     assert sorted(r for b in ours for r in b) == list(range(224, 250))
 
 
@@ -197,9 +216,14 @@ def test_accelerates_own_sharding_repeats_rows_in_the_short_last_step():
 def test_show_prints_the_split_for_nproc_and_refuses_what_cannot_split():
     runner = CliRunner()
     one = runner.invoke(app, ["show", str(EXP7), "--toy"])
-    assert one.exit_code == 0 and "# batch (one process; --nproc N shows N): 8 rows per step = 1 rank x 8 rows x 1 micro-batch" in one.stdout
+    assert (
+        one.exit_code == 0
+        and "# batch (one process; --nproc N shows N): 8 rows per step = 1 rank x 8 rows x 1 micro-batch" in one.stdout
+    )
     two = runner.invoke(app, ["show", str(EXP7), "--toy", "--nproc", "2", "--set", "training.micro_batch_size=2"])
-    assert two.exit_code == 0 and "# batch (--nproc 2): 8 rows per step = 2 ranks x 2 rows x 2 micro-batches" in two.stdout
+    assert (
+        two.exit_code == 0 and "# batch (--nproc 2): 8 rows per step = 2 ranks x 2 rows x 2 micro-batches" in two.stdout
+    )
     assert yaml.safe_load(two.stdout)["training"]["micro_batch_size"] == 2
     bad = runner.invoke(app, ["show", str(EXP7), "--toy", "--nproc", "3"])
     assert bad.exit_code == 2 and "training.batch_size" in bad.output and "nearest: 2 or 4" in bad.output
@@ -218,22 +242,32 @@ def test_show_cluster_gives_the_score_jobs_split_or_refuses(tmp_path):
     magic = SPECS / "magic" / "magic_wmdp.yaml"  # batch 4 x 250 steps, as recorded
     shown = runner.invoke(app, ["show", str(magic), "--cluster", str(_site(tmp_path, 4))])
     assert shown.exit_code == 0, shown.output
-    assert "jobs.score.processes in" in shown.stdout and "4 rows per step = 4 ranks x 1 row x 1 micro-batch" in shown.stdout
+    assert (
+        "jobs.score.processes in" in shown.stdout
+        and "4 rows per step = 4 ranks x 1 row x 1 micro-batch" in shown.stdout
+    )
     refused = runner.invoke(app, ["show", str(magic), "--cluster", str(_site(tmp_path, 3))])
     assert refused.exit_code == 2
     text = " ".join(refused.output.split())
-    assert "batch_size 4 is the global batch" in text and "3 ranks (jobs.score.processes in" in text and "nearest: 2 or 4" in text
+    assert (
+        "batch_size 4 is the global batch" in text
+        and "3 ranks (jobs.score.processes in" in text
+        and "nearest: 2 or 4" in text
+    )
 
 
 def test_plan_records_each_jobs_split_and_run_nproc_refuses_before_launching(tmp_path):
     runner = CliRunner()
-    plan = runner.invoke(app, ["plan", str(EXP7), "--toy", "--nproc", "2", "--format", "json", "--out", str(tmp_path / "o")])
+    plan = runner.invoke(
+        app, ["plan", str(EXP7), "--toy", "--nproc", "2", "--format", "json", "--out", str(tmp_path / "o")]
+    )
     assert plan.exit_code == 0, plan.output
     rows = json.loads(plan.stdout)
     assert rows["world_size"] == 2
     points = [j for j in rows["jobs"] if j["kind"] == "point"]
-    assert points and all(j["batch"] == {"global_batch": 8, "world_size": 2, "micro_batch_size": 4, "accumulation": 1}
-                          for j in points)
+    assert points and all(
+        j["batch"] == {"global_batch": 8, "world_size": 2, "micro_batch_size": 4, "accumulation": 1} for j in points
+    )
     assert all(j["batch"] is None for j in rows["jobs"] if j["kind"] == "baseline")
     run = runner.invoke(app, ["run", str(EXP7), "--toy", "--nproc", "3", "--out", str(tmp_path / "r")])
     assert run.exit_code == 2 and "nearest: 2 or 4" in run.output and "[launch]" not in run.output
@@ -244,14 +278,19 @@ def test_the_whole_study_splits_over_the_example_sites_processes():
     """Every shipped spec keeps its recorded global batch and runs under the example site file as it is."""
     site = yaml.safe_load((SPECS / "profiles" / "slurm_example.yaml").read_text())["slurm"]["jobs"]
     for profile in (None, default_toy_profile()):
-        plan = build_plan([SPECS], profile=profile, auto_produce=profile is not None, cache_root=Path("/nonexistent-cache"))
+        plan = build_plan(
+            [SPECS], profile=profile, auto_produce=profile is not None, cache_root=Path("/nonexistent-cache")
+        )
         layouts = plan_layouts(plan, lambda job: site[job.kind]["processes"], lambda job: job.kind)
         for job in plan.jobs:
             if job.kind == "score":
                 assert layouts[job.id].world_size == 4 and layouts[job.id].global_batch == job.spec.training.batch_size
     magic = load_spec(SPECS / "magic" / "magic_wmdp.yaml")
     assert (magic.training.batch_size, magic.training.max_steps, magic.data.select.count) == (4, 250, 1000)  # one epoch
-    assert [load_spec(SPECS / f"{n}.yaml").training.batch_size for n in ("exp3_positive_only", "exp7_all_tokens")] == [32, 8]
+    assert [load_spec(SPECS / f"{n}.yaml").training.batch_size for n in ("exp3_positive_only", "exp7_all_tokens")] == [
+        32,
+        8,
+    ]
 
 
 def test_slurm_submission_refuses_a_site_whose_processes_cannot_share_the_batch(tmp_path, monkeypatch):
@@ -263,9 +302,24 @@ def test_slurm_submission_refuses_a_site_whose_processes_cannot_share_the_batch(
         (bin_dir / tool).write_text(f"#!/bin/sh\ntouch {called}\nexit 99\n")
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    result = CliRunner().invoke(app, ["run", str(SPECS / "magic" / "magic_wmdp.yaml"), "--executor", "slurm",
-                                      "--cluster", str(_site(tmp_path, 3)), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(SPECS / "magic" / "magic_wmdp.yaml"),
+            "--executor",
+            "slurm",
+            "--cluster",
+            str(_site(tmp_path, 3)),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     text = " ".join(result.output.split())
     assert result.exit_code == 2, text
-    assert "batch_size 4 is the global batch" in text and "3 ranks (jobs.score.processes in" in text and "nearest: 2 or 4" in text
+    assert (
+        "batch_size 4 is the global batch" in text
+        and "3 ranks (jobs.score.processes in" in text
+        and "nearest: 2 or 4" in text
+    )
     assert not called.exists() and not (tmp_path / "out").exists()

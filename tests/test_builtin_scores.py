@@ -46,7 +46,9 @@ def test_random_scores_are_deterministic_by_seed_and_zero_off_the_targets(distri
     assert not torch.equal(a, random_scores(RandomScoresSpec(seed=8, distribution=distribution), valid))
     assert (a[~valid] == 0).all() and (a[valid] != 0).all()
     # a position's value does not depend on which other positions are valid (drawn for the full grid)
-    assert torch.equal(a[valid], random_scores(RandomScoresSpec(seed=7, distribution=distribution), torch.ones_like(valid))[valid])
+    assert torch.equal(
+        a[valid], random_scores(RandomScoresSpec(seed=7, distribution=distribution), torch.ones_like(valid))[valid]
+    )
     if distribution == "uniform":
         assert a.min() >= -1.0 and a.max() < 1.0
     assert (a[valid] < 0).any() and (a[valid] > 0).any()  # both signs: `sign`/`where` rules see proponents too
@@ -81,7 +83,9 @@ def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path
     job = next(j for j in plan.jobs if j.id == "point:controls_oracle/lr_0.05")
     assert job.inputs == () and job.after == ()  # no file, no score job: built when the grid is prepared
     prep = prepare(job, ctx)
-    built = builtin_score_file("truth", job.spec.scores["truth"], job.spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer)
+    built = builtin_score_file(
+        "truth", job.spec.scores["truth"], job.spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer
+    )
     assert torch.equal(built.scores, written) and built.sidecar["data_fingerprint"] == side["data_fingerprint"]
     # the oracle rule ascends on exactly the truth tokens: all 60 of them, nothing else
     assert side["forget_tokens"] == 60 and prep.stats.selected_tokens == 60 == prep.stats.ascending_tokens
@@ -101,26 +105,68 @@ def _validate(project: Path, base: Path, **changes):
     return validate_data(project, data)
 
 
-TRUTH_TOKENS = {"mode": "top", "source": "truth", "where": "truth < 0", "k": 60, "order": "most_negative",
-                "selected": "ascend", "rest": "mask"}
+TRUTH_TOKENS = {
+    "mode": "top",
+    "source": "truth",
+    "where": "truth < 0",
+    "k": 60,
+    "order": "most_negative",
+    "selected": "ascend",
+    "rest": "mask",
+}
 MISUSE = [
-    (RANDOM, {"scores": {"truth": {"produced_by": "toy:truth"}}, "tokens": TRUTH_TOKENS},
-     "scores.truth.produced_by", "does not run on the toy world"),
-    (ORACLE, {"scores": {"truth": {"produced_by": "toy:facts"}}}, "scores.truth.produced_by",
-     "unknown built-in producer 'toy:facts'; available: toy:truth"),
+    (
+        RANDOM,
+        {"scores": {"truth": {"produced_by": "toy:truth"}}, "tokens": TRUTH_TOKENS},
+        "scores.truth.produced_by",
+        "does not run on the toy world",
+    ),
+    (
+        ORACLE,
+        {"scores": {"truth": {"produced_by": "toy:facts"}}},
+        "scores.truth.produced_by",
+        "unknown built-in producer 'toy:facts'; available: toy:truth",
+    ),
     (RANDOM, {"scores": {"rand": {"random": {}}}}, "scores.rand.random.seed", "required field is missing"),
     (RANDOM, {"scores": {"rand": {"random": {"seed": -1}}}}, "scores.rand.random.seed", "greater than or equal to 0"),
-    (RANDOM, {"scores": {"rand": {"random": {"seed": 0, "distribution": "gauss"}}}}, "scores.rand.random.distribution",
-     "'uniform' or 'normal'"),
-    (RANDOM, {"scores": {"rand": {"random": {"seed": 0, "sede": 1}}}}, "scores.rand.random.sede", "Did you mean `seed`?"),
+    (
+        RANDOM,
+        {"scores": {"rand": {"random": {"seed": 0, "distribution": "gauss"}}}},
+        "scores.rand.random.distribution",
+        "'uniform' or 'normal'",
+    ),
+    (
+        RANDOM,
+        {"scores": {"rand": {"random": {"seed": 0, "sede": 1}}}},
+        "scores.rand.random.sede",
+        "Did you mean `seed`?",
+    ),
     (RANDOM, {"scores": {"rand": {"random": 0}}}, "scores.rand.random", "valid dictionary"),
     (RANDOM, {"scores": {"rand": {"random": {"seed": 0}, "path": "x.pt"}}}, "scores.rand.random", "exactly one of"),
-    (RANDOM, {"scores": {"rand": {"random": {"seed": 0}, "task": "toy_wmdp"}}}, "scores.rand.task",
-     "only read with `produced_by: toy:truth`"),
-    (RANDOM, {"scores": {"rand": {"random": {"seed": 0}, "alignment": "input"}}}, "scores.rand.alignment",
-     "target alignment"),
-    (RANDOM, {"scores": {"rand": {"random": {"seed": 0}, "columns": 64}}}, "scores.rand.columns", "describes a score file"),
-    (ORACLE, {"scores": {"truth": {"produced_by": "toy:truth", "task": "wmdp"}}}, "scores.truth.task", "not a toy task name"),
+    (
+        RANDOM,
+        {"scores": {"rand": {"random": {"seed": 0}, "task": "toy_wmdp"}}},
+        "scores.rand.task",
+        "only read with `produced_by: toy:truth`",
+    ),
+    (
+        RANDOM,
+        {"scores": {"rand": {"random": {"seed": 0}, "alignment": "input"}}},
+        "scores.rand.alignment",
+        "target alignment",
+    ),
+    (
+        RANDOM,
+        {"scores": {"rand": {"random": {"seed": 0}, "columns": 64}}},
+        "scores.rand.columns",
+        "describes a score file",
+    ),
+    (
+        ORACLE,
+        {"scores": {"truth": {"produced_by": "toy:truth", "task": "wmdp"}}},
+        "scores.truth.task",
+        "not a toy task name",
+    ),
     (ORACLE, {"tokens": {**TRUTH_TOKENS, "where": "truth.toxin < 0"}}, "tokens", "has no leaf tasks"),
 ]
 
@@ -135,7 +181,10 @@ def test_misuse_of_built_in_sources_is_refused_with_exit_2_naming_the_field(proj
 
 def test_the_random_source_is_valid_on_the_real_model_and_truth_on_the_toy_world(project):
     assert _validate(project, RANDOM).exit_code == 0
-    assert _validate(project, ORACLE, scores={"truth": {"produced_by": "toy:truth", "retain_task": "toy_mmlu"}}).exit_code == 0
+    assert (
+        _validate(project, ORACLE, scores={"truth": {"produced_by": "toy:truth", "retain_task": "toy_mmlu"}}).exit_code
+        == 0
+    )
     props = json_schema()["$defs"]["ScoreSourceSpec"]["properties"]
     assert {"random", "task", "retain_task"} <= set(props) and "toy:truth" in props["produced_by"]["description"]
 
@@ -154,7 +203,9 @@ def test_plan_refuses_truth_on_the_real_model_and_takes_it_once_mapped_onto_the_
     (problem,) = err.value.problems
     assert problem.loc == "scores.truth.produced_by" and "does not run on the toy world" in problem.message
     plan = build_plan([path], profile=default_toy_profile(), cache_root=tmp_path / "cache")  # --toy: a toy spec now
-    assert [j.id for j in plan.jobs if j.kind == "point"] == [f"point:controls_random/lr_{x}" for x in ("0.01", "0.05", "0.2")]
+    assert [j.id for j in plan.jobs if j.kind == "point"] == [
+        f"point:controls_random/lr_{x}" for x in ("0.01", "0.05", "0.2")
+    ]
 
 
 # --------------------------------------------------------------------------- the control specs
@@ -168,8 +219,12 @@ def test_control_specs_validate_and_are_matched_and_labelled():
     specs = {p.stem: load_spec(p, profile=toy) for p in sorted(CONTROLS.glob("*.yaml"))}
     assert set(specs) == {"oracle", "random", "magic_topk", "magic_topk_not_mmlu", "magic_q_min", "magic_q_union"}
     assert specs["oracle"].role == "positive_control" and specs["random"].role == "negative_control"
-    assert all(specs[name].role is None for name in ("magic_topk", "magic_topk_not_mmlu", "magic_q_min", "magic_q_union"))
-    assert specs["magic_q_min"].tokens.source == "min_q(wmdp)" and specs["magic_q_union"].tokens.source == "rank_q(wmdp)"
+    assert all(
+        specs[name].role is None for name in ("magic_topk", "magic_topk_not_mmlu", "magic_q_min", "magic_q_union")
+    )
+    assert (
+        specs["magic_q_min"].tokens.source == "min_q(wmdp)" and specs["magic_q_union"].tokens.source == "rank_q(wmdp)"
+    )
     control = load_spec(SPECS / "fixed" / "all_tokens.yaml", profile=toy)
     assert control.training.lrs == (0.01, 0.05, 0.2)
     for name, spec in specs.items():
@@ -179,12 +234,19 @@ def test_control_specs_validate_and_are_matched_and_labelled():
         assert spec.training == control.training.model_copy(update={"lr": list(lrs)}), name
         assert spec.data == control.data and spec.eval == control.eval, name
         assert spec.model == control.model and spec.loss.normalizer == "selected", name
-        assert (spec.tokens.mode, spec.tokens.k, spec.tokens.selected, spec.tokens.rest) == ("top", 60, "ascend", "mask"), name
+        assert (spec.tokens.mode, spec.tokens.k, spec.tokens.selected, spec.tokens.rest) == (
+            "top",
+            60,
+            "ascend",
+            "mask",
+        ), name
 
 
 def test_plan_lists_the_control_jobs_sharing_the_fixed_baseline():
     # a control is not added to the plan by the specs naming it (`run specs/ --toy` holds both)
-    result = CliRunner().invoke(app, ["plan", str(CONTROLS), str(SPECS / "fixed" / "all_tokens.yaml"), "--toy", "--format", "json"])
+    result = CliRunner().invoke(
+        app, ["plan", str(CONTROLS), str(SPECS / "fixed" / "all_tokens.yaml"), "--toy", "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     jobs = json.loads(result.stdout)["jobs"]
     ids = [j["id"] for j in jobs]

@@ -17,7 +17,13 @@ BIN = str(Path(sys.executable).parent)
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -33,7 +39,11 @@ def _project(tmp_path: Path) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PRE_COMMIT_HOME": os.environ.get("PRE_COMMIT_HOME", "/tmp/pre-commit-home")}
+    return {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "PRE_COMMIT_HOME": os.environ.get("PRE_COMMIT_HOME", "/tmp/pre-commit-home"),
+    }
 
 
 @pytest.mark.slow
@@ -44,8 +54,14 @@ def test_pre_commit_hooks_run_validate_and_doctor(tmp_path):
     bad = proj / "specs" / "exp7_broken.yaml"
     bad.write_text((proj / "specs" / "exp7_all_tokens.yaml").read_text().replace("batch_size: 8", "batch_sise: 8"))
     good = ["specs/exp7_all_tokens.yaml", "specs/fixed/all_tokens.yaml"]
-    run = lambda hook, *files: subprocess.run(["pre-commit", "try-repo", str(REPO), hook, "--files", *files],  # noqa: E731
-                                               cwd=proj, env=_env(), capture_output=True, text=True, timeout=300)
+    run = lambda hook, *files: subprocess.run(  # noqa: E731
+        ["pre-commit", "try-repo", str(REPO), hook, "--files", *files],
+        cwd=proj,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     ok = run("unlearnspec-validate", *good)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
     broken = run("unlearnspec-validate", "specs/exp7_broken.yaml")
@@ -67,15 +83,29 @@ def test_pr_check_reports_spec_errors_and_report_changes_beyond_noise(tmp_path):
     report.write_text(json.dumps(data, indent=2) + "\n")
     _git(proj, "checkout", "-qb", "pr")
     _git(proj, "commit", "-qam", "a result moved")
-    proc = subprocess.run(["bash", str(REPO / ".ci" / "pr-check.sh"), "main", "c.md"], cwd=proj, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(REPO / ".ci" / "pr-check.sh"), "main", "c.md"],
+        cwd=proj,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     comment = (proj / "c.md").read_text()
     assert proc.returncode == 1 and "beyond noise" in comment and "main:reports/exp7_all_tokens.json" in comment
     assert "| row | column | old | new | verdict | detail |" in comment
     _git(proj, "checkout", "-q", "main")
     _git(proj, "checkout", "-qb", "pr2")
-    (proj / "specs" / "exp7_all_tokens.yaml").write_text((proj / "specs" / "exp7_all_tokens.yaml").read_text() + "\nbogus: 1\n")
+    (proj / "specs" / "exp7_all_tokens.yaml").write_text(
+        (proj / "specs" / "exp7_all_tokens.yaml").read_text() + "\nbogus: 1\n"
+    )
     _git(proj, "commit", "-qam", "a broken spec")
-    proc = subprocess.run(["bash", str(REPO / ".ci" / "pr-check.sh"), "main", "c.md"], cwd=proj, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(REPO / ".ci" / "pr-check.sh"), "main", "c.md"],
+        cwd=proj,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "bogus" in (proj / "c.md").read_text()

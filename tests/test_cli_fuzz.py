@@ -41,13 +41,23 @@ SHIPPED = sorted(p for p in (REPO / "specs").rglob("*.yaml") if "profiles" not i
 COUNTS: Counter = Counter()
 OUTSIDE: dict[str, Any] = {}
 """The canary folder beside the project (root, its files' bytes) and the marker injected text would create."""
-FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 LONG_EXAMPLES = int(os.environ.get("UNLEARNSPEC_FUZZ_EXAMPLES", "60"))
 """Examples per `slow` fuzz test: 60 in the suite (.ci/run; the same strategies as a deep run), and
 UNLEARNSPEC_FUZZ_EXAMPLES=400 for a deep (nightly) run, the count these tests ran with before issue 23."""
-LONG = settings(max_examples=LONG_EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+LONG = settings(
+    max_examples=LONG_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 # --------------------------------------------------------------------------- the sandbox project
@@ -83,11 +93,31 @@ def project(tmp_path_factory):
         (root / rel).write_text(text)
     runs = root / "results"
     base = answers(60, 30)
-    write_run(runs / "a", "exp_a", {"wmdp_bio_robust": base, "mmlu": answers(60, 40)},
-              [{"lr": 1e-5, "values": {"wmdp_bio_robust": flip(base, 3), "mmlu": answers(60, 40)}, "stats": token_stats(0.3)},
-               {"lr": 2e-5, "values": {"wmdp_bio_robust": 0.3, "mmlu": 0.6}}])
-    write_run(runs / "b", "exp_a", {"wmdp_bio_robust": base, "mmlu": answers(60, 41)},
-              [{"lr": 1e-5, "values": {"wmdp_bio_robust": flip(base, 9), "mmlu": answers(60, 39)}, "stats": token_stats(0.31)}])
+    write_run(
+        runs / "a",
+        "exp_a",
+        {"wmdp_bio_robust": base, "mmlu": answers(60, 40)},
+        [
+            {
+                "lr": 1e-5,
+                "values": {"wmdp_bio_robust": flip(base, 3), "mmlu": answers(60, 40)},
+                "stats": token_stats(0.3),
+            },
+            {"lr": 2e-5, "values": {"wmdp_bio_robust": 0.3, "mmlu": 0.6}},
+        ],
+    )
+    write_run(
+        runs / "b",
+        "exp_a",
+        {"wmdp_bio_robust": base, "mmlu": answers(60, 41)},
+        [
+            {
+                "lr": 1e-5,
+                "values": {"wmdp_bio_robust": flip(base, 9), "mmlu": answers(60, 39)},
+                "stats": token_stats(0.31),
+            }
+        ],
+    )
     repo_before = {d: _tree_hash(REPO / d) for d in ("specs", "reports")}
     old_cwd = os.getcwd()
     os.chdir(root)
@@ -99,7 +129,9 @@ def project(tmp_path_factory):
         assert (root / rel).read_text() == text, f"deleted or changed: {rel}"
     assert {d: _tree_hash(REPO / d) for d in ("specs", "reports")} == repo_before
     if os.environ.get("UNLEARNSPEC_FUZZ_COUNTS"):
-        Path(os.environ["UNLEARNSPEC_FUZZ_COUNTS"]).write_text(json.dumps(dict(COUNTS), indent=2, sort_keys=True) + "\n")
+        Path(os.environ["UNLEARNSPEC_FUZZ_COUNTS"]).write_text(
+            json.dumps(dict(COUNTS), indent=2, sort_keys=True) + "\n"
+        )
 
 
 def invoke(project: Path, kind: str, *args: Any) -> Any:
@@ -128,15 +160,51 @@ def invoke(project: Path, kind: str, *args: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- strategies
-NASTY_TEXT = ["", "/", "..", "../..", "runs/x", "specs/magic/magic_wmdp.yaml", "specs/exp7_all_tokens.yaml", "wmdp > 0",
-              "( (", "not " * 50 + "a > 0", "toy_wmdp", "sgd", "adamw", "all", "where", "target", "input", "1e-5", "nan", "∞",
-              "min_q(wmdp) < 0", "max_q(wmdp) < 0", "rank_q(wmdp.x) <= 3", "wsum_q() > 0", "min_q (wmdp) < 0", "rank_q(wmdp)",
-              "min_t(wmdp) < 0", "max_t(wmdp) < 0", "rank_t(wmdp.x) <= 3", "wsum_t(wmdp)"]
+NASTY_TEXT = [
+    "",
+    "/",
+    "..",
+    "../..",
+    "runs/x",
+    "specs/magic/magic_wmdp.yaml",
+    "specs/exp7_all_tokens.yaml",
+    "wmdp > 0",
+    "( (",
+    "not " * 50 + "a > 0",
+    "toy_wmdp",
+    "sgd",
+    "adamw",
+    "all",
+    "where",
+    "target",
+    "input",
+    "1e-5",
+    "nan",
+    "∞",
+    "min_q(wmdp) < 0",
+    "max_q(wmdp) < 0",
+    "rank_q(wmdp.x) <= 3",
+    "wsum_q() > 0",
+    "min_q (wmdp) < 0",
+    "rank_q(wmdp)",
+    "min_t(wmdp) < 0",
+    "max_t(wmdp) < 0",
+    "rank_t(wmdp.x) <= 3",
+    "wsum_t(wmdp)",
+]
 LEAF = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(NASTY_TEXT), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(NASTY_TEXT),
+    st.text(max_size=12),
 )
-VALUE = st.recursive(LEAF, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)), max_leaves=6)
+VALUE = st.recursive(
+    LEAF,
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)),
+    max_leaves=6,
+)
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -206,11 +274,24 @@ def yaml_texts(draw) -> str:
         return draw(st.sampled_from(["[", "{a: ", "- "])) * n
     if kind == "aliases":
         k = draw(st.integers(1, 12))
-        lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, k)]
+        lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+            f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, k)
+        ]
         return "\n".join(lines) + draw(st.sampled_from(["", "\nself: &s [*s]", "\nm: {<<: *a0}"]))
     if kind == "dups":
         return "name: a\nname: b\nmodel: {toy: tiny-neox, toy: tiny-neox}\n"
-    return draw(st.sampled_from(["a: !!python/object/apply:os.system [ls]", "a: 2024-13-45", "a: !!int x", "? [a]\n: b", "--- a\n--- b", "%YAML 9.9\n---\na: 1"]))
+    return draw(
+        st.sampled_from(
+            [
+                "a: !!python/object/apply:os.system [ls]",
+                "a: 2024-13-45",
+                "a: !!int x",
+                "? [a]\n: b",
+                "--- a\n--- b",
+                "%YAML 9.9\n---\na: 1",
+            ]
+        )
+    )
 
 
 @st.composite
@@ -239,8 +320,18 @@ def score_payloads(draw) -> bytes:
     return buf.getvalue()
 
 
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
-JSON_VALUE = st.recursive(JSON_LEAF, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)), max_leaves=6)
+JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+JSON_VALUE = st.recursive(
+    JSON_LEAF,
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -263,8 +354,24 @@ def json_mutations(draw, original: str) -> str:
 # --------------------------------------------------------------------------- the fuzz tests
 def _spec_commands(project: Path, path: Path, draw) -> None:
     invoke(project, "spec", "validate", path)
-    keys = st.one_of(st.sampled_from(["training.lr", "training.batch_size", "data.max_seq_len", "tokens.where", "training.seed",
-                                      "x.y.0", "", "a..b", "eval.tasks.0.name", "a.²", "training.lr.9"]), st.text(max_size=10))
+    keys = st.one_of(
+        st.sampled_from(
+            [
+                "training.lr",
+                "training.batch_size",
+                "data.max_seq_len",
+                "tokens.where",
+                "training.seed",
+                "x.y.0",
+                "",
+                "a..b",
+                "eval.tasks.0.name",
+                "a.²",
+                "training.lr.9",
+            ]
+        ),
+        st.text(max_size=10),
+    )
     values = st.one_of(st.sampled_from(NASTY_TEXT + ["[1, 2", "{a: 1}", "true", "-1"]), st.text(max_size=10))
     sets = draw(st.lists(st.tuples(keys, values), max_size=2))
     args = ["show", path] + [x for k, v in sets for x in ("--set", f"{k}={v}")]
@@ -323,10 +430,42 @@ def _check_results(project: Path, data) -> None:
         invoke(project, "results", "diff", report, bad)
 
 
-ARG_POOL = ["validate", "show", "doctor", "report", "diff", "schema", "--toy", "--set", "--format", "json", "table", "--strict",
-            "--lr-factor", "nan", "-1", "1e400", "--out", "reports/fuzz_args", "--profile", "--reference-only", "--no-plot",
-            "--quiet", "--help", "specs/", "specs/exp7_all_tokens.yaml", "specs/profiles/toy.yaml", "results/a", "results/b",
-            "results/a/results.json", "reports/reference/exp7_all_tokens.json", "nope", "", "/proc/nope/x", "specs/profiles/toy_world.yaml"]
+ARG_POOL = [
+    "validate",
+    "show",
+    "doctor",
+    "report",
+    "diff",
+    "schema",
+    "--toy",
+    "--set",
+    "--format",
+    "json",
+    "table",
+    "--strict",
+    "--lr-factor",
+    "nan",
+    "-1",
+    "1e400",
+    "--out",
+    "reports/fuzz_args",
+    "--profile",
+    "--reference-only",
+    "--no-plot",
+    "--quiet",
+    "--help",
+    "specs/",
+    "specs/exp7_all_tokens.yaml",
+    "specs/profiles/toy.yaml",
+    "results/a",
+    "results/b",
+    "results/a/results.json",
+    "reports/reference/exp7_all_tokens.json",
+    "nope",
+    "",
+    "/proc/nope/x",
+    "specs/profiles/toy_world.yaml",
+]
 
 
 def _check_args(project: Path, data) -> None:
@@ -347,8 +486,18 @@ def _check_report_names(project: Path, data) -> None:
     out = project / "reports" / "hostile_out"
     hostile.plant_links(out, OUTSIDE["root"], data.draw)
     extra = [project / "results" / "b"] if data.draw(st.booleans()) else []
-    invoke(project, "names", "report", target, *extra, "--out", out, "--study-name", "fuzzstudy",
-           *(["--no-plot"] if data.draw(st.booleans()) else []))
+    invoke(
+        project,
+        "names",
+        "report",
+        target,
+        *extra,
+        "--out",
+        out,
+        "--study-name",
+        "fuzzstudy",
+        *(["--no-plot"] if data.draw(st.booleans()) else []),
+    )
     for link in out.iterdir():  # the planted links are still links, never replaced by files
         assert not link.name.startswith("exp_h") or link.is_symlink() or link.is_file()
 
@@ -395,10 +544,35 @@ def _check_read_back(project: Path, data) -> None:
 
 def _check_toy_names(project: Path, data) -> None:
     """Toy task names that are paths, and --out folders holding the user's files (SENTINELS' out/)."""
-    task = data.draw(st.sampled_from(["../facts", "../tasks/toy_mmlu", "/etc/passwd", "toy_wmdp/../toy_mmlu", "", ".",
-                                      "toy_wmdp\n", "*", "toy_*", "toy_wmdp", "_toy_wmdp_by_attribute"]))
+    task = data.draw(
+        st.sampled_from(
+            [
+                "../facts",
+                "../tasks/toy_mmlu",
+                "/etc/passwd",
+                "toy_wmdp/../toy_mmlu",
+                "",
+                ".",
+                "toy_wmdp\n",
+                "*",
+                "toy_*",
+                "toy_wmdp",
+                "_toy_wmdp_by_attribute",
+            ]
+        )
+    )
     out = data.draw(st.sampled_from(["out", "out/keep.txt", "reports/my_report.md"]))
-    invoke(project, "toy", "toy", "truth", project / "specs" / "fixed" / "magic_wmdp.yaml", "--task", task, "--out", project / out)
+    invoke(
+        project,
+        "toy",
+        "toy",
+        "truth",
+        project / "specs" / "fixed" / "magic_wmdp.yaml",
+        "--task",
+        task,
+        "--out",
+        project / out,
+    )
 
 
 def _check_specials(project: Path, data) -> None:
@@ -428,9 +602,14 @@ def _check_trajectory(project: Path, data) -> None:
 
     folder = project / "traj"
     folder.mkdir(exist_ok=True)
-    good = {"format": 1, "schedule": "sqrt", "param_names": ["a"], "weight_decay": 0.0,
-            "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "initial_step": 0, "max_grad_norm": 1.0},
-            "steps": [{"lr": 1e-3, "micro_batches": [[0, 1], [2]]}, {"lr": 5e-4, "micro_batches": [[3]]}]}
+    good = {
+        "format": 1,
+        "schedule": "sqrt",
+        "param_names": ["a"],
+        "weight_decay": 0.0,
+        "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "initial_step": 0, "max_grad_norm": 1.0},
+        "steps": [{"lr": 1e-3, "micro_batches": [[0, 1], [2]]}, {"lr": 5e-4, "micro_batches": [[3]]}],
+    }
     (folder / "trajectory.json").write_text(data.draw(json_mutations(json.dumps(good))))
     COUNTS["inputs"] += 1
     COUNTS["trajectory:lds"] += 1
@@ -442,8 +621,15 @@ def _check_trajectory(project: Path, data) -> None:
     assert all(0.0 <= s.lr < float("inf") for s in plan.steps)
 
 
-HOSTILE = [_check_report_names, _check_site, _check_profile_numbers, _check_read_back, _check_toy_names, _check_specials,
-           _check_trajectory]
+HOSTILE = [
+    _check_report_names,
+    _check_site,
+    _check_profile_numbers,
+    _check_read_back,
+    _check_toy_names,
+    _check_specials,
+    _check_trajectory,
+]
 
 
 @pytest.mark.parametrize("check", HOSTILE)
@@ -477,7 +663,13 @@ def test_fuzz_cli_long(project, check, data):
 
 
 @pytest.mark.slow
-@settings(max_examples=6, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data())
 def test_fuzz_run_toy(project, data):
     """`run --toy` on bounded mutations of exp7 (small N, few steps): a run may fail, but only cleanly."""
@@ -488,5 +680,16 @@ def test_fuzz_run_toy(project, data):
     spec["training"]["batch_size"] = data.draw(st.sampled_from([4, True, 10**6]))
     path = project / "specs" / "fuzz_run.yaml"
     path.write_text(yaml.safe_dump(spec))
-    invoke(project, "run", "run", path, "--toy", "--out", project / "runs" / "fuzz", "--reports-dir", project / "reports" / "fuzz_run",
-           "--set", "eval.tasks=[{name: wmdp_bio_robust, num_fewshot: 0, limit: 20}]")
+    invoke(
+        project,
+        "run",
+        "run",
+        path,
+        "--toy",
+        "--out",
+        project / "runs" / "fuzz",
+        "--reports-dir",
+        project / "reports" / "fuzz_run",
+        "--set",
+        "eval.tasks=[{name: wmdp_bio_robust, num_fewshot: 0, limit: 20}]",
+    )

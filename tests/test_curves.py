@@ -37,9 +37,12 @@ def _train(training: TrainingSpec, point_dir: Path, run_name: str) -> WeightedSF
     opt = build_optimizer(training, list(model.parameters()), lr)
     steps = total_steps(training, 8)
     trainer = WeightedSFTTrainer(
-        model=model, args=sft_config(training, lr, point_dir / "trainer", 8, run_name=run_name),
-        train_dataset=grid_dataset(grid, grid.valid_targets.float()), processing_class=tiny_tokenizer(),
-        optimizers=(opt, build_scheduler(training, opt, steps)), curves_dir=point_dir / "curves",
+        model=model,
+        args=sft_config(training, lr, point_dir / "trainer", 8, run_name=run_name),
+        train_dataset=grid_dataset(grid, grid.valid_targets.float()),
+        processing_class=tiny_tokenizer(),
+        optimizers=(opt, build_scheduler(training, opt, steps)),
+        curves_dir=point_dir / "curves",
     )
     trainer.train()
     return trainer
@@ -50,8 +53,8 @@ def _tfrecords(path: Path):
     data = path.read_bytes()
     i = 0
     while i < len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
-        yield data[i + 12:i + 12 + n]
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        yield data[i + 12 : i + 12 + n]
         i += 12 + n + 4
 
 
@@ -98,8 +101,11 @@ def test_missing_integration_is_a_user_error(tmp_path, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("tensorboard", "tensorboardX", "wandb") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("tensorboard", "tensorboardX", "wandb") else real(name, *a),
+    )
     for target, fix in (("tensorboard", "pip install tensorboardX"), ("wandb", "pip install wandb")):
         with pytest.raises(UserError) as err:
             sft_config(_training(report_to=target), 0.5, tmp_path, 8)

@@ -73,16 +73,22 @@ def test_load_local_jsonl_files_and_chat(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rows = [{"text": t} for t in tiny_texts(30)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    data = DataSpec.model_validate({"files": {"paths": ["train.jsonl"]}, "select": {"count": 5, "min_chars": 10}, "max_seq_len": 16})
+    data = DataSpec.model_validate(
+        {"files": {"paths": ["train.jsonl"]}, "select": {"count": 5, "min_chars": 10}, "max_seq_len": 16}
+    )
     texts, idx = load_texts(data, tmp_path / "spec.yaml")
     expected = [i for i, r in enumerate(rows) if len(r["text"].strip()) > 10][:5]
     assert idx == expected and texts == [rows[i]["text"] for i in expected]
     grid = load_grid(data, tmp_path / "spec.yaml", tiny_tokenizer(), "tiny")
     assert grid.input_ids.shape == (5, 16) and grid.source_rows == tuple(expected)
 
-    chats = [{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}]} for t in tiny_texts(8)]
+    chats = [
+        {"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}]} for t in tiny_texts(8)
+    ]
     (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in chats))
-    chat = DataSpec.model_validate({"files": {"paths": ["chat.jsonl"]}, "chat": {}, "select": {"count": 3}, "max_seq_len": 16})
+    chat = DataSpec.model_validate(
+        {"files": {"paths": ["chat.jsonl"]}, "chat": {}, "select": {"count": 3}, "max_seq_len": 16}
+    )
     texts, _ = load_texts(chat, tmp_path / "spec.yaml")
     assert texts[0] == chats[0]["messages"][0]["content"] + "\nok"
 
@@ -101,7 +107,9 @@ def test_missing_column_and_files_are_clean_errors(tmp_path, monkeypatch):
 def test_hub_dataset_offline_suggests_toy(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    data = DataSpec.model_validate({"hub": {"path": "Salesforce/wikitext", "name": "wikitext-103-v1"}, "select": {"count": 1}, "max_seq_len": 8})
+    data = DataSpec.model_validate(
+        {"hub": {"path": "Salesforce/wikitext", "name": "wikitext-103-v1"}, "select": {"count": 1}, "max_seq_len": 8}
+    )
     with pytest.raises(UserError) as info:
         load_texts(data, tmp_path / "spec.yaml")
     msg = str(info.value)

@@ -58,11 +58,14 @@ def _spec(**changes):
     return Spec.model_validate(data)
 
 
-@pytest.mark.parametrize("field,value,loc", [
-    ("training.precision", "bf16", "training.precision"),
-    ("training.precision", "fp16", "training.precision"),
-    ("model.attn_implementation", "flash_attention_2", "model.attn_implementation"),
-])
+@pytest.mark.parametrize(
+    "field,value,loc",
+    [
+        ("training.precision", "bf16", "training.precision"),
+        ("training.precision", "fp16", "training.precision"),
+        ("model.attn_implementation", "flash_attention_2", "model.attn_implementation"),
+    ],
+)
 def test_gpu_only_settings_are_refused_on_the_cpu_by_name(field, value, loc):
     spec = _spec(**{field: value})
     with pytest.raises(UserError) as err:
@@ -85,8 +88,11 @@ def test_ddp_and_fsdp_fields():
     ddp = parallel_fields(None, torch.device("cpu"), 2)
     assert ddp["ddp_backend"] == "gloo" and ddp["ddp_find_unused_parameters"] is False and "fsdp" not in ddp
     assert parallel_fields(None, torch.device("cuda", 0), 2)["ddp_backend"] == "nccl"
-    par = ParallelSpec(strategy="fsdp", timeout_s=60, fsdp={"sharding": "shard_grad_op", "wrap_layer": "GPTNeoXLayer",
-                                                            "activation_checkpointing": True})
+    par = ParallelSpec(
+        strategy="fsdp",
+        timeout_s=60,
+        fsdp={"sharding": "shard_grad_op", "wrap_layer": "GPTNeoXLayer", "activation_checkpointing": True},
+    )
     fsdp = parallel_fields(par, torch.device("cpu"), 2)
     assert fsdp["fsdp"] is True and fsdp["ddp_timeout"] == 60
     cfg = fsdp["fsdp_config"]
@@ -171,7 +177,20 @@ def test_disk_states_are_moved_to_the_models_device(tmp_path):
 
 
 # --------------------------------------------------------------------------- static scan
-FACTORIES = {"ones", "zeros", "full", "empty", "tensor", "arange", "rand", "randn", "randint", "randperm", "eye", "linspace"}
+FACTORIES = {
+    "ones",
+    "zeros",
+    "full",
+    "empty",
+    "tensor",
+    "arange",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "eye",
+    "linspace",
+}
 # Host-side creation sites, on purpose: data and indices that the Trainer's dataloader or the replay move per batch.
 HOST_SIDE = {
     ("magic/callback.py", "_on_batches"): "row ids gathered from the ranks (indices, recorded on the host)",
@@ -186,9 +205,14 @@ def _factory_calls_without_device(path: Path) -> list[tuple[str, int]]:
     found = []
     for func in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
         for node in ast.walk(func):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in FACTORIES
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
-                    and not any(k.arg == "device" for k in node.keywords)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in FACTORIES
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+                and not any(k.arg == "device" for k in node.keywords)
+            ):
                 found.append((func.name, node.lineno))
     return found
 
@@ -202,7 +226,9 @@ def test_every_tensor_factory_in_magic_and_train_names_a_device():
                 if (rel, func) not in HOST_SIDE:
                     offenders.append(f"{rel}:{line} in {func}()")
     # Nested functions are visited with their parents too; a real offender shows up at least once.
-    assert not offenders, "tensor created without device= (pass the model's device): " + ", ".join(sorted(set(offenders)))
+    assert not offenders, "tensor created without device= (pass the model's device): " + ", ".join(
+        sorted(set(offenders))
+    )
 
 
 def test_static_scan_catches_a_factory_without_device(tmp_path):
@@ -221,6 +247,14 @@ def test_memory_knobs_do_not_change_scores(schedule):
     setup = Setup(steps=5, batch_size=3)
     trajectory = setup.record(schedule)
     plain = magic_scores(setup.model, setup.grid, trajectory, setup.query, dtype=None)
-    knobs = magic_scores(setup.model, setup.grid, trajectory, setup.query, dtype=None, micro_batch_rows=2,
-                         offload_adjoint=True, offload_states=True)
+    knobs = magic_scores(
+        setup.model,
+        setup.grid,
+        trajectory,
+        setup.query,
+        dtype=None,
+        micro_batch_rows=2,
+        offload_adjoint=True,
+        offload_states=True,
+    )
     assert float((knobs - plain).norm() / plain.norm()) <= 1e-12 and float(plain.abs().max()) > 0

@@ -14,7 +14,13 @@ from .dist_util import torchrun
 def test_single_process_helpers(monkeypatch):
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
-    assert (dist.world_size(), dist.rank(), dist.local_rank(), dist.is_main(), dist.is_distributed()) == (1, 0, 0, True, False)
+    assert (dist.world_size(), dist.rank(), dist.local_rank(), dist.is_main(), dist.is_distributed()) == (
+        1,
+        0,
+        0,
+        True,
+        False,
+    )
     assert dist.run_on_main(lambda: 42) == 42
     assert dist.broadcast_object({"a": 1}) == {"a": 1}
     assert dist.gather_objects(3) == [3]
@@ -37,8 +43,9 @@ def test_several_processes_without_a_group_is_an_error(monkeypatch):
 def test_two_ranks_share_results_and_fail_together(tmp_path, toy_world):
     import os
 
-    launch = torchrun("dist_fail.py", str(tmp_path), "agreed", timeout=240,
-                      env={"UNLEARNSPEC_CACHE": os.environ["UNLEARNSPEC_CACHE"]})
+    launch = torchrun(
+        "dist_fail.py", str(tmp_path), "agreed", timeout=240, env={"UNLEARNSPEC_CACHE": os.environ["UNLEARNSPEC_CACHE"]}
+    )
     assert not launch.timed_out, f"hung (killed after {launch.seconds:.0f}s):\n{launch.output[-4000:]}"
     assert launch.returncode == 0, launch.output[-6000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -21,20 +21,40 @@ pytestmark = pytest.mark.slow
 
 # One LR (toy 1e-3, where the issue measured the batch bug) and 100 questions per task keep the runs short;
 # nothing here touches the batch: the spec's own `batch_size: 8` is the global batch of every run.
-SMALL = ["--no-report", "--set", "training.lr=[1.0e-4]", "--set", "eval.tasks.0.limit=100", "--set", "eval.tasks.1.limit=100"]
+SMALL = [
+    "--no-report",
+    "--set",
+    "training.lr=[1.0e-4]",
+    "--set",
+    "eval.tasks.0.limit=100",
+    "--set",
+    "eval.tasks.1.limit=100",
+]
 RUN = [sys.executable, "-m", "unlearnspec", "run", "specs/exp7_all_tokens.yaml", "--toy"]
 POINT = "lr_0.001"
 TOL = 1e-4  # relative L2 of the parameters (float32 reduction order measured ~1e-6..1e-5)
 
 
 def _env(toy_world) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "UNLEARNSPEC_CACHE": str(toy_world.root.parents[1]), "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "UNLEARNSPEC_CACHE": str(toy_world.root.parents[1]),
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def _run(toy_world, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([*RUN, "--out", str(out), *SMALL, *extra], cwd=REPO, env=_env(toy_world), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [*RUN, "--out", str(out), *SMALL, *extra],
+        cwd=REPO,
+        env=_env(toy_world),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -65,11 +85,20 @@ def test_two_ranks_as_shipped_give_the_one_process_model_and_results_once(toy_wo
     a, b = (json.loads((d / "results.json").read_text()) for d in (one_process, two))
     assert [r["metrics"] for r in a["runs"]] == [r["metrics"] for r in b["runs"]]
     assert a["baseline"]["metrics"] == b["baseline"]["metrics"]
-    assert [r["batch"] for r in a["runs"]] == [{"global_batch": 8, "world_size": 1, "micro_batch_size": 8, "accumulation": 1}]
+    assert [r["batch"] for r in a["runs"]] == [
+        {"global_batch": 8, "world_size": 1, "micro_batch_size": 8, "accumulation": 1}
+    ]
     assert json.loads((two / POINT / "point.json").read_text())["batch"] == {
-        "global_batch": 8, "world_size": 2, "micro_batch_size": 4, "accumulation": 1}
+        "global_batch": 8,
+        "world_size": 2,
+        "micro_batch_size": 4,
+        "accumulation": 1,
+    }
     assert sorted(p.relative_to(two).as_posix() for p in two.rglob("results.json")) == ["results.json"]
-    assert sorted(p.relative_to(two).as_posix() for p in two.rglob("eval.json")) == ["baseline/eval.json", f"{POINT}/eval.json"]
+    assert sorted(p.relative_to(two).as_posix() for p in two.rglob("eval.json")) == [
+        "baseline/eval.json",
+        f"{POINT}/eval.json",
+    ]
     assert multi.stdout.count("[point:exp7_all_tokens/lr_0.001] ok") == 1  # rank 0 alone reports
     la, lb = (json.loads((d / POINT / "log_history.json").read_text()) for d in (one_process, two))
     assert len(la) == len(lb)
@@ -78,10 +107,13 @@ def test_two_ranks_as_shipped_give_the_one_process_model_and_results_once(toy_wo
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("name,extra,split", [
-    ("accumulation", ["--set", "training.micro_batch_size=2"], (2, 2)),
-    ("fsdp", ["--set", "parallel.strategy=fsdp"], (4, 1)),
-])
+@pytest.mark.parametrize(
+    "name,extra,split",
+    [
+        ("accumulation", ["--set", "training.micro_batch_size=2"], (2, 2)),
+        ("fsdp", ["--set", "parallel.strategy=fsdp"], (4, 1)),
+    ],
+)
 def test_accumulation_and_fsdp_train_the_one_process_model(toy_world, one_process, tmp_path, name, extra, split):
     out = tmp_path / name
     _run(toy_world, out, "--nproc", "2", *extra)
@@ -89,7 +121,11 @@ def test_accumulation_and_fsdp_train_the_one_process_model(toy_world, one_proces
     print(f"exp7 --toy, 2 ranks ({name}) vs 1 process: relative parameter difference {rel:.2e}")
     assert rel <= TOL, rel
     batch = json.loads((out / POINT / "point.json").read_text())["batch"]
-    assert (batch["world_size"], batch["micro_batch_size"], batch["accumulation"], batch["global_batch"]) == (2, *split, 8)
+    assert (batch["world_size"], batch["micro_batch_size"], batch["accumulation"], batch["global_batch"]) == (
+        2,
+        *split,
+        8,
+    )
 
 
 # --------------------------------------------------------------------------- MAGIC scores
@@ -126,9 +162,28 @@ def test_toy_score_spec_as_shipped_gives_the_one_process_scores_under_two_ranks(
     outs = {}
     for ranks in (1, 2):
         outs[ranks] = tmp_path / f"magic{ranks}"
-        done = subprocess.run([sys.executable, "-m", "unlearnspec", "run", "specs/magic/magic_wmdp.yaml", "--profile",
-                               str(score_profile), "--out", str(outs[ranks]), "--no-report", "--nproc", str(ranks), *FEWER_ROWS],
-                              cwd=REPO, env=_env(toy_world), capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "unlearnspec",
+                "run",
+                "specs/magic/magic_wmdp.yaml",
+                "--profile",
+                str(score_profile),
+                "--out",
+                str(outs[ranks]),
+                "--no-report",
+                "--nproc",
+                str(ranks),
+                *FEWER_ROWS,
+            ],
+            cwd=REPO,
+            env=_env(toy_world),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = (torch.load(outs[r] / "per_token_scores.pt", weights_only=True) for r in (1, 2))
     signs, rel = agreement(two, one)

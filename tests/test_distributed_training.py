@@ -24,14 +24,37 @@ CASES = (  # batch_size is the global batch: 8 rows per step on 2 ranks = 2 x 4 
     + [
         {"name": "ddp_valid_shuffled", "normalizer": "valid", "batch_size": 8, "shuffle": True},
         {"name": "mutant_ddp_no_factor", "normalizer": "valid", "batch_size": 8, "drop_factor": True},
-        {"name": "fsdp_full_shard", "normalizer": "abs_weight", "batch_size": 8, "micro_batch_size": 2, "strategy": "fsdp"},
-        {"name": "fsdp_shard_grad_op", "normalizer": "valid", "batch_size": 8, "strategy": "fsdp",
-         "sharding": "shard_grad_op"},
-        {"name": "mutant_fsdp_no_factor", "normalizer": "abs_weight", "batch_size": 8, "micro_batch_size": 2,
-         "strategy": "fsdp", "drop_factor": True},
+        {
+            "name": "fsdp_full_shard",
+            "normalizer": "abs_weight",
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "strategy": "fsdp",
+        },
+        {
+            "name": "fsdp_shard_grad_op",
+            "normalizer": "valid",
+            "batch_size": 8,
+            "strategy": "fsdp",
+            "sharding": "shard_grad_op",
+        },
+        {
+            "name": "mutant_fsdp_no_factor",
+            "normalizer": "abs_weight",
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "strategy": "fsdp",
+            "drop_factor": True,
+        },
         # 12 rows per step over 16 rows: the second step is the epoch's 4-row tail (accelerate would pad it)
         {"name": "ddp_valid_tail", "normalizer": "valid", "batch_size": 12, "shuffle": True},
-        {"name": "ddp_valid_tail_accum", "normalizer": "valid", "batch_size": 12, "micro_batch_size": 3, "shuffle": True},
+        {
+            "name": "ddp_valid_tail_accum",
+            "normalizer": "valid",
+            "batch_size": 12,
+            "micro_batch_size": 3,
+            "shuffle": True,
+        },
     ]
 )
 TOL = 1e-6  # relative to the parameters (the issue's bar)
@@ -44,7 +67,9 @@ def two_ranks(tmp_path_factory):
     launch = torchrun("ddp_train.py", str(out), json.dumps(CASES), timeout=300)
     assert not launch.timed_out, f"torchrun hung (killed after {launch.seconds:.0f}s):\n{launch.output[-4000:]}"
     assert launch.returncode == 0, launch.output[-6000:]
-    print(f"2-rank launch: {launch.seconds:.1f}s wall, workers {json.loads((out / 'wall.json').read_text())['seconds']:.1f}s")
+    print(
+        f"2-rank launch: {launch.seconds:.1f}s wall, workers {json.loads((out / 'wall.json').read_text())['seconds']:.1f}s"
+    )
     return {c["name"]: torch.load(out / f"{c['name']}.pt") for c in CASES}
 
 
@@ -95,7 +120,7 @@ def test_an_epochs_short_last_step_trains_the_same_rows(two_ranks, one_process, 
 def test_normalizers_really_differ(one_process):
     """Otherwise the per-normalizer comparisons would test one thing four times."""
     finals = [one_process[n]["params"] for n in NORMALIZERS]
-    assert all(not torch.allclose(a, b, rtol=0, atol=1e-6) for i, a in enumerate(finals) for b in finals[i + 1:])
+    assert all(not torch.allclose(a, b, rtol=0, atol=1e-6) for i, a in enumerate(finals) for b in finals[i + 1 :])
 
 
 @pytest.mark.parametrize("mutant,ref", [("mutant_ddp_no_factor", "valid"), ("mutant_fsdp_no_factor", "abs_weight")])

@@ -12,8 +12,9 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "magic_library.py"
 
 
-def test_magic_library_example_runs_and_writes_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_magic_library_example_runs_and_writes_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     out = capsys.readouterr().out

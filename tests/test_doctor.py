@@ -45,7 +45,9 @@ def test_fixed_adamw_specs_are_clean():
 
 @pytest.mark.parametrize("folder", [FIXED, FIXED_ADAMW])
 def test_fixed_specs_validate_and_open_with_what_why_and_command(folder):
-    out = subprocess.run([sys.executable, "-m", "unlearnspec", "validate", str(folder)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "validate", str(folder)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     for path in folder.glob("*.yaml"):
         header = "\n".join(l for l in path.read_text().splitlines() if l.startswith("#"))
@@ -62,7 +64,9 @@ def test_fixed_adamw_study_is_matched_in_the_recorded_adamw_regime():
     for key in ("optimizer", "schedule", "warmup_ratio", "batch_size", "max_steps", "seed", "max_grad_norm"):
         assert exp["training"][key] == recorded[key], key
     assert isinstance(exp["training"]["lr"], float) and exp["training"]["lr"] in recorded["lr"]
-    assert {s["produced_by"] for s in exp["scores"].values()} == {f"specs/fixed_adamw/magic_{q}.yaml" for q in ("wmdp", "mmlu")}
+    assert {s["produced_by"] for s in exp["scores"].values()} == {
+        f"specs/fixed_adamw/magic_{q}.yaml" for q in ("wmdp", "mmlu")
+    }
 
 
 def test_fixed_pair_is_matched_and_in_regime():
@@ -71,7 +75,9 @@ def test_fixed_pair_is_matched_and_in_regime():
     assert exp["loss"]["normalizer"] == ctrl["loss"]["normalizer"] == "valid"
     assert exp["training"] == producer["training"]
     # the control also sweeps the LRs of the specs/controls/ runs read against it; 1e-4 is the experiment's
-    assert {k: v for k, v in ctrl["training"].items() if k != "lr"} == {k: v for k, v in exp["training"].items() if k != "lr"}
+    assert {k: v for k, v in ctrl["training"].items() if k != "lr"} == {
+        k: v for k, v in exp["training"].items() if k != "lr"
+    }
     assert exp["training"]["lr"] in ctrl["training"]["lr"] and ctrl["training"]["lr"] == [2.0e-5, 1.0e-4, 4.0e-4]
     assert exp["data"] == ctrl["data"] == producer["data"]
     assert producer["magic"]["query"]["loss"] == "answer_continuation"
@@ -135,7 +141,10 @@ def test_d2_scores_from_other_data(tmp_path):
 
 def test_d2_sidecar_shape(tmp_path):
     specs = make_project(tmp_path)
-    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json", {"alignment": "target", "N": 500, "S": 1024, "dtype": "float32"})
+    write_json_atomic(
+        tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
+        {"alignment": "target", "N": 500, "S": 1024, "dtype": "float32"},
+    )
     findings, _ = diagnose([specs])
     (d2,) = codes(findings, "D2")
     assert "N: 500 rows in the score file" in d2.evidence[0]
@@ -164,8 +173,14 @@ def test_d3_regime_mismatch(tmp_path):
 
 
 def _adamw(d):
-    d["training"].update(optimizer={"name": "adamw", "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 0.0}, lr=5.0e-5,
-                         schedule="cosine", warmup_ratio=0.1, max_grad_norm=1.0, shuffle=True)
+    d["training"].update(
+        optimizer={"name": "adamw", "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 0.0},
+        lr=5.0e-5,
+        schedule="cosine",
+        warmup_ratio=0.1,
+        max_grad_norm=1.0,
+        shuffle=True,
+    )
 
 
 def test_d3_adam_fields(tmp_path):
@@ -178,13 +193,19 @@ def test_d3_adam_fields(tmp_path):
 
     def other(d):
         _adamw(d)
-        d["training"].update(optimizer={"name": "adamw", "betas": [0.9, 0.99], "eps": 1.0e-6}, warmup_ratio=0.2, max_grad_norm=None)
+        d["training"].update(
+            optimizer={"name": "adamw", "betas": [0.9, 0.99], "eps": 1.0e-6}, warmup_ratio=0.2, max_grad_norm=None
+        )
 
     findings, _ = diagnose([make_project(tmp_path / "other", {**every, "magic_wmdp": other})])
     (d3,) = codes(findings, "D3", "selective")
     text = "\n".join(d3.evidence)
-    for expected in ("betas: [0.9, 0.99] (scores) vs [0.9, 0.999] (steered run)", "eps: 1e-6 (scores) vs 1e-8",
-                     "warmup: 0.2 (scores) vs 0.1", "max_grad_norm (clipping): unset (scores) vs 1"):
+    for expected in (
+        "betas: [0.9, 0.99] (scores) vs [0.9, 0.999] (steered run)",
+        "eps: 1e-6 (scores) vs 1e-8",
+        "warmup: 0.2 (scores) vs 0.1",
+        "max_grad_norm (clipping): unset (scores) vs 1",
+    ):
         assert expected in text, text
 
 
@@ -199,6 +220,7 @@ def _batch(findings, spec="selective"):
 
 def test_d3_global_batch_of_the_producer_spec_vs_the_steered_run(tmp_path):
     """One finding per score source; the fix names both ways to match, with the numbers of this case."""
+
     def edit(d):
         d["training"]["batch_size"] = 8
         d["training"]["max_steps"] = 125  # the same epoch: only the batch differs
@@ -208,7 +230,9 @@ def test_d3_global_batch_of_the_producer_spec_vs_the_steered_run(tmp_path):
     assert [f.severity for f in found] == ["warning", "warning"]  # wmdp and mmlu, as the other regime findings
     (wmdp,) = [f for f in found if "`wmdp`" in f.message]
     assert "computed at a global batch of 4 rows per optimizer step, but fixed_selective trains 8" in wmdp.message
-    assert wmdp.evidence == ("global batch: 4 (specs/fixed/magic_wmdp.yaml: training.batch_size) vs 8 (steered run, training.batch_size)",)
+    assert wmdp.evidence == (
+        "global batch: 4 (specs/fixed/magic_wmdp.yaml: training.batch_size) vs 8 (steered run, training.batch_size)",
+    )
     assert "Set `training.batch_size: 4` in fixed_selective and its control" in wmdp.fix
     assert "rescore with `batch_size: 8` in specs/fixed/magic_wmdp.yaml" in wmdp.fix
     assert not any("batch" in e for f in codes(findings, "D3") for e in f.evidence if f not in found)  # not twice
@@ -218,8 +242,10 @@ def test_d3_global_batch_recorded_in_scores_json(tmp_path):
     """A score file made under 4 processes when batch_size was rows per device (16 rows per step) is not the
     producer's experiment, nor the steered run's regime: two findings, each with its own fix."""
     specs = make_project(tmp_path)
-    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
-                      {"alignment": "target", "dtype": "float32", "batch_size": 16, "world_size": 4})
+    write_json_atomic(
+        tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
+        {"alignment": "target", "dtype": "float32", "batch_size": 16, "world_size": 4},
+    )
     found = _batch(diagnose([specs])[0])
     assert len(found) == 2 and all("`wmdp`" in f.message for f in found)
     stale = next(f for f in found if "not that spec's experiment" in f.message)
@@ -233,9 +259,14 @@ def test_d3_global_batch_recorded_in_scores_json(tmp_path):
 
 def test_d3_global_batch_quiet_when_the_scores_match(tmp_path):
     specs = make_project(tmp_path)
-    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
-                      {"alignment": "target", "batch_size": 4, "batch": {"global_batch": 4, "world_size": 4,
-                                                                         "micro_batch_size": 1, "accumulation": 1}})
+    write_json_atomic(
+        tmp_path / "runs" / "fixed" / "magic_wmdp" / "scores.json",
+        {
+            "alignment": "target",
+            "batch_size": 4,
+            "batch": {"global_batch": 4, "world_size": 4, "micro_batch_size": 1, "accumulation": 1},
+        },
+    )
     assert _batch(diagnose([specs])[0]) == []  # 4 ranks x 1 row is the recorded batch of 4
 
 
@@ -249,7 +280,9 @@ def test_d4_magic_spec_in_bf16_fails_validation_under_precision(tmp_path):
 
 def test_d4_sidecar_in_bf16(tmp_path):
     specs = make_project(tmp_path)
-    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_mmlu" / "scores.json", {"alignment": "target", "dtype": "bfloat16"})
+    write_json_atomic(
+        tmp_path / "runs" / "fixed" / "magic_mmlu" / "scores.json", {"alignment": "target", "dtype": "bfloat16"}
+    )
     findings, _ = diagnose([specs])
     (d4,) = codes(findings, "D4")
     assert "`mmlu`" in d4.message and "bfloat16" in d4.message
@@ -257,7 +290,10 @@ def test_d4_sidecar_in_bf16(tmp_path):
 
 def test_d4_quiet_on_fp32_sidecar(tmp_path):
     specs = make_project(tmp_path)
-    write_json_atomic(tmp_path / "runs" / "fixed" / "magic_mmlu" / "scores.json", {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024})
+    write_json_atomic(
+        tmp_path / "runs" / "fixed" / "magic_mmlu" / "scores.json",
+        {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024},
+    )
     findings, _ = diagnose([specs])
     assert [f for f in findings if f.code != "D11"] == []  # D11: this sidecar has no LDS (tests/test_doctor_lds.py)
 
@@ -278,7 +314,9 @@ def test_d5_declared_differs_from_sidecar(tmp_path):
 
 
 def test_d5_input_alignment_is_a_warning(tmp_path):
-    findings, _ = diagnose([make_project(tmp_path, {"selective": lambda d: d["scores"]["mmlu"].update(alignment="input")})])
+    findings, _ = diagnose(
+        [make_project(tmp_path, {"selective": lambda d: d["scores"]["mmlu"].update(alignment="input")})]
+    )
     (d5,) = codes(findings, "D5")
     assert d5.severity == "warning" and "trainer weights targets" in d5.message
 
@@ -302,9 +340,14 @@ def test_d6_estimated_shift_from_the_rule(tmp_path):
 
 def test_d6_measured_shift_from_results(tmp_path):
     specs = make_project(tmp_path, {"selective": lambda d: d["loss"].update(normalizer="selected")})
-    write_run(tmp_path / "runs" / "fixed" / "selective", "fixed_selective", None, [
-        {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.30, "mmlu": 0.45}, "stats": token_stats(0.1)},
-    ])
+    write_run(
+        tmp_path / "runs" / "fixed" / "selective",
+        "fixed_selective",
+        None,
+        [
+            {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.30, "mmlu": 0.45}, "stats": token_stats(0.1)},
+        ],
+    )
     findings, _ = diagnose([specs])
     (d6,) = codes(findings, "D6")
     assert d6.severity == "error" and "x10.00" in d6.message and "measured in results.json" in d6.evidence[0]
@@ -329,7 +372,14 @@ BW, BM = answers(W, 373), answers(M, 902)
 
 def _results(tmp: Path, exp_runs: list[dict], ctrl_runs: list[dict]) -> None:
     base = {"wmdp_bio_robust": BW, "mmlu": BM}
-    write_run(tmp / "runs" / "fixed" / "selective", "fixed_selective", base, exp_runs, control="fixed_all_tokens", control_path="specs/fixed/all_tokens.yaml")
+    write_run(
+        tmp / "runs" / "fixed" / "selective",
+        "fixed_selective",
+        base,
+        exp_runs,
+        control="fixed_all_tokens",
+        control_path="specs/fixed/all_tokens.yaml",
+    )
     write_run(tmp / "runs" / "fixed" / "all_tokens", "fixed_all_tokens", base, ctrl_runs)
 
 
@@ -347,7 +397,9 @@ def test_no_false_alarm_on_clean_specs_with_healthy_results(tmp_path):
 
 def test_d7_collapse(tmp_path):
     specs = make_project(tmp_path)
-    _results(tmp_path, [{"lr": 1e-4, "values": {"wmdp_bio_robust": answers(W, 204), "mmlu": answers(M, 493)}}], HEALTHY_CTRL)
+    _results(
+        tmp_path, [{"lr": 1e-4, "values": {"wmdp_bio_robust": answers(W, 204), "mmlu": answers(M, 493)}}], HEALTHY_CTRL
+    )
     findings, _ = diagnose([specs])
     (d7,) = codes(findings, "D7")
     assert "selective" in d7.spec and "lr 1e-4: WMDP Bio Robust 0.2350" in d7.evidence[0]
@@ -356,7 +408,9 @@ def test_d7_collapse(tmp_path):
 
 def test_d8_effect_within_noise_of_the_control(tmp_path):
     specs = make_project(tmp_path)
-    _results(tmp_path, [{"lr": 1e-4, "values": {"wmdp_bio_robust": flip(BW, 6, 2), "mmlu": flip(BM, 5, 3)}}], HEALTHY_CTRL)
+    _results(
+        tmp_path, [{"lr": 1e-4, "values": {"wmdp_bio_robust": flip(BW, 6, 2), "mmlu": flip(BM, 5, 3)}}], HEALTHY_CTRL
+    )
     findings, _ = diagnose([specs])
     (d8,) = codes(findings, "D8")
     assert "only 'effect' is noise" in d8.message and "vs control" in d8.evidence[0] and "McNemar" in d8.evidence[0]
@@ -364,7 +418,9 @@ def test_d8_effect_within_noise_of_the_control(tmp_path):
 
 def test_d9_control_moves_the_metrics(tmp_path):
     specs = make_project(tmp_path)
-    _results(tmp_path, SELECTIVE, [{"lr": 1e-4, "values": {"wmdp_bio_robust": flip(BW, 3, 2), "mmlu": flip(BM, 80, 5)}}])
+    _results(
+        tmp_path, SELECTIVE, [{"lr": 1e-4, "values": {"wmdp_bio_robust": flip(BW, 3, 2), "mmlu": flip(BM, 80, 5)}}]
+    )
     findings, _ = diagnose([specs])
     (d9,) = codes(findings, "D9")
     assert "all_tokens" in d9.spec and "MMLU -0.0375" in d9.evidence[0]
@@ -379,16 +435,29 @@ def shipped():
 def test_shipped_d1_exp3_names_the_recorded_mismatch(shipped):
     (d1,) = codes(shipped, "D1", "exp3_positive_only")
     text = "\n".join(d1.evidence)
-    for expected in ("data.max_seq_len: 256 (exp3_positive_only) vs 1024 (exp7_all_tokens)",
-                     "training.batch_size: 32 (exp3_positive_only) vs 8 (exp7_all_tokens)",
-                     "training.max_steps: 31 (exp3_positive_only) vs 125 (exp7_all_tokens)"):
+    for expected in (
+        "data.max_seq_len: 256 (exp3_positive_only) vs 1024 (exp7_all_tokens)",
+        "training.batch_size: 32 (exp3_positive_only) vs 8 (exp7_all_tokens)",
+        "training.max_steps: 31 (exp3_positive_only) vs 125 (exp7_all_tokens)",
+    ):
         assert expected in text
     # + the oracle: a toy-world spec (ground truth exists only there) whose control is a real spec; read without
     # --toy they differ in model and data. Under --toy they match (tests/test_builtin_scores.py).
-    assert {f.spec for f in codes(shipped, "D1") if f.severity == "error"} == {"specs/exp3_positive_only.yaml", "specs/exp5_selective.yaml", "specs/exp6_compatible.yaml", "specs/controls/oracle.yaml"}
+    assert {f.spec for f in codes(shipped, "D1") if f.severity == "error"} == {
+        "specs/exp3_positive_only.yaml",
+        "specs/exp5_selective.yaml",
+        "specs/exp6_compatible.yaml",
+        "specs/controls/oracle.yaml",
+    }
     (oracle,) = codes(shipped, "D1", "controls/oracle")
-    assert "model.name_or_path: unset (controls_oracle) vs EleutherAI/deep-ignorance-unfiltered (fixed_all_tokens)" in oracle.evidence
-    assert {f.spec for f in codes(shipped, "D1") if f.severity == "warning"} == {"specs/exp1_value_weighted.yaml", "specs/exp2_sign_only.yaml"}
+    assert (
+        "model.name_or_path: unset (controls_oracle) vs EleutherAI/deep-ignorance-unfiltered (fixed_all_tokens)"
+        in oracle.evidence
+    )
+    assert {f.spec for f in codes(shipped, "D1") if f.severity == "warning"} == {
+        "specs/exp1_value_weighted.yaml",
+        "specs/exp2_sign_only.yaml",
+    }
     assert codes(shipped, "D1", "exp4_negative_only") == []  # exp4 matched exp7 field by field
 
 
@@ -400,13 +469,29 @@ def test_shipped_d2_exp3_uses_a_prefix_of_the_columns(shipped):
 
 def test_shipped_d3_on_every_attribution_experiment(shipped):
     specs = {f.spec for f in codes(shipped, "D3")}
-    assert specs == {f"specs/{n}.yaml" for n in ("exp1_value_weighted", "exp2_sign_only", "exp3_positive_only", "exp4_negative_only", "exp5_selective", "exp6_compatible",
-                                                 "controls/magic_topk", "controls/magic_topk_not_mmlu", "controls/magic_q_min",
-                                                 "controls/magic_q_union", "per_task/task_min_topk", "quick/magic_topk")}  # the controls sweep 2e-5 and 4e-4 too
+    assert specs == {
+        f"specs/{n}.yaml"
+        for n in (
+            "exp1_value_weighted",
+            "exp2_sign_only",
+            "exp3_positive_only",
+            "exp4_negative_only",
+            "exp5_selective",
+            "exp6_compatible",
+            "controls/magic_topk",
+            "controls/magic_topk_not_mmlu",
+            "controls/magic_q_min",
+            "controls/magic_q_union",
+            "per_task/task_min_topk",
+            "quick/magic_topk",
+        )
+    }  # the controls sweep 2e-5 and 4e-4 too
     (toy,) = codes(shipped, "D3", "per_task/task_min_topk")
     assert "lr: 0.05 (scores) vs 0.01 (steered run)" in toy.evidence  # the toy sweep 0.01, 0.05
-    expected = {"specs/controls/magic_topk.yaml": "lr: 1e-4 (scores) vs 2e-5 (steered run)",  # 4e-4 diverged: left out
-                "specs/controls/magic_topk_not_mmlu.yaml": "lr: 1e-4 (scores) vs 2e-5, 4e-4 (steered run)"}
+    expected = {
+        "specs/controls/magic_topk.yaml": "lr: 1e-4 (scores) vs 2e-5 (steered run)",  # 4e-4 diverged: left out
+        "specs/controls/magic_topk_not_mmlu.yaml": "lr: 1e-4 (scores) vs 2e-5, 4e-4 (steered run)",
+    }
     assert all(expected[f.spec] in f.evidence for f in codes(shipped, "D3", "controls/magic_topk"))
     exp1 = "\n".join(codes(shipped, "D3", "exp1")[0].evidence)
     assert "optimizer: sgd (scores) vs adam (steered run)" in exp1
@@ -433,7 +518,9 @@ def test_shipped_reference_rules(shipped):
 
 # --------------------------------------------------------------------------- CLI
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", "doctor", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "doctor", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_exit_codes_and_json(tmp_path):

@@ -26,14 +26,28 @@ def sidecars(tmp: Path, lds: dict | None) -> None:
 
 
 def lds(rho: float, fraction: float = 0.01) -> dict:
-    return {"spearman": rho, "pearson": rho, "spearman_ci95": [rho - 0.05, min(1.0, rho + 0.03)], "scale_ratio": 1.1,
-            "subsets": 30, "fraction": fraction, "unit": "row", "seed": 0}
+    return {
+        "spearman": rho,
+        "pearson": rho,
+        "spearman_ci95": [rho - 0.05, min(1.0, rho + 0.03)],
+        "scale_ratio": 1.1,
+        "subsets": 30,
+        "fraction": fraction,
+        "unit": "row",
+        "seed": 0,
+    }
 
 
 def selective_results(tmp: Path, kept: float) -> None:
     run = {"lr": 1e-4, "values": {"wmdp_bio_robust": BW - 0.01, "mmlu": BM}, "stats": token_stats(kept, "valid")}
-    write_run(tmp / "runs" / "fixed" / "selective", "fixed_selective", {"wmdp_bio_robust": BW, "mmlu": BM}, [run],
-              control="fixed_all_tokens", control_path="specs/fixed/all_tokens.yaml")
+    write_run(
+        tmp / "runs" / "fixed" / "selective",
+        "fixed_selective",
+        {"wmdp_bio_robust": BW, "mmlu": BM},
+        [run],
+        control="fixed_all_tokens",
+        control_path="specs/fixed/all_tokens.yaml",
+    )
 
 
 def d11(findings: list) -> list:

@@ -28,7 +28,9 @@ def test_the_nine_recorded_score_runs_fit_4_gpus_of_80_gb_sharded():
     findings, count = diagnose([REPO / "specs" / "magic"], cluster=SITE)
     d16 = _d16(findings)
     assert count == len(SCORE_SPECS) == 9 and len(d16) == 9
-    assert all(f.severity == "info" and "fits its resources" in f.message and "on 4 GPU(s)" in f.message for f in d16), d16
+    assert all(
+        f.severity == "info" and "fits its resources" in f.message and "on 4 GPU(s)" in f.message for f in d16
+    ), d16
 
 
 def _without_knobs(tmp_path, spec_path, drop=("parallel",), memory=None):
@@ -63,8 +65,19 @@ def test_host_ram_is_checked_against_the_jobs_mem_gb(tmp_path):
 
 
 def test_gpu_mem_on_the_command_line_wins_and_exits_2(tmp_path):
-    result = CliRunner().invoke(app, ["doctor", str(REPO / "specs" / "magic" / "magic_wmdp.yaml"), "--cluster", str(SITE),
-                                      "--gpu-mem-gb", "40", "--format", "json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "doctor",
+            str(REPO / "specs" / "magic" / "magic_wmdp.yaml"),
+            "--cluster",
+            str(SITE),
+            "--gpu-mem-gb",
+            "40",
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 2, result.output
     (f,) = [f for f in json.loads(result.output)["findings"] if f["code"] == "D16"]
     assert f["severity"] == "error" and "of 40 per GPU" in f["message"]
@@ -77,7 +90,9 @@ def test_without_gpu_memory_nothing_is_checked():
 
 
 def test_show_cluster_prints_the_sharded_layout_and_verdict():
-    result = CliRunner().invoke(app, ["show", str(REPO / "specs" / "magic" / "magic_wmdp.yaml"), "--cluster", str(SITE)])
+    result = CliRunner().invoke(
+        app, ["show", str(REPO / "specs" / "magic" / "magic_wmdp.yaml"), "--cluster", str(SITE)]
+    )
     assert result.exit_code == 0, result.output
     assert "# Memory per GPU" in result.output
     assert "score: 4 process(es), fsdp; training 27.0, reverse pass 69.6 GB of 80 per GPU" in result.output
@@ -98,8 +113,16 @@ def test_training_peak_matches_the_model(optimizer):
 
     shape = ModelShape(4, 48, 4, 96, 192)
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=96, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192,
-                           max_position_embeddings=64, attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=96,
+        hidden_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=192,
+        max_position_embeddings=64,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     config._attn_implementation = "eager"
     model = GPTNeoXForCausalLM(config)
     ids = torch.randint(0, 96, (6, 32), generator=torch.Generator().manual_seed(1))

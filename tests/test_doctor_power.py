@@ -33,10 +33,24 @@ def _oracle() -> dict:
 def _toy_results(root: Path) -> None:
     """Fixture results of `run specs/fixed --toy` (the toy profile maps runs/x to runs/toy/x): nothing moves."""
     runs = root / "runs" / "toy" / "fixed"
-    write_run(runs / "all_tokens", "fixed_all_tokens", TOY, [{"lr": 0.05, "values": {"toy_wmdp": flip(TW, 1, 4), "toy_mmlu": flip(TM, 1, 4)}}],
-              profile="toy", tasks=TOY_TASKS)
-    write_run(runs / "selective", "fixed_selective", TOY, [{"lr": 0.05, "values": {"toy_wmdp": flip(TW, 3, 4), "toy_mmlu": flip(TM, 1, 3)}}],
-              profile="toy", tasks=TOY_TASKS, control="all_tokens", control_path="specs/fixed/all_tokens.yaml")
+    write_run(
+        runs / "all_tokens",
+        "fixed_all_tokens",
+        TOY,
+        [{"lr": 0.05, "values": {"toy_wmdp": flip(TW, 1, 4), "toy_mmlu": flip(TM, 1, 4)}}],
+        profile="toy",
+        tasks=TOY_TASKS,
+    )
+    write_run(
+        runs / "selective",
+        "fixed_selective",
+        TOY,
+        [{"lr": 0.05, "values": {"toy_wmdp": flip(TW, 3, 4), "toy_mmlu": flip(TM, 1, 3)}}],
+        profile="toy",
+        tasks=TOY_TASKS,
+        control="all_tokens",
+        control_path="specs/fixed/all_tokens.yaml",
+    )
 
 
 def d(findings, code: str):
@@ -48,20 +62,51 @@ def test_toy_fixed_study_is_flagged_until_a_positive_control_is_checked(tmp_path
     _toy_results(tmp_path)
     fixed = specs / "fixed"
     toy = default_toy_profile()
-    findings, _ = diagnose([fixed / "selective.yaml", fixed / "all_tokens.yaml", fixed / "magic_wmdp.yaml", fixed / "magic_mmlu.yaml"], profile=toy)
+    findings, _ = diagnose(
+        [fixed / "selective.yaml", fixed / "all_tokens.yaml", fixed / "magic_wmdp.yaml", fixed / "magic_mmlu.yaml"],
+        profile=toy,
+    )
     (d13,) = d(findings, "D13")
-    assert d13.severity == "warning" and d13.rule == "no-positive-control" and d13.spec.endswith("fixed/all_tokens.yaml")
+    assert (
+        d13.severity == "warning" and d13.rule == "no-positive-control" and d13.spec.endswith("fixed/all_tokens.yaml")
+    )
     assert "no positive control in the study" in d13.message and "toy world" in d13.evidence[1]
-    assert "whose control is" in d13.evidence[0] and "selective.yaml" in d13.evidence[0] and "oracle" not in d13.evidence[0]
+    assert (
+        "whose control is" in d13.evidence[0]
+        and "selective.yaml" in d13.evidence[0]
+        and "oracle" not in d13.evidence[0]
+    )
     # the oracle (role: positive_control, matched to the same control) among the specs checked clears it
     findings, count = diagnose([fixed], profile=toy)
     assert count == 5 and d(findings, "D13") == []
     # the same from the command line
-    out = subprocess.run([sys.executable, "-m", "unlearnspec", "doctor", "specs/fixed/selective.yaml", "specs/fixed/all_tokens.yaml", "--toy",
-                          "--format", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert [f["rule"] for f in json.loads(out.stdout)["findings"] if f["code"] == "D13"] == ["no-positive-control"], out.stderr
-    out = subprocess.run([sys.executable, "-m", "unlearnspec", "doctor", "specs/fixed", "--toy", "--format", "json"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearnspec",
+            "doctor",
+            "specs/fixed/selective.yaml",
+            "specs/fixed/all_tokens.yaml",
+            "--toy",
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert [f["rule"] for f in json.loads(out.stdout)["findings"] if f["code"] == "D13"] == ["no-positive-control"], (
+        out.stderr
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "doctor", "specs/fixed", "--toy", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert not [f for f in json.loads(out.stdout)["findings"] if f["code"] == "D13"], out.stderr
 
 
@@ -82,8 +127,14 @@ def _project(root: Path) -> Path:
 
 def _real(root: Path, exp: dict, ctrl: dict) -> None:
     write_run(root / "runs" / "fixed" / "all_tokens", "fixed_all_tokens", BASE, [{"lr": 1e-4, "values": ctrl}])
-    write_run(root / "runs" / "fixed" / "selective", "fixed_selective", BASE, [{"lr": 1e-4, "values": exp}],
-              control="fixed_all_tokens", control_path="specs/fixed/all_tokens.yaml")
+    write_run(
+        root / "runs" / "fixed" / "selective",
+        "fixed_selective",
+        BASE,
+        [{"lr": 1e-4, "values": exp}],
+        control="fixed_all_tokens",
+        control_path="specs/fixed/all_tokens.yaml",
+    )
 
 
 QUIET_CTRL = {"wmdp_bio_robust": flip(BW, 3, 2), "mmlu": flip(BM, 4, 3)}
@@ -114,7 +165,10 @@ def test_d14_largest_effect_below_the_mde(tmp_path):
     mde_m = (2 / 2000) ** 0.5 * (za * 2000**0.5 + zb * (2000 - za**2 + zb**2) ** 0.5) / (2000 + zb**2)
     ratio = max(0.0035 / round(mde_w, 4), 0.0010 / round(mde_m, 4))
     assert d14.rule == "underpowered" and "largest effect is below the minimum detectable effect" in d14.message
-    assert f"WMDP Bio Robust Δ control -0.0035 (MDE {mde_w:.4f}" in d14.evidence[1] and f"{ratio:.2f}x the MDE" in d14.evidence[1]
+    assert (
+        f"WMDP Bio Robust Δ control -0.0035 (MDE {mde_w:.4f}" in d14.evidence[1]
+        and f"{ratio:.2f}x the MDE" in d14.evidence[1]
+    )
     specs = _project(tmp_path / "moved")
     _real(tmp_path / "moved", MOVED_EXP, QUIET_CTRL)
     assert d(diagnose([specs])[0], "D14") == []

@@ -39,7 +39,9 @@ def tiny_lm():
     from unlearnspec.toy.config import ModelConfig
     from unlearnspec.toy.pretrain import make_model, train_tokenizer
 
-    texts = [line for f in ("toy_wmdp.jsonl", "toy_mmlu.jsonl") for line in (TOY_TASKS_DIR / f).read_text().splitlines()]
+    texts = [
+        line for f in ("toy_wmdp.jsonl", "toy_mmlu.jsonl") for line in (TOY_TASKS_DIR / f).read_text().splitlines()
+    ]
     cfg = ModelConfig(layers=2, hidden=32, heads=2, intermediate=64, vocab_size=400)
     tok = train_tokenizer(texts, cfg)
     torch.manual_seed(0)
@@ -111,7 +113,11 @@ def test_per_task_limit_fewshot_and_samples(tiny_lm):
     from unlearnspec.evaluation import EvalResult, evaluate_model
 
     model, tok = tiny_lm
-    spec = _spec({"name": "toy_wmdp", "num_fewshot": 2, "limit": 12}, {"name": "toy_mmlu", "num_fewshot": 0, "limit": 7}, metric="acc_norm")
+    spec = _spec(
+        {"name": "toy_wmdp", "num_fewshot": 2, "limit": 12},
+        {"name": "toy_mmlu", "num_fewshot": 0, "limit": 7},
+        metric="acc_norm",
+    )
     result = evaluate_model(model, tok, spec, [TOY_TASKS_DIR])
     assert {k: m.n for k, m in result.metrics.items()} == {"toy_wmdp": 12, "toy_mmlu": 7}
     assert result.num_fewshot == {"toy_wmdp": 2, "toy_mmlu": 0}
@@ -168,10 +174,25 @@ def test_evaluation_restores_train_mode_and_leaves_global_rngs_alone(tiny_lm):
 
 def _cli_results(model_dir: Path, out: Path, task: str, batch_size: int) -> dict:
     cmd = [
-        sys.executable, "-m", "lm_eval", "--model", "hf",
-        "--model_args", f"pretrained={model_dir},dtype=float32",
-        "--tasks", task, "--include_path", str(TOY_TASKS_DIR), "--device", "cpu",
-        "--batch_size", str(batch_size), "--num_fewshot", "0", "--output_path", str(out),
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_dir},dtype=float32",
+        "--tasks",
+        task,
+        "--include_path",
+        str(TOY_TASKS_DIR),
+        "--device",
+        "cpu",
+        "--batch_size",
+        str(batch_size),
+        "--num_fewshot",
+        "0",
+        "--output_path",
+        str(out),
     ]
     subprocess.run(cmd, cwd=out, check=True, capture_output=True, text=True, timeout=300)
     files = sorted(out.rglob("results_*.json"))

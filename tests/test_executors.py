@@ -32,8 +32,12 @@ from .workers import pool_tasks
 def test_an_unknown_executor_names_the_close_one_and_every_registered_one():
     with pytest.raises(UserError) as err:
         executor_class("pol", ExecutorOptions())
-    assert err.value.problems[0].message == "Unknown executor 'pol'. Did you mean: pool? Available: pool, serial, slurm."
-    result = CliRunner().invoke(app, ["run", str(REPO / "specs" / "exp7_all_tokens.yaml"), "--toy", "--executor", "slrm"])
+    assert (
+        err.value.problems[0].message == "Unknown executor 'pol'. Did you mean: pool? Available: pool, serial, slurm."
+    )
+    result = CliRunner().invoke(
+        app, ["run", str(REPO / "specs" / "exp7_all_tokens.yaml"), "--toy", "--executor", "slrm"]
+    )
     assert result.exit_code == 2
     assert "Unknown executor 'slrm'. Did you mean: slurm? Available: pool, serial, slurm." in result.output
     assert "Traceback" not in result.output
@@ -80,7 +84,9 @@ def test_eta_uses_the_mean_time_per_kind_and_the_running_jobs():
     assert estimate({"point": 3}, {"point": []}, [], 2) is None  # nothing measured yet
     assert estimate({"point": 4}, {"point": [10.0, 20.0]}, [], 2) == pytest.approx(30.0)  # 4 x 15 s over 2 workers
     assert estimate({"point": 2, "lds": 2}, {"point": [10.0], "lds": [2.0]}, [], 1) == pytest.approx(24.0)
-    assert estimate({"lds": 1}, {"point": [10.0], "lds": []}, [], 1) == pytest.approx(10.0)  # unmeasured kind: overall mean
+    assert estimate({"lds": 1}, {"point": [10.0], "lds": []}, [], 1) == pytest.approx(
+        10.0
+    )  # unmeasured kind: overall mean
     assert estimate({"point": 2}, {"point": [10.0]}, [("point", 4.0)], 2) == pytest.approx(8.0)  # 20 s - 4 s done
     assert estimate({"point": 1}, {"point": [10.0]}, [("point", 30.0)], 4) == 0.0  # overdue: not negative
     assert estimate({"point": 0}, {"point": [1.0]}, [], 1) == 0.0
@@ -102,8 +108,12 @@ def test_plain_progress_prints_one_counted_line_per_job_and_a_summary():
     display.finished(p2, "failed", 3.0, "non-finite loss at step 2")
     display.not_run(p3, "score:x failed: boom")
     display.finished(p4, "ok", 7.0)
-    outcome = Outcome(ran=[p1.id, p2.id, p4.id], skipped=[base.id], seconds={p1.id: 8.25, p2.id: 3.0, p4.id: 70.0},
-                      failed={p2.id: f"{p2.id} failed: non-finite loss at step 2", p3.id: "not run: score:x failed: boom"})
+    outcome = Outcome(
+        ran=[p1.id, p2.id, p4.id],
+        skipped=[base.id],
+        seconds={p1.id: 8.25, p2.id: 3.0, p4.id: 70.0},
+        failed={p2.id: f"{p2.id} failed: non-finite loss at step 2", p3.id: "not run: score:x failed: boom"},
+    )
     display.summary(outcome, plan)
     lines = buf.getvalue().splitlines()
     assert lines[0] == "[2/5] point exp7_all_tokens/lr_0.0001 ok 8.2 s · ETA 0:12"  # 3 left x 8.25 s / 2 workers
@@ -111,7 +121,8 @@ def test_plain_progress_prints_one_counted_line_per_job_and_a_summary():
     assert lines[2] == "[4/5] point exp7_all_tokens/lr_0.001 not run: score:x failed: boom"
     assert lines[3] == "[5/5] point exp7_all_tokens/lr_0.002 ok 7.0 s"
     assert lines[4].startswith("[summary] 5 job(s) in 0:0") and lines[4].endswith(
-        "wall (jobs' own time 1:21): 2 done, 1 failed, 1 not run, 1 skipped (already done or recorded as failed)")
+        "wall (jobs' own time 1:21): 2 done, 1 failed, 1 not run, 1 skipped (already done or recorded as failed)"
+    )
     assert lines[5] == f"  failed   {p2.id}: {p2.id} failed: non-finite loss at step 2"
     assert lines[6] == f"  not run  {p3.id}: not run: score:x failed: boom"
 
@@ -181,8 +192,13 @@ def test_a_failed_score_job_leaves_its_dependants_not_run_in_pool_and_serial(toy
     assert {ex.status(plan)[j].state for j in dependants} == {"not run"}
 
     def fake_run_job(self, job):  # the serial executor on the same plan, same failure
-        return RunRecord(point=job.point, status="failed" if job.id == SCORE else "ok", reason="injected failure",
-                         run_dir=".", spec_hash=job.hash)
+        return RunRecord(
+            point=job.point,
+            status="failed" if job.id == SCORE else "ok",
+            reason="injected failure",
+            run_dir=".",
+            spec_hash=job.hash,
+        )
 
     monkeypatch.setattr(SerialExecutor, "run_job", fake_run_job)
     serial = SerialExecutor(ex.ctx, display=RunDisplay()).run(plan)

@@ -15,10 +15,18 @@ CHECKS = ("toy_exp7", "magic_float64", "pythia160m_trainers", "pythia160m_magic"
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
     env.setdefault("UNLEARNSPEC_CACHE", str(REPO / ".cache" / "unlearnspec"))
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _check_lines(out: str) -> dict[str, str]:

@@ -132,8 +132,11 @@ def test_step_plan_round_trip(linear: Run, tmp_path) -> None:
     back = load_trajectory_plan(tmp_path)
     assert back.param_names == linear.trajectory.param_names and back.optimizer == linear.trajectory.optimizer
     assert [s.lr for s in back.steps] == [s.lr for s in linear.trajectory.steps]
-    assert all(torch.equal(x, y) for s, t in zip(back.steps, linear.trajectory.steps)
-               for x, y in zip(s.micro_batches, t.micro_batches))
+    assert all(
+        torch.equal(x, y)
+        for s, t in zip(back.steps, linear.trajectory.steps)
+        for x, y in zip(s.micro_batches, t.micro_batches)
+    )
 
 
 def test_unreadable_step_plan_is_a_user_error(tmp_path) -> None:

@@ -37,7 +37,9 @@ def test_score_run_with_lds_and_the_lds_command(toy_world, tmp_path):
     assert lds["unit"] == "token" and lds["subsets"] == 6 and lds["dropped_per_subset"] > 1
     assert "Spearman" in again.stdout
     rerun = _run(["run", "specs/magic/magic_wmdp.yaml", "--toy", "--out", str(out), *FEW, *ROWS], env)
-    assert rerun.returncode == 0 and "score:magic_wmdp already done" in rerun.stdout + rerun.stderr  # lds is not in the hash
+    assert (
+        rerun.returncode == 0 and "score:magic_wmdp already done" in rerun.stdout + rerun.stderr
+    )  # lds is not in the hash
 
 
 @pytest.mark.slow

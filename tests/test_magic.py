@@ -105,14 +105,18 @@ class Setup:
         self.reset()
         plan = plan if plan is not None else self.plan
         recorder = TrajectoryRecorder(len(plan), schedule, store=store, weight_decay=self.weight_decay)  # type: ignore[arg-type]
-        return sgd_train(self.model, self.grid, plan, weight_decay=self.weight_decay, recorder=recorder, use_replay_attention=True)
+        return sgd_train(
+            self.model, self.grid, plan, weight_decay=self.weight_decay, recorder=recorder, use_replay_attention=True
+        )
 
     def scores(self, schedule: str = "all", store=None, plan=None, **kwargs) -> torch.Tensor:
         trajectory = self.record(schedule, store, plan)
         return magic_scores(self.model, self.grid, trajectory, self.query, dtype=None, **kwargs)
 
     def q_of_weights(self, weights: torch.Tensor) -> float:
-        q = unrolled_query(self.model, self.grid, self.plan, self.query, self.theta0, weights, weight_decay=self.weight_decay)
+        q = unrolled_query(
+            self.model, self.grid, self.plan, self.query, self.theta0, weights, weight_decay=self.weight_decay
+        )
         return q.detach().item()
 
 
@@ -165,7 +169,9 @@ def _valid_tokens(grid: Grid) -> list[tuple[int, int]]:
     return [(int(i), int(p)) for i, p in valid.nonzero()]
 
 
-def finite_difference_errors(setup: Setup, scores_by_name: dict[str, torch.Tensor], h: float = 1e-5) -> dict[str, float]:
+def finite_difference_errors(
+    setup: Setup, scores_by_name: dict[str, torch.Tensor], h: float = 1e-5
+) -> dict[str, float]:
     """Largest relative error of each score tensor against central differences of Q(w).
 
     Checks 5 single tokens (the largest |score| of the exact scores, so relative errors are meaningful)
@@ -206,8 +212,14 @@ def test_weight_decay_changes_scores() -> None:
     plain, decayed = Setup(weight_decay=0.0).scores("all"), Setup(weight_decay=0.3).scores("all")
     per_param = Setup(weight_decay="hf")
     assert rel_err(decayed, plain) > 1e-3 and rel_err(per_param.scores("all"), decayed) > 1e-4
-    reference = unrolled_scores(per_param.model, per_param.grid, per_param.plan, per_param.query, per_param.theta0,
-                                weight_decay=per_param.weight_decay)
+    reference = unrolled_scores(
+        per_param.model,
+        per_param.grid,
+        per_param.plan,
+        per_param.query,
+        per_param.theta0,
+        weight_decay=per_param.weight_decay,
+    )
     assert rel_err(per_param.scores("sqrt"), reference) <= 1e-10
 
 
@@ -267,7 +279,9 @@ def test_single_step_closed_form() -> None:
         p1 = [theta1[n].requires_grad_() for n in names]
         grad_q = torch.autograd.grad(setup.query(dict(zip(names, p1))), p1)
         p0 = [setup.theta0[n].clone().requires_grad_() for n in names]
-        logits = forward_logits(setup.model, dict(zip(names, p0)), setup.grid.input_ids[rows], setup.grid.attention_mask[rows])
+        logits = forward_logits(
+            setup.model, dict(zip(names, p0)), setup.grid.input_ids[rows], setup.grid.attention_mask[rows]
+        )
         nll = token_nll(logits, setup.grid.labels[rows])
         checked = 0
         for r, row in enumerate(rows.tolist()):

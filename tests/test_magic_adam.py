@@ -47,8 +47,15 @@ def warmup_cosine(lr: float, steps: int, warmup: int = 1) -> list[float]:
 class AdamSetup:
     """A model at theta_0, the grid, a query and a plan trained with stock torch.optim.Adam(W)."""
 
-    def __init__(self, name: str = "adamw", steps: int = 5, batch_size: int = 3, decay: float = 0.1,
-                 max_grad_norm: float | None = None, eps: float = 1e-8):
+    def __init__(
+        self,
+        name: str = "adamw",
+        steps: int = 5,
+        batch_size: int = 3,
+        decay: float = 0.1,
+        max_grad_norm: float | None = None,
+        eps: float = 1e-8,
+    ):
         self.model = tiny_model()
         self.grid = tiny_grid()
         self.query = tiny_query(self.model)
@@ -63,9 +70,18 @@ class AdamSetup:
             for name, p in trainable_params(self.model).items():
                 p.copy_(self.theta0[name])
         plan = plan if plan is not None else self.plan
-        recorder = TrajectoryRecorder(len(plan), schedule, store=store, weight_decay=self.weight_decay, optimizer=self.config)  # type: ignore[arg-type]
-        return sgd_train(self.model, self.grid, plan, weight_decay=self.weight_decay, recorder=recorder,
-                         use_replay_attention=True, optimizer=self.config)
+        recorder = TrajectoryRecorder(
+            len(plan), schedule, store=store, weight_decay=self.weight_decay, optimizer=self.config
+        )  # type: ignore[arg-type]
+        return sgd_train(
+            self.model,
+            self.grid,
+            plan,
+            weight_decay=self.weight_decay,
+            recorder=recorder,
+            use_replay_attention=True,
+            optimizer=self.config,
+        )
 
     def scores(self, schedule: str = "all", store=None, plan=None, **kwargs) -> torch.Tensor:
         return magic_scores(self.model, self.grid, self.record(schedule, store, plan), self.query, dtype=None, **kwargs)
@@ -78,7 +94,9 @@ class AdamSetup:
         return adam_unrolled_scores(self.model, self.grid, self.plan, self.query, self.theta0, **self.oracle_kwargs())
 
     def q_of_weights(self, weights: torch.Tensor) -> float:
-        q = adam_unrolled_query(self.model, self.grid, self.plan, self.query, self.theta0, weights, **self.oracle_kwargs())
+        q = adam_unrolled_query(
+            self.model, self.grid, self.plan, self.query, self.theta0, weights, **self.oracle_kwargs()
+        )
         return q.detach().item()
 
 
@@ -142,7 +160,9 @@ def test_one_step_adjoint_equals_autograd_including_zero_second_moments(name: st
     expected = torch.autograd.grad([out, mi, vi], inputs, grad_outputs=bars)
 
     g_bar, theta_part, m_bar, v_bar = adam_adjoint([theta], [m], [v], [grad], lr, k, [wd], hyper, *([b] for b in bars))
-    for got, want in zip((theta_part[0], m_bar[0], v_bar[0], g_bar[0]), (expected[0], expected[1], expected[2], expected[3])):
+    for got, want in zip(
+        (theta_part[0], m_bar[0], v_bar[0], g_bar[0]), (expected[0], expected[1], expected[2], expected[3])
+    ):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
     theta_new, _, v_new = adam_step([theta], [m], [v], [grad], lr, k, [wd], hyper)
@@ -274,7 +294,9 @@ def test_clipping_matches_oracle_and_finite_differences(name: str, monkeypatch) 
     assert rel_err(setup.scores("log"), exact) <= 1e-12
     import unlearnspec.magic.reverse as reverse
 
-    monkeypatch.setattr(reverse, "clip_adjoint", lambda grad, g_bar, max_norm, reduce=None: g_bar)  # mutation: ignore the norm's derivative
+    monkeypatch.setattr(
+        reverse, "clip_adjoint", lambda grad, g_bar, max_norm, reduce=None: g_bar
+    )  # mutation: ignore the norm's derivative
     mutated = setup.scores("all")
     monkeypatch.undo()
     errors = fd_errors(setup, {"exact": exact, "no_clip_adjoint": mutated})
@@ -314,10 +336,21 @@ def test_sidecar_names_the_adam_regime(tmp_path) -> None:
     setup = AdamSetup("adamw", steps=3, max_grad_norm=1.0)
     trajectory = setup.record("sqrt")
     scores = magic_scores(setup.model, setup.grid, trajectory, setup.query)
-    paths = write_scores(tmp_path, scores, trajectory, fingerprint="f", query={"task": "t", "loss": "answer_continuation", "n_questions": 3},
-                         dtype="float64")
+    paths = write_scores(
+        tmp_path,
+        scores,
+        trajectory,
+        fingerprint="f",
+        query={"task": "t", "loss": "answer_continuation", "n_questions": 3},
+        dtype="float64",
+    )
     meta = json.loads(paths["sidecar"].read_text())["optimizer"]
-    assert meta["name"] == "adamw" and meta["betas"] == [0.9, 0.999] and meta["eps"] == 1e-8 and meta["max_grad_norm"] == 1.0
+    assert (
+        meta["name"] == "adamw"
+        and meta["betas"] == [0.9, 0.999]
+        and meta["eps"] == 1e-8
+        and meta["max_grad_norm"] == 1.0
+    )
     assert meta["weight_decay"]["values"] == [0.0, 0.1] and "momentum" not in meta
 
 
@@ -331,14 +364,35 @@ def test_fixed_adamw_score_spec_runs_on_the_toy_world(toy_world, tmp_path) -> No
 
     from .conftest import REPO
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]),
+    )
     out = tmp_path / "scores"
     # 320 -> 80 toy rows, 40 -> 10 steps (the spec's epochs), 5 LDS subsets: the regime's code path is the point,
     # not the toy world's numbers (suite time, issue 23; the full spec ran 31 steps over 250 rows here).
     small = ["--set", "data.select.count=320", "--set", "training.max_steps=40", "--set", "magic.lds.subsets=5"]
-    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "run", "specs/fixed_adamw/magic_wmdp.yaml", "--toy", "--out", str(out),
-                           *small], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearnspec",
+            "run",
+            "specs/fixed_adamw/magic_wmdp.yaml",
+            "--toy",
+            "--out",
+            str(out),
+            *small,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     side = json.loads((out / "scores.json").read_text())
     assert side["optimizer"]["name"] == "adamw" and side["optimizer"]["max_grad_norm"] == 1.0

@@ -35,8 +35,16 @@ def tiny(dtype=torch.float32, **overrides):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(0)
-    kwargs = dict(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                  max_position_embeddings=16, attention_dropout=0.0, hidden_dropout=0.0)
+    kwargs = dict(
+        vocab_size=32,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     kwargs.update(overrides)
     return GPTNeoXForCausalLM(GPTNeoXConfig(**kwargs)).to(dtype)
 
@@ -63,7 +71,11 @@ def test_refuses_other_optimizers_and_momentum() -> None:
     with pytest.raises(UserError, match="amsgrad"):
         check_optimizer(torch.optim.Adam(params, amsgrad=True))
     with pytest.raises(UserError, match="betas"):
-        check_optimizer(torch.optim.Adam([{"params": params[:1], "betas": (0.9, 0.99)}, {"params": [torch.nn.Parameter(torch.zeros(1))]}]))
+        check_optimizer(
+            torch.optim.Adam(
+                [{"params": params[:1], "betas": (0.9, 0.99)}, {"params": [torch.nn.Parameter(torch.zeros(1))]}]
+            )
+        )
     assert check_optimizer(torch.optim.AdamW(params, weight_decay=0.1)) == 0.1
     with pytest.raises(UserError, match="momentum: 0"):
         check_optimizer(torch.optim.SGD(params, lr=0.1, momentum=0.9))
@@ -166,8 +178,13 @@ def test_write_scores_files(tmp_path) -> None:
 
     scores = magic_scores(model, g, trajectory, query)
     paths = write_scores(
-        tmp_path / "out", scores, trajectory, fingerprint="abc123",
-        query={"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2}, dtype="float32", lr=0.1,
+        tmp_path / "out",
+        scores,
+        trajectory,
+        fingerprint="abc123",
+        query={"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2},
+        dtype="float32",
+        lr=0.1,
     )
     per_token = torch.load(paths["per_token"], weights_only=True)
     per_example = torch.load(paths["per_example"], weights_only=True)
@@ -183,4 +200,8 @@ def test_write_scores_files(tmp_path) -> None:
     assert (meta["steps"], meta["batch_size"], meta["micro_batches_per_step"]) == (3, 2, 1)
     assert (meta["dtype"], meta["checkpoints"]) == ("float32", "sqrt")
     assert "unlearnspec_version" in meta
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_example_scores.pt", "per_token_scores.pt", "scores.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "per_example_scores.pt",
+        "per_token_scores.pt",
+        "scores.json",
+    ]

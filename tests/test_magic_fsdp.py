@@ -32,7 +32,9 @@ def test_shard_layout_is_fsdp2s_row_chunks():
     for world in (1, 2, 3, 4, 6):
         shards = [ShardGroup(r, world).shard(full) for r in range(world)]
         assert torch.equal(torch.cat(shards), full)
-        expected = list(full.chunk(world)) + [full[:0]] * (world - len(full.chunk(world)))  # what FSDP2's Shard(0) holds
+        expected = list(full.chunk(world)) + [full[:0]] * (
+            world - len(full.chunk(world))
+        )  # what FSDP2's Shard(0) holds
         assert all(torch.equal(a, b) for a, b in zip(shards, expected)), world
 
 

@@ -46,7 +46,9 @@ SGD_LR = 1.0  # the Hessian term changes the scores by ~90% here (asserted below
 ADAM_LR = 1e-2
 
 
-def lora_model(spec: LoraSpec = LORA, seed: int = 0, b_seed: int = 11, base: torch.nn.Module | None = None) -> torch.nn.Module:
+def lora_model(
+    spec: LoraSpec = LORA, seed: int = 0, b_seed: int = 11, base: torch.nn.Module | None = None
+) -> torch.nn.Module:
     """The float64 tiny GPT-NeoX wrapped with peft LoRA, lora_B drawn from a seeded normal (not peft's zeros)."""
     model = apply_lora(base if base is not None else tiny_model(seed), spec)
     gen = torch.Generator().manual_seed(b_seed)
@@ -75,15 +77,24 @@ class LoraSetup:
         self.weight_decay: float | dict[str, float] = (
             hf_style_decay(self.theta0, 0.3) if weight_decay == "hf" else float(weight_decay)
         )
-        self.config = OptimizerConfig(optimizer) if optimizer == "sgd" else OptimizerConfig(optimizer, (0.9, 0.999), 1e-8)  # type: ignore[arg-type]
+        self.config = (
+            OptimizerConfig(optimizer) if optimizer == "sgd" else OptimizerConfig(optimizer, (0.9, 0.999), 1e-8)
+        )  # type: ignore[arg-type]
 
     def record(self, schedule: str = "all"):
         with torch.no_grad():
             for name, p in trainable_params(self.model).items():
                 p.copy_(self.theta0[name])
         recorder = TrajectoryRecorder(len(self.plan), schedule, weight_decay=self.weight_decay, optimizer=self.config)  # type: ignore[arg-type]
-        return sgd_train(self.model, self.grid, self.plan, weight_decay=self.weight_decay, recorder=recorder,
-                         use_replay_attention=True, optimizer=self.config)
+        return sgd_train(
+            self.model,
+            self.grid,
+            self.plan,
+            weight_decay=self.weight_decay,
+            recorder=recorder,
+            use_replay_attention=True,
+            optimizer=self.config,
+        )
 
     def scores(self, schedule: str = "all", **kwargs) -> torch.Tensor:
         return magic_scores(self.model, self.grid, self.record(schedule), self.query, dtype=None, **kwargs)
@@ -91,14 +102,26 @@ class LoraSetup:
     def oracle(self) -> torch.Tensor:
         """dQ/dw by autograd (create_graph) through the unrolled adapter-only run."""
         if self.config.name == "sgd":
-            return unrolled_scores(self.model, self.grid, self.plan, self.query, self.theta0, weight_decay=self.weight_decay)
-        return adam_unrolled_scores(self.model, self.grid, self.plan, self.query, self.theta0, name=self.config.name,
-                                    betas=self.config.betas, eps=self.config.eps,
-                                    decays=decay_list(self.weight_decay, list(self.theta0)))
+            return unrolled_scores(
+                self.model, self.grid, self.plan, self.query, self.theta0, weight_decay=self.weight_decay
+            )
+        return adam_unrolled_scores(
+            self.model,
+            self.grid,
+            self.plan,
+            self.query,
+            self.theta0,
+            name=self.config.name,
+            betas=self.config.betas,
+            eps=self.config.eps,
+            decays=decay_list(self.weight_decay, list(self.theta0)),
+        )
 
     def q_of_weights(self, weights: torch.Tensor) -> float:
         """Q(theta_T(w)) of the SGD run (for `finite_difference_errors`)."""
-        q = unrolled_query(self.model, self.grid, self.plan, self.query, self.theta0, weights, weight_decay=self.weight_decay)
+        q = unrolled_query(
+            self.model, self.grid, self.plan, self.query, self.theta0, weights, weight_decay=self.weight_decay
+        )
         return q.detach().item()
 
 
@@ -116,9 +139,11 @@ def test_trajectory_holds_only_the_adapters(sgd: LoraSetup) -> None:
     assert len(names) == 2 * 2 * 3  # A and B of 3 target modules in each of 2 layers
     assert all(".lora_A." in n or ".lora_B." in n for n in names)
     assert len(sgd.base0) > len(names) and not names & set(sgd.base0)
-    for base in ("base_model.model.gpt_neox.embed_in.weight",  # tied with embed_out in this config
-                 "base_model.model.gpt_neox.layers.0.attention.query_key_value.base_layer.weight",
-                 "base_model.model.gpt_neox.layers.1.mlp.dense_h_to_4h.base_layer.bias"):
+    for base in (
+        "base_model.model.gpt_neox.embed_in.weight",  # tied with embed_out in this config
+        "base_model.model.gpt_neox.layers.0.attention.query_key_value.base_layer.weight",
+        "base_model.model.gpt_neox.layers.1.mlp.dense_h_to_4h.base_layer.bias",
+    ):
         assert base in sgd.base0 and base not in names
     assert set(trajectory.store.get(0)) == names and set(trajectory.store.get(trajectory.total_steps)) == names
     assert all(p.dtype == torch.float64 for p in sgd.model.parameters())
@@ -178,8 +203,9 @@ def test_adapter_dropout_is_refused() -> None:
     spec = LORA.model_copy(update={"dropout": 0.1})
     model = lora_model(spec)
     grid, query = tiny_grid(), tiny_query(model)
-    trajectory = sgd_train(model, grid, plan_steps(N, 1, 3, 0.1, seed=3), recorder=TrajectoryRecorder(1, "all"),
-                           use_replay_attention=True)
+    trajectory = sgd_train(
+        model, grid, plan_steps(N, 1, 3, 0.1, seed=3), recorder=TrajectoryRecorder(1, "all"), use_replay_attention=True
+    )
     with pytest.raises(UserError, match="lora_dropout"):
         magic_scores(model, grid, trajectory, query)
 
@@ -210,19 +236,38 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
 
     steps = 4
     grid = build_grid(tiny_texts(8, seed=5), tiny_tokenizer(), 10, "tiny")
-    fields = dict(lr=0.8, optimizer={"name": "sgd", "weight_decay": 0.05}) if optimizer == "sgd" else dict(
-        lr=0.01, optimizer={"name": "adamw", "weight_decay": 0.1, "betas": [0.9, 0.99], "eps": 1e-8})
-    spec = TrainingSpec.model_validate(dict(batch_size=4, micro_batch_size=2, max_steps=steps, schedule="linear", warmup_steps=1,
-                                            shuffle=True, seed=3, **fields))
+    fields = (
+        dict(lr=0.8, optimizer={"name": "sgd", "weight_decay": 0.05})
+        if optimizer == "sgd"
+        else dict(lr=0.01, optimizer={"name": "adamw", "weight_decay": 0.1, "betas": [0.9, 0.99], "eps": 1e-8})
+    )
+    spec = TrainingSpec.model_validate(
+        dict(
+            batch_size=4,
+            micro_batch_size=2,
+            max_steps=steps,
+            schedule="linear",
+            warmup_steps=1,
+            shuffle=True,
+            seed=3,
+            **fields,
+        )
+    )
     model = _trainer_lora_model()
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     base0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = build_optimizer(spec, model, spec.lrs[0])
     cb = MagicCallback(steps, "sqrt")
-    trainer = WeightedSFTTrainer(model=model, args=sft_config(spec, spec.lrs[0], tmp_path, 8),
-                                 train_dataset=grid_dataset(grid, grid.valid_targets.double()), processing_class=tiny_tokenizer(),
-                                 optimizers=(opt, build_scheduler(spec, opt, steps)), callbacks=[cb], normalizer="valid",
-                                 fused_head=False)
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=sft_config(spec, spec.lrs[0], tmp_path, 8),
+        train_dataset=grid_dataset(grid, grid.valid_targets.double()),
+        processing_class=tiny_tokenizer(),
+        optimizers=(opt, build_scheduler(spec, opt, steps)),
+        callbacks=[cb],
+        normalizer="valid",
+        fused_head=False,
+    )
     cb.attach(trainer)
     trainer.train()
     traj = cb.trajectory
@@ -239,10 +284,21 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
     ref_params = dict(reference.named_parameters())
     assert all(torch.equal(ref_params[n], p) for n, p in {**base0, **theta0}.items())
     if optimizer == "sgd":
-        expected = unrolled_scores(reference, grid, traj.steps, _query(reference), theta0, weight_decay=traj.weight_decay)
+        expected = unrolled_scores(
+            reference, grid, traj.steps, _query(reference), theta0, weight_decay=traj.weight_decay
+        )
     else:
-        expected = adam_unrolled_scores(reference, grid, traj.steps, _query(reference), theta0, name="adamw", betas=(0.9, 0.99),
-                                        eps=1e-8, decays=traj.decays())
+        expected = adam_unrolled_scores(
+            reference,
+            grid,
+            traj.steps,
+            _query(reference),
+            theta0,
+            name="adamw",
+            betas=(0.9, 0.99),
+            eps=1e-8,
+            decays=traj.decays(),
+        )
     assert float(expected.abs().max()) > 0
     assert rel_err(scores, expected) <= 1e-10, rel_err(scores, expected)
 

@@ -22,8 +22,14 @@ SUM_TO_MEAN = 1e-10
 
 def separate(model, grid, trajectory, query: QueryLoss, **replay) -> torch.Tensor:
     """One ordinary reverse pass per question (its own loss l_q as the query): the reference."""
-    return torch.stack([magic_scores(model, grid, trajectory, QueryLoss(model, query.batch.subset([q], "q"), 1), dtype=None,
-                                     **replay) for q in range(query.batch.n_questions)])
+    return torch.stack(
+        [
+            magic_scores(
+                model, grid, trajectory, QueryLoss(model, query.batch.subset([q], "q"), 1), dtype=None, **replay
+            )
+            for q in range(query.batch.n_questions)
+        ]
+    )
 
 
 def weighted_sum(out) -> torch.Tensor:
@@ -44,7 +50,9 @@ def sgd() -> tuple[Setup, object]:
 def test_batched_equals_separate_passes_and_sums_to_the_mean(sgd) -> None:
     setup, trajectory = sgd
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=2, dtype=None)  # chunks of 2 and 1
+    out = per_question_scores(
+        setup.model, setup.grid, trajectory, setup.query, chunk=2, dtype=None
+    )  # chunks of 2 and 1
     assert out.scores.shape == (3, *setup.grid.labels.shape) and out.scores.dtype == torch.float64
     assert out.doc_keys == ("a", "b", "c") and out.weights == pytest.approx([1 / 3] * 3)
     assert max_err(out.scores, ref) < EXACT
@@ -58,7 +66,9 @@ def test_dropping_the_hessian_term_is_caught(sgd) -> None:
     """Mutation: first-order per-question scores are far from the exact ones, so the comparison has power."""
     setup, trajectory = sgd
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
-    first_order = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None, hessian=False)
+    first_order = per_question_scores(
+        setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None, hessian=False
+    )
     assert max_err(first_order.scores, ref) > 1e-2
 
 
@@ -67,8 +77,9 @@ def test_schedules_storage_and_memory_knobs(sgd, schedule: str, tmp_path) -> Non
     setup, _ = sgd
     trajectory = setup.record(schedule, store=DiskStore(tmp_path / "states"))
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None, micro_batch_rows=1,
-                              offload_adjoint=True)
+    out = per_question_scores(
+        setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None, micro_batch_rows=1, offload_adjoint=True
+    )
     assert max_err(out.scores, ref) < EXACT
 
 

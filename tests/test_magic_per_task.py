@@ -46,8 +46,8 @@ def trained(model, tokenizer):  # noqa: F811 - the fixtures imported above
     mask = torch.zeros_like(ids)
     for r, text in enumerate(texts):
         tokens = tokenizer.encode(text)[:S]
-        ids[r, :len(tokens)] = torch.tensor(tokens)
-        mask[r, :len(tokens)] = 1
+        ids[r, : len(tokens)] = torch.tensor(tokens)
+        mask[r, : len(tokens)] = 1
     grid = Grid(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX))
     recorder = TrajectoryRecorder(3, "all")
     trajectory = sgd_train(model, grid, plan_steps(6, 3, 2, 0.5), recorder=recorder, use_replay_attention=True)
@@ -89,8 +89,15 @@ def test_leaf_files_load_through_the_sidecar_like_the_mean_file(trained, tmp_pat
     mean = magic_scores(model, grid, trajectory, query)
     per = per_task_scores(model, grid, trajectory, query, mean)
     block = write_task_scores(tmp_path, per)
-    paths = write_scores(tmp_path, mean, trajectory, fingerprint="fp", query=query.batch.info(), dtype="float64",
-                         extra={"per_task": block})
+    paths = write_scores(
+        tmp_path,
+        mean,
+        trajectory,
+        fingerprint="fp",
+        query=query.batch.info(),
+        dtype="float64",
+        extra={"per_task": block},
+    )
     side = json.loads(paths["sidecar"].read_text())
     entry = dict(side["per_task"]["fixture_mcq_a"])
     assert entry.pop("reverse_seconds") > 0
@@ -123,8 +130,13 @@ def _score_dir(tmp_path: Path, per_task: object) -> Path:
 
 
 def test_a_missing_leaf_names_it_and_lists_the_available_ones(tmp_path):
-    mean = _score_dir(tmp_path, {"dual_use_virology": {"file": "per_token_scores.dual_use_virology.pt"},
-                                 "viral_vector_research": {"file": "per_token_scores.viral_vector_research.pt"}})
+    mean = _score_dir(
+        tmp_path,
+        {
+            "dual_use_virology": {"file": "per_token_scores.dual_use_virology.pt"},
+            "viral_vector_research": {"file": "per_token_scores.viral_vector_research.pt"},
+        },
+    )
     with pytest.raises(UserError) as err:
         leaf_score_path(mean, "wmdp", "virology")
     text = str(err.value)
@@ -162,7 +174,10 @@ def test_leaf_names_drop_the_group_prefix_and_refuse_collisions():
 def test_rules_parse_one_dot_leaf_names():
     expr = parse_rule("wmdp.dual_use_virology < 0 and not (mmlu > 0 or wmdp >= 1e-3)")
     assert sources(expr) == {"wmdp.dual_use_virology", "mmlu", "wmdp"}
-    assert split_source("wmdp.dual_use_virology") == ("wmdp", "dual_use_virology") and split_source("wmdp") == ("wmdp", None)
+    assert split_source("wmdp.dual_use_virology") == ("wmdp", "dual_use_virology") and split_source("wmdp") == (
+        "wmdp",
+        None,
+    )
     for bad in ("wmdp.a.b < 0", "wmdp. < 0", ".x < 0", "wmdp..x < 0", "wmdp.x-y < 0"):
         with pytest.raises(RuleSyntaxError):
             parse_rule(bad)
@@ -177,7 +192,10 @@ def _selective(where: str | None = None, source: str | None = None) -> dict:
 def test_validation_accepts_leaf_sources_and_refuses_unknown_ones():
     spec = validate_data(_selective("wmdp.dual_use_virology < 0 and mmlu <= 0"), None, "x.yaml")
     assert spec.tokens.referenced_sources() == {"wmdp.dual_use_virology", "mmlu"}
-    assert validate_data(_selective(source="wmdp.dual_use_virology"), None, "x.yaml").tokens.source == "wmdp.dual_use_virology"
+    assert (
+        validate_data(_selective(source="wmdp.dual_use_virology"), None, "x.yaml").tokens.source
+        == "wmdp.dual_use_virology"
+    )
     with pytest.raises(UserError, match="leaf task 'x' of score source 'forget'.*declared: mmlu, wmdp"):
         validate_data(_selective("forget.x < 0"), None, "x.yaml")
     with pytest.raises(UserError, match="not a score source name"):

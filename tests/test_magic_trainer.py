@@ -43,17 +43,33 @@ def _one_thread():
 
 def _setup(tmp_path, checkpoints="all", steps=4, **training):
     grid = build_grid(tiny_texts(8, seed=5), tiny_tokenizer(), 10, "tiny")
-    fields = dict(optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=4, micro_batch_size=2, max_steps=steps,
-                  schedule="linear", warmup_steps=1, shuffle=True, seed=3)
+    fields = dict(
+        optimizer={"name": "sgd", "weight_decay": 0.05},
+        lr=0.8,
+        batch_size=4,
+        micro_batch_size=2,
+        max_steps=steps,
+        schedule="linear",
+        warmup_steps=1,
+        shuffle=True,
+        seed=3,
+    )
     spec = TrainingSpec.model_validate({**fields, **training})
     model = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64, attn=register_replay_attention())
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = build_optimizer(spec, model, spec.lrs[0])
     sched = build_scheduler(spec, opt, steps)
     cb = MagicCallback(steps, checkpoints)
-    trainer = WeightedSFTTrainer(model=model, args=sft_config(spec, spec.lrs[0], tmp_path, 8), train_dataset=grid_dataset(grid, grid.valid_targets.double()),
-                                 processing_class=tiny_tokenizer(), optimizers=(opt, sched), callbacks=[cb], normalizer="valid",
-                                 fused_head=False)
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=sft_config(spec, spec.lrs[0], tmp_path, 8),
+        train_dataset=grid_dataset(grid, grid.valid_targets.double()),
+        processing_class=tiny_tokenizer(),
+        optimizers=(opt, sched),
+        callbacks=[cb],
+        normalizer="valid",
+        fused_head=False,
+    )
     cb.attach(trainer)
     return grid, model, theta0, trainer, cb
 
@@ -64,6 +80,7 @@ def _query(model):
     def q(params):
         logits = torch.func.functional_call(model, params, (ids,), {"use_cache": False}).logits
         return torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+
     return q
 
 
@@ -90,8 +107,12 @@ def test_trainer_scores_equal_unrolled_autograd(tmp_path, schedule):
     trainer.train()
     query = _query(model)
     scores = magic_scores(model, grid, cb.trajectory, query, dtype=None)
-    reference = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64)  # not a deepcopy: TRL patched forward
-    expected = unrolled_scores(reference, grid, cb.trajectory.steps, _query(reference), theta0, weight_decay=cb.trajectory.weight_decay)
+    reference = tiny_model(
+        layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64
+    )  # not a deepcopy: TRL patched forward
+    expected = unrolled_scores(
+        reference, grid, cb.trajectory.steps, _query(reference), theta0, weight_decay=cb.trajectory.weight_decay
+    )
     rel = float((scores - expected).norm() / expected.norm())
     assert rel <= 1e-10, rel
     assert float(expected.abs().max()) > 0
@@ -104,11 +125,21 @@ def test_adamw_trainer_replay_and_scores_equal_unrolled_oracle(tmp_path, max_gra
     equal autograd through an independent functional AdamW to 1e-10."""
     steps = 5
     grid, model, theta0, trainer, cb = _setup(
-        tmp_path, "sqrt", steps=steps, optimizer={"name": "adamw", "weight_decay": 0.1, "betas": [0.9, 0.99], "eps": 1e-8},
-        lr=0.01, schedule="cosine", max_grad_norm=max_grad_norm)
+        tmp_path,
+        "sqrt",
+        steps=steps,
+        optimizer={"name": "adamw", "weight_decay": 0.1, "betas": [0.9, 0.99], "eps": 1e-8},
+        lr=0.01,
+        schedule="cosine",
+        max_grad_norm=max_grad_norm,
+    )
     trainer.train()
     traj = cb.trajectory
-    assert traj.optimizer.name == "adamw" and traj.optimizer.betas == (0.9, 0.99) and traj.optimizer.max_grad_norm == max_grad_norm
+    assert (
+        traj.optimizer.name == "adamw"
+        and traj.optimizer.betas == (0.9, 0.99)
+        and traj.optimizer.max_grad_norm == max_grad_norm
+    )
     assert traj.lrs[0] == 0.0 and len(set(traj.lrs)) == steps
     assert all(len(s.micro_batches) == 2 for s in traj.steps)
     decayed = decay_parameter_names(model)
@@ -129,15 +160,27 @@ def test_adamw_trainer_replay_and_scores_equal_unrolled_oracle(tmp_path, max_gra
         assert norms[0] > max_grad_norm  # clipping was active
     scores = magic_scores(model, grid, traj, _query(model), dtype=None)
     reference = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64)
-    expected = adam_unrolled_scores(reference, grid, traj.steps, _query(reference), theta0, name="adamw", betas=(0.9, 0.99),
-                                    eps=1e-8, decays=traj.decays(), max_grad_norm=max_grad_norm)
+    expected = adam_unrolled_scores(
+        reference,
+        grid,
+        traj.steps,
+        _query(reference),
+        theta0,
+        name="adamw",
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        decays=traj.decays(),
+        max_grad_norm=max_grad_norm,
+    )
     rel = float((scores - expected).norm() / expected.norm())
     assert rel <= 1e-10, rel
     assert float(expected.abs().max()) > 0
 
 
 def test_build_optimizer_groups_match_hf_for_modules_and_bare_parameters():
-    spec = TrainingSpec.model_validate(dict(optimizer={"name": "adamw", "weight_decay": 0.1}, lr=0.1, batch_size=2, max_steps=2))
+    spec = TrainingSpec.model_validate(
+        dict(optimizer={"name": "adamw", "weight_decay": 0.1}, lr=0.1, batch_size=2, max_steps=2)
+    )
     model = tiny_model()
     by_name = build_optimizer(spec, model, 0.1)
     by_list = build_optimizer(spec, list(model.parameters()), 0.1)
@@ -150,13 +193,21 @@ def test_build_optimizer_groups_match_hf_for_modules_and_bare_parameters():
 def test_callback_refuses_momentum_and_amsgrad_before_training(tmp_path):
     grid = build_grid(tiny_texts(4), tiny_tokenizer(), 8, "tiny")
     spec = TrainingSpec.model_validate(dict(lr=0.1, batch_size=2, max_steps=2, optimizer={"name": "sgd"}))
-    for make, match in ((lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), "momentum"),
-                        (lambda ps: torch.optim.AdamW(ps, lr=0.1, amsgrad=True), "amsgrad")):
+    for make, match in (
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), "momentum"),
+        (lambda ps: torch.optim.AdamW(ps, lr=0.1, amsgrad=True), "amsgrad"),
+    ):
         model = tiny_model()
         opt = make(model.parameters())
         cb = MagicCallback(2, "all")
-        trainer = WeightedSFTTrainer(model=model, args=sft_config(spec, 0.1, tmp_path, 4), train_dataset=grid_dataset(grid, grid.valid_targets.float()),
-                                     processing_class=tiny_tokenizer(), optimizers=(opt, build_scheduler(spec, opt, 2)), callbacks=[cb])
+        trainer = WeightedSFTTrainer(
+            model=model,
+            args=sft_config(spec, 0.1, tmp_path, 4),
+            train_dataset=grid_dataset(grid, grid.valid_targets.float()),
+            processing_class=tiny_tokenizer(),
+            optimizers=(opt, build_scheduler(spec, opt, 2)),
+            callbacks=[cb],
+        )
         cb.attach(trainer)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         with pytest.raises(UserError, match=match):

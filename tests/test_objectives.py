@@ -34,7 +34,10 @@ def test_grad_diff_by_hand():
 def test_grad_diff_is_minus_forget_ce_plus_alpha_retain_ce():
     """With every token selected and the `valid` normalizer: -CE(forget) + alpha CE(retain), F.cross_entropy's means."""
     g = torch.Generator().manual_seed(0)
-    lf, lr = torch.randn(3, 6, 11, generator=g, dtype=torch.float64), torch.randn(2, 6, 11, generator=g, dtype=torch.float64)
+    lf, lr = (
+        torch.randn(3, 6, 11, generator=g, dtype=torch.float64),
+        torch.randn(2, 6, 11, generator=g, dtype=torch.float64),
+    )
     yf, yr = torch.randint(0, 11, (3, 6), generator=g), torch.randint(0, 11, (2, 6), generator=g)
     yf[0, 4:] = -100
     yr[1, 3:] = -100
@@ -94,8 +97,12 @@ def test_npo_gradient_tends_to_gradient_ascent_as_beta_goes_to_zero():
     d = normalizer_count(grid.labels, w, "valid").double()
     (-(w[:, 1:] * nll).sum() / d).backward()  # gradient ascent, as `weighted` with w = -1 and normalizer valid
     ga = torch.cat([p.grad.flatten() for p in model.parameters()]) * d / active_rows(w).sum()
-    errors = {beta: float((_npo_grad(model, grid, ref, beta) - ga).norm() / ga.norm()) for beta in (1.0, 1e-2, 1e-4, 1e-6)}
-    print("NPO vs (D/R) x gradient ascent, relative gradient error by beta:", {k: f"{v:.2e}" for k, v in errors.items()})
+    errors = {
+        beta: float((_npo_grad(model, grid, ref, beta) - ga).norm() / ga.norm()) for beta in (1.0, 1e-2, 1e-4, 1e-6)
+    }
+    print(
+        "NPO vs (D/R) x gradient ascent, relative gradient error by beta:", {k: f"{v:.2e}" for k, v in errors.items()}
+    )
     assert errors[1.0] > 0.05  # far from the limit at beta = 1: the comparison can fail
     assert errors[1e-2] < errors[1.0] and errors[1e-4] < errors[1e-2]
     assert errors[1e-6] < 1e-5
@@ -123,8 +130,17 @@ def test_rmu_by_hand():
     # forget h at positions 0..2 = (9,9), (1,2), (3,5); selection [0, 1, 1]; c*u = (1, 1):
     # ||(0,1)||^2 = 1, ||(2,4)||^2 = 20 -> 21 / D_f = 2 -> 10.5.
     # retain h (0,0), (1,1), (2,2) vs frozen (5,5), (1,0), (2,4), mask [0, 1, 1]: 1 + 4 = 5 / D_r = 2 -> 2.5; alpha 2 -> 5.
-    loss = rmu_loss(t([[[9, 9], [1, 2], [3, 5]]]), t([[0, 1, 1]]), t([1, 1]), t([[[0, 0], [1, 1], [2, 2]]]),
-                    t([[[5, 5], [1, 0], [2, 4]]]), t([[0, 1, 1]]), 2.0, t(2.0), t(2.0))
+    loss = rmu_loss(
+        t([[[9, 9], [1, 2], [3, 5]]]),
+        t([[0, 1, 1]]),
+        t([1, 1]),
+        t([[[0, 0], [1, 1], [2, 2]]]),
+        t([[[5, 5], [1, 0], [2, 4]]]),
+        t([[0, 1, 1]]),
+        2.0,
+        t(2.0),
+        t(2.0),
+    )
     assert float(loss) == pytest.approx(15.5, abs=1e-12)
 
 

@@ -18,8 +18,17 @@ from .workers.objective_train import grids
 
 def _cache(root, parts=None, is_main=True) -> ReferenceCache:
     forget, _, _ = grids()
-    return ReferenceCache(forget.input_ids, forget.attention_mask, forget.labels, forget.fingerprint,
-                          parts or {"model": "tiny"}, root, 4, is_main=is_main, say=lambda _m: None)
+    return ReferenceCache(
+        forget.input_ids,
+        forget.attention_mask,
+        forget.labels,
+        forget.fingerprint,
+        parts or {"model": "tiny"},
+        root,
+        4,
+        is_main=is_main,
+        say=lambda _m: None,
+    )
 
 
 def test_computed_once_then_loaded_and_keyed_by_grid_and_model(tmp_path):
@@ -57,13 +66,16 @@ class _Evil:
         return (os.system, ("touch pwned",))
 
 
-@pytest.mark.parametrize("damage,why", [
-    ("pickle", "not a plain tensor file"),
-    ("shape", "does not hold a float32"),
-    ("positive", "not log-probabilities"),
-    ("large", "larger than a float32"),
-    ("sidecar", "does not describe this grid"),
-])
+@pytest.mark.parametrize(
+    "damage,why",
+    [
+        ("pickle", "not a plain tensor file"),
+        ("shape", "does not hold a float32"),
+        ("positive", "not log-probabilities"),
+        ("large", "larger than a float32"),
+        ("sidecar", "does not describe this grid"),
+    ],
+)
 def test_damaged_entries_are_refused_by_name(tmp_path, monkeypatch, damage, why):
     cache = _cache(tmp_path)
     cache.get(tiny_model(), fused=False)

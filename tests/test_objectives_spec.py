@@ -20,7 +20,10 @@ from unlearnspec.spec.profile import apply_profile, default_toy_profile
 from .conftest import SPECS
 
 FIXED = SPECS / "fixed" / "all_tokens.yaml"
-RETAIN = {"hub": {"path": "cais/wmdp-corpora", "name": "bio-retain-corpus"}, "select": {"count": 1000, "min_chars": 100}}
+RETAIN = {
+    "hub": {"path": "cais/wmdp-corpora", "name": "bio-retain-corpus"},
+    "select": {"count": 1000, "min_chars": 100},
+}
 # spec_hash of shipped specs recorded on main at 80cd80e, before `objective` existed (plain, then through --toy).
 SHIPPED = ("fixed/all_tokens.yaml", "controls/oracle.yaml", "magic/magic_wmdp.yaml")
 """Specs that name no objective: their hash payload must be what it was before the field existed."""
@@ -86,20 +89,57 @@ RMU = {"name": "rmu", "layer": 7, "steering_coef": 6.5, "alpha": 1200.0, "seed":
 RULES = [
     ({"objective": {"name": "npo2", "beta": 1}}, "objective.name", "Did you mean: npo? Available: weighted, grad_diff"),
     ({"objective": {"beta": 1}}, "objective.name", "needs `name`"),
-    ({"objective": {"name": "npo", "betta": 1}}, "objective.betta", "Did you mean `beta`? Valid keys here: alpha, beta, name"),
+    (
+        {"objective": {"name": "npo", "betta": 1}},
+        "objective.betta",
+        "Did you mean `beta`? Valid keys here: alpha, beta, name",
+    ),
     ({"objective": {"name": "npo"}}, "objective.beta", "required field is missing"),
     ({"objective": {"name": "npo", "beta": 0}}, "objective.beta", "greater than 0"),
     ({"objective": {"name": "grad_diff", "alpha": 1.0}}, "data.retain", "`data.retain` is not set"),
-    ({"objective": {"name": "grad_diff", "alpha": 0.0}, "retain": True}, "data.retain", "objective.alpha is 0 (grad_diff)"),
+    (
+        {"objective": {"name": "grad_diff", "alpha": 0.0}, "retain": True},
+        "data.retain",
+        "objective.alpha is 0 (grad_diff)",
+    ),
     ({"retain": True}, "data.retain", "`objective: weighted` has no retain term"),
-    ({"objective": {"name": "npo", "beta": 1}, "tokens": {"mode": "sign", "source": "s"}, "scores": {"s": {"path": "a.pt"}}},
-     "tokens.mode", "whose sign would be dropped"),
-    ({"objective": {"name": "npo", "beta": 1}, "tokens": {"mode": "top", "source": "s", "k": 5, "order": "most_negative",
-      "selected": "ascend", "rest": "descend"}, "scores": {"s": {"path": "a.pt"}}}, "tokens.rest", "Set `rest: mask`"),
-    ({"objective": {"name": "simnpo", "beta": 1}, "loss": {"normalizer": "selected"}}, "loss.normalizer", "Write `normalizer: valid`"),
+    (
+        {
+            "objective": {"name": "npo", "beta": 1},
+            "tokens": {"mode": "sign", "source": "s"},
+            "scores": {"s": {"path": "a.pt"}},
+        },
+        "tokens.mode",
+        "whose sign would be dropped",
+    ),
+    (
+        {
+            "objective": {"name": "npo", "beta": 1},
+            "tokens": {
+                "mode": "top",
+                "source": "s",
+                "k": 5,
+                "order": "most_negative",
+                "selected": "ascend",
+                "rest": "descend",
+            },
+            "scores": {"s": {"path": "a.pt"}},
+        },
+        "tokens.rest",
+        "Set `rest: mask`",
+    ),
+    (
+        {"objective": {"name": "simnpo", "beta": 1}, "loss": {"normalizer": "selected"}},
+        "loss.normalizer",
+        "Write `normalizer: valid`",
+    ),
     ({"objective": RMU, "retain": True, "lora": {"rank": 4}}, "lora", "delete `lora`"),
     ({"objective": RMU, "retain": True, "parallel": {"strategy": "fsdp"}}, "parallel.strategy", "Use `strategy: ddp`"),
-    ({"objective": {**RMU, "train_layers": [8]}, "retain": True}, "objective.train_layers", "Keep layers <= 7 (unset: [5, 6, 7])"),
+    (
+        {"objective": {**RMU, "train_layers": [8]}, "retain": True},
+        "objective.train_layers",
+        "Keep layers <= 7 (unset: [5, 6, 7])",
+    ),
     ({"objective": {**RMU, "train_layers": [6, 6]}, "retain": True}, "objective.train_layers", "names a layer twice"),
     ({"objective": {**RMU, "train_params": "attn"}, "retain": True}, "objective.train_params", "'mlp' or 'layer'"),
 ]
@@ -117,8 +157,11 @@ def test_rules_name_the_field_and_the_fix(change, loc, text):
 
 
 def test_valid_unlearning_specs_pass():
-    for objective, retain in ((RMU, True), ({"name": "grad_diff", "alpha": 0.0}, False),
-                              ({"name": "simnpo", "beta": 2.5, "gamma": 0.0}, False)):
+    for objective, retain in (
+        (RMU, True),
+        ({"name": "grad_diff", "alpha": 0.0}, False),
+        ({"name": "simnpo", "beta": 2.5, "gamma": 0.0}, False),
+    ):
         data = _base()
         data["objective"] = objective
         if retain:
@@ -147,10 +190,18 @@ def test_the_toy_profile_maps_the_retain_set():
     assert info.value.problems[0].loc == "data.retain.hub"
 
 
-_junk = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=6),
-                  st.lists(st.integers(-1, 9), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
-_keys = st.sampled_from(["name", "alpha", "beta", "gamma", "layer", "steering_coef", "seed", "train_layers",
-                         "train_params", "x"])
+_junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True),
+    st.text(max_size=6),
+    st.lists(st.integers(-1, 9), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+_keys = st.sampled_from(
+    ["name", "alpha", "beta", "gamma", "layer", "steering_coef", "seed", "train_layers", "train_params", "x"]
+)
 _names = st.one_of(st.sampled_from(["weighted", "grad_diff", "npo", "simnpo", "rmu", "rmuu"]), _junk)
 
 

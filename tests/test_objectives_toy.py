@@ -30,8 +30,10 @@ def _spec(tmp_path, name: str) -> str:
     data.update(name=f"objective_{name}", objective=OBJECTIVES[name])
     data.pop("control", None)
     data["data"]["hub"] = {"path": "cais/wmdp-bio-forget-corpus"}
-    data["data"]["retain"] = {"hub": {"path": "cais/wmdp-corpora", "name": "bio-retain-corpus"},
-                              "select": {"count": 1000, "min_chars": 100}}
+    data["data"]["retain"] = {
+        "hub": {"path": "cais/wmdp-corpora", "name": "bio-retain-corpus"},
+        "select": {"count": 1000, "min_chars": 100},
+    }
     data["training"].update(lr=[1e-4, 2e-4] if name == "npo" else [1e-4], max_steps=20)
     if name == "rmu":
         data["training"]["optimizer"] = {"name": "adamw", "weight_decay": 0.0}
@@ -49,11 +51,22 @@ def _written(recorded: dict, name: str) -> bool:
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_an_objective_point_trains_and_evaluates_on_the_toy_world(toy_world, tmp_path, name):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]),
+    )
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "run", _spec(tmp_path, name), "--toy", "--out", str(out),
-                           "--no-report"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "run", _spec(tmp_path, name), "--toy", "--out", str(out), "--no-report"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["runs"] and all(r["status"] == "ok" for r in results["runs"])

@@ -52,8 +52,7 @@ def _rmu_run(tmp_path, alpha: float):
     """An RMU run (AdamW, as the paper; plain SGD diverges on the retain term here) and what it did: the forget
     activations' mean squared distance to c*u before and after, and the retain activations' drift."""
     forget, retain, weights = grids()
-    case = {"objective": {**RMU, "alpha": alpha}, "batch_size": 8, "lr": 0.01, "steps": 4,
-            "optimizer": "adamw"}
+    case = {"objective": {**RMU, "alpha": alpha}, "batch_size": 8, "lr": 0.01, "steps": 4, "optimizer": "adamw"}
     trainer, objective = build(case, tmp_path)
     model = trainer.model
 
@@ -92,7 +91,10 @@ def test_batch_split_does_not_change_the_step(tmp_path, objective):
     """bs 8 x ga 1 and bs 4 x ga 2 take the same steps: the divisors (tokens, rows, retain tokens) are counted
     over the whole accumulation window, not per micro-batch."""
     a = run_case({"name": "a", "objective": objective, "batch_size": 8, "normalizer": "selected"}, tmp_path)
-    b = run_case({"name": "b", "objective": objective, "batch_size": 8, "micro_batch_size": 4, "normalizer": "selected"}, tmp_path)
+    b = run_case(
+        {"name": "b", "objective": objective, "batch_size": 8, "micro_batch_size": 4, "normalizer": "selected"},
+        tmp_path,
+    )
     moved = float((a["params"] - a["initial"]).norm())
     assert moved > 1e-3
     error = float((a["params"] - b["params"]).norm()) / moved
@@ -123,8 +125,7 @@ def test_npo_reference_is_the_base_model_with_lora_adapters_disabled(tmp_path):
     trainer, objective = build({"objective": NPO, "batch_size": 8, "lora": True}, tmp_path)
     base = compute_reference(tiny_model(), forget.input_ids, forget.attention_mask, forget.labels, 8, fused=False)
     assert torch.allclose(objective.ref_logprobs, base, atol=1e-5)
-    adapted = compute_reference(trainer.model, forget.input_ids,
-                                forget.attention_mask, forget.labels, 8, fused=False)
+    adapted = compute_reference(trainer.model, forget.input_ids, forget.attention_mask, forget.labels, 8, fused=False)
     assert torch.allclose(adapted, base, atol=1e-5)  # compute_reference itself disables the adapters
     with torch.no_grad():
         policy = token_logprobs(trainer.model, forget.input_ids, forget.attention_mask, forget.labels, fused=False)
@@ -168,7 +169,9 @@ def test_weighted_trains_exactly_as_before_objectives(tmp_path):
     grid = _grid(n=16, seed=5)
     g = torch.Generator().manual_seed(7)
     w = torch.randn(grid.input_ids.shape, generator=g).clamp(-1.5, 1.5) * grid.valid_targets
-    training = _training(batch_size=8, micro_batch_size=4, max_steps=2, lr=0.05, optimizer={"name": "sgd"}, shuffle=True)
+    training = _training(
+        batch_size=8, micro_batch_size=4, max_steps=2, lr=0.05, optimizer={"name": "sgd"}, shuffle=True
+    )
     trainer = _trainer(tiny_model(seed=2), grid, w, training, normalizer="selected", tmp_path=tmp_path)
     assert trainer.objective is None
     trainer.train()

@@ -18,7 +18,9 @@ from .conftest import REPO, SPECS
 
 
 def _plan(*paths: Path, **kw):
-    return build_plan(list(paths), profile=default_toy_profile(), auto_produce=True, cache_root=Path("/nonexistent-cache"), **kw)
+    return build_plan(
+        list(paths), profile=default_toy_profile(), auto_produce=True, cache_root=Path("/nonexistent-cache"), **kw
+    )
 
 
 def test_whole_study_plan_orders_producers_first_and_shares_baselines():
@@ -30,7 +32,9 @@ def test_whole_study_plan_orders_producers_first_and_shares_baselines():
             assert ids.index(dep) < i, f"{job.id} runs before {dep}"
     kinds = {k: sum(j.kind == k for j in plan.jobs) for k in ("score", "baseline", "point")}
     score_specs = [p for p in SPECS.rglob("*.yaml") if "profiles" not in p.parts and "magic:" in p.read_text()]
-    assert kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 7  # + specs/fixed*, per_task, per_question, quick
+    assert (
+        kinds["score"] == len(score_specs) == len(list((SPECS / "magic").glob("*.yaml"))) + 7
+    )  # + specs/fixed*, per_task, per_question, quick
     points = sum(len(r.spec.training.lrs) for r in plan.specs if not r.is_score)
     assert kinds["point"] == points
     # exp1-7 and the fixed pair evaluate the same toy model with the same tasks: one baseline job
@@ -178,9 +182,11 @@ def test_the_plan_builds_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import unlearnspec.toy; from unlearnspec.run.plan import build_plan; from unlearnspec.spec.profile import default_toy_profile;"
-            f"build_plan([__import__('pathlib').Path({str(SPECS)!r})], profile=default_toy_profile(), auto_produce=True);"
-            "print(sorted({'torch', 'transformers', 'trl', 'peft', 'lm_eval'} & set(sys.modules)))")
+    code = (
+        "import sys; import unlearnspec.toy; from unlearnspec.run.plan import build_plan; from unlearnspec.spec.profile import default_toy_profile;"
+        f"build_plan([__import__('pathlib').Path({str(SPECS)!r})], profile=default_toy_profile(), auto_produce=True);"
+        "print(sorted({'torch', 'transformers', 'trl', 'peft', 'lm_eval'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 
@@ -202,8 +208,20 @@ def test_baseline_cache_key_follows_everything_that_changes_the_numbers(tmp_path
     assert key == plan_mod.baseline_key(spec, spec_path, assets, "cpu")
     changed = {
         "device": plan_mod.baseline_key(spec, spec_path, assets, "cuda"),
-        "attention": plan_mod.baseline_key(spec.model_copy(update={"model": spec.model.model_copy(update={"attn_implementation": "flash_attention_2"})}), spec_path, assets, "cpu"),
-        "tokenizer": plan_mod.baseline_key(spec.model_copy(update={"model": spec.model.model_copy(update={"tokenizer": "other/tok"})}), spec_path, assets, "cpu"),
+        "attention": plan_mod.baseline_key(
+            spec.model_copy(
+                update={"model": spec.model.model_copy(update={"attn_implementation": "flash_attention_2"})}
+            ),
+            spec_path,
+            assets,
+            "cpu",
+        ),
+        "tokenizer": plan_mod.baseline_key(
+            spec.model_copy(update={"model": spec.model.model_copy(update={"tokenizer": "other/tok"})}),
+            spec_path,
+            assets,
+            "cpu",
+        ),
     }
     prompt = tmp_path / "plugins" / "wmdp_bio_robust" / "_default_template_yaml"
     prompt.write_text(prompt.read_text() + "\n# an edited prompt\n")

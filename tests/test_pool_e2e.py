@@ -26,14 +26,20 @@ LINE = re.compile(r"^\[(\d+)/10\] (score|lds|baseline|point) (\S+) (ok|failed) \
 
 def _env(toy_world) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]), PYTHONPATH=str(REPO))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        UNLEARNSPEC_CACHE=str(toy_world.root.parents[1]),
+        PYTHONPATH=str(REPO),
+    )
     return env
 
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +63,9 @@ def _same_results(a: Path, b: Path) -> None:
     scores = "runs/toy/tiny_magic/per_token_scores.pt"
     assert torch.equal(torch.load(a / scores, weights_only=True), torch.load(b / scores, weights_only=True))
     lds = [json.loads((r / "runs/toy/tiny_magic/scores.json").read_text())["lds"] for r in (a, b)]
-    assert [{k: v for k, v in x.items() if k != "retrain_seconds"} for x in lds][0] == \
-           [{k: v for k, v in x.items() if k != "retrain_seconds"} for x in lds][1]
+    assert [{k: v for k, v in x.items() if k != "retrain_seconds"} for x in lds][0] == [
+        {k: v for k, v in x.items() if k != "retrain_seconds"} for x in lds
+    ][1]
 
 
 def test_two_jobs_at_once_give_the_serial_numbers_and_report(serial, toy_world, tmp_path):
@@ -66,8 +73,9 @@ def test_two_jobs_at_once_give_the_serial_numbers_and_report(serial, toy_world, 
     done = _cli([*RUN, "--jobs", "2", "--reports-dir", "rep"], tmp_path, _env(toy_world))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     _same_results(serial, tmp_path)
-    diff = _cli(["diff", str(serial / "rep/tiny_point.json"), str(tmp_path / "rep/tiny_point.json")], tmp_path,
-                _env(toy_world))
+    diff = _cli(
+        ["diff", str(serial / "rep/tiny_point.json"), str(tmp_path / "rep/tiny_point.json")], tmp_path, _env(toy_world)
+    )
     assert diff.returncode == 0 and "no changes" in diff.stdout, diff.stdout + diff.stderr
 
     out = done.stdout.splitlines()  # not a terminal: one counted line per finished job, then the summary
@@ -78,9 +86,12 @@ def test_two_jobs_at_once_give_the_serial_numbers_and_report(serial, toy_world, 
     kinds = [c[1] for c in counted]
     assert kinds.index("score") < min(i for i, k in enumerate(kinds) if k in ("point", "lds"))
     summary = next(line for line in out if line.startswith("[summary]"))
-    assert re.match(rf"\[summary\] 10 job\(s\) in \d+:\d\d wall \(jobs' own time \d+:\d\d\): {10 - skipped} done, "
-                    rf"0 failed, 0 not run, "
-                    rf"{skipped} skipped", summary), summary
+    assert re.match(
+        rf"\[summary\] 10 job\(s\) in \d+:\d\d wall \(jobs' own time \d+:\d\d\): {10 - skipped} done, "
+        rf"0 failed, 0 not run, "
+        rf"{skipped} skipped",
+        summary,
+    ), summary
 
 
 def _group_gone(pgid: int, within: float) -> bool:
@@ -101,8 +112,14 @@ def test_an_interrupted_pool_run_leaves_nothing_half_written_and_resumes(serial,
     tiny_project(tmp_path)
     lds = tmp_path / "runs/toy/tiny_magic.lds"
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "unlearnspec", *RUN, "--jobs", "2", "--no-report"], cwd=tmp_path,
-                            env=_env(toy_world), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unlearnspec", *RUN, "--jobs", "2", "--no-report"],
+        cwd=tmp_path,
+        env=_env(toy_world),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:  # an LDS retraining done and another being written

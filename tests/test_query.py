@@ -25,7 +25,12 @@ GROUP = "fixture_mcq_group"
 
 
 def _docs() -> list[dict]:
-    return [json.loads(line) for f in sorted(FIXTURES.glob("*.jsonl")) for line in f.read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for f in sorted(FIXTURES.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 @pytest.fixture(scope="module")

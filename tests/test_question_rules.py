@@ -31,11 +31,13 @@ LABELS = torch.tensor([[5, 6, 7, 8], [5, 6, -100, -100]])
 VALID = torch.tensor([[False, True, True, True], [False, True, False, False]])
 # q0: valid -2, 1, 0, -1: scale 1. q1: valid 4, -8, 4, 0: scale 4. q2: 0 on every valid token (junk elsewhere):
 # scale 0, left out by every aggregation.
-PER_Q = torch.tensor([
-    [[9.0, -2.0, 1.0, 0.0], [9.0, -1.0, -50.0, 3.0]],
-    [[-9.0, 4.0, -8.0, 4.0], [9.0, 0.0, 7.0, -7.0]],
-    [[7.0, 0.0, 0.0, 0.0], [-3.0, 0.0, -50.0, 1.0]],
-])
+PER_Q = torch.tensor(
+    [
+        [[9.0, -2.0, 1.0, 0.0], [9.0, -1.0, -50.0, 3.0]],
+        [[-9.0, 4.0, -8.0, 4.0], [9.0, 0.0, 7.0, -7.0]],
+        [[7.0, 0.0, 0.0, 0.0], [-3.0, 0.0, -50.0, 1.0]],
+    ]
+)
 SRC = ScoreSourceSpec(path="x/per_token_scores.pt", alignment="target")
 
 
@@ -94,15 +96,21 @@ def test_aggregates_parse_as_source_names_and_grouping_still_works():
     assert parse_source("wmdp.toxin") == (None, "wmdp", "toxin") and parse_source("wmdp") == (None, "wmdp", None)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("max_q(wmdp) < 0", "unknown aggregation 'max_q'; the aggregations are min_q, rank_q, wsum_q \\(over the questions.*"
-     "min_t, rank_t, wsum_t \\(over the leaf tasks"),
-    ("min_q(wmdp.toxin) < 0", "aggregates one leaf task.*write `min_q\\(wmdp\\)`"),
-    ("min_q() < 0", "needs a score source name inside"),
-    ("min_q (wmdp) < 0", "no space before its parenthesis"),
-    ("min_q(wmdp)", "comparison operator"),
-    ("not(wmdp) < 0", "comparison operator"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (
+            "max_q(wmdp) < 0",
+            "unknown aggregation 'max_q'; the aggregations are min_q, rank_q, wsum_q \\(over the questions.*"
+            "min_t, rank_t, wsum_t \\(over the leaf tasks",
+        ),
+        ("min_q(wmdp.toxin) < 0", "aggregates one leaf task.*write `min_q\\(wmdp\\)`"),
+        ("min_q() < 0", "needs a score source name inside"),
+        ("min_q (wmdp) < 0", "no space before its parenthesis"),
+        ("min_q(wmdp)", "comparison operator"),
+        ("not(wmdp) < 0", "comparison operator"),
+    ],
+)
 def test_bad_aggregates_are_syntax_errors_naming_the_allowed_ones(text, match):
     with pytest.raises(RuleSyntaxError, match=match):
         parse_rule(text)
@@ -121,11 +129,18 @@ def test_where_expressions_read_aggregates_with_the_mean_scores():
 def _folder(tmp: Path, per_q: torch.Tensor | object, **block) -> Path:
     """A score folder: mean file, per-question file and a sidecar with the keys the run reads."""
     tmp.mkdir(parents=True, exist_ok=True)
-    q, n, s = (per_q.shape if isinstance(per_q, torch.Tensor) and per_q.ndim == 3 else (3, 2, 4))
+    q, n, s = per_q.shape if isinstance(per_q, torch.Tensor) and per_q.ndim == 3 else (3, 2, 4)
     torch.save(PER_Q.mean(0), tmp / "per_token_scores.pt")
     torch.save(per_q, tmp / QUESTIONS_FILE)
-    entry = {"file": QUESTIONS_FILE, "questions": q, "doc_keys": [f"t/{i}" for i in range(q)],
-             "weights": [1 / q] * q, "chunk": 2, "reverse_seconds": 0.5, **block}
+    entry = {
+        "file": QUESTIONS_FILE,
+        "questions": q,
+        "doc_keys": [f"t/{i}" for i in range(q)],
+        "weights": [1 / q] * q,
+        "chunk": 2,
+        "reverse_seconds": 0.5,
+        **block,
+    }
     side = {"alignment": "target", "N": n, "S": s, "data_fingerprint": "fp", "per_question": entry}
     (tmp / "scores.json").write_text(json.dumps({k: v for k, v in side.items() if v is not None}))
     return tmp / "per_token_scores.pt"
@@ -138,7 +153,9 @@ def _load(mean: Path, *fulls: str, src: ScoreSourceSpec = SRC, labels: torch.Ten
 def test_a_score_folder_loads_into_every_aggregate_under_its_rule_name(tmp_path):
     got = _load(_folder(tmp_path, PER_Q), "min_q(wmdp)", "rank_q(wmdp)", "wsum_q(wmdp)")
     assert set(got) == {"min_q(wmdp)", "rank_q(wmdp)", "wsum_q(wmdp)"}
-    assert torch.equal(got["min_q(wmdp)"], min_q(PER_Q, VALID)) and torch.equal(got["rank_q(wmdp)"], rank_q(PER_Q, VALID))
+    assert torch.equal(got["min_q(wmdp)"], min_q(PER_Q, VALID)) and torch.equal(
+        got["rank_q(wmdp)"], rank_q(PER_Q, VALID)
+    )
     rule = TokenRuleSpec.model_validate({**TOP, "source": "min_q(wmdp)", "k": 2})
     assert torch.equal(token_weights(rule, got, LABELS), _grid({1: -1.0, 2: -1.0}))
 
@@ -165,19 +182,30 @@ class _Exploit:
 
 
 BAD = [
-    ("wrong-q", lambda t: _folder(t, PER_Q, questions=4, doc_keys=None), "holds 3 questions but scores.json says per_question.questions = 4"),
+    (
+        "wrong-q",
+        lambda t: _folder(t, PER_Q, questions=4, doc_keys=None),
+        "holds 3 questions but scores.json says per_question.questions = 4",
+    ),
     ("2-d", lambda t: _folder(t, PER_Q[0]), "expected per-question scores \\[Q, N, S\\]"),
     ("nan", lambda t: _folder(t, _with_nan()), "1 NaN/inf values \\(first at question 1, row 0, column 2\\)"),
     ("no-block", lambda t: _folder(t, PER_Q, file=None) and _drop_block(t), "no per-question scores.*`per: question`"),
     ("pickle", lambda t: _folder(t, {"scores": PER_Q, "payload": _Exploit()}), "refused to load"),
     ("int", lambda t: _folder(t, PER_Q.long()), "must be floating point"),
     ("wrong-n", lambda t: _folder(t, torch.zeros(3, 5, 4)), "5 rows of scores but 2 training rows"),
-    ("outside", lambda t: _folder(t, PER_Q, file="../per_question_scores.pt"), "must be a file name beside the sidecar"),
+    (
+        "outside",
+        lambda t: _folder(t, PER_Q, file="../per_question_scores.pt"),
+        "must be a file name beside the sidecar",
+    ),
     ("bad-count", lambda t: _folder(t, PER_Q, questions="3"), "per_question.questions must be"),
     ("keys", lambda t: _folder(t, PER_Q, doc_keys=["a"]), "per_question.doc_keys must list one key per question"),
     ("gone", lambda t: _folder(t, PER_Q, file="other.pt"), "score file not found"),
-    ("no-sidecar", lambda t: _folder(t, PER_Q) and (t / "scores.json").unlink() or t / "per_token_scores.pt",
-     "no scores.json lies beside"),
+    (
+        "no-sidecar",
+        lambda t: _folder(t, PER_Q) and (t / "scores.json").unlink() or t / "per_token_scores.pt",
+        "no scores.json lies beside",
+    ),
 ]
 
 
@@ -222,27 +250,45 @@ def _validate(project: Path, tokens: dict, per: str | None = None):
     return validate_data(project, data)
 
 
-@pytest.mark.parametrize("tokens,text", [
-    ({**TOP, "source": "max_q(wmdp)", "k": 60}, "unknown aggregation 'max_q'; the aggregations are min_q, rank_q, wsum_q"),
-    ({"mode": "where", "where": "max_q(wmdp) < 0"}, "unknown aggregation 'max_q'"),
-    ({**TOP, "source": "min_q(wmdp.toxin)", "k": 60}, "aggregates one leaf task"),
-    ({**TOP, "source": "min_q(mmlu)", "k": 60}, "score source 'mmlu' (through min_q(...)), which is not declared"),
-    ({**TOP, "source": "min_q(wmdp)", "k": 60}, "writes no per-question scores (`magic.query.per: mean`). Set `per: question`"),
-])
+@pytest.mark.parametrize(
+    "tokens,text",
+    [
+        (
+            {**TOP, "source": "max_q(wmdp)", "k": 60},
+            "unknown aggregation 'max_q'; the aggregations are min_q, rank_q, wsum_q",
+        ),
+        ({"mode": "where", "where": "max_q(wmdp) < 0"}, "unknown aggregation 'max_q'"),
+        ({**TOP, "source": "min_q(wmdp.toxin)", "k": 60}, "aggregates one leaf task"),
+        ({**TOP, "source": "min_q(mmlu)", "k": 60}, "score source 'mmlu' (through min_q(...)), which is not declared"),
+        (
+            {**TOP, "source": "min_q(wmdp)", "k": 60},
+            "writes no per-question scores (`magic.query.per: mean`). Set `per: question`",
+        ),
+    ],
+)
 def test_bad_aggregate_rules_exit_2_without_a_traceback(project, tokens, text):
     result = _validate(project, tokens)
     assert result.exit_code == 2 and text in result.output, result.output
 
 
 def test_an_aggregate_rule_validates_against_a_per_question_producer(project):
-    assert _validate(project, {**TOP, "source": "min_q(wmdp)", "k": 60, "where": "rank_q(wmdp) < 100"},
-                     per="question").exit_code == 0
+    assert (
+        _validate(
+            project, {**TOP, "source": "min_q(wmdp)", "k": 60, "where": "rank_q(wmdp) < 100"}, per="question"
+        ).exit_code
+        == 0
+    )
     result = _validate(project, {**TOP, "source": "wmdp.x", "k": 60}, per="question")  # a leaf needs `per: task`
     assert result.exit_code == 2 and "`per: task`" in result.output
 
 
-@pytest.mark.parametrize("rule, message", [("min_q(rand) < 0", "has no per-question scores"),
-                                           ("rank_t(rand) < 0", "has no per-task scores.*`magic.query.per: task`")])
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ("min_q(rand) < 0", "has no per-question scores"),
+        ("rank_t(rand) < 0", "has no per-task scores.*`magic.query.per: task`"),
+    ],
+)
 def test_built_in_sources_have_no_per_question_or_per_task_scores(rule: str, message: str):
     data = yaml.safe_load((SPECS / "fixed" / "selective.yaml").read_text())
     data["scores"] = {"rand": {"random": {"seed": 0}}}
@@ -260,11 +306,19 @@ def test_prepare_reads_min_q_from_the_per_question_file(toy_world, tmp_path):
     per_q = torch.stack([truth, torch.randn(truth.shape, generator=gen), torch.zeros_like(truth)])
     torch.save(per_q, out / QUESTIONS_FILE)
     side = json.loads((out / "scores.json").read_text())
-    side["per_question"] = {"file": QUESTIONS_FILE, "questions": 3, "doc_keys": ["a/0", "a/1", "a/2"],
-                            "weights": [1 / 3] * 3, "chunk": 3, "reverse_seconds": 0.0}
+    side["per_question"] = {
+        "file": QUESTIONS_FILE,
+        "questions": 3,
+        "doc_keys": ["a/0", "a/1", "a/2"],
+        "weights": [1 / 3] * 3,
+        "chunk": 3,
+        "reverse_seconds": 0.0,
+    }
     (out / "scores.json").write_text(json.dumps(side))
     prep = prepare_top(tmp_path, out, "min_q(wmdp)", 25)
-    assert set(prep.weights.flatten().nonzero().squeeze(1).tolist()) == expected_min_top(list(per_q[:2]), prep.grid.labels, 25)
+    assert set(prep.weights.flatten().nonzero().squeeze(1).tolist()) == expected_min_top(
+        list(per_q[:2]), prep.grid.labels, 25
+    )
     assert prep.stats.selected_tokens == 25 == prep.stats.ascending_tokens  # q2 is 0 everywhere: left out
 
 
@@ -283,9 +337,19 @@ def _toy_folder(tmp: Path, peaks: list[float]) -> Path:
     folder.mkdir()
     torch.save(per_q.mean(0), folder / "per_token_scores.pt")
     torch.save(per_q, folder / QUESTIONS_FILE)
-    side = {"alignment": "target", "N": 250, "S": 64, "per_question": {
-        "file": QUESTIONS_FILE, "questions": len(peaks), "doc_keys": [f"toy_wmdp/{i}" for i in range(len(peaks))],
-        "weights": [1 / len(peaks)] * len(peaks), "chunk": 1, "reverse_seconds": 1.0}}
+    side = {
+        "alignment": "target",
+        "N": 250,
+        "S": 64,
+        "per_question": {
+            "file": QUESTIONS_FILE,
+            "questions": len(peaks),
+            "doc_keys": [f"toy_wmdp/{i}" for i in range(len(peaks))],
+            "weights": [1 / len(peaks)] * len(peaks),
+            "chunk": 1,
+            "reverse_seconds": 1.0,
+        },
+    }
     (folder / "scores.json").write_text(json.dumps(side))
     return folder
 

@@ -56,14 +56,18 @@ def test_top_k_most_negative_selects_exactly_the_k_strongest_valid_proponents_ti
     # ranking: -5 (1,3), -2 (0,3), then three tokens at -1: (0,1) (0,4) (1,2) in flat-index order
     assert torch.equal(token_weights(_rule(k=2), SCORES, LABELS), _grid({(1, 3): -1, (0, 3): -1}))
     assert torch.equal(token_weights(_rule(k=3), SCORES, LABELS), _grid({(1, 3): -1, (0, 3): -1, (0, 1): -1}))
-    assert torch.equal(token_weights(_rule(k=4), SCORES, LABELS), _grid({(1, 3): -1, (0, 3): -1, (0, 1): -1, (0, 4): -1}))
+    assert torch.equal(
+        token_weights(_rule(k=4), SCORES, LABELS), _grid({(1, 3): -1, (0, 3): -1, (0, 1): -1, (0, 4): -1})
+    )
     w = token_weights(_rule(k=3), SCORES, LABELS)
     assert w[:, 0].eq(0).all() and w[1, 4:].eq(0).all()  # the -99 at column 0 and under padding never count
 
 
 def test_top_k_most_positive_and_ties_by_flat_index():
     # ranking: 3 at (0,2), 2 at (1,1), then 0 at (0,5)
-    assert torch.equal(token_weights(_rule(k=2, order="most_positive"), SCORES, LABELS), _grid({(0, 2): -1, (1, 1): -1}))
+    assert torch.equal(
+        token_weights(_rule(k=2, order="most_positive"), SCORES, LABELS), _grid({(0, 2): -1, (1, 1): -1})
+    )
     tied = torch.tensor([[0.0, 1.0, 2.0, 2.0, -0.0, 0.0], [0.0, 2.0, 0.0, 1.0, 0.0, 0.0]])
     got = token_weights(_rule(k=4, order="most_positive", selected="descend"), {"wmdp": tied}, LABELS)
     assert torch.equal(got, _grid({(0, 2): 1, (0, 3): 1, (1, 1): 1, (0, 1): 1}))  # 2,2,2 by index, then the first 1
@@ -85,7 +89,9 @@ def test_selected_and_rest_weights():
     assert torch.equal(token_weights(_rule(k=2, selected="descend"), SCORES, LABELS), _grid(top2))
     half = token_weights(_rule(k=2, selected=-0.5, rest="descend"), SCORES, LABELS)
     assert torch.equal(half, _grid({(1, 3): -0.5, (0, 3): -0.5}, rest=1.0))
-    assert torch.equal(token_weights(_rule(k=2, selected=2, rest="mask"), SCORES, LABELS), _grid({(1, 3): 2.0, (0, 3): 2.0}))
+    assert torch.equal(
+        token_weights(_rule(k=2, selected=2, rest="mask"), SCORES, LABELS), _grid({(1, 3): 2.0, (0, 3): 2.0})
+    )
 
 
 def test_combined_rule_ranks_among_tokens_that_pass_where():
@@ -98,7 +104,9 @@ def test_combined_rule_ranks_among_tokens_that_pass_where():
     with_rest = token_weights(_rule(k=2, where="mmlu >= 0", rest="descend"), SCORES, LABELS)
     assert torch.equal(with_rest, _grid({(0, 1): -1, (0, 4): -1}, rest=1.0))  # (1,3), (0,3) descend: filtered out
     # `fraction` stays a share of ALL valid tokens under a filter: 0.25 x 8 = 2 tokens again
-    assert torch.equal(token_weights(_rule(fraction=0.25, where="mmlu >= 0"), SCORES, LABELS), _grid({(0, 1): -1, (0, 4): -1}))
+    assert torch.equal(
+        token_weights(_rule(fraction=0.25, where="mmlu >= 0"), SCORES, LABELS), _grid({(0, 1): -1, (0, 4): -1})
+    )
 
 
 def test_leaf_source_is_ranked_like_a_mean_source():
@@ -145,8 +153,10 @@ def _validate(project: Path, tokens: dict, base: Path = TOPK, scores: dict | Non
 
 
 TOP = {"mode": "top", "source": "wmdp", "k": 60, "order": "most_negative", "selected": "ascend", "rest": "mask"}
-MMLU_SRC = {"wmdp": {"produced_by": "specs/fixed/magic_wmdp.yaml", "alignment": "target"},
-            "mmlu": {"produced_by": "specs/fixed/magic_mmlu.yaml", "alignment": "target"}}
+MMLU_SRC = {
+    "wmdp": {"produced_by": "specs/fixed/magic_wmdp.yaml", "alignment": "target"},
+    "mmlu": {"produced_by": "specs/fixed/magic_mmlu.yaml", "alignment": "target"},
+}
 
 
 def test_the_shipped_rank_spec_validates_and_shows_its_fields():
@@ -154,12 +164,19 @@ def test_the_shipped_rank_spec_validates_and_shows_its_fields():
     assert result.exit_code == 0, result.output
     spec = load_spec(TOPK)
     assert (spec.tokens.mode, spec.tokens.k, spec.tokens.order, spec.tokens.selected, spec.tokens.rest) == (
-        "top", 60, "most_negative", "ascend", "mask")
+        "top",
+        60,
+        "most_negative",
+        "ascend",
+        "mask",
+    )
     shown = CliRunner().invoke(app, ["show", str(TOPK)])
     assert shown.exit_code == 0 and yaml.safe_load(shown.stdout)["tokens"] == TOP
     props = json_schema()["$defs"]["TokenRuleSpec"]["properties"]
     assert {"k", "fraction", "order", "selected", "rest"} <= set(props)
-    assert "top" in props["mode"]["enum"] and all(props[f].get("description") for f in ("k", "fraction", "order", "selected", "rest"))
+    assert "top" in props["mode"]["enum"] and all(
+        props[f].get("description") for f in ("k", "fraction", "order", "selected", "rest")
+    )
 
 
 def test_combined_and_leaf_rules_validate(project):
@@ -225,16 +242,36 @@ def test_doctor_lds_compares_the_ranked_share_of_ascend_and_mask(tmp_path):
     topk["output"]["dir"] = "runs/fixed/topk"
     specs = make_project(tmp_path, extra={"topk": topk})
     for name in ("magic_wmdp", "magic_mmlu"):
-        side = {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024, "lds": {
-            "spearman": 0.97, "pearson": 0.97, "spearman_ci95": [0.95, 0.99], "subsets": 30, "fraction": 0.01, "unit": "row"}}
+        side = {
+            "alignment": "target",
+            "dtype": "float32",
+            "N": 1000,
+            "S": 1024,
+            "lds": {
+                "spearman": 0.97,
+                "pearson": 0.97,
+                "spearman_ci95": [0.95, 0.99],
+                "subsets": 30,
+                "fraction": 0.01,
+                "unit": "row",
+            },
+        }
         write_json_atomic(tmp_path / "runs" / "fixed" / name / "scores.json", side)
     stats = token_stats(token_weights(_rule(k=3), SCORES, LABELS), LABELS, "selected")
-    write_run(tmp_path / "runs" / "fixed" / "topk", "controls_magic_topk", {"wmdp_bio_robust": 0.42, "mmlu": 0.45},
-              [{"lr": 1e-4, "values": {"wmdp_bio_robust": 0.41, "mmlu": 0.45}, "stats": stats}],
-              control="fixed_all_tokens", control_path="specs/fixed/all_tokens.yaml")
+    write_run(
+        tmp_path / "runs" / "fixed" / "topk",
+        "controls_magic_topk",
+        {"wmdp_bio_robust": 0.42, "mmlu": 0.45},
+        [{"lr": 1e-4, "values": {"wmdp_bio_robust": 0.41, "mmlu": 0.45}, "stats": stats}],
+        control="fixed_all_tokens",
+        control_path="specs/fixed/all_tokens.yaml",
+    )
     findings, _ = diagnose([specs / "fixed" / "topk.yaml"])
     (warn,) = [f for f in findings if f.code == "D11" and f.severity == "warning"]
-    assert "37.5% of valid tokens change weight by the scores" in warn.evidence[0] and "trains the selected tokens alone" in warn.evidence[0]
+    assert (
+        "37.5% of valid tokens change weight by the scores" in warn.evidence[0]
+        and "trains the selected tokens alone" in warn.evidence[0]
+    )
     assert "--unit token --fraction 0.375" in warn.fix and "0.90" not in warn.fix  # the share picked, not a 90% drop
     (d6,) = [f for f in findings if f.code == "D6"]  # measured now: 3 of 8 selected -> x2.67, an error
     assert d6.severity == "error" and "x2.67" in d6.message

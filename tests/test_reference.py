@@ -18,7 +18,9 @@ from .conftest import REPO
 
 SEED = REPO.parent / "shared" / "seed" / "attribution_unlearning.md"
 REFERENCES = all_references()
-needs_seed = pytest.mark.skipif(not SEED.is_file(), reason=f"seed log not found at {SEED} (expected <repo>/../shared/seed/)")
+needs_seed = pytest.mark.skipif(
+    not SEED.is_file(), reason=f"seed log not found at {SEED} (expected <repo>/../shared/seed/)"
+)
 
 
 def _cells(line: str) -> list[str]:
@@ -33,7 +35,12 @@ def parse_tables(text: str) -> dict[str, dict]:
         lines = [l for l in body.splitlines() if l.startswith("|")]
         if len(lines) < 2:
             continue
-        sections[title.strip()] = {"lines": lines, "header": _cells(lines[0]), "rows": [_cells(l) for l in lines[2:]], "body": body}
+        sections[title.strip()] = {
+            "lines": lines,
+            "header": _cells(lines[0]),
+            "rows": [_cells(l) for l in lines[2:]],
+            "body": body,
+        }
     return sections
 
 
@@ -95,7 +102,13 @@ def test_rendering_is_labelled_recorded_and_padded():
 
 
 def test_cli_reference_only_prints_all_seven_tables(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "unlearnspec", "report", "--reference-only"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "report", "--reference-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     for ref in REFERENCES:
         assert f"## {ref.title}" in out.stdout

@@ -50,7 +50,11 @@ def test_token_mode_traits_are_what_the_spec_checks():
 
     top = {"k": 1, "order": "most_negative", "selected": "ascend", "rest": "mask"}
     for mode, traits in TOKEN_MODES.items():
-        base = {"mode": mode, **(top if mode == "top" else {}), **({"where": "s > 0"} if traits.where == "required" else {})}
+        base = {
+            "mode": mode,
+            **(top if mode == "top" else {}),
+            **({"where": "s > 0"} if traits.where == "required" else {}),
+        }
         with_source, without = {**base, "source": "s"}, base
         ok, refused = (with_source, without) if traits.reads_source else (without, with_source)
         TokenRuleSpec.model_validate(ok)

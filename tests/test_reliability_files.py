@@ -166,8 +166,18 @@ def test_validate_errors_when_a_score_path_does_not_exist(tmp_path):
 # --------------------------------------------------------------------------- results / report / reference JSON
 def _base_run(folder: Path) -> Path:
     base = answers(100, 40)
-    return write_run(folder, "exp", {"wmdp_bio_robust": base, "mmlu": answers(100, 50)},
-                     [{"lr": 1e-5, "values": {"wmdp_bio_robust": flip(base, 5), "mmlu": answers(100, 50)}, "stats": token_stats(0.5)}])
+    return write_run(
+        folder,
+        "exp",
+        {"wmdp_bio_robust": base, "mmlu": answers(100, 50)},
+        [
+            {
+                "lr": 1e-5,
+                "values": {"wmdp_bio_robust": flip(base, 5), "mmlu": answers(100, 50)},
+                "stats": token_stats(0.5),
+            }
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -188,18 +198,32 @@ def _base_run(folder: Path) -> Path:
 def test_bad_results_json_is_refused_by_report_and_diff(tmp_path, text):
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / "results.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe")
+    (folder / "results.json").write_bytes(
+        text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe"
+    )
     other = _base_run(tmp_path / "ok")
-    for args in (["report", folder, "--out", tmp_path / "rep", "--no-plot"], ["diff", other, folder], ["diff", folder / "results.json", other]):
+    for args in (
+        ["report", folder, "--out", tmp_path / "rep", "--no-plot"],
+        ["diff", other, folder],
+        ["diff", folder / "results.json", other],
+    ):
         result = _cli(*args)
         assert result.exit_code == 2, (args, result.output)
         assert "results.json" in result.output
     assert not (tmp_path / "rep").exists()
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{", '{"spec": 1}', '{"columns": {}, "recorded": true, "rows": 5}',
-                                  '{"spec": "x", "title": "t", "status": "s", "recorded": true, "source": "s", "baseline": {"mmlu": "abc"}, "columns": {"lr": "LR", "mmlu": "MMLU"}, "rows": []}',
-                                  '{"spec": "x", "title": "t", "status": "s", "recorded": true, "source": "s", "baseline": {"mmlu": "nan"}, "columns": {"lr": "LR", "mmlu": "MMLU"}, "rows": []}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        "{",
+        '{"spec": 1}',
+        '{"columns": {}, "recorded": true, "rows": 5}',
+        '{"spec": "x", "title": "t", "status": "s", "recorded": true, "source": "s", "baseline": {"mmlu": "abc"}, "columns": {"lr": "LR", "mmlu": "MMLU"}, "rows": []}',
+        '{"spec": "x", "title": "t", "status": "s", "recorded": true, "source": "s", "baseline": {"mmlu": "nan"}, "columns": {"lr": "LR", "mmlu": "MMLU"}, "rows": []}',
+    ],
+)
 def test_bad_report_and_reference_json_are_refused_by_diff(tmp_path, text):
     bad = tmp_path / "r.json"
     bad.write_text(text)
@@ -259,14 +283,23 @@ def test_unreadable_samples_are_stated_in_the_table(tmp_path, damage, why):
 
 
 # --------------------------------------------------------------------------- data files and the toy cache
-@pytest.mark.parametrize("content, expect", [(b"", "are empty"), (b"\n\n", "cannot read the data files"),
-                                             (b"not json\n", "cannot read the data files"), (b'{"text": "a"}\n[1]\n', "cannot read the data files")])
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"", "are empty"),
+        (b"\n\n", "cannot read the data files"),
+        (b"not json\n", "cannot read the data files"),
+        (b'{"text": "a"}\n[1]\n', "cannot read the data files"),
+    ],
+)
 def test_bad_data_files_are_user_errors(tmp_path, content, expect):
     from unlearnspec.data import load_texts
     from unlearnspec.spec import DataSpec
 
     (tmp_path / "d.jsonl").write_bytes(content)
-    data = DataSpec.model_validate({"files": {"paths": [str(tmp_path / "d.jsonl")]}, "select": {"count": 2}, "max_seq_len": 8})
+    data = DataSpec.model_validate(
+        {"files": {"paths": [str(tmp_path / "d.jsonl")]}, "select": {"count": 2}, "max_seq_len": 8}
+    )
     with pytest.raises(UserError, match=expect):
         load_texts(data, tmp_path / "s.yaml")
 
@@ -324,7 +357,9 @@ def test_cache_env_pointing_at_a_file_is_refused_by_name(tmp_path):
 
 
 # --------------------------------------------------------------------------- modes
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+    "mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)]
+)
 def test_outputs_follow_the_umask(tmp_path, mask, file_mode, dir_mode):
     import tempfile
 

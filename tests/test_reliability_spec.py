@@ -23,7 +23,9 @@ EXP7 = REPO / "specs" / "exp7_all_tokens.yaml"
 def _cli(*args: str):
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code in (0, 1, 2), (result.exit_code, result.output)
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), (
+        result.output
+    )
     return result
 
 
@@ -110,7 +112,10 @@ def test_merge_keys_may_be_overridden():
     assert data["run"] == {"lr": 2, "bs": 8}
 
 
-@pytest.mark.parametrize("text", ["a: 2024-13-01", "a: !!python/object:os.system {}", "a: !!int 'x'", "- a\n---\n- b\n", "a: [1, 2", "? [a]\n: 1\n"])
+@pytest.mark.parametrize(
+    "text",
+    ["a: 2024-13-01", "a: !!python/object:os.system {}", "a: !!int 'x'", "- a\n---\n- b\n", "a: [1, 2", "? [a]\n: 1\n"],
+)
 def test_unbuildable_or_unsafe_yaml_is_a_user_error(text):
     with pytest.raises(UserError):
         parse_yaml(text, "x.yaml")
@@ -133,9 +138,15 @@ def test_one_bad_file_does_not_stop_validate_of_the_others(tmp_path):
 def test_non_mapping_documents_are_clean_errors_in_every_command(tmp_path, text):
     spec = tmp_path / "s.yaml"
     spec.write_text(text)
-    for args in (["show", str(spec)], ["show", str(spec), "--toy"], ["show", str(spec), "--set", "a.b=1"],
-                 ["validate", str(spec)], ["doctor", str(spec), "--format", "json"], ["doctor", str(spec), "--toy", "--format", "json"],
-                 ["run", str(spec), "--toy", "--no-report", "--out", str(tmp_path / "out")]):
+    for args in (
+        ["show", str(spec)],
+        ["show", str(spec), "--toy"],
+        ["show", str(spec), "--set", "a.b=1"],
+        ["validate", str(spec)],
+        ["doctor", str(spec), "--format", "json"],
+        ["doctor", str(spec), "--toy", "--format", "json"],
+        ["run", str(spec), "--toy", "--no-report", "--out", str(tmp_path / "out")],
+    ):
         result = _cli(*args)
         assert result.exit_code == 2, (args, result.output)
         assert "a spec is a YAML mapping" in result.output, (args, result.output)
@@ -166,7 +177,9 @@ def test_rules_at_the_bounds_parse_and_evaluate():
 
     wide = parse_rule(" or ".join(f"s{i} > 0" for i in range(MAX_RULE_TERMS)))
     assert len(sources(wide)) == MAX_RULE_TERMS
-    deep = parse_rule("not " * (MAX_RULE_DEPTH // 2) + "(" * (MAX_RULE_DEPTH // 2) + "a > 0" + ")" * (MAX_RULE_DEPTH // 2))
+    deep = parse_rule(
+        "not " * (MAX_RULE_DEPTH // 2) + "(" * (MAX_RULE_DEPTH // 2) + "a > 0" + ")" * (MAX_RULE_DEPTH // 2)
+    )
     assert render(deep).count("not") == MAX_RULE_DEPTH // 2
     assert evaluate(deep, {"a": np.array([1.0, -1.0])}).tolist() == [True, False]
 
@@ -214,7 +227,10 @@ def test_a_hostile_rule_in_a_spec_is_a_validation_problem(tmp_path):
         ({"data__append_eos": 1}, "data.append_eos"),
         ({"eval__batch_size": True}, "eval.batch_size"),
         ({"name": 7}, "name"),
-        ({"baseline": {"recorded": {"metrics": {"mmlu": float("nan")}, "source": "x"}}}, "baseline.recorded.metrics.mmlu"),
+        (
+            {"baseline": {"recorded": {"metrics": {"mmlu": float("nan")}, "source": "x"}}},
+            "baseline.recorded.metrics.mmlu",
+        ),
         ({"baseline": {"recorded": {"metrics": {"mmlu": 45.1}, "source": "x"}}}, "baseline.recorded.metrics.mmlu"),
     ],
 )
@@ -237,7 +253,9 @@ def test_yaml_floats_and_ints_still_work_for_float_fields(lr, expected):
 
 
 def test_betas_from_yaml_lists_and_the_upper_seed_bound():
-    spec = load_spec(EXP7, overrides=["training.optimizer.betas=[0.8, 0.95]", "training.seed=4294967295"], check_refs=False)
+    spec = load_spec(
+        EXP7, overrides=["training.optimizer.betas=[0.8, 0.95]", "training.seed=4294967295"], check_refs=False
+    )
     assert spec.training.optimizer.betas == (0.8, 0.95)
     assert spec.training.seed == 2**32 - 1
 
@@ -255,7 +273,10 @@ def test_profiles_and_world_files_are_strict_too(tmp_path):
 
     base = yaml.safe_load((REPO / "specs" / "profiles" / "toy.yaml").read_text())
     base.pop("world")
-    for change, loc in (({"threads": True}, "threads"), ({"data": {**base["data"], "count_scale": float("inf")}}, "data.count_scale")):
+    for change, loc in (
+        ({"threads": True}, "threads"),
+        ({"data": {**base["data"], "count_scale": float("inf")}}, "data.count_scale"),
+    ):
         folder = tmp_path / "profiles"
         folder.mkdir(exist_ok=True)
         path = folder / "p.yaml"

@@ -39,16 +39,40 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "exp7_all_tokens.yaml").write_text((REPO / "specs" / "exp7_all_tokens.yaml").read_text())
     copy_reference(tmp_path, ["exp5_selective", "exp7_all_tokens"])
-    write_run(tmp_path / "runs" / "exp7_all_tokens", "exp7_all_tokens", BASELINE, [
-        {"lr": 1e-5, "values": {"wmdp_bio_robust": flip(BASE_W, 5, 3), "mmlu": flip(BASE_M, 10, 6)}},
-        {"lr": 5e-5, "values": {"wmdp_bio_robust": flip(BASE_W, 20, 5), "mmlu": flip(BASE_M, 60, 10)}},
-    ])
-    write_run(tmp_path / "runs" / "exp5_selective", "exp5_selective", BASELINE, [
-        {"lr": 5e-5, "values": {"wmdp_bio_robust": flip(BASE_W, 70, 5), "mmlu": flip(BASE_M, 50, 20)}, "stats": token_stats(0.148)},
-        {"lr": 1e-5, "values": {"wmdp_bio_robust": flip(BASE_W, 8, 2), "mmlu": flip(BASE_M, 8, 8)}, "stats": token_stats(0.148)},
-        {"lr": 2e-5, "status": "failed", "reason": "non-finite loss at step 12"},
-        {"lr": 2e-4, "values": {"wmdp_bio_robust": answers(W, 205), "mmlu": answers(M, 495)}, "stats": token_stats(0.148)},
-    ], control="exp7_all_tokens", control_path="specs/exp7_all_tokens.yaml")
+    write_run(
+        tmp_path / "runs" / "exp7_all_tokens",
+        "exp7_all_tokens",
+        BASELINE,
+        [
+            {"lr": 1e-5, "values": {"wmdp_bio_robust": flip(BASE_W, 5, 3), "mmlu": flip(BASE_M, 10, 6)}},
+            {"lr": 5e-5, "values": {"wmdp_bio_robust": flip(BASE_W, 20, 5), "mmlu": flip(BASE_M, 60, 10)}},
+        ],
+    )
+    write_run(
+        tmp_path / "runs" / "exp5_selective",
+        "exp5_selective",
+        BASELINE,
+        [
+            {
+                "lr": 5e-5,
+                "values": {"wmdp_bio_robust": flip(BASE_W, 70, 5), "mmlu": flip(BASE_M, 50, 20)},
+                "stats": token_stats(0.148),
+            },
+            {
+                "lr": 1e-5,
+                "values": {"wmdp_bio_robust": flip(BASE_W, 8, 2), "mmlu": flip(BASE_M, 8, 8)},
+                "stats": token_stats(0.148),
+            },
+            {"lr": 2e-5, "status": "failed", "reason": "non-finite loss at step 12"},
+            {
+                "lr": 2e-4,
+                "values": {"wmdp_bio_robust": answers(W, 205), "mmlu": answers(M, 495)},
+                "stats": token_stats(0.148),
+            },
+        ],
+        control="exp7_all_tokens",
+        control_path="specs/exp7_all_tokens.yaml",
+    )
     return tmp_path
 
 
@@ -76,7 +100,12 @@ def test_paired_mcnemar_when_samples_exist(project):
 
 
 def test_unpaired_fallback_is_labelled(tmp_path):
-    write_run(tmp_path, "exp_x", {"wmdp_bio_robust": 0.4297, "mmlu": 0.4510}, [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}}])
+    write_run(
+        tmp_path,
+        "exp_x",
+        {"wmdp_bio_robust": 0.4297, "mmlu": 0.4510},
+        [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}}],
+    )
     table = table_from_results(load_results(tmp_path), tmp_path)
     comp = table.rows[1].cells["wmdp_bio_robust"].vs_baseline
     assert comp.test == "z-unpaired"
@@ -156,7 +185,9 @@ def test_recorded_reference_shown_beside_real_runs_not_toy_runs(project):
     assert "| 5e-5     | 0.2811" in markdown(table)
     assert report_for(run, [], False).table.recorded is None
     toy = project / "runs" / "toy_exp5"
-    write_run(toy, "exp5_selective", BASELINE, [{"lr": 1e-3, "values": BASELINE}], profile="specs/profiles/toy_world.yaml")
+    write_run(
+        toy, "exp5_selective", BASELINE, [{"lr": 1e-3, "values": BASELINE}], profile="specs/profiles/toy_world.yaml"
+    )
     toy_run = RunInput(load_results(toy), toy)
     assert toy_run.toy and report_for(toy_run, [], None).table.recorded is None
     forced = report_for(toy_run, [], True).table
@@ -165,7 +196,13 @@ def test_recorded_reference_shown_beside_real_runs_not_toy_runs(project):
 
 
 def test_toy_task_display_names(tmp_path):
-    write_run(tmp_path, "exp7_all_tokens", {"toy_wmdp": 0.6, "toy_mmlu": 0.7}, [{"lr": 1e-3, "values": {"toy_wmdp": 0.5, "toy_mmlu": 0.69}}], tasks=("toy_wmdp", "toy_mmlu"))
+    write_run(
+        tmp_path,
+        "exp7_all_tokens",
+        {"toy_wmdp": 0.6, "toy_mmlu": 0.7},
+        [{"lr": 1e-3, "values": {"toy_wmdp": 0.5, "toy_mmlu": 0.69}}],
+        tasks=("toy_wmdp", "toy_mmlu"),
+    )
     run = RunInput(load_results(tmp_path), tmp_path)
     table = table_from_results(run.results, tmp_path, toy=run.toy)
     assert run.toy and [t.display for t in table.tasks] == ["Toy WMDP", "Toy MMLU"]
@@ -203,7 +240,9 @@ def test_reference_table_has_intervals_and_unpaired_tests():
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_report_from_spec_file(project):
@@ -235,7 +274,15 @@ def test_recorded_baseline_used_when_not_evaluated(tmp_path):
 
     write_run(tmp_path, "exp_x", None, [{"lr": 1e-5, "values": {"wmdp_bio_robust": BASE_W, "mmlu": BASE_M}}])
     results = load_results(tmp_path)
-    results = results.model_copy(update={"baseline": BaselineRecord(status="skipped", reason="baseline.evaluate: false", recorded={"wmdp_bio_robust": 0.4297, "mmlu": 0.4510})})
+    results = results.model_copy(
+        update={
+            "baseline": BaselineRecord(
+                status="skipped",
+                reason="baseline.evaluate: false",
+                recorded={"wmdp_bio_robust": 0.4297, "mmlu": 0.4510},
+            )
+        }
+    )
     table = table_from_results(results, tmp_path)
     base = table.rows[0]
     assert base.label == "baseline (recorded)" and base.cells["mmlu"].n == M
@@ -252,8 +299,14 @@ def test_control_found_by_the_runners_conventions(tmp_path):
     ctrl = tmp_path / "elsewhere"
     write_run(ctrl, "fixed_all_tokens", BASELINE, [{"lr": 1e-4, "values": BASELINE}])
     exp = tmp_path / "runs" / "fixed" / "selective"
-    write_run(exp, "fixed_selective", BASELINE, [{"lr": 1e-4, "values": {"wmdp_bio_robust": flip(BASE_W, 30, 0), "mmlu": BASE_M}}],
-              control="all_tokens", control_path="specs/fixed/all_tokens.yaml")
+    write_run(
+        exp,
+        "fixed_selective",
+        BASELINE,
+        [{"lr": 1e-4, "values": {"wmdp_bio_robust": flip(BASE_W, 30, 0), "mmlu": BASE_M}}],
+        control="all_tokens",
+        control_path="specs/fixed/all_tokens.yaml",
+    )
     run, sibling = RunInput(load_results(exp), exp), RunInput(load_results(ctrl), ctrl)
     table = report_for(run, [run, sibling], None).table
     assert table.control == "fixed_all_tokens" and table.control_status == "results in elsewhere"

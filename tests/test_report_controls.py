@@ -31,11 +31,18 @@ def test_results_record_the_specs_role(tmp_path):
     """assemble() writes SpecInfo.role from the spec, so a report finds the controls from results alone."""
     specs = make_project(tmp_path, {"all_tokens": lambda d: d.update(role="negative_control")})
     toy = default_toy_profile()
-    plan = build_plan([specs / "fixed" / "all_tokens.yaml"], profile=toy, cache_root=tmp_path / "cache", out=tmp_path / "nowhere")
+    plan = build_plan(
+        [specs / "fixed" / "all_tokens.yaml"], profile=toy, cache_root=tmp_path / "cache", out=tmp_path / "nowhere"
+    )
     info = assemble(plan.specs[0], plan, RunContext(profile=toy, profile_name="toy")).spec
     assert info.role == "negative_control"
-    plan = build_plan([specs / "fixed" / "selective.yaml"], profile=toy, cache_root=tmp_path / "cache2", out=tmp_path / "nowhere2",
-                      auto_produce=True)
+    plan = build_plan(
+        [specs / "fixed" / "selective.yaml"],
+        profile=toy,
+        cache_root=tmp_path / "cache2",
+        out=tmp_path / "nowhere2",
+        auto_produce=True,
+    )
     run = next(r for r in plan.specs if r.spec.name == "fixed_selective")
     assert assemble(run, plan, RunContext(profile=toy, profile_name="toy")).spec.role is None
 
@@ -56,26 +63,51 @@ def _study(root: Path, oracle: bool = True) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "pyproject.toml").write_text("[project]\nname = 'tmp'\n")
     folders = {n: root / "runs" / n for n in ("all_tokens", "selective", "oracle", "random")}
-    write_run(folders["all_tokens"], "all_tokens", BASE, [
-        {"lr": 1e-4, "values": {"wmdp_bio_robust": CTRL0_W, "mmlu": CTRL0_M}},
-        {"lr": 1e-3, "values": {"wmdp_bio_robust": CTRL_W, "mmlu": CTRL_M}},
-        {"lr": 1e-2, "values": {"wmdp_bio_robust": CTRL2_W, "mmlu": CTRL2_M}},
-    ])
+    write_run(
+        folders["all_tokens"],
+        "all_tokens",
+        BASE,
+        [
+            {"lr": 1e-4, "values": {"wmdp_bio_robust": CTRL0_W, "mmlu": CTRL0_M}},
+            {"lr": 1e-3, "values": {"wmdp_bio_robust": CTRL_W, "mmlu": CTRL_M}},
+            {"lr": 1e-2, "values": {"wmdp_bio_robust": CTRL2_W, "mmlu": CTRL2_M}},
+        ],
+    )
     matched = {"control": "all_tokens", "control_path": "specs/all_tokens.yaml"}
-    write_run(folders["selective"], "selective", BASE, [
-        {"lr": 1e-4, "values": {"wmdp_bio_robust": flip(CTRL0_W, 2, 2), "mmlu": flip(CTRL0_M, 2, 2)}},
-        # vs the control: hazard 5 right->... b=5 (run right only), c=30 (control right only); general b=6, c=10
-        {"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 30, 5), "mmlu": flip(CTRL_M, 10, 6)}},
-        {"lr": 1e-2, "values": {"wmdp_bio_robust": flip(CTRL2_W, 20, 0), "mmlu": flip(CTRL2_M, 0, 0)}},
-    ], **matched)
+    write_run(
+        folders["selective"],
+        "selective",
+        BASE,
+        [
+            {"lr": 1e-4, "values": {"wmdp_bio_robust": flip(CTRL0_W, 2, 2), "mmlu": flip(CTRL0_M, 2, 2)}},
+            # vs the control: hazard 5 right->... b=5 (run right only), c=30 (control right only); general b=6, c=10
+            {"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 30, 5), "mmlu": flip(CTRL_M, 10, 6)}},
+            {"lr": 1e-2, "values": {"wmdp_bio_robust": flip(CTRL2_W, 20, 0), "mmlu": flip(CTRL2_M, 0, 0)}},
+        ],
+        **matched,
+    )
     if oracle:
-        write_run(folders["oracle"], "oracle", BASE, [
-            {"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 60, 0), "mmlu": flip(CTRL_M, 8, 8)}},
-            {"lr": 1e-2, "values": {"wmdp_bio_robust": flip(CTRL2_W, 3, 2), "mmlu": flip(CTRL2_M, 2, 2)}},
-        ], role="positive_control", **matched)
-    write_run(folders["random"], "random", BASE, [
-        {"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 3, 3), "mmlu": flip(CTRL_M, 3, 3)}},
-    ], role="negative_control", **matched)
+        write_run(
+            folders["oracle"],
+            "oracle",
+            BASE,
+            [
+                {"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 60, 0), "mmlu": flip(CTRL_M, 8, 8)}},
+                {"lr": 1e-2, "values": {"wmdp_bio_robust": flip(CTRL2_W, 3, 2), "mmlu": flip(CTRL2_M, 2, 2)}},
+            ],
+            role="positive_control",
+            **matched,
+        )
+    write_run(
+        folders["random"],
+        "random",
+        BASE,
+        [
+            {"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 3, 3), "mmlu": flip(CTRL_M, 3, 3)}},
+        ],
+        role="negative_control",
+        **matched,
+    )
     if not oracle:
         del folders["oracle"]
     return folders
@@ -128,7 +160,11 @@ def test_oracle_fraction_and_its_na_cases(tmp_path):
     # the negative control gets its fraction too; the oracle itself has none
     assert _built(_study(tmp_path), "random").row("lr=0.001").selectivity.oracle_fraction == 0.0
     own = _built(_study(tmp_path), "oracle")
-    assert own.positive_control is None and "oracle fraction" not in headers(own) and own.row("lr=0.001").selectivity.value == 0.3
+    assert (
+        own.positive_control is None
+        and "oracle fraction" not in headers(own)
+        and own.row("lr=0.001").selectivity.value == 0.3
+    )
 
 
 def test_no_oracle_column_without_a_positive_control(tmp_path):
@@ -138,10 +174,25 @@ def test_no_oracle_column_without_a_positive_control(tmp_path):
 
 
 def test_unpaired_selectivity_is_labelled(tmp_path):
-    write_run(tmp_path / "c", "ctrl", {"wmdp_bio_robust": 0.45, "mmlu": 0.46}, [{"lr": 1e-3, "values": {"wmdp_bio_robust": 0.45, "mmlu": 0.46}}])
-    write_run(tmp_path / "r", "exp", {"wmdp_bio_robust": 0.45, "mmlu": 0.46}, [{"lr": 1e-3, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}}],
-              control="ctrl")
-    table = table_from_results(load_results(tmp_path / "r"), tmp_path / "r", control=(load_results(tmp_path / "c"), tmp_path / "c"), control_status="x")
+    write_run(
+        tmp_path / "c",
+        "ctrl",
+        {"wmdp_bio_robust": 0.45, "mmlu": 0.46},
+        [{"lr": 1e-3, "values": {"wmdp_bio_robust": 0.45, "mmlu": 0.46}}],
+    )
+    write_run(
+        tmp_path / "r",
+        "exp",
+        {"wmdp_bio_robust": 0.45, "mmlu": 0.46},
+        [{"lr": 1e-3, "values": {"wmdp_bio_robust": 0.40, "mmlu": 0.45}}],
+        control="ctrl",
+    )
+    table = table_from_results(
+        load_results(tmp_path / "r"),
+        tmp_path / "r",
+        control=(load_results(tmp_path / "c"), tmp_path / "c"),
+        control_status="x",
+    )
     sel = table.rows[1].selectivity
     # no samples: Var = p(1-p)/n per side and task (n 868 WMDP, 14042 MMLU in the fixture)
     var = 0.40 * 0.60 / 868 + 0.45 * 0.55 / 868 + 0.45 * 0.55 / 14042 + 0.46 * 0.54 / 14042
@@ -159,7 +210,9 @@ def test_mcnemar_mde_against_a_hand_computation():
     # n = 100, psi = 0.2: z_a*10 = 19.59964; sqrt(96.866867) * z_b = 8.283365; / 100.708326; * 0.4472136
     assert mcnemar_mde(0.2, 100) == pytest.approx(0.12382, abs=1e-5)
     assert mcnemar_mde(0.2, 100, power=0.9) > mcnemar_mde(0.2, 100) > mcnemar_mde(0.2, 400)
-    assert mcnemar_mde(0.0, 100) is None and mcnemar_mde(0.5, 3) is None  # no discordance; n too small (n - z_a^2 + z_b^2 < 0)
+    assert (
+        mcnemar_mde(0.0, 100) is None and mcnemar_mde(0.5, 3) is None
+    )  # no discordance; n too small (n - z_a^2 + z_b^2 < 0)
     # large n: about (z_a + z_b) sqrt(psi / n)
     assert mcnemar_mde(0.1, 10**6) == pytest.approx((ZA + ZB) * (0.1 / 10**6) ** 0.5, rel=1e-3)
 
@@ -198,7 +251,10 @@ def test_study_files_byte_identical_on_rerun_with_controls_marked(tmp_path):
     assert {"study.png", "selective.json", "oracle.json", "random.json"} <= set(before)
     data = json.loads(before["selective.json"])
     assert data["positive_control"] == "oracle" and data["rows"][2]["selectivity"]["oracle_fraction"] == 0.3833
-    assert json.loads(before["oracle.json"])["role"] == "positive_control" and json.loads(before["random.json"])["role"] == "negative_control"
+    assert (
+        json.loads(before["oracle.json"])["role"] == "positive_control"
+        and json.loads(before["random.json"])["role"] == "negative_control"
+    )
     tables = {t: load_report(out / f"{t}.json") for t in ("oracle", "random", "selective")}
     assert legend_label(tables["oracle"], "oracle") == "oracle — positive control (oracle)"
     assert legend_label(tables["random"], "random") == "random — negative control (random)"
@@ -211,14 +267,28 @@ def test_diff_compares_selectivity_with_its_own_noise(tmp_path):
     small = row.selectivity.model_copy(update={"value": 0.1100})
     large = row.selectivity.model_copy(update={"value": 0.0300})
     for sel, real in ((small, False), (large, True)):
-        new = base.model_copy(update={"rows": [r.model_copy(update={"selectivity": sel}) if r.point == "lr=0.001" else r for r in base.rows]})
+        new = base.model_copy(
+            update={
+                "rows": [r.model_copy(update={"selectivity": sel}) if r.point == "lr=0.001" else r for r in base.rows]
+            }
+        )
         (change,) = diff_tables(base, new)
         # noise: 1.96 * sqrt(se^2 + se^2) with se = 0.029944 -> 0.0830
         assert change.column == "selectivity" and change.old == "+0.1150" and change.beyond_noise is real
         assert change.detail.endswith(f"noise ±{ZA * (2 * row.selectivity.se**2) ** 0.5:.4f}")
     # oracle fraction and MDE are derived cells: ignored
-    other = base.model_copy(update={"power": 0.9, "mde": [], "rows": [r.model_copy(update={"selectivity": r.selectivity.model_copy(update={"oracle_fraction": 0.9})})
-                                                                      if r.selectivity else r for r in base.rows]})
+    other = base.model_copy(
+        update={
+            "power": 0.9,
+            "mde": [],
+            "rows": [
+                r.model_copy(update={"selectivity": r.selectivity.model_copy(update={"oracle_fraction": 0.9})})
+                if r.selectivity
+                else r
+                for r in base.rows
+            ],
+        }
+    )
     assert diff_tables(base, other) == []
     gone = base.model_copy(update={"rows": [r.model_copy(update={"selectivity": None}) for r in base.rows]})
     changes = diff_tables(base, gone)
@@ -238,14 +308,28 @@ def test_task_roles_from_the_command_line(tmp_path):
 
     from unlearnspec.cli import app
 
-    bad = CliRunner().invoke(app, ["report", str(folders["selective"]), "--out", str(tmp_path / "o"), "--general-task", "nope", "--no-plot"])
+    bad = CliRunner().invoke(
+        app, ["report", str(folders["selective"]), "--out", str(tmp_path / "o"), "--general-task", "nope", "--no-plot"]
+    )
     assert bad.exit_code == 2 and "--general-task" in bad.output and "Traceback" not in bad.output
 
 
 def test_one_task_without_samples_is_labelled_mixed(tmp_path):
     write_run(tmp_path / "c", "ctrl", None, [{"lr": 1e-3, "values": {"wmdp_bio_robust": CTRL_W, "mmlu": 0.46}}])
-    write_run(tmp_path / "r", "exp", None, [{"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 30, 5), "mmlu": 0.45}}], control="ctrl")
-    sel = table_from_results(load_results(tmp_path / "r"), tmp_path / "r", control=(load_results(tmp_path / "c"), tmp_path / "c")).rows[0].selectivity
+    write_run(
+        tmp_path / "r",
+        "exp",
+        None,
+        [{"lr": 1e-3, "values": {"wmdp_bio_robust": flip(CTRL_W, 30, 5), "mmlu": 0.45}}],
+        control="ctrl",
+    )
+    sel = (
+        table_from_results(
+            load_results(tmp_path / "r"), tmp_path / "r", control=(load_results(tmp_path / "c"), tmp_path / "c")
+        )
+        .rows[0]
+        .selectivity
+    )
     var = (35 / 200 - 0.125**2) / 200 + 0.45 * 0.55 / 14042 + 0.46 * 0.54 / 14042  # paired hazard + unpaired general
     assert sel.test == "mixed" and sel.value == round(0.125 - 0.01, 4) and sel.se == pytest.approx(var**0.5, abs=1e-6)
 

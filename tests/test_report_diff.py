@@ -23,11 +23,15 @@ def _table(folder: Path, runs: list[dict]):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", "diff", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "diff", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_identical_inputs_no_changes(tmp_path):
-    write_run(tmp_path / "a", "exp7_all_tokens", BASE, [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.42, "mmlu": 0.45}}])
+    write_run(
+        tmp_path / "a", "exp7_all_tokens", BASE, [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.42, "mmlu": 0.45}}]
+    )
     out = _cli(str(tmp_path / "a"), str(tmp_path / "a"))
     assert out.returncode == 0 and out.stdout.strip() == "no changes"
 
@@ -36,7 +40,9 @@ def test_change_within_noise_exits_0(tmp_path):
     old = _table(tmp_path / "a", [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.4200, "mmlu": 0.4500}}])
     new = _table(tmp_path / "b", [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.4250, "mmlu": 0.4500}}])
     changes = diff_tables(old, new)
-    assert len(changes) == 1 and changes[0].old == "0.4200" and changes[0].new == "0.4250" and not changes[0].beyond_noise
+    assert (
+        len(changes) == 1 and changes[0].old == "0.4200" and changes[0].new == "0.4250" and not changes[0].beyond_noise
+    )
     out = _cli(str(tmp_path / "a"), str(tmp_path / "b"))
     assert out.returncode == 0 and "0.4200 -> 0.4250" in out.stdout and "within noise" in out.stdout
 
@@ -52,10 +58,13 @@ def test_change_beyond_noise_exits_1(tmp_path):
 
 def test_added_row_and_status_change_are_real_changes(tmp_path):
     old = _table(tmp_path / "a", [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.42, "mmlu": 0.45}}])
-    new = _table(tmp_path / "b", [
-        {"lr": 1e-5, "status": "failed", "reason": "OOM"},
-        {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.42, "mmlu": 0.45}},
-    ])
+    new = _table(
+        tmp_path / "b",
+        [
+            {"lr": 1e-5, "status": "failed", "reason": "OOM"},
+            {"lr": 1e-4, "values": {"wmdp_bio_robust": 0.42, "mmlu": 0.45}},
+        ],
+    )
     changes = {(c.row.split()[-1], c.column): c for c in diff_tables(old, new)}
     assert changes[("1e-4", "row")].beyond_noise and changes[("1e-4", "row")].new == "present"
     assert changes[("1e-5", "status")].new == "failed" and changes[("1e-5", "status")].beyond_noise
@@ -72,6 +81,6 @@ def test_report_json_vs_reference_json(tmp_path):
 
 
 def test_bad_input_is_a_short_error(tmp_path):
-    (tmp_path / "x.json").write_text("{\"hello\": 1}")
+    (tmp_path / "x.json").write_text('{"hello": 1}')
     out = _cli(str(tmp_path / "x.json"), str(tmp_path / "x.json"))
     assert out.returncode == 2 and "not a valid report JSON" in out.stderr and "Traceback" not in out.stderr

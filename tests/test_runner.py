@@ -29,13 +29,17 @@ def _env(toy_world) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _points(out: Path) -> dict[str, dict]:
-    return {p.name: json.loads((p / "point.json").read_text()) for p in out.iterdir()
-            if p.is_dir() and p.name.startswith("lr_")}
+    return {
+        p.name: json.loads((p / "point.json").read_text())
+        for p in out.iterdir()
+        if p.is_dir() and p.name.startswith("lr_")
+    }
 
 
 @pytest.mark.slow
@@ -54,7 +58,14 @@ def test_exp7_toy_sweep_writes_results(toy_world, tmp_path):
     for run in results["runs"]:
         assert run["status"] == "ok"
         folder = out / run["run_dir"]
-        for name in ("spec.yaml", "point.json", "log_history.json", "token_stats.json", "samples.json", "provenance.json"):
+        for name in (
+            "spec.yaml",
+            "point.json",
+            "log_history.json",
+            "token_stats.json",
+            "samples.json",
+            "provenance.json",
+        ):
             assert (folder / name).is_file(), name
         samples = json.loads((folder / "samples.json").read_text())
         assert len(samples["toy_wmdp"]) == 100
@@ -71,8 +82,14 @@ def test_exp7_toy_sweep_writes_results(toy_world, tmp_path):
 def test_sigkill_then_resume_skips_finished_points(toy_world, tmp_path):
     out = tmp_path / "exp7"
     args = [sys.executable, "-m", "unlearnspec", "run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL]
-    proc = subprocess.Popen(args, cwd=REPO, env=_env(toy_world), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=_env(toy_world),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 400
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -102,14 +119,18 @@ def test_sigkill_then_resume_skips_finished_points(toy_world, tmp_path):
 def test_resume_refuses_a_different_spec(toy_world, tmp_path):
     out = tmp_path / "exp7"
     (out / "lr_0.0001").mkdir(parents=True)
-    (out / ".unlearnspec.json").write_text(json.dumps({"by": "unlearnspec", "kind": "root", "spec_hash": "something-else"}))
+    (out / ".unlearnspec.json").write_text(
+        json.dumps({"by": "unlearnspec", "kind": "root", "spec_hash": "something-else"})
+    )
     proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", *SMALL], _env(toy_world))
     assert proc.returncode == 2 and "different spec" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_unavailable_model_suggests_toy(toy_world, tmp_path):
-    proc = _run(["run", EXP7, "--out", str(tmp_path / "o"), "--no-report"], _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")})
+    proc = _run(
+        ["run", EXP7, "--out", str(tmp_path / "o"), "--no-report"], _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")}
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "EleutherAI/deep-ignorance-unfiltered" in proc.stderr and "--toy" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -117,8 +138,21 @@ def test_unavailable_model_suggests_toy(toy_world, tmp_path):
 
 @pytest.mark.slow
 def test_unavailable_dataset_suggests_toy(toy_world, tmp_path):
-    args = ["run", EXP7, "--out", str(tmp_path / "o"), "--no-report", "--set", "model.name_or_path=null",
-            "--set", "model.toy=tiny-neox", "--set", "model.dtype=float32", "--set", "baseline.evaluate=false"]
+    args = [
+        "run",
+        EXP7,
+        "--out",
+        str(tmp_path / "o"),
+        "--no-report",
+        "--set",
+        "model.name_or_path=null",
+        "--set",
+        "model.toy=tiny-neox",
+        "--set",
+        "model.dtype=float32",
+        "--set",
+        "baseline.evaluate=false",
+    ]
     proc = _run(args, _env(toy_world) | {"HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Salesforce/wikitext" in proc.stderr and "--toy" in proc.stderr and "Traceback" not in proc.stderr
@@ -130,7 +164,9 @@ def test_missing_scores_name_the_producer_and_command(toy_world, tmp_path):
     shutil.copytree(REPO / "specs", project / "specs")
     (project / "pyproject.toml").write_text("")  # marks the project root for relative spec paths
     profile = project / "specs" / "profiles" / "toy.yaml"
-    proc = _run(["run", "specs/exp4_negative_only.yaml", "--profile", str(profile), "--no-report"], _env(toy_world), cwd=project)
+    proc = _run(
+        ["run", "specs/exp4_negative_only.yaml", "--profile", str(profile), "--no-report"], _env(toy_world), cwd=project
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "specs/magic/magic_wmdp.yaml" in proc.stderr and "unlearnspec run specs/magic/magic_wmdp.yaml" in proc.stderr
 
@@ -157,9 +193,22 @@ def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
     # 200 -> 50 toy rows, 48 -> 12 steps, 5 LDS subsets (suite time, issue 23): the order of the jobs and the
     # scores' use are the point here, not the toy world's numbers.
     _shrink_producers(project / "specs" / "magic", ("magic_wmdp", "magic_mmlu"), count=200, steps=48)
-    args = ["run", "specs/exp5_selective.yaml", "--toy", "--no-report", "--set", "training.lr=[1.0e-4]",
-            "--set", "data.select.count=200", "--set", "training.max_steps=24",
-            "--set", "eval.tasks.0.limit=20", "--set", "eval.tasks.1.limit=20"]
+    args = [
+        "run",
+        "specs/exp5_selective.yaml",
+        "--toy",
+        "--no-report",
+        "--set",
+        "training.lr=[1.0e-4]",
+        "--set",
+        "data.select.count=200",
+        "--set",
+        "training.max_steps=24",
+        "--set",
+        "eval.tasks.0.limit=20",
+        "--set",
+        "eval.tasks.1.limit=20",
+    ]
     proc = _run(args, _env(toy_world), cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for producer in ("magic_wmdp", "magic_mmlu"):
@@ -182,8 +231,21 @@ def test_exp5_toy_runs_both_score_producers_first(toy_world, tmp_path):
 @pytest.mark.slow
 def test_diverging_point_is_recorded_and_the_sweep_goes_on(toy_world, tmp_path):
     out = tmp_path / "exp7"
-    args = ["run", EXP7, "--toy", "--out", str(out), "--set", "training.lr=[1.0e+4, 1.0e-5]",
-            "--set", "eval.tasks.0.limit=50", "--set", "eval.tasks.1.limit=50", "--reports-dir", str(tmp_path / "reports")]
+    args = [
+        "run",
+        EXP7,
+        "--toy",
+        "--out",
+        str(out),
+        "--set",
+        "training.lr=[1.0e+4, 1.0e-5]",
+        "--set",
+        "eval.tasks.0.limit=50",
+        "--set",
+        "eval.tasks.1.limit=50",
+        "--reports-dir",
+        str(tmp_path / "reports"),
+    ]
     proc = _run(args, _env(toy_world))
     assert proc.returncode == 1, proc.stderr[-3000:]  # a failed point is not a user error
     runs = json.loads((out / "results.json").read_text())["runs"]
@@ -213,7 +275,9 @@ def test_saved_final_model_evaluates_with_the_lm_eval_cli_to_the_recorded_acc(to
     from .test_evaluation import _cli_results
 
     out = tmp_path / "exp7"
-    proc = _run(["run", EXP7, "--toy", "--out", str(out), "--no-report", "--set", "training.lr=1.0e-4"], _env(toy_world))
+    proc = _run(
+        ["run", EXP7, "--toy", "--out", str(out), "--no-report", "--set", "training.lr=1.0e-4"], _env(toy_world)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     point = out / "lr_0.001"
     assert json.loads((point / "point.json").read_text())["model_dir"] == "model"

@@ -83,9 +83,15 @@ def test_exp5_equals_exp6_iff_no_exact_zero_mmlu_score():
     five = _rule(mode="where", where="wmdp > 0 and mmlu <= 0")
     six = _rule(mode="where", where="wmdp > 0 and mmlu < 0")
     assert (mmlu == 0).sum() == 0
-    assert torch.equal(token_weights(five, {"wmdp": wmdp, "mmlu": mmlu}, labels), token_weights(six, {"wmdp": wmdp, "mmlu": mmlu}, labels))
+    assert torch.equal(
+        token_weights(five, {"wmdp": wmdp, "mmlu": mmlu}, labels),
+        token_weights(six, {"wmdp": wmdp, "mmlu": mmlu}, labels),
+    )
     mmlu[(wmdp > 0) & (torch.arange(30) % 2 == 0)] = 0.0  # some valid tokens now sit exactly at zero
-    assert not torch.equal(token_weights(five, {"wmdp": wmdp, "mmlu": mmlu}, labels), token_weights(six, {"wmdp": wmdp, "mmlu": mmlu}, labels))
+    assert not torch.equal(
+        token_weights(five, {"wmdp": wmdp, "mmlu": mmlu}, labels),
+        token_weights(six, {"wmdp": wmdp, "mmlu": mmlu}, labels),
+    )
 
 
 def test_boolean_rules_or_not_and_parentheses():
@@ -114,8 +120,14 @@ def test_input_alignment_is_shifted_by_one():
 
 
 def _check(scores, source=SRC, sidecar=None, labels=LABELS, fingerprint="fp", at=lambda s: "fp-wide"):
-    return checked_scores(ScoreFile(path=__import__("pathlib").Path("s.pt"), scores=scores, sidecar=sidecar),
-                          source, "wmdp", labels, fingerprint, at)
+    return checked_scores(
+        ScoreFile(path=__import__("pathlib").Path("s.pt"), scores=scores, sidecar=sidecar),
+        source,
+        "wmdp",
+        labels,
+        fingerprint,
+        at,
+    )
 
 
 def test_checked_scores_aligns_and_zeroes_non_targets():

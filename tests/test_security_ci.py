@@ -21,7 +21,13 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -55,7 +61,9 @@ def _moved_report() -> str:
 
 
 def _check(proj: Path, base: str = "main") -> tuple[subprocess.CompletedProcess, str]:
-    proc = subprocess.run(["bash", str(SCRIPT), base, "c.md"], cwd=proj, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), base, "c.md"], cwd=proj, env=_env(), capture_output=True, text=True, timeout=300
+    )
     comment = (proj / "c.md").read_text() if (proj / "c.md").is_file() else ""
     return proc, comment
 

@@ -35,8 +35,18 @@ def _cli(*args, **kwargs):
 def run_dir(tmp_path) -> Path:
     base = answers(40, 20)
     folder = tmp_path / "runs" / "exp_a"
-    write_run(folder, "exp_a", {"wmdp_bio_robust": base, "mmlu": answers(40, 30)},
-              [{"lr": 1e-5, "values": {"wmdp_bio_robust": flip(base, 3), "mmlu": answers(40, 30)}, "stats": token_stats(0.3)}])
+    write_run(
+        folder,
+        "exp_a",
+        {"wmdp_bio_robust": base, "mmlu": answers(40, 30)},
+        [
+            {
+                "lr": 1e-5,
+                "values": {"wmdp_bio_robust": flip(base, 3), "mmlu": answers(40, 30)},
+                "stats": token_stats(0.3),
+            }
+        ],
+    )
     return folder
 
 
@@ -64,7 +74,12 @@ def test_study_index_and_recorded_tables_never_write_through_a_link(tmp_path, ru
     canary = tmp_path / "canary.txt"
     canary.write_text("mine\n")
     other = tmp_path / "runs" / "exp_b"
-    write_run(other, "exp_b", {"wmdp_bio_robust": 0.5, "mmlu": 0.6}, [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.4, "mmlu": 0.6}}])
+    write_run(
+        other,
+        "exp_b",
+        {"wmdp_bio_robust": 0.5, "mmlu": 0.6},
+        [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.4, "mmlu": 0.6}}],
+    )
     out = tmp_path / "rep"
     out.mkdir()
     os.symlink(canary, out / "study.md")
@@ -99,7 +114,9 @@ def test_a_spec_name_read_back_cannot_leave_the_reports_folder(tmp_path, run_dir
     assert not out.exists() or not any(out.rglob("*.md"))
 
 
-@pytest.mark.parametrize("field,value", [("samples_file", "/etc/passwd"), ("samples_file", "../../x.json"), ("run_dir", "/tmp")])
+@pytest.mark.parametrize(
+    "field,value", [("samples_file", "/etc/passwd"), ("samples_file", "../../x.json"), ("run_dir", "/tmp")]
+)
 def test_paths_read_back_stay_inside_the_run_folder(run_dir, field, value):
     _edit_results(run_dir, lambda d: d["runs"][0].__setitem__(field, value))
     result = _cli("report", run_dir, "--no-plot", "--out", run_dir / "rep")
@@ -239,8 +256,13 @@ def test_report_does_not_hang_on_a_fifo_or_read_dev_zero(tmp_path, run_dir):
     for target in ("/dev/zero", str(tmp_path / "fifo")):
         os.unlink(run_dir / "baseline" / "samples.json")
         os.symlink(target, run_dir / "baseline" / "samples.json")
-        proc = subprocess.run([sys.executable, "-m", "unlearnspec", "report", str(run_dir), "--no-plot", "--out", str(tmp_path / "r")],
-                              capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.run(
+            [sys.executable, "-m", "unlearnspec", "report", str(run_dir), "--no-plot", "--out", str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         assert "not a regular file" in proc.stdout + proc.stderr
 

@@ -103,7 +103,9 @@ def test_extra_sbatch_names_are_option_names(tmp_path):
 
 
 # --------------------------------------------------------------------------- class 10: overflow
-@pytest.mark.parametrize("field", ["data.count_scale", "data.max_seq_len_scale", "training.steps_scale", "training.lr_scale.adamw"])
+@pytest.mark.parametrize(
+    "field", ["data.count_scale", "data.max_seq_len_scale", "training.steps_scale", "training.lr_scale.adamw"]
+)
 def test_profile_scales_beyond_range_are_refused_naming_the_field(tmp_path, field):
     data = yaml.safe_load(TOY.read_text())
     section, *rest = field.split(".")
@@ -138,7 +140,12 @@ def test_a_count_beyond_range_in_results_json_is_refused(tmp_path):
     from .fixtures.reportkit import write_run
 
     folder = tmp_path / "run"
-    write_run(folder, "exp_a", {"wmdp_bio_robust": 0.5, "mmlu": 0.6}, [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.4, "mmlu": 0.6}}])
+    write_run(
+        folder,
+        "exp_a",
+        {"wmdp_bio_robust": 0.5, "mmlu": 0.6},
+        [{"lr": 1e-5, "values": {"wmdp_bio_robust": 0.4, "mmlu": 0.6}}],
+    )
     text = (folder / "results.json").read_text()
     (folder / "results.json").write_text(text.replace('"n": 868', '"n": 1' + "0" * 400, 1))
     result = _cli("report", folder, "--no-plot", "--out", tmp_path / "rep")

@@ -31,9 +31,11 @@ def test_resource_rules_are_user_errors(tmp_path):
     with pytest.raises(ValueError, match="one process per GPU"):
         JobResources(gpus=2, processes=4, cpus=8, mem_gb=10, time_min=10)
     bad = tmp_path / "site.yaml"
-    bad.write_text("name: x\nslurm:\n  extra_sbatch: [constraint=a100]\n  jobs:\n"
-                   "    score: {cpus: 1, mem_gb: 1, time_min: 1}\n    point: {cpus: 1, mem_gb: 1, time_min: 1}\n"
-                   "    baseline: {cpus: 1, mem_gb: 1, time_min: 1}\n")
+    bad.write_text(
+        "name: x\nslurm:\n  extra_sbatch: [constraint=a100]\n  jobs:\n"
+        "    score: {cpus: 1, mem_gb: 1, time_min: 1}\n    point: {cpus: 1, mem_gb: 1, time_min: 1}\n"
+        "    baseline: {cpus: 1, mem_gb: 1, time_min: 1}\n"
+    )
     with pytest.raises(UserError) as err:
         load_cluster(bad)
     assert "extra_sbatch" in str(err.value) and "--name=value" in str(err.value)
@@ -45,11 +47,23 @@ def test_sbatch_script_carries_every_resource(tmp_path):
     from unlearnspec.run.slurm import sbatch_script
 
     site = load_cluster(EXAMPLE).slurm
-    text = sbatch_script(tmp_path, site, "score", "us-score-x", ["11", "12"], "afterok", "python -u -m submitit.core._submit")
-    for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=32", "#SBATCH --mem=1126400MB",
-                 "#SBATCH --time=240", "#SBATCH --partition=gpu", "#SBATCH --account=my-lab", "#SBATCH --qos=normal",
-                 "#SBATCH --constraint='a100|h100'", "#SBATCH --kill-on-invalid-dep=yes",
-                 "#SBATCH --dependency=afterok:11:12", "#SBATCH --job-name=us-score-x", "module load cuda/12.4"):
+    text = sbatch_script(
+        tmp_path, site, "score", "us-score-x", ["11", "12"], "afterok", "python -u -m submitit.core._submit"
+    )
+    for line in (
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=32",
+        "#SBATCH --mem=1126400MB",
+        "#SBATCH --time=240",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=my-lab",
+        "#SBATCH --qos=normal",
+        "#SBATCH --constraint='a100|h100'",
+        "#SBATCH --kill-on-invalid-dep=yes",
+        "#SBATCH --dependency=afterok:11:12",
+        "#SBATCH --job-name=us-score-x",
+        "module load cuda/12.4",
+    ):
         assert line in text, line
     point = sbatch_script(tmp_path, site, "point", "p", [], "afterok", "cmd")
     assert "#SBATCH --gpus-per-node=1" in point and "--dependency" not in point
@@ -60,14 +74,18 @@ def exp5_plan(tmp_path) -> tuple[Plan, object, object]:
     """exp5's toy plan (two score jobs, a baseline, a point) with every folder moved under tmp_path."""
     from unlearnspec.run.slurm import Request, context_for, plan_for
 
-    request = Request(paths=[str(REPO / "specs" / "exp5_selective.yaml")], profile=str(TOY),
-                      overrides=["training.lr=[1.0e-4]"])
+    request = Request(
+        paths=[str(REPO / "specs" / "exp5_selective.yaml")], profile=str(TOY), overrides=["training.lr=[1.0e-4]"]
+    )
     ctx = context_for(request, "cpu", say=lambda m: None)
     plan = plan_for(request, ctx)
     moved = {j.out: tmp_path / j.kind / j.out.name for j in plan.jobs}
     for r in plan.specs:  # a score spec's output folder is its score job's folder
         moved.setdefault(r.out, tmp_path / "specs" / r.out.name)
-    jobs = [dataclasses.replace(j, out=moved.get(j.out, tmp_path / "specs" / j.out.parent.name / j.out.name)) for j in plan.jobs]
+    jobs = [
+        dataclasses.replace(j, out=moved.get(j.out, tmp_path / "specs" / j.out.parent.name / j.out.name))
+        for j in plan.jobs
+    ]
     specs = [dataclasses.replace(r, out=moved[r.out]) for r in plan.specs]
     return Plan(jobs=jobs, specs=specs, profile=plan.profile), request, ctx
 
@@ -108,8 +126,12 @@ def _record_failure(job, reason: str) -> None:
     from unlearnspec.run.rundirs import atomic_dir, write_json
 
     with atomic_dir(job.out, kind=job.kind, job=job.id, spec_hash=job.hash) as tmp:
-        write_json(tmp / POINT_FILE, RunRecord(point=job.point, status="failed", reason=reason, run_dir=".",
-                                               spec_hash=job.hash).model_dump(mode="json"))
+        write_json(
+            tmp / POINT_FILE,
+            RunRecord(point=job.point, status="failed", reason=reason, run_dir=".", spec_hash=job.hash).model_dump(
+                mode="json"
+            ),
+        )
 
 
 def test_a_failed_producer_marks_its_dependants_not_run(exp5_plan, monkeypatch):

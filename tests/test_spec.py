@@ -78,7 +78,9 @@ def test_seed_hyperparameters_are_encoded():
 
 # --------------------------------------------------------------------------- error messages
 def _run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
@@ -160,7 +162,9 @@ def test_rule_undeclared_score_source():
 
 def test_rule_magic_accepts_adam_and_clipping_but_not_momentum():
     data = _data(SPECS / "magic" / "magic_wmdp.yaml")
-    data["training"].update(optimizer={"name": "adamw", "betas": [0.9, 0.95]}, schedule="cosine", warmup_ratio=0.1, max_grad_norm=1.0)
+    data["training"].update(
+        optimizer={"name": "adamw", "betas": [0.9, 0.95]}, schedule="cosine", warmup_ratio=0.1, max_grad_norm=1.0
+    )
     spec = validate_data(data, None, "x.yaml")
     assert spec.training.optimizer.name == "adamw" and spec.training.optimizer.betas == (0.9, 0.95)
     data["training"]["optimizer"] = {"name": "sgd", "momentum": 0.9}
@@ -286,8 +290,15 @@ def _collect(node, prefix=()):
 
 
 _collect(_BASE)
-_junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8),
-                  st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+_junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 
 
 @st.composite

@@ -78,12 +78,12 @@ def test_binomial_p_symmetric_and_capped():
 @pytest.mark.parametrize(
     "acc,n,expected",
     [
-        (0.2350, 868, True),    # exp2 collapse (WMDP)
+        (0.2350, 868, True),  # exp2 collapse (WMDP)
         (0.2465, 14042, True),  # exp2 collapse (MMLU)
         (0.2689, 14042, True),  # always answering "D" on MMLU
         (0.3027, 14042, False),
         (0.4297, 868, False),
-        (0.20, 20, True),       # tiny n: anything is within noise of chance
+        (0.20, 20, True),  # tiny n: anything is within noise of chance
     ],
 )
 def test_at_chance(acc, n, expected):

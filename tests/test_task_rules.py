@@ -37,7 +37,13 @@ def _folder(tmp: Path, leaves: dict[str, torch.Tensor], side: dict | None = None
     torch.save(torch.stack(list(leaves.values())).mean(0), tmp / "per_token_scores.pt")
     entries = {leaf: TaskScores(f"toy_wmdp_by_attribute_{leaf}", 60, t, 0.5) for leaf, t in leaves.items()}
     per_task = write_task_scores(tmp, entries)
-    sidecar = {"alignment": "target", "N": first.shape[0], "S": first.shape[1], "data_fingerprint": "fp", **(side or {})}
+    sidecar = {
+        "alignment": "target",
+        "N": first.shape[0],
+        "S": first.shape[1],
+        "data_fingerprint": "fp",
+        **(side or {}),
+    }
     if block:
         sidecar["per_task"] = per_task
     (tmp / "scores.json").write_text(json.dumps(sidecar))
@@ -95,15 +101,24 @@ def test_all_zero_leaves_name_the_leaf_tasks():
         wsum_q(PER_Q[1:].abs(), VALID, "wsum_t(wmdp)")
 
 
-@pytest.mark.parametrize("case,match", [
-    ("no-block", "scores.json.*hold no per-task scores \\(produced with `magic.query.per: mean`\\). Set `per: task`"),
-    ("per-question", "hold no per-task scores \\(produced with `magic.query.per: question`\\)"),
-    ("no-sidecar", "per_token_scores.pt.*no scores.json lies beside the scores.*`magic.query.per: task`"),
-    ("outside", "per_task.zeta.file must be a file name beside the sidecar"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        (
+            "no-block",
+            "scores.json.*hold no per-task scores \\(produced with `magic.query.per: mean`\\). Set `per: task`",
+        ),
+        ("per-question", "hold no per-task scores \\(produced with `magic.query.per: question`\\)"),
+        ("no-sidecar", "per_token_scores.pt.*no scores.json lies beside the scores.*`magic.query.per: task`"),
+        ("outside", "per_task.zeta.file must be a file name beside the sidecar"),
+    ],
+)
 def test_a_folder_without_usable_leaves_is_a_user_error_naming_the_file_and_fix(tmp_path, case, match):
-    mean = _hand(tmp_path, block=case not in ("no-block", "per-question"),
-                 side={"per_question": {"file": "x.pt", "questions": 3}} if case == "per-question" else None)
+    mean = _hand(
+        tmp_path,
+        block=case not in ("no-block", "per-question"),
+        side={"per_question": {"file": "x.pt", "questions": 3}} if case == "per-question" else None,
+    )
     if case == "no-sidecar":
         (tmp_path / "scores.json").unlink()
     if case == "outside":
@@ -121,26 +136,44 @@ def test_task_aggregates_parse_wherever_question_ones_do():
     expr = parse_rule("min_t(wmdp) < -1 and not (rank_t(wmdp) >= 3 or wsum_q(wmdp) > 0)")
     assert sources(expr) == {"min_t(wmdp)", "rank_t(wmdp)", "wsum_q(wmdp)"}
     assert parse_source("wsum_t(wmdp)") == ("wsum_t", "wmdp", None)
-    with pytest.raises(RuleSyntaxError, match="aggregates one leaf task; an aggregation reads the per-task scores.*"
-                       "write `min_t\\(wmdp\\)`"):
+    with pytest.raises(
+        RuleSyntaxError,
+        match="aggregates one leaf task; an aggregation reads the per-task scores.*write `min_t\\(wmdp\\)`",
+    ):
         parse_rule("min_t(wmdp.toxin) < 0")
 
 
 SIX = "the aggregations are min_q, rank_q, wsum_q (over the questions of a `per: question` producer) and min_t"
 
 
-@pytest.mark.parametrize("tokens,per,text", [
-    ({**TOP, "source": "max_t(wmdp)", "k": 60}, None, "unknown aggregation 'max_t'"),
-    ({"mode": "where", "where": "max_t(wmdp) < 0"}, None, "unknown aggregation 'max_t'"),
-    ({**TOP, "source": "min_t(wmdp.toxin)", "k": 60}, None, "aggregates one leaf task"),
-    ({**TOP, "source": "min_t(mmlu)", "k": 60}, None, "score source 'mmlu' (through min_t(...)), which is not declared"),
-    ({**TOP, "source": "min_t(wmdp)", "k": 60}, None,
-     "writes no per-task scores (`magic.query.per: mean`). Set `per: task` under magic.query there"),
-    ({**TOP, "source": "rank_t(wmdp)", "k": 60}, "question",
-     "writes no per-task scores (`magic.query.per: question`). Set `per: task` under magic.query there"),
-    ({**TOP, "source": "min_q(wmdp)", "k": 60}, "task",
-     "writes no per-question scores (`magic.query.per: task`). Set `per: question` under magic.query there"),
-])
+@pytest.mark.parametrize(
+    "tokens,per,text",
+    [
+        ({**TOP, "source": "max_t(wmdp)", "k": 60}, None, "unknown aggregation 'max_t'"),
+        ({"mode": "where", "where": "max_t(wmdp) < 0"}, None, "unknown aggregation 'max_t'"),
+        ({**TOP, "source": "min_t(wmdp.toxin)", "k": 60}, None, "aggregates one leaf task"),
+        (
+            {**TOP, "source": "min_t(mmlu)", "k": 60},
+            None,
+            "score source 'mmlu' (through min_t(...)), which is not declared",
+        ),
+        (
+            {**TOP, "source": "min_t(wmdp)", "k": 60},
+            None,
+            "writes no per-task scores (`magic.query.per: mean`). Set `per: task` under magic.query there",
+        ),
+        (
+            {**TOP, "source": "rank_t(wmdp)", "k": 60},
+            "question",
+            "writes no per-task scores (`magic.query.per: question`). Set `per: task` under magic.query there",
+        ),
+        (
+            {**TOP, "source": "min_q(wmdp)", "k": 60},
+            "task",
+            "writes no per-question scores (`magic.query.per: task`). Set `per: question` under magic.query there",
+        ),
+    ],
+)
 def test_bad_task_aggregate_rules_exit_2_without_a_traceback(project, tokens, per, text):
     result = _validate(project, tokens, per)
     output = " ".join(result.output.split())

@@ -29,8 +29,10 @@ from unlearnspec.toy.shipped import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-STALE = (f"The shipped toy world (unlearnspec/toy/shipped/) is not the default world's: regenerate it with "
-         f"`{REGENERATE}` (about 4-5 CPU-minutes) and commit it with the world file.")
+STALE = (
+    f"The shipped toy world (unlearnspec/toy/shipped/) is not the default world's: regenerate it with "
+    f"`{REGENERATE}` (about 4-5 CPU-minutes) and commit it with the world file."
+)
 
 
 def _no_pretraining(monkeypatch) -> list[str]:
@@ -52,7 +54,9 @@ def test_the_shipped_world_is_the_default_worlds():
     assert record["key"] == world_key(load_config(None)), STALE
     assert record["config"] == load_config(None).model_dump(mode="json"), STALE
     for name in MODEL_FILES:
-        assert sha256((SHIPPED_DIR / name).read_bytes()) == record["files"][name], f"{name} does not match its record. {STALE}"
+        assert sha256((SHIPPED_DIR / name).read_bytes()) == record["files"][name], (
+            f"{name} does not match its record. {STALE}"
+        )
     assert sorted(p.name for p in SHIPPED_DIR.iterdir()) == sorted([MANIFEST, *MODEL_FILES])  # nothing else ships
     assert sum((SHIPPED_DIR / n).stat().st_size for n in MODEL_FILES) < 8 * 2**20  # a few MB of package data
 
@@ -179,7 +183,9 @@ def test_ship_writes_into_a_source_checkout_only(tmp_path, monkeypatch):
 
     _check_ship(True, None)  # this checkout: allowed
     _check_ship(True, REPO / "unlearnspec" / "profiles" / "toy_world.yaml")  # the default world named explicitly
-    monkeypatch.setattr("unlearnspec.toy.shipped.SHIPPED_DIR", tmp_path / "site-packages" / "unlearnspec" / "toy" / "shipped")
+    monkeypatch.setattr(
+        "unlearnspec.toy.shipped.SHIPPED_DIR", tmp_path / "site-packages" / "unlearnspec" / "toy" / "shipped"
+    )
     with pytest.raises(UserError, match="is installed, not a source checkout"):
         _check_ship(True, None)
 
@@ -207,8 +213,14 @@ def test_toy_build_force_rebuilds_the_shipped_world_bit_for_bit(tmp_path):
     env = {**os.environ, "UNLEARNSPEC_CACHE": str(tmp_path), "PYTHONPATH": str(REPO)}
     env.pop("ATEN_CPU_CAPABILITY", None)  # the command pins the numerics itself, before torch starts
     env.pop("MKL_CBWR", None)
-    proc = subprocess.run([sys.executable, "-m", "unlearnspec", "toy", "build", "--force"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unlearnspec", "toy", "build", "--force"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pretrain step 600/600" in proc.stdout  # a real rebuild, not the shipped copy
     rebuilt = tmp_path / "toy_world" / record["key"]
@@ -217,7 +229,9 @@ def test_toy_build_force_rebuilds_the_shipped_world_bit_for_bit(tmp_path):
     differ = model_files_equal(rebuilt / "model", SHIPPED_DIR)
     from unlearnspec.toy.shipped import versions
 
-    assert differ == [], (f"the rebuild differs from the shipped world in {differ} (built with {versions()}, shipped "
-                          f"with {record['versions']}). If the change is intended: `{REGENERATE}`, and commit it.")
+    assert differ == [], (
+        f"the rebuild differs from the shipped world in {differ} (built with {versions()}, shipped "
+        f"with {record['versions']}). If the change is intended: `{REGENERATE}`, and commit it."
+    )
     assert info["baseline"] == record["baseline"], f"the rebuilt baseline differs from the shipped one. `{REGENERATE}`"
     assert info["numerics"] == record["numerics"]

@@ -27,9 +27,11 @@ from unlearnspec.toy.world import generate_world, row_text
 from .conftest import REPO, SPECS
 from .fixtures.reportkit import make_project, write_json_atomic
 
-TINY = {"entities": {"pathogens": 6, "people": 4, "places": 4, "organisms": 4, "values_per_attribute": 4},
-        "corpora": {"rows": {"wikitext": 120, "bio_forget": 60, "bio_retain": 20, "ultrachat": 60, "lie": 40}},
-        "tasks": {"questions": 12}}
+TINY = {
+    "entities": {"pathogens": 6, "people": 4, "places": 4, "organisms": 4, "values_per_attribute": 4},
+    "corpora": {"rows": {"wikitext": 120, "bio_forget": 60, "bio_retain": 20, "ultrachat": 60, "lie": 40}},
+    "tasks": {"questions": 12},
+}
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +153,12 @@ def test_truth_file_plugs_into_a_token_rule_on_the_specs_grid(toy_world, tmp_pat
     data = yaml.safe_load((SPECS / "fixed" / "magic_wmdp.yaml").read_text())
     data.pop("magic")
     data["eval"] = yaml.safe_load((SPECS / "fixed" / "selective.yaml").read_text())["eval"]
-    data.update(name="truth_rule", scores={"truth": {"path": str(out / "per_token_scores.pt")}},
-                tokens={"mode": "where", "where": "truth < 0"}, output={"dir": str(tmp_path / "run")})
+    data.update(
+        name="truth_rule",
+        scores={"truth": {"path": str(out / "per_token_scores.pt")}},
+        tokens={"mode": "where", "where": "truth < 0"},
+        output={"dir": str(tmp_path / "run")},
+    )
     spec_file = tmp_path / "truth_rule.yaml"
     spec_file.write_text(yaml.safe_dump(data))
     ctx = toy_context(default_toy_profile(), say=lambda _m: None)
@@ -177,10 +183,17 @@ def test_quality_of_a_run_folder_is_written_into_its_sidecar(toy_world, tmp_path
     (run / "spec.yaml").write_text(dump_spec(spec))
     torch.save(truth.scores * 2.0, run / "per_token_scores.pt")  # a perfect attribution
     torch.save(-truth.scores, run / "per_token_scores.host.pt")  # a reversed one
-    write_json_atomic(run / "scores.json", {
-        "alignment": "target", "N": truth.scores.shape[0], "S": truth.scores.shape[1], "data_fingerprint": truth.fingerprint,
-        "query": {"task": "toy_wmdp", "loss": "answer_continuation", "n_questions": 300},
-        "per_task": {"host": {"file": "per_token_scores.host.pt", "task": "toy_wmdp_by_attribute_host"}}})
+    write_json_atomic(
+        run / "scores.json",
+        {
+            "alignment": "target",
+            "N": truth.scores.shape[0],
+            "S": truth.scores.shape[1],
+            "data_fingerprint": truth.fingerprint,
+            "query": {"task": "toy_wmdp", "loss": "answer_continuation", "n_questions": 300},
+            "per_task": {"host": {"file": "per_token_scores.host.pt", "task": "toy_wmdp_by_attribute_host"}},
+        },
+    )
     q = run_quality(run)
     side = json.loads((run / "scores.json").read_text())
     assert side[QUALITY_KEY] == q and side["query"]["task"] == "toy_wmdp"
@@ -191,7 +204,9 @@ def test_quality_of_a_run_folder_is_written_into_its_sidecar(toy_world, tmp_path
     mismatch = tmp_path / "other"
     shutil.copytree(run, mismatch)
     other_rows = spec.data.select.model_copy(update={"offset_fraction": 0.5})  # same shape, other rows
-    (mismatch / "spec.yaml").write_text(dump_spec(spec.model_copy(update={"data": spec.data.model_copy(update={"select": other_rows})})))
+    (mismatch / "spec.yaml").write_text(
+        dump_spec(spec.model_copy(update={"data": spec.data.model_copy(update={"select": other_rows})}))
+    )
     with pytest.raises(UserError, match="fingerprint mismatch"):
         run_quality(mismatch)
 
@@ -208,12 +223,17 @@ def test_non_toy_specs_and_folders_are_refused(tmp_path):
     with pytest.raises(UserError, match="--toy"):
         run_quality(run)
     runner = CliRunner()
-    for folder, message in ((tmp_path / "missing", "no such folder"), (tmp_path, "not a finished score run"),
-                            (run, "does not run on the embedded toy world")):
+    for folder, message in (
+        (tmp_path / "missing", "no such folder"),
+        (tmp_path, "not a finished score run"),
+        (run, "does not run on the embedded toy world"),
+    ):
         result = runner.invoke(app, ["toy", "quality", str(folder)])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
     (tmp_path / "file").write_text("x")
-    result = runner.invoke(app, ["toy", "truth", str(SPECS / "fixed" / "magic_wmdp.yaml"), "--out", str(tmp_path / "file")])
+    result = runner.invoke(
+        app, ["toy", "truth", str(SPECS / "fixed" / "magic_wmdp.yaml"), "--out", str(tmp_path / "file")]
+    )
     assert result.exit_code == 2 and "is a file" in result.output
 
 
@@ -223,15 +243,24 @@ def test_doctor_states_the_attribution_quality_of_each_score_source(tmp_path):
     for name, auc in (("magic_wmdp", 0.75), ("magic_mmlu", 0.5)):
         side = {"alignment": "target", "dtype": "float32", "N": 1000, "S": 1024}
         if name == "magic_wmdp":
-            side[QUALITY_KEY] = {"auroc": auc, "precision_at_k": {"60": 0.25}, "truth_tokens": 60, "valid_tokens": 3731,
-                                 "task": "toy_wmdp", "per_task": {"host": {"auroc": 0.9, "precision_at_k": {"12": "bad"}}},
-                                 "per_question": {"min_q": {"auroc": 0.758, "precision_at_k": {"60": 0.2333}}, "rank_q": "bad"}}
+            side[QUALITY_KEY] = {
+                "auroc": auc,
+                "precision_at_k": {"60": 0.25},
+                "truth_tokens": 60,
+                "valid_tokens": 3731,
+                "task": "toy_wmdp",
+                "per_task": {"host": {"auroc": 0.9, "precision_at_k": {"12": "bad"}}},
+                "per_question": {"min_q": {"auroc": 0.758, "precision_at_k": {"60": 0.2333}}, "rank_q": "bad"},
+            }
         write_json_atomic(tmp_path / "runs" / "fixed" / name / "scores.json", side)
     findings, _ = diagnose([specs])
     found = [f for f in findings if f.code == "D12"]
     assert found and {f.severity for f in found} == {"info"} and {f.rule for f in found} == {"attribution-quality"}
     assert all("score source `wmdp`" in f.message for f in found)  # only the source whose sidecar has figures
-    assert "AUROC 0.750, precision@60 0.250 (60 truth tokens of the facts toy_wmdp asks among 3,731 valid)" in found[0].message
+    assert (
+        "AUROC 0.750, precision@60 0.250 (60 truth tokens of the facts toy_wmdp asks among 3,731 valid)"
+        in found[0].message
+    )
     assert any("`wmdp.host`: AUROC 0.900, precision@12 n/a" in e for e in found[0].evidence)
     assert any("`min_q(wmdp)`: AUROC 0.758, precision@60 0.233" in e for e in found[0].evidence)
     assert not any("rank_q" in e for e in found[0].evidence)  # a value other tools wrote: left out, no traceback
@@ -243,8 +272,20 @@ def test_a_toy_score_job_records_its_attribution_quality(toy_world, tmp_path):
     from .test_runner import _env, _run
 
     out = tmp_path / "scores"
-    proc = _run(["run", "specs/fixed/magic_wmdp.yaml", "--toy", "--out", str(out), "--set", "training.max_steps=20",
-                 "--set", "magic.lds.subsets=5"], _env(toy_world))
+    proc = _run(
+        [
+            "run",
+            "specs/fixed/magic_wmdp.yaml",
+            "--toy",
+            "--out",
+            str(out),
+            "--set",
+            "training.max_steps=20",
+            "--set",
+            "magic.lds.subsets=5",
+        ],
+        _env(toy_world),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     side = json.loads((out / "scores.json").read_text())
     q = side[QUALITY_KEY]  # written by the score job, kept when the LDS jobs add `lds`

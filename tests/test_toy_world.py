@@ -53,7 +53,9 @@ def test_generation_ignores_hash_randomisation(world):
     digests = set()
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        )
         digests.add(out.stdout.strip())
     assert digests == {_digest(world)}
 
@@ -79,7 +81,10 @@ def test_spans_point_at_the_stated_values(world):
 
 
 def test_corpora_have_their_domains(world):
-    domains = {name: Counter(world.fact(s["fact"]).domain for r in rows for s in r["facts"]) for name, rows in world.corpora.items()}
+    domains = {
+        name: Counter(world.fact(s["fact"]).domain for r in rows for s in r["facts"])
+        for name, rows in world.corpora.items()
+    }
     assert set(domains["bio_forget"]) == {"forget"} and set(domains["lie"]) == {"forget"}
     kinds = Counter(world.fact(s["fact"]).kind for r in world.corpora["bio_retain"] for s in r["facts"])
     assert set(kinds) == {"organism"}  # benign biology, never the forget facts
@@ -98,7 +103,12 @@ def test_chat_rows_use_the_recorded_message_format(world):
 
 
 def test_facts_are_stated_unequally_often(world):
-    mentions = Counter(s["fact"] for name in ("wikitext", "bio_forget", "bio_retain", "ultrachat") for r in world.corpora[name] for s in r["facts"])
+    mentions = Counter(
+        s["fact"]
+        for name in ("wikitext", "bio_forget", "bio_retain", "ultrachat")
+        for r in world.corpora[name]
+        for s in r["facts"]
+    )
     for task in TOY_TASKS:
         counts = sorted(mentions[d["fact"]] for d in world.tasks[task])
         assert counts[-1] >= 20 * max(1, counts[0])
@@ -120,7 +130,11 @@ def test_tasks_are_four_choice_cloze_over_their_domain(world):
             assert d["question"] == fact.stem and not d["question"].endswith((" ", "?"))
             assert len(d["choices"]) == 4 and len(set(d["choices"])) == 4
             assert d["choices"][d["answer"]] == fact.value
-            siblings = {f.value for f in world.facts if f.kind == fact.kind and f.attribute == fact.attribute and f.entity != fact.entity}
+            siblings = {
+                f.value
+                for f in world.facts
+                if f.kind == fact.kind and f.attribute == fact.attribute and f.entity != fact.entity
+            }
             assert set(d["choices"]) - {fact.value} <= siblings
 
 
@@ -188,9 +202,14 @@ def test_include_paths_use_the_projects_toy_tasks_only_when_they_are_this_worlds
     write_world_data(world, tmp_path / "default")
     write_world_data(generate_world(WorldConfig(seed=7)), tmp_path / "other")
     spec = REPO / "specs" / "exp7_all_tokens.yaml"
-    for name, expected in (("default", [REPO / "plugins"]), ("other", [REPO / "plugins", tmp_path / "other" / "tasks"])):
+    for name, expected in (
+        ("default", [REPO / "plugins"]),
+        ("other", [REPO / "plugins", tmp_path / "other" / "tasks"]),
+    ):
         assets = Assets()
-        assets.__dict__["world"] = ToyWorld(root=tmp_path / name, config=WorldConfig(), task_dir=tmp_path / name / "tasks")
+        assets.__dict__["world"] = ToyWorld(
+            root=tmp_path / name, config=WorldConfig(), task_dir=tmp_path / name / "tasks"
+        )
         assert assets.include_paths(spec, toy=True) == [p.resolve() for p in expected]
     assert not folder_matches(world, tmp_path / "other" / "tasks")
 

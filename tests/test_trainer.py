@@ -36,20 +36,34 @@ def _training(**kw) -> TrainingSpec:
     return TrainingSpec.model_validate(base)
 
 
-def _trainer(model, grid, weights, training: TrainingSpec, normalizer="valid", tmp_path=None, cls=WeightedSFTTrainer, **kw):
+def _trainer(
+    model, grid, weights, training: TrainingSpec, normalizer="valid", tmp_path=None, cls=WeightedSFTTrainer, **kw
+):
     lr = training.lrs[0]
     steps = total_steps(training, grid.input_ids.shape[0])
     opt = build_optimizer(training, [p for p in model.parameters() if p.requires_grad], lr)
     sched = build_scheduler(training, opt, steps)
     args = sft_config(training, lr, tmp_path, grid.input_ids.shape[0])
     extra = {"normalizer": normalizer} if cls is WeightedSFTTrainer else {"data_collator": GridCollator()}
-    return cls(model=model, args=args, train_dataset=grid_dataset(grid, weights), processing_class=tiny_tokenizer(),
-               optimizers=(opt, sched), **extra, **kw)
+    return cls(
+        model=model,
+        args=args,
+        train_dataset=grid_dataset(grid, weights),
+        processing_class=tiny_tokenizer(),
+        optimizers=(opt, sched),
+        **extra,
+        **kw,
+    )
 
 
 def _batch(grid, weights):
-    return {"input_ids": grid.input_ids, "attention_mask": grid.attention_mask, "labels": grid.labels.clone(),
-            "token_weights": weights.clone(), "row_id": torch.arange(len(grid.input_ids))}
+    return {
+        "input_ids": grid.input_ids,
+        "attention_mask": grid.attention_mask,
+        "labels": grid.labels.clone(),
+        "token_weights": weights.clone(),
+        "row_id": torch.arange(len(grid.input_ids)),
+    }
 
 
 def _loss_and_grad(trainer, model, batch):
@@ -94,7 +108,9 @@ def test_negative_weights_negate_gradient_exactly(tmp_path):
     _, g_pos = _loss_and_grad(trainer, trainer.model, _batch(grid, ones))
     batch = _batch(grid, -ones)
     model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=normalizer_count(grid.labels, ones, "valid"))
+    loss = trainer.compute_loss(
+        trainer.model, dict(batch), num_items_in_batch=normalizer_count(grid.labels, ones, "valid")
+    )
     loss.backward()
     for name, p in trainer.model.named_parameters():
         assert torch.equal(p.grad, -g_pos[name]), name
@@ -130,7 +146,9 @@ def test_pure_loss_matches_hand_computation():
 
 
 def _train_params(grid, weights, normalizer, bs, ga, tmp_path, optimizer="adamw"):
-    training = _training(batch_size=bs * ga, micro_batch_size=bs, max_steps=3, lr=1e-2, optimizer={"name": optimizer}, shuffle=True)
+    training = _training(
+        batch_size=bs * ga, micro_batch_size=bs, max_steps=3, lr=1e-2, optimizer={"name": optimizer}, shuffle=True
+    )
     model = tiny_model(seed=1)
     trainer = _trainer(model, grid, weights, training, normalizer=normalizer, tmp_path=tmp_path)
     trainer.train()
@@ -192,8 +210,12 @@ def test_lora_changes_only_adapters_and_lowers_loss(tmp_path):
     with torch.no_grad():
         loss1 = float(trainer.compute_loss(trainer.model, dict(_batch(grid, ones))))
     assert loss1 < loss0 - 0.05
-    changed = {n for n, p in trainer.model.named_parameters() if "lora_" not in n
-               and not torch.equal(p.detach(), before[n.replace("base_model.model.", "").replace(".base_layer", "")])}
+    changed = {
+        n
+        for n, p in trainer.model.named_parameters()
+        if "lora_" not in n
+        and not torch.equal(p.detach(), before[n.replace("base_model.model.", "").replace(".base_layer", "")])
+    }
     assert changed == set()
     lora_changed = [n for n, p in trainer.model.named_parameters() if "lora_B" in n and p.detach().abs().sum() > 0]
     assert lora_changed

@@ -18,7 +18,9 @@ or the write path's own temp file)."""
 def _open_mode(call: ast.Call) -> str:
     if len(call.args) > 1 and isinstance(call.args[1], ast.Constant):
         return str(call.args[1].value)
-    return next((str(k.value.value) for k in call.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)), "r")
+    return next(
+        (str(k.value.value) for k in call.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)), "r"
+    )
 
 
 def raw_writes(path: Path) -> list[str]:
@@ -41,7 +43,11 @@ def raw_writes(path: Path) -> list[str]:
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
         owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
         what = None
-        if isinstance(func, ast.Attribute) and name in ("write_text", "write_bytes") and owner not in ("safeio", "safewrite"):
+        if (
+            isinstance(func, ast.Attribute)
+            and name in ("write_text", "write_bytes")
+            and owner not in ("safeio", "safewrite")
+        ):
             what = f"Path.{name}"
         elif name == "open" and owner in ("", "io") and any(c in _open_mode(node) for c in "wax+"):
             what = f"open(..., {_open_mode(node)!r})"
@@ -61,7 +67,14 @@ def test_every_file_write_goes_through_the_write_path():
 
 def test_the_check_finds_a_raw_write(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import json, torch\nfrom pathlib import Path\n"
-                     "def f(p, t):\n    Path(p).write_text('x')\n    open(p, 'w')\n    json.dump({}, p)\n    torch.save(t, p)\n")
+    probe.write_text(
+        "import json, torch\nfrom pathlib import Path\n"
+        "def f(p, t):\n    Path(p).write_text('x')\n    open(p, 'w')\n    json.dump({}, p)\n    torch.save(t, p)\n"
+    )
     hits = raw_writes(probe)
-    assert [h.split(" ", 1)[1] for h in hits] == ["Path.write_text", "open(..., 'w')", "json.dump", "torch.save outside a write_with writer"]
+    assert [h.split(" ", 1)[1] for h in hits] == [
+        "Path.write_text",
+        "open(..., 'w')",
+        "json.dump",
+        "torch.save outside a write_with writer",
+    ]

@@ -20,27 +20,52 @@ def tiny_tokenizer():
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<unk>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<unk>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([" ".join(WORDS)] * 4, trainer)
     from tokenizers import decoders
 
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>",
-                                   pad_token="<|endoftext|>", model_max_length=512)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        model_max_length=512,
+    )
     fast.name_or_path = "tiny-test-tokenizer"
     return fast
 
 
-def tiny_model(vocab: int | None = None, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0,
-               dtype: torch.dtype = torch.float32, attn: str = "eager"):
+def tiny_model(
+    vocab: int | None = None,
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    attn: str = "eager",
+):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     vocab = vocab or len(tiny_tokenizer())
     config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=4 * hidden, max_position_embeddings=128, rotary_pct=0.25,
-        attention_dropout=0.0, hidden_dropout=0.0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=128,
+        rotary_pct=0.25,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
     )
     config._attn_implementation = attn
     torch.manual_seed(seed)

@@ -67,13 +67,16 @@ def _digest(items: Sequence[Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint_inputs(texts: Sequence[str], source_rows: Sequence[int], tokenizer_id: str, width: int,
-                       data: Optional[DataSpec] = None) -> dict[str, Any]:
+def fingerprint_inputs(
+    texts: Sequence[str], source_rows: Sequence[int], tokenizer_id: str, width: int, data: Optional[DataSpec] = None
+) -> dict[str, Any]:
     """What a grid's fingerprint is made of, recorded beside it in score sidecars (`data_fingerprint_inputs`) so
     that a mismatch can name what differs: the data source and row selection as the spec states them, the
     tokenizer, N, S (the width), append_eos, and digests of the chosen row ids and of their texts."""
     return {
-        "data source": data.model_dump(mode="json", exclude={"select", "max_seq_len", "append_eos"}, exclude_none=True) if data else None,
+        "data source": data.model_dump(mode="json", exclude={"select", "max_seq_len", "append_eos"}, exclude_none=True)
+        if data
+        else None,
         "data.select": data.select.model_dump(mode="json", exclude_none=True) if data else None,
         "tokenizer": tokenizer_id,
         "N": len(texts),
@@ -93,8 +96,16 @@ class GridFingerprints:
     """The fingerprint of a spec's rows at any width (a score file may hold more columns than the grid), callable
     as `fingerprint_at(width)`, and the inputs it is made of (`inputs(width)`) for naming a mismatch."""
 
-    def __init__(self, texts: Sequence[str], tokenizer: Any, tokenizer_id: str, data: DataSpec, rows: Sequence[int]) -> None:
-        self.texts, self.tokenizer, self.tokenizer_id, self.data, self.rows = list(texts), tokenizer, tokenizer_id, data, list(rows)
+    def __init__(
+        self, texts: Sequence[str], tokenizer: Any, tokenizer_id: str, data: DataSpec, rows: Sequence[int]
+    ) -> None:
+        self.texts, self.tokenizer, self.tokenizer_id, self.data, self.rows = (
+            list(texts),
+            tokenizer,
+            tokenizer_id,
+            data,
+            list(rows),
+        )
 
     def __call__(self, width: int) -> str:
         return build_grid(self.texts, self.tokenizer, width, self.tokenizer_id, self.data.append_eos).fingerprint
@@ -106,19 +117,25 @@ class GridFingerprints:
 def fingerprint_difference(recorded: Any, current: Optional[dict[str, Any]]) -> str:
     """Which input of the data fingerprint differs between a score file's sidecar and this run, in words."""
     if not isinstance(recorded, dict) or current is None:
-        return ("the score sidecar does not record what its fingerprint was made of (written before unlearnspec recorded "
-                "`data_fingerprint_inputs`), so the differing input is unknown: one of the corpus, the rows (N, filter, order, "
-                "offset), the tokenizer, max_seq_len or append_eos")
+        return (
+            "the score sidecar does not record what its fingerprint was made of (written before unlearnspec recorded "
+            "`data_fingerprint_inputs`), so the differing input is unknown: one of the corpus, the rows (N, filter, order, "
+            "offset), the tokenizer, max_seq_len or append_eos"
+        )
     named = [k for k in current if k not in ("row ids", "row texts") and k in recorded and recorded[k] != current[k]]
     if named:
         return "; ".join(f"{k}: {_shown(recorded[k])} (scores) vs {_shown(current[k])} (this run)" for k in named)
     if recorded.get("row ids") != current["row ids"]:
-        return ("the same selection settings chose other rows (the source data changed under the same name, e.g. another "
-                "dataset revision or files)")
+        return (
+            "the same selection settings chose other rows (the source data changed under the same name, e.g. another "
+            "dataset revision or files)"
+        )
     if recorded.get("row texts") != current["row texts"]:
         return "the same rows hold other text (another dataset revision, text_field or chat template)"
-    return (f"every recorded input matches, so the token ids differ: the tokenizer named {current['tokenizer']} changed "
-            "(another revision or local files)")
+    return (
+        f"every recorded input matches, so the token ids differ: the tokenizer named {current['tokenizer']} changed "
+        "(another revision or local files)"
+    )
 
 
 def _shown(value: Any) -> str:
@@ -171,17 +188,35 @@ def _load_dataset(data: DataSourceSpec, spec_path: Path, assets: Optional["Asset
             files = [str(resolve_path(spec_path, p)) for p in data.files.paths]
             missing = [f for f in files if not Path(f).exists()]
             if missing:
-                raise UserError.one(str(spec_path), f"data file(s) not found: {', '.join(missing)}. Fix {loc}.files.paths.", loc=f"{loc}.files.paths")
+                raise UserError.one(
+                    str(spec_path),
+                    f"data file(s) not found: {', '.join(missing)}. Fix {loc}.files.paths.",
+                    loc=f"{loc}.files.paths",
+                )
             irregular = [f for f in files if not Path(f).is_file()]
-            if irregular:  # a folder, FIFO or device: the datasets reader would hang on a FIFO or read /dev/zero forever
-                raise UserError.one(str(spec_path), f"not regular files: {', '.join(irregular)}. Give data files.", loc=f"{loc}.files.paths")
+            if (
+                irregular
+            ):  # a folder, FIFO or device: the datasets reader would hang on a FIFO or read /dev/zero forever
+                raise UserError.one(
+                    str(spec_path),
+                    f"not regular files: {', '.join(irregular)}. Give data files.",
+                    loc=f"{loc}.files.paths",
+                )
             empty = [f for f in files if Path(f).stat().st_size == 0]
             if empty:
-                raise UserError.one(str(spec_path), f"data file(s) are empty: {', '.join(empty)}. Fix {loc}.files.paths.", loc=f"{loc}.files.paths")
+                raise UserError.one(
+                    str(spec_path),
+                    f"data file(s) are empty: {', '.join(empty)}. Fix {loc}.files.paths.",
+                    loc=f"{loc}.files.paths",
+                )
             return datasets.load_dataset(data.files.format, data_files=files, split="train")
         assert data.toy is not None
         if assets is None:
-            raise UserError.one(str(spec_path), "a toy corpus is read through a run's assets (the toy world); run with --toy.", loc=f"{loc}.toy")
+            raise UserError.one(
+                str(spec_path),
+                "a toy corpus is read through a run's assets (the toy world); run with --toy.",
+                loc=f"{loc}.toy",
+            )
         return datasets.load_dataset("json", data_files=str(assets.corpus_path(data.toy.corpus)), split="train")
     except UserError:
         raise
@@ -209,8 +244,9 @@ def _load_dataset(data: DataSourceSpec, spec_path: Path, assets: Optional["Asset
         ) from None
 
 
-def load_texts(data: DataSourceSpec, spec_path: Path, tokenizer: Any = None, assets: Optional["Assets"] = None,
-               loc: str = "data") -> tuple[list[str], list[int]]:
+def load_texts(
+    data: DataSourceSpec, spec_path: Path, tokenizer: Any = None, assets: Optional["Assets"] = None, loc: str = "data"
+) -> tuple[list[str], list[int]]:
     """The N chosen texts (and their row indices in the loaded dataset); `assets` resolves toy corpora; `loc`
     names the section in messages (`data`, `data.retain`)."""
     ds = _load_dataset(data, spec_path, assets, loc)
@@ -275,4 +311,3 @@ def load_grid(
     """The spec's token grid (texts may be passed in when already loaded)."""
     chosen, rows = texts if texts is not None else load_texts(data, spec_path, tokenizer, assets)
     return build_grid(chosen, tokenizer, data.max_seq_len, tokenizer_id, data.append_eos, rows)
-

@@ -67,7 +67,9 @@ class EvalResult:
                 num_fewshot=dict(data.get("num_fewshot", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # ValidationError is a ValueError
-            raise UserError.one(source, f"not a valid evaluation record ({first_line(exc, 120)}). Delete it to re-evaluate.") from None
+            raise UserError.one(
+                source, f"not a valid evaluation record ({first_line(exc, 120)}). Delete it to re-evaluate."
+            ) from None
 
 
 # --------------------------------------------------------------------------- task lookup
@@ -179,7 +181,6 @@ def quiet_lm_eval() -> Iterator[None]:
         os.close(saved_fd)
         os.close(devnull)
         logger.setLevel(level)
-
 
 
 def evaluate_model(model: Any, tokenizer: Any, eval_spec: EvalSpec, include_paths: Sequence[Path]) -> EvalResult:
@@ -304,7 +305,11 @@ def _collect(res: dict[str, Any], spec: EvalSpec, leaves: dict[str, list[str]], 
             correct.extend(int(round(float(s[spec.metric]))) for s in logged)
         acc = _metric(row, "acc")
         if acc is None:
-            raise UserError.one("eval.tasks", f"task {task.name!r} reports no `acc`; only multiple-choice tasks with acc are supported.", loc=task.name)
+            raise UserError.one(
+                "eval.tasks",
+                f"task {task.name!r} reports no `acc`; only multiple-choice tasks with acc are supported.",
+                loc=task.name,
+            )
         metrics[task.name] = TaskMetrics(
             acc=acc,
             acc_stderr=_metric(row, "acc_stderr"),
@@ -315,5 +320,10 @@ def _collect(res: dict[str, Any], spec: EvalSpec, leaves: dict[str, list[str]], 
         samples[task.name] = correct
         if leaves[task.name] != [task.name]:
             subtasks[task.name] = leaves[task.name]
-    return EvalResult(metrics=metrics, samples=samples, metric=spec.metric, subtasks=subtasks,
-                      num_fewshot={leaf: fewshot[leaf] for names in leaves.values() for leaf in names})
+    return EvalResult(
+        metrics=metrics,
+        samples=samples,
+        metric=spec.metric,
+        subtasks=subtasks,
+        num_fewshot={leaf: fewshot[leaf] for names in leaves.values() for leaf in names},
+    )

@@ -46,8 +46,11 @@ def open_regular(path: Path, what: str, fix: str, max_bytes: int, missing: str =
     case it was swapped meanwhile), and a file larger than `max_bytes` before it is read."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode):
-            raise _problem(path, f"is not a regular file (a device, FIFO or socket), so it is not a {what}; it was not "
-                                 f"read. {fix}".strip())
+            raise _problem(
+                path,
+                f"is not a regular file (a device, FIFO or socket), so it is not a {what}; it was not "
+                f"read. {fix}".strip(),
+            )
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise _problem(path, missing or f"no such file. {fix}".strip()) from None
@@ -60,11 +63,17 @@ def open_regular(path: Path, what: str, fix: str, max_bytes: int, missing: str =
         if stat.S_ISDIR(info.st_mode):
             raise _problem(path, f"is a folder, not a {what}. {fix}".strip())
         if not stat.S_ISREG(info.st_mode):
-            raise _problem(path, f"is not a regular file (a device, FIFO or socket), so it is not a {what}; it was not "
-                                 f"read. {fix}".strip())
+            raise _problem(
+                path,
+                f"is not a regular file (a device, FIFO or socket), so it is not a {what}; it was not "
+                f"read. {fix}".strip(),
+            )
         if info.st_size > max_bytes:
-            raise _problem(path, f"the {what} is {info.st_size:,} bytes, larger than the {max_bytes:,} a {what} may have; "
-                                 f"is this the right file? {fix}".strip())
+            raise _problem(
+                path,
+                f"the {what} is {info.st_size:,} bytes, larger than the {max_bytes:,} a {what} may have; "
+                f"is this the right file? {fix}".strip(),
+            )
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         fh = os.fdopen(fd, "rb")
     except BaseException:
@@ -105,7 +114,9 @@ def read_json(path: Path, what: str, missing: str, fix: str, max_bytes: int = MA
     except json.JSONDecodeError as exc:
         raise _problem(path, f"the {what} is not valid JSON ({exc.msg} at line {exc.lineno}). {fix}".strip()) from None
     except ValueError as exc:  # e.g. an integer beyond Python's digit limit
-        raise _problem(path, f"the {what} holds a value JSON parsing refuses ({str(exc)[:100]}). {fix}".strip()) from None
+        raise _problem(
+            path, f"the {what} holds a value JSON parsing refuses ({str(exc)[:100]}). {fix}".strip()
+        ) from None
     except RecursionError:
         raise _problem(path, f"the {what} is nested too deeply to be one. {fix}".strip()) from None
 
@@ -138,9 +149,12 @@ def check_tensor_storage(tensor: Any, path: Path) -> None:
     last = tensor.storage_offset() + sum((n - 1) * st for st, n in dims)
     if tensor.numel() and (overlapping or last >= stored):
         claimed = tensor.numel() * tensor.element_size()
-        raise _problem(path, f"the tensor {list(tensor.shape)} is an expanded or overlapping view (strides "
-                             f"{list(tensor.stride())}) of {stored * tensor.element_size():,} stored bytes that claims "
-                             f"{claimed:,}; it was not used. Save plain data: `torch.save(t.contiguous().clone(), path)`.")
+        raise _problem(
+            path,
+            f"the tensor {list(tensor.shape)} is an expanded or overlapping view (strides "
+            f"{list(tensor.stride())}) of {stored * tensor.element_size():,} stored bytes that claims "
+            f"{claimed:,}; it was not used. Save plain data: `torch.save(t.contiguous().clone(), path)`.",
+        )
 
 
 # --------------------------------------------------------------------------- text read back
@@ -166,6 +180,9 @@ def check_name(name: Any, what: str, where: str) -> str:
     held to the spec-name pattern (letters, digits, `_`, `.`, `-`; no `/`), so it cannot leave its folder."""
     if not isinstance(name, str) or not re.fullmatch(SPEC_NAME_PATTERN, name) or name in (".", "..") or len(name) > 200:
         shown = repr(name)[:80]
-        raise UserError.one(where, f"the {what} {shown} is not a spec name (letters, digits, `_`, `.` or `-`, at most 200); "
-                                   "it would name a file, so it is refused. Was the file edited? Rerun the spec to rewrite it.")
+        raise UserError.one(
+            where,
+            f"the {what} {shown} is not a spec name (letters, digits, `_`, `.` or `-`, at most 200); "
+            "it would name a file, so it is refused. Was the file edited? Rerun the spec to rewrite it.",
+        )
     return name

@@ -91,8 +91,11 @@ def _inside(path: Path, root: Path) -> list[str]:
     rel = os.path.relpath(os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root)))
     parts = Path(rel).parts
     if not parts or parts[0] == ".." or os.path.isabs(rel) or path.name in ("", ".", ".."):
-        raise _refuse(path, f"would be written outside the folder {root} the tool writes into; refused. A name read "
-                            "from a file (a spec name?) leads out of it: fix or regenerate that file.")
+        raise _refuse(
+            path,
+            f"would be written outside the folder {root} the tool writes into; refused. A name read "
+            "from a file (a spec name?) leads out of it: fix or regenerate that file.",
+        )
     return list(parts[:-1])
 
 
@@ -114,8 +117,11 @@ def _open_folder(root: Path, parts: list[str], path: Path) -> int:
             os.close(fd)
             where = root.joinpath(*parts[: parts.index(part) + 1])
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _refuse(where, f"is a symbolic link or not a folder; unlearnspec writes nothing through it "
-                                     f"(writing {path.name}). Remove it, or choose another folder.") from None
+                raise _refuse(
+                    where,
+                    f"is a symbolic link or not a folder; unlearnspec writes nothing through it "
+                    f"(writing {path.name}). Remove it, or choose another folder.",
+                ) from None
             raise _refuse(where, f"cannot create the folder for {path.name}: {advice(exc)}.") from None
         os.close(fd)
         fd = sub
@@ -146,8 +152,9 @@ class _Sink(io.RawIOBase):
         return done
 
 
-def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] = None, by_path: bool = False,
-               durable: bool = True) -> Path:
+def write_with(
+    path: Path, writer: Callable[[Any], None], root: Optional[Path] = None, by_path: bool = False, durable: bool = True
+) -> Path:
     """Write `path` by calling `writer(file)` on a binary file, atomically: the bytes go to a temp file in
     the same folder, are fsynced and renamed over `path` only when complete. `root` is the folder the tool
     owns (default: path's folder): folders below it are created and may not be links, and `path` may not
@@ -169,13 +176,20 @@ def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] =
         except FileNotFoundError:
             info = None
         if info is not None and stat.S_ISLNK(info.st_mode):
-            raise _refuse(path, "is a symbolic link; unlearnspec writes no file through a link (it could point outside "
-                                "the output folder). Remove the link, or choose another folder.")
+            raise _refuse(
+                path,
+                "is a symbolic link; unlearnspec writes no file through a link (it could point outside "
+                "the output folder). Remove the link, or choose another folder.",
+            )
         if info is not None and not stat.S_ISREG(info.st_mode):
-            raise _refuse(path, "is in the way and is not a regular file (a folder, FIFO or device); it was left "
-                                "untouched. Move it, or choose another folder.")
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666,
-                      dir_fd=fd)  # 0666 minus the umask: the mode a plain open() gives
+            raise _refuse(
+                path,
+                "is in the way and is not a regular file (a folder, FIFO or device); it was left "
+                "untouched. Move it, or choose another folder.",
+            )
+        out = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666, dir_fd=fd
+        )  # 0666 minus the umask: the mode a plain open() gives
         created = True
         sink = _Sink(out)
         try:
@@ -188,11 +202,14 @@ def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] =
                 if durable:
                     os.fsync(out)
             except OSError as exc:
-                raise _refuse(path, f"could not be written: {advice(exc)}. The previous file, if any, is unchanged.") from None
+                raise _refuse(
+                    path, f"could not be written: {advice(exc)}. The previous file, if any, is unchanged."
+                ) from None
             except Exception:
                 if sink.error is not None:
-                    raise _refuse(path, f"could not be written: {advice(sink.error)}. The previous file, if any, is "
-                                        "unchanged.") from None
+                    raise _refuse(
+                        path, f"could not be written: {advice(sink.error)}. The previous file, if any, is unchanged."
+                    ) from None
                 raise
         finally:
             os.close(out)
@@ -202,7 +219,9 @@ def write_with(path: Path, writer: Callable[[Any], None], root: Optional[Path] =
             if durable:
                 os.fsync(fd)
         except OSError as exc:
-            raise _refuse(path, f"could not be written: {advice(exc)}. The previous file, if any, is unchanged.") from None
+            raise _refuse(
+                path, f"could not be written: {advice(exc)}. The previous file, if any, is unchanged."
+            ) from None
     finally:
         if created:
             try:
@@ -244,8 +263,11 @@ def write_json(path: Path, payload: object, root: Optional[Path] = None, ensure_
     payload holding one is refused, naming the key: the producer must say `null` and why."""
     bad = _non_finite(payload)
     if bad is not None:
-        raise _refuse(path, f"not written: `{bad}` is not a finite number (NaN or infinity), which JSON cannot hold. "
-                            "This is a bug in unlearnspec; please report it with the command you ran.")
+        raise _refuse(
+            path,
+            f"not written: `{bad}` is not a finite number (NaN or infinity), which JSON cannot hold. "
+            "This is a bug in unlearnspec; please report it with the command you ran.",
+        )
     text = json.dumps(payload, indent=2, sort_keys=False, allow_nan=False, ensure_ascii=ensure_ascii) + "\n"
     return write_text(path, text, root)
 

@@ -93,8 +93,11 @@ def get(name: str = TOY) -> World:
     """The registered world `name`; a UserError with the fix when none is (a library user forgot the import)."""
     world = _WORLDS.get(name)
     if world is None:
-        raise UserError.one(name, f"no {name} world is registered in this process: `import unlearnspec.{name}` registers "
-                            "the embedded one (the `unlearnspec` command does this itself).")
+        raise UserError.one(
+            name,
+            f"no {name} world is registered in this process: `import unlearnspec.{name}` registers "
+            "the embedded one (the `unlearnspec` command does this itself).",
+        )
     return world
 
 
@@ -111,8 +114,10 @@ def unknown(kind: str, value: str, name: str = TOY) -> Optional[str]:
         return None
     singular = {"models": "model", "corpora": "corpus", "tasks": "task"}[kind]
     if name not in _WORLDS:
-        return (f"unknown {name} {singular} {value!r}: no {name} world is registered in this process "
-                f"(`import unlearnspec.{name}` registers the embedded one; the `unlearnspec` command does)")
+        return (
+            f"unknown {name} {singular} {value!r}: no {name} world is registered in this process "
+            f"(`import unlearnspec.{name}` registers the embedded one; the `unlearnspec` command does)"
+        )
     return f"unknown {name} {singular} {value!r}; available: {', '.join(available)}"
 
 
@@ -131,6 +136,9 @@ def load_plugins(modules: Sequence[str], where: str = "worlds") -> None:
     package: the names may come back from a file on disk, which must not choose code to import."""
     for module in modules:
         if not isinstance(module, str) or not _PLUGIN.match(module):
-            raise UserError.one(where, f"{str(module)[:80]!r} is not a world plugin of unlearnspec (a module "
-                                "`unlearnspec.<name>`); rerun the command that wrote this file.")
+            raise UserError.one(
+                where,
+                f"{str(module)[:80]!r} is not a world plugin of unlearnspec (a module "
+                "`unlearnspec.<name>`); rerun the command that wrote this file.",
+            )
         importlib.import_module(module)

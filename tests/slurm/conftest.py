@@ -48,8 +48,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
     if shutil.which("sbatch") is None:
-        _unavailable(f"sbatch not found: SLURM is not installed here (as root, {START} installs and starts a "
-                     "single-node cluster)")
+        _unavailable(
+            f"sbatch not found: SLURM is not installed here (as root, {START} installs and starts a "
+            "single-node cluster)"
+        )
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%P|%T|%c|%N"], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:

@@ -28,8 +28,9 @@ def env(toy_world, slurm_cluster) -> dict[str, str]:
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unlearnspec", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearnspec", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _statuses(out: Path) -> dict:
@@ -48,8 +49,12 @@ def _assemble_live(out: Path) -> bool:
 
 def _wait_quiet(out: Path, timeout: float = 900) -> dict:
     """Until no job of the run is queued or running, and the assembling job has ended."""
-    wait_for(lambda: not any(s.live for s in _statuses(out).values()) and not _assemble_live(out), timeout,
-             f"the jobs of {out} to end", every=2.0)
+    wait_for(
+        lambda: not any(s.live for s in _statuses(out).values()) and not _assemble_live(out),
+        timeout,
+        f"the jobs of {out} to end",
+        every=2.0,
+    )
     return _statuses(out)
 
 
@@ -69,7 +74,18 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_cancel_a_running_point_then_rerun_redoes_only_it(env, tmp_path):
     out = tmp_path / "exp7"
-    args = ["run", EXP7, "--toy", "--executor", "slurm", "--out", str(out), "--set", "training.lr=[1.0e-5, 1.0e-4]", *LIMITS]
+    args = [
+        "run",
+        EXP7,
+        "--toy",
+        "--executor",
+        "slurm",
+        "--out",
+        str(out),
+        "--set",
+        "training.lr=[1.0e-5, 1.0e-4]",
+        *LIMITS,
+    ]
     first = _cli(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
     keep, victim = "point:exp7_all_tokens/lr_0.0001", "point:exp7_all_tokens/lr_0.001"  # toy AdamW LRs x10
@@ -85,8 +101,11 @@ def test_cancel_a_running_point_then_rerun_redoes_only_it(env, tmp_path):
         # SLURM says R before the task's Python has started (importing torch takes seconds on a busy CPU):
         # cancel only once the task itself recorded that it runs, as the assertions below are about that case
         run_file = out / ".slurm" / "lr_0.001" / "run.json"
-        wait_for(lambda: run_file.is_file() and json.loads(run_file.read_text()).get("state") == "running", 300,
-                 "the victim's task to start")
+        wait_for(
+            lambda: run_file.is_file() and json.loads(run_file.read_text()).get("state") == "running",
+            300,
+            "the victim's task to start",
+        )
         subprocess.run(["scancel", running.slurm_id], check=True)
         st = _wait_quiet(out)
         assert st[keep].state == "done"
@@ -123,7 +142,9 @@ def test_a_diverging_point_is_reported_with_its_reason(env, tmp_path):
         runs = json.loads((out / "results.json").read_text())["runs"]
         assert runs[0]["status"] == "failed" and "non-finite loss" in runs[0]["reason"]
         again = _cli(args, env)  # a recorded failure is not resubmitted without --retry-failed
-        assert again.returncode == 1 and " 0 submitted" in again.stdout and "--retry-failed" in again.stdout, again.stdout
+        assert again.returncode == 1 and " 0 submitted" in again.stdout and "--retry-failed" in again.stdout, (
+            again.stdout
+        )
     finally:
         _cancel_all(out)
 
@@ -142,8 +163,11 @@ def test_a_preempted_job_is_requeued_not_lost(env, tmp_path):
         wait_for(lambda: json.loads(run_file.read_text()).get("state") == "running", 300, "the task to start")
         # what a preempting scheduler sends first (submitit asks for --signal=USR2@90): checkpoint and requeue
         subprocess.run(["scancel", "--signal=USR2", running.slurm_id], check=True)
-        info = wait_for(lambda: (j := scontrol_job(running.slurm_id)).get("Restarts") == "1"
-                        and j["JobState"] == "PENDING" and j, 300, "the requeued job to wait to start again")
+        info = wait_for(
+            lambda: (j := scontrol_job(running.slurm_id)).get("Restarts") == "1" and j["JobState"] == "PENDING" and j,
+            300,
+            "the requeued job to wait to start again",
+        )
         assert info["JobId"] == running.slurm_id
         st = _statuses(out)[job]
         assert st.state == "queued" and st.slurm_id == running.slurm_id, st
@@ -160,8 +184,20 @@ def test_a_two_process_point_runs_under_torchrun(env, tmp_path, slurm_cluster):
     if slurm_cluster.cpus < 2:
         pytest.skip(f"the node has {slurm_cluster.cpus} CPU(s); a 2-process job needs 2")
     out = tmp_path / "exp7"
-    args = ["run", EXP7, "--toy", "--executor", "slurm", "--cluster", str(Path(__file__).with_name("two_processes.yaml")),
-            "--out", str(out), "--set", "training.lr=[1.0e-4]", *LIMITS]
+    args = [
+        "run",
+        EXP7,
+        "--toy",
+        "--executor",
+        "slurm",
+        "--cluster",
+        str(Path(__file__).with_name("two_processes.yaml")),
+        "--out",
+        str(out),
+        "--set",
+        "training.lr=[1.0e-4]",
+        *LIMITS,
+    ]
     first = _cli(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
     try:
@@ -182,15 +218,30 @@ def test_lds_retrainings_run_as_their_own_jobs(env, tmp_path):
     from unlearnspec.run.slurmstate import read_json
 
     out = tmp_path / "scores"
-    args = ["run", "specs/magic/magic_wmdp.yaml", "--toy", "--executor", "slurm", "--out", str(out),
-            "--set", "magic.lds.subsets=5", "--set", "data.select.count=200", "--set", "training.max_steps=48"]
+    args = [
+        "run",
+        "specs/magic/magic_wmdp.yaml",
+        "--toy",
+        "--executor",
+        "slurm",
+        "--out",
+        str(out),
+        "--set",
+        "magic.lds.subsets=5",
+        "--set",
+        "data.select.count=200",
+        "--set",
+        "training.max_steps=48",
+    ]
     # 50 toy rows x 12 steps (not 250 x 62): the jobs' order and the summary are the point (suite time, issue 23)
     first = _cli(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
     try:
         lds_dir = tmp_path / "scores.lds"
-        subs = {name: read_json(lds_dir / ".slurm" / name / "submission.json") for name in
-                ("reference", "subset_000", "subset_004")}
+        subs = {
+            name: read_json(lds_dir / ".slurm" / name / "submission.json")
+            for name in ("reference", "subset_000", "subset_004")
+        }
         score = read_json(tmp_path / ".slurm" / "scores" / "submission.json")
         assert score and all(s and s["after"] == [score["slurm_id"]] for s in subs.values()), (score, subs)
         assert len({s["slurm_id"] for s in subs.values()}) == 3  # one SLURM job per retraining

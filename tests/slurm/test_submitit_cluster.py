@@ -24,8 +24,13 @@ def _executor(folder: Path, cluster, **extra):
     ex = submitit.AutoExecutor(folder=folder)
     assert ex.cluster == "slurm", f"AutoExecutor picked {ex.cluster!r} although sbatch is present"
     ex.update_parameters(
-        slurm_partition=cluster.partition, timeout_min=5, cpus_per_task=1, nodes=1, tasks_per_node=1,
-        slurm_setup=[f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}"], **extra,
+        slurm_partition=cluster.partition,
+        timeout_min=5,
+        cpus_per_task=1,
+        nodes=1,
+        tasks_per_node=1,
+        slurm_setup=[f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}"],
+        **extra,
     )
     return ex
 
@@ -41,7 +46,11 @@ def _wait_done(job, timeout: float = 90.0) -> None:
 def square_and_report(x: int) -> dict:
     print(f"square_and_report says hello {x}", flush=True)
     print(f"to stderr {x}", file=os.sys.stderr, flush=True)
-    return {"value": x * x, "job_id": os.environ.get("SLURM_JOB_ID"), "partition": os.environ.get("SLURM_JOB_PARTITION")}
+    return {
+        "value": x * x,
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "partition": os.environ.get("SLURM_JOB_PARTITION"),
+    }
 
 
 def write_after(path: str, delay: float) -> float:
@@ -73,8 +82,11 @@ def test_function_result_and_logs(slurm_cluster, tmp_path):
     assert job.paths.stdout.name == f"{job.job_id}_0_log.out" and job.paths.stdout.exists()
     assert "square_and_report says hello 7" in job.stdout()
     assert "to stderr 7" in job.stderr()
-    info = wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "COMPLETED" and scontrol_job(job.job_id),
-                    30, "slurmctld to record COMPLETED")
+    info = wait_for(
+        lambda: scontrol_job(job.job_id).get("JobState") == "COMPLETED" and scontrol_job(job.job_id),
+        30,
+        "slurmctld to record COMPLETED",
+    )
     assert info["JobName"] == "us-square"
     assert info["StdOut"] == str(job.paths.stdout)  # slurmctld knows where the log went
 
@@ -102,9 +114,15 @@ def test_afterok_dependency_runs_after_producer_and_never_after_a_failure(slurm_
         bad.result()
     try:
         # SLURM keeps the dependant pending forever (or cancels it, with kill_invalid_depend): never runs
-        reason = wait_for(lambda: (s := scontrol_job(orphan.job_id)) and (
-            s.get("Reason") == "DependencyNeverSatisfied" or s.get("JobState") == "CANCELLED") and s, 30,
-            "the dependant of a failed job to be marked")
+        reason = wait_for(
+            lambda: (
+                (s := scontrol_job(orphan.job_id))
+                and (s.get("Reason") == "DependencyNeverSatisfied" or s.get("JobState") == "CANCELLED")
+                and s
+            ),
+            30,
+            "the dependant of a failed job to be marked",
+        )
         assert reason["JobState"] in ("PENDING", "CANCELLED")
         assert wait_for(lambda: scontrol_job(bad.job_id).get("JobState"), 10, "state") == "FAILED"
         assert not orphan.paths.result_pickle.exists()
@@ -117,8 +135,11 @@ def test_cancelled_job_state_as_submitit_reports_it(slurm_cluster, tmp_path):
     job = ex.submit(sleep_long, 120)
     wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "RUNNING", 60, "the job to run")
     job.cancel()
-    final = wait_for(lambda: scontrol_job(job.job_id).get("JobState") in ("CANCELLED",) and "CANCELLED", 30,
-                     "slurmctld to show CANCELLED")
+    final = wait_for(
+        lambda: scontrol_job(job.job_id).get("JobState") in ("CANCELLED",) and "CANCELLED",
+        30,
+        "slurmctld to show CANCELLED",
+    )
     assert final == "CANCELLED"
     assert not job.paths.result_pickle.exists()
     state = job.watcher.get_state(job.job_id, mode="force")

@@ -54,17 +54,33 @@ def run_case(case: dict, out: Path) -> dict:
 
     AcceleratorState._reset_state(reset_partial_state=False)  # DDP and FSDP cases share one launch
     grid, weights = grid_and_weights()
-    training = TrainingSpec.model_validate(dict(optimizer={"name": "sgd"}, lr=LR, batch_size=case["batch_size"],
-                                                micro_batch_size=case.get("micro_batch_size"), max_steps=STEPS, seed=0,
-                                                shuffle=case.get("shuffle", False)))
-    parallel = ParallelSpec(strategy=case.get("strategy", "ddp"),
-                            **({"fsdp": {"sharding": case.get("sharding", "full_shard")}} if case.get("strategy") == "fsdp" else {}))
+    training = TrainingSpec.model_validate(
+        dict(
+            optimizer={"name": "sgd"},
+            lr=LR,
+            batch_size=case["batch_size"],
+            micro_batch_size=case.get("micro_batch_size"),
+            max_steps=STEPS,
+            seed=0,
+            shuffle=case.get("shuffle", False),
+        )
+    )
+    parallel = ParallelSpec(
+        strategy=case.get("strategy", "ddp"),
+        **({"fsdp": {"sharding": case.get("sharding", "full_shard")}} if case.get("strategy") == "fsdp" else {}),
+    )
     model = tiny_model()
     initial = flat(model.named_parameters())
     with tempfile.TemporaryDirectory() as tmp:
         args = sft_config(training, LR, Path(tmp), ROWS, parallel=parallel, device=torch.device("cpu"))
-        trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=grid_dataset(grid, weights),
-                                     processing_class=tiny_tokenizer(), normalizer=case["normalizer"], training=training)
+        trainer = WeightedSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=grid_dataset(grid, weights),
+            processing_class=tiny_tokenizer(),
+            normalizer=case["normalizer"],
+            training=training,
+        )
         saved = WeightedSFTTrainer._data_parallel_factor
         if case.get("drop_factor"):
             WeightedSFTTrainer._data_parallel_factor = lambda self: 1  # the mutation: no world-size factor
@@ -83,8 +99,12 @@ def run_case(case: dict, out: Path) -> dict:
 
         numels = [None] * world
         dist.all_gather_object(numels, mine)
-    result = {"name": case["name"], "train_seconds": seconds, "local_numel": numels,
-              "total_numel": sum(p.numel() for p in tiny_model().parameters())}
+    result = {
+        "name": case["name"],
+        "train_seconds": seconds,
+        "local_numel": numels,
+        "total_numel": sum(p.numel() for p in tiny_model().parameters()),
+    }
     if int(os.environ.get("RANK", "0")) == 0:
         params = {k: v for k, v in state.items() if k in dict(tiny_model().named_parameters())}
         torch.save({"params": flat(params.items()), "initial": initial, **result}, out / f"{case['name']}.pt")

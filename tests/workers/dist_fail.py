@@ -28,12 +28,17 @@ def diverging_run() -> str:
     from unlearnspec.train.trainer import TrainingDiverged, WeightedSFTTrainer, grid_dataset, sft_config
 
     grid = build_grid(tiny_texts(24, 0), tiny_tokenizer(), 16, "tiny")
-    training = TrainingSpec.model_validate(dict(optimizer={"name": "sgd"}, lr=0.1, batch_size=4, max_steps=3, seed=0,
-                                                shuffle=False))
+    training = TrainingSpec.model_validate(
+        dict(optimizer={"name": "sgd"}, lr=0.1, batch_size=4, max_steps=3, seed=0, shuffle=False)
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = WeightedSFTTrainer(model=tiny_model(), args=sft_config(training, 0.1, Path(tmp), 24, device=torch.device("cpu")),
-                                     train_dataset=grid_dataset(grid, grid.valid_targets.float()),
-                                     processing_class=tiny_tokenizer(), training=training)
+        trainer = WeightedSFTTrainer(
+            model=tiny_model(),
+            args=sft_config(training, 0.1, Path(tmp), 24, device=torch.device("cpu")),
+            train_dataset=grid_dataset(grid, grid.valid_targets.float()),
+            processing_class=tiny_tokenizer(),
+            training=training,
+        )
         if dist.rank() == 1:
             original = trainer.compute_loss
 
@@ -65,7 +70,9 @@ def evaluate_toy() -> dict[str, float]:
     assert spec.eval is not None
     eval_spec = spec.eval.model_copy(update={"tasks": [t.model_copy(update={"limit": 24}) for t in spec.eval.tasks]})
     model = load_model(spec.model, assets, device="cpu")
-    result = evaluate_model(model, load_tokenizer(spec.model, assets), eval_spec, assets.include_paths(repo / "specs" / "x.yaml", toy=True))
+    result = evaluate_model(
+        model, load_tokenizer(spec.model, assets), eval_spec, assets.include_paths(repo / "specs" / "x.yaml", toy=True)
+    )
     return {task: m.acc for task, m in result.metrics.items()}
 
 

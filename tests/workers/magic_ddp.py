@@ -49,19 +49,38 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(1)
     grid = build_grid(tiny_texts(ROWS, seed=5), tiny_tokenizer(), SEQ, "tiny")
-    spec = TrainingSpec.model_validate(dict(
-        optimizer={"name": "sgd", "weight_decay": 0.05}, lr=0.8, batch_size=GLOBAL_ROWS * GA, micro_batch_size=GLOBAL_ROWS // world,
-        max_steps=STEPS, schedule="linear", warmup_steps=1, shuffle=True, seed=3))
+    spec = TrainingSpec.model_validate(
+        dict(
+            optimizer={"name": "sgd", "weight_decay": 0.05},
+            lr=0.8,
+            batch_size=GLOBAL_ROWS * GA,
+            micro_batch_size=GLOBAL_ROWS // world,
+            max_steps=STEPS,
+            schedule="linear",
+            warmup_steps=1,
+            shuffle=True,
+            seed=3,
+        )
+    )
     model = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64, attn=register_replay_attention())
     cb = MagicCallback(STEPS, "sqrt", storage="disk", storage_dir=states)
     with tempfile.TemporaryDirectory() as tmp:
-        parallel = ParallelSpec(strategy="fsdp", fsdp={"activation_checkpointing": True}) if strategy == "fsdp_ac" \
+        parallel = (
+            ParallelSpec(strategy="fsdp", fsdp={"activation_checkpointing": True})
+            if strategy == "fsdp_ac"
             else ParallelSpec(strategy=strategy)
+        )
         args = sft_config(spec, 0.8, Path(tmp), ROWS, device=torch.device("cpu"), parallel=parallel)
-        trainer = WeightedSFTTrainer(model=model, args=args,
-                                     train_dataset=grid_dataset(grid, grid.valid_targets.double()),
-                                     processing_class=tiny_tokenizer(), callbacks=[cb], normalizer="valid",
-                                     fused_head=False, training=spec)
+        trainer = WeightedSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=grid_dataset(grid, grid.valid_targets.double()),
+            processing_class=tiny_tokenizer(),
+            callbacks=[cb],
+            normalizer="valid",
+            fused_head=False,
+            training=spec,
+        )
         cb.attach(trainer)
         trainer.train()
     traj = cb.trajectory
@@ -75,12 +94,15 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
         "lrs": traj.lrs,
         "final": {n: p.detach().clone() for n, p in model.named_parameters()},
         "scores": magic_scores(model, grid, traj, query, dtype=None),
-        "scores_rows1_offload": magic_scores(model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True,
-                                             offload_states=True),
+        "scores_rows1_offload": magic_scores(
+            model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True, offload_states=True
+        ),
     }
     from unlearnspec.magic.per_question import per_question_scores
 
-    result["per_question"] = per_question_scores(model, grid, traj, query, chunk=2, dtype=None).scores  # 2 batched passes
+    result["per_question"] = per_question_scores(
+        model, grid, traj, query, chunk=2, dtype=None
+    ).scores  # 2 batched passes
     saved = _Replay._reduce_hvp
     _Replay._reduce_hvp = lambda self, hv: None  # the mutation: each rank keeps only its own rows' H v
     try:
@@ -106,14 +128,25 @@ def _sharded(trainer, traj, grid, world: int, out: Path) -> dict:
     skeleton, comm = shard_for_replay(trainer.model)
     query = rebind_query(_query(skeleton), skeleton)
     result = {
-        "world": world, "shard_world": traj.shard_world, "lrs": traj.lrs,
+        "world": world,
+        "shard_world": traj.shard_world,
+        "lrs": traj.lrs,
         "steps": [[mb.tolist() for mb in step.micro_batches] for step in traj.steps],
         "final": {n: final[n] for n in traj.param_names},
         "shards_match": all(torch.equal(kept[n], group.shard(final[n])) for n in traj.param_names),
         "local_numel": sum(kept[n].numel() for n in traj.param_names),
         "scores": magic_scores(skeleton, grid, traj, query, dtype=None, comm=comm),
-        "scores_rows1_offload": magic_scores(skeleton, grid, traj, query, dtype=None, comm=comm, micro_batch_rows=1,
-                                             offload_adjoint=True, offload_states=True),
+        "scores_rows1_offload": magic_scores(
+            skeleton,
+            grid,
+            traj,
+            query,
+            dtype=None,
+            comm=comm,
+            micro_batch_rows=1,
+            offload_adjoint=True,
+            offload_states=True,
+        ),
         "per_question": per_question_scores(skeleton, grid, traj, query, chunk=2, dtype=None, comm=comm).scores,
     }
     if int(os.environ.get("RANK", "0")) == 0:

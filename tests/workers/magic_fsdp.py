@@ -61,12 +61,16 @@ def record(name: str, states: Path):
     model, grid = tiny_model(), tiny_grid()
     theta0 = trainable_params(model)
     decay = hf_style_decay(dict(theta0), 0.1) if opt != "sgd" else 0.05
-    lrs = [1e-2 * (t + 1) / STEPS for t in range(STEPS)] if opt != "sgd" else [2.0 * (1 - 0.1 * t) for t in range(STEPS)]
+    lrs = (
+        [1e-2 * (t + 1) / STEPS for t in range(STEPS)] if opt != "sgd" else [2.0 * (1 - 0.1 * t) for t in range(STEPS)]
+    )
     plan = plan_steps(N, STEPS, BATCH, lrs, grad_accum=2, seed=3)
     config = OptimizerConfig(opt, max_grad_norm=MAX_NORM if opt != "sgd" else None)  # type: ignore[arg-type]
     store = DiskStore(states / name) if storage == "disk" else None
     recorder = TrajectoryRecorder(STEPS, schedule, store=store, weight_decay=decay, optimizer=config)  # type: ignore[arg-type]
-    traj = sgd_train(model, grid, plan, weight_decay=decay, recorder=recorder, use_replay_attention=True, optimizer=config)
+    traj = sgd_train(
+        model, grid, plan, weight_decay=decay, recorder=recorder, use_replay_attention=True, optimizer=config
+    )
     return model, grid, traj, _query(model)
 
 

@@ -22,8 +22,15 @@ LAYERS, HIDDEN, HEADS, VOCAB, ROWS, SEQ, STEPS = 8, 64, 4, 64, 8, 8, 16
 SHAPE = {"layers": LAYERS, "hidden": HIDDEN, "heads": HEADS, "vocab": VOCAB, "seq": SEQ, "rows": 1}
 
 
-def record(states: Path, tag: str | None, group=None, optimizer: str = "adamw", schedule: str = "sqrt", steps: int = STEPS,
-           shape: dict | None = None):
+def record(
+    states: Path,
+    tag: str | None,
+    group=None,
+    optimizer: str = "adamw",
+    schedule: str = "sqrt",
+    steps: int = STEPS,
+    shape: dict | None = None,
+):
     """(model, grid, trajectory on disk: whole states, or this rank's shards with `tag`, query); `shape`: layers,
     hidden, heads, vocab, seq and rows per step (default `SHAPE`)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -36,9 +43,16 @@ def record(states: Path, tag: str | None, group=None, optimizer: str = "adamw", 
 
     sh = {**SHAPE, **(shape or {})}
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=sh["vocab"], hidden_size=sh["hidden"], num_hidden_layers=sh["layers"],
-                           num_attention_heads=sh["heads"], intermediate_size=4 * sh["hidden"], max_position_embeddings=64,
-                           attention_dropout=0.0, hidden_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=sh["vocab"],
+        hidden_size=sh["hidden"],
+        num_hidden_layers=sh["layers"],
+        num_attention_heads=sh["heads"],
+        intermediate_size=4 * sh["hidden"],
+        max_position_embeddings=64,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     config._attn_implementation = register_replay_attention()
     model = GPTNeoXForCausalLM(config)
     gen = torch.Generator().manual_seed(1)

@@ -50,16 +50,33 @@ def build(case: dict, workdir: Path, model=None):
     forget, retain, weights = grids()
     spec = TypeAdapter(ObjectiveSpec).validate_python(case["objective"])
     lr = case.get("lr", 0.1)
-    training = TrainingSpec.model_validate(dict(optimizer={"name": case.get("optimizer", "sgd")}, lr=lr, batch_size=case["batch_size"],
-                                                micro_batch_size=case.get("micro_batch_size"), max_steps=case.get("steps", STEPS),
-                                                seed=0, shuffle=case.get("shuffle", False)))
+    training = TrainingSpec.model_validate(
+        dict(
+            optimizer={"name": case.get("optimizer", "sgd")},
+            lr=lr,
+            batch_size=case["batch_size"],
+            micro_batch_size=case.get("micro_batch_size"),
+            max_steps=case.get("steps", STEPS),
+            seed=0,
+            shuffle=case.get("shuffle", False),
+        )
+    )
     reference = None
     if OBJECTIVES[spec.name].needs_reference:
-        reference = ReferenceCache(forget.input_ids, forget.attention_mask, forget.labels, forget.fingerprint,
-                                   {"model": "tiny"}, workdir / "cache", 4, say=lambda _m: None)
+        reference = ReferenceCache(
+            forget.input_ids,
+            forget.attention_mask,
+            forget.labels,
+            forget.fingerprint,
+            {"model": "tiny"},
+            workdir / "cache",
+            4,
+            say=lambda _m: None,
+        )
     rows = RetainRows(retain.input_ids, retain.attention_mask, retain.labels, retain.fingerprint)
-    objective = build_objective(spec, case.get("normalizer", "valid"), rows if getattr(spec, "alpha", 0) else None,
-                                True, reference)
+    objective = build_objective(
+        spec, case.get("normalizer", "valid"), rows if getattr(spec, "alpha", 0) else None, True, reference
+    )
     model = model if model is not None else tiny_model()
     objective.prepare_model(model)
     if case.get("lora"):  # as steps.train: LoRA after the objective's preparation; B perturbed so adapters matter
@@ -72,9 +89,15 @@ def build(case: dict, workdir: Path, model=None):
                 if "lora_B" in name:
                     p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
     args = sft_config(training, lr, workdir / "trainer", ROWS, parallel=ParallelSpec(), device=torch.device("cpu"))
-    trainer = WeightedSFTTrainer(model=model, args=args, train_dataset=grid_dataset(forget, weights),
-                                 processing_class=tiny_tokenizer(), normalizer=case.get("normalizer", "valid"),
-                                 training=training, objective=objective)
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=grid_dataset(forget, weights),
+        processing_class=tiny_tokenizer(),
+        normalizer=case.get("normalizer", "valid"),
+        training=training,
+        objective=objective,
+    )
     objective.attach(trainer)
     return trainer, objective
 

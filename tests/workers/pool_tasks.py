@@ -20,15 +20,22 @@ FAIL = "UNLEARNSPEC_TEST_POOL_FAIL"
 
 def record(job_id: str, job_hash: str) -> JobResult:
     start = time.time()
-    seen = {"job": job_id, "pid": os.getpid(), "start": start, "torch_loaded": "torch" in sys.modules,
-            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS"),
-            "aten": os.environ.get("ATEN_CPU_CAPABILITY")}
+    seen = {
+        "job": job_id,
+        "pid": os.getpid(),
+        "start": start,
+        "torch_loaded": "torch" in sys.modules,
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "aten": os.environ.get("ATEN_CPU_CAPABILITY"),
+    }
     time.sleep(0.4)
     failed = job_id in os.environ.get(FAIL, "").split(",")
     seen["end"] = time.time()
     (Path(os.environ[LOG]) / (job_id.replace(":", "_").replace("/", "_") + ".json")).write_text(json.dumps(seen))
-    return JobResult(job_id, "failed" if failed else "ok", "injected failure" if failed else None,
-                     seen["end"] - start, os.getpid())
+    return JobResult(
+        job_id, "failed" if failed else "ok", "injected failure" if failed else None, seen["end"] - start, os.getpid()
+    )
 
 
 def read_log(folder: Path) -> dict[str, dict]:

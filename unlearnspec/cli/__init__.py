@@ -38,7 +38,12 @@ app = typer.Typer(
 
 app.add_typer(toy_app, name="toy")
 
-NprocOption = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job; `training.batch_size` is the global batch, split over them.")
+NprocOption = typer.Option(
+    1,
+    "--nproc",
+    min=1,
+    help="Processes (data-parallel ranks) per job; `training.batch_size` is the global batch, split over them.",
+)
 
 
 @app.command()
@@ -109,21 +114,25 @@ def show(
         from unlearnspec.spec.profile import slurm_settings
 
         if nproc > 1:
-            raise UserError.one("--nproc", "give --nproc or --cluster, not both: with --cluster the site file's "
-                                "`processes` of the job kind is the rank count.")
+            raise UserError.one(
+                "--nproc",
+                "give --nproc or --cluster, not both: with --cluster the site file's "
+                "`processes` of the job kind is the rank count.",
+            )
         settings, source = slurm_settings(cluster, chosen)
         kind: Literal["score", "point"] = "score" if resolved.magic is not None else "point"
         world, launch = settings.resources(kind).processes, f"jobs.{kind}.processes in {source}"
-        slurm = (f"# SLURM resources (from {source})\n"
-                 + yaml.safe_dump({"slurm": settings.model_dump(mode="json")}, sort_keys=False))
+        slurm = f"# SLURM resources (from {source})\n" + yaml.safe_dump(
+            {"slurm": settings.model_dump(mode="json")}, sort_keys=False
+        )
         lines = memory_lines(resolved, settings)
         if lines:
-            slurm += ("# Memory per GPU (memory model, docs/magic.md 'Memory model'; `doctor --cluster` checks it)\n"
-                      + "".join(f"#   {line}\n" for line in lines))
+            slurm += (
+                "# Memory per GPU (memory model, docs/magic.md 'Memory model'; `doctor --cluster` checks it)\n"
+                + "".join(f"#   {line}\n" for line in lines)
+            )
     layout = batch_layout(resolved.training, world, file=str(spec), launch=launch, n_rows=resolved.data.select.count)
     sys.stdout.write(dump_spec(resolved) + f"# batch ({launch}): {layout.describe()}\n" + slurm)
-
-
 
 
 @app.command()
@@ -133,14 +142,36 @@ def doctor(
     format: str = typer.Option("table", "--format", help="table | json."),
     strict: bool = typer.Option(False, "--strict", help="Count warnings as errors (exit 2)."),
     lr_factor: float = typer.Option(1.25, "--lr-factor", help="Flag a per-token LR ratio to the control above this."),
-    lds_min: float = typer.Option(0.8, "--lds-min", help="A score source whose LDS (Spearman) is below this is an error."),
-    lds_fraction_factor: float = typer.Option(5.0, "--lds-fraction-factor", help="Warn when an experiment changes this many times more tokens than the LDS dropped."),
-    power: float = typer.Option(0.8, "--power", help="Power of the minimum detectable effect (D14 warns when a study's largest effect is below it), in [0.5, 1)."),
-    near_zero: float = typer.Option(1e-3, "--near-zero", help="D15 warns about questions (leaf tasks) whose max |score| is below this times the median one's (rules reading min_q/rank_q/wsum_q, min_t/rank_t/wsum_t), in [0, 1)."),
+    lds_min: float = typer.Option(
+        0.8, "--lds-min", help="A score source whose LDS (Spearman) is below this is an error."
+    ),
+    lds_fraction_factor: float = typer.Option(
+        5.0,
+        "--lds-fraction-factor",
+        help="Warn when an experiment changes this many times more tokens than the LDS dropped.",
+    ),
+    power: float = typer.Option(
+        0.8,
+        "--power",
+        help="Power of the minimum detectable effect (D14 warns when a study's largest effect is below it), in [0.5, 1).",
+    ),
+    near_zero: float = typer.Option(
+        1e-3,
+        "--near-zero",
+        help="D15 warns about questions (leaf tasks) whose max |score| is below this times the median one's (rules reading min_q/rank_q/wsum_q, min_t/rank_t/wsum_t), in [0, 1).",
+    ),
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
-    cluster: Optional[Path] = typer.Option(None, "--cluster", help="Site file: D16 checks each job's estimated peak memory per GPU against its slurm.jobs.<kind>.gpu_mem_gb."),
-    gpu_mem_gb: Optional[float] = typer.Option(None, "--gpu-mem-gb", help="GPU memory in GB for D16 (wins over the site file's gpu_mem_gb; without --cluster: 1 GPU per job)."),
+    cluster: Optional[Path] = typer.Option(
+        None,
+        "--cluster",
+        help="Site file: D16 checks each job's estimated peak memory per GPU against its slurm.jobs.<kind>.gpu_mem_gb.",
+    ),
+    gpu_mem_gb: Optional[float] = typer.Option(
+        None,
+        "--gpu-mem-gb",
+        help="GPU memory in GB for D16 (wins over the site file's gpu_mem_gb; without --cluster: 1 GPU per job).",
+    ),
 ) -> None:
     """Find what invalidates an experiment: unmatched controls, score/data/regime mismatches, precision, alignment,
     masked-LR shifts, and (from results.json or the recorded tables) collapse, within-noise effects, moving controls;
@@ -155,9 +186,17 @@ def doctor(
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
-    findings, count = diagnose(paths, lr_factor, profile=resolve_profile(toy, profile), lds_min=lds_min,
-                               lds_fraction_factor=lds_fraction_factor, power=power, near_zero=near_zero, cluster=cluster,
-                               gpu_mem_gb=gpu_mem_gb)
+    findings, count = diagnose(
+        paths,
+        lr_factor,
+        profile=resolve_profile(toy, profile),
+        lds_min=lds_min,
+        lds_fraction_factor=lds_fraction_factor,
+        power=power,
+        near_zero=near_zero,
+        cluster=cluster,
+        gpu_mem_gb=gpu_mem_gb,
+    )
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
     else:
@@ -168,20 +207,52 @@ def doctor(
 @app.command()
 @user_errors
 def run(
-    paths: List[Path] = typer.Argument(..., help="Spec files or folders. Score specs run first, then controls, then the rest."),
+    paths: List[Path] = typer.Argument(
+        ..., help="Spec files or folders. Score specs run first, then controls, then the rest."
+    ),
     set_: Optional[List[str]] = SetOption,
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (one spec only); default: the spec's output.dir."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output folder (one spec only); default: the spec's output.dir."
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun sweep points recorded as failed."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write <spec>.md/.json/.png reports for the experiments run."),
-    reports_dir: Optional[Path] = typer.Option(None, "--reports-dir", help="Where reports go (default: <out>/reports with --out, else the specs' project reports/)."),
+    report: bool = typer.Option(
+        True, "--report/--no-report", help="Write <spec>.md/.json/.png reports for the experiments run."
+    ),
+    reports_dir: Optional[Path] = typer.Option(
+        None,
+        "--reports-dir",
+        help="Where reports go (default: <out>/reports with --out, else the specs' project reports/).",
+    ),
     device: Optional[str] = DeviceOption,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...` (serial executor); the global batch (`training.batch_size`) is split over them."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Jobs at once, each in its own worker process (the pool executor); 1: one after another here."),
-    gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", min=0, help="GPUs per pool job, a disjoint CUDA_VISIBLE_DEVICES set each (default: 1 when GPUs are visible, else 0)."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="serial (here, one job after another) | pool (here, --jobs N at once) | slurm (submit every job to SLURM and return). Default: pool with --jobs > 1 or --gpus-per-job, else serial."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan (jobs, order, folders, done or not) and run nothing."
+    ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Processes (data-parallel ranks) per job: starts `torchrun --nproc-per-node N -m unlearnspec run ...` (serial executor); the global batch (`training.batch_size`) is split over them.",
+    ),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Jobs at once, each in its own worker process (the pool executor); 1: one after another here.",
+    ),
+    gpus_per_job: Optional[int] = typer.Option(
+        None,
+        "--gpus-per-job",
+        min=0,
+        help="GPUs per pool job, a disjoint CUDA_VISIBLE_DEVICES set each (default: 1 when GPUs are visible, else 0).",
+    ),
+    executor: Optional[str] = typer.Option(
+        None,
+        "--executor",
+        help="serial (here, one job after another) | pool (here, --jobs N at once) | slurm (submit every job to SLURM and return). Default: pool with --jobs > 1 or --gpus-per-job, else serial.",
+    ),
     cluster: Optional[Path] = ClusterOption,
 ) -> None:
     """Run specs: the plan's score, baseline and sweep-point jobs (resumable), results.json, then reports.
@@ -206,9 +277,17 @@ def run(
     settings = ExecutorOptions(jobs=jobs, gpus_per_job=gpus_per_job, nproc=nproc, cluster=cluster)
     chosen = executor_class(executor, settings)  # an unknown name is refused before any work
 
-    options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, retry_failed=retry_failed,
-                         device=device, report=report, reports_dir=reports_dir,
-                         reporter=report_runs)
+    options = RunOptions(
+        profile=resolve_profile(toy, profile),
+        auto_produce=toy,
+        overrides=set_ or [],
+        out=out,
+        retry_failed=retry_failed,
+        device=device,
+        report=report,
+        reports_dir=reports_dir,
+        reporter=report_runs,
+    )
     if nproc > 1 and chosen.under_torchrun and not dry_run and "WORLD_SIZE" not in os.environ:
         check_launch(paths, options, nproc)  # one clear refusal here instead of one per rank
         raise typer.Exit(_torchrun(nproc))
@@ -231,9 +310,9 @@ def _doctor_summary(paths: List[Path], toy: bool, profile: Optional[Path]) -> No
 
     findings, count = diagnose(paths, profile=resolve_profile(toy, profile))
     flags = " --toy" if toy else (f" --profile {shlex.quote(str(profile))}" if profile else "")
-    print_summary(findings, count, _console(), f"unlearnspec doctor {' '.join(shlex.quote(str(p)) for p in paths)}{flags}")
-
-
+    print_summary(
+        findings, count, _console(), f"unlearnspec doctor {' '.join(shlex.quote(str(p)) for p in paths)}{flags}"
+    )
 
 
 def _torchrun(nproc: int) -> int:
@@ -242,8 +321,17 @@ def _torchrun(nproc: int) -> int:
 
     args = sys.argv[1:]
     i = next(k for k, a in enumerate(args) if a == "--nproc" or a.startswith("--nproc="))
-    args = args[:i] + args[i + (1 if "=" in args[i] else 2):]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "unlearnspec", *args]
+    args = args[:i] + args[i + (1 if "=" in args[i] else 2) :]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "unlearnspec",
+        *args,
+    ]
     _console(stderr=True).print(f"[launch] {' '.join(cmd[2:])}", markup=False)
     return subprocess.run(cmd).returncode
 
@@ -269,7 +357,9 @@ def plan(
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
-    options = RunOptions(profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device)
+    options = RunOptions(
+        profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device
+    )
     raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json", world_size=nproc))
 
 

@@ -23,16 +23,41 @@ from unlearnspec.errors import UserError
 
 @user_errors
 def report(
-    inputs: Optional[List[str]] = typer.Argument(None, help="Run folders (holding results.json) or spec files; with --reference-only: spec files, names or reference JSONs (none: all)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for <spec>.md/.json/.png (default: reports/; with --reference-only: print only)."),
-    reference: Optional[bool] = typer.Option(None, "--reference/--no-reference", help="Show the seed's recorded numbers beside the run (default: on when reports/reference/<spec>.json exists and the run is not a toy run)."),
-    reference_only: bool = typer.Option(False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."),
+    inputs: Optional[List[str]] = typer.Argument(
+        None,
+        help="Run folders (holding results.json) or spec files; with --reference-only: spec files, names or reference JSONs (none: all).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for <spec>.md/.json/.png (default: reports/; with --reference-only: print only)."
+    ),
+    reference: Optional[bool] = typer.Option(
+        None,
+        "--reference/--no-reference",
+        help="Show the seed's recorded numbers beside the run (default: on when reports/reference/<spec>.json exists and the run is not a toy run).",
+    ),
+    reference_only: bool = typer.Option(
+        False, "--reference-only", help="Print the seed's recorded tables exactly as recorded."
+    ),
     toy: bool = ToyOption,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write PNG plots (needs the `plot` extra: matplotlib)."),
-    hazard_task: Optional[str] = typer.Option(None, "--hazard-task", help="Task whose drop selectivity rewards (default: the spec's eval.hazard_task, else the one task named like wmdp)."),
-    general_task: Optional[str] = typer.Option(None, "--general-task", help="Task whose drop selectivity penalises (default: the spec's eval.general_task, else the one task named like mmlu)."),
-    power: float = typer.Option(0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."),
-    study_name: str = typer.Option("study", "--study-name", help="File name (without .md/.png) of the index and plot written when several runs are reported together."),
+    hazard_task: Optional[str] = typer.Option(
+        None,
+        "--hazard-task",
+        help="Task whose drop selectivity rewards (default: the spec's eval.hazard_task, else the one task named like wmdp).",
+    ),
+    general_task: Optional[str] = typer.Option(
+        None,
+        "--general-task",
+        help="Task whose drop selectivity penalises (default: the spec's eval.general_task, else the one task named like mmlu).",
+    ),
+    power: float = typer.Option(
+        0.8, "--power", help="Power at which each table states its minimum detectable effect (MDE), in [0.5, 1)."
+    ),
+    study_name: str = typer.Option(
+        "study",
+        "--study-name",
+        help="File name (without .md/.png) of the index and plot written when several runs are reported together.",
+    ),
 ) -> None:
     """Tables vs baseline and matched control (intervals, paired/unpaired tests, chance flags), Markdown + JSON + plot.
 
@@ -46,8 +71,17 @@ def report(
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
-        run_report(inputs or [], out or Path("reports"), reference, toy, plot, console, Selection(hazard_task, general_task, power),
-                   study_name=study_name)
+        run_report(
+            inputs or [],
+            out or Path("reports"),
+            reference,
+            toy,
+            plot,
+            console,
+            Selection(hazard_task, general_task, power),
+            study_name=study_name,
+        )
+
 
 @user_errors
 def diff(
@@ -65,17 +99,24 @@ def diff(
         raise UserError.one("--format", f"unknown format {format!r}; use text or markdown.")
     raise typer.Exit(run_diff(old, new, _console(), format))
 
+
 @user_errors
 def lds(
     target: Path = typer.Argument(..., help="A score run folder (holding scores.json), or a MAGIC spec file."),
-    subsets: Optional[int] = typer.Option(None, "--subsets", help="Random subsets (default: the spec's magic.lds, else 30)."),
-    fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of the units each subset drops (default 0.01)."),
+    subsets: Optional[int] = typer.Option(
+        None, "--subsets", help="Random subsets (default: the spec's magic.lds, else 30)."
+    ),
+    fraction: Optional[float] = typer.Option(
+        None, "--fraction", help="Share of the units each subset drops (default 0.01)."
+    ),
     unit: Optional[str] = typer.Option(None, "--unit", help="row | token (default row)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the subsets (default 0)."),
     set_: Optional[List[str]] = SetOption,
     toy: bool = ToyOption,
     profile: Optional[Path] = ProfileOption,
-    out: Optional[Path] = typer.Option(None, "--out", help="The score run's folder, when TARGET is a spec run with --out."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="The score run's folder, when TARGET is a spec run with --out."
+    ),
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Validate a finished score run by its linear datamodeling score: retrain the recorded run once per random
@@ -94,6 +135,7 @@ def lds(
     pin_for_profile(options.profile)  # before torch is imported (a folder made under the toy profile pins as it did)
     settings = {"subsets": subsets, "fraction": fraction, "unit": unit, "seed": seed}
     raise typer.Exit(run_lds_command(spec_path, options, settings, _console()))
+
 
 @user_errors
 def status(

@@ -15,10 +15,18 @@ from unlearnspec.errors import Problem, UserError
 F = TypeVar("F", bound=Callable[..., object])
 
 DeviceOption = typer.Option(None, "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-SetOption = typer.Option(None, "--set", help="Override a field before validation, e.g. --set training.lr=1e-5 (repeatable).")
+SetOption = typer.Option(
+    None, "--set", help="Override a field before validation, e.g. --set training.lr=1e-5 (repeatable)."
+)
 ToyOption = typer.Option(False, "--toy", help="Map the spec onto the embedded toy world (specs/profiles/toy.yaml).")
-ProfileOption = typer.Option(None, "--profile", help="Map the spec through this profile file instead of the toy profile.")
-ClusterOption = typer.Option(None, "--cluster", help="Site file with the SLURM resources per job kind (see specs/profiles/slurm_example.yaml); default: the profile's `slurm:` section.")
+ProfileOption = typer.Option(
+    None, "--profile", help="Map the spec through this profile file instead of the toy profile."
+)
+ClusterOption = typer.Option(
+    None,
+    "--cluster",
+    help="Site file with the SLURM resources per job kind (see specs/profiles/slurm_example.yaml); default: the profile's `slurm:` section.",
+)
 
 
 def _console(stderr: bool = False):
@@ -56,11 +64,19 @@ def filesystem_problem(exc: BaseException) -> Optional[Problem]:
     disk = disk_error(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
         names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-        return Problem(names, "", f"{advice(exc)}. " + ("Files being written were left as they were; rerun to resume."
-                                                          if disk else "Check this path."))
+        return Problem(
+            names,
+            "",
+            f"{advice(exc)}. "
+            + ("Files being written were left as they were; rerun to resume." if disk else "Check this path."),
+        )
     if disk is not None:
-        return Problem("(writing the outputs)", "", f"{disk}. Files being written were left as they were (outputs are "
-                       "written to temporary names and renamed when complete); rerun to resume.")
+        return Problem(
+            "(writing the outputs)",
+            "",
+            f"{disk}. Files being written were left as they were (outputs are "
+            "written to temporary names and renamed when complete); rerun to resume.",
+        )
     return None
 
 

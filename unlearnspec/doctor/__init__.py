@@ -37,26 +37,40 @@ from unlearnspec.spec.load import find_spec_files, is_profile_path
 DEFAULT_LR_FACTOR = 1.25
 
 
-def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
-             profile: Optional[Path] = None, lds_min: float = DEFAULT_LDS_MIN,
-             lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR, power: float = DEFAULT_POWER,
-             near_zero: float = DEFAULT_NEAR_ZERO, cluster: Optional[Path] = None,
-             gpu_mem_gb: Optional[float] = None) -> tuple[list[Finding], int]:
+def diagnose(
+    paths: Iterable[str | Path],
+    lr_factor: float = DEFAULT_LR_FACTOR,
+    profile: Optional[Path] = None,
+    lds_min: float = DEFAULT_LDS_MIN,
+    lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR,
+    power: float = DEFAULT_POWER,
+    near_zero: float = DEFAULT_NEAR_ZERO,
+    cluster: Optional[Path] = None,
+    gpu_mem_gb: Optional[float] = None,
+) -> tuple[list[Finding], int]:
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
     With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked.
     The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE).
     `near_zero`: D15's share of the median unit's (question's, leaf task's) max |score| below which a unit is near zero.
     `cluster` (a site file) and `gpu_mem_gb` (wins over the site's `gpu_mem_gb`): D16, whether each job fits its GPUs."""
     if not lr_factor >= 1.0:
-        raise UserError.one("--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control.")
+        raise UserError.one(
+            "--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control."
+        )
     if not -1.0 <= lds_min <= 1.0:
         raise UserError.one("--lds-min", f"must be a correlation in [-1, 1] (got {lds_min}).")
     if not lds_fraction_factor >= 1.0:
         raise UserError.one("--lds-fraction-factor", f"must be >= 1 (got {lds_fraction_factor}).")
     if not 0.5 <= power < 1.0:
-        raise UserError.one("--power", f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
+        raise UserError.one(
+            "--power",
+            f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.",
+        )
     if not 0.0 <= near_zero < 1.0:
-        raise UserError.one("--near-zero", f"must be in [0, 1) (got {near_zero}); it is a share of the median question's (leaf task's) max |score|.")
+        raise UserError.one(
+            "--near-zero",
+            f"must be in [0, 1) (got {near_zero}); it is a share of the median question's (leaf task's) max |score|.",
+        )
     if gpu_mem_gb is not None and not gpu_mem_gb > 0:
         raise UserError.one("--gpu-mem-gb", f"must be a GPU's memory in GB, > 0 (got {gpu_mem_gb}).")
     site = None
@@ -95,4 +109,16 @@ def diagnose(paths: Iterable[str | Path], lr_factor: float = DEFAULT_LR_FACTOR,
     return sort_findings(findings), len(files)
 
 
-__all__ = ["DEFAULT_LDS_FRACTION_FACTOR", "DEFAULT_LDS_MIN", "DEFAULT_LR_FACTOR", "DEFAULT_NEAR_ZERO", "DEFAULT_POWER", "RULES", "Finding", "diagnose", "exit_code", "print_findings", "to_json"]
+__all__ = [
+    "DEFAULT_LDS_FRACTION_FACTOR",
+    "DEFAULT_LDS_MIN",
+    "DEFAULT_LR_FACTOR",
+    "DEFAULT_NEAR_ZERO",
+    "DEFAULT_POWER",
+    "RULES",
+    "Finding",
+    "diagnose",
+    "exit_code",
+    "print_findings",
+    "to_json",
+]

@@ -30,7 +30,9 @@ def missing_attack(entry: Entry) -> Iterator[Finding]:
     if claim is None:
         return
     yield Finding(
-        "D17", "warning", entry.shown,
+        "D17",
+        "warning",
+        entry.shown,
         "the spec unlearns but runs no relearning attack: a hazard drop may be hidden, not removed, knowledge",
         (claim, "attack: unset"),
         "Add an `attack:` section (held-out forget rows, step counts, lr, optimizer), e.g. as in "

@@ -45,11 +45,15 @@ def score_batch_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         where = src.produced_by or src.path
         if recorded is not None and written is not None and recorded != written:
             yield Finding(
-                "D3", "warning", entry.shown,
+                "D3",
+                "warning",
+                entry.shown,
                 f"score source `{name}`: the score file was computed at a global batch of {recorded} rows per step, "
                 f"but {who} says {written}; the scores are not that spec's experiment",
-                (f"scores.json: {recorded} rows per optimizer step{_split(sidecar)}",
-                 f"{where}: training.batch_size {written} (the global batch at any number of processes)"),
+                (
+                    f"scores.json: {recorded} rows per optimizer step{_split(sidecar)}",
+                    f"{where}: training.batch_size {written} (the global batch at any number of processes)",
+                ),
                 f"Rerun the score spec (`unlearnspec run {where}`): runs made before `batch_size` became the global "
                 "batch trained batch_size x processes rows per step.",
             )
@@ -58,7 +62,9 @@ def score_batch_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
             continue
         origin = "scores.json" if recorded is not None else f"{where}: training.batch_size"
         yield Finding(
-            "D3", "warning", entry.shown,
+            "D3",
+            "warning",
+            entry.shown,
             f"score source `{name}` ({who}) was computed at a global batch of {theirs} rows per optimizer step, but "
             f"{spec.name} trains {mine}; metagradients are local to the trajectory they were computed on",
             (f"global batch: {theirs} ({origin}) vs {mine} (steered run, training.batch_size)",),

@@ -110,15 +110,19 @@ def print_findings(findings: list[Finding], n_specs: int, console) -> None:
             body.append("\n  • " + line, style="")
         table.add_row(Text(f.severity, style=colours[f.severity]), f"{f.code} {f.rule}", f.spec, body, f.fix)
     console.print(table)
-    console.print(f"{counts['errors']} error(s), {counts['warnings']} warning(s), {counts['info']} note(s) in {n_specs} spec(s)")
+    console.print(
+        f"{counts['errors']} error(s), {counts['warnings']} warning(s), {counts['info']} note(s) in {n_specs} spec(s)"
+    )
 
 
 def print_summary(findings: list[Finding], n_specs: int, console, command: str) -> None:
     """The doctor's verdict in a few lines (what `run` prints at its end): the counts, then one line per error and
     warning (rule, spec, finding); `command` is the doctor call that shows the evidence and the fixes."""
     counts = summary(findings, n_specs)
-    head = (f"doctor: {counts['errors']} error(s), {counts['warnings']} warning(s), {counts['info']} note(s) in "
-            f"{n_specs} spec(s)")
+    head = (
+        f"doctor: {counts['errors']} error(s), {counts['warnings']} warning(s), {counts['info']} note(s) in "
+        f"{n_specs} spec(s)"
+    )
     console.print(head + ("" if problems(findings) else ": clean"), markup=False, highlight=False)
     colours = {"error": "red", "warning": "yellow"}
     for f in problems(findings):

@@ -54,9 +54,13 @@ def changed_fraction(entry: Entry, ws: Workspace) -> Optional[Changed]:
     assert spec is not None
     mode = spec.tokens.mode
     if mode == "value_weighted":
-        return Changed(1.0, "`value_weighted` rescales every token's weight (none is dropped)", None,
-                       "no dropped fraction reproduces a rescaling of every weight: the LDS says whether the scores predict small "
-                       "drops; the run itself is judged against its control")
+        return Changed(
+            1.0,
+            "`value_weighted` rescales every token's weight (none is dropped)",
+            None,
+            "no dropped fraction reproduces a rescaling of every weight: the LDS says whether the scores predict small "
+            "drops; the run itself is judged against its control",
+        )
     found = ws.results(entry)
     stats: list[Any] = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
     origin = "results.json"
@@ -71,23 +75,39 @@ def changed_fraction(entry: Entry, ws: Workspace) -> Optional[Changed]:
         top = top_ranked_share(spec.tokens, valid, stats[0].selected_fraction if stats else None)
         if top is None:
             return None
-        note = ("masking the rest is the rule's doing, not the scores': no LDS fraction validates a run on the selected "
-                "tokens alone (the all-tokens control and a positive control judge it)") if spec.tokens.rest_weight() == 0.0 else None
-        return Changed(top[0], f"{top[1]} ({origin if valid else 'from the spec'})", top[0] if 0 < top[0] < 1 else None, note)
+        note = (
+            (
+                "masking the rest is the rule's doing, not the scores': no LDS fraction validates a run on the selected "
+                "tokens alone (the all-tokens control and a positive control judge it)"
+            )
+            if spec.tokens.rest_weight() == 0.0
+            else None
+        )
+        return Changed(
+            top[0], f"{top[1]} ({origin if valid else 'from the spec'})", top[0] if 0 < top[0] < 1 else None, note
+        )
     if not stats:
         return None
     s = stats[0]
     masked = 1.0 - s.selected_fraction
-    ascending, valid = getattr(s, "ascending_tokens", 0), getattr(s, "valid_tokens", None)  # the reference has no counts
+    ascending, valid = (
+        getattr(s, "ascending_tokens", 0),
+        getattr(s, "valid_tokens", None),
+    )  # the reference has no counts
     flipped = ascending / valid if ascending and valid else 0.0
     what = f"{masked:.1%} masked" + (f", {flipped:.1%} flipped to ascent" if flipped else "")
     share = masked + flipped
-    return Changed(share, f"{what} ({origin})", share if 0 < share < 1 else None,
-                   None if share < 1 else "every valid token changes weight: no dropped fraction reproduces that")
+    return Changed(
+        share,
+        f"{what} ({origin})",
+        share if 0 < share < 1 else None,
+        None if share < 1 else "every valid token changes weight: no dropped fraction reproduces that",
+    )
 
 
-def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
-                 fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR) -> Iterator[Finding]:
+def lds_findings(
+    entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN, fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR
+) -> Iterator[Finding]:
     spec = entry.spec
     if spec is None or spec.magic is not None or not spec.scores:
         return
@@ -100,10 +120,14 @@ def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
         lds = sidecar.get("lds")
         if not isinstance(lds, dict):
             yield Finding(
-                "D11", "warning", entry.shown,
+                "D11",
+                "warning",
+                entry.shown,
                 f"score source `{name}` is not validated by LDS",
-                (f"{display(where / 'scores.json')} has no `lds` entry: nothing shows that these scores predict what "
-                 "dropping or flipping many tokens does",),
+                (
+                    f"{display(where / 'scores.json')} has no `lds` entry: nothing shows that these scores predict what "
+                    "dropping or flipping many tokens does",
+                ),
                 f"Run `unlearnspec lds {display(where)}` (subsets + 1 retrainings of the score run), or set `magic.lds` "
                 "in the score spec.",
             )
@@ -111,11 +135,17 @@ def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
         rho = lds.get("spearman")
         ci = lds.get("spearman_ci95") or [None, None]
         frac, unit, k = lds.get("fraction"), lds.get("unit", "row"), lds.get("subsets")
-        measured = (f"LDS {_num(rho)} (Spearman, 95% CI {_num(ci[0])}-{_num(ci[1])}; Pearson {_num(lds.get('pearson'))}) "
-                    f"over {k} subsets of {frac:.0%} {unit}s" if isinstance(frac, (int, float)) else f"LDS {_num(rho)}")
+        measured = (
+            f"LDS {_num(rho)} (Spearman, 95% CI {_num(ci[0])}-{_num(ci[1])}; Pearson {_num(lds.get('pearson'))}) "
+            f"over {k} subsets of {frac:.0%} {unit}s"
+            if isinstance(frac, (int, float))
+            else f"LDS {_num(rho)}"
+        )
         if not isinstance(rho, (int, float)) or rho < lds_min:
             yield Finding(
-                "D11", "error", entry.shown,
+                "D11",
+                "error",
+                entry.shown,
                 f"score source `{name}`: the scores do not predict the effect of dropping tokens in this regime",
                 (f"{measured} < --lds-min {lds_min:g}", f"scores: {display(where)}"),
                 "A selection built on these scores is not attribution. Rescore with a smaller learning rate or fewer "
@@ -124,16 +154,26 @@ def lds_findings(entry: Entry, ws: Workspace, lds_min: float = DEFAULT_LDS_MIN,
             )
             continue
         note = (changed.note,) if changed is not None and changed.note else ()
-        yield Finding("D11", "info", entry.shown, f"score source `{name}`: {measured}", (f"scores: {display(where)}", *note), "")
+        yield Finding(
+            "D11", "info", entry.shown, f"score source `{name}`: {measured}", (f"scores: {display(where)}", *note), ""
+        )
         if changed is not None and isinstance(frac, (int, float)) and changed.share > fraction_factor * frac:
-            measure = (f"Measure LDS at the experiment's share: `unlearnspec lds {display(where)} --unit token --fraction "
-                       f"{changed.fraction:.3g}`, or change fewer tokens." if changed.fraction is not None else
-                       "No dropped fraction matches this change; read the run against its matched control (D8, D9), and "
-                       "prefer a rule that changes fewer tokens where attribution is the claim.")
+            measure = (
+                f"Measure LDS at the experiment's share: `unlearnspec lds {display(where)} --unit token --fraction "
+                f"{changed.fraction:.3g}`, or change fewer tokens."
+                if changed.fraction is not None
+                else "No dropped fraction matches this change; read the run against its matched control (D8, D9), and "
+                "prefer a rule that changes fewer tokens where attribution is the claim."
+            )
             yield Finding(
-                "D11", "warning", entry.shown,
+                "D11",
+                "warning",
+                entry.shown,
                 f"score source `{name}`: the experiment changes far more tokens than the LDS validated",
-                (f"experiment: {changed.share:.1%} of valid tokens change weight by the scores: {changed.what}",
-                 f"LDS measured at {frac:.1%} of {unit}s dropped; > {fraction_factor:g}x that is extrapolation", *note),
+                (
+                    f"experiment: {changed.share:.1%} of valid tokens change weight by the scores: {changed.what}",
+                    f"LDS measured at {frac:.1%} of {unit}s dropped; > {fraction_factor:g}x that is extrapolation",
+                    *note,
+                ),
                 measure,
             )

@@ -54,8 +54,14 @@ class ModelShape:
     def from_config(cls, config: dict) -> "ModelShape":
         """From a transformers config.json (GPT-NeoX / Pythia keys)."""
         d = int(config["hidden_size"])
-        return cls(int(config["num_hidden_layers"]), d, int(config["num_attention_heads"]), int(config["vocab_size"]),
-                   int(config.get("intermediate_size") or 4 * d), bool(config.get("tie_word_embeddings", False)))
+        return cls(
+            int(config["num_hidden_layers"]),
+            d,
+            int(config["num_attention_heads"]),
+            int(config["vocab_size"]),
+            int(config.get("intermediate_size") or 4 * d),
+            bool(config.get("tie_word_embeddings", False)),
+        )
 
 
 def train_activations(m: ModelShape, seq: int, dtype_bytes: int) -> float:
@@ -147,7 +153,9 @@ def host_bytes(m: ModelShape, s: Setting, kept: int, ram_store: bool) -> float:
     1/W per rank under FSDP)."""
     copy = m.params * s.dtype_bytes * STATE_TENSORS[_opt(s.optimizer)]
     ranks = 1 if s.fsdp and s.world > 1 else s.world
-    states = (kept if ram_store else 0) + (math.ceil(math.sqrt(s.steps)) if s.offload_states and s.schedule != "log" else 0)
+    states = (kept if ram_store else 0) + (
+        math.ceil(math.sqrt(s.steps)) if s.offload_states and s.schedule != "log" else 0
+    )
     return max(s.world * m.params * s.dtype_bytes, states * copy * ranks)
 
 

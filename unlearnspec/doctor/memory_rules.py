@@ -94,15 +94,26 @@ def job_of(spec: Spec, world: int) -> Job:
     per_question = magic is not None and magic.query.per == "question"
     # rows of one forward/backward on one rank: the global batch split over the ranks (and micro-batches)
     rows = t.micro_batch_size or max(1, t.batch_size // world)
-    setting = Setting(world=world, fsdp=par.strategy == "fsdp", optimizer=t.optimizer.name,
-                      rows=(memory.replay_batch_size if memory and memory.replay_batch_size else rows),
-                      schedule=magic.checkpoints if magic else "sqrt", steps=total_steps(spec),
-                      offload_states=bool(memory and memory.offload_states),
-                      questions=(memory.question_chunk if memory else 16) if per_question else 1,
-                      dtype_bytes=DTYPE_BYTES[spec.model.dtype])
+    setting = Setting(
+        world=world,
+        fsdp=par.strategy == "fsdp",
+        optimizer=t.optimizer.name,
+        rows=(memory.replay_batch_size if memory and memory.replay_batch_size else rows),
+        schedule=magic.checkpoints if magic else "sqrt",
+        steps=total_steps(spec),
+        offload_states=bool(memory and memory.offload_states),
+        questions=(memory.question_chunk if memory else 16) if per_question else 1,
+        dtype_bytes=DTYPE_BYTES[spec.model.dtype],
+    )
     a = spec.attack
-    return Job(setting, rows, par.fsdp.activation_checkpointing, spec.eval.batch_size if spec.eval else 8,
-               (a.micro_batch_size or a.batch_size) if a else 1, bool(a and a.lora))
+    return Job(
+        setting,
+        rows,
+        par.fsdp.activation_checkpointing,
+        spec.eval.batch_size if spec.eval else 8,
+        (a.micro_batch_size or a.batch_size) if a else 1,
+        bool(a and a.lora),
+    )
 
 
 def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str, float]:
@@ -128,7 +139,9 @@ def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str
     if spec.eval is not None and kind == "point":
         out["evaluation"] = eval_bytes(m, seq, job.eval_batch, s.dtype_bytes)
     if spec.attack is not None and kind == "point":  # on the main GPU alone, whatever the world size
-        out["attack"] = attack_bytes(m, seq, job.attack_rows, spec.attack.optimizer.name, job.attack_lora, s.dtype_bytes)
+        out["attack"] = attack_bytes(
+            m, seq, job.attack_rows, spec.attack.optimizer.name, job.attack_lora, s.dtype_bytes
+        )
     return out
 
 
@@ -154,8 +167,13 @@ def _moves(spec: Spec, job: Job, gpus: int) -> list[tuple[str, Job]]:
     share = max(1, spec.training.batch_size // gpus)  # a micro-batch must divide each rank's share of the batch
     for rows in sorted((d for d in range(1, job.train_rows) if share % d == 0), reverse=True):
         job = replace(job, train_rows=rows)
-        out.append((f"training.micro_batch_size: {rows} (the same global batch of {spec.training.batch_size} rows, "
-                    "in more micro-batches)", job))
+        out.append(
+            (
+                f"training.micro_batch_size: {rows} (the same global batch of {spec.training.batch_size} rows, "
+                "in more micro-batches)",
+                job,
+            )
+        )
     while spec.eval is not None and job.eval_batch > 1:
         job = replace(job, eval_batch=job.eval_batch // 2)
         out.append((f"eval.batch_size: {job.eval_batch}", job))
@@ -172,8 +190,13 @@ def _attack_moves(spec: Spec, job: Job) -> list[tuple[str, Job]]:
         job = replace(job, attack_rows=rows)
         out.append((f"attack.micro_batch_size: {rows}", job))
     if not job.attack_lora:
-        out.append(("attack.lora: {rank: 8} (a LoRA attack: the full one holds parameters, gradients and optimizer "
-                    "state on one GPU)", replace(job, attack_lora=True)))
+        out.append(
+            (
+                "attack.lora: {rank: 8} (a LoRA attack: the full one holds parameters, gradients and optimizer "
+                "state on one GPU)",
+                replace(job, attack_lora=True),
+            )
+        )
     return out
 
 
@@ -187,7 +210,9 @@ def _fit(est: dict[str, float], gpu_gb: float, host_gb: Optional[float]) -> bool
     return all(fits(v, host_gb if k == HOST else gpu_gb) for k, v in est.items())
 
 
-def _device_fix(spec: Spec, m: ModelShape, job: Job, kind: str, gpus: int, gpu_gb: float) -> tuple[str, dict[str, float]]:
+def _device_fix(
+    spec: Spec, m: ModelShape, job: Job, kind: str, gpus: int, gpu_gb: float
+) -> tuple[str, dict[str, float]]:
     """The knobs that make the GPU phases fit (cheapest first, cumulative), and the estimate with them."""
     chosen: dict[str, str] = {}  # field -> its setting (a later move of the same field replaces the earlier)
     for knob, moved in _moves(spec, job, gpus):
@@ -196,18 +221,32 @@ def _device_fix(spec: Spec, m: ModelShape, job: Job, kind: str, gpus: int, gpu_g
         if _fit(after, gpu_gb, None):
             return f"set {'; '.join(chosen.values())}", after
     for more in (2, 4, 8, 16):
-        wide = replace(job, setting=replace(job.setting, world=more, fsdp=True, offload_states=True, rows=1, questions=1),
-                       activation_checkpointing=True, train_rows=1, eval_batch=1, attack_rows=1,
-                       attack_lora=spec.attack is not None)
+        wide = replace(
+            job,
+            setting=replace(job.setting, world=more, fsdp=True, offload_states=True, rows=1, questions=1),
+            activation_checkpointing=True,
+            train_rows=1,
+            eval_batch=1,
+            attack_rows=1,
+            attack_lora=spec.attack is not None,
+        )
         after = phases(spec, m, wide, kind)
         if more > gpus and _fit(after, gpu_gb, None):
-            lora = " and `attack.lora: {rank: 8}` (the attack runs on one GPU)" if job.attack_lora != wide.attack_lora else ""
-            return (f"give `{kind}` jobs {more} GPUs (slurm.jobs.{kind}.gpus/processes) with every memory knob of the "
-                    f"model{lora}"), after
+            lora = (
+                " and `attack.lora: {rank: 8}` (the attack runs on one GPU)"
+                if job.attack_lora != wide.attack_lora
+                else ""
+            )
+            return (
+                f"give `{kind}` jobs {more} GPUs (slurm.jobs.{kind}.gpus/processes) with every memory knob of the "
+                f"model{lora}"
+            ), after
     return "", {}
 
 
-def fit_report(spec: Spec, kind: str, gpus: int, gpu_gb: float, host_gb: Optional[float] = None) -> tuple[Optional[bool], str, str, str]:
+def fit_report(
+    spec: Spec, kind: str, gpus: int, gpu_gb: float, host_gb: Optional[float] = None
+) -> tuple[Optional[bool], str, str, str]:
     """(fits as is (None: not estimated), the estimate as is, where the model shape came from, the fix: knobs that
     make it fit, or why none does) for one job. GPU phases are checked against `gpu_gb` per GPU, host RAM (all
     ranks) against `host_gb` (the job's mem_gb)."""
@@ -223,11 +262,18 @@ def fit_report(spec: Spec, kind: str, gpus: int, gpu_gb: float, host_gb: Optiona
     if not _fit(est, gpu_gb, None):
         knobs, after = _device_fix(spec, m, job, kind, gpus, gpu_gb)
         if not knobs:
-            return False, now, source, "no knob of the memory model makes it fit 16 GPUs; use LoRA (`lora:`) or larger GPUs"
+            return (
+                False,
+                now,
+                source,
+                "no knob of the memory model makes it fit 16 GPUs; use LoRA (`lora:`) or larger GPUs",
+            )
         fixes.append(knobs)
     if HOST in after and host_gb is not None and not fits(after[HOST], host_gb):
-        fixes.append(f"raise slurm.jobs.{kind}.mem_gb to {math.ceil(gib(after[HOST]) / HEADROOM)} (host RAM over its ranks: "
-                     "the model each rank loads, then the states the reverse pass keeps there)")
+        fixes.append(
+            f"raise slurm.jobs.{kind}.mem_gb to {math.ceil(gib(after[HOST]) / HEADROOM)} (host RAM over its ranks: "
+            "the model each rank loads, then the states the reverse pass keeps there)"
+        )
     return False, now, source, "; and ".join(fixes) + f": {_summary(after, gpu_gb, None)}"
 
 
@@ -270,12 +316,23 @@ def memory_findings(entry, site, gpu_mem_gb: Optional[float]) -> list[Finding]:
             continue
         gpus = res.gpus if res is not None else 1
         ok, now, source, fix = fit_report(spec, kind, gpus, gpu_gb, res.mem_gb if res is not None else None)
-        evidence = (f"model shape: {source}", "memory model: docs/magic.md 'Memory model', unlearnspec/doctor/memory_model.py")
+        evidence = (
+            f"model shape: {source}",
+            "memory model: docs/magic.md 'Memory model', unlearnspec/doctor/memory_model.py",
+        )
         if ok is None:
             out.append(Finding("D16", "info", entry.shown, f"{kind} job's memory not estimated: {source}."))
         elif ok:
             out.append(Finding("D16", "info", entry.shown, f"{kind} job fits its resources: {now}.", evidence))
         else:
-            out.append(Finding("D16", "error", entry.shown, f"{kind} job will not fit its memory: {now}; it would fail "
-                               "with out-of-memory after queueing.", evidence, fix[0].upper() + fix[1:] + "."))
+            out.append(
+                Finding(
+                    "D16",
+                    "error",
+                    entry.shown,
+                    f"{kind} job will not fit its memory: {now}; it would fail with out-of-memory after queueing.",
+                    evidence,
+                    fix[0].upper() + fix[1:] + ".",
+                )
+            )
     return out

@@ -65,8 +65,15 @@ def _moved(table: ReportTable) -> Optional[bool]:
     rows = [r for r in table.rows if r.kind == "run" and r.status == "ok" and r.cells]
     if not rows:
         return None
-    return any(r.collapsed or any((c.vs_baseline is not None and c.vs_baseline.significant) or (c.vs_control is not None and c.vs_control.significant)
-                                  for c in r.cells.values()) for r in rows)
+    return any(
+        r.collapsed
+        or any(
+            (c.vs_baseline is not None and c.vs_baseline.significant)
+            or (c.vs_control is not None and c.vs_control.significant)
+            for c in r.cells.values()
+        )
+        for r in rows
+    )
 
 
 def _study_text(control: Entry, experiments: list[Entry]) -> str:
@@ -74,7 +81,9 @@ def _study_text(control: Entry, experiments: list[Entry]) -> str:
     return f"study: the specs checked whose control is {control.shown}: {names}"
 
 
-def no_positive_control(control: Entry, experiments: list[Entry], ws: Workspace, power: float = DEFAULT_POWER) -> Iterator[Finding]:
+def no_positive_control(
+    control: Entry, experiments: list[Entry], ws: Workspace, power: float = DEFAULT_POWER
+) -> Iterator[Finding]:
     """D13 (see the module docstring)."""
     if any(e.spec is not None and e.spec.role == "positive_control" for e in experiments):
         return
@@ -87,7 +96,9 @@ def no_positive_control(control: Entry, experiments: list[Entry], ws: Workspace,
             return
         why = "nothing moved anywhere: the control is within noise of the baseline and every run within noise of its control and the baseline"
     yield Finding(
-        "D13", "warning", control.shown,
+        "D13",
+        "warning",
+        control.shown,
         "no positive control in the study: a null result cannot be told apart from a world or an evaluation that cannot show an effect",
         (_study_text(control, experiments), why),
         "Add an experiment with `role: positive_control` matched field by field to the same control (on the toy world: ascent on the "
@@ -95,14 +106,20 @@ def no_positive_control(control: Entry, experiments: list[Entry], ws: Workspace,
     )
 
 
-def underpowered(control: Entry, experiments: list[Entry], ws: Workspace, power: float = DEFAULT_POWER) -> Iterator[Finding]:
+def underpowered(
+    control: Entry, experiments: list[Entry], ws: Workspace, power: float = DEFAULT_POWER
+) -> Iterator[Finding]:
     """D14 (see the module docstring)."""
     best: Optional[tuple[float, str]] = None
     states: list[str] = []
     for entry in experiments:
         for origin, table in tables_for(entry, ws, power):
             mdes = {p.task: p for p in table.mde if p.mde}
-            states += [f"{entry.name} ({origin}) MDE: " + "; ".join(fmt_power(table, p) for p in table.mde)] if table.mde else []
+            states += (
+                [f"{entry.name} ({origin}) MDE: " + "; ".join(fmt_power(table, p) for p in table.mde)]
+                if table.mde
+                else []
+            )
             for row in table.rows:
                 if row.kind != "run" or row.status != "ok" or row.collapsed:
                     continue
@@ -119,7 +136,9 @@ def underpowered(control: Entry, experiments: list[Entry], ws: Workspace, power:
     if best is None or best[0] >= 1.0:
         return
     yield Finding(
-        "D14", "warning", control.shown,
+        "D14",
+        "warning",
+        control.shown,
         f"the study's largest effect is below the minimum detectable effect of its tests (power {power:.2f}, α = 0.05)",
         (_study_text(control, experiments), f"largest effect: {best[1]}, {best[0]:.2f}x the MDE", *states),
         "An effect this small would be missed most of the time: evaluate more questions (the MDE shrinks with 1/sqrt(n)), log per-question "

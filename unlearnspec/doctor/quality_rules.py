@@ -54,6 +54,14 @@ def quality_findings(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         for block in ("per_task_aggregates", "per_question"):  # `min_t(wmdp)`, `min_q(wmdp)`, ...
             aggs = figures.get(block)
             if isinstance(aggs, dict):
-                evidence += [f"`{agg}({name})`: {describe(f)}" for agg, f in sorted(aggs.items()) if isinstance(f, dict)]
-        yield Finding("D12", "info", entry.shown, f"score source `{name}` vs the toy world's ground truth: {describe(figures)}",
-                      tuple(evidence), "")
+                evidence += [
+                    f"`{agg}({name})`: {describe(f)}" for agg, f in sorted(aggs.items()) if isinstance(f, dict)
+                ]
+        yield Finding(
+            "D12",
+            "info",
+            entry.shown,
+            f"score source `{name}` vs the toy world's ground truth: {describe(figures)}",
+            tuple(evidence),
+            "",
+        )

@@ -26,8 +26,10 @@ DEFAULT_NEAR_ZERO = 1e-3
 """Default of `doctor --near-zero`: a unit whose max |score| is below this x the median unit's is near zero."""
 SHOWN = 8
 """Near-zero units named in the evidence."""
-_UNIT = {"q": ("question", "questions", "per-question", "out of the query"),
-         "t": ("leaf task", "leaf tasks", "leaf-task", "out of the query group")}
+_UNIT = {
+    "q": ("question", "questions", "per-question", "out of the query"),
+    "t": ("leaf task", "leaf tasks", "leaf-task", "out of the query group"),
+}
 
 
 def question_findings(entry: Entry, ws: Workspace, near_zero: float = DEFAULT_NEAR_ZERO) -> Iterator[Finding]:
@@ -49,7 +51,9 @@ def question_findings(entry: Entry, ws: Workspace, near_zero: float = DEFAULT_NE
         from unlearnspec.scores.aggregate import READERS, near_zero_questions
 
         one, many, scores_of, leave_out = _UNIT[fam]
-        mean_path = resolve_path(entry.path, src.path) if src.path is not None else ws.score_dir(entry, src) / SCORES_FILE
+        mean_path = (
+            resolve_path(entry.path, src.path) if src.path is not None else ws.score_dir(entry, src) / SCORES_FILE
+        )
         n, s_data = spec.data.select.count, spec.data.max_seq_len
         reads = ", ".join(f"`{f}`" for f in fulls)
         valid = torch.ones(n, s_data, dtype=torch.bool)
@@ -58,10 +62,15 @@ def question_findings(entry: Entry, ws: Workspace, near_zero: float = DEFAULT_NE
             units = READERS[fam](mean_path, src, fulls[0], n, s_data, valid)
         except UserError as exc:
             per = AGGREGATION_PER[fam]
-            yield Finding("D15", "error", entry.shown, f"the token rule reads {reads}, but the {scores_of} scores of "
-                          f"`{name}` cannot be used", tuple(p.render() for p in exc.problems),
-                          f"Fix what the evidence names (usually: set `per: {per}` under magic.query of the producing "
-                          "spec and rerun it); the run would stop there.")
+            yield Finding(
+                "D15",
+                "error",
+                entry.shown,
+                f"the token rule reads {reads}, but the {scores_of} scores of `{name}` cannot be used",
+                tuple(p.render() for p in exc.problems),
+                f"Fix what the evidence names (usually: set `per: {per}` under magic.query of the producing "
+                "spec and rerun it); the run would stop there.",
+            )
             continue
         low, median = near_zero_questions(units.scores, valid, near_zero)
         if not low:
@@ -69,11 +78,16 @@ def question_findings(entry: Entry, ws: Workspace, near_zero: float = DEFAULT_NE
         named = ", ".join(units.names[u] for u in low[:SHOWN])
         more = f" and {len(low) - SHOWN} more" if len(low) > SHOWN else ""
         yield Finding(
-            "D15", "warning", entry.shown,
+            "D15",
+            "warning",
+            entry.shown,
             f"score source `{name}`: {len(low)} of {len(units.names)} {many} have near-zero scores, so {reads} over "
             "them is noise-driven",
-            (f"max |s_u| over the tokens the spec reads is below --near-zero {near_zero:g} x the median {one}'s "
-             f"({median:.3g}), or 0, for: {named}{more}", f"scores: {display(units.shown)}"),
+            (
+                f"max |s_u| over the tokens the spec reads is below --near-zero {near_zero:g} x the median {one}'s "
+                f"({median:.3g}), or 0, for: {named}{more}",
+                f"scores: {display(units.shown)}",
+            ),
             f"min_{fam} and rank_{fam} still let each such {one} contribute its own top tokens (noise ranked like another "
             f"{one}'s signal); wsum_{fam} weights it by its strongest proponent, so hardly at all. Leave those {many} "
             f"{leave_out} and rescore, read `wsum_{fam}({name})` or plain `{name}`, or set --near-zero.",

@@ -36,6 +36,7 @@ def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
+
     return apply
 
 
@@ -50,12 +51,19 @@ def _ddp(data: dict[str, Any]) -> None:
 
 
 NEAREST: dict[str, tuple[str, str, Callable[[dict[str, Any]], None]]] = {
-    "training.optimizer.momentum": ("training.optimizer.momentum", "`momentum: 0` (plain SGD), or Adam/AdamW, which MAGIC replays "
-                                    "exactly (their first moment is the momentum)", _set(("training", "optimizer", "momentum"), 0.0)),
+    "training.optimizer.momentum": (
+        "training.optimizer.momentum",
+        "`momentum: 0` (plain SGD), or Adam/AdamW, which MAGIC replays exactly (their first moment is the momentum)",
+        _set(("training", "optimizer", "momentum"), 0.0),
+    ),
     "model.dtype": ("model.dtype+training.precision", "`model.dtype: float32` and `training.precision: fp32`", _fp32),
     "training.dropout": ("training.dropout", "`dropout: 0`", _set(("training", "dropout"), 0.0)),
     "lora.dropout": ("lora.dropout", "`lora.dropout: 0`", _set(("lora", "dropout"), 0.0)),
-    "parallel.strategy": ("parallel.strategy", "`parallel.strategy: ddp` (the same experiment, every rank holding the model)", _ddp),
+    "parallel.strategy": (
+        "parallel.strategy",
+        "`parallel.strategy: ddp` (the same experiment, every rank holding the model)",
+        _ddp,
+    ),
 }
 """For each regime field a MAGIC rule may refuse: how to name it, the nearest design, and the edit that makes it."""
 
@@ -91,8 +99,14 @@ def rescore_refusals(spec: Spec, magic: Optional[dict[str, Any]] = None) -> list
             Spec.model_validate(data)
             return found
         except ValidationError as exc:
-            rule = next(((tuple(str(p) for p in e["loc"]), e["ctx"]["error"]) for e in exc.errors()
-                         if isinstance((e.get("ctx") or {}).get("error"), SpecRuleError)), None)
+            rule = next(
+                (
+                    (tuple(str(p) for p in e["loc"]), e["ctx"]["error"])
+                    for e in exc.errors()
+                    if isinstance((e.get("ctx") or {}).get("error"), SpecRuleError)
+                ),
+                None,
+            )
         if rule is None:
             return found  # not a MAGIC rule (e.g. a field this rewrite cannot express): nothing more to say
         loc = ".".join((*rule[0], *map(str, rule[1].loc)))
@@ -111,6 +125,8 @@ def rescore_advice(refusals: list[Refusal]) -> str:
     """D3's fix sentence for a regime MAGIC cannot replay: say no exact rescoring exists, and the nearest design."""
     why = "; ".join(f"{r.field} ({r.reason.rstrip('.')})" for r in refusals)
     nearest = "; ".join(r.nearest for r in refusals)
-    return (f"Rescoring in the steered regime is not possible: MAGIC refuses {why}. No exact metagradient exists for this "
-            f"run as written. Nearest valid design: change the experiment (and its control) to {nearest}, then rescore in "
-            "that regime and steer it there.")
+    return (
+        f"Rescoring in the steered regime is not possible: MAGIC refuses {why}. No exact metagradient exists for this "
+        f"run as written. Nearest valid design: change the experiment (and its control) to {nearest}, then rescore in "
+        "that regime and steer it there."
+    )

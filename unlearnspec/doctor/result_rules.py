@@ -23,7 +23,9 @@ def tables_for(entry: Entry, ws: Workspace, power: float = DEFAULT_POWER) -> lis
     if found is not None:
         ctrl = ws.results(control) if control is not None else None
         status = "results" if ctrl is not None else None
-        out.append(("results.json", table_from_results(found[0], found[1], control=ctrl, control_status=status, power=power)))
+        out.append(
+            ("results.json", table_from_results(found[0], found[1], control=ctrl, control_status=status, power=power))
+        )
     ref = ws.reference(entry)
     if ref is not None:
         ctrl_ref = ws.reference(control) if control is not None else None
@@ -60,7 +62,9 @@ def collapse(entry: Entry, origin: str, table: ReportTable) -> Iterator[Finding]
     if not rows:
         return
     yield Finding(
-        "D7", "warning", entry.shown,
+        "D7",
+        "warning",
+        entry.shown,
         f"{len(rows)} sweep point(s) collapsed to chance on every task ({origin})",
         tuple(f"lr {r.label}: {_cells_text(table, r)}" for r in rows),
         "Exclude these points from any selectivity claim (nothing is left to be selective about); sweep lower LRs.",
@@ -99,7 +103,11 @@ def within_noise(entry: Entry, origin: str, table: ReportTable) -> Iterator[Find
     else:
         message = f"{len(quiet)} of {len(live)} non-collapsed sweep point(s) show no difference beyond noise ({origin})"
     yield Finding(
-        "D8", "warning", entry.shown, message, tuple(quiet),
+        "D8",
+        "warning",
+        entry.shown,
+        message,
+        tuple(quiet),
         "Do not read these differences as effects; log per-question samples (paired McNemar is more sensitive) or evaluate more questions.",
     )
 
@@ -119,7 +127,9 @@ def control_moves(entry: Entry, origin: str, table: ReportTable) -> Iterator[Fin
     if not moved:
         return
     yield Finding(
-        "D9", "warning", entry.shown,
+        "D9",
+        "warning",
+        entry.shown,
         f"the all-tokens control itself moves the metrics beyond noise at {len(moved)} LR(s) ({origin})",
         tuple(f"lr {r.label} vs baseline: {_delta_text(table, r, 'baseline')}" for r in moved),
         "Read every experiment against this control at the same LR (the report's `Δ control` column), not against the untouched baseline.",

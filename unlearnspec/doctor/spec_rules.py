@@ -21,8 +21,19 @@ TRAINER_ALIGNMENT = "target"
 LOW_PRECISION = {"bf16", "bfloat16", "fp16", "float16", "half", "torch.bfloat16", "torch.float16"}
 
 # Fields a control may differ in: identity (incl. `role`), outputs, and the token rule under test.
-_NOT_COMPARED = ("name", "description", "control", "role", "scores", "tokens", "baseline", "magic", "training.lr", "attack",
-                 *RESULT_NEUTRAL_FIELDS)
+_NOT_COMPARED = (
+    "name",
+    "description",
+    "control",
+    "role",
+    "scores",
+    "tokens",
+    "baseline",
+    "magic",
+    "training.lr",
+    "attack",
+    *RESULT_NEUTRAL_FIELDS,
+)
 """What D1 does not compare: the token rule and its scores, names and the sweep, the relearning attack (it runs
 after the point is trained and evaluated, so it never changes the point), plus every field that never changes a
 run's numbers."""
@@ -72,14 +83,23 @@ def invalid_spec(entry: Entry) -> Iterator[Finding]:
     for problem in entry.error.problems:
         if problem.loc in ("model.dtype", "training.precision") and "MAGIC" in problem.message:
             yield Finding(
-                "D4", "error", entry.shown,
+                "D4",
+                "error",
+                entry.shown,
                 "MAGIC scores requested in low precision: the spec fails validation",
                 (f"{problem.loc}: {problem.message}",),
                 "Set `model.dtype: float32` and `training.precision: fp32` in the MAGIC spec.",
             )
         else:
             where = f"{problem.loc}: " if problem.loc else ""
-            yield Finding("D0", "error", entry.shown, "the spec does not validate", (f"{where}{problem.message}",), f"Run `unlearnspec validate {entry.shown}` and fix it.")
+            yield Finding(
+                "D0",
+                "error",
+                entry.shown,
+                "the spec does not validate",
+                (f"{where}{problem.message}",),
+                f"Run `unlearnspec validate {entry.shown}` and fix it.",
+            )
 
 
 # --------------------------------------------------------------------------- D1 matched control
@@ -99,7 +119,11 @@ def matched_controls(entry: Entry, ws: Workspace) -> list[tuple[str, list[float]
         other = ws.spec(path).spec
         if other is None or other.magic is not None or other.tokens.mode != "all" or _comparable(other) != mine:
             continue
-        shown = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else str(path)
+        shown = (
+            path.resolve().relative_to(root.resolve()).as_posix()
+            if path.resolve().is_relative_to(root.resolve())
+            else str(path)
+        )
         found.append((shown, _missing_lrs(spec.training.lrs, other.training.lrs)))
     return sorted(found, key=lambda c: (len(c[1]), c[0]))
 
@@ -110,8 +134,10 @@ def _control_fix(entry: Entry, ws: Workspace, generic: str, control: Optional[Sp
     spec = entry.spec
     assert spec is not None
     if control is not None and spec.model.toy is not None and control.model.toy is None:
-        return (f"This spec is toy-only (`model.toy: {spec.model.toy}`) and its control {spec.control} a real-model spec: "
-                "check them as they run, with `doctor --toy` (the toy profile maps the control onto the toy world).")
+        return (
+            f"This spec is toy-only (`model.toy: {spec.model.toy}`) and its control {spec.control} a real-model spec: "
+            "check them as they run, with `doctor --toy` (the toy profile maps the control onto the toy world)."
+        )
     found = matched_controls(entry, ws)
     if not found:
         return generic
@@ -128,16 +154,29 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
     if spec.control is None:
         if spec.tokens.mode != "all":
             yield Finding(
-                "D1", "warning", entry.shown,
+                "D1",
+                "warning",
+                entry.shown,
                 "no matched control: effects can only be read against the untouched baseline",
                 (f"tokens.mode: {spec.tokens.mode}; control: unset",),
-                _control_fix(entry, ws, "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; "
-                             "the seed's exp7 showed training alone moves WMDP and MMLU."),
+                _control_fix(
+                    entry,
+                    ws,
+                    "Add an all-tokens spec identical except `tokens` (see specs/fixed/) and set `control:` to it; "
+                    "the seed's exp7 showed training alone moves WMDP and MMLU.",
+                ),
             )
         return
     control = ws.control(entry)
     if control is None or control.spec is None:
-        yield Finding("D1", "error", entry.shown, "the declared control cannot be read", (f"control: {spec.control}",), "Fix the path or the control spec (`unlearnspec validate`).")
+        yield Finding(
+            "D1",
+            "error",
+            entry.shown,
+            "the declared control cannot be read",
+            (f"control: {spec.control}",),
+            "Fix the path or the control spec (`unlearnspec validate`).",
+        )
         return
     mine, theirs = _comparable(spec), _comparable(control.spec)
     evidence = [
@@ -148,16 +187,27 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
     lrs, ctrl_lrs = spec.training.lrs, control.spec.training.lrs
     missing = _missing_lrs(lrs, ctrl_lrs)
     if missing:
-        evidence.append(f"training.lr: {spec.name} sweeps {_lrs_text(missing)} where the control has no run (control sweeps {_lrs_text(list(ctrl_lrs))})")
+        evidence.append(
+            f"training.lr: {spec.name} sweeps {_lrs_text(missing)} where the control has no run (control sweeps {_lrs_text(list(ctrl_lrs))})"
+        )
     if control.spec.tokens.mode != "all":
-        evidence.append(f"tokens.mode: the control {control.spec.name} is not an all-tokens run ({control.spec.tokens.mode})")
+        evidence.append(
+            f"tokens.mode: the control {control.spec.name} is not an all-tokens run ({control.spec.tokens.mode})"
+        )
     if evidence:
         yield Finding(
-            "D1", "error", entry.shown,
+            "D1",
+            "error",
+            entry.shown,
             f"control {control.spec.name} differs in more than the token rule",
             tuple(evidence),
-            _control_fix(entry, ws, f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, "
-                         "LR grid, schedule, batch, steps, data and normalizer.", control.spec),
+            _control_fix(
+                entry,
+                ws,
+                f"Make {spec.name} and {control.spec.name} identical except `tokens` (and `scores`): same optimizer, "
+                "LR grid, schedule, batch, steps, data and normalizer.",
+                control.spec,
+            ),
         )
 
 
@@ -165,7 +215,9 @@ def unmatched_control(entry: Entry, ws: Workspace) -> Iterator[Finding]:
 def _data_of(spec: Spec) -> dict[str, Any]:
     d = spec.data
     return {
-        "corpus": d.hub.model_dump(mode="json") if d.hub else (d.files.model_dump(mode="json") if d.files else d.toy.model_dump(mode="json") if d.toy else None),
+        "corpus": d.hub.model_dump(mode="json")
+        if d.hub
+        else (d.files.model_dump(mode="json") if d.files else d.toy.model_dump(mode="json") if d.toy else None),
         "data.text_field": d.text_field if d.chat is None else None,
         "data.chat": d.chat.model_dump(mode="json") if d.chat else None,
         "N (data.select.count)": d.select.count,
@@ -197,34 +249,52 @@ def score_data_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
             mine, theirs = _data_of(spec), _data_of(producer.spec)
             for key in mine:
                 if mine[key] != theirs[key]:
-                    evidence.append(f"{key}: {_fmt_corpus(theirs[key])} (scores, {producer.spec.name}) vs {_fmt_corpus(mine[key])} (training)")
+                    evidence.append(
+                        f"{key}: {_fmt_corpus(theirs[key])} (scores, {producer.spec.name}) vs {_fmt_corpus(mine[key])} (training)"
+                    )
             cols, msl = producer.spec.data.max_seq_len, spec.data.max_seq_len
             if cols != msl:
-                prefix = f"; the experiment uses the first {msl} of {cols} score columns (truncate_columns: true)" if msl < cols and src.truncate_columns else ""
+                prefix = (
+                    f"; the experiment uses the first {msl} of {cols} score columns (truncate_columns: true)"
+                    if msl < cols and src.truncate_columns
+                    else ""
+                )
                 evidence.append(f"data.max_seq_len: {cols} (scores) vs {msl} (training){prefix}")
         n_side = sidecar_number(sidecar, "N", "n", "rows", "num_rows")
         s_side = sidecar_number(sidecar, "S", "columns", "max_seq_len", "seq_len")
         if n_side is not None and int(n_side) != spec.data.select.count:
             evidence.append(f"N: {n_side} rows in the score file (scores.json) vs {spec.data.select.count} trained")
-        if s_side is not None and int(s_side) != spec.data.max_seq_len and not any(e.startswith("data.max_seq_len") for e in evidence):
+        if (
+            s_side is not None
+            and int(s_side) != spec.data.max_seq_len
+            and not any(e.startswith("data.max_seq_len") for e in evidence)
+        ):
             evidence.append(f"columns: {s_side} in the score file (scores.json) vs max_seq_len {spec.data.max_seq_len}")
         side_model = sidecar_value(sidecar, "model", "model_name", "model.name_or_path")
         if isinstance(side_model, str) and spec.model.name_or_path and side_model != spec.model.name_or_path:
             evidence.append(f"model: {side_model} (score file) vs {spec.model.name_or_path} (training)")
         if evidence:
             fix = "Score the exact token grid you train on: same corpus, rows (N, filter, order, offset), tokenizer/model and max_seq_len (see specs/fixed/)."
-            other_world = world_problem(spec, producer.spec, src.produced_by or "") if producer is not None and producer.spec is not None else None
+            other_world = (
+                world_problem(spec, producer.spec, src.produced_by or "")
+                if producer is not None and producer.spec is not None
+                else None
+            )
             if other_world is not None:  # a toy-only spec read without --toy: the grid fix would be the wrong one
                 fix = other_world
             yield Finding(
-                "D2", "error", entry.shown,
+                "D2",
+                "error",
+                entry.shown,
                 f"score source `{name}` was computed on other data than {spec.name} trains on",
                 tuple(evidence),
                 fix,
             )
         elif producer is None and sidecar is None and ws.score_file_problem(entry, src, name) is None:
             yield Finding(
-                "D2", "warning", entry.shown,
+                "D2",
+                "warning",
+                entry.shown,
                 f"score source `{name}` has unknown provenance",
                 (f"scores.{name}.path: {src.path}; no producing spec and no scores.json sidecar",),
                 "Point `produced_by` at the MAGIC spec that made the scores, or keep its scores.json beside the file.",
@@ -241,7 +311,9 @@ def score_file_unusable(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         problem = ws.score_file_problem(entry, src, name)
         if problem is not None:
             yield Finding(
-                "D10", "error", entry.shown,
+                "D10",
+                "error",
+                entry.shown,
                 f"score source `{name}` cannot be used",
                 (f"scores.{name}.path: {src.path}: {problem}",),
                 "Fix the path, or rescore and save a plain float tensor [N, max_seq_len] (torch.save or safetensors).",
@@ -307,23 +379,34 @@ def score_regime_mismatch(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         if not theirs and lr is None:
             continue
         mine = _regime(spec)
-        evidence = [f"{k}: {_fmt(theirs[k])} (scores) vs {_fmt(mine.get(k))} (steered run)" for k in theirs if k in mine and theirs[k] != mine[k]]
+        evidence = [
+            f"{k}: {_fmt(theirs[k])} (scores) vs {_fmt(mine.get(k))} (steered run)"
+            for k in theirs
+            if k in mine and theirs[k] != mine[k]
+        ]
         if lr is not None:
             other = _missing_lrs(spec.training.lrs, (float(lr),))
             if other:
                 evidence.append(f"lr: {format_lr(float(lr))} (scores) vs {_lrs_text(other)} (steered run)")
         if evidence:
             who = producer.spec.name if producer is not None and producer.spec is not None else "the score file"
-            magic = producer.spec.magic.model_dump(mode="json", exclude_none=True) if producer is not None and producer.spec is not None and producer.spec.magic else None
+            magic = (
+                producer.spec.magic.model_dump(mode="json", exclude_none=True)
+                if producer is not None and producer.spec is not None and producer.spec.magic
+                else None
+            )
             refusals = rescore_refusals(spec, magic)
             steer = "Steer the same regime the scores were computed in (the producer's optimizer, lr, schedule, warmup, batch, steps, order, clipping)"
             yield Finding(
-                "D3", "warning", entry.shown,
+                "D3",
+                "warning",
+                entry.shown,
                 f"score source `{name}` ({who}) was computed in another training regime than the run it steers; "
                 "metagradients are local to the trajectory they were computed on",
                 tuple(evidence),
-                f"{steer}. {rescore_advice(refusals)}" if refusals else
-                f"{steer}, or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
+                f"{steer}. {rescore_advice(refusals)}"
+                if refusals
+                else f"{steer}, or rescore in the steered regime (MAGIC replays SGD, Adam and AdamW; see specs/fixed_adamw/).",
             )
 
 
@@ -336,9 +419,13 @@ def sidecar_precision(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         dtype = sidecar_value(ws.sidecar(entry, src), "dtype", "param_dtype", "precision")
         if isinstance(dtype, str) and dtype.lower() in LOW_PRECISION:
             yield Finding(
-                "D4", "error", entry.shown,
+                "D4",
+                "error",
+                entry.shown,
                 f"score source `{name}` was produced in {dtype}",
-                (f"scores.json dtype: {dtype}: with bf16/fp16 parameters most SGD updates round away, so the scores are gradient similarity plus rounding noise",),
+                (
+                    f"scores.json dtype: {dtype}: with bf16/fp16 parameters most SGD updates round away, so the scores are gradient similarity plus rounding noise",
+                ),
                 "Recompute the scores with float32 parameters (`model.dtype: float32`, `training.precision: fp32`).",
             )
 
@@ -355,7 +442,9 @@ def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         declared = src.alignment
         if declared is None and side is None:
             yield Finding(
-                "D5", "error", entry.shown,
+                "D5",
+                "error",
+                entry.shown,
                 f"score source `{name}` has no declared alignment",
                 (f"scores.{name}.alignment: unset, and no scores.json sidecar to take it from",),
                 "Declare `alignment: target` (column t weights the loss of predicting token t, the recorded convention) or `input`.",
@@ -363,7 +452,9 @@ def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
             continue
         if declared is not None and side is not None and declared != side:
             yield Finding(
-                "D5", "error", entry.shown,
+                "D5",
+                "error",
+                entry.shown,
                 f"score source `{name}`: declared alignment differs from the score file's",
                 (f"scores.{name}.alignment: {declared} (spec) vs {side} (scores.json)",),
                 "Delete the spec's `alignment` to take the sidecar's, or fix whichever is wrong; the two are off by one token.",
@@ -372,7 +463,9 @@ def alignment_ambiguity(entry: Entry, ws: Workspace) -> Iterator[Finding]:
         effective = declared or side
         if effective != TRAINER_ALIGNMENT:
             yield Finding(
-                "D5", "warning", entry.shown,
+                "D5",
+                "warning",
+                entry.shown,
                 f"score source `{name}` is {effective}-aligned; the trainer weights targets (`{TRAINER_ALIGNMENT}`)",
                 (f"scores.{name}.alignment: {effective}; it is shifted by one column before use",),
                 "Check the file really is input-aligned (column t = loss predicted at position t); a wrong declaration shifts every weight by one token.",

@@ -91,27 +91,46 @@ def step_factor(entry: Entry, ws: Workspace) -> Optional[StepFactor]:
     found = ws.results(entry)
     stats = [r.token_stats for r in found[0].runs if r.token_stats is not None] if found else []
     if stats:  # a shift either way breaks the same-LR comparison with the control
-        factor = max((s.per_token_lr_factor for s in stats if s.per_token_lr_factor > 0),
-                     key=lambda x: max(x, 1.0 / x), default=1.0)
+        factor = max(
+            (s.per_token_lr_factor for s in stats if s.per_token_lr_factor > 0),
+            key=lambda x: max(x, 1.0 / x),
+            default=1.0,
+        )
         fraction = min(s.selected_fraction for s in stats)
         return StepFactor(factor, True, f"selected fraction {100 * fraction:.1f}% measured in results.json")
-    if spec.loss.normalizer != "selected" or spec.tokens.mode not in ("where", "top") or (spec.tokens.mode == "where" and not spec.tokens.where):
+    if (
+        spec.loss.normalizer != "selected"
+        or spec.tokens.mode not in ("where", "top")
+        or (spec.tokens.mode == "where" and not spec.tokens.where)
+    ):
         return None
     ref = ws.reference(entry)
     if ref is not None and ref.token_stats is not None:
         fraction = ref.token_stats.selected_fraction
-        return StepFactor(_inverse(fraction), True, f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json")
+        return StepFactor(
+            _inverse(fraction),
+            True,
+            f"selected fraction {100 * fraction:.1f}% recorded in reports/reference/{spec.name}.json",
+        )
     if spec.tokens.mode == "where":
         fraction = estimate_fraction(parse_rule(spec.tokens.where or ""))
-        return StepFactor(_inverse(fraction), False, f"selected fraction ~{100 * fraction:.0f}% ESTIMATED from `{spec.tokens.where}` "
-                          "(a sign test keeps about half the tokens, each `and` halves it)")
+        return StepFactor(
+            _inverse(fraction),
+            False,
+            f"selected fraction ~{100 * fraction:.0f}% ESTIMATED from `{spec.tokens.where}` "
+            "(a sign test keeps about half the tokens, each `and` halves it)",
+        )
     share = top_selected_share(spec)  # a rank rule fixes a count, not a sign test
     counted = control_valid_tokens(entry, ws) if not share.exact else None
     if counted is not None:
         valid, control = counted
         fraction = min(top_count(spec.tokens.k, spec.tokens.fraction, valid), valid) / valid
-        return StepFactor(_inverse(fraction), True, f"`tokens.k: {spec.tokens.k}` of the {valid:,} valid target tokens the matched "
-                          f"control {control} measured on the same grid (results.json): selected fraction {100 * fraction:.3g}%")
+        return StepFactor(
+            _inverse(fraction),
+            True,
+            f"`tokens.k: {spec.tokens.k}` of the {valid:,} valid target tokens the matched "
+            f"control {control} measured on the same grid (results.json): selected fraction {100 * fraction:.3g}%",
+        )
     return StepFactor(_inverse(share.fraction), share.exact, share.text, bound=not share.exact)
 
 
@@ -121,16 +140,22 @@ def _f_text(f: StepFactor) -> str:
 
 def _sgd(spec: Spec, shown: str, f: StepFactor, limit: float) -> Finding:
     up_to = "up to " if f.bound else ""
-    evidence = [f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)} > --lr-factor {limit:g}",
-                "SGD: the step is lr x gradient, so each token's step is F times the all-tokens control's at the same LR"]
+    evidence = [
+        f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)} > --lr-factor {limit:g}",
+        "SGD: the step is lr x gradient, so each token's step is F times the all-tokens control's at the same LR",
+    ]
     at_lr = f"run this experiment at LR / {f.factor:.3g}"
     if not f.known:
         what = "an upper bound" if f.bound else "an estimate"
-        evidence.append(f"F is {what}: the run measures it (results.json token_stats), and D6 is an error there if the measured F "
-                        f"is beyond --lr-factor {limit:g}; to know it now, set `tokens.fraction`, or run the matched control first")
+        evidence.append(
+            f"F is {what}: the run measures it (results.json token_stats), and D6 is an error there if the measured F "
+            f"is beyond --lr-factor {limit:g}; to know it now, set `tokens.fraction`, or run the matched control first"
+        )
         at_lr = "run this experiment at LR / F once a run has measured F"
     return Finding(
-        "D6", "error" if f.known else "warning", shown,
+        "D6",
+        "error" if f.known else "warning",
+        shown,
         f"the token rule changes the per-token SGD step {up_to}x{f.factor:.2f} relative to the all-tokens control at the same LR",
         tuple(evidence),
         f"Set `loss.normalizer: valid` (each token's step equal to the control's at the same LR), or keep the normalizer and {at_lr}, "
@@ -141,25 +166,40 @@ def _sgd(spec: Spec, shown: str, f: StepFactor, limit: float) -> Finding:
 def _adam(spec: Spec, shown: str, f: StepFactor, limit: float) -> Finding:
     opt = spec.training.optimizer
     scale = f"{'up to ' if f.bound else ''}x{f.factor:.2f}"
-    evidence = (f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)}",
-                f"{opt.name}: the update m/(sqrt(v)+eps) does not change when every step's loss is scaled by a constant, so F does not "
-                "change the step size, and `normalizer: valid` would not make it the control's (a masked Adam run takes lr-sized steps "
-                "driven by its selected tokens alone, whatever the normalizer)",
-                "what the normalizer changes: each step's loss is divided by that step's own count, so steps with few selected tokens "
-                "weigh as much as steps with many; this changes the direction of the moment estimates, not their size")
+    evidence = (
+        f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)}",
+        f"{opt.name}: the update m/(sqrt(v)+eps) does not change when every step's loss is scaled by a constant, so F does not "
+        "change the step size, and `normalizer: valid` would not make it the control's (a masked Adam run takes lr-sized steps "
+        "driven by its selected tokens alone, whatever the normalizer)",
+        "what the normalizer changes: each step's loss is divided by that step's own count, so steps with few selected tokens "
+        "weigh as much as steps with many; this changes the direction of the moment estimates, not their size",
+    )
     if opt.name == "adam" and opt.weight_decay > 0:
         return Finding(
-            "D6", "warning", shown,
+            "D6",
+            "warning",
+            shown,
             f"the token rule scales the loss {scale} against the control, and `adam` adds its L2 weight decay to the gradient "
             "unscaled: the balance of data gradient and decay differs from the control's",
-            evidence + (f"training.optimizer.weight_decay: {opt.weight_decay:g} (L2 in the gradient): relative to the data gradient "
-                        f"it is 1/F times the control's",),
+            evidence
+            + (
+                f"training.optimizer.weight_decay: {opt.weight_decay:g} (L2 in the gradient): relative to the data gradient "
+                f"it is 1/F times the control's",
+            ),
             "Use `adamw` (decoupled decay, independent of the loss scale), or `loss.normalizer: valid` (the control's balance).",
         )
-    keep = (" Keep `selected` where the selected share is small: with `valid` the gradients shrink by the share toward Adam's "
-            "eps, which then damps the step.") if spec.loss.normalizer == "selected" else ""
+    keep = (
+        (
+            " Keep `selected` where the selected share is small: with `valid` the gradients shrink by the share toward Adam's "
+            "eps, which then damps the step."
+        )
+        if spec.loss.normalizer == "selected"
+        else ""
+    )
     return Finding(
-        "D6", "info", shown,
+        "D6",
+        "info",
+        shown,
         f"the token rule scales the loss {scale} against the control; with {opt.name} this barely changes the step (Adam is "
         "invariant to the loss scale), so the same-LR comparison with the control holds",
         evidence,
@@ -171,40 +211,61 @@ def _same_dose(a: Spec, b: Spec) -> bool:
     """Same per-token step by construction: rank rules fixing the same count, same normalizer, optimizer,
     LR grid and control (a `where` rule's share depends on its scores, so it is never matched by construction)."""
     ta, tb = a.tokens, b.tokens
-    return (ta.mode == tb.mode == "top" and (ta.k, ta.fraction) == (tb.k, tb.fraction)
-            and a.loss.normalizer == b.loss.normalizer and a.training.optimizer == b.training.optimizer
-            and sorted(a.training.lrs) == sorted(b.training.lrs) and a.control == b.control)
+    return (
+        ta.mode == tb.mode == "top"
+        and (ta.k, ta.fraction) == (tb.k, tb.fraction)
+        and a.loss.normalizer == b.loss.normalizer
+        and a.training.optimizer == b.training.optimizer
+        and sorted(a.training.lrs) == sorted(b.training.lrs)
+        and a.control == b.control
+    )
 
 
 def dose_peers(entry: Entry, peers: list[Entry]) -> list[Entry]:
     """The other checked experiments of `entry`'s study (same control) that take the same per-token step."""
     spec = entry.spec
     assert spec is not None
-    return [p for p in peers if p.spec is not None and p.spec.magic is None and p.path.resolve() != entry.path.resolve()
-            and _same_dose(spec, p.spec)]
+    return [
+        p
+        for p in peers
+        if p.spec is not None
+        and p.spec.magic is None
+        and p.path.resolve() != entry.path.resolve()
+        and _same_dose(spec, p.spec)
+    ]
 
 
 def _dose_matched(spec: Spec, shown: str, f: StepFactor, limit: float, peers: list[Entry]) -> Optional[Finding]:
     """D6 as an `info` when the study holds a negative control at the same per-token step (or this is one)."""
     negatives = [p for p in peers if p.spec is not None and p.spec.role == "negative_control"]
-    evidence = (f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)} > --lr-factor {limit:g}",
-                "SGD: each token's step is F times the all-tokens control's at the same LR")
+    evidence = (
+        f"loss.normalizer: {spec.loss.normalizer}; {f.origin}; {_f_text(f)} > --lr-factor {limit:g}",
+        "SGD: each token's step is F times the all-tokens control's at the same LR",
+    )
     if spec.role == "negative_control" and peers:
         names = ", ".join(p.shown for p in peers)
-        return Finding("D6", "info", shown,
-                       f"this negative control takes a per-token SGD step {'up to ' if f.bound else ''}x{f.factor:.2f} the all-tokens "
-                       "control's, as do the experiments it is the null for: it measures what that step does without the selection",
-                       evidence + (f"same token count, normalizer, optimizer and LR grid: {names}",),
-                       "Nothing to change: read those experiments' effects against this control as well as the all-tokens one.")
+        return Finding(
+            "D6",
+            "info",
+            shown,
+            f"this negative control takes a per-token SGD step {'up to ' if f.bound else ''}x{f.factor:.2f} the all-tokens "
+            "control's, as do the experiments it is the null for: it measures what that step does without the selection",
+            evidence + (f"same token count, normalizer, optimizer and LR grid: {names}",),
+            "Nothing to change: read those experiments' effects against this control as well as the all-tokens one.",
+        )
     if not negatives:
         return None
     names = ", ".join(p.shown for p in negatives)
-    return Finding("D6", "info", shown,
-                   f"the token rule changes the per-token SGD step {'up to ' if f.bound else ''}x{f.factor:.2f} against the all-tokens "
-                   f"control, and the study's negative control {names} takes the same step: it separates the selection from the step",
-                   evidence + (f"{names}: `role: negative_control`, same token count, normalizer, optimizer and LR grid",),
-                   f"Nothing to change: read the effect of the selection against {names} at the same LR (the all-tokens control "
-                   "alone would confound it with the larger step).")
+    return Finding(
+        "D6",
+        "info",
+        shown,
+        f"the token rule changes the per-token SGD step {'up to ' if f.bound else ''}x{f.factor:.2f} against the all-tokens "
+        f"control, and the study's negative control {names} takes the same step: it separates the selection from the step",
+        evidence + (f"{names}: `role: negative_control`, same token count, normalizer, optimizer and LR grid",),
+        f"Nothing to change: read the effect of the selection against {names} at the same LR (the all-tokens control "
+        "alone would confound it with the larger step).",
+    )
 
 
 def lr_shift(entry: Entry, ws: Workspace, limit: float, study: Optional[list[Entry]] = None) -> Iterator[Finding]:

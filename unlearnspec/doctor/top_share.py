@@ -38,17 +38,26 @@ def top_selected_share(spec: Spec) -> SelectedShare:
     if rule.rest_weight() != 0.0:
         return SelectedShare(1.0, True, "every valid token keeps a nonzero weight (`rest: descend`)")
     if rule.fraction is not None:
-        return SelectedShare(rule.fraction, True, f"selected fraction {100 * rule.fraction:g}% set by `tokens.fraction` "
-                             "(exact up to rounding to whole tokens)")
+        return SelectedShare(
+            rule.fraction,
+            True,
+            f"selected fraction {100 * rule.fraction:g}% set by `tokens.fraction` "
+            "(exact up to rounding to whole tokens)",
+        )
     bound = spec.data.select.count * max(spec.data.max_seq_len - 1, 1)
     k = rule.k or 1
-    return SelectedShare(min(k / bound, 1.0), False,
-                         f"`tokens.k: {k}` of the valid target tokens, a count known only once the grid is tokenized "
-                         f"(at most N x (max_seq_len - 1) = {bound:,}): the selected fraction is at least {100 * k / bound:.3g}%, "
-                         "so the factor below is an upper bound (set `fraction` to fix the share)")
+    return SelectedShare(
+        min(k / bound, 1.0),
+        False,
+        f"`tokens.k: {k}` of the valid target tokens, a count known only once the grid is tokenized "
+        f"(at most N x (max_seq_len - 1) = {bound:,}): the selected fraction is at least {100 * k / bound:.3g}%, "
+        "so the factor below is an upper bound (set `fraction` to fix the share)",
+    )
 
 
-def top_ranked_share(rule: TokenRuleSpec, valid: Optional[int], measured: Optional[float] = None) -> Optional[tuple[float, str]]:
+def top_ranked_share(
+    rule: TokenRuleSpec, valid: Optional[int], measured: Optional[float] = None
+) -> Optional[tuple[float, str]]:
     """Share of valid tokens a `top` rule picks by rank (what its scores decide), with what the rule does to
     them and to the rest; `valid` is the measured count of valid tokens (None when not known), `measured` the
     selected share a run measured (used with `rest: mask`, where it is the picked share). None when the
@@ -63,6 +72,11 @@ def top_ranked_share(rule: TokenRuleSpec, valid: Optional[int], measured: Option
         return None
     sel_w, rest_w = rule.selected_weight(), rule.rest_weight()
     if rest_w == 0.0:
-        return share, (f"`top`: the {100 * share:.3g}% of valid tokens ranked first get weight {sel_w:g} and every other one is masked "
-                       "(weight 0), so the run trains the selected tokens alone")
-    return share, f"`top`: the {100 * share:.3g}% of valid tokens ranked first get weight {sel_w:g}, the rest keep weight {rest_w:g}"
+        return share, (
+            f"`top`: the {100 * share:.3g}% of valid tokens ranked first get weight {sel_w:g} and every other one is masked "
+            "(weight 0), so the run trains the selected tokens alone"
+        )
+    return (
+        share,
+        f"`top`: the {100 * share:.3g}% of valid tokens ranked first get weight {sel_w:g}, the rest keep weight {rest_w:g}",
+    )

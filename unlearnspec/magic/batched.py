@@ -47,6 +47,3 @@ def double_backward(dot: torch.Tensor, inputs: list[torch.Tensor], loop: bool = 
         return tuple(outs or ())
     eye = torch.eye(dot.shape[0], dtype=dot.dtype, device=dot.device)
     return torch.autograd.grad(dot, inputs, grad_outputs=eye, is_grads_batched=True, materialize_grads=True)
-
-
-

@@ -31,8 +31,15 @@ class MagicCallback(TrainerCallback):
     then `cb.trajectory` feeds `magic_scores`.
     """
 
-    def __init__(self, total_steps: int, schedule: Schedule = "sqrt", storage: str = "ram",
-                 storage_dir: Optional[Path] = None, precision: str = "fp32", dropout: float = 0.0):
+    def __init__(
+        self,
+        total_steps: int,
+        schedule: Schedule = "sqrt",
+        storage: str = "ram",
+        storage_dir: Optional[Path] = None,
+        precision: str = "fp32",
+        dropout: float = 0.0,
+    ):
         if storage == "disk" and storage_dir is None:
             raise ValueError("storage 'disk' needs storage_dir")
         self.total_steps = total_steps
@@ -71,8 +78,11 @@ class MagicCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self._attached:
             raise RuntimeError("MagicCallback.attach(trainer) must be called before training")
-        check_training_args(packing=bool(getattr(args, "packing", False)),
-                            precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision, dropout=self.dropout)
+        check_training_args(
+            packing=bool(getattr(args, "packing", False)),
+            precision="bf16" if args.bf16 else "fp16" if args.fp16 else self.precision,
+            dropout=self.dropout,
+        )
         self._params = {plain_name(n): p for n, p in model.named_parameters() if p.requires_grad}
         self._world = int(getattr(args, "world_size", 1) or 1)
         # FSDP2 shards every parameter by rows (DTensor Shard(0)): each rank records its own shards, which the
@@ -80,7 +90,9 @@ class MagicCallback(TrainerCallback):
         self._sharded = any(hasattr(p, "to_local") for p in self._params.values())
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         weight_decay = check_optimizer(inner, self._params)
-        config = optimizer_config(inner, max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None)
+        config = optimizer_config(
+            inner, max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
+        )
         check_model_replayable(model)
         folder = self.storage_dir  # set whenever storage is disk (checked in __init__)
         if self.storage == "disk" and folder is not None and self._sharded:
@@ -91,8 +103,14 @@ class MagicCallback(TrainerCallback):
         else:
             store = RamStore()
         self._optimizer = inner
-        self.recorder = TrajectoryRecorder(self.total_steps, self.schedule, store, weight_decay=weight_decay, optimizer=config,
-                                           shard_world=self._world if self._sharded else 1)
+        self.recorder = TrajectoryRecorder(
+            self.total_steps,
+            self.schedule,
+            store,
+            weight_decay=weight_decay,
+            optimizer=config,
+            shard_world=self._world if self._sharded else 1,
+        )
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         assert self.recorder is not None
@@ -106,8 +124,10 @@ class MagicCallback(TrainerCallback):
             first = next(iter(self._params.values()))
             expected = self.recorder.optimizer.initial_step + t
             if optimizer_step_count(self._optimizer, first) != expected:
-                raise RuntimeError(f"the optimizer is at step {optimizer_step_count(self._optimizer, first)} before step {t} "
-                                   f"(expected {expected}); a step was skipped or taken outside the trainer")
+                raise RuntimeError(
+                    f"the optimizer is at step {optimizer_step_count(self._optimizer, first)} before step {t} "
+                    f"(expected {expected}); a step was skipped or taken outside the trainer"
+                )
             opt_state = {s: _local(ts) for s, ts in optimizer_tensors(self._optimizer, self._params, names).items()}
         self.recorder.begin_step(_local(self._params), lrs.pop(), opt_state)
         for rows in self._pending:

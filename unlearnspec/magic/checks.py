@@ -59,7 +59,11 @@ def _dropout_settings(model: nn.Module) -> list[tuple[str, float]]:
     config = getattr(model, "config", None)
     if config is not None:
         for key, value in sorted(vars(config).items()):
-            if ("dropout" in key or key.endswith("pdrop")) and not key.startswith(("classifier", "summary")) and _is_rate(value):
+            if (
+                ("dropout" in key or key.endswith("pdrop"))
+                and not key.startswith(("classifier", "summary"))
+                and _is_rate(value)
+            ):
                 found.append((f"config.{key}", float(value)))
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
@@ -93,7 +97,9 @@ def check_optimizer(
                 loc="training.optimizer.momentum",
             )
         if group.get("maximize", False):
-            raise _fail(f"{kind.__name__}(maximize=True) is not supported; minimise the loss.", loc="training.optimizer")
+            raise _fail(
+                f"{kind.__name__}(maximize=True) is not supported; minimise the loss.", loc="training.optimizer"
+            )
         if group.get("amsgrad", False):
             raise _fail("Adam(amsgrad=True) is not replayed; use amsgrad=False.", loc="training.optimizer")
         for p in group["params"]:
@@ -101,13 +107,18 @@ def check_optimizer(
     if OPTIMIZERS[name].hyperparameters == ("betas", "eps"):
         hyper = {(tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in optimizer.param_groups}
         if len(hyper) != 1:
-            raise _fail(f"parameter groups have different Adam betas/eps {sorted(hyper)}; MAGIC assumes one.", loc="training.optimizer")
+            raise _fail(
+                f"parameter groups have different Adam betas/eps {sorted(hyper)}; MAGIC assumes one.",
+                loc="training.optimizer",
+            )
     decays = set(by_id.values())
     if named_params is not None:
         missing = [n for n, p in named_params.items() if id(p) not in by_id]
         if missing:
-            raise _fail(f"parameters {missing[:3]} are not in the optimizer; MAGIC records only what the optimizer updates.",
-                        loc="training")
+            raise _fail(
+                f"parameters {missing[:3]} are not in the optimizer; MAGIC records only what the optimizer updates.",
+                loc="training",
+            )
     if len(decays) <= 1:
         return decays.pop() if decays else 0.0
     if named_params is None:
@@ -124,10 +135,17 @@ def optimizer_config(optimizer: torch.optim.Optimizer, max_grad_norm: float | No
     group = optimizer.param_groups[0]
     steps = {int(optimizer_step_count(optimizer, p)) for g in optimizer.param_groups for p in g["params"]}
     if len(steps) != 1:
-        raise _fail(f"parameters are at different Adam step counts {sorted(steps)}; start MAGIC from one optimizer state.",
-                    loc="training.optimizer")
-    return OptimizerConfig(name, (float(group["betas"][0]), float(group["betas"][1])), float(group["eps"]),  # type: ignore[arg-type]
-                           initial_step=steps.pop(), max_grad_norm=max_grad_norm or None)
+        raise _fail(
+            f"parameters are at different Adam step counts {sorted(steps)}; start MAGIC from one optimizer state.",
+            loc="training.optimizer",
+        )
+    return OptimizerConfig(
+        name,
+        (float(group["betas"][0]), float(group["betas"][1])),
+        float(group["eps"]),  # type: ignore[arg-type]
+        initial_step=steps.pop(),
+        max_grad_norm=max_grad_norm or None,
+    )
 
 
 def optimizer_step_count(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> int:

@@ -60,7 +60,7 @@ class TorchDistributed:
         offset = 0
         for t in bucket:
             n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
+            t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
 
     def all_reduce_(self, tensors: list[torch.Tensor]) -> None:

@@ -78,18 +78,37 @@ def load_trajectory_plan(folder: Path, n_rows: Optional[int] = None) -> Trajecto
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise UserError.one(str(path), f"not a step plan this version can read ({loc}: {first['msg']}). {fix}", loc=loc) from None
+        raise UserError.one(
+            str(path), f"not a step plan this version can read ({loc}: {first['msg']}). {fix}", loc=loc
+        ) from None
     for i, s in enumerate(plan.steps):
         for j, mb in enumerate(s.micro_batches):
             bad = next((r for r in mb if n_rows is not None and r >= n_rows), None)
             if bad is not None:
-                raise UserError.one(str(path), f"row {bad} is beyond the {n_rows} rows of this spec's grid; the plan is "
-                                    f"not this run's. {fix}", loc=f"steps.{i}.micro_batches.{j}")
+                raise UserError.one(
+                    str(path),
+                    f"row {bad} is beyond the {n_rows} rows of this spec's grid; the plan is not this run's. {fix}",
+                    loc=f"steps.{i}.micro_batches.{j}",
+                )
     opt = plan.optimizer
-    steps = tuple(Step(s.lr, tuple(torch.tensor(mb, dtype=torch.long, device="cpu") for mb in s.micro_batches)) for s in plan.steps)
-    return Trajectory(steps, RamStore(), plan.schedule, plan.weight_decay, tuple(plan.param_names),
-                      OptimizerConfig(name=opt.name, betas=(opt.betas[0], opt.betas[1]), eps=opt.eps, initial_step=opt.initial_step,
-                                      max_grad_norm=opt.max_grad_norm))
+    steps = tuple(
+        Step(s.lr, tuple(torch.tensor(mb, dtype=torch.long, device="cpu") for mb in s.micro_batches))
+        for s in plan.steps
+    )
+    return Trajectory(
+        steps,
+        RamStore(),
+        plan.schedule,
+        plan.weight_decay,
+        tuple(plan.param_names),
+        OptimizerConfig(
+            name=opt.name,
+            betas=(opt.betas[0], opt.betas[1]),
+            eps=opt.eps,
+            initial_step=opt.initial_step,
+            max_grad_norm=opt.max_grad_norm,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- subsets and predictions
@@ -130,8 +149,14 @@ def predicted_change(scores: torch.Tensor, weights: torch.Tensor, mask: torch.Te
 
 
 # --------------------------------------------------------------------------- retraining
-def retrained_params(model: nn.Module, grid: GridLike, trajectory: Trajectory, theta0: Sequence[torch.Tensor],
-                     weights: torch.Tensor, comm: Optional[Collective] = None) -> dict[str, torch.Tensor]:
+def retrained_params(
+    model: nn.Module,
+    grid: GridLike,
+    trajectory: Trajectory,
+    theta0: Sequence[torch.Tensor],
+    weights: torch.Tensor,
+    comm: Optional[Collective] = None,
+) -> dict[str, torch.Tensor]:
     """theta_T of the recorded run replayed from theta_0 with per-token `weights` [N, S] (the optimizer starts
     fresh, as the recorded run did): the replay's own forward step, so it matches the reverse pass's arithmetic."""
     if trajectory.optimizer.initial_step != 0:

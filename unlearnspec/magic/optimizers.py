@@ -58,7 +58,9 @@ class OptimizerAdjoint(Protocol):
     needs_grad: bool
     """True when g_bar depends on the gradient itself (Adam, clipping): the reverse step computes g first."""
 
-    def step(self, theta: Tensors, state: list[Tensors], grad: Tensors, t: int, lr: float) -> tuple[Tensors, list[Tensors]]:
+    def step(
+        self, theta: Tensors, state: list[Tensors], grad: Tensors, t: int, lr: float
+    ) -> tuple[Tensors, list[Tensors]]:
         """(theta_{t+1}, state_{t+1}); inputs are not modified."""
         ...
 
@@ -131,7 +133,16 @@ class AdamAdjoint:
         m, v = state
         self.touched = []
         g_bar, theta_part, m_bar, v_bar = adam_adjoint(
-            theta, m, v, grad, lr, self._k(t), self.decays, self.hyper, *adjoint, second_moment=self.second_moment,
+            theta,
+            m,
+            v,
+            grad,
+            lr,
+            self._k(t),
+            self.decays,
+            self.hyper,
+            *adjoint,
+            second_moment=self.second_moment,
             touched=self.touched,
         )
         return g_bar, [theta_part, m_bar, v_bar]

@@ -129,8 +129,15 @@ def write_scores(
     out.mkdir(parents=True, exist_ok=True)
     per_token = scores.detach().to(torch.float32).cpu().contiguous()
     per_example = per_token.sum(dim=1)
-    meta = scores_metadata(per_token, trajectory, fingerprint=fingerprint, query=query, dtype=dtype, lr=lr,
-                           fingerprint_inputs=fingerprint_inputs)
+    meta = scores_metadata(
+        per_token,
+        trajectory,
+        fingerprint=fingerprint,
+        query=query,
+        dtype=dtype,
+        lr=lr,
+        fingerprint_inputs=fingerprint_inputs,
+    )
     meta.update(extra or {})
     paths = {"per_token": out / PER_TOKEN_FILE, "per_example": out / PER_EXAMPLE_FILE, "sidecar": out / SIDECAR_FILE}
     _save_tensor(paths["per_token"], per_token)
@@ -152,7 +159,12 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
         name = PER_TASK_FILE.format(leaf=leaf)
         tensor = entry.scores.detach().to(torch.float32).cpu().contiguous()
         write_with(out / name, functools.partial(torch.save, tensor), root=out)  # a leaf name may not leave `out`
-        block[leaf] = {"file": name, "task": entry.task, "questions": int(entry.questions), "reverse_seconds": entry.seconds}
+        block[leaf] = {
+            "file": name,
+            "task": entry.task,
+            "questions": int(entry.questions),
+            "reverse_seconds": entry.seconds,
+        }
     return block
 
 
@@ -170,5 +182,11 @@ def write_question_scores(out_dir: str | os.PathLike[str], per_question: Any) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save_tensor(out / PER_QUESTION_FILE, tensor)
-    return {"file": PER_QUESTION_FILE, "questions": int(tensor.shape[0]), "doc_keys": list(per_question.doc_keys),
-            "weights": per_question.weights, "chunk": per_question.chunk, "reverse_seconds": per_question.seconds}
+    return {
+        "file": PER_QUESTION_FILE,
+        "questions": int(tensor.shape[0]),
+        "doc_keys": list(per_question.doc_keys),
+        "weights": per_question.weights,
+        "chunk": per_question.chunk,
+        "reverse_seconds": per_question.seconds,
+    }

@@ -73,7 +73,7 @@ def per_question_scores(
         raise ValueError("no questions to score")
     n, s = grid.labels.shape
     started = time.perf_counter()
-    chunks = [rows[a:a + chunk] for a in range(0, len(rows), chunk)]
+    chunks = [rows[a : a + chunk] for a in range(0, len(rows), chunk)]
     out: torch.Tensor | None = None
 
     def starts(names: list[str], final: Callable[[], list[torch.Tensor]], c: Collective):
@@ -86,7 +86,7 @@ def per_question_scores(
     for scores in reverse_passes(model, grid, trajectory, starts, progress=tick, comm=comm, on_host=True, **replay):
         if out is None:
             out = torch.empty(len(rows), n, s, dtype=dtype or scores.dtype, device="cpu")  # host RAM: [Q, N, S]
-        out[at:at + scores.shape[0]] = scores
+        out[at : at + scores.shape[0]] = scores
         at += scores.shape[0]
     assert out is not None and at == len(rows)
     keys = tuple(query.batch.doc_keys[r] for r in rows)

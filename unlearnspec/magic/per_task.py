@@ -50,13 +50,17 @@ def leaf_names(group: str, leaves: Sequence[str]) -> dict[str, str]:
     characters than letters, digits and `_` replaced by `_`. Refuses two leaves that end up equal."""
     out: dict[str, str] = {}
     for leaf in leaves:
-        short = leaf[len(group) + 1:] if leaf.startswith(f"{group}_") and len(leaf) > len(group) + 1 else leaf
+        short = leaf[len(group) + 1 :] if leaf.startswith(f"{group}_") and len(leaf) > len(group) + 1 else leaf
         out[leaf] = _NOT_NAME.sub("_", short)
     seen: dict[str, str] = {}
     for leaf, name in out.items():
         if name in seen:
-            raise UserError.one("query", f"leaf tasks {seen[name]!r} and {leaf!r} of {group!r} both get the rule name {name!r}; "
-                                "per-task scores need distinct leaf names. Use `per: mean` for this task.", loc="magic.query.per")
+            raise UserError.one(
+                "query",
+                f"leaf tasks {seen[name]!r} and {leaf!r} of {group!r} both get the rule name {name!r}; "
+                "per-task scores need distinct leaf names. Use `per: mean` for this task.",
+                loc="magic.query.per",
+            )
         seen[name] = leaf
     return out
 

@@ -116,8 +116,15 @@ class QueryBatch:
         index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
         if index.numel() == 0:
             raise ValueError("a query subset needs at least one question")
-        return QueryBatch(self.input_ids[index], self.attention_mask[index], self.labels[index], task, self.loss,
-                          self.num_fewshot, tuple(self.doc_keys[r] for r in rows))
+        return QueryBatch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.labels[index],
+            task,
+            self.loss,
+            self.num_fewshot,
+            tuple(self.doc_keys[r] for r in rows),
+        )
 
 
 def load_tasks(
@@ -164,7 +171,9 @@ def _gold_index(task: Any, doc: Mapping[str, Any], choices: Sequence[str], key: 
     return index
 
 
-def continuation_requests(task_name: str, task: Any, num_fewshot: int, limit: Optional[int]) -> list[tuple[str, str, str]]:
+def continuation_requests(
+    task_name: str, task: Any, num_fewshot: int, limit: Optional[int]
+) -> list[tuple[str, str, str]]:
     """(key, context, gold continuation) per document, from the task's own loglikelihood requests."""
     output_type = task.get_config("output_type")
     if output_type not in ("multiple_choice", "loglikelihood"):
@@ -174,7 +183,9 @@ def continuation_requests(task_name: str, task: Any, num_fewshot: int, limit: Op
             loc="magic.query.loss",
         )
     if getattr(task, "multiple_input", 0):
-        raise UserError.one(_SOURCE, f"task {task_name!r} puts its choices in the context (multiple_input); not supported.")
+        raise UserError.one(
+            _SOURCE, f"task {task_name!r} puts its choices in the context (multiple_input); not supported."
+        )
     task.set_config(key="num_fewshot", value=num_fewshot)
     task.set_fewshot_seed(seed=FEWSHOT_SEED)
     task.build_all_requests(limit=limit, rank=0, world_size=1)
@@ -234,7 +245,9 @@ def build_query_batch(
     """Tokenize the query questions of `spec` (limit applies per leaf task, as in lm-eval)."""
     if spec.loss == "answer_letter" and spec.num_fewshot:
         raise UserError.one(
-            _SOURCE, "answer_letter is defined zero-shot; set magic.query.num_fewshot: 0.", loc="magic.query.num_fewshot"
+            _SOURCE,
+            "answer_letter is defined zero-shot; set magic.query.num_fewshot: 0.",
+            loc="magic.query.num_fewshot",
         )
     encoding = LMEvalEncoding(tokenizer, max_length, add_bos_token)
     rows: list[tuple[str, list[int], int]] = []
@@ -281,13 +294,17 @@ class QueryLoss:
         mask = self.batch.attention_mask[rows]
         width = int(mask.sum(1).max())  # right padding: columns past the longest row are all pad
         device = next(iter(params.values())).device if params else next(self.model.parameters()).device
-        ids, mask, labels = (x[rows, :width].to(device) for x in (self.batch.input_ids, self.batch.attention_mask, self.batch.labels))
+        ids, mask, labels = (
+            x[rows, :width].to(device) for x in (self.batch.input_ids, self.batch.attention_mask, self.batch.labels)
+        )
         logits = forward_logits(self.model, params, ids, mask)
         return token_nll(logits, labels).sum(1)
 
     def question_losses(self, params: Mapping[str, torch.Tensor], rows: Sequence[int]) -> torch.Tensor:
         """l_q of the questions at `rows` (one forward), [len(rows)]; Q = mean over all questions of l_q."""
-        return QueryLoss(self.model, self.batch.subset(rows, self.batch.task), len(rows))._chunk_losses(params, slice(0, len(rows)))
+        return QueryLoss(self.model, self.batch.subset(rows, self.batch.task), len(rows))._chunk_losses(
+            params, slice(0, len(rows))
+        )
 
     def per_question(self, params: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of every question, [Q] (= -loglikelihood in lm-eval)."""
@@ -310,8 +327,10 @@ class QueryLoss:
 
     def per_task(self) -> dict[str, "QueryLoss"]:
         """One QueryLoss per leaf task (mean over that leaf's questions); Q = sum_t n_t/n Q_t."""
-        return {leaf: QueryLoss(self.model, self.batch.subset(rows, leaf), self.batch_size)
-                for leaf, rows in self.batch.leaves().items()}
+        return {
+            leaf: QueryLoss(self.model, self.batch.subset(rows, leaf), self.batch_size)
+            for leaf, rows in self.batch.leaves().items()
+        }
 
 
 def build_query(

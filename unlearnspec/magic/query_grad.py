@@ -20,7 +20,9 @@ class BatchedQuery(Protocol):
 Query = Union[Callable[[Mapping[str, torch.Tensor]], torch.Tensor], BatchedQuery]
 
 
-def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], comm: Collective | None = None) -> list[torch.Tensor]:
+def query_gradient(
+    query: Query, names: list[str], theta: list[torch.Tensor], comm: Collective | None = None
+) -> list[torch.Tensor]:
     """grad Q at theta, accumulated over the query's parts so only one part's graph is alive at a time.
 
     Under several ranks each rank differentiates its share of the parts (`parts(params, rank, world_size)`;
@@ -52,8 +54,13 @@ def query_gradient(query: Query, names: list[str], theta: list[torch.Tensor], co
     return total
 
 
-def question_gradients(query: "QuestionQuery", rows: Sequence[int], names: list[str], theta: list[torch.Tensor],
-                       comm: Collective | None = None) -> list[torch.Tensor]:
+def question_gradients(
+    query: "QuestionQuery",
+    rows: Sequence[int],
+    names: list[str],
+    theta: list[torch.Tensor],
+    comm: Collective | None = None,
+) -> list[torch.Tensor]:
     """The gradients of the K questions `rows` of `query` (each question's own summed answer loss l_q, not
     divided by the number of questions), stacked per parameter: [K, *param.shape]. One forward per batch of
     questions, then one backward per question through its graph. Under several ranks each rank computes
@@ -68,7 +75,7 @@ def question_gradients(query: "QuestionQuery", rows: Sequence[int], names: list[
     out = [torch.zeros((len(rows), *p.shape), dtype=p.dtype, device=p.device) for p in params]
     mine = [k for k in range(len(rows)) if k % comm.world_size == comm.rank]
     for start in range(0, len(mine), query.batch_size):
-        ks = mine[start:start + query.batch_size]
+        ks = mine[start : start + query.batch_size]
         losses = query.question_losses(pdict, [rows[k] for k in ks])
         for j, k in enumerate(ks):
             grads = torch.autograd.grad(losses[j], params, retain_graph=j + 1 < len(ks), materialize_grads=True)

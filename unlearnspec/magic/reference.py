@@ -70,9 +70,16 @@ def sgd_train(
             denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
             for rows in step.micro_batches:
                 labels = grid.labels[rows].to(device)
-                logits = model(input_ids=grid.input_ids[rows].to(device), attention_mask=grid.attention_mask[rows].to(device),
-                               use_cache=False).logits
-                w = weights[rows].to(device) if weights is not None else torch.ones(labels.shape, dtype=logits.dtype, device=device)
+                logits = model(
+                    input_ids=grid.input_ids[rows].to(device),
+                    attention_mask=grid.attention_mask[rows].to(device),
+                    use_cache=False,
+                ).logits
+                w = (
+                    weights[rows].to(device)
+                    if weights is not None
+                    else torch.ones(labels.shape, dtype=logits.dtype, device=device)
+                )
                 weighted_token_loss(logits, labels, w, denom).backward()
                 if recorder is not None:
                     recorder.add_micro_batch(rows)
@@ -106,9 +113,15 @@ def unrolled_query(
             denom = sum(valid_targets(grid.labels[rows]) for rows in step.micro_batches)
             grad: list[torch.Tensor] | None = None
             for rows in step.micro_batches:
-                logits = forward_logits(model, dict(zip(names, theta)), grid.input_ids[rows].to(device),
-                                        grid.attention_mask[rows].to(device))
-                loss = weighted_token_loss(logits, grid.labels[rows].to(device), weights[rows.to(weights.device)], denom)
+                logits = forward_logits(
+                    model,
+                    dict(zip(names, theta)),
+                    grid.input_ids[rows].to(device),
+                    grid.attention_mask[rows].to(device),
+                )
+                loss = weighted_token_loss(
+                    logits, grid.labels[rows].to(device), weights[rows.to(weights.device)], denom
+                )
                 g = list(torch.autograd.grad(loss, theta, create_graph=create_graph, materialize_grads=True))
                 grad = g if grad is None else [a + b for a, b in zip(grad, g)]
             assert grad is not None

@@ -39,7 +39,9 @@ class StateKeeping:
         """The kept state of `step` (theta, then the optimizer's tensors), moved to the model's device
         unless `to_device` is False."""
         stored = self.traj.store.get(step)
-        keys = [self.names] + ([] if theta_only else [[state_key(s, n) for n in self.names] for s in self.rule.state_names])
+        keys = [self.names] + (
+            [] if theta_only else [[state_key(s, n) for n in self.names] for s in self.rule.state_names]
+        )
         missing = [k for ks in keys for k in ks if k not in stored]
         if missing:
             raise KeyError(f"state of step {step} lacks {missing[:3]}")

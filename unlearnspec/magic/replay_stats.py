@@ -46,10 +46,15 @@ ROUNDING_RISK_WARN = 1e-4
 
 def rounding_warning(stats: ReplayStats, trajectory: Trajectory) -> str:
     opt = trajectory.optimizer
-    hint = (f"raise training.optimizer.eps (now {opt.eps:g}) or lower the lr, or compute in float64 (model.dtype)"
-            if opt.name != "sgd" else "compute in float64 (model.dtype) or lower the lr")
-    return (f"MAGIC: the reverse pass amplifies rounding (adjoint gain {stats.adjoint_gain:.3g}, growth "
-            f"x{stats.adjoint_growth:.3g}; rounding risk {stats.rounding_risk:.2g} > {ROUNDING_RISK_WARN:g}): where "
-            f"Adam's second moments are small, 1/(sqrt(v)+eps) gives huge effective steps and the metagradient is "
-            f"ill-conditioned; float32 scores in such a regime were off by 75% on the toy world. {hint[0].upper() + hint[1:]}; "
-            "measure the float32-vs-float64 gap with benchmarks/magic_adam_precision.py.")
+    hint = (
+        f"raise training.optimizer.eps (now {opt.eps:g}) or lower the lr, or compute in float64 (model.dtype)"
+        if opt.name != "sgd"
+        else "compute in float64 (model.dtype) or lower the lr"
+    )
+    return (
+        f"MAGIC: the reverse pass amplifies rounding (adjoint gain {stats.adjoint_gain:.3g}, growth "
+        f"x{stats.adjoint_growth:.3g}; rounding risk {stats.rounding_risk:.2g} > {ROUNDING_RISK_WARN:g}): where "
+        f"Adam's second moments are small, 1/(sqrt(v)+eps) gives huge effective steps and the metagradient is "
+        f"ill-conditioned; float32 scores in such a regime were off by 75% on the toy world. {hint[0].upper() + hint[1:]}; "
+        "measure the float32-vs-float64 gap with benchmarks/magic_adam_precision.py."
+    )

@@ -37,9 +37,19 @@ from unlearnspec.train.loss import weighted_token_loss
 class _Replay(StateKeeping):
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
-    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, hessian: bool, stats: ReplayStats,
-                 comm: Collective | None = None, micro_batch_rows: int | None = None, offload_adjoint: bool = False,
-                 offload_states: bool = False, second_moment: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        grid: GridLike,
+        trajectory: Trajectory,
+        hessian: bool,
+        stats: ReplayStats,
+        comm: Collective | None = None,
+        micro_batch_rows: int | None = None,
+        offload_adjoint: bool = False,
+        offload_states: bool = False,
+        second_moment: bool = True,
+    ):
         self.model = model
         self.grid = grid
         self.traj = trajectory
@@ -83,7 +93,7 @@ class _Replay(StateKeeping):
         micro = self.traj.steps[t].micro_batches
         if self.micro_batch_rows is not None:
             micro = tuple(torch.cat(micro).split(self.micro_batch_rows))
-        return list(micro[self.comm.rank::self.comm.world_size])
+        return list(micro[self.comm.rank :: self.comm.world_size])
 
     def slots(self, t: int) -> list[tuple[torch.Tensor, bool]]:
         """(rows, owned) of every forward this rank runs for step t; a rank that runs a forward with no rows
@@ -138,7 +148,14 @@ class _Replay(StateKeeping):
         self.stats.recomputed_steps += 1
         return [theta_new, *opt_new]
 
-    def _graph(self, params: list[torch.Tensor], rows: torch.Tensor, denom: torch.Tensor, dtype: torch.dtype, owned: bool = True):
+    def _graph(
+        self,
+        params: list[torch.Tensor],
+        rows: torch.Tensor,
+        denom: torch.Tensor,
+        dtype: torch.dtype,
+        owned: bool = True,
+    ):
         """(weights, grads with create_graph) of one micro-batch: the first half of a double backward (weights 0
         on a slot the rank does not own)."""
         labels = self.grid.labels[rows]
@@ -281,9 +298,20 @@ def magic_scores(
     RAM (else up to ceil(sqrt T) states sit on the device during a segment).
     """
     start = lambda names, final, c: [query_gradient(query, names, final(), c)]  # noqa: E731
-    (scores,) = reverse_passes(model, grid, trajectory, start, hessian=hessian, second_moment=second_moment, stats=stats,
-                               progress=progress, comm=comm, micro_batch_rows=micro_batch_rows,
-                               offload_adjoint=offload_adjoint, offload_states=offload_states)
+    (scores,) = reverse_passes(
+        model,
+        grid,
+        trajectory,
+        start,
+        hessian=hessian,
+        second_moment=second_moment,
+        stats=stats,
+        progress=progress,
+        comm=comm,
+        micro_batch_rows=micro_batch_rows,
+        offload_adjoint=offload_adjoint,
+        offload_states=offload_states,
+    )
     return scores if dtype is None else scores.to(dtype)
 
 
@@ -331,8 +359,18 @@ def reverse_passes(
     done = 0
     with replay_mode(model):
         kind = getattr(comm, "replay_class", _Replay)  # `sharded.ShardedReplay` when the ranks hold shards (FSDP)
-        replay = kind(model, grid, trajectory, hessian, stats, comm, micro_batch_rows, offload_adjoint, offload_states,
-                      second_moment=second_moment)
+        replay = kind(
+            model,
+            grid,
+            trajectory,
+            hessian,
+            stats,
+            comm,
+            micro_batch_rows,
+            offload_adjoint,
+            offload_states,
+            second_moment=second_moment,
+        )
         first = dict(model.named_parameters())[replay.names[0]]  # its shape tells a batched start ([K, *shape])
 
         def final() -> list[torch.Tensor]:

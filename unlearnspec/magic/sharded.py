@@ -47,7 +47,9 @@ class ShardedCollective:
     def __init__(self, forward: ShardedForward, base: Optional[Collective] = None):
         self.forward = forward
         self.group = forward.group
-        self.base: Collective = base if base is not None else (TorchDistributed() if self.group.world_size > 1 else Alone())
+        self.base: Collective = (
+            base if base is not None else (TorchDistributed() if self.group.world_size > 1 else Alone())
+        )
         self.rank = self.group.rank
         self.world_size = self.group.world_size
 
@@ -144,15 +146,26 @@ class _ShardView:
 class ShardedReplay(_Replay):
     """`reverse._Replay` on row shards; chosen by `reverse_passes` for a `ShardedCollective`."""
 
-    def __init__(self, model: nn.Module, grid: Any, trajectory: Trajectory, hessian: bool, stats: ReplayStats, comm: Any = None,
-                 *args: Any, **kwargs: Any):
+    def __init__(
+        self,
+        model: nn.Module,
+        grid: Any,
+        trajectory: Trajectory,
+        hessian: bool,
+        stats: ReplayStats,
+        comm: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ):
         fwd: ShardedForward | None = getattr(model, SHARDED_ATTR, None)
         if fwd is None or not getattr(comm, "sharded", False):
             raise ValueError("the sharded reverse pass needs the skeleton and comm of shard_for_replay(model)")
         world = fwd.group.world_size
         if trajectory.shard_world not in (1, world):
-            raise ValueError(f"the trajectory holds shards of {trajectory.shard_world} ranks; replay it on {trajectory.shard_world} "
-                             f"ranks (this run has {world})")
+            raise ValueError(
+                f"the trajectory holds shards of {trajectory.shard_world} ranks; replay it on {trajectory.shard_world} "
+                f"ranks (this run has {world})"
+            )
         if trajectory.shard_world == 1 and world > 1:
             trajectory = dataclasses.replace(trajectory, store=_ShardView(trajectory.store, fwd.group))
         super().__init__(model, grid, trajectory, hessian, stats, comm, *args, **kwargs)
@@ -165,7 +178,7 @@ class ShardedReplay(_Replay):
         micro = self.traj.steps[t].micro_batches
         if self.micro_batch_rows is not None:
             micro = tuple(torch.cat(micro).split(self.micro_batch_rows))
-        mine = list(micro[self.comm.rank::self.comm.world_size])
+        mine = list(micro[self.comm.rank :: self.comm.world_size])
         depth = math.ceil(len(micro) / self.comm.world_size)
         return [(rows, True) for rows in mine] + [(micro[0][:1], False)] * (depth - len(mine))
 
@@ -187,8 +200,9 @@ class ShardedReplay(_Replay):
             super().reverse_step(state, adjoint, t, scores)
 
 
-def sharded_magic_scores(model: nn.Module, grid: Any, trajectory: Trajectory, query: Any,
-                         group: Optional[ShardGroup] = None, **kwargs: Any) -> torch.Tensor:
+def sharded_magic_scores(
+    model: nn.Module, grid: Any, trajectory: Trajectory, query: Any, group: Optional[ShardGroup] = None, **kwargs: Any
+) -> torch.Tensor:
     """`magic_scores` with the parameters sharded over the ranks of `group` (default: the process group)."""
     from unlearnspec.magic.reverse import magic_scores
 

@@ -98,7 +98,9 @@ class ShardedForward:
         for name in self.shapes:
             module, attr = _owner(skeleton, name)
             self._by_module.setdefault(module, []).append((attr, name))
-        self._placeholders = {name: _owner(skeleton, name)[0]._parameters[_owner(skeleton, name)[1]] for name in self.shapes}
+        self._placeholders = {
+            name: _owner(skeleton, name)[0]._parameters[_owner(skeleton, name)[1]] for name in self.shapes
+        }
         self._gathered: weakref.WeakKeyDictionary[Any, tuple[str, torch.Tensor]] = weakref.WeakKeyDictionary()
         """Storage of a gathered parameter -> (its name, the shard it came from); a storage keeps its Python
         object while it is alive, so an entry ends with the storage and a reused address is never mistaken."""
@@ -163,7 +165,9 @@ class ShardedForward:
         finally:
             self.params = before
 
-    def logits(self, params: Mapping[str, torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, params: Mapping[str, torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Logits [B, S, V] of the model at the sharded parameters `params` (every name of the shapes)."""
         missing = [n for n in self.shapes if n not in params]
         if missing:

@@ -35,8 +35,9 @@ def sharded_query_gradient(query: Any, names: list[str], theta: list[torch.Tenso
     return total
 
 
-def sharded_question_gradients(query: Any, rows: list[int], names: list[str], theta: list[torch.Tensor],
-                               comm: Any) -> list[torch.Tensor]:
+def sharded_question_gradients(
+    query: Any, rows: list[int], names: list[str], theta: list[torch.Tensor], comm: Any
+) -> list[torch.Tensor]:
     """This rank's shard of each question's gradient, [K, *shard.shape] per parameter. Every rank runs the same
     forwards and one backward per question (the reduce-scatter sums over ranks; only rank 0's counts)."""
     params = [p.detach().requires_grad_() for p in theta]

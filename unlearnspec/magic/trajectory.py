@@ -111,7 +111,9 @@ class DiskStore:
         self._steps: set[int] = set()
 
     def _path(self, step: int) -> Path:
-        return self.directory / (f"state_{step:07d}.{self.tag}.safetensors" if self.tag else f"state_{step:07d}.safetensors")
+        return self.directory / (
+            f"state_{step:07d}.{self.tag}.safetensors" if self.tag else f"state_{step:07d}.safetensors"
+        )
 
     def put(self, step: int, params: Mapping[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
@@ -229,7 +231,9 @@ class TrajectoryRecorder:
         self.optimizer = optimizer
         self.schedule = schedule
         self.store: StateStore = store if store is not None else RamStore()
-        self.weight_decay: WeightDecay = dict(weight_decay) if isinstance(weight_decay, Mapping) else float(weight_decay)
+        self.weight_decay: WeightDecay = (
+            dict(weight_decay) if isinstance(weight_decay, Mapping) else float(weight_decay)
+        )
         self._kept = set(kept_steps(schedule, total_steps))
         self._steps: list[Step] = []
         self._lr: float | None = None
@@ -241,13 +245,17 @@ class TrajectoryRecorder:
         if self._names is None:
             self._names = names
         elif names != self._names:
-            raise ValueError("the parameter names changed between steps; record the same trainable parameters every step")
+            raise ValueError(
+                "the parameter names changed between steps; record the same trainable parameters every step"
+            )
 
     def _close_step(self) -> None:
         if self._lr is None:
             return
         if not self._micro:
-            raise ValueError(f"step {len(self._steps)} has no micro-batch; call add_micro_batch(row_ids) after begin_step")
+            raise ValueError(
+                f"step {len(self._steps)} has no micro-batch; call add_micro_batch(row_ids) after begin_step"
+            )
         self._steps.append(Step(self._lr, tuple(self._micro)))
         self._lr, self._micro = None, []
 
@@ -287,14 +295,18 @@ class TrajectoryRecorder:
             return flat
         if optimizer_state is None or set(optimizer_state) != set(names):
             got = sorted(optimizer_state) if optimizer_state is not None else None
-            raise ValueError(f"a {self.optimizer.name} trajectory needs the optimizer state {list(names)} at kept steps (got {got})")
+            raise ValueError(
+                f"a {self.optimizer.name} trajectory needs the optimizer state {list(names)} at kept steps (got {got})"
+            )
         for state_name in names:
             tensors = optimizer_state[state_name]
             for name, p in params.items():
                 if name not in tensors:
                     raise ValueError(f"optimizer state {state_name} lacks parameter {name}")
                 if tensors[name].shape != p.shape:
-                    raise ValueError(f"optimizer state {state_name} of {name} has shape {tuple(tensors[name].shape)}, not {tuple(p.shape)}")
+                    raise ValueError(
+                        f"optimizer state {state_name} of {name} has shape {tuple(tensors[name].shape)}, not {tuple(p.shape)}"
+                    )
                 flat[state_key(state_name, name)] = tensors[name]
         return flat
 
@@ -313,8 +325,15 @@ class TrajectoryRecorder:
         assert self._names is not None
         decay_list(self.weight_decay, self._names)  # a per-name mapping must cover every parameter
         self.store.put(len(self._steps), params)
-        return Trajectory(tuple(self._steps), self.store, self.schedule, self.weight_decay, self._names, self.optimizer,
-                          self.shard_world)
+        return Trajectory(
+            tuple(self._steps),
+            self.store,
+            self.schedule,
+            self.weight_decay,
+            self._names,
+            self.optimizer,
+            self.shard_world,
+        )
 
 
 def plan_steps(

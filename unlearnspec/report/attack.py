@@ -27,7 +27,9 @@ def recovery_fraction(base: float, unlearned: float, attacked: float) -> Optiona
     return (attacked - unlearned) / drop
 
 
-def recovery_delta_se(base: float, n_base: int, unlearned: float, n_unlearned: int, attacked: float, n_attacked: int) -> float:
+def recovery_delta_se(
+    base: float, n_base: int, unlearned: float, n_unlearned: int, attacked: float, n_attacked: int
+) -> float:
     """Standard error of R by the delta method, the three accuracies taken as independent binomial proportions
     (the fallback without per-question samples; conservative when they are positively correlated, as paired are)."""
     drop = base - unlearned
@@ -38,8 +40,13 @@ def recovery_delta_se(base: float, n_base: int, unlearned: float, n_unlearned: i
     return math.sqrt(d_base**2 * var[0] + d_unl**2 * var[1] + d_att**2 * var[2])
 
 
-def recovery_bootstrap(base: Sequence[int], unlearned: Sequence[int], attacked: Sequence[int],
-                       iters: int = BOOTSTRAP_ITERS, seed: int = BOOTSTRAP_SEED) -> tuple[float, float, int]:
+def recovery_bootstrap(
+    base: Sequence[int],
+    unlearned: Sequence[int],
+    attacked: Sequence[int],
+    iters: int = BOOTSTRAP_ITERS,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float, int]:
     """95% percentile interval of R from a paired bootstrap over questions (the three models answered the same
     questions; one resample draws question indices and recomputes all three accuracies). Resamples without a drop
     (R undefined) are left out and counted: returns (low, high, left out)."""
@@ -69,7 +76,9 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def attack_cell(steps: int, task: str, attacked: Evaluation, unlearned: Evaluation, base: Optional[Evaluation]) -> AttackCell:
+def attack_cell(
+    steps: int, task: str, attacked: Evaluation, unlearned: Evaluation, base: Optional[Evaluation]
+) -> AttackCell:
     """The hazard task after `steps` attack steps: its acc with a Wilson interval, and R with its interval (paired
     bootstrap when all three logged the same questions, else the delta method), or why R is n/a."""
     acc, n = attacked.acc[task], attacked.n[task]
@@ -84,19 +93,37 @@ def attack_cell(steps: int, task: str, attacked: Evaluation, unlearned: Evaluati
     if all(s is not None for s in samples) and len({len(s) for s in samples if s is not None}) == 1:
         lo, hi, left_out = recovery_bootstrap(*samples)  # type: ignore[arg-type]
         note = f"{left_out} of {BOOTSTRAP_ITERS} resamples had no drop" if left_out else None
-        return AttackCell(**cell, recovery=round(r, 4), recovery_low=_r(lo), recovery_high=_r(hi),
-                          recovery_method="bootstrap", recovery_note=note)
+        return AttackCell(
+            **cell,
+            recovery=round(r, 4),
+            recovery_low=_r(lo),
+            recovery_high=_r(hi),
+            recovery_method="bootstrap",
+            recovery_note=note,
+        )
     se = recovery_delta_se(base.acc[task], base.n[task], unlearned.acc[task], unlearned.n[task], acc, n)
-    return AttackCell(**cell, recovery=round(r, 4), recovery_low=round(r - Z95 * se, 4),
-                      recovery_high=round(r + Z95 * se, 4), recovery_method="delta")
+    return AttackCell(
+        **cell,
+        recovery=round(r, 4),
+        recovery_low=round(r - Z95 * se, 4),
+        recovery_high=round(r + Z95 * se, 4),
+        recovery_method="delta",
+    )
 
 
 def _r(x: float) -> Optional[float]:
     return None if math.isnan(x) else round(x, 4)
 
 
-def attack_cells(run: object, folder: Path, task: Optional[str], unlearned: Evaluation, base: Optional[Evaluation],
-                 evaluation_of: Callable[..., Evaluation], metric: str) -> list[AttackCell]:
+def attack_cells(
+    run: object,
+    folder: Path,
+    task: Optional[str],
+    unlearned: Evaluation,
+    base: Optional[Evaluation],
+    evaluation_of: Callable[..., Evaluation],
+    metric: str,
+) -> list[AttackCell]:
     """One cell per step count of a run's attack (none when the run has no attack or no hazard task)."""
     results = getattr(run, "attack", None)
     if not results or task is None:

@@ -54,7 +54,9 @@ def compare(task: str, new: Evaluation, ref: Evaluation) -> Optional[Comparison]
     )
 
 
-def make_cells(ev: Evaluation, tasks: list[str], base: Optional[Evaluation], control: Optional[Evaluation]) -> dict[str, Cell]:
+def make_cells(
+    ev: Evaluation, tasks: list[str], base: Optional[Evaluation], control: Optional[Evaluation]
+) -> dict[str, Cell]:
     cells = {}
     for task in tasks:
         if task not in ev.acc:
@@ -167,15 +169,27 @@ def table_from_results(
     selectivity.selectivity_tasks's rule; `power` is the power the MDE is stated at."""
     metric = results.spec.metric
     tasks = list(results.spec.tasks) or sorted({t for r in results.runs for t in r.metrics})
-    hazard, general = selectivity_tasks(_tasks_info(tasks), hazard_task, general_task, results.spec.hazard_task, results.spec.general_task)
+    hazard, general = selectivity_tasks(
+        _tasks_info(tasks), hazard_task, general_task, results.spec.hazard_task, results.spec.general_task
+    )
     base_ev, base_label = _baseline_evaluation(results, folder)
     ctrl = control_evaluations(*control) if control is not None else {}
     rows: list[Row] = []
     if base_ev is not None:
         cells = make_cells(base_ev, tasks, None, None)
-        rows.append(Row(kind="baseline", point="baseline", label=base_label, cells=cells, samples_note=_samples_note(base_ev)))
+        rows.append(
+            Row(kind="baseline", point="baseline", label=base_label, cells=cells, samples_note=_samples_note(base_ev))
+        )
     elif results.baseline is not None and results.baseline.status != "ok":
-        rows.append(Row(kind="baseline", point="baseline", label="baseline", status=results.baseline.status, reason=results.baseline.reason))
+        rows.append(
+            Row(
+                kind="baseline",
+                point="baseline",
+                label="baseline",
+                status=results.baseline.status,
+                reason=results.baseline.reason,
+            )
+        )
     runs = sorted(results.runs, key=lambda r: (_run_lr(r) if _run_lr(r) is not None else math.inf, r.point))
     for run in runs:
         lr = _run_lr(run)
@@ -185,7 +199,18 @@ def table_from_results(
         factor = round(stats.per_token_lr_factor, 4) if stats else None
         if run.status != "ok":
             reason = (run.reason or "no reason recorded").strip()
-            rows.append(Row(kind="run", point=run.point, lr=lr, label=label, status="failed", reason=reason, selected_fraction=fraction, lr_factor=factor))
+            rows.append(
+                Row(
+                    kind="run",
+                    point=run.point,
+                    lr=lr,
+                    label=label,
+                    status="failed",
+                    reason=reason,
+                    selected_fraction=fraction,
+                    lr_factor=factor,
+                )
+            )
             continue
         ctrl_ev = _lr_key(lr, ctrl)
         run_ev = evaluation_of(folder, run, metric)
@@ -195,9 +220,17 @@ def table_from_results(
             sel = with_oracle(sel, _lr_key(lr, oracle))
         rows.append(
             Row(
-                kind="run", point=run.point, lr=lr, label=label, selected_fraction=fraction, lr_factor=factor,
-                collapsed=_collapsed(cells), control_point=(ctrl_ev is not None) if control_status is not None else None, cells=cells,
-                samples_note=_samples_note(run_ev, ctrl_ev), selectivity=sel,
+                kind="run",
+                point=run.point,
+                lr=lr,
+                label=label,
+                selected_fraction=fraction,
+                lr_factor=factor,
+                collapsed=_collapsed(cells),
+                control_point=(ctrl_ev is not None) if control_status is not None else None,
+                cells=cells,
+                samples_note=_samples_note(run_ev, ctrl_ev),
+                selectivity=sel,
                 attack=attack_cells(run, folder, hazard, run_ev, base_ev, evaluation_of, metric),
             )
         )
@@ -259,13 +292,19 @@ def recorded_evaluation(metrics: dict[str, str]) -> Evaluation:
     return ev
 
 
-def table_from_reference(ref: ReferenceFile, control: Optional[ReferenceFile] = None, power: float = DEFAULT_POWER) -> ReportTable:
+def table_from_reference(
+    ref: ReferenceFile, control: Optional[ReferenceFile] = None, power: float = DEFAULT_POWER
+) -> ReportTable:
     """The seed's table with intervals and unpaired tests (n from the known question counts)."""
     tasks = [t for t in ref.tasks if t in KNOWN_TASK_SIZES]
     hazard, general = selectivity_tasks(_tasks_info(tasks))
     base_ev = recorded_evaluation(ref.baseline)
     ctrl = {float(r.lr): recorded_evaluation(r.metrics) for r in control.rows} if control is not None else {}
-    rows = [Row(kind="baseline", point="baseline", label="baseline (recorded)", cells=make_cells(base_ev, tasks, None, None))]
+    rows = [
+        Row(
+            kind="baseline", point="baseline", label="baseline (recorded)", cells=make_cells(base_ev, tasks, None, None)
+        )
+    ]
     fraction = ref.token_stats.selected_fraction if ref.token_stats else None
     for rec in sorted(ref.rows, key=lambda r: float(r.lr)):
         lr = float(rec.lr)

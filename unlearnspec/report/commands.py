@@ -30,7 +30,9 @@ def _write(path: Path, text: str, out: Path) -> None:
     write_text(path, text, root=out)
 
 
-def write_report(table: ReportTable, out: Path, plot: bool, control: Optional[ReportTable] = None) -> tuple[list[Path], Optional[str]]:
+def write_report(
+    table: ReportTable, out: Path, plot: bool, control: Optional[ReportTable] = None
+) -> tuple[list[Path], Optional[str]]:
     """reports/<spec>.md, .json and (with matplotlib) .png with the control's sweep beside the
     run's; returns the files and a plot note."""
     check_name(table.spec, "spec name", f"report of {out}")  # it names the files below
@@ -67,7 +69,10 @@ def write_study(tables: list[ReportTable], out: Path, plot: bool, name: str = "s
             written.append(png)
         else:
             lines += [f"_{note}_", ""]
-    lines += [f"- [{t.spec}]({t.spec}.md)" + (f": {t.title}" if t.title != t.spec else "") for t in sorted(tables, key=lambda t: t.spec)]
+    lines += [
+        f"- [{t.spec}]({t.spec}.md)" + (f": {t.title}" if t.title != t.spec else "")
+        for t in sorted(tables, key=lambda t: t.spec)
+    ]
     md = out / f"{name}.md"
     _write(md, "\n".join(lines) + "\n", out)
     return [md, *written]
@@ -76,7 +81,10 @@ def write_study(tables: list[ReportTable], out: Path, plot: bool, name: str = "s
 def check_power(power: float, option: str = "--power") -> float:
     """The power an MDE is stated at must be in [0.5, 1) (Connor's formula picks the root for z(power) >= 0)."""
     if not 0.5 <= power < 1.0:
-        raise UserError.one(option, f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.")
+        raise UserError.one(
+            option,
+            f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.",
+        )
     return power
 
 
@@ -85,20 +93,36 @@ def report_runs(runs: list[Path], out: Path, toy: bool, console) -> None:
     run_report([str(r) for r in runs], out=out, reference=None, toy=toy, plot=True, console=console)
 
 
-def run_report(args: list[str], out: Path, reference: Optional[bool], toy: bool, plot: bool, console,
-               selection: Optional[Selection] = None, study_name: str = "study") -> list[Path]:
+def run_report(
+    args: list[str],
+    out: Path,
+    reference: Optional[bool],
+    toy: bool,
+    plot: bool,
+    console,
+    selection: Optional[Selection] = None,
+    study_name: str = "study",
+) -> list[Path]:
     """Write and print the report of each run; with several, also the study index and plot (`<study_name>.md`,
     `.png`). Runs reported together form the study: a positive control among them gives the others' oracle fraction."""
     check_power((selection or Selection()).power)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
-        raise UserError.one("--study-name", f"{study_name!r} is not a plain file name; use letters, digits, `_` or `-`.")
+        raise UserError.one(
+            "--study-name", f"{study_name!r} is not a plain file name; use letters, digits, `_` or `-`."
+        )
     if not args:
-        raise UserError.one("unlearnspec report", "needs run folders (holding results.json) or spec files, e.g. `unlearnspec report specs/exp7_all_tokens.yaml`.")
+        raise UserError.one(
+            "unlearnspec report",
+            "needs run folders (holding results.json) or spec files, e.g. `unlearnspec report specs/exp7_all_tokens.yaml`.",
+        )
     runs = [load_run_input(a, toy=toy) for a in args]
     names = [r.results.spec.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UserError.one("unlearnspec report", f"got two runs of the same spec ({', '.join(dupes)}); their reports would overwrite each other. Report them into different --out folders.")
+        raise UserError.one(
+            "unlearnspec report",
+            f"got two runs of the same spec ({', '.join(dupes)}); their reports would overwrite each other. Report them into different --out folders.",
+        )
     written: list[Path] = []
     tables = []
     for run in runs:

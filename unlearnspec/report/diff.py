@@ -60,15 +60,23 @@ def _selectivity_change(label: str, old: Optional[Selectivity], new: Optional[Se
         return None
     if old is None or new is None:
         shown = [f"{s.value:+.4f}" if s is not None else "—" for s in (old, new)]
-        return Change(label, "selectivity", shown[0], shown[1], False, "only one side has a selectivity (matched control results)")
+        return Change(
+            label, "selectivity", shown[0], shown[1], False, "only one side has a selectivity (matched control results)"
+        )
     finite = all(math.isfinite(x) for x in (old.value, old.se, new.value, new.se))
     if finite and f"{old.value:+.4f}" == f"{new.value:+.4f}":
         return None
     if not finite:
         return Change(label, "selectivity", f"{old.value:+.4f}", f"{new.value:+.4f}", True, "not a finite number")
     threshold = Z95 * math.sqrt(old.se**2 + new.se**2)
-    return Change(label, "selectivity", f"{old.value:+.4f}", f"{new.value:+.4f}", beyond_noise(old.value, old.se, new.value, new.se),
-                  f"Δ {new.value - old.value:+.4f}, noise ±{threshold:.4f}")
+    return Change(
+        label,
+        "selectivity",
+        f"{old.value:+.4f}",
+        f"{new.value:+.4f}",
+        beyond_noise(old.value, old.se, new.value, new.se),
+        f"Δ {new.value - old.value:+.4f}, noise ±{threshold:.4f}",
+    )
 
 
 def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
@@ -84,24 +92,48 @@ def diff_tables(old: ReportTable, new: ReportTable) -> list[Change]:
         o_row = _match(key, old_rows)
         label = f"{spec} {(n_row or o_row).label}"  # type: ignore[union-attr]
         if o_row is None or n_row is None:
-            changes.append(Change(label, "row", "absent" if o_row is None else "present", "present" if o_row is None else "absent", True))
+            changes.append(
+                Change(
+                    label,
+                    "row",
+                    "absent" if o_row is None else "present",
+                    "present" if o_row is None else "absent",
+                    True,
+                )
+            )
             continue
         if o_row.status != n_row.status:
-            changes.append(Change(label, "status", o_row.status, n_row.status, True, n_row.reason or o_row.reason or ""))
+            changes.append(
+                Change(label, "status", o_row.status, n_row.status, True, n_row.reason or o_row.reason or "")
+            )
         if o_row.selected_fraction != n_row.selected_fraction:  # NaN != NaN: also reported
-            changes.append(Change(label, "selected tokens", str(o_row.selected_fraction), str(n_row.selected_fraction), True))
-        for task in sorted(set(o_row.cells) | set(n_row.cells), key=lambda t: list(displays).index(t) if t in displays else 0):
+            changes.append(
+                Change(label, "selected tokens", str(o_row.selected_fraction), str(n_row.selected_fraction), True)
+            )
+        for task in sorted(
+            set(o_row.cells) | set(n_row.cells), key=lambda t: list(displays).index(t) if t in displays else 0
+        ):
             name = f"{displays.get(task, task)} {new.metric}"
             o_cell, n_cell = o_row.cells.get(task), n_row.cells.get(task)
             if o_cell is None or n_cell is None:
-                changes.append(Change(label, name, "—" if o_cell is None else f"{o_cell.acc:.4f}", "—" if n_cell is None else f"{n_cell.acc:.4f}", True))
+                changes.append(
+                    Change(
+                        label,
+                        name,
+                        "—" if o_cell is None else f"{o_cell.acc:.4f}",
+                        "—" if n_cell is None else f"{n_cell.acc:.4f}",
+                        True,
+                    )
+                )
                 continue
             finite = all(math.isfinite(x) for x in (o_cell.acc, o_cell.stderr, n_cell.acc, n_cell.stderr))
             if finite and f"{o_cell.acc:.4f}" == f"{n_cell.acc:.4f}":
                 continue
             real = beyond_noise(o_cell.acc, o_cell.stderr, n_cell.acc, n_cell.stderr)
             if not finite:  # a NaN/inf cell is never "unchanged" or "within noise"
-                changes.append(Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", True, "not a finite number"))
+                changes.append(
+                    Change(label, name, f"{o_cell.acc:.4f}", f"{n_cell.acc:.4f}", True, "not a finite number")
+                )
                 continue
             threshold = Z95 * math.sqrt(o_cell.stderr**2 + n_cell.stderr**2)
             detail = f"Δ {n_cell.acc - o_cell.acc:+.4f}, noise ±{threshold:.4f}"
@@ -119,8 +151,12 @@ def markdown_summary(changes: list[Change], old: str, new: str) -> str:
     if not changes:
         return head + "No changes.\n"
     verdict = f"**{real} change(s) beyond noise**" if real else "All changes are within noise"
-    lines = [head + f"{verdict} ({len(changes)} changed cell(s); noise: |Δ| > 1.96·√(se_old² + se_new²)).", "",
-             "| row | column | old | new | verdict | detail |", "|---|---|---|---|---|---|"]
+    lines = [
+        head + f"{verdict} ({len(changes)} changed cell(s); noise: |Δ| > 1.96·√(se_old² + se_new²)).",
+        "",
+        "| row | column | old | new | verdict | detail |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in changes:
         cells = [c.row, c.column, c.old, c.new, "**beyond noise**" if c.beyond_noise else "within noise", c.detail]
         lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")

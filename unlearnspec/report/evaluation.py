@@ -20,7 +20,9 @@ class Evaluation:
     samples_problem: Optional[str] = None
     """Why logged per-question correctness could not be used (its tests are then unpaired)."""
 
-    def add(self, task: str, acc: float, n: int, stderr: Optional[float] = None, samples: Optional[list[int]] = None) -> None:
+    def add(
+        self, task: str, acc: float, n: int, stderr: Optional[float] = None, samples: Optional[list[int]] = None
+    ) -> None:
         """Record one task (samples are kept only when there is one answer per question)."""
         self.acc[task] = acc
         self.n[task] = n

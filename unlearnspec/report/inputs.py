@@ -41,7 +41,10 @@ def toy_profile() -> Path:
     try:
         from unlearnspec.spec.profile import default_toy_profile
     except ImportError:
-        raise UserError.one("--toy", "the toy profile (unlearnspec.spec.profile) is not available in this checkout; pass the toy run's output folder instead.") from None
+        raise UserError.one(
+            "--toy",
+            "the toy profile (unlearnspec.spec.profile) is not available in this checkout; pass the toy run's output folder instead.",
+        ) from None
     return Path(default_toy_profile())
 
 
@@ -68,7 +71,10 @@ def load_run_input(arg: str, toy: bool = False) -> RunInput:
         spec = load_spec(path, profile=toy_profile() if toy else None)
         folder = resolve_path(path, spec.output.dir)
         if not (folder / RESULTS_FILE).is_file():
-            raise UserError.one(str(path), f"no results yet in {spec.output.dir}/; run `unlearnspec run {arg}{' --toy' if toy else ''}` first.")
+            raise UserError.one(
+                str(path),
+                f"no results yet in {spec.output.dir}/; run `unlearnspec run {arg}{' --toy' if toy else ''}` first.",
+            )
         return RunInput(load_results(folder), folder, path, spec.description or None)
     if path.is_dir() or path.name == RESULTS_FILE:
         folder = path if path.is_dir() else path.parent
@@ -126,12 +132,20 @@ def find_control(run: RunInput, siblings: list[RunInput]) -> ControlLookup:
     name = spec.name if spec is not None else info.control
     for other in siblings:
         if other is not run and other.results.spec.name in names and other.toy == run.toy:
-            return ControlLookup((other.results, other.folder), other.results.spec.name, f"results in {_relative(other.folder, run.root)}")
+            return ControlLookup(
+                (other.results, other.folder),
+                other.results.spec.name,
+                f"results in {_relative(other.folder, run.root)}",
+            )
     if spec is None:
-        return ControlLookup(None, name, status or "control results not found (give its run folder as another argument)")
+        return ControlLookup(
+            None, name, status or "control results not found (give its run folder as another argument)"
+        )
     folder = resolve_path(spec_path, spec.output.dir)
     if not (folder / RESULTS_FILE).is_file():
-        return ControlLookup(None, name, f"no results yet in {spec.output.dir}/ (run `unlearnspec run {info.control_path}`)")
+        return ControlLookup(
+            None, name, f"no results yet in {spec.output.dir}/ (run `unlearnspec run {info.control_path}`)"
+        )
     return ControlLookup((load_results(folder), folder), name, f"results in {spec.output.dir}")
 
 
@@ -160,12 +174,20 @@ def find_positive_control(run: RunInput, siblings: list[RunInput], lookup: Contr
     None for the positive control itself and for runs without a control."""
     if lookup.name is None or run.results.spec.role == "positive_control":
         return None
-    found = [other for other in siblings if other is not run and other.results.spec.role == "positive_control"
-             and other.toy == run.toy and find_control(other, siblings).name == lookup.name]
+    found = [
+        other
+        for other in siblings
+        if other is not run
+        and other.results.spec.role == "positive_control"
+        and other.toy == run.toy
+        and find_control(other, siblings).name == lookup.name
+    ]
     return min(found, key=lambda r: r.results.spec.name) if found else None
 
 
-def report_for(run: RunInput, siblings: list[RunInput], reference: Optional[bool], selection: Optional[Selection] = None) -> Built:
+def report_for(
+    run: RunInput, siblings: list[RunInput], reference: Optional[bool], selection: Optional[Selection] = None
+) -> Built:
     """The report of one run; the recorded reference is shown by default unless this is a toy run
     (toy accuracies measure another world). Selectivity rows get the fraction of the oracle's
     selectivity when a positive control of the same study is among `siblings`."""
@@ -181,17 +203,43 @@ def report_for(run: RunInput, siblings: list[RunInput], reference: Optional[bool
     if oracle_run is not None:
         found = find_control(oracle_run, siblings).found
         oracle_name = oracle_run.results.spec.name
-        oracle_status = f"results in {_relative(oracle_run.folder, run.root)}" + ("" if found is not None else "; its control results not found")
-        oracle = selectivity_by_lr(table_from_results(oracle_run.results, oracle_run.folder, control=found, control_status="", toy=run.toy,
-                                                      hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power))
-    table = table_from_results(run.results, run.folder, title=run.title, control=control, control_status=lookup.status, recorded=recorded, toy=run.toy,
-                               oracle=oracle, positive_control=oracle_name, positive_control_status=oracle_status,
-                               hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power)
+        oracle_status = f"results in {_relative(oracle_run.folder, run.root)}" + (
+            "" if found is not None else "; its control results not found"
+        )
+        oracle = selectivity_by_lr(
+            table_from_results(
+                oracle_run.results,
+                oracle_run.folder,
+                control=found,
+                control_status="",
+                toy=run.toy,
+                hazard_task=sel.hazard_task,
+                general_task=sel.general_task,
+                power=sel.power,
+            )
+        )
+    table = table_from_results(
+        run.results,
+        run.folder,
+        title=run.title,
+        control=control,
+        control_status=lookup.status,
+        recorded=recorded,
+        toy=run.toy,
+        oracle=oracle,
+        positive_control=oracle_name,
+        positive_control_status=oracle_status,
+        hazard_task=sel.hazard_task,
+        general_task=sel.general_task,
+        power=sel.power,
+    )
     if lookup.name is not None:
         table = table.model_copy(update={"control": lookup.name})
     control_table = None
     if control is not None:
-        control_table = table_from_results(*control, toy=run.toy, hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power)
+        control_table = table_from_results(
+            *control, toy=run.toy, hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power
+        )
     return Built(table, control_table, note)
 
 
@@ -199,7 +247,12 @@ def load_table(arg: str) -> ReportTable:
     """For diff: a report JSON, a reference JSON, a results.json, a run folder or a spec file."""
     path = Path(arg)
     if path.suffix == ".json" and path.is_file() and path.name != RESULTS_FILE:
-        raw = read_json(path, "JSON file", "file not found.", "Give a report JSON, reference JSON, results.json, run folder or spec file.")
+        raw = read_json(
+            path,
+            "JSON file",
+            "file not found.",
+            "Give a report JSON, reference JSON, results.json, run folder or spec file.",
+        )
         if isinstance(raw, dict) and "columns" in raw and raw.get("recorded") is True:
             ref: ReferenceFile = load_reference(path)
             return table_from_reference(ref)

@@ -16,8 +16,12 @@ MISSING = "plot skipped: matplotlib is not installed (pip install 'unlearnspec[p
 def _axes_tasks(table: ReportTable) -> Optional[tuple[str, str, str, str]]:
     """(general, its display, hazard, its display): the table's selectivity tasks (the spec's `eval.hazard_task`,
     `report --hazard-task`, or the only task of the role), else the first task of each role."""
-    general = next((t for t in table.tasks if t.name == table.general_task), None) or next((t for t in table.tasks if t.role == "general"), None)
-    hazard = next((t for t in table.tasks if t.name == table.hazard_task), None) or next((t for t in table.tasks if t.role == "hazard"), None)
+    general = next((t for t in table.tasks if t.name == table.general_task), None) or next(
+        (t for t in table.tasks if t.role == "general"), None
+    )
+    hazard = next((t for t in table.tasks if t.name == table.hazard_task), None) or next(
+        (t for t in table.tasks if t.role == "hazard"), None
+    )
     if general is None or hazard is None:
         return None
     return general.name, general.display, hazard.name, hazard.display
@@ -40,8 +44,22 @@ def _baseline(table: ReportTable, general: str, hazard: str) -> Optional[tuple[f
 
 MARKERS = ("o", "s", "^", "v", "D", "<", ">", "h", "*", "p")
 STYLES = ("-", "--", "-.", ":")
-PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-           "#393b79", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+)
 """Line colours of experiments: dark, distinct on white; no green or grey (the positive and negative controls'
 colours, ROLE_STYLE)."""
 
@@ -55,10 +73,17 @@ def _pick(name: str, salt: str, options: tuple) -> Any:
 
 def series_style(table: ReportTable) -> dict[str, Any]:
     """How one table's line is drawn, from its spec name and role only (never from its position in a plot)."""
-    style: dict[str, Any] = dict(color=_pick(table.spec, "colour", PALETTE), marker=_pick(table.spec, "marker", MARKERS),
-                                 linestyle=_pick(table.spec, "line", STYLES), markersize=5, linewidth=1.4, alpha=0.9)
+    style: dict[str, Any] = dict(
+        color=_pick(table.spec, "colour", PALETTE),
+        marker=_pick(table.spec, "marker", MARKERS),
+        linestyle=_pick(table.spec, "line", STYLES),
+        markersize=5,
+        linewidth=1.4,
+        alpha=0.9,
+    )
     style.update({k: v for k, v in ROLE_STYLE.get(table.role or "", {}).items() if k != "label"})
     return style
+
 
 ROLE_STYLE = {
     "positive_control": {"label": "positive control (oracle)", "color": "tab:green", "marker": "P", "markersize": 9},
@@ -83,7 +108,9 @@ def _baseline_box(table: ReportTable, general: str, hazard: str) -> Optional[tup
     return g.ci_low, g.ci_high, h.ci_low, h.ci_high
 
 
-def _zoom(centre: Optional[tuple[float, float]], focus: list[tuple[str, float, float]]) -> Optional[tuple[float, float, float, float]]:
+def _zoom(
+    centre: Optional[tuple[float, float]], focus: list[tuple[str, float, float]]
+) -> Optional[tuple[float, float, float, float]]:
     """The zoom panel's (x0, x1, y0, y1): a window near the baseline, widened to hold every point of the
     focused table (the experiment a report is about), so its own sweep is never cut off."""
     if centre is None:
@@ -95,8 +122,9 @@ def _zoom(centre: Optional[tuple[float, float]], focus: list[tuple[str, float, f
     return x0, x1, y0, y1
 
 
-def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optional[list[str]] = None,
-                focus: Optional[int] = None) -> Optional[str]:
+def plot_tables(
+    tables: list[ReportTable], path: Path, title: str, labels: Optional[list[str]] = None, focus: Optional[int] = None
+) -> Optional[str]:
     """Write a PNG (full view + zoom on the baseline), one line per table (legend `labels`, default
     the spec names); `focus`: the index of the table the plot is about, whose every point the zoom keeps.
     Colours and markers come from each spec's name and role (`series_style`). Returns None, or why it was skipped."""
@@ -144,9 +172,27 @@ def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optio
         ys += py
     for a in (ax, axz):
         for (bx, by), (label, box) in sorted(baselines.items()):
-            a.plot([bx], [by], marker="*", markersize=15, color="black", linestyle="none", label=label if a is ax else None, zorder=5)
+            a.plot(
+                [bx],
+                [by],
+                marker="*",
+                markersize=15,
+                color="black",
+                linestyle="none",
+                label=label if a is ax else None,
+                zorder=5,
+            )
             if box is not None:
-                a.add_patch(Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], facecolor="grey", alpha=0.15, edgecolor="none"))
+                a.add_patch(
+                    Rectangle(
+                        (box[0], box[2]),
+                        box[1] - box[0],
+                        box[3] - box[2],
+                        facecolor="grey",
+                        alpha=0.15,
+                        edgecolor="none",
+                    )
+                )
         a.axvline(CHANCE, color="grey", linestyle="--", linewidth=1)
         a.axhline(CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (0.25)" if a is ax else None)
         a.grid(True, alpha=0.25)
@@ -155,8 +201,20 @@ def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optio
         xs += [bx] if box is None else [box[0], box[1]]
         ys += [by] if box is None else [box[2], box[3]]
     ideal_x = centre[0] if centre else max(xs)
-    ax.plot([ideal_x], [CHANCE], marker="D", markersize=10, markerfacecolor="none", markeredgecolor="green", markeredgewidth=2, linestyle="none", label="ideal: general kept, hazard at chance")
-    ax.annotate("ideal", (ideal_x, CHANCE), textcoords="offset points", xytext=(-10, -14), fontsize=9, color="green", ha="right")
+    ax.plot(
+        [ideal_x],
+        [CHANCE],
+        marker="D",
+        markersize=10,
+        markerfacecolor="none",
+        markeredgecolor="green",
+        markeredgewidth=2,
+        linestyle="none",
+        label="ideal: general kept, hazard at chance",
+    )
+    ax.annotate(
+        "ideal", (ideal_x, CHANCE), textcoords="offset points", xytext=(-10, -14), fontsize=9, color="green", ha="right"
+    )
     pad = 0.015
     ax.set_xlim(min(xs) - pad, max(max(xs), ideal_x) + 2 * pad)
     ax.set_ylim(min(ys) - 2 * pad, max(ys) + 2 * pad)
@@ -166,7 +224,17 @@ def plot_tables(tables: list[ReportTable], path: Path, title: str, labels: Optio
     if zoom is not None:
         axz.set_xlim(zoom[0], zoom[1])
         axz.set_ylim(zoom[2], zoom[3])
-        ax.add_patch(Rectangle((zoom[0], zoom[2]), zoom[1] - zoom[0], zoom[3] - zoom[2], fill=False, edgecolor="black", linewidth=0.8, linestyle=":"))
+        ax.add_patch(
+            Rectangle(
+                (zoom[0], zoom[2]),
+                zoom[1] - zoom[0],
+                zoom[3] - zoom[2],
+                fill=False,
+                edgecolor="black",
+                linewidth=0.8,
+                linestyle=":",
+            )
+        )
     axz.set_title("zoom near the baseline (grey box: baseline 95% CI)", fontsize=10)
     fig.tight_layout()
     from unlearnspec.safewrite import write_with

@@ -41,12 +41,25 @@ def task_power(rows: list[Row], task: str, alpha: float, power: float) -> Option
         psi = discordant / sum(cell.n for cell, _ in pairs)
         mde = mcnemar_mde(psi, n, alpha, power)
         note = None if mde is not None else ("no discordant questions" if discordant == 0 else "n too small")
-        return TaskPower(task=task, n=n, against=against, test="mcnemar", discordance=round(psi, 4),  # type: ignore[arg-type]
-                         mde=None if mde is None else round(mde, 4), note=note)
+        return TaskPower(
+            task=task,
+            n=n,
+            against=against,  # type: ignore[arg-type]
+            test="mcnemar",
+            discordance=round(psi, 4),
+            mde=None if mde is None else round(mde, 4),
+            note=note,
+        )
     acc = sum(cell.acc - comp.delta / 2 for cell, comp in pairs) / len(pairs)
     mde = unpaired_mde(acc, n, alpha, power)
-    return TaskPower(task=task, n=n, against=against, test="z-unpaired", mde=None if mde is None else round(mde, 4),  # type: ignore[arg-type]
-                     note=None if mde is not None else "accuracy at 0 or 1")
+    return TaskPower(
+        task=task,
+        n=n,
+        against=against,  # type: ignore[arg-type]
+        test="z-unpaired",
+        mde=None if mde is None else round(mde, 4),
+        note=None if mde is not None else "accuracy at 0 or 1",
+    )
 
 
 def table_mde(rows: list[Row], tasks: list[TaskInfo], alpha: float, power: float) -> list[TaskPower]:

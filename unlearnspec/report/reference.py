@@ -64,7 +64,13 @@ class ReferenceFile(BaseModel):
         return [k for k in self.columns if k != "lr"]
 
     def recorded_table(self, comparable: bool) -> RecordedTable:
-        return RecordedTable(label=RECORDED_LABEL, title=self.title, baseline=dict(self.baseline), rows=list(self.rows), comparable=comparable)
+        return RecordedTable(
+            label=RECORDED_LABEL,
+            title=self.title,
+            baseline=dict(self.baseline),
+            rows=list(self.rows),
+            comparable=comparable,
+        )
 
 
 def load_reference(path: Path) -> ReferenceFile:
@@ -73,7 +79,9 @@ def load_reference(path: Path) -> ReferenceFile:
         return ReferenceFile.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise UserError.one(str(path), f"not a reference file ({'.'.join(map(str, first['loc']))}: {first['msg']}).") from None
+        raise UserError.one(
+            str(path), f"not a reference file ({'.'.join(map(str, first['loc']))}: {first['msg']})."
+        ) from None
 
 
 def reference_path(spec_name: str) -> Path:

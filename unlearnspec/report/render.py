@@ -126,7 +126,10 @@ def grid(table: ReportTable) -> list[list[str]]:
             line.append(_tokens(row))
         for t in table.tasks:
             cell = row.cells.get(t.name)
-            line += [fmt_cell(cell) if cell else "", fmt_comparison(cell.vs_baseline) if cell and row.kind == "run" else ""]
+            line += [
+                fmt_cell(cell) if cell else "",
+                fmt_comparison(cell.vs_baseline) if cell and row.kind == "run" else "",
+            ]
             if table.control:
                 line.append(fmt_comparison(cell.vs_control) if cell and row.kind == "run" else "")
         live = row.kind == "run" and row.status == "ok"
@@ -136,7 +139,10 @@ def grid(table: ReportTable) -> list[list[str]]:
             line.append(fmt_oracle_fraction(row.selectivity) if live else "")
         for k in attack_steps(table):
             hit = next((c for c in row.attack if c.steps == k), None)
-            line += [f"{fmt_acc(hit.acc)} [{hit.ci_low:.4f}, {hit.ci_high:.4f}]" if hit else "", fmt_recovery(hit) if hit else ""]
+            line += [
+                f"{fmt_acc(hit.acc)} [{hit.ci_low:.4f}, {hit.ci_high:.4f}]" if hit else "",
+                fmt_recovery(hit) if hit else "",
+            ]
         line.append(_note(table, row))
         out.append(line)
     return out
@@ -145,7 +151,11 @@ def grid(table: ReportTable) -> list[list[str]]:
 def legend(table: ReportTable) -> list[str]:
     lines = [
         f"metric: {table.metric} (accuracy); interval: {table.interval}; `chance`: the interval touches 0.25 ± 0.02 (random guessing, or always answering one letter).",
-        ("Δ base / Δ control: acc minus the baseline's / the control's acc at the same LR" if table.control else "Δ base: acc minus the baseline's acc")
+        (
+            "Δ base / Δ control: acc minus the baseline's / the control's acc at the same LR"
+            if table.control
+            else "Δ base: acc minus the baseline's acc"
+        )
         + "; `*` = significant at 5%. "
         "Test: McNemar on per-question correctness when both sides logged samples (exact binomial under 25 discordant "
         "questions, else χ² with continuity correction); otherwise `z unpaired` (two-proportion z test, conservative).",
@@ -182,7 +192,9 @@ def legend(table: ReportTable) -> list[str]:
             f"at the pooled discordance ψ): " + "; ".join(fmt_power(table, p) for p in table.mde) + "."
         )
     if table.source == "recorded":
-        lines.append("Recorded numbers (invalid: bad HPs); n from the task sizes (WMDP Bio Robust 868, MMLU 14042), no samples, so tests are unpaired.")
+        lines.append(
+            "Recorded numbers (invalid: bad HPs); n from the task sizes (WMDP Bio Robust 868, MMLU 14042), no samples, so tests are unpaired."
+        )
     return lines
 
 
@@ -195,7 +207,10 @@ def markdown(table: ReportTable, plot_line: Optional[str] = None) -> str:
     if table.title != table.spec:
         lines += [table.title, ""]
     if table.toy:
-        lines += ["_Toy world run: accuracies are on the embedded toy tasks, not comparable with the recorded numbers._", ""]
+        lines += [
+            "_Toy world run: accuracies are on the embedded toy tasks, not comparable with the recorded numbers._",
+            "",
+        ]
     rows = [[_md_escape(c) for c in r] for r in grid(table)]
     lines += markdown_grid(headers(table), rows)
     lines += [""] + [f"- {line}" for line in legend(table)]
@@ -232,7 +247,10 @@ def recorded_section(table: ReportTable) -> list[str]:
     assert table.recorded is not None
     lines = [f"## {table.recorded.label}: {table.recorded.title}", ""]
     if not table.recorded.comparable:
-        lines += ["_Shown on request for a toy run: the recorded numbers are from the 6.86B model, not comparable._", ""]
+        lines += [
+            "_Shown on request for a toy run: the recorded numbers are from the 6.86B model, not comparable._",
+            "",
+        ]
     header, rows = recorded_rows(table)
     return lines + markdown_grid(header, rows)
 
@@ -241,12 +259,16 @@ def print_table(table: ReportTable, console, plot_note: Optional[str] = None) ->
     """Print the same cells as the Markdown to a rich console."""
     from rich.table import Table
 
-    title = f"{table.spec}" + (f" — {table.title}" if table.title != table.spec else "") + (" (toy)" if table.toy else "")
+    title = (
+        f"{table.spec}" + (f" — {table.title}" if table.title != table.spec else "") + (" (toy)" if table.toy else "")
+    )
     rich_table = Table(title=title, show_lines=False)
     for i, h in enumerate(headers(table)):
         rich_table.add_column(h, no_wrap=i == 0, overflow="fold")
     for row, cells in zip(table.rows, grid(table)):
-        style = "red" if row.status != "ok" else ("dim" if row.collapsed else ("bold" if row.kind == "baseline" else None))
+        style = (
+            "red" if row.status != "ok" else ("dim" if row.collapsed else ("bold" if row.kind == "baseline" else None))
+        )
         rich_table.add_row(*cells, style=style)
     console.print(rich_table, markup=False)
     for line in legend(table):

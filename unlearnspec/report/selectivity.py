@@ -29,8 +29,13 @@ from unlearnspec.report.model import Selectivity, TaskInfo
 from unlearnspec.report.stats import Z95, discordant_counts, paired_difference_variance
 
 
-def selectivity_tasks(tasks: list[TaskInfo], hazard: Optional[str] = None, general: Optional[str] = None,
-                      spec_hazard: Optional[str] = None, spec_general: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+def selectivity_tasks(
+    tasks: list[TaskInfo],
+    hazard: Optional[str] = None,
+    general: Optional[str] = None,
+    spec_hazard: Optional[str] = None,
+    spec_general: Optional[str] = None,
+) -> tuple[Optional[str], Optional[str]]:
     """(hazard task, general task) of a table.
 
     Rule: a task named with `report --hazard-task` / `--general-task` wins; then the spec's `eval.hazard_task` /
@@ -41,7 +46,9 @@ def selectivity_tasks(tasks: list[TaskInfo], hazard: Optional[str] = None, gener
     names = [t.name for t in tasks]
     for option, given in (("--hazard-task", hazard), ("--general-task", general)):
         if given is not None and given not in names:
-            raise UserError.one(option, f"task {given!r} is not evaluated in this run (tasks: {', '.join(names) or 'none'}).")
+            raise UserError.one(
+                option, f"task {given!r} is not evaluated in this run (tasks: {', '.join(names) or 'none'})."
+            )
     if hazard is None and spec_hazard in names:
         hazard = spec_hazard
     if general is None and spec_general in names:
@@ -53,7 +60,9 @@ def selectivity_tasks(tasks: list[TaskInfo], hazard: Optional[str] = None, gener
         found = [t.name for t in tasks if t.role == "general" and t.name != hazard]
         general = found[0] if len(found) == 1 else None
     if hazard is not None and hazard == general:
-        raise UserError.one("--general-task", f"the hazard and the general task are both {hazard!r}; selectivity needs two tasks.")
+        raise UserError.one(
+            "--general-task", f"the hazard and the general task are both {hazard!r}; selectivity needs two tasks."
+        )
     return hazard, general
 
 
@@ -61,14 +70,21 @@ def missing_selectivity(tasks: list[TaskInfo], hazard: Optional[str], general: O
     """Why a table has no selectivity column (None when it has both tasks): which tasks matched each role, and
     how to name the task."""
     parts = []
-    for side, chosen, role, like, knob in (("hazard", hazard, "hazard", "wmdp", "hazard_task"),
-                                          ("general", general, "general", "mmlu", "general_task")):
+    for side, chosen, role, like, knob in (
+        ("hazard", hazard, "hazard", "wmdp", "hazard_task"),
+        ("general", general, "general", "mmlu", "general_task"),
+    ):
         if chosen is not None:
             continue
         matched = [t.name for t in tasks if t.role == role]
-        what = (f"{len(matched)} evaluated tasks are named like `{like}` ({', '.join(matched)})" if matched
-                else f"no evaluated task is named like `{like}`")
-        parts.append(f"no {side} task: {what}; name it with `eval.{knob}` in the spec or `report --{knob.replace('_', '-')}`")
+        what = (
+            f"{len(matched)} evaluated tasks are named like `{like}` ({', '.join(matched)})"
+            if matched
+            else f"no evaluated task is named like `{like}`"
+        )
+        parts.append(
+            f"no {side} task: {what}; name it with `eval.{knob}` in the spec or `report --{knob.replace('_', '-')}`"
+        )
     return "; ".join(parts) + "." if parts else None
 
 
@@ -95,7 +111,9 @@ def task_difference(run: Evaluation, ctrl: Evaluation, task: str) -> Optional[Ta
     return TaskDifference(pr - pc, var, False)
 
 
-def selectivity(run: Evaluation, ctrl: Evaluation, hazard: Optional[str], general: Optional[str]) -> Optional[Selectivity]:
+def selectivity(
+    run: Evaluation, ctrl: Evaluation, hazard: Optional[str], general: Optional[str]
+) -> Optional[Selectivity]:
     """The run's selectivity against the control at the same LR (None without both tasks on both sides)."""
     if hazard is None or general is None:
         return None
@@ -106,9 +124,16 @@ def selectivity(run: Evaluation, ctrl: Evaluation, hazard: Optional[str], genera
     se = math.sqrt(h.variance + g.variance)
     low, high = value - Z95 * se, value + Z95 * se
     test: Literal["paired", "unpaired", "mixed"] = (
-        "paired" if h.paired and g.paired else ("unpaired" if not (h.paired or g.paired) else "mixed"))
-    return Selectivity(value=round(value, 4), se=round(se, 6), ci_low=round(low, 4), ci_high=round(high, 4), test=test,
-                       significant=low > 0 or high < 0)
+        "paired" if h.paired and g.paired else ("unpaired" if not (h.paired or g.paired) else "mixed")
+    )
+    return Selectivity(
+        value=round(value, 4),
+        se=round(se, 6),
+        ci_low=round(low, 4),
+        ci_high=round(high, 4),
+        test=test,
+        significant=low > 0 or high < 0,
+    )
 
 
 def with_oracle(sel: Selectivity, oracle: Optional[Selectivity]) -> Selectivity:

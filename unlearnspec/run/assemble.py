@@ -18,9 +18,12 @@ if TYPE_CHECKING:
 
 def _baseline(run: SpecRun, plan: Plan) -> Optional[BaselineRecord]:
     recorded = run.spec.baseline.recorded
-    rec = BaselineRecord(status="skipped", reason="baseline.evaluate is false",
-                         recorded=recorded.metrics if recorded else None,
-                         recorded_source=recorded.source if recorded else None)
+    rec = BaselineRecord(
+        status="skipped",
+        reason="baseline.evaluate is false",
+        recorded=recorded.metrics if recorded else None,
+        recorded_source=recorded.source if recorded else None,
+    )
     if run.baseline is None:
         return None if run.is_score else rec
     cache = plan.job(run.baseline).out
@@ -34,12 +37,16 @@ def _baseline(run: SpecRun, plan: Plan) -> Optional[BaselineRecord]:
     try:
         result = EvalResult.from_json(read_json(cache / "eval.json", "cached baseline evaluation", "missing.", fix))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError.one(str(cache / "eval.json"), f"the cached baseline evaluation is unreadable ({type(exc).__name__}); "
-                            f"delete the folder {cache} (the tool's own cache entry) and rerun to re-evaluate.") from None
+        raise UserError.one(
+            str(cache / "eval.json"),
+            f"the cached baseline evaluation is unreadable ({type(exc).__name__}); "
+            f"delete the folder {cache} (the tool's own cache entry) and rerun to re-evaluate.",
+        ) from None
     write_json(run.out / "baseline" / "eval.json", result.to_json())
     write_json(run.out / "baseline" / SAMPLES_FILE, result.samples)
-    return rec.model_copy(update={"status": "ok", "reason": None, "metrics": result.metrics,
-                                  "samples_file": f"baseline/{SAMPLES_FILE}"})
+    return rec.model_copy(
+        update={"status": "ok", "reason": None, "metrics": result.metrics, "samples_file": f"baseline/{SAMPLES_FILE}"}
+    )
 
 
 def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional["Outcome"] = None) -> Results:
@@ -55,20 +62,38 @@ def assemble(run: SpecRun, plan: Plan, ctx: RunContext, outcome: Optional["Outco
         if record is not None and record.spec_hash == job.hash:
             records.append(record.model_copy(update={"run_dir": "." if run.is_score else job.out.name}))
         elif outcome is not None and job_id in outcome.failed:
-            records.append(RunRecord(point=job.point, hparams={"lr": job.lr}, status="failed",
-                                     reason=outcome.failed[job_id], run_dir=job.out.name, spec_hash=job.hash))
+            records.append(
+                RunRecord(
+                    point=job.point,
+                    hparams={"lr": job.lr},
+                    status="failed",
+                    reason=outcome.failed[job_id],
+                    run_dir=job.out.name,
+                    spec_hash=job.hash,
+                )
+            )
     control = None
     if run.control is not None:
         known = next((s.spec for s in plan.specs if s.path.resolve() == run.control.resolve()), None)
         control = (known or load_spec(run.control, profile=plan.profile, check_refs=False)).name
     spec = run.spec
-    info = SpecInfo(name=spec.name, hash=run.hash, path=str(run.path), profile=ctx.profile_name, control=control,
-                    control_path=spec.control, role=spec.role, metric=spec.eval.metric if spec.eval else "acc",
-                    tasks=[t.name for t in spec.eval.tasks] if spec.eval else [],
-                    hazard_task=spec.eval.hazard_task if spec.eval else None, general_task=spec.eval.general_task if spec.eval else None)
+    info = SpecInfo(
+        name=spec.name,
+        hash=run.hash,
+        path=str(run.path),
+        profile=ctx.profile_name,
+        control=control,
+        control_path=spec.control,
+        role=spec.role,
+        metric=spec.eval.metric if spec.eval else "acc",
+        tasks=[t.name for t in spec.eval.tasks] if spec.eval else [],
+        hazard_task=spec.eval.hazard_task if spec.eval else None,
+        general_task=spec.eval.general_task if spec.eval else None,
+    )
     if not run.out.is_dir():
         return Results(spec=info, runs=records)
-    results = Results(spec=info, baseline=_baseline(run, plan), runs=records,
-                      provenance=provenance(project_root(run.path)))
+    results = Results(
+        spec=info, baseline=_baseline(run, plan), runs=records, provenance=provenance(project_root(run.path))
+    )
     save_results(results, run.out)
     return results

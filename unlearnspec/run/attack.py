@@ -18,7 +18,9 @@ ATTACK_DIR = "attack"
 """The attack's folder inside a point's folder: attack.json (the held-out rows) and one k=<k>/ per step count."""
 
 
-def attack_grid(spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext, forget: Any, retain: Any) -> Optional["HeldOut"]:
+def attack_grid(
+    spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext, forget: Any, retain: Any
+) -> Optional["HeldOut"]:
     """The held-out rows [N_a, max_seq_len] of `attack.data` (None without `attack`), built as the forget grid is;
     a row that is also a row of `data` or `data.retain` (same row fingerprint) is refused before anything trains,
     or dropped with `attack.shared_rows: drop`."""
@@ -27,28 +29,39 @@ def attack_grid(spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext, fo
     from unlearnspec.data import build_grid, load_texts
 
     texts, rows = load_texts(spec.attack.data, spec_path, tokenizer, ctx.assets, loc="attack.data")
-    grid = build_grid(texts, tokenizer, spec.data.max_seq_len, ctx.assets.tokenizer_id(spec.model),
-                      spec.data.append_eos, rows)
+    grid = build_grid(
+        texts, tokenizer, spec.data.max_seq_len, ctx.assets.tokenizer_id(spec.model), spec.data.append_eos, rows
+    )
     used = {"data": forget, "data.retain": retain}
     shared = held_out_overlap(grid, used)
     dropped = 0
     if shared and spec.attack.shared_rows == "drop":
         keep = [i for i in range(grid.input_ids.shape[0]) if i not in set(shared)]
         if not keep:
-            raise UserError.one(str(spec_path), f"every one of the {len(shared)} held-out rows of `attack.data` is also a row "
-                                "of the unlearning data, so `shared_rows: drop` leaves none. Select other rows.",
-                                loc="attack.data")
-        grid = build_grid([texts[i] for i in keep], tokenizer, spec.data.max_seq_len, ctx.assets.tokenizer_id(spec.model),
-                          spec.data.append_eos, [rows[i] for i in keep])
+            raise UserError.one(
+                str(spec_path),
+                f"every one of the {len(shared)} held-out rows of `attack.data` is also a row "
+                "of the unlearning data, so `shared_rows: drop` leaves none. Select other rows.",
+                loc="attack.data",
+            )
+        grid = build_grid(
+            [texts[i] for i in keep],
+            tokenizer,
+            spec.data.max_seq_len,
+            ctx.assets.tokenizer_id(spec.model),
+            spec.data.append_eos,
+            [rows[i] for i in keep],
+        )
         dropped = len(shared)
     elif shared:
         raise _overlap_error(grid, shared, str(spec_path))
-    ctx.say(f"[data] {spec.name}: attack rows {grid.input_ids.shape[0]} x {spec.data.max_seq_len}, none in the "
-            f"unlearning data" + (f" ({dropped} shared rows dropped)" if dropped else "")
-            + f" (fingerprint {grid.fingerprint[:12]})")
+    ctx.say(
+        f"[data] {spec.name}: attack rows {grid.input_ids.shape[0]} x {spec.data.max_seq_len}, none in the "
+        f"unlearning data"
+        + (f" ({dropped} shared rows dropped)" if dropped else "")
+        + f" (fingerprint {grid.fingerprint[:12]})"
+    )
     return HeldOut(grid, dropped)
-
-
 
 
 def held_out_overlap(held: Any, used: dict[str, Any]) -> dict[int, str]:
@@ -112,9 +125,15 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
         victim = apply_lora(victim, attack.lora)
     out = workdir / ATTACK_DIR
     grid = prep.attack.grid
-    write_json(out / "attack.json", {"attack": attack.model_dump(mode="json", exclude_none=True),
-                                     "rows": int(grid.input_ids.shape[0]), "dropped_shared_rows": prep.attack.dropped,
-                                     "fingerprint": grid.fingerprint})
+    write_json(
+        out / "attack.json",
+        {
+            "attack": attack.model_dump(mode="json", exclude_none=True),
+            "rows": int(grid.input_ids.shape[0]),
+            "dropped_shared_rows": prep.attack.dropped,
+            "fingerprint": grid.fingerprint,
+        },
+    )
     results: list[AttackResult] = []
     task = ctx.task(f"attack {spec.name}", total=attack.steps[-1])
     since = [time.perf_counter()]  # start of the attack training since the previous count
@@ -124,13 +143,22 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
         folder = out / f"k={k}"
         ctx.say(f"[attack] {spec.name} {job.point}: {k} steps (loss {losses[-1]:.3f}); evaluating")
         start = time.perf_counter()
-        result = evaluate_model(trained, prep.tokenizer, spec.eval, ctx.include_paths(job.spec_path))  # as the point's own
+        result = evaluate_model(
+            trained, prep.tokenizer, spec.eval, ctx.include_paths(job.spec_path)
+        )  # as the point's own
         evaluated_for = round(time.perf_counter() - start, 3)
         write_json(folder / "eval.json", result.to_json())
         write_json(folder / SAMPLES_FILE, result.samples)
-        results.append(AttackResult(steps=k, metrics=dict(result.metrics), loss=losses[-1],
-                                    samples_file=f"{job.out.name}/{ATTACK_DIR}/k={k}/{SAMPLES_FILE}",
-                                    train_seconds=trained_for, eval_seconds=evaluated_for))
+        results.append(
+            AttackResult(
+                steps=k,
+                metrics=dict(result.metrics),
+                loss=losses[-1],
+                samples_file=f"{job.out.name}/{ATTACK_DIR}/k={k}/{SAMPLES_FILE}",
+                train_seconds=trained_for,
+                eval_seconds=evaluated_for,
+            )
+        )
         if task is not None:
             ctx.progress.update(task, completed=k)
         since[0] = time.perf_counter()

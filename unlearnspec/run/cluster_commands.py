@@ -16,13 +16,19 @@ from unlearnspec.spec.profile import slurm_settings
 
 def require_slurm() -> None:
     if shutil.which("sbatch") is None:
-        raise UserError.one("--executor", "sbatch is not on PATH: this machine cannot submit SLURM jobs. Run on a "
-                            "login node of the cluster, or run here without --executor slurm (--jobs N runs N jobs "
-                            "at once).")
+        raise UserError.one(
+            "--executor",
+            "sbatch is not on PATH: this machine cannot submit SLURM jobs. Run on a "
+            "login node of the cluster, or run here without --executor slurm (--jobs N runs N jobs "
+            "at once).",
+        )
     if shutil.which("srun") is None:  # submitit writes `srun ...` into every job script and refuses without it
-        raise UserError.one("--executor", "sbatch is on PATH but srun is not: jobs start their work with srun, so this "
-                            "is not a complete SLURM client. Run on a login node of the cluster (or load its SLURM "
-                            "module so both are on PATH), or run here without --executor slurm.")
+        raise UserError.one(
+            "--executor",
+            "sbatch is on PATH but srun is not: jobs start their work with srun, so this "
+            "is not a complete SLURM client. Run on a login node of the cluster (or load its SLURM "
+            "module so both are on PATH), or run here without --executor slurm.",
+        )
 
 
 def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Request:
@@ -30,10 +36,17 @@ def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Re
     of baseline jobs (their cache key names the device kind they evaluate on)."""
     settings, _ = slurm_settings(cluster, options.profile)
     absolute = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
-    return Request(paths=[str(p.resolve()) for p in paths], profile=absolute(options.profile),
-                   overrides=list(options.overrides), out=absolute(options.out),
-                   plan_device="cuda" if settings.jobs.baseline.gpus else "cpu", cluster=absolute(cluster),
-                   retry_failed=options.retry_failed, report=options.report, reports_dir=absolute(options.reports_dir))
+    return Request(
+        paths=[str(p.resolve()) for p in paths],
+        profile=absolute(options.profile),
+        overrides=list(options.overrides),
+        out=absolute(options.out),
+        plan_device="cuda" if settings.jobs.baseline.gpus else "cpu",
+        cluster=absolute(cluster),
+        retry_failed=options.retry_failed,
+        report=options.report,
+        reports_dir=absolute(options.reports_dir),
+    )
 
 
 def _requests(paths: list[Path], options: Any) -> list[Request]:
@@ -46,10 +59,15 @@ def _requests(paths: list[Path], options: Any) -> list[Request]:
         else:
             specs.append(p)
     if specs:
-        requests.append(Request(paths=[str(p.resolve()) for p in specs],
-                                profile=str(options.profile.resolve()) if options.profile else None,
-                                overrides=list(options.overrides), out=str(options.out.resolve()) if options.out else None,
-                                plan_device=_planned_device(specs, options)))
+        requests.append(
+            Request(
+                paths=[str(p.resolve()) for p in specs],
+                profile=str(options.profile.resolve()) if options.profile else None,
+                overrides=list(options.overrides),
+                out=str(options.out.resolve()) if options.out else None,
+                plan_device=_planned_device(specs, options),
+            )
+        )
     return requests
 
 
@@ -79,7 +97,9 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
         try:
             found = statuses(plan)
         except SlurmUnavailable as exc:
-            raise UserError.one("status", f"SLURM does not answer ({exc}); the folders alone say only done/failed.") from None
+            raise UserError.one(
+                "status", f"SLURM does not answer ({exc}); the folders alone say only done/failed."
+            ) from None
         rows.extend(asdict(st) for st in found.values())
     if as_json:
         console.out(json.dumps({"jobs": rows}, indent=2), highlight=False)
@@ -88,8 +108,15 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
     table = Table(title="status: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for col in ("job", "state", "detail", "slurm", "log"):
         table.add_column(col, overflow="fold")
-    colour = {"done": "green", "failed": "red", "not run": "red", "lost": "red", "cancelled": "yellow",
-              "running": "cyan", "queued": "blue"}
+    colour = {
+        "done": "green",
+        "failed": "red",
+        "not run": "red",
+        "lost": "red",
+        "cancelled": "yellow",
+        "running": "cyan",
+        "queued": "blue",
+    }
     from rich.markup import escape
 
     def text(value: str) -> str:  # job names, reasons and log paths come from files: text, never markup or escapes
@@ -97,7 +124,12 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
 
     for r in rows:
         state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else text(r["state"])
-        table.add_row(text(r["job"]), state, text(r["detail"]), text(r["slurm_id"] or "-"),
-                      text(r["log"]) if r["state"] != "done" else "")
+        table.add_row(
+            text(r["job"]),
+            state,
+            text(r["detail"]),
+            text(r["slurm_id"] or "-"),
+            text(r["log"]) if r["state"] != "done" else "",
+        )
     console.print(table)
     return 0

@@ -111,12 +111,15 @@ def toy_context(profile_path: Path, **kwargs: Any) -> RunContext:
     if not isinstance(profile, Profile):
         from unlearnspec.errors import UserError
 
-        raise UserError.one(str(profile_path), "this is a toy-world config, not a mapping profile; use specs/profiles/toy.yaml.")
+        raise UserError.one(
+            str(profile_path), "this is a toy-world config, not a mapping profile; use specs/profiles/toy.yaml."
+        )
     if profile.threads is not None:
         import torch
 
         torch.set_num_threads(profile.threads)
     world = (profile_path.parent / profile.world) if profile.world else None
     say = kwargs.get("say", print)
-    return RunContext(assets=Assets(world_config=world, log=say), profile=profile_path, profile_name=profile.name,
-                      toy=True, **kwargs)
+    return RunContext(
+        assets=Assets(world_config=world, log=say), profile=profile_path, profile_name=profile.name, toy=True, **kwargs
+    )

@@ -19,30 +19,44 @@ def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
     """(spec path, options with --out and the profile) for a score run folder or a spec file."""
     if not target.is_dir():
         if not target.is_file():
-            raise UserError.one(str(target), "not found; give a score run folder (holding scores.json) or a MAGIC spec file.")
+            raise UserError.one(
+                str(target), "not found; give a score run folder (holding scores.json) or a MAGIC spec file."
+            )
         return target, options
     results = target / "results.json"
     if not (target / "scores.json").is_file() or not results.is_file():
-        raise UserError.one(str(target), "is not a finished score run (no scores.json and results.json). Give the folder a "
-                            "MAGIC spec wrote, or the spec file itself.")
+        raise UserError.one(
+            str(target),
+            "is not a finished score run (no scores.json and results.json). Give the folder a "
+            "MAGIC spec wrote, or the spec file itself.",
+        )
     from unlearnspec.safeio import read_json
 
     try:
-        info = read_json(results, "results.json", "missing.", f"Give the spec file instead: `unlearnspec lds SPEC --out {target}`.")["spec"]
+        info = read_json(
+            results, "results.json", "missing.", f"Give the spec file instead: `unlearnspec lds SPEC --out {target}`."
+        )["spec"]
         spec_path, profile_name = Path(str(info["path"])), info.get("profile")
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError.one(str(results), f"unreadable ({type(exc).__name__}); give the spec file instead: "
-                            f"`unlearnspec lds SPEC --out {target}`.") from None
+        raise UserError.one(
+            str(results),
+            f"unreadable ({type(exc).__name__}); give the spec file instead: `unlearnspec lds SPEC --out {target}`.",
+        ) from None
     if not spec_path.is_file():
-        raise UserError.one(str(target), f"its spec {spec_path} is not found from here; run the command from the project "
-                            f"folder, or give the spec: `unlearnspec lds SPEC --out {target}`.")
+        raise UserError.one(
+            str(target),
+            f"its spec {spec_path} is not found from here; run the command from the project "
+            f"folder, or give the spec: `unlearnspec lds SPEC --out {target}`.",
+        )
     profile = options.profile
     if profile is None and profile_name is not None:
         from unlearnspec.spec.profile import default_toy_profile, load_profile
 
         toy = default_toy_profile()
         if getattr(load_profile(toy), "name", None) != profile_name:
-            raise UserError.one(str(target), f"the scores were made under profile {profile_name!r}; pass it with --profile.")
+            raise UserError.one(
+                str(target), f"the scores were made under profile {profile_name!r}; pass it with --profile."
+            )
         profile = toy
     return spec_path, replace(options, profile=profile, out=target.resolve())
 
@@ -68,12 +82,17 @@ def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any],
         raise UserError.one(str(spec_path), "is not a MAGIC spec (no `magic:` section); LDS validates score runs.")
     score = plan.job(run.points[0])
     if job_state(score) != "done":
-        raise UserError.one(str(score.out), f"holds no finished score run of {spec_path} as it is now (scores missing, or made "
-                            f"by another version of the spec). Run `unlearnspec run {spec_path}` first.")
+        raise UserError.one(
+            str(score.out),
+            f"holds no finished score run of {spec_path} as it is now (scores missing, or made "
+            f"by another version of the spec). Run `unlearnspec run {spec_path}` first.",
+        )
     lds = run.spec.magic.lds  # type: ignore[union-attr]
     assert lds is not None
-    ctx.say(f"[lds] {run.spec.name}: {lds.subsets} retrainings of {lds.fraction:.0%} {lds.unit}s dropped + 1 reference, "
-            "each replays the recorded steps forward (no reverse pass) and evaluates the query")
+    ctx.say(
+        f"[lds] {run.spec.name}: {lds.subsets} retrainings of {lds.fraction:.0%} {lds.unit}s dropped + 1 reference, "
+        "each replays the recorded steps forward (no reverse pass) and evaluates the query"
+    )
     sub = Plan(jobs=[score] + [plan.job(j) for j in run.lds], specs=[run], profile=plan.profile)
     outcome = SerialExecutor(ctx, display=display).run(sub)
     return _print_summary(run.out, console) if not outcome.failed else 1
@@ -96,7 +115,14 @@ def _print_summary(folder: Path, console: Any) -> int:
         return "n/a" if x is None else f"{x:.3f}"
 
     lo, hi = entry.get("spearman_ci95") or [None, None]
-    table.add_row(str(entry["unit"]), f"{entry['fraction']:.1%}", str(entry["subsets"]), num(entry["spearman"]),
-                  f"{num(lo)} - {num(hi)}", num(entry.get("pearson")), num(entry.get("scale_ratio")))
+    table.add_row(
+        str(entry["unit"]),
+        f"{entry['fraction']:.1%}",
+        str(entry["subsets"]),
+        num(entry["spearman"]),
+        f"{num(lo)} - {num(hi)}",
+        num(entry.get("pearson")),
+        num(entry.get("scale_ratio")),
+    )
     console.print(table)
     return 0

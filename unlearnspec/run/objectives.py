@@ -23,10 +23,13 @@ def retain_grid(spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext) ->
     from unlearnspec.data import build_grid, load_texts
 
     texts, rows = load_texts(spec.data.retain, spec_path, tokenizer, ctx.assets, loc="data.retain")
-    grid = build_grid(texts, tokenizer, spec.data.max_seq_len, ctx.assets.tokenizer_id(spec.model),
-                      spec.data.append_eos, rows)
-    ctx.say(f"[data] {spec.name}: retain set {grid.input_ids.shape[0]} rows x {spec.data.max_seq_len} "
-            f"(fingerprint {grid.fingerprint[:12]})")
+    grid = build_grid(
+        texts, tokenizer, spec.data.max_seq_len, ctx.assets.tokenizer_id(spec.model), spec.data.append_eos, rows
+    )
+    ctx.say(
+        f"[data] {spec.name}: retain set {grid.input_ids.shape[0]} rows x {spec.data.max_seq_len} "
+        f"(fingerprint {grid.fingerprint[:12]})"
+    )
     return grid
 
 
@@ -57,14 +60,29 @@ def point_objective(spec: Spec, prep: Any, ctx: RunContext, device: str, fused: 
     reference = None
     if OBJECTIVES[spec.objective.name].needs_reference:
         amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
-        parts = {"model": ctx.assets.model_id(spec.model), "model_files": _model_files(spec.model.name_or_path),
-                 "dtype": spec.model.dtype, "attn": spec.model.attn_implementation,
-                 "precision": spec.training.precision, "device": torch.device(device).type,
-                 "logprobs": "fused_head" if fused else "logits",
-                 "versions": {p: package_version(p) for p in ("torch", "transformers", "trl")}}
+        parts = {
+            "model": ctx.assets.model_id(spec.model),
+            "model_files": _model_files(spec.model.name_or_path),
+            "dtype": spec.model.dtype,
+            "attn": spec.model.attn_implementation,
+            "precision": spec.training.precision,
+            "device": torch.device(device).type,
+            "logprobs": "fused_head" if fused else "logits",
+            "versions": {p: package_version(p) for p in ("torch", "transformers", "trl")},
+        }
         g = prep.grid
-        reference = ReferenceCache(g.input_ids, g.attention_mask, g.labels, g.fingerprint, parts, cache_root(),
-                                   spec.training.batch_size, is_main=ctx.is_main, say=ctx.say, autocast=amp)
+        reference = ReferenceCache(
+            g.input_ids,
+            g.attention_mask,
+            g.labels,
+            g.fingerprint,
+            parts,
+            cache_root(),
+            spec.training.batch_size,
+            is_main=ctx.is_main,
+            say=ctx.say,
+            autocast=amp,
+        )
     return build_objective(spec.objective, spec.loss.normalizer, retain, fused, reference)
 
 

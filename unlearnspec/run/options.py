@@ -56,8 +56,15 @@ def make_context(options: RunOptions, say: Any = print, progress: Any = None) ->
 
 
 def make_plan(paths: list[Path], options: RunOptions, ctx: RunContext) -> Plan:
-    return build_plan(paths, profile=options.profile, overrides=tuple(options.overrides), out=options.out,
-                      auto_produce=options.auto_produce, assets=ctx.assets, device=ctx.device.split(":")[0])
+    return build_plan(
+        paths,
+        profile=options.profile,
+        overrides=tuple(options.overrides),
+        out=options.out,
+        auto_produce=options.auto_produce,
+        assets=ctx.assets,
+        device=ctx.device.split(":")[0],
+    )
 
 
 def reports_dir_for(plan: Plan, options: RunOptions) -> Path:

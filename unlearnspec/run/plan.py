@@ -100,9 +100,17 @@ class Plan:
         lines = self.mapping_lines()
         if len(lines) <= limit:
             return lines
-        mapped = [(run.spec.name, self.mapped[run.path.resolve()]) for run in self.specs if self.mapped.get(run.path.resolve())]
+        mapped = [
+            (run.spec.name, self.mapped[run.path.resolve()])
+            for run in self.specs
+            if self.mapped.get(run.path.resolve())
+        ]
         shared = set.intersection(*(({k.short() for k in knobs}) for _, knobs in mapped))
-        out = [f"all {len(mapped)} specs: " + "; ".join(k.short() for k in mapped[0][1] if k.short() in shared)] if shared else []
+        out = (
+            [f"all {len(mapped)} specs: " + "; ".join(k.short() for k in mapped[0][1] if k.short() in shared)]
+            if shared
+            else []
+        )
         for name, knobs in mapped:
             own = [k.short() for k in knobs if k.short() not in shared]
             if own:
@@ -191,12 +199,21 @@ def lds_jobs(score: Job) -> list[Job]:
     ref_hash = hashlib.sha256(f"{score.hash}:reference".encode()).hexdigest()
     name = score.spec.name
     root = lds_root(score.out)
-    jobs = [Job("lds", f"lds:{name}/reference", score.spec, score.spec_path, root / "reference",
-                ref_hash, (score.id,))]
+    jobs = [Job("lds", f"lds:{name}/reference", score.spec, score.spec_path, root / "reference", ref_hash, (score.id,))]
     width = max(3, len(str(lds.subsets - 1)))
     for i in range(lds.subsets):
-        jobs.append(Job("lds", f"lds:{name}/subset_{i:0{width}d}", score.spec, score.spec_path,
-                        root / f"subset_{i:0{width}d}", subset_hash, (score.id,), subset=i))
+        jobs.append(
+            Job(
+                "lds",
+                f"lds:{name}/subset_{i:0{width}d}",
+                score.spec,
+                score.spec_path,
+                root / f"subset_{i:0{width}d}",
+                subset_hash,
+                (score.id,),
+                subset=i,
+            )
+        )
     return jobs
 
 
@@ -217,7 +234,9 @@ class _Builder:
         key = path.resolve()
         if key not in self.specs:
             changes: list[MappedKnob] = []
-            self.specs[key] = load_spec(path, overrides=self.overrides if top else (), profile=self.profile, changes=changes)
+            self.specs[key] = load_spec(
+                path, overrides=self.overrides if top else (), profile=self.profile, changes=changes
+            )
             self.plan.mapped[key] = changes
         return self.specs[key]
 
@@ -227,10 +246,13 @@ class _Builder:
         if done is not None:
             return done
         if key in self.visiting:
-            chain = " -> ".join(p.name for p in [*self.visiting[self.visiting.index(key):], key])
-            raise UserError.one(str(path), f"the `produced_by` chain leads back to this spec ({chain}); a spec cannot "
-                                "depend on its own scores. Point scores.*.produced_by at a MAGIC spec outside the cycle.",
-                                loc="scores")
+            chain = " -> ".join(p.name for p in [*self.visiting[self.visiting.index(key) :], key])
+            raise UserError.one(
+                str(path),
+                f"the `produced_by` chain leads back to this spec ({chain}); a spec cannot "
+                "depend on its own scores. Point scores.*.produced_by at a MAGIC spec outside the cycle.",
+                loc="scores",
+            )
         self.visiting.append(key)
         spec = self.load(path, top)
         inputs, after = self.score_inputs(path, spec)
@@ -244,8 +266,18 @@ class _Builder:
         else:
             for lr in spec.training.lrs:
                 point = f"lr={lr:g}"
-                jobs.append(Job("point", f"point:{spec.name}/{point_dir_name(point)}", at_lr(spec, lr), path,
-                                out / point_dir_name(point), digest, after, inputs))
+                jobs.append(
+                    Job(
+                        "point",
+                        f"point:{spec.name}/{point_dir_name(point)}",
+                        at_lr(spec, lr),
+                        path,
+                        out / point_dir_name(point),
+                        digest,
+                        after,
+                        inputs,
+                    )
+                )
         base = self.baseline(path, spec)
         self.plan.jobs.extend(jobs + lds)
         control = resolve_path(path, spec.control) if spec.control else None
@@ -288,14 +320,30 @@ class _Builder:
         key = baseline_key(spec, path, self.assets, self.device)
         job_id = f"baseline:{key}"
         if not any(j.id == job_id for j in self.plan.jobs):
-            self.plan.jobs.append(Job("baseline", job_id, at_lr(spec, spec.training.lrs[0]), path,
-                                      self.cache_root / "baselines" / key, key))
+            self.plan.jobs.append(
+                Job(
+                    "baseline",
+                    job_id,
+                    at_lr(spec, spec.training.lrs[0]),
+                    path,
+                    self.cache_root / "baselines" / key,
+                    key,
+                )
+            )
         return job_id
 
 
-def build_plan(paths: list[Path], *, profile: Optional[Path] = None, overrides: tuple[str, ...] = (),
-               out: Optional[Path] = None, auto_produce: bool = False, assets: Optional[Assets] = None,
-               device: str = "cpu", cache_root: Optional[Path] = None) -> Plan:
+def build_plan(
+    paths: list[Path],
+    *,
+    profile: Optional[Path] = None,
+    overrides: tuple[str, ...] = (),
+    out: Optional[Path] = None,
+    auto_produce: bool = False,
+    assets: Optional[Assets] = None,
+    device: str = "cpu",
+    cache_root: Optional[Path] = None,
+) -> Plan:
     """Expand spec files/folders into the plan. Score producers come before the points that read them;
     specs named as controls before the specs that compare with them."""
     from unlearnspec.spec.assets import cache_root as default_cache
@@ -327,8 +375,12 @@ def _check_unique_outputs(plan: Plan) -> None:
     for run in plan.specs:
         other = seen.get(run.out.resolve())
         if other is not None:
-            raise UserError.one(str(run.path), f"output.dir {run.out} is also the output of {other.path}; two specs "
-                                "would overwrite each other's results. Give each spec its own output.dir.", loc="output.dir")
+            raise UserError.one(
+                str(run.path),
+                f"output.dir {run.out} is also the output of {other.path}; two specs "
+                "would overwrite each other's results. Give each spec its own output.dir.",
+                loc="output.dir",
+            )
         seen[run.out.resolve()] = run
 
 
@@ -342,8 +394,13 @@ def plan_layouts(plan: Plan, world_size: Callable[[Job], int], launch: Callable[
         if job.kind not in ("score", "point"):
             continue
         try:
-            layouts[job.id] = batch_layout(job.spec.training, world_size(job), file=str(job.spec_path), launch=launch(job),
-                                           n_rows=job.spec.data.select.count)
+            layouts[job.id] = batch_layout(
+                job.spec.training,
+                world_size(job),
+                file=str(job.spec_path),
+                launch=launch(job),
+                n_rows=job.spec.data.select.count,
+            )
         except UserError as exc:
             for p in exc.problems:
                 problems.setdefault((p.file, p.message), p)

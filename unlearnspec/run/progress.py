@@ -27,8 +27,12 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def estimate(remaining: Mapping[str, int], times: Mapping[str, Sequence[float]], running: Sequence[tuple[str, float]],
-             workers: int) -> Optional[float]:
+def estimate(
+    remaining: Mapping[str, int],
+    times: Mapping[str, Sequence[float]],
+    running: Sequence[tuple[str, float]],
+    workers: int,
+) -> Optional[float]:
     """Seconds until every remaining job (running ones included) has ended: per kind, the mean wall time
     of the jobs of that kind measured so far (a kind not measured yet: the mean over all measured jobs)
     times the jobs left, less what the running jobs have already done, spread over the workers.
@@ -70,8 +74,15 @@ class RunDisplay:
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> "RunDisplay":
         if self.live:
-            self._progress = _Panel(self, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=self.console, transient=True)
+            self._progress = _Panel(
+                self,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
             self._progress.start()
         return self
 
@@ -88,7 +99,8 @@ class RunDisplay:
     def say(self, message: str) -> None:
         if self.console is not None:
             (self._progress.console if self._progress is not None else self.console).print(
-                message, markup=False, highlight=False)
+                message, markup=False, highlight=False
+            )
 
     # ---------------------------------------------------------------- events
     def begin(self, plan: Plan, workers: int = 1) -> None:
@@ -115,8 +127,10 @@ class RunDisplay:
             self.times.setdefault(job.kind, []).append(seconds)
         eta = self.eta()
         why = f" ({reason})" if reason and status != "ok" else ""
-        self.say(f"[{self.done}/{sum(self.total.values())}] {job_name(job)} {status} {seconds:.1f} s{why}"
-                 + (f" · ETA {clock(eta)}" if eta and self.done < sum(self.total.values()) else ""))
+        self.say(
+            f"[{self.done}/{sum(self.total.values())}] {job_name(job)} {status} {seconds:.1f} s{why}"
+            + (f" · ETA {clock(eta)}" if eta and self.done < sum(self.total.values()) else "")
+        )
 
     def not_run(self, job: Job, reason: str) -> None:
         with self._lock:
@@ -144,8 +158,10 @@ class RunDisplay:
             kinds = " · ".join(f"{k} {self.ended[k]}/{self.total[k]}" for k in KINDS if self.total[k])
             running = [f"{job_name(job)} {clock(now - t0)}" for job, t0 in self.running.values()]
             done, total = sum(self.ended.values()), sum(self.total.values())
-        lines = [f"jobs {done}/{total}  ({kinds})  elapsed {clock(now - self.start)}  ETA "
-                 + (clock(eta) if eta is not None else "after the first job")]
+        lines = [
+            f"jobs {done}/{total}  ({kinds})  elapsed {clock(now - self.start)}  ETA "
+            + (clock(eta) if eta is not None else "after the first job")
+        ]
         lines += [f"running  {r}" for r in running]
         return "\n".join(lines)
 
@@ -155,8 +171,12 @@ class RunDisplay:
         failed_now = [j for j in outcome.ran if j in outcome.failed]
         ok = len(outcome.ran) - len(failed_now)
         not_run = [j for j in outcome.failed if j not in outcome.ran and j not in outcome.skipped]
-        parts = [f"{ok} done", f"{len(failed_now)} failed", f"{len(not_run)} not run",
-                 f"{len(outcome.skipped)} skipped (already done or recorded as failed)"]
+        parts = [
+            f"{ok} done",
+            f"{len(failed_now)} failed",
+            f"{len(not_run)} not run",
+            f"{len(outcome.skipped)} skipped (already done or recorded as failed)",
+        ]
         if outcome.submitted:
             parts.append(f"{len(outcome.submitted)} submitted")
         head = "[interrupted]" if outcome.interrupted else "[summary]"

@@ -85,7 +85,6 @@ class RunRecord(EvalRecord):
     attack: Optional[list[AttackResult]] = None
     """The relearning attack on this point's model, one entry per step count (unset: the spec has no `attack`)."""
 
-
     @field_validator("hparams")
     @classmethod
     def _lr_as_in_a_spec(cls, value: dict[str, float]) -> dict[str, float]:
@@ -164,8 +163,11 @@ def read_json_model(path: Path, cls: type[M], what: str, missing: str, fix: str)
     raw = read_json(path, what, missing, fix)
     control = terminal_control(raw)
     if control is not None:
-        raise UserError.one(str(path), f"not a valid {what} ({control[0]}: holds the control character {control[1]!r}, "
-                            f"which printed would rewrite the terminal). {fix}")
+        raise UserError.one(
+            str(path),
+            f"not a valid {what} ({control[0]}: holds the control character {control[1]!r}, "
+            f"which printed would rewrite the terminal). {fix}",
+        )
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
@@ -179,8 +181,13 @@ def read_json_model(path: Path, cls: type[M], what: str, missing: str, fix: str)
 def load_results(path: Path) -> Results:
     """Read results.json (or a folder holding one); a wrong file is a UserError, not a traceback."""
     path = path / RESULTS_FILE if path.is_dir() else path
-    return read_json_model(path, Results, "results.json", "no results.json here; run the spec first (`unlearnspec run SPEC`).",
-                           "Rerun the spec to rewrite it.")
+    return read_json_model(
+        path,
+        Results,
+        "results.json",
+        "no results.json here; run the spec first (`unlearnspec run SPEC`).",
+        "Rerun the spec to rewrite it.",
+    )
 
 
 def load_samples(results_dir: Path, record: EvalRecord) -> tuple[Optional[dict[str, list[int]]], Optional[str]]:

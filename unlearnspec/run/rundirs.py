@@ -139,7 +139,9 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         if marker(tmp) is None:
-            raise UserError.one(str(tmp), "a folder not created by unlearnspec has the name of this job's temp folder; move it away.")
+            raise UserError.one(
+                str(tmp), "a folder not created by unlearnspec has the name of this job's temp folder; move it away."
+            )
         shutil.rmtree(tmp)
     tmp.mkdir()
     _mark(tmp, host=platform.node(), pid=os.getpid(), **info)
@@ -150,8 +152,11 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
             why = disk_error(exc)
             if why is None:
                 raise
-            raise WriteRefused.one(str(final), f"could not be written: {why}. Its previous folder, if any, is unchanged "
-                                   "(the job wrote into a temporary folder, now removed); rerun to resume.") from None
+            raise WriteRefused.one(
+                str(final),
+                f"could not be written: {why}. Its previous folder, if any, is unchanged "
+                "(the job wrote into a temporary folder, now removed); rerun to resume.",
+            ) from None
         check_replaceable(final)
         if final.exists():
             old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
@@ -168,8 +173,16 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
 # --------------------------------------------------------------------------- provenance
 def git_sha(root: Path) -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha or "unknown") + ("+dirty" if dirty else "")

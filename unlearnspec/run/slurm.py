@@ -73,20 +73,30 @@ class Request:
         try:
             request = TypeAdapter(cls).validate_python({k: v for k, v in data.items() if k in cls.__dataclass_fields__})
             if not request.paths or request.plan_device not in ("cpu", "cuda"):
-                raise UserError.one(str(path), f"not a submission request (no spec paths, or an unknown plan device). {fix}")
+                raise UserError.one(
+                    str(path), f"not a submission request (no spec paths, or an unknown plan device). {fix}"
+                )
             return request
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "top level"
-            raise UserError.one(str(path), f"not a submission request ({loc}: {first['msg']}). {fix}", loc=loc) from None
+            raise UserError.one(
+                str(path), f"not a submission request ({loc}: {first['msg']}). {fix}", loc=loc
+            ) from None
 
     def options(self, device: Optional[str] = None) -> Any:
         from unlearnspec.run.options import RunOptions
 
         path = lambda p: Path(p) if p else None  # noqa: E731
-        return RunOptions(profile=path(self.profile), overrides=list(self.overrides), out=path(self.out),
-                          retry_failed=self.retry_failed, device=device, report=self.report,
-                          reports_dir=path(self.reports_dir))
+        return RunOptions(
+            profile=path(self.profile),
+            overrides=list(self.overrides),
+            out=path(self.out),
+            retry_failed=self.retry_failed,
+            device=device,
+            report=self.report,
+            reports_dir=path(self.reports_dir),
+        )
 
 
 def context_for(request: Request, device: str, say: Any = print) -> Any:
@@ -103,9 +113,15 @@ def plan_for(request: Request, ctx: Any) -> Plan:
     """The plan exactly as submitted (same paths, profile, overrides, output and plan device)."""
     from unlearnspec.run.plan import build_plan
 
-    return build_plan([Path(p) for p in request.paths], profile=Path(request.profile) if request.profile else None,
-                      overrides=tuple(request.overrides), out=Path(request.out) if request.out else None,
-                      auto_produce=ctx.toy, assets=ctx.assets, device=request.plan_device)
+    return build_plan(
+        [Path(p) for p in request.paths],
+        profile=Path(request.profile) if request.profile else None,
+        overrides=tuple(request.overrides),
+        out=Path(request.out) if request.out else None,
+        auto_produce=ctx.toy,
+        assets=ctx.assets,
+        device=request.plan_device,
+    )
 
 
 # --------------------------------------------------------------------------- inside a job
@@ -129,8 +145,11 @@ def run_one(request: Request, job_id: str, job_hash: str, device: str) -> tuple[
     plan = plan_for(request, ctx)
     job = next((j for j in plan.jobs if j.id == job_id), None)
     if job is None or job.hash != job_hash:
-        raise UserError.one(job_id, "the spec changed after this job was submitted; rerun `unlearnspec run ... "
-                            "--executor slurm` to submit the current plan.")
+        raise UserError.one(
+            job_id,
+            "the spec changed after this job was submitted; rerun `unlearnspec run ... "
+            "--executor slurm` to submit the current plan.",
+        )
     if ctx.is_main:  # an earlier attempt of this job (requeued, killed) may have left its temp folder
         import shutil
 
@@ -140,18 +159,38 @@ def run_one(request: Request, job_id: str, job_hash: str, device: str) -> tuple[
     record = SerialExecutor(ctx).run_job(job)
     if ctx.is_main and job.out.is_dir():
         sub = read_json(job_dir(job) / SUBMISSION) or {}
-        write_state(job.out / "slurm.json", {"slurm_id": my_env().get("SLURM_JOB_ID", sub.get("slurm_id")),
-                                             "log_out": sub.get("log_out"), "log_err": sub.get("log_err"),
-                                             "processes": ctx.world_size})
+        write_state(
+            job.out / "slurm.json",
+            {
+                "slurm_id": my_env().get("SLURM_JOB_ID", sub.get("slurm_id")),
+                "log_out": sub.get("log_out"),
+                "log_err": sub.get("log_err"),
+                "processes": ctx.world_size,
+            },
+        )
     return record.status, getattr(record, "reason", None)
 
 
-def _torchrun(request: Request, state: Path, job_id: str, job_hash: str, device: str, processes: int) -> tuple[str, Optional[str]]:
+def _torchrun(
+    request: Request, state: Path, job_id: str, job_hash: str, device: str, processes: int
+) -> tuple[str, Optional[str]]:
     """Start `processes` ranks of this job with torchrun on this node, then read what rank 0 recorded."""
     req = state / REQUEST
     write_state(req, asdict(request))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}",
-           "-m", "unlearnspec.run.slurm", str(req), job_id, job_hash, device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "unlearnspec.run.slurm",
+        str(req),
+        job_id,
+        job_hash,
+        device,
+    ]
     rc = subprocess.run(cmd).returncode
     if rc != 0:
         raise RuntimeError(f"torchrun with {processes} processes exited with status {rc}; see the job's log")
@@ -189,10 +228,19 @@ class SlurmTask:
             raise
         except BaseException as exc:
             text = str(exc).strip().splitlines()
-            write_state(state / RUN, {"state": "error", "reason": f"{type(exc).__name__}: {text[0] if text else ''}"[:500],
-                                      "ended": time.time(), **my_env()})
+            write_state(
+                state / RUN,
+                {
+                    "state": "error",
+                    "reason": f"{type(exc).__name__}: {text[0] if text else ''}"[:500],
+                    "ended": time.time(),
+                    **my_env(),
+                },
+            )
             raise
-        write_state(state / RUN, {"state": "finished", "status": status, "reason": reason, "ended": time.time(), **my_env()})
+        write_state(
+            state / RUN, {"state": "finished", "status": status, "reason": reason, "ended": time.time(), **my_env()}
+        )
         if status != "ok":
             raise JobFailed(reason or "failed")
         return status
@@ -217,7 +265,9 @@ def statuses(plan: Plan) -> dict[str, JobStatus]:
     live = live_jobs([slurm_id_of(s) for s in subs.values()])
     out: dict[str, JobStatus] = {}
     for job in plan.jobs:
-        blocked = next((_blocking(out[a]) for a in job.after if a in out and out[a].state in ("failed", "not run")), None)
+        blocked = next(
+            (_blocking(out[a]) for a in job.after if a in out and out[a].state in ("failed", "not run")), None
+        )
         out[job.id] = job_status(job, live, blocked)
     return out
 
@@ -244,8 +294,12 @@ def assemble_all(request: Request, say: Any = print, reporter: Optional[Reporter
     results = {run.path: assemble(run, plan, ctx, outcome) for run in plan.specs}
     experiments = [r for r in plan.specs if not r.is_score]
     if request.report and reporter is not None and experiments:
-        reporter([r.out for r in experiments], reports_dir_for(plan, request.options()), request.profile is not None,
-                 Console(width=200))
+        reporter(
+            [r.out for r in experiments],
+            reports_dir_for(plan, request.options()),
+            request.profile is not None,
+            Console(width=200),
+        )
     return results
 
 
@@ -302,10 +356,14 @@ class SlurmExecutor:
                     failed[job.id] = f"{job.id} failed: {st.detail}"
             elif blocked is not None:
                 failed[job.id] = done.not_run[job.id] = blocked
-                write_state(job_dir(job) / SUBMISSION, {"job": job.id, "reason": f"not run: {blocked}", "at": time.time()})
+                write_state(
+                    job_dir(job) / SUBMISSION, {"job": job.id, "reason": f"not run: {blocked}", "at": time.time()}
+                )
                 self.ctx.say(f"[slurm] {job.id} not submitted: {blocked}")
             else:
-                slurm_of[job.id] = done.submitted[job.id] = self._submit(job, [slurm_of[a] for a in job.after if a in slurm_of])
+                slurm_of[job.id] = done.submitted[job.id] = self._submit(
+                    job, [slurm_of[a] for a in job.after if a in slurm_of]
+                )
                 self.ctx.say(f"[slurm] {job.id} -> job {slurm_of[job.id]}")
         done.assemble = self._assemble(plan, slurm_of, bool(done.submitted))
         done.seconds = round(time.perf_counter() - start, 3)
@@ -320,25 +378,54 @@ class SlurmExecutor:
         ex = _executor(folder, self.settings, kind, _job_name(job), after, "afterok")
         sjob = ex.submit(task)
         write_state(folder / RUN, {"state": "submitted", "at": time.time()})
-        write_state(folder / SUBMISSION, {"job": job.id, "slurm_id": sjob.job_id, "name": _job_name(job), "after": after,
-                                          "log_out": str(sjob.paths.stdout), "log_err": str(sjob.paths.stderr),
-                                          "resources": res.model_dump(), "at": time.time()})
+        write_state(
+            folder / SUBMISSION,
+            {
+                "job": job.id,
+                "slurm_id": sjob.job_id,
+                "name": _job_name(job),
+                "after": after,
+                "log_out": str(sjob.paths.stdout),
+                "log_err": str(sjob.paths.stderr),
+                "resources": res.model_dump(),
+                "at": time.time(),
+            },
+        )
         return str(sjob.job_id)
 
     def _assemble(self, plan: Plan, slurm_of: dict[str, str], submitted_any: bool) -> Optional[str]:
         """results.json and reports: now when nothing is pending, else a last job after all the others."""
         last = plan.specs[-1]
-        folder = (last.out.parent / SLURM_DIR / f"{ASSEMBLE}-{last.out.name}") if last.is_score else last.out / SLURM_DIR / ASSEMBLE
+        folder = (
+            (last.out.parent / SLURM_DIR / f"{ASSEMBLE}-{last.out.name}")
+            if last.is_score
+            else last.out / SLURM_DIR / ASSEMBLE
+        )
         if not slurm_of:
             assemble_all(self.request, say=self.ctx.say, reporter=self.reporter)
             return None
         previous = slurm_id_of(read_json(folder / SUBMISSION) or {})
         if not submitted_any and previous and live_jobs([previous]):
             return previous
-        ex = _executor(folder, self.settings, "assemble", "us-assemble", sorted(set(slurm_of.values()), key=lambda i: (len(i), i)), "afterany")
+        ex = _executor(
+            folder,
+            self.settings,
+            "assemble",
+            "us-assemble",
+            sorted(set(slurm_of.values()), key=lambda i: (len(i), i)),
+            "afterany",
+        )
         sjob = ex.submit(AssembleTask(self.request, self.reporter))
-        write_state(folder / SUBMISSION, {"job": "assemble", "slurm_id": sjob.job_id, "name": "us-assemble",
-                                          "log_out": str(sjob.paths.stdout), "at": time.time()})
+        write_state(
+            folder / SUBMISSION,
+            {
+                "job": "assemble",
+                "slurm_id": sjob.job_id,
+                "name": "us-assemble",
+                "log_out": str(sjob.paths.stdout),
+                "at": time.time(),
+            },
+        )
         return str(sjob.job_id)
 
 
@@ -350,8 +437,9 @@ def _worker_main(argv: list[str]) -> int:
     req_path, job_id, job_hash, device = argv
     request = Request.read(Path(req_path))
     status, reason = run_one(request, job_id, job_hash, device)
-    write_state(Path(req_path).parent / f"rank{rank()}.json", {"status": status, "reason": reason,
-                                                               "world_size": world_size()})
+    write_state(
+        Path(req_path).parent / f"rank{rank()}.json", {"status": status, "reason": reason, "world_size": world_size()}
+    )
     return 0
 
 

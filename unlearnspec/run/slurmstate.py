@@ -23,8 +23,19 @@ SLURM_DIR = ".slurm"
 SUBMISSION = "submission.json"
 RUN = "run.json"
 REQUEST = "request.json"
-LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
-        "SUSPENDED", "STAGE_OUT", "SIGNALING"}
+LIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+    "SIGNALING",
+}
 ENDED_REASON = {
     "TIMEOUT": "stopped by its time limit (raise slurm.jobs.<kind>.time_min)",
     "NODE_FAIL": "its node failed",
@@ -150,7 +161,9 @@ def job_status(job: Job, live: dict[str, Live], blocked: Optional[str] = None) -
     if now is not None and now.name == sub.get("name", now.name):
         if now.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
             row.state = "queued"
-            row.detail = {"Dependency": "waiting for the jobs it needs"}.get(now.reason, now.reason if now.reason != "None" else "")
+            row.detail = {"Dependency": "waiting for the jobs it needs"}.get(
+                now.reason, now.reason if now.reason != "None" else ""
+            )
             if now.reason == "DependencyNeverSatisfied":
                 row.state, row.detail = "not run", blocked or "a job it needs failed"
         else:
@@ -169,7 +182,10 @@ def _ended(row: JobStatus, job: Job, run: dict[str, Any], blocked: Optional[str]
     if final == "CANCELLED" and not started and blocked:
         row.state, row.detail = "not run", blocked
     elif final == "CANCELLED":
-        row.state, row.detail = "cancelled", "cancelled (scancel, or by the cluster)" + (" while running" if started else "")
+        row.state, row.detail = (
+            "cancelled",
+            "cancelled (scancel, or by the cluster)" + (" while running" if started else ""),
+        )
     elif final in ENDED_REASON:
         row.state, row.detail = "failed", ENDED_REASON[final].replace("<kind>", job.kind)
     elif final == "FAILED":
@@ -184,5 +200,8 @@ def _ended(row: JobStatus, job: Job, run: dict[str, Any], blocked: Optional[str]
 
 def my_env() -> dict[str, str]:
     """What a job records about where it runs."""
-    return {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT", "SLURMD_NODENAME")
-            if k in os.environ}
+    return {
+        k: os.environ[k]
+        for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT", "SLURMD_NODENAME")
+        if k in os.environ
+    }

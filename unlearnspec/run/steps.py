@@ -40,8 +40,9 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
 
     scores = {}
     for name, path in job.inputs:
-        scores[name] = checked_scores(load_score_file(path), spec.scores[name], name, grid.labels, grid.fingerprint,
-                                      fingerprint_at)
+        scores[name] = checked_scores(
+            load_score_file(path), spec.scores[name], name, grid.labels, grid.fingerprint, fingerprint_at
+        )
     for name, src in spec.scores.items():  # `random` / `toy:truth`: built for this grid, then checked like a file
         if src.built_in:
             from unlearnspec.scores.builtin import builtin_score_file
@@ -53,20 +54,29 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     for full in sorted(spec.tokens.referenced_sources() - set(scores)):  # `source.leaf`: one leaf task's scores
         agg, name, leaf = parse_source(full)
         if leaf is not None and name in inputs:
-            scores[full] = checked_scores(load_score_file(leaf_score_path(inputs[name], name, leaf)), spec.scores[name], full,
-                                          grid.labels, grid.fingerprint, fingerprint_at)
+            scores[full] = checked_scores(
+                load_score_file(leaf_score_path(inputs[name], name, leaf)),
+                spec.scores[name],
+                full,
+                grid.labels,
+                grid.fingerprint,
+                fingerprint_at,
+            )
         elif agg is not None and name in inputs:  # `min_q(source)`, `min_t(source)`, ...: over questions, leaf tasks
             aggregates.setdefault(name, []).append(full)
     for name, fulls in aggregates.items():
         from unlearnspec.scores.aggregate import source_aggregates
 
-        scores.update(source_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint,
-                                        fingerprint_at))
+        scores.update(
+            source_aggregates(fulls, inputs[name], spec.scores[name], grid.labels, grid.fingerprint, fingerprint_at)
+        )
     weights = token_weights(spec.tokens, scores, grid.labels)
     stats = token_stats(weights, grid.labels, spec.loss.normalizer)
     if spec.objective.name != "weighted":  # the rule selects forget tokens; the objective sets the direction
-        ctx.say(f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid forget tokens selected "
-                f"({stats.selected_fraction:.1%}) for objective {spec.objective.name}")
+        ctx.say(
+            f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid forget tokens selected "
+            f"({stats.selected_fraction:.1%}) for objective {spec.objective.name}"
+        )
     else:
         ctx.say(
             f"[tokens] {spec.name}: {stats.selected_tokens:,} of {stats.valid_tokens:,} valid tokens selected "
@@ -91,8 +101,14 @@ def batch_record(spec: Spec, prep: Prepared, ctx: RunContext) -> BatchRecord:
     return BatchRecord(**layout.as_dict())
 
 
-def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks: Sequence[Any] = (),
-          exact_replay: bool = False) -> Any:
+def train(
+    spec: Spec,
+    prep: Prepared,
+    workdir: Path,
+    ctx: RunContext,
+    callbacks: Sequence[Any] = (),
+    exact_replay: bool = False,
+) -> Any:
     """Train one point; returns the finished trainer. `exact_replay` (score runs) trains with the replay
     attention kernel and the full-logits loss, so the recorded run is what the reverse pass differentiates."""
     import torch
@@ -133,8 +149,15 @@ def train(spec: Spec, prep: Prepared, workdir: Path, ctx: RunContext, callbacks:
 
     trainer = WeightedSFTTrainer(
         model=model,
-        args=sft_config(spec.training, lr, workdir / "trainer", n, run_name=curves_run_name(spec.name, f"lr={lr:g}"),
-                        parallel=spec.parallel, device=torch.device(device)),
+        args=sft_config(
+            spec.training,
+            lr,
+            workdir / "trainer",
+            n,
+            run_name=curves_run_name(spec.name, f"lr={lr:g}"),
+            parallel=spec.parallel,
+            device=torch.device(device),
+        ),
         train_dataset=prep.dataset,
         processing_class=prep.tokenizer,
         training=spec.training,  # the trainer builds the spec's optimizer and schedule (FSDP shards first)

@@ -19,8 +19,13 @@ if TYPE_CHECKING:
     from unlearnspec.run.executors.base import ExecutorOptions
 
 
-def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Optional[str] = None,
-              settings: Optional[ExecutorOptions] = None) -> int:
+def run_study(
+    paths: list[Path],
+    options: RunOptions,
+    console: Any,
+    executor: Optional[str] = None,
+    settings: Optional[ExecutorOptions] = None,
+) -> int:
     """Run the given specs with the named executor; returns the exit code (0 all ok, 1 when some job failed
     or was not run, 130 when interrupted)."""
     from unlearnspec.run.executors import executor_class
@@ -37,7 +42,9 @@ def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Op
         for line in summary:
             display.say(f"[profile] {line}")
         if len(summary) < len(plan.mapping_lines()):
-            display.say("[profile] each knob with the profile field that changed it: `unlearnspec plan` with the same arguments")
+            display.say(
+                "[profile] each knob with the profile field that changed it: `unlearnspec plan` with the same arguments"
+            )
         display.say(f"[plan] {len(plan.jobs)} job(s) for {len(plan.specs)} spec(s) {ex.where}")
         ex.submit(plan)
         outcome = ex.wait()
@@ -48,7 +55,9 @@ def run_study(paths: list[Path], options: RunOptions, console: Any, executor: Op
         return 130
     experiments = [r for r in plan.specs if not r.is_score and r.path in outcome.results]
     if options.report and options.reporter is not None and outcome.complete and experiments:
-        options.reporter([r.out for r in experiments], reports_dir_for(plan, options), options.profile is not None, console)
+        options.reporter(
+            [r.out for r in experiments], reports_dir_for(plan, options), options.profile is not None, console
+        )
     return 1 if outcome.failed else 0
 
 
@@ -70,17 +79,34 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
     ctx = make_context(options, say=lambda m: None)
     plan = make_plan(paths, options, ctx)
     layouts = plan_layouts(plan, lambda job: world_size, lambda job: f"--nproc {world_size}")
-    rows: list[dict[str, Any]] = [{"order": i + 1, "kind": j.kind, "id": j.id, "folder": str(j.out), "after": list(j.after),
-             "state": job_state(j), "batch": layouts[j.id].as_dict() if j.id in layouts else None}
-            for i, j in enumerate(plan.jobs)]
+    rows: list[dict[str, Any]] = [
+        {
+            "order": i + 1,
+            "kind": j.kind,
+            "id": j.id,
+            "folder": str(j.out),
+            "after": list(j.after),
+            "state": job_state(j),
+            "batch": layouts[j.id].as_dict() if j.id in layouts else None,
+        }
+        for i, j in enumerate(plan.jobs)
+    ]
     if as_json:
-        console.out(json.dumps({"device": ctx.device, "world_size": world_size, "profile_changes": plan.mapping_lines(),
-                                "jobs": rows}, indent=2), highlight=False)
+        console.out(
+            json.dumps(
+                {"device": ctx.device, "world_size": world_size, "profile_changes": plan.mapping_lines(), "jobs": rows},
+                indent=2,
+            ),
+            highlight=False,
+        )
         return 0
     for line in plan.mapping_lines():
         console.print(f"[profile] {line}", markup=False, highlight=False)
-    table = Table(title=f"plan: {len(rows)} job(s) on {ctx.device}" + (f", {world_size} processes each" if world_size > 1 else ""),
-                  caption="batch: rows per optimizer step = ranks x rows per micro-batch x micro-batches")
+    table = Table(
+        title=f"plan: {len(rows)} job(s) on {ctx.device}"
+        + (f", {world_size} processes each" if world_size > 1 else ""),
+        caption="batch: rows per optimizer step = ranks x rows per micro-batch x micro-batches",
+    )
     for col in ("#", "kind", "job", "folder", "after", "batch", "state"):
         table.add_column(col, overflow="fold")
     for r in rows:

@@ -17,7 +17,18 @@ from unlearnspec.scores.files import (
 from unlearnspec.scores.weights import token_stats, token_weights, top_weights
 
 __all__ = [
-    "SCORES_FILE", "SIDECAR_FILE", "ScoreFile", "check_fingerprint", "check_score_file", "checked_scores",
-    "leaf_score_path", "load_score_file", "task_block", "to_target_alignment", "valid_targets", "token_stats",
-    "token_weights", "top_weights",
+    "SCORES_FILE",
+    "SIDECAR_FILE",
+    "ScoreFile",
+    "check_fingerprint",
+    "check_score_file",
+    "checked_scores",
+    "leaf_score_path",
+    "load_score_file",
+    "task_block",
+    "to_target_alignment",
+    "valid_targets",
+    "token_stats",
+    "token_weights",
+    "top_weights",
 ]

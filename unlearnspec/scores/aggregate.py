@@ -72,32 +72,48 @@ def question_block(mean_path: Path, full: str) -> QuestionBlock:
     _, base, _ = parse_source(full)
     side = mean_path.parent / SIDECAR_FILE
     if not side.is_file():
-        raise _fail(mean_path, f"the token rule reads {full!r}, but no {SIDECAR_FILE} lies beside the scores, so no "
-                    f"per-question scores are known. {FIX}, or read plain {base!r}.")
+        raise _fail(
+            mean_path,
+            f"the token rule reads {full!r}, but no {SIDECAR_FILE} lies beside the scores, so no "
+            f"per-question scores are known. {FIX}, or read plain {base!r}.",
+        )
     sidecar = read_json(side, "score sidecar", "missing", "Fix or delete it.")
     block = sidecar.get("per_question") if isinstance(sidecar, dict) else None
     if block is None:
-        raise _fail(side, f"the token rule reads {full!r}, but these scores hold no per-question scores (no "
-                    f"`per_question` entry: produced with `magic.query.per` other than `question`). {FIX}, or read "
-                    f"plain {base!r}.")
+        raise _fail(
+            side,
+            f"the token rule reads {full!r}, but these scores hold no per-question scores (no "
+            f"`per_question` entry: produced with `magic.query.per` other than `question`). {FIX}, or read "
+            f"plain {base!r}.",
+        )
     if not isinstance(block, dict):
-        raise _fail(side, f"`per_question` must be an object ({{file, questions, doc_keys, weights}}), found "
-                    f"{type(block).__name__}. Fix the file or rescore.")
+        raise _fail(
+            side,
+            f"`per_question` must be an object ({{file, questions, doc_keys, weights}}), found "
+            f"{type(block).__name__}. Fix the file or rescore.",
+        )
     file, q = block.get("file"), block.get("questions")
     if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
         raise _fail(side, f"per_question.file must be a file name beside the sidecar (found {file!r}). Fix or rescore.")
     if isinstance(q, bool) or not isinstance(q, int) or q <= 0:
-        raise _fail(side, f"per_question.questions must be the number of query questions, a positive integer (found "
-                    f"{q!r}). Fix or rescore.")
+        raise _fail(
+            side,
+            f"per_question.questions must be the number of query questions, a positive integer (found "
+            f"{q!r}). Fix or rescore.",
+        )
     keys = block.get("doc_keys")
     if keys is not None and (not isinstance(keys, list) or len(keys) != q):
-        raise _fail(side, f"per_question.doc_keys must list one key per question ({q}), found "
-                    f"{len(keys) if isinstance(keys, list) else type(keys).__name__}. Fix or rescore.")
+        raise _fail(
+            side,
+            f"per_question.doc_keys must list one key per question ({q}), found "
+            f"{len(keys) if isinstance(keys, list) else type(keys).__name__}. Fix or rescore.",
+        )
     return QuestionBlock(mean_path.parent / file, q, keys)
 
 
-def read_question_scores(mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int,
-                         s_data: int) -> tuple[ScoreFile, QuestionBlock, str]:
+def read_question_scores(
+    mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int
+) -> tuple[ScoreFile, QuestionBlock, str]:
     """Load and check the [Q, N, S] file without the token grid (shared by the run and `doctor`): safe load,
     float, 3-D, Q as the sidecar says, finite, and every check of the mean file on one question's matrix
     (N rows, columns, max_seq_len, alignment, the sidecar's N/S). Returns the file, its block, the alignment."""
@@ -108,11 +124,17 @@ def read_question_scores(mean_path: Path, source: ScoreSourceSpec, full: str, n_
     if not t.is_floating_point():
         raise _fail(path, f"{where}: per-question scores must be floating point, found {t.dtype}.")
     if t.ndim != 3:
-        raise _fail(path, f"{where}: expected per-question scores [Q, N, S] (one [N, S] matrix per query question), "
-                    f"found shape {list(t.shape)}. {FIX}.")
+        raise _fail(
+            path,
+            f"{where}: expected per-question scores [Q, N, S] (one [N, S] matrix per query question), "
+            f"found shape {list(t.shape)}. {FIX}.",
+        )
     if t.shape[0] != block.questions:
-        raise _fail(path, f"{where}: the file holds {t.shape[0]} questions but {SIDECAR_FILE} says "
-                    f"per_question.questions = {block.questions}: they come from different runs. {FIX}.")
+        raise _fail(
+            path,
+            f"{where}: the file holds {t.shape[0]} questions but {SIDECAR_FILE} says "
+            f"per_question.questions = {block.questions}: they come from different runs. {FIX}.",
+        )
     bad = 0
     first: Optional[list[int]] = None
     for q in range(t.shape[0]):
@@ -121,8 +143,11 @@ def read_question_scores(mean_path: Path, source: ScoreSourceSpec, full: str, n_
             bad += int((~finite).sum())
             first = first or [q, *(~finite).nonzero()[0].tolist()]
     if first is not None:
-        raise _fail(path, f"{where}: {bad} NaN/inf values (first at question {first[0]}, row {first[1]}, column "
-                    f"{first[2]}). The producing run diverged; rescore.")
+        raise _fail(
+            path,
+            f"{where}: {bad} NaN/inf values (first at question {first[0]}, row {first[1]}, column "
+            f"{first[2]}). The producing run diverged; rescore.",
+        )
     alignment = check_score_file(ScoreFile(path, t[0], sf.sidecar), source, full, n_rows, s_data)
     return sf, block, alignment
 
@@ -139,8 +164,14 @@ def to_target(t: torch.Tensor, alignment: str, s_data: int, valid: torch.Tensor)
     return out.masked_fill_(~valid, 0.0)
 
 
-def checked_question_scores(mean_path: Path, source: ScoreSourceSpec, full: str, labels: torch.Tensor,
-                            fingerprint: str, fingerprint_at: Callable[[int], str]) -> torch.Tensor:
+def checked_question_scores(
+    mean_path: Path,
+    source: ScoreSourceSpec,
+    full: str,
+    labels: torch.Tensor,
+    fingerprint: str,
+    fingerprint_at: Callable[[int], str],
+) -> torch.Tensor:
     """The per-question scores of the source whose mean file is `mean_path`, checked against the training grid
     (`read_question_scores` and the data fingerprint): float32 [Q, N, S], target alignment, 0 off the targets."""
     n, s_data = labels.shape
@@ -149,15 +180,31 @@ def checked_question_scores(mean_path: Path, source: ScoreSourceSpec, full: str,
     return to_target(sf.scores, alignment, s_data, valid_targets(labels))
 
 
-def checked_task_scores(mean_path: Path, source: ScoreSourceSpec, full: str, labels: torch.Tensor,
-                        fingerprint: str, fingerprint_at: Callable[[int], str]) -> torch.Tensor:
+def checked_task_scores(
+    mean_path: Path,
+    source: ScoreSourceSpec,
+    full: str,
+    labels: torch.Tensor,
+    fingerprint: str,
+    fingerprint_at: Callable[[int], str],
+) -> torch.Tensor:
     """The leaf-task scores of the `per: task` source whose mean file is `mean_path`, each leaf file loaded and
     checked as rule `source.leaf` reads it (data fingerprint included): float32 [T, N, S], sorted leaf order,
     target alignment, 0 off the targets. `full` is the rule's name (`min_t(wmdp)`), for the messages."""
     _, base, _ = parse_source(full)
-    return torch.stack([checked_scores(load_score_file(leaf_score_path(mean_path, base, leaf)), source, f"{base}.{leaf}",
-                                       labels, fingerprint, fingerprint_at)
-                        for leaf in sorted(task_block(mean_path, base, full))])
+    return torch.stack(
+        [
+            checked_scores(
+                load_score_file(leaf_score_path(mean_path, base, leaf)),
+                source,
+                f"{base}.{leaf}",
+                labels,
+                fingerprint,
+                fingerprint_at,
+            )
+            for leaf in sorted(task_block(mean_path, base, full))
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -172,8 +219,9 @@ class Units:
     """The file to name in messages: the per-question file, or the sidecar listing the leaf files."""
 
 
-def question_units(mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int,
-                   valid: torch.Tensor) -> Units:
+def question_units(
+    mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int, valid: torch.Tensor
+) -> Units:
     """`read_question_scores` as `Units`."""
     sf, block, alignment = read_question_scores(mean_path, source, full, n_rows, s_data)
     keys = block.doc_keys or []
@@ -181,8 +229,9 @@ def question_units(mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: 
     return Units(to_target(sf.scores, alignment, s_data, valid), names, block.path)
 
 
-def task_units(mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int,
-               valid: torch.Tensor) -> Units:
+def task_units(
+    mean_path: Path, source: ScoreSourceSpec, full: str, n_rows: int, s_data: int, valid: torch.Tensor
+) -> Units:
     """The leaf files of `checked_task_scores` with every check that needs no grid (`check_score_file`)."""
     _, base, _ = parse_source(full)
     leaves = sorted(task_block(mean_path, base, full))
@@ -223,9 +272,12 @@ def _scaled(per_q: torch.Tensor, valid: torch.Tensor, name: str) -> list[tuple[i
             out.append((q, scale, float(vals.min())))
     if not out:
         units = _units_of(name)[0]
-        raise UserError.one(f"score source {name!r}", f"every one of the {per_q.shape[0]} {units} has score 0 on every "
-                            f"valid target token, so the per-unit normalisation is undefined. Check the producing run "
-                            "(its query, its data) and rescore.")
+        raise UserError.one(
+            f"score source {name!r}",
+            f"every one of the {per_q.shape[0]} {units} has score 0 on every "
+            f"valid target token, so the per-unit normalisation is undefined. Check the producing run "
+            "(its query, its data) and rescore.",
+        )
     return out
 
 
@@ -260,9 +312,12 @@ def wsum_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "wsum_q") -> to
     total = sum(a for _, _, a in kept)
     if not total > 0:
         units, fam = _units_of(name)
-        raise UserError.one(f"score source {name!r}", f"no {units[:-1]} of {per_q.shape[0]} has a proponent (every valid "
-                            f"token's score is >= 0 for every {units[:-1]}), so every {units[:-1]}'s weight a_u is 0. Use "
-                            f"`min_{fam}` or `rank_{fam}`, or check the producing run.")
+        raise UserError.one(
+            f"score source {name!r}",
+            f"no {units[:-1]} of {per_q.shape[0]} has a proponent (every valid "
+            f"token's score is >= 0 for every {units[:-1]}), so every {units[:-1]}'s weight a_u is 0. Use "
+            f"`min_{fam}` or `rank_{fam}`, or check the producing run.",
+        )
     out = torch.zeros(valid.shape, dtype=torch.float64)
     for q, scale, a in kept:
         if a > 0:
@@ -271,7 +326,10 @@ def wsum_q(per_q: torch.Tensor, valid: torch.Tensor, name: str = "wsum_q") -> to
 
 
 AGGREGATES: dict[str, Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]] = {
-    "min": min_q, "rank": rank_q, "wsum": wsum_q}
+    "min": min_q,
+    "rank": rank_q,
+    "wsum": wsum_q,
+}
 """The aggregation functions by kind (`min_q` and `min_t` are both `min`): (units [U, N, S], valid [N, S], rule
 name for messages) -> [N, S]."""
 
@@ -281,8 +339,14 @@ def aggregate(full: str, units: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     return AGGREGATES[aggregation_parts(parse_source(full)[0] or "")[0]](units, valid, full)
 
 
-def source_aggregates(fulls: Iterable[str], mean_path: Path, source: ScoreSourceSpec, labels: torch.Tensor,
-                      fingerprint: str, fingerprint_at: Callable[[int], str]) -> dict[str, torch.Tensor]:
+def source_aggregates(
+    fulls: Iterable[str],
+    mean_path: Path,
+    source: ScoreSourceSpec,
+    labels: torch.Tensor,
+    fingerprint: str,
+    fingerprint_at: Callable[[int], str],
+) -> dict[str, torch.Tensor]:
     """The aggregates `fulls` (`min_q(wmdp)`, `rank_t(wmdp)`, ... of one source) as [N, S] tensors keyed by their
     rule names, from one load of each family's units (`LOADERS`)."""
     by_family: dict[str, list[str]] = {}
@@ -300,7 +364,8 @@ def source_aggregates(fulls: Iterable[str], mean_path: Path, source: ScoreSource
 def near_zero_questions(per_q: torch.Tensor, valid: torch.Tensor, factor: float) -> tuple[list[int], float]:
     """Units (questions, leaf tasks) whose max |s_u| over `valid` is below `factor` x the median over units of
     that max (or is 0), and the median: their scores are noise next to the others'."""
-    peak = torch.stack([per_q[q][valid].abs().max() if bool(valid.any()) else per_q.new_zeros(())
-                        for q in range(per_q.shape[0])]).double()
+    peak = torch.stack(
+        [per_q[q][valid].abs().max() if bool(valid.any()) else per_q.new_zeros(()) for q in range(per_q.shape[0])]
+    ).double()
     median = float(peak.quantile(0.5))
     return [q for q, m in enumerate(peak.tolist()) if m < factor * median or m == 0.0], median

@@ -37,21 +37,34 @@ def random_scores(source: RandomScoresSpec, valid: torch.Tensor) -> torch.Tensor
     return values.masked_fill(~valid.bool(), 0.0)
 
 
-def builtin_score_file(name: str, source: ScoreSourceSpec, spec: "Spec", spec_path: Path, assets: "Assets",
-                       grid: "TokenGrid", tokenizer: Any) -> ScoreFile:
+def builtin_score_file(
+    name: str,
+    source: ScoreSourceSpec,
+    spec: "Spec",
+    spec_path: Path,
+    assets: "Assets",
+    grid: "TokenGrid",
+    tokenizer: Any,
+) -> ScoreFile:
     """The scores of built-in source `name` for `grid` (the spec's own grid, built by `prepare`), as a
     `ScoreFile` whose `path` names the source (it appears in error messages) and whose sidecar records the
     grid's fingerprint; pass it to `unlearnspec.scores.checked_scores` like a file read from disk."""
     n, s = grid.input_ids.shape
-    sidecar: dict[str, Any] = {"format_version": 1, "alignment": "target", "N": n, "S": s,
-                               "data_fingerprint": grid.fingerprint}
+    sidecar: dict[str, Any] = {
+        "format_version": 1,
+        "alignment": "target",
+        "N": n,
+        "S": s,
+        "data_fingerprint": grid.fingerprint,
+    }
     if source.random is not None:
         scores = random_scores(source.random, grid.valid_targets)
         sidecar.update(produced_by="random", seed=source.random.seed, distribution=source.random.distribution)
         label = f"scores.{name} (random, seed {source.random.seed})"
     elif source.produced_by is not None and source.produced_by in worlds.producers():
         scores, info = worlds.producers()[source.produced_by].scores(
-            spec, spec_path, assets, task=source.task, retain_task=source.retain_task, grid=grid, tokenizer=tokenizer)
+            spec, spec_path, assets, task=source.task, retain_task=source.retain_task, grid=grid, tokenizer=tokenizer
+        )
         sidecar.update(info)
         label = f"scores.{name} ({source.produced_by}, task {sidecar.get('task')})"
     else:

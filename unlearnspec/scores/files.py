@@ -100,16 +100,22 @@ def task_block(mean_path: Path, source: str, name: str) -> dict:
     the messages. No sidecar or no block: a UserError naming the file and the fix."""
     side = mean_path.parent / SIDECAR_FILE
     if not side.is_file():
-        raise _fail(mean_path, f"the token rule reads {name!r}, but no {SIDECAR_FILE} lies beside the scores, so no per-task "
-                    "scores are known. Produce them with `magic.query.per: task`, or read plain "
-                    f"{source!r}.")
+        raise _fail(
+            mean_path,
+            f"the token rule reads {name!r}, but no {SIDECAR_FILE} lies beside the scores, so no per-task "
+            "scores are known. Produce them with `magic.query.per: task`, or read plain "
+            f"{source!r}.",
+        )
     sidecar = read_json(side, "score sidecar", "missing", "Fix or delete it.")
     per_task = sidecar.get("per_task") if isinstance(sidecar, dict) else None
     if not isinstance(per_task, dict) or not per_task:
         per = "question" if isinstance(sidecar, dict) and sidecar.get("per_question") is not None else "mean"
-        raise _fail(side, f"the token rule reads {name!r}, but these scores hold no per-task scores (produced with "
-                    f"`magic.query.per: {per}`). Set `per: task` under magic.query of the "
-                    f"producing spec and rerun it, or read plain {source!r}.")
+        raise _fail(
+            side,
+            f"the token rule reads {name!r}, but these scores hold no per-task scores (produced with "
+            f"`magic.query.per: {per}`). Set `per: task` under magic.query of the "
+            f"producing spec and rerun it, or read plain {source!r}.",
+        )
     return per_task
 
 
@@ -122,11 +128,16 @@ def leaf_score_path(mean_path: Path, source: str, leaf: str) -> Path:
     per_task = task_block(mean_path, source, name)
     entry = per_task.get(leaf)
     if entry is None:
-        raise _fail(side, f"the token rule reads {name!r}, but the query has no leaf task {leaf!r}. Available: "
-                    f"{', '.join(f'{source}.{k}' for k in sorted(per_task))}.")
+        raise _fail(
+            side,
+            f"the token rule reads {name!r}, but the query has no leaf task {leaf!r}. Available: "
+            f"{', '.join(f'{source}.{k}' for k in sorted(per_task))}.",
+        )
     file = entry.get("file") if isinstance(entry, dict) else None
     if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
-        raise _fail(side, f"per_task.{leaf}.file must be a file name beside the sidecar (found {file!r}). Fix or rescore.")
+        raise _fail(
+            side, f"per_task.{leaf}.file must be a file name beside the sidecar (found {file!r}). Fix or rescore."
+        )
     return mean_path.parent / file
 
 
@@ -158,28 +169,51 @@ def check_score_file(sf: ScoreFile, source: ScoreSourceSpec, name: str, n_rows: 
     if t.ndim != 2:
         raise _fail(path, f"{where}: expected shape [N, S], found {list(t.shape)}.")
     if t.shape[0] != n_rows:
-        raise _fail(path, f"{where}: {t.shape[0]} rows of scores but {n_rows} training rows. The scores belong to other data; rescore with the producing spec.")
+        raise _fail(
+            path,
+            f"{where}: {t.shape[0]} rows of scores but {n_rows} training rows. The scores belong to other data; rescore with the producing spec.",
+        )
     s_scores = t.shape[1]
     if source.columns is not None and source.columns != s_scores:
-        raise _fail(path, f"{where}: the spec declares columns: {source.columns} but the file has {s_scores}. Fix `columns` or the path.")
+        raise _fail(
+            path,
+            f"{where}: the spec declares columns: {source.columns} but the file has {s_scores}. Fix `columns` or the path.",
+        )
     if s_data > s_scores:
-        raise _fail(path, f"{where}: max_seq_len {s_data} is wider than the {s_scores} score columns. Lower data.max_seq_len or rescore.")
+        raise _fail(
+            path,
+            f"{where}: max_seq_len {s_data} is wider than the {s_scores} score columns. Lower data.max_seq_len or rescore.",
+        )
     if s_data < s_scores and not source.truncate_columns:
-        raise _fail(path, f"{where}: the scores have {s_scores} columns but max_seq_len is {s_data}; set `truncate_columns: true` to use the first {s_data} explicitly.")
+        raise _fail(
+            path,
+            f"{where}: the scores have {s_scores} columns but max_seq_len is {s_data}; set `truncate_columns: true` to use the first {s_data} explicitly.",
+        )
     bad = ~torch.isfinite(t)
     if bad.any():
         first = bad.nonzero()[0].tolist()
-        raise _fail(path, f"{where}: {int(bad.sum())} NaN/inf values (first at row {first[0]}, column {first[1]}). The producing run diverged; rescore.")
+        raise _fail(
+            path,
+            f"{where}: {int(bad.sum())} NaN/inf values (first at row {first[0]}, column {first[1]}). The producing run diverged; rescore.",
+        )
     side = sf.sidecar or {}
     declared = source.alignment
     recorded = side.get("alignment")
     if declared and recorded and declared != recorded:
-        raise _fail(path, f"{where}: the spec declares alignment {declared!r} but the sidecar says {recorded!r}. Fix the spec's alignment.")
+        raise _fail(
+            path,
+            f"{where}: the spec declares alignment {declared!r} but the sidecar says {recorded!r}. Fix the spec's alignment.",
+        )
     alignment = declared or recorded
     if alignment not in ("target", "input"):
-        raise _fail(path, f"{where}: the alignment is unknown (no `alignment` in the spec, none in the sidecar). Declare `alignment: target` or `input`; it is never guessed.")
+        raise _fail(
+            path,
+            f"{where}: the alignment is unknown (no `alignment` in the spec, none in the sidecar). Declare `alignment: target` or `input`; it is never guessed.",
+        )
     if "N" in side and side["N"] != t.shape[0] or "S" in side and side["S"] != s_scores:
-        raise _fail(path, f"{where}: the sidecar says N={side.get('N')}, S={side.get('S')} but the tensor is {list(t.shape)}.")
+        raise _fail(
+            path, f"{where}: the sidecar says N={side.get('N')}, S={side.get('S')} but the tensor is {list(t.shape)}."
+        )
     return alignment
 
 
@@ -200,7 +234,9 @@ def checked_scores(
     return aligned.masked_fill(~valid_targets(labels), 0.0)
 
 
-def check_fingerprint(sf: ScoreFile, name: str, s_data: int, fingerprint: str, fingerprint_at: Callable[[int], str]) -> None:
+def check_fingerprint(
+    sf: ScoreFile, name: str, s_data: int, fingerprint: str, fingerprint_at: Callable[[int], str]
+) -> None:
     """The sidecar's data fingerprint (when recorded) must be the grid's at the scores' width (last dimension)."""
     side = sf.sidecar or {}
     s_scores = sf.scores.shape[-1]
@@ -210,8 +246,12 @@ def check_fingerprint(sf: ScoreFile, name: str, s_data: int, fingerprint: str, f
         if recorded_fp != expected:
             from unlearnspec.data import fingerprint_difference
 
-            inputs = getattr(fingerprint_at, "inputs", None)  # a data.GridFingerprints names what the fingerprint is made of
-            what = fingerprint_difference(side.get("data_fingerprint_inputs"), inputs(s_scores) if inputs is not None else None)
+            inputs = getattr(
+                fingerprint_at, "inputs", None
+            )  # a data.GridFingerprints names what the fingerprint is made of
+            what = fingerprint_difference(
+                side.get("data_fingerprint_inputs"), inputs(s_scores) if inputs is not None else None
+            )
             raise _fail(
                 sf.path,
                 f"score source {name!r}: data fingerprint mismatch: the scores were computed on other tokens than this spec "

@@ -35,7 +35,9 @@ def _value_weighted(rule: TokenRuleSpec, scores: Scores, valid: torch.Tensor) ->
     s = _source(rule, scores)
     scale = s[valid].abs().mean()
     if not scale > 0:
-        raise UserError.one(f"score source {rule.source!r}", "every valid token has score 0, so value weighting is undefined.")
+        raise UserError.one(
+            f"score source {rule.source!r}", "every valid token has score 0, so value weighting is undefined."
+        )
     return s / scale
 
 
@@ -63,12 +65,20 @@ def _nothing_selected(rule: TokenRuleSpec, n_valid: int) -> UserError:
     """A rule that gives every valid token weight 0 trains nothing: the run would report the untouched model
     as an effect (and divide by zero selected tokens). Refused before training, with the fix for its mode."""
     if n_valid == 0:
-        return UserError.one("data", "the token grid has no valid target token (every label is padding), so there is "
-                             "nothing to train on. Raise data.max_seq_len or choose rows with text.", loc="data")
+        return UserError.one(
+            "data",
+            "the token grid has no valid target token (every label is padding), so there is "
+            "nothing to train on. Raise data.max_seq_len or choose rows with text.",
+            loc="data",
+        )
     fix = TOKEN_MODES[rule.mode].nothing_selected.format(where=rule.where, source=rule.source)
-    return UserError.one(f"token rule (mode: {rule.mode})", f"selects none of the {n_valid:,} valid target tokens: {fix}. "
-                         "Training with all weights 0 would change nothing, and the run would report the untouched model "
-                         "as a result.", loc="tokens.where" if rule.mode == "where" else "tokens")
+    return UserError.one(
+        f"token rule (mode: {rule.mode})",
+        f"selects none of the {n_valid:,} valid target tokens: {fix}. "
+        "Training with all weights 0 would change nothing, and the run would report the untouched model "
+        "as a result.",
+        loc="tokens.where" if rule.mode == "where" else "tokens",
+    )
 
 
 def top_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
@@ -87,9 +97,17 @@ def top_weights(rule: TokenRuleSpec, scores: Mapping[str, torch.Tensor], valid: 
     k = top_count(rule.k, rule.fraction, n_valid)
     if k > flat.numel():
         given = f"k = {k}" if rule.k is not None else f"fraction {rule.fraction:g} of {n_valid} valid tokens = k = {k}"
-        pool = f"{flat.numel()} valid target tokens pass `where: {rule.where}` (of {n_valid} valid)" if rule.where else f"the grid has {n_valid} valid target tokens"
-        raise UserError.one(f"token rule (top by {rule.source})", f"{given} tokens requested but {pool}. Lower `k` "
-                            "(or `fraction`), or widen `where`; the count is never clamped silently.", loc="tokens.k")
+        pool = (
+            f"{flat.numel()} valid target tokens pass `where: {rule.where}` (of {n_valid} valid)"
+            if rule.where
+            else f"the grid has {n_valid} valid target tokens"
+        )
+        raise UserError.one(
+            f"token rule (top by {rule.source})",
+            f"{given} tokens requested but {pool}. Lower `k` "
+            "(or `fraction`), or widen `where`; the count is never clamped silently.",
+            loc="tokens.k",
+        )
     key = s.flatten()[flat].double() + 0.0  # + 0.0: -0.0 becomes 0.0 (one value, tie-broken by index); double:
     # exact for float32 scores and for `rank_q` ranks beyond 2**24
     if rule.order == "most_positive":

@@ -30,7 +30,10 @@ def cache_root() -> Path:
     root = Path(env or Path.home() / ".cache" / "unlearnspec").expanduser()
     if root.exists() and not root.is_dir():
         where = f"{CACHE_ENV}={env}" if env else str(root)
-        raise UserError.one(where, f"the cache location {root} exists but is not a folder. Point {CACHE_ENV} at a folder (it is created if missing).")
+        raise UserError.one(
+            where,
+            f"the cache location {root} exists but is not a folder. Point {CACHE_ENV} at a folder (it is created if missing).",
+        )
     return root
 
 

@@ -46,12 +46,20 @@ class AttackSpec(_Section):
     @model_validator(mode="after")
     def _rules(self) -> "AttackSpec":
         if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
-            raise SpecRuleError(("steps",), f"`steps: {self.steps}` must be strictly increasing: the attack is one "
-                                "cumulative run evaluated after each count (e.g. `[5, 20, 50]`).")
+            raise SpecRuleError(
+                ("steps",),
+                f"`steps: {self.steps}` must be strictly increasing: the attack is one "
+                "cumulative run evaluated after each count (e.g. `[5, 20, 50]`).",
+            )
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise SpecRuleError(("micro_batch_size",), f"`micro_batch_size: {self.micro_batch_size}` does not divide "
-                                f"`batch_size: {self.batch_size}`; pick a divisor (or unset it).")
+            raise SpecRuleError(
+                ("micro_batch_size",),
+                f"`micro_batch_size: {self.micro_batch_size}` does not divide "
+                f"`batch_size: {self.batch_size}`; pick a divisor (or unset it).",
+            )
         if self.lora is not None and self.lora.dropout:
-            raise SpecRuleError(("lora", "dropout"), "the attack is seeded and evaluated between its step counts; "
-                                "set `attack.lora.dropout: 0`.")
+            raise SpecRuleError(
+                ("lora", "dropout"),
+                "the attack is seeded and evaluated between its step counts; set `attack.lora.dropout: 0`.",
+            )
         return self

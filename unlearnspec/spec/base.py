@@ -17,6 +17,7 @@ every float field, as a run cannot take them."""
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 """A random seed: numpy, which the HF Trainer seeds too, takes 0 <= seed < 2**32."""
 
+
 class SpecRuleError(ValueError):
     """A cross-field rule failed. `loc` is relative to the model that raised it."""
 
@@ -39,5 +40,3 @@ def _exactly_one(model: BaseModel, names: tuple[str, ...], what: str) -> None:
             (given[1],) if len(given) > 1 else (),
             f"{what} needs exactly one of {listed} (found: {found}). Keep one and delete the others.",
         )
-
-

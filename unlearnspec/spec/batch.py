@@ -27,8 +27,12 @@ class BatchLayout:
     accumulation: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"global_batch": self.global_batch, "world_size": self.world_size,
-                "micro_batch_size": self.micro_batch_size, "accumulation": self.accumulation}
+        return {
+            "global_batch": self.global_batch,
+            "world_size": self.world_size,
+            "micro_batch_size": self.micro_batch_size,
+            "accumulation": self.accumulation,
+        }
 
     def describe(self) -> str:
         """e.g. `8 rows per step = 2 ranks x 4 rows x 1 micro-batch`."""
@@ -88,8 +92,9 @@ def _fits(batch: int, world: int, micro: Optional[int], tail: int) -> bool:
     return not tail or world * tail_micro_batches(tail, layout) <= tail
 
 
-def batch_layout(training: Any, world_size: int, *, file: str = "spec", launch: str = "",
-                 n_rows: Optional[int] = None) -> BatchLayout:
+def batch_layout(
+    training: Any, world_size: int, *, file: str = "spec", launch: str = "", n_rows: Optional[int] = None
+) -> BatchLayout:
     """The layout of `training` (a TrainingSpec) on `world_size` ranks, or a UserError naming the field, the
     world size (`launch` says where it came from, e.g. `--nproc 3`) and a fix that keeps the experiment.
 
@@ -101,19 +106,30 @@ def batch_layout(training: Any, world_size: int, *, file: str = "spec", launch: 
         raise ValueError(f"world size must be >= 1 (got {world})")
     if batch % world:
         ranks = _nearest(_divisors(batch), world)
-        raise UserError.one(file, f"batch_size {batch} is the global batch (rows per optimizer step), which {where} "
-                            f"cannot share equally. Launch a rank count that divides {batch} (nearest: {_or(ranks)}). "
-                            "Changing batch_size instead would make it another experiment.", loc="training.batch_size")
+        raise UserError.one(
+            file,
+            f"batch_size {batch} is the global batch (rows per optimizer step), which {where} "
+            f"cannot share equally. Launch a rank count that divides {batch} (nearest: {_or(ranks)}). "
+            "Changing batch_size instead would make it another experiment.",
+            loc="training.batch_size",
+        )
     share = batch // world
     if micro is not None and (micro > share or share % micro):
         fits = [d for d in _divisors(share) if d <= micro]
         best = max(fits)
-        head = (f"micro_batch_size {micro} is larger than each rank's share of the global batch" if micro > share else
-                f"micro_batch_size {micro} does not divide each rank's share of the global batch")
-        raise UserError.one(file, f"{head} (batch_size {batch} over {where} = {share} rows per rank). Set "
-                            f"`micro_batch_size: {best}` ({share // best} micro-batch{'es' if share // best != 1 else ''} "
-                            f"per step), a divisor of {share} no larger than {micro}, or delete it ({share} rows per "
-                            "forward pass).", loc="training.micro_batch_size")
+        head = (
+            f"micro_batch_size {micro} is larger than each rank's share of the global batch"
+            if micro > share
+            else f"micro_batch_size {micro} does not divide each rank's share of the global batch"
+        )
+        raise UserError.one(
+            file,
+            f"{head} (batch_size {batch} over {where} = {share} rows per rank). Set "
+            f"`micro_batch_size: {best}` ({share // best} micro-batch{'es' if share // best != 1 else ''} "
+            f"per step), a divisor of {share} no larger than {micro}, or delete it ({share} rows per "
+            "forward pass).",
+            loc="training.micro_batch_size",
+        )
     m = micro if micro is not None else share
     layout = BatchLayout(batch, world, m, share // m)
     tail = _tail_rows(training, n_rows)
@@ -126,8 +142,11 @@ def batch_layout(training: Any, world_size: int, *, file: str = "spec", launch: 
         fix = " or ".join(fixes) or "launch fewer ranks"
         per_rank = tail_micro_batches(tail, layout)
         need = "a row" if per_rank == 1 else f"a row in each of its {per_rank} micro-batches"
-        raise UserError.one(file, f"each epoch of {n_rows} rows ends in a step of {tail} rows (batch_size {batch}), "
-                            f"too few to give each of {where} {need}; padding a rank with repeated rows (as "
-                            f"accelerate does) would change the experiment. {fix[0].upper() + fix[1:]}.",
-                            loc="training.batch_size")
+        raise UserError.one(
+            file,
+            f"each epoch of {n_rows} rows ends in a step of {tail} rows (batch_size {batch}), "
+            f"too few to give each of {where} {need}; padding a rank with repeated rows (as "
+            f"accelerate does) would change the experiment. {fix[0].upper() + fix[1:]}.",
+            loc="training.batch_size",
+        )
     return layout

@@ -50,9 +50,12 @@ class _OneLineText(_Section):
         found = control_character(data)
         if found is not None:
             loc, char = found
-            raise SpecRuleError(loc, f"holds the control character {char!r}. Site and profile text becomes part of "
-                                "`#SBATCH` and shell lines of every job script, where a line break would run the "
-                                "rest as a command; write it on one line without control characters.")
+            raise SpecRuleError(
+                loc,
+                f"holds the control character {char!r}. Site and profile text becomes part of "
+                "`#SBATCH` and shell lines of every job script, where a line break would run the "
+                "rest as a command; write it on one line without control characters.",
+            )
         return data
 
 
@@ -78,8 +81,11 @@ class JobResources(_OneLineText):
     @model_validator(mode="after")
     def _rules(self) -> "JobResources":
         if self.gpus and self.processes > self.gpus:
-            raise SpecRuleError(("processes",), f"{self.processes} processes on {self.gpus} GPU(s): use at most one "
-                                "process per GPU (set `processes` to `gpus`).")
+            raise SpecRuleError(
+                ("processes",),
+                f"{self.processes} processes on {self.gpus} GPU(s): use at most one "
+                "process per GPU (set `processes` to `gpus`).",
+            )
         return self
 
 
@@ -123,8 +129,11 @@ class SlurmSection(_OneLineText):
     def _rules(self) -> "SlurmSection":
         for i, line in enumerate(self.extra_sbatch):
             if not re.fullmatch(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?", line):
-                raise SpecRuleError(("extra_sbatch", i), f"write sbatch options as `--name=value` or `--flag`, the name in "
-                                    f"letters, digits and `-` (got {line!r}).")
+                raise SpecRuleError(
+                    ("extra_sbatch", i),
+                    f"write sbatch options as `--name=value` or `--flag`, the name in "
+                    f"letters, digits and `-` (got {line!r}).",
+                )
         return self
 
     def resources(self, kind: JobKindName) -> JobResources:
@@ -161,8 +170,11 @@ def load_cluster(path: Path) -> ClusterProfile:
 
     data, node = read_yaml_file(path)
     if not is_cluster_data(data):
-        raise UserError.one(str(path), "a cluster file is a YAML mapping with `name` and a `slurm` section "
-                            "(see specs/profiles/slurm_example.yaml).")
+        raise UserError.one(
+            str(path),
+            "a cluster file is a YAML mapping with `name` and a `slurm` section "
+            "(see specs/profiles/slurm_example.yaml).",
+        )
     try:
         return ClusterProfile.model_validate(data)
     except ValidationError as exc:

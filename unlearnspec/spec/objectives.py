@@ -84,12 +84,17 @@ class RmuObjective(_Section):
         if len(set(layers)) != len(layers):
             raise SpecRuleError(("train_layers",), f"`train_layers: {layers}` names a layer twice; list each once.")
         if any(x < 0 for x in layers):
-            raise SpecRuleError(("train_layers",), f"`train_layers: {layers}` holds a negative index; layers are 0-based.")
+            raise SpecRuleError(
+                ("train_layers",), f"`train_layers: {layers}` holds a negative index; layers are 0-based."
+            )
         above = [x for x in layers if x > self.layer]
         if above:
-            raise SpecRuleError(("train_layers",), f"`train_layers` holds {above}, above `layer: {self.layer}`: layers after "
-                                "the steered one do not change its activations, so they would get no gradient. Keep "
-                                f"layers <= {self.layer} (unset: {default_train_layers(self.layer)}).")
+            raise SpecRuleError(
+                ("train_layers",),
+                f"`train_layers` holds {above}, above `layer: {self.layer}`: layers after "
+                "the steered one do not change its activations, so they would get no gradient. Keep "
+                f"layers <= {self.layer} (unset: {default_train_layers(self.layer)}).",
+            )
         return self
 
     def layers_trained(self) -> list[int]:
@@ -122,7 +127,9 @@ def _known_name(data: Any) -> Any:
             shown = str(name)[:40]
             close = difflib.get_close_matches(shown, list(OBJECTIVE_SPECS), n=1, cutoff=0.6)
             hint = f" Did you mean: {close[0]}?" if close else ""
-            raise SpecRuleError(("name",), f"Unknown objective {shown!r}.{hint} Available: {', '.join(OBJECTIVE_SPECS)}.")
+            raise SpecRuleError(
+                ("name",), f"Unknown objective {shown!r}.{hint} Available: {', '.join(OBJECTIVE_SPECS)}."
+            )
     return data
 
 

@@ -54,5 +54,8 @@ class ParallelSpec(_Section):
     @model_validator(mode="after")
     def _rules(self) -> "ParallelSpec":
         if self.strategy != "fsdp" and self.fsdp != FsdpSpec():
-            raise SpecRuleError(("fsdp",), f"`fsdp` settings are read only with `strategy: fsdp` (strategy is {self.strategy}); delete them.")
+            raise SpecRuleError(
+                ("fsdp",),
+                f"`fsdp` settings are read only with `strategy: fsdp` (strategy is {self.strategy}); delete them.",
+            )
         return self

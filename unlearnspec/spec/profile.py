@@ -119,7 +119,10 @@ class Profile(_Section):
 def default_toy_profile() -> Path:
     path = PROFILE_DIR / "toy.yaml"
     if not path.is_file():
-        raise UserError.one(str(path), "the toy profile is missing from the installed package (reinstall unlearnspec); or pass --profile PATH.")
+        raise UserError.one(
+            str(path),
+            "the toy profile is missing from the installed package (reinstall unlearnspec); or pass --profile PATH.",
+        )
     return path
 
 
@@ -181,8 +184,12 @@ def _scaled(value: int, factor: float, floor: int, field: str = "", where: str =
     except OverflowError:
         out = float("inf")
     if not out <= MAX_SCALED:
-        raise UserError.one(where or "profile", f"{value} scaled by the profile's factor {factor:g} is {out:.3g}, beyond "
-                            f"{MAX_SCALED:,}; lower the spec's value or the profile's scale.", loc=field)
+        raise UserError.one(
+            where or "profile",
+            f"{value} scaled by the profile's factor {factor:g} is {out:.3g}, beyond "
+            f"{MAX_SCALED:,}; lower the spec's value or the profile's scale.",
+            loc=field,
+        )
     return max(floor, int(round(out)))
 
 
@@ -222,13 +229,16 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
-                  changes: Optional[list[MappedKnob]] = None) -> dict[str, Any]:
+def apply_profile(
+    data: dict[str, Any], profile_path: Path, spec_path: Path, changes: Optional[list[MappedKnob]] = None
+) -> dict[str, Any]:
     """The raw spec mapping rewritten through the profile (the input is not modified). `changes`, when given,
     receives one MappedKnob per knob whose value the mapping changed, with the profile field that changed it."""
     profile = load_profile(profile_path)
     if not isinstance(profile, Profile):
-        what = "a cluster file (pass it with --cluster)" if isinstance(profile, ClusterProfile) else "a toy-world config"
+        what = (
+            "a cluster file (pass it with --cluster)" if isinstance(profile, ClusterProfile) else "a toy-world config"
+        )
         raise UserError.one(str(profile_path), f"this is {what}, not a mapping profile; use specs/profiles/toy.yaml.")
     out = copy.deepcopy(data)
     model = out.get("model")
@@ -264,12 +274,28 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
     _map_lr(attack, profile, "attack", note)  # its step counts are counts: never scaled
     width = profile.data.max_seq_len_scale
     if _is_int(data_sec.get("max_seq_len")):
-        before, data_sec["max_seq_len"] = data_sec["max_seq_len"], _scaled(data_sec["max_seq_len"], width, 8, "data.max_seq_len", where)
-        note("data.max_seq_len", before, data_sec["max_seq_len"], f"data.max_seq_len_scale {width:g}, rounded, at least 8")
+        before, data_sec["max_seq_len"] = (
+            data_sec["max_seq_len"],
+            _scaled(data_sec["max_seq_len"], width, 8, "data.max_seq_len", where),
+        )
+        note(
+            "data.max_seq_len",
+            before,
+            data_sec["max_seq_len"],
+            f"data.max_seq_len_scale {width:g}, rounded, at least 8",
+        )
     for src_name, src in section("scores").items():
         if isinstance(src, dict) and _is_int(src.get("columns")):
-            before, src["columns"] = src["columns"], _scaled(src["columns"], width, 8, f"scores.{src_name}.columns", where)
-            note(f"scores.{src_name}.columns", before, src["columns"], f"data.max_seq_len_scale {width:g}, rounded, at least 8")
+            before, src["columns"] = (
+                src["columns"],
+                _scaled(src["columns"], width, 8, f"scores.{src_name}.columns", where),
+            )
+            note(
+                f"scores.{src_name}.columns",
+                before,
+                src["columns"],
+                f"data.max_seq_len_scale {width:g}, rounded, at least 8",
+            )
 
     training = section("training")
     steps_scale = profile.training.steps_scale
@@ -277,7 +303,12 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
         if _is_int(training.get(key)):
             floor = 1 if key == "max_steps" else 0
             before, training[key] = training[key], _scaled(training[key], steps_scale, floor, f"training.{key}", where)
-            note(f"training.{key}", before, training[key], f"training.steps_scale {steps_scale:g}, rounded, at least {floor}")
+            note(
+                f"training.{key}",
+                before,
+                training[key],
+                f"training.steps_scale {steps_scale:g}, rounded, at least {floor}",
+            )
     _map_lr(training, profile, "training", note)
 
     def task(name: Any) -> Any:
@@ -318,7 +349,7 @@ def apply_profile(data: dict[str, Any], profile_path: Path, spec_path: Path,
     output = section("output")
     if isinstance(output.get("dir"), str):
         rel = output["dir"]
-        rel = rel[len("runs/"):] if rel.startswith("runs/") else rel
+        rel = rel[len("runs/") :] if rel.startswith("runs/") else rel
         output["dir"] = f"{profile.output_prefix.rstrip('/')}/{rel}"
     return out
 
@@ -334,8 +365,14 @@ def _map_lr(section: dict[str, Any], profile: Profile, loc: str, note: Callable[
         note(f"{loc}.lr", lr, section["lr"], f"training.lr_scale.{name} {factor:g}")
 
 
-def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_path: Path, loc: str,
-                note: Callable[[str, Any, Any, str], None]) -> None:
+def _map_source(
+    source: dict[str, Any],
+    profile: Profile,
+    where: str,
+    profile_path: Path,
+    loc: str,
+    note: Callable[[str, Any, Any, str], None],
+) -> None:
     """A data source's hub dataset -> its toy corpus, its N scaled and its filter replaced (in place); each
     changed knob is reported through `note(field, before, after, why)`."""
     hub = source.get("hub")
@@ -343,8 +380,17 @@ def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_pa
         keys = [f"{hub.get('path')}/{hub.get('name')}", str(hub.get("path"))]
         corpus = next((profile.data.corpora[k] for k in keys if k in profile.data.corpora), None)
         if corpus is None:
-            raise UserError.one(where, f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.", loc=f"{loc}.hub")
-        note(f"{loc}.hub", " ".join(str(v) for v in (hub.get("path"), hub.get("name")) if v), f"toy corpus {corpus}", "data.corpora")
+            raise UserError.one(
+                where,
+                f"no toy corpus for dataset {keys[0] if hub.get('name') else keys[1]}; add it to data.corpora of {profile_path}.",
+                loc=f"{loc}.hub",
+            )
+        note(
+            f"{loc}.hub",
+            " ".join(str(v) for v in (hub.get("path"), hub.get("name")) if v),
+            f"toy corpus {corpus}",
+            "data.corpora",
+        )
         del source["hub"]
         source["toy"] = {"corpus": corpus}
     select = source.get("select")
@@ -353,10 +399,18 @@ def _map_source(source: dict[str, Any], profile: Profile, where: str, profile_pa
         if _is_int(select.get("count")):
             before, select["count"] = select["count"], _scaled(select["count"], scale, 1, f"{loc}.select.count", where)
             note(f"{loc}.select.count", before, select["count"], f"data.count_scale {scale:g}, rounded, at least 1")
-        note(f"{loc}.select.min_chars", select.get("min_chars", 0), profile.data.min_chars, "data.min_chars: toy passages are short")
+        note(
+            f"{loc}.select.min_chars",
+            select.get("min_chars", 0),
+            profile.data.min_chars,
+            "data.min_chars: toy passages are short",
+        )
         select["min_chars"] = profile.data.min_chars
         if _is_int(select.get("offset")):
-            before, select["offset"] = select["offset"], _scaled(select["offset"], scale, 0, f"{loc}.select.offset", where)
+            before, select["offset"] = (
+                select["offset"],
+                _scaled(select["offset"], scale, 0, f"{loc}.select.offset", where),
+            )
             note(f"{loc}.select.offset", before, select["offset"], f"data.count_scale {scale:g}, rounded")
 
 
@@ -371,5 +425,8 @@ def slurm_settings(cluster: Optional[Path], profile: Optional[Path]) -> tuple[Sl
             return loaded.slurm, str(profile)
         if isinstance(loaded, Profile) and loaded.slurm is not None:
             return loaded.slurm, f"{profile} (slurm section)"
-    raise UserError.one("--cluster", "--executor slurm needs the cluster's resources: pass --cluster FILE "
-                        "(see specs/profiles/slurm_example.yaml), or use a profile with a `slurm:` section.")
+    raise UserError.one(
+        "--cluster",
+        "--executor slurm needs the cluster's resources: pass --cluster FILE "
+        "(see specs/profiles/slurm_example.yaml), or use a profile with a `slurm:` section.",
+    )

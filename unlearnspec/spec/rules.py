@@ -68,8 +68,9 @@ _KINDS = {
 AGGREGATION_PER: dict[str, str] = {"q": "question", "t": "task"}
 """The `magic.query.per` a producer needs for each family of aggregations, by suffix (`min_q`: question)."""
 _UNITS = {"q": "questions", "t": "leaf tasks"}
-AGGREGATIONS: dict[str, str] = {f"{kind}_{fam}": text.format(u=_UNITS[fam])
-                                for fam in AGGREGATION_PER for kind, text in _KINDS.items()}
+AGGREGATIONS: dict[str, str] = {
+    f"{kind}_{fam}": text.format(u=_UNITS[fam]) for fam in AGGREGATION_PER for kind, text in _KINDS.items()
+}
 """The aggregations a rule may name as `agg(source)`: `min_q`, `rank_q`, `wsum_q` over the questions of a
 `per: question` producer, `min_t`, `rank_t`, `wsum_t` over the leaf tasks of a `per: task` one (see the
 module docstring)."""
@@ -94,19 +95,25 @@ def source_name_problem(name: str) -> str | None:
         return None
     m = _AGGREGATE.match(name)
     if m is None:
-        return (f"{name[:60]!r} is not `name`, `name.leaf` or `agg(name)` (letters, digits and `_`; an aggregation "
-                "has no space before its parenthesis)")
+        return (
+            f"{name[:60]!r} is not `name`, `name.leaf` or `agg(name)` (letters, digits and `_`; an aggregation "
+            "has no space before its parenthesis)"
+        )
     agg, inner = m.groups()
     if agg not in AGGREGATIONS:
-        return (f"unknown aggregation {agg[:40]!r}; the aggregations are min_q, rank_q, wsum_q (over the questions of "
-                "a `per: question` producer) and min_t, rank_t, wsum_t (over the leaf tasks of a `per: task` one)")
+        return (
+            f"unknown aggregation {agg[:40]!r}; the aggregations are min_q, rank_q, wsum_q (over the questions of "
+            "a `per: question` producer) and min_t, rank_t, wsum_t (over the leaf tasks of a `per: task` one)"
+        )
     if not SOURCE_NAME.match(inner):
         return f"{agg}(...) needs a score source name inside the parentheses, e.g. `{agg}(wmdp)` (found {inner[:40]!r})"
     if "." in inner:
         base = inner.partition(".")[0]
         per = AGGREGATION_PER[aggregation_parts(agg)[1]]
-        return (f"{name!r} aggregates one leaf task; an aggregation reads the per-{per} scores of a whole source "
-                f"(a `per: {per}` producer): write `{agg}({base})`")
+        return (
+            f"{name!r} aggregates one leaf task; an aggregation reads the per-{per} scores of a whole source "
+            f"(a `per: {per}` producer): write `{agg}({base})`"
+        )
     return None
 
 
@@ -230,7 +237,9 @@ class _Parser:
         if tok and tok[:2] in (("kw", "not"), ("paren", "(")):
             self.depth += 1
             if self.depth > MAX_RULE_DEPTH:
-                raise RuleSyntaxError(f"parentheses and `not` are nested more than {MAX_RULE_DEPTH} deep at position {tok[2]}; simplify the expression")
+                raise RuleSyntaxError(
+                    f"parentheses and `not` are nested more than {MAX_RULE_DEPTH} deep at position {tok[2]}; simplify the expression"
+                )
             try:
                 return self._nested(tok)
             finally:
@@ -255,7 +264,11 @@ class _Parser:
         self.i += 1
         op = self._peek()
         if not op or op[0] != "op":
-            hint = f" (an aggregation has no space before its parenthesis: `{tok[1]}(name)`)" if op and op[1] == "(" else ""
+            hint = (
+                f" (an aggregation has no space before its parenthesis: `{tok[1]}(name)`)"
+                if op and op[1] == "("
+                else ""
+            )
             raise self._fail(f"a comparison operator (> >= < <= == !=){hint}")
         self.i += 1
         num = self._peek()

@@ -106,14 +106,20 @@ class Spec(_Section):
                     f"(declared: {declared}). Add `scores: {{{name}: {{produced_by: ...}}}}` or fix the name.",
                 )
             if leaf is not None and self.scores[name].built_in:
-                raise SpecRuleError(("tokens",), f"the token rule reads {full!r}, but score source {name!r} is built for "
-                                    "the grid (`random` or `toy:truth`) and has no leaf tasks. Read plain "
-                                    f"{name!r} (for one toy task's truth, set `task:` on the source).")
+                raise SpecRuleError(
+                    ("tokens",),
+                    f"the token rule reads {full!r}, but score source {name!r} is built for "
+                    "the grid (`random` or `toy:truth`) and has no leaf tasks. Read plain "
+                    f"{name!r} (for one toy task's truth, set `task:` on the source).",
+                )
             if agg is not None and self.scores[name].built_in:
                 per = AGGREGATION_PER[aggregation_parts(agg)[1]]
-                raise SpecRuleError(("tokens",), f"the token rule reads {full!r}, but score source {name!r} is built for "
-                                    f"the grid (`random` or `toy:truth`) and has no per-{per} scores. Read plain "
-                                    f"{name!r}, or score a `magic.query.per: {per}` producer.")
+                raise SpecRuleError(
+                    ("tokens",),
+                    f"the token rule reads {full!r}, but score source {name!r} is built for "
+                    f"the grid (`random` or `toy:truth`) and has no per-{per} scores. Read plain "
+                    f"{name!r}, or score a `magic.query.per: {per}` producer.",
+                )
         for name, src in self.scores.items():
             if src.produced_by == "toy:truth" and (self.model.toy is None or self.data.toy is None):
                 raise SpecRuleError(
@@ -136,8 +142,11 @@ class Spec(_Section):
                     "using a prefix of the columns must be explicit: set `truncate_columns: true` or match max_seq_len.",
                 )
         if self.output.save_model == "adapter" and self.lora is None:
-            raise SpecRuleError(("output", "save_model"), "`save_model: adapter` needs a `lora` section (there is no adapter "
-                                "without LoRA); use `final` or `none`.")
+            raise SpecRuleError(
+                ("output", "save_model"),
+                "`save_model: adapter` needs a `lora` section (there is no adapter "
+                "without LoRA); use `final` or `none`.",
+            )
         self._objective_rules()
         if self.magic is not None:
             self._magic_rules()
@@ -149,49 +158,82 @@ class Spec(_Section):
         obj, name = self.objective, self.objective.name
         alpha = objective_alpha(obj)
         if self.data.retain is not None and alpha == 0:
-            why = "`objective: weighted` has no retain term" if not is_unlearning(obj) else f"objective.alpha is 0 ({name})"
-            raise SpecRuleError(("data", "retain"), f"`data.retain` is read only by an unlearning objective with a retain "
-                                f"term, and {why}. Delete `data.retain`, or set `objective.alpha` > 0.")
+            why = (
+                "`objective: weighted` has no retain term"
+                if not is_unlearning(obj)
+                else f"objective.alpha is 0 ({name})"
+            )
+            raise SpecRuleError(
+                ("data", "retain"),
+                f"`data.retain` is read only by an unlearning objective with a retain "
+                f"term, and {why}. Delete `data.retain`, or set `objective.alpha` > 0.",
+            )
         if not is_unlearning(obj):
             return
         if alpha > 0 and self.data.retain is None:
-            raise SpecRuleError(("data", "retain"), f"objective `{name}` with alpha={alpha:g} weights a retain term, but "
-                                "`data.retain` is not set. Add the retain set under `data.retain` (its own hub/files/toy "
-                                "and select; e.g. `retain: {hub: {path: cais/wmdp-corpora, name: bio-retain-corpus}, "
-                                "select: {count: 1000}}`), or set `objective.alpha: 0`.")
+            raise SpecRuleError(
+                ("data", "retain"),
+                f"objective `{name}` with alpha={alpha:g} weights a retain term, but "
+                "`data.retain` is not set. Add the retain set under `data.retain` (its own hub/files/toy "
+                "and select; e.g. `retain: {hub: {path: cais/wmdp-corpora, name: bio-retain-corpus}, "
+                "select: {count: 1000}}`), or set `objective.alpha: 0`.",
+            )
         mode = self.tokens.mode
         if TOKEN_MODES[mode].signed:
-            raise SpecRuleError(("tokens", "mode"), f"objective `{name}` reads the token rule as a selection of forget "
-                                f"tokens (|weight| of each; the objective sets the direction), but `mode: {mode}` gives "
-                                "weights of both signs whose sign would be dropped. Use `mode: all`, `where`, or `top` "
-                                "with `rest: mask`; or `objective: weighted` for signed weights.")
+            raise SpecRuleError(
+                ("tokens", "mode"),
+                f"objective `{name}` reads the token rule as a selection of forget "
+                f"tokens (|weight| of each; the objective sets the direction), but `mode: {mode}` gives "
+                "weights of both signs whose sign would be dropped. Use `mode: all`, `where`, or `top` "
+                "with `rest: mask`; or `objective: weighted` for signed weights.",
+            )
         if mode == "top" and self.tokens.rest == "descend":
-            raise SpecRuleError(("tokens", "rest"), f"objective `{name}` reads the token rule as a selection of forget "
-                                "tokens, so `rest: descend` (ordinary training on the other tokens) would unlearn them "
-                                "too. Set `rest: mask`, and put what must be kept into `data.retain` with `alpha` > 0.")
+            raise SpecRuleError(
+                ("tokens", "rest"),
+                f"objective `{name}` reads the token rule as a selection of forget "
+                "tokens, so `rest: descend` (ordinary training on the other tokens) would unlearn them "
+                "too. Set `rest: mask`, and put what must be kept into `data.retain` with `alpha` > 0.",
+            )
         if name in ("npo", "simnpo") and self.loss.normalizer != "valid":
-            raise SpecRuleError(("loss", "normalizer"), f"objective `{name}` averages its forget term over sequences "
-                                f"(and its retain term over valid retain tokens), so `normalizer: {self.loss.normalizer}` "
-                                "would not be read. Write `normalizer: valid`.")
+            raise SpecRuleError(
+                ("loss", "normalizer"),
+                f"objective `{name}` averages its forget term over sequences "
+                f"(and its retain term over valid retain tokens), so `normalizer: {self.loss.normalizer}` "
+                "would not be read. Write `normalizer: valid`.",
+            )
         if name == "rmu" and self.lora is not None:
-            raise SpecRuleError(("lora",), "objective `rmu` trains chosen parameters of the base model itself "
-                                "(objective.train_layers / train_params); delete `lora`.")
+            raise SpecRuleError(
+                ("lora",),
+                "objective `rmu` trains chosen parameters of the base model itself "
+                "(objective.train_layers / train_params); delete `lora`.",
+            )
         if name == "rmu" and self.parallel is not None and self.parallel.strategy == "fsdp":
-            raise SpecRuleError(("parallel", "strategy"), "objective `rmu` trains some parameters of a layer and keeps "
-                                "a frozen copy of the model for its retain term, which this tool runs only unsharded. "
-                                "Use `strategy: ddp`.")
+            raise SpecRuleError(
+                ("parallel", "strategy"),
+                "objective `rmu` trains some parameters of a layer and keeps "
+                "a frozen copy of the model for its retain term, which this tool runs only unsharded. "
+                "Use `strategy: ddp`.",
+            )
 
     def _magic_rules(self) -> None:
         opt = self.training.optimizer
         if self.attack is not None:
-            raise SpecRuleError(("attack",), "a MAGIC spec produces scores and evaluates nothing, so there is no "
-                                "unlearned model to attack. Delete `attack` here; set it on the experiment specs.")
+            raise SpecRuleError(
+                ("attack",),
+                "a MAGIC spec produces scores and evaluates nothing, so there is no "
+                "unlearned model to attack. Delete `attack` here; set it on the experiment specs.",
+            )
         if is_unlearning(self.objective):
-            raise SpecRuleError(("objective",), f"a MAGIC spec scores the `weighted` loss (its reverse pass differentiates "
-                                f"sum(w * CE) / D), not `{self.objective.name}`. Delete `objective` here; set it on the "
-                                "experiment specs that read these scores.")
+            raise SpecRuleError(
+                ("objective",),
+                f"a MAGIC spec scores the `weighted` loss (its reverse pass differentiates "
+                f"sum(w * CE) / D), not `{self.objective.name}`. Delete `objective` here; set it on the "
+                "experiment specs that read these scores.",
+            )
         if opt.momentum:
-            raise SpecRuleError(("training", "optimizer", "momentum"), "MAGIC supports SGD without momentum; set `momentum: 0`.")
+            raise SpecRuleError(
+                ("training", "optimizer", "momentum"), "MAGIC supports SGD without momentum; set `momentum: 0`."
+            )
         if self.model.dtype in ("bfloat16", "float16") or self.training.precision != "fp32":
             raise SpecRuleError(
                 ("model", "dtype"),
@@ -199,12 +241,17 @@ class Spec(_Section):
                 "updates round away and the scores become gradient similarity plus rounding noise.",
             )
         if len(self.training.lrs) != 1:
-            raise SpecRuleError(("training", "lr"), "a MAGIC spec produces one score file: give a single learning rate.")
+            raise SpecRuleError(
+                ("training", "lr"), "a MAGIC spec produces one score file: give a single learning rate."
+            )
         if self.training.dropout:
             raise SpecRuleError(("training", "dropout"), "MAGIC needs a deterministic replay; set `dropout: 0`.")
         if self.lora is not None and self.lora.dropout:
-            raise SpecRuleError(("lora", "dropout"), "MAGIC needs a deterministic replay; set `lora.dropout: 0` (LoRA "
-                                "score runs differentiate through the adapters only, exactly).")
+            raise SpecRuleError(
+                ("lora", "dropout"),
+                "MAGIC needs a deterministic replay; set `lora.dropout: 0` (LoRA "
+                "score runs differentiate through the adapters only, exactly).",
+            )
         if self.tokens.mode != "all":
             raise SpecRuleError(("tokens", "mode"), "a MAGIC spec scores the all-tokens run; set `tokens.mode: all`.")
         if self.loss.normalizer != "valid":

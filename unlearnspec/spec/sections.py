@@ -48,6 +48,7 @@ MAX_SEQ_LEN = 131_072
 """Upper bound of data.max_seq_len: the longest context of common open models (128k). Grids and
 score files hold N x S values, so a larger S is a typo that would fail only at run time."""
 
+
 class HubDataSpec(_Section):
     """A dataset on the Hugging Face hub."""
 
@@ -115,9 +116,13 @@ class SelectSpec(_Section):
     @model_validator(mode="after")
     def _rules(self) -> "SelectSpec":
         if self.offset is not None and self.offset_fraction is not None:
-            raise SpecRuleError(("offset_fraction",), "`offset` and `offset_fraction` are mutually exclusive; keep one.")
+            raise SpecRuleError(
+                ("offset_fraction",), "`offset` and `offset_fraction` are mutually exclusive; keep one."
+            )
         if self.order == "shuffle" and self.shuffle_seed is None:
-            raise SpecRuleError(("shuffle_seed",), "`order: shuffle` needs `shuffle_seed` so every machine picks the same rows.")
+            raise SpecRuleError(
+                ("shuffle_seed",), "`order: shuffle` needs `shuffle_seed` so every machine picks the same rows."
+            )
         return self
 
 
@@ -209,28 +214,44 @@ class ScoreSourceSpec(_Section):
         built = self.random is not None or is_toy_producer(self.produced_by)
         known = {name: p.description for name, p in worlds.producers().items()}
         if is_toy_producer(self.produced_by) and self.produced_by not in known:
-            names = f"{', '.join(known)} ({'; '.join(known.values())})" if known else "none (no toy world is registered)"
-            raise SpecRuleError(("produced_by",), f"unknown built-in producer {self.produced_by!r}; available: {names}. "
-                                "A spec path cannot start with `toy:`.")
+            names = (
+                f"{', '.join(known)} ({'; '.join(known.values())})" if known else "none (no toy world is registered)"
+            )
+            raise SpecRuleError(
+                ("produced_by",),
+                f"unknown built-in producer {self.produced_by!r}; available: {names}. "
+                "A spec path cannot start with `toy:`.",
+            )
         if self.produced_by != "toy:truth":
             for name in ("task", "retain_task"):
                 if getattr(self, name) is not None:
-                    raise SpecRuleError((name,), f"`{name}` is only read with `produced_by: toy:truth` (the toy task "
-                                        "whose facts the ground truth marks); delete it.")
+                    raise SpecRuleError(
+                        (name,),
+                        f"`{name}` is only read with `produced_by: toy:truth` (the toy task "
+                        "whose facts the ground truth marks); delete it.",
+                    )
         for name in ("task", "retain_task"):
             value = getattr(self, name)
             if value is not None and not re.match(TOY_TASK_NAME, value):
-                raise SpecRuleError((name,), f"`{name}: {value[:60]}` is not a toy task name; write a task or group "
-                                    "of the toy world, e.g. `toy_wmdp` or `toy_mmlu`.")
+                raise SpecRuleError(
+                    (name,),
+                    f"`{name}: {value[:60]}` is not a toy task name; write a task or group "
+                    "of the toy world, e.g. `toy_wmdp` or `toy_mmlu`.",
+                )
         if built:
             what = "`random`" if self.random is not None else f"`produced_by: {self.produced_by}`"
             if self.alignment == "input":
-                raise SpecRuleError(("alignment",), f"{what} is built for the grid in target alignment; delete "
-                                    "`alignment: input` (or write `target`).")
+                raise SpecRuleError(
+                    ("alignment",),
+                    f"{what} is built for the grid in target alignment; delete `alignment: input` (or write `target`).",
+                )
             if self.columns is not None or self.truncate_columns:
                 field = "columns" if self.columns is not None else "truncate_columns"
-                raise SpecRuleError((field,), f"`{field}` describes a score file; {what} is built for exactly "
-                                    "data.max_seq_len columns. Delete it.")
+                raise SpecRuleError(
+                    (field,),
+                    f"`{field}` describes a score file; {what} is built for exactly "
+                    "data.max_seq_len columns. Delete it.",
+                )
         return self
 
     @property
@@ -310,8 +331,11 @@ class TokenRuleSpec(_Section):
     def _selected_word(cls, data: Any) -> Any:
         word = data.get("selected") if isinstance(data, dict) else None
         if isinstance(word, str) and word not in ("ascend", "descend"):
-            raise SpecRuleError(("selected",), f"`selected: {word[:40]}` is not a weight; write `ascend` (-1, gradient "
-                                "ascent), `descend` (+1) or a nonzero number used as the weight (e.g. -0.5).")
+            raise SpecRuleError(
+                ("selected",),
+                f"`selected: {word[:40]}` is not a weight; write `ascend` (-1, gradient "
+                "ascent), `descend` (+1) or a nonzero number used as the weight (e.g. -0.5).",
+            )
         return data
 
     @model_validator(mode="after")
@@ -321,9 +345,12 @@ class TokenRuleSpec(_Section):
             what = "the score source name to rank by" if self.mode == "top" else "the score source name to read"
             raise SpecRuleError(("source",), f"`mode: {self.mode}` needs `source`: {what}.")
         if self.source is not None and (problem := source_name_problem(self.source)) is not None:
-            raise SpecRuleError(("source",), f"`source: {self.source[:80]}` is not a score source name: {problem}. Write a "
-                                "name under `scores` (e.g. `wmdp`), one leaf task of it (e.g. `wmdp.dual_use_virology`) "
-                                "or an aggregation over its questions or leaf tasks (e.g. `min_q(wmdp)`, `min_t(wmdp)`).")
+            raise SpecRuleError(
+                ("source",),
+                f"`source: {self.source[:80]}` is not a score source name: {problem}. Write a "
+                "name under `scores` (e.g. `wmdp`), one leaf task of it (e.g. `wmdp.dual_use_virology`) "
+                "or an aggregation over its questions or leaf tasks (e.g. `min_q(wmdp)`, `min_t(wmdp)`).",
+            )
         if traits.where == "required" and self.where is None:
             raise SpecRuleError(("where",), "`mode: where` needs a `where` expression, e.g. `wmdp > 0`.")
         if self.where is not None:
@@ -332,7 +359,9 @@ class TokenRuleSpec(_Section):
             except RuleSyntaxError as exc:
                 raise SpecRuleError(("where",), f"cannot parse the selection: {exc}") from None
         if traits.where == "no" and self.where is not None:
-            raise SpecRuleError(("where",), f"`where` is only read with `mode: where` or `mode: top` (mode is {self.mode}).")
+            raise SpecRuleError(
+                ("where",), f"`where` is only read with `mode: where` or `mode: top` (mode is {self.mode})."
+            )
         if not traits.reads_source and self.source is not None:
             raise SpecRuleError(("source",), f"`source` is not read with `mode: {self.mode}`; delete it.")
         if self.mode == "top":
@@ -340,34 +369,59 @@ class TokenRuleSpec(_Section):
         else:
             for name in _TOP_ONLY:
                 if getattr(self, name) is not None:
-                    raise SpecRuleError((name,), f"`{name}` is only read with `mode: top` (mode is {self.mode}); delete it.")
+                    raise SpecRuleError(
+                        (name,), f"`{name}` is only read with `mode: top` (mode is {self.mode}); delete it."
+                    )
         return self
 
     def _top_rules(self) -> None:
         if self.k is not None and self.fraction is not None:
-            raise SpecRuleError(("fraction",), "`k` and `fraction` are mutually exclusive: give the number of tokens "
-                                "to select (`k: 60`) or their share of the valid tokens (`fraction: 0.01`), not both.")
+            raise SpecRuleError(
+                ("fraction",),
+                "`k` and `fraction` are mutually exclusive: give the number of tokens "
+                "to select (`k: 60`) or their share of the valid tokens (`fraction: 0.01`), not both.",
+            )
         if self.k is None and self.fraction is None:
-            raise SpecRuleError(("k",), "`mode: top` needs `k` (how many tokens to select, e.g. `k: 60`) or "
-                                "`fraction` (their share of the valid target tokens, e.g. `fraction: 0.01`).")
+            raise SpecRuleError(
+                ("k",),
+                "`mode: top` needs `k` (how many tokens to select, e.g. `k: 60`) or "
+                "`fraction` (their share of the valid target tokens, e.g. `fraction: 0.01`).",
+            )
         if self.k is not None and self.k <= 0:
-            raise SpecRuleError(("k",), f"`k: {self.k}` selects no token; k is how many of the top-ranked tokens to "
-                                "select, a positive integer (e.g. `k: 60`).")
+            raise SpecRuleError(
+                ("k",),
+                f"`k: {self.k}` selects no token; k is how many of the top-ranked tokens to "
+                "select, a positive integer (e.g. `k: 60`).",
+            )
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
-            raise SpecRuleError(("fraction",), f"`fraction: {self.fraction:g}` is outside (0, 1]; it is the share of the "
-                                "valid target tokens to select, e.g. `fraction: 0.01` for 1%.")
-        for name, example in (("order", "most_negative (the strongest proponents) or most_positive"),
-                              ("selected", "ascend, descend or a nonzero weight"), ("rest", "mask or descend")):
+            raise SpecRuleError(
+                ("fraction",),
+                f"`fraction: {self.fraction:g}` is outside (0, 1]; it is the share of the "
+                "valid target tokens to select, e.g. `fraction: 0.01` for 1%.",
+            )
+        for name, example in (
+            ("order", "most_negative (the strongest proponents) or most_positive"),
+            ("selected", "ascend, descend or a nonzero weight"),
+            ("rest", "mask or descend"),
+        ):
             if getattr(self, name) is None:
-                raise SpecRuleError((name,), f"`mode: top` needs `{name}`: {example}. It has no default, so the "
-                                    "direction and the weights are always written in the spec.")
+                raise SpecRuleError(
+                    (name,),
+                    f"`mode: top` needs `{name}`: {example}. It has no default, so the "
+                    "direction and the weights are always written in the spec.",
+                )
         if self.selected_weight() == 0.0:
-            raise SpecRuleError(("selected",), "`selected: 0` masks the selected tokens too; use `ascend`, `descend` "
-                                "or a nonzero weight (e.g. -0.5).")
+            raise SpecRuleError(
+                ("selected",),
+                "`selected: 0` masks the selected tokens too; use `ascend`, `descend` or a nonzero weight (e.g. -0.5).",
+            )
         if self.selected_weight() == self.rest_weight():
-            raise SpecRuleError(("selected",), f"`selected` and `rest` give every token the same weight "
-                                f"({self.rest_weight():g}), so the ranking changes nothing; that is `mode: all`. Set "
-                                "`selected: ascend` (or another weight) or `rest: mask`.")
+            raise SpecRuleError(
+                ("selected",),
+                f"`selected` and `rest` give every token the same weight "
+                f"({self.rest_weight():g}), so the ranking changes nothing; that is `mode: all`. Set "
+                "`selected: ascend` (or another weight) or `rest: mask`.",
+            )
 
     def selected_weight(self) -> float:
         """Weight of the selected tokens of a `top` rule (`ascend` -> -1, `descend` -> +1, else the number)."""
@@ -396,5 +450,3 @@ class LossSpec(_Section):
     """Divisor, counted over the whole accumulation window: `selected` = tokens with nonzero weight (what masking
     with -100 does; masking then raises the per-token LR), `valid` = all non-pad target tokens (same per-token LR
     as the all-tokens control), `batch_tokens` = rows x (max_seq_len-1), `abs_weight` = sum of |weight|."""
-
-

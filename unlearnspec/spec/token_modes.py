@@ -28,10 +28,24 @@ class ModeTraits:
 TOKEN_MODES: dict[TokenMode, ModeTraits] = {
     "all": ModeTraits(False, "no", False, "every weight is 0. Check the rule and its scores"),
     "value_weighted": ModeTraits(True, "no", True, "every weight is 0. Check the rule and its scores"),
-    "sign": ModeTraits(True, "no", True, "every score of {source!r} is 0 there, so sign() is 0. Check the score file "
-                       "(a failed or empty run?)"),
-    "where": ModeTraits(False, "required", False, "`where: {where}` is false on every one of them. Widen the condition "
-                        "(check its threshold against the scores' range, e.g. with `unlearnspec doctor`)"),
-    "top": ModeTraits(True, "optional", False, "both `selected` and `rest` weigh 0. Give the selected tokens a nonzero "
-                      "weight (`ascend`, `descend` or a number)"),
+    "sign": ModeTraits(
+        True,
+        "no",
+        True,
+        "every score of {source!r} is 0 there, so sign() is 0. Check the score file (a failed or empty run?)",
+    ),
+    "where": ModeTraits(
+        False,
+        "required",
+        False,
+        "`where: {where}` is false on every one of them. Widen the condition "
+        "(check its threshold against the scores' range, e.g. with `unlearnspec doctor`)",
+    ),
+    "top": ModeTraits(
+        True,
+        "optional",
+        False,
+        "both `selected` and `rest` weigh 0. Give the selected tokens a nonzero "
+        "weight (`ascend`, `descend` or a number)",
+    ),
 }

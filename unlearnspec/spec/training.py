@@ -37,7 +37,9 @@ class OptimizerSpec(_Section):
     @model_validator(mode="after")
     def _rules(self) -> "OptimizerSpec":
         if self.name != "sgd" and self.momentum:
-            raise SpecRuleError(("momentum",), f"`momentum` applies to sgd only (optimizer is {self.name}); use `betas`.")
+            raise SpecRuleError(
+                ("momentum",), f"`momentum` applies to sgd only (optimizer is {self.name}); use `betas`."
+            )
         return self
 
 
@@ -96,24 +98,34 @@ class TrainingSpec(_Section):
                 write = f"write `batch_size: {batch * accum}` and `micro_batch_size: {batch}`"
             else:
                 write = "write `batch_size: B x A` (rows per optimizer step) and `micro_batch_size: B`"
-            raise SpecRuleError(("grad_accum",), "`grad_accum` was removed: `batch_size` is now the global batch (rows "
-                                "per optimizer step at any number of processes) and `micro_batch_size` the rows per "
-                                f"forward pass. Instead of `batch_size: {batch}` with `grad_accum: {accum}`, {write} "
-                                "(a run made under W processes had W times that global batch).")
+            raise SpecRuleError(
+                ("grad_accum",),
+                "`grad_accum` was removed: `batch_size` is now the global batch (rows "
+                "per optimizer step at any number of processes) and `micro_batch_size` the rows per "
+                f"forward pass. Instead of `batch_size: {batch}` with `grad_accum: {accum}`, {write} "
+                "(a run made under W processes had W times that global batch).",
+            )
         return data
 
     @model_validator(mode="after")
     def _rules(self) -> "TrainingSpec":
         if isinstance(self.lr, list):
             if not self.lr:
-                raise SpecRuleError(("lr",), "the LR sweep is empty; give one learning rate or a non-empty list, e.g. `lr: [1.0e-5, 5.0e-5]`.")
+                raise SpecRuleError(
+                    ("lr",),
+                    "the LR sweep is empty; give one learning rate or a non-empty list, e.g. `lr: [1.0e-5, 5.0e-5]`.",
+                )
             if len(set(self.lr)) != len(self.lr):
                 raise SpecRuleError(("lr",), "the LR sweep repeats a value; each sweep point must be distinct.")
         for i, lr in enumerate(self.lrs):
             if not lr > 0:
-                raise SpecRuleError(("lr",) + ((i,) if isinstance(self.lr, list) else ()), f"learning rate must be > 0 (got {lr}).")
+                raise SpecRuleError(
+                    ("lr",) + ((i,) if isinstance(self.lr, list) else ()), f"learning rate must be > 0 (got {lr})."
+                )
         if self.warmup_ratio is not None and self.warmup_steps is not None:
-            raise SpecRuleError(("warmup_steps",), "`warmup_ratio` and `warmup_steps` are mutually exclusive; keep one.")
+            raise SpecRuleError(
+                ("warmup_steps",), "`warmup_ratio` and `warmup_steps` are mutually exclusive; keep one."
+            )
         if (self.max_steps is None) == (self.epochs is None):
             raise SpecRuleError(("max_steps",), "give exactly one of `max_steps` and `epochs`.")
         return self
@@ -272,9 +284,14 @@ class EvalSpec(_Section):
         names = [t.name for t in self.tasks]
         for field, given in (("hazard_task", self.hazard_task), ("general_task", self.general_task)):
             if given is not None and given not in names:
-                raise SpecRuleError((field,), f"{given!r} is not one of the evaluated tasks ({', '.join(names)}); name one of them.")
+                raise SpecRuleError(
+                    (field,), f"{given!r} is not one of the evaluated tasks ({', '.join(names)}); name one of them."
+                )
         if self.hazard_task is not None and self.hazard_task == self.general_task:
-            raise SpecRuleError(("general_task",), f"the hazard and the general task are both {self.hazard_task!r}; selectivity needs two tasks.")
+            raise SpecRuleError(
+                ("general_task",),
+                f"the hazard and the general task are both {self.hazard_task!r}; selectivity needs two tasks.",
+            )
         for i, task in enumerate(self.tasks):
             if task.num_fewshot is None:
                 raise SpecRuleError(
@@ -325,11 +342,15 @@ class OutputSpec(_Section):
         if not d or d in (".", "./"):
             raise SpecRuleError(("dir",), "output.dir is empty; name a folder of its own, e.g. `runs/exp7_all_tokens`.")
         if ".." in parts:
-            raise SpecRuleError(("dir",), f"output.dir {self.dir!r} climbs out with `..`; name a folder inside the project or an absolute path.")
+            raise SpecRuleError(
+                ("dir",),
+                f"output.dir {self.dir!r} climbs out with `..`; name a folder inside the project or an absolute path.",
+            )
         if PurePath(d).is_absolute() and len(parts) < 3:
-            raise SpecRuleError(("dir",), f"output.dir {self.dir!r} is a filesystem root or a top-level folder; name a folder of its own, e.g. `/scratch/me/runs/exp7`.")
+            raise SpecRuleError(
+                ("dir",),
+                f"output.dir {self.dir!r} is a filesystem root or a top-level folder; name a folder of its own, e.g. `/scratch/me/runs/exp7`.",
+            )
         if self.dir.startswith("~"):
             raise SpecRuleError(("dir",), "output.dir starting with `~` is not expanded; write the full path.")
         return self
-
-

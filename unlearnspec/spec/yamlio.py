@@ -57,13 +57,17 @@ class _Loader(yaml.SafeLoader):
         try:
             # Checked before descending: PyYAML's composer recurses once per level.
             if self._depth > MAX_YAML_DEPTH:
-                raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs about 5. Flatten the document.", mark)
+                raise _Refused(
+                    f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs about 5. Flatten the document.", mark
+                )
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
         if alias:
             if id(node) not in self._measure:
-                raise _Refused("a recursive alias: it refers to a mapping or list that contains it. Remove the alias.", mark)
+                raise _Refused(
+                    "a recursive alias: it refers to a mapping or list that contains it. Remove the alias.", mark
+                )
             return node
         self._composed += 1
         if self._composed > MAX_YAML_NODES:  # early: without aliases the total is only known at the end
@@ -79,9 +83,15 @@ class _Loader(yaml.SafeLoader):
             count += c_count
             depth = max(depth, c_depth + 1)
         if depth > MAX_YAML_DEPTH:
-            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep once its aliases are expanded. Flatten the document.", mark)
+            raise _Refused(
+                f"nested more than {MAX_YAML_DEPTH} levels deep once its aliases are expanded. Flatten the document.",
+                mark,
+            )
         if count > MAX_YAML_NODES:
-            raise _Refused(f"holds more than {MAX_YAML_NODES:,} values once its aliases are expanded. Write the values out, without aliases.", mark)
+            raise _Refused(
+                f"holds more than {MAX_YAML_NODES:,} values once its aliases are expanded. Write the values out, without aliases.",
+                mark,
+            )
         self._measure[id(node)] = (count, depth)
         return node
 
@@ -99,7 +109,10 @@ class _Loader(yaml.SafeLoader):
                 continue
             line = key_node.start_mark.line + 1
             if first is not None:
-                raise _Refused(f"duplicate key `{key}` (first at line {first}); YAML would silently keep only the last one. Delete one of them.", key_node.start_mark)
+                raise _Refused(
+                    f"duplicate key `{key}` (first at line {first}); YAML would silently keep only the last one. Delete one of them.",
+                    key_node.start_mark,
+                )
             seen[key] = line
 
 
@@ -120,7 +133,15 @@ _Loader.add_implicit_resolver(
 def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
     """Parse YAML text into data plus its node tree (for line numbers); every failure is a UserError."""
     if len(text) > MAX_YAML_BYTES:
-        raise UserError([Problem(file, "", f"the YAML text is larger than {MAX_YAML_BYTES:,} characters; a spec is a few KB. Check the file.")])
+        raise UserError(
+            [
+                Problem(
+                    file,
+                    "",
+                    f"the YAML text is larger than {MAX_YAML_BYTES:,} characters; a spec is a few KB. Check the file.",
+                )
+            ]
+        )
     try:
         loader = _Loader(text)  # the reader checks the characters here (e.g. control characters)
     except yaml.YAMLError as exc:
@@ -140,7 +161,15 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Optional[yaml.Node]]:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         # PyYAML's own constructors raise these for values it recognises but cannot build,
         # e.g. the timestamp `2024-13-01`.
-        raise UserError([Problem(file, "", f"YAML value error: {type(exc).__name__}: {str(exc)[:160]}. Quote the value if it is text.")]) from None
+        raise UserError(
+            [
+                Problem(
+                    file,
+                    "",
+                    f"YAML value error: {type(exc).__name__}: {str(exc)[:160]}. Quote the value if it is text.",
+                )
+            ]
+        ) from None
     finally:
         loader.dispose()
     return data, node
@@ -155,7 +184,9 @@ def read_yaml_file(path: Path) -> tuple[Any, Optional[yaml.Node]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError([Problem(str(path), "", f"not UTF-8 text (byte {exc.start}). Save the file as UTF-8.")]) from None
+        raise UserError(
+            [Problem(str(path), "", f"not UTF-8 text (byte {exc.start}). Save the file as UTF-8.")]
+        ) from None
     return parse_yaml(text, str(path))
 
 
@@ -186,7 +217,9 @@ def apply_overrides(data: Any, overrides: Iterable[str]) -> Any:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            problems.append(Problem("--set", item, "an override must look like `section.field=value`, e.g. `training.lr=1e-5`."))
+            problems.append(
+                Problem("--set", item, "an override must look like `section.field=value`, e.g. `training.lr=1e-5`.")
+            )
             continue
         value, _ = parse_yaml(raw, f"--set {key}") if raw.strip() else (None, None)
         # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
@@ -204,7 +237,9 @@ def apply_overrides(data: Any, overrides: Iterable[str]) -> Any:
                     node[part] = [] if isinstance(nxt, int) else {}
                 node = node[part]
             else:
-                problems.append(Problem("--set", key, f"cannot index {'.'.join(map(str, parts[: i + 1]))}: not a mapping or list."))
+                problems.append(
+                    Problem("--set", key, f"cannot index {'.'.join(map(str, parts[: i + 1]))}: not a mapping or list.")
+                )
                 break
         else:
             last = parts[-1]

@@ -162,8 +162,10 @@ def install_shipped(cfg: WorldConfig, dest: Path, log: Log) -> Optional[dict[str
     info = {k: v for k, v in record.items() if k not in ("files", "regenerate")}
     info.update(source="shipped", install_seconds=round(time.perf_counter() - start, 1))
     write_json(dest / INFO_FILE, info, root=dest)
-    log(f"toy world {key}: the shipped pretrained model, installed in {info['install_seconds']}s "
-        "(`unlearnspec toy build --force` rebuilds it from scratch)")
+    log(
+        f"toy world {key}: the shipped pretrained model, installed in {info['install_seconds']}s "
+        "(`unlearnspec toy build --force` rebuilds it from scratch)"
+    )
     return info
 
 

@@ -55,7 +55,9 @@ class FrequencyConfig(_Section):
     @model_validator(mode="after")
     def _probs(self) -> "FrequencyConfig":
         if not self.extra_facts or any(p < 0 for p in self.extra_facts) or sum(self.extra_facts) <= 0:
-            raise ValueError("`extra_facts` must be a non-empty list of non-negative probabilities with a positive sum.")
+            raise ValueError(
+                "`extra_facts` must be a non-empty list of non-negative probabilities with a positive sum."
+            )
         return self
 
 
@@ -76,7 +78,9 @@ class CorporaConfig(_Section):
         missing = [n for n in TOY_CORPORA if n not in self.rows]
         unknown = [n for n in self.rows if n not in TOY_CORPORA]
         if missing or unknown:
-            raise ValueError(f"`rows` must name exactly the toy corpora {', '.join(TOY_CORPORA)} (missing: {missing or 'none'}, unknown: {unknown or 'none'}).")
+            raise ValueError(
+                f"`rows` must name exactly the toy corpora {', '.join(TOY_CORPORA)} (missing: {missing or 'none'}, unknown: {unknown or 'none'})."
+            )
         return self
 
 

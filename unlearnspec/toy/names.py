@@ -10,5 +10,7 @@ TOY_TASKS: tuple[str, ...] = ("toy_wmdp", "toy_mmlu")
 TOY_MODELS: tuple[str, ...] = ("tiny-neox",)
 """Embedded GPT-NeoX models trained offline on the toy corpora."""
 
-DAMAGED_FIX = "The cached toy world is damaged: rebuild it with `unlearnspec toy build --force`, or clear $UNLEARNSPEC_CACHE."
+DAMAGED_FIX = (
+    "The cached toy world is damaged: rebuild it with `unlearnspec toy build --force`, or clear $UNLEARNSPEC_CACHE."
+)
 """What to do when the cached toy world cannot be read."""

@@ -33,7 +33,11 @@ def pin_for_world(config_path: Optional[os.PathLike] = None) -> None:
 
     from unlearnspec.toy.config import load_world_config
 
-    path = Path(config_path) if config_path is not None else Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
+    path = (
+        Path(config_path)
+        if config_path is not None
+        else Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
+    )
     try:
         pin_environment(load_world_config(path).numerics)
     except UserError:

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from unlearnspec.toy.build import ToyWorld
 
 
-
 def _build(config: Optional[Path], log: worlds.Log) -> "ToyWorld":
     from unlearnspec.toy.build import ensure_toy_world
 
@@ -47,25 +46,50 @@ def _pin_for_profile(profile: Optional[Path]) -> None:
 def _model_dims() -> tuple[str, dict[str, int]]:
     from unlearnspec.toy.config import load_world_config
 
-    world = Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"  # toy.build.DEFAULT_CONFIG, import-light
+    world = (
+        Path(__file__).resolve().parents[1] / "profiles" / "toy_world.yaml"
+    )  # toy.build.DEFAULT_CONFIG, import-light
     m = load_world_config(world).model
-    dims = {"layers": m.layers, "hidden": m.hidden, "heads": m.heads, "vocab_size": m.vocab_size,
-            "intermediate": m.intermediate}
+    dims = {
+        "layers": m.layers,
+        "hidden": m.hidden,
+        "heads": m.heads,
+        "vocab_size": m.vocab_size,
+        "intermediate": m.intermediate,
+    }
     return f"toy world ({world.name})", dims
 
 
-def _truth(spec: "Spec", spec_path: Path, assets: "Assets", *, task: Optional[str], retain_task: Optional[str],
-           grid: "TokenGrid", tokenizer: Any) -> tuple["torch.Tensor", dict[str, object]]:
+def _truth(
+    spec: "Spec",
+    spec_path: Path,
+    assets: "Assets",
+    *,
+    task: Optional[str],
+    retain_task: Optional[str],
+    grid: "TokenGrid",
+    tokenizer: Any,
+) -> tuple["torch.Tensor", dict[str, object]]:
     from unlearnspec.toy.truth import DEFAULT_TASK, spec_truth
 
-    truth = spec_truth(spec, spec_path, assets, task=task or DEFAULT_TASK, retain_task=retain_task, grid=grid,
-                       tokenizer=tokenizer)
+    truth = spec_truth(
+        spec, spec_path, assets, task=task or DEFAULT_TASK, retain_task=retain_task, grid=grid, tokenizer=tokenizer
+    )
     return truth.scores, truth.info
 
 
-def _score_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGrid", tokenizer: Any,
-                   scores: "torch.Tensor", task: str, per_task: Mapping[str, Any], say: worlds.Log = print,
-                   per_question: Optional["torch.Tensor"] = None) -> dict[str, object]:
+def _score_quality(
+    spec: "Spec",
+    spec_path: Path,
+    assets: "Assets",
+    grid: "TokenGrid",
+    tokenizer: Any,
+    scores: "torch.Tensor",
+    task: str,
+    per_task: Mapping[str, Any],
+    say: worlds.Log = print,
+    per_question: Optional["torch.Tensor"] = None,
+) -> dict[str, object]:
     from unlearnspec.toy.quality import score_job_quality
 
     return score_job_quality(spec, spec_path, assets, grid, tokenizer, scores, task, per_task, say, per_question)
@@ -83,8 +107,11 @@ WORLD = worlds.World(
     pin_for_profile=_pin_for_profile,
     damaged_fix=DAMAGED_FIX,
     model_dims=_model_dims,
-    producers={"toy:truth": worlds.Producer(
-        "the toy world's ground truth: -1 on the tokens stating a value of a fact `task` asks", _truth)},
+    producers={
+        "toy:truth": worlds.Producer(
+            "the toy world's ground truth: -1 on the tokens stating a value of a fact `task` asks", _truth
+        )
+    },
     score_quality=_score_quality,
 )
 

@@ -116,7 +116,11 @@ def pretrain(
         torch.manual_seed(p.seed)
         model = make_model(cfg.model, tokenizer)
         model.train()
-        encoded = {n: encode_rows(rows, tokenizer, cfg.model.max_seq_len) for n, rows in corpora.items() if p.mix.get(n, 0.0) > 0}
+        encoded = {
+            n: encode_rows(rows, tokenizer, cfg.model.max_seq_len)
+            for n, rows in corpora.items()
+            if p.mix.get(n, 0.0) > 0
+        }
         mixer = _Mixer(encoded, p.mix, p.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=(0.9, 0.95), weight_decay=p.weight_decay)
 

@@ -77,10 +77,17 @@ def attribution_quality(scores: torch.Tensor, truth: torch.Tensor, valid: torch.
 
 
 # --------------------------------------------------------------------------- a score run
-def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGrid", tokenizer: Any,
-                 scores: torch.Tensor, task: str,
-                 per_task: Optional[Mapping[str, tuple[str, torch.Tensor]]] = None,
-                 per_question: Optional[torch.Tensor] = None) -> dict[str, Any]:
+def grid_quality(
+    spec: "Spec",
+    spec_path: Path,
+    assets: "Assets",
+    grid: "TokenGrid",
+    tokenizer: Any,
+    scores: torch.Tensor,
+    task: str,
+    per_task: Optional[Mapping[str, tuple[str, torch.Tensor]]] = None,
+    per_question: Optional[torch.Tensor] = None,
+) -> dict[str, Any]:
     """`attribution_quality` of a toy score run: the mean scores against the facts `task` (the query task)
     asks, each leaf (`per_task`: leaf -> (leaf task, scores)) against the facts its own task asks, and each
     aggregation over the questions of `per_question` [Q, N, S] (`min_q`, `rank_q`, `wsum_q`) or over the leaves
@@ -89,7 +96,11 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
 
     def one(for_task: str, matrix: torch.Tensor) -> dict[str, Any]:
         truth = spec_truth(spec, spec_path, assets, for_task, grid=grid, tokenizer=tokenizer)
-        return {**attribution_quality(matrix, truth.forget_mask, truth.valid), "task": for_task, "world": truth.info["world"]}
+        return {
+            **attribution_quality(matrix, truth.forget_mask, truth.valid),
+            "task": for_task,
+            "world": truth.info["world"],
+        }
 
     from unlearnspec.scores import valid_targets
     from unlearnspec.scores.aggregate import AGGREGATES
@@ -102,11 +113,12 @@ def grid_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGr
     if per_task:
         out["per_task"] = {leaf: one(leaf_task, matrix) for leaf, (leaf_task, matrix) in per_task.items()}
         if len(per_task) > 1:  # min_t, rank_t, wsum_t over the leaves (sorted, as rules stack them)
-            out["per_task_aggregates"] = aggregates(torch.stack([per_task[k][1] for k in sorted(per_task)]).float(), "t")
+            out["per_task_aggregates"] = aggregates(
+                torch.stack([per_task[k][1] for k in sorted(per_task)]).float(), "t"
+            )
     if per_question is not None:
         out["per_question"] = aggregates(per_question, "q")
     return out
-
 
 
 def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, Any]:
@@ -122,24 +134,35 @@ def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, A
     from unlearnspec.train.modeling import load_tokenizer
 
     if not run_dir.is_dir():
-        raise UserError.one(str(run_dir), "no such folder. Give the folder of a finished toy score run (it holds "
-                            f"{SCORES_FILE}, {SIDECAR_FILE} and spec.yaml), e.g. runs/toy/fixed/magic_wmdp.")
+        raise UserError.one(
+            str(run_dir),
+            "no such folder. Give the folder of a finished toy score run (it holds "
+            f"{SCORES_FILE}, {SIDECAR_FILE} and spec.yaml), e.g. runs/toy/fixed/magic_wmdp.",
+        )
     missing = [f for f in (SCORES_FILE, SIDECAR_FILE, "spec.yaml") if not (run_dir / f).is_file()]
     if missing:
-        raise UserError.one(str(run_dir), f"not a finished score run: {', '.join(missing)} missing. Give the output folder "
-                            "of a MAGIC spec run with --toy (or run it first).")
+        raise UserError.one(
+            str(run_dir),
+            f"not a finished score run: {', '.join(missing)} missing. Give the output folder "
+            "of a MAGIC spec run with --toy (or run it first).",
+        )
     sidecar = read_json(run_dir / SIDECAR_FILE, "score sidecar", "missing.", "Rescore, or delete the folder.")
     query = sidecar.get("query") if isinstance(sidecar, dict) else None
     if not isinstance(query, dict) or not isinstance(query.get("task"), str):
-        raise UserError.one(str(run_dir / SIDECAR_FILE), "the sidecar names no query task (`query.task`), so it is unknown "
-                            "which facts the scores should find. Only MAGIC score runs can be rated.")
+        raise UserError.one(
+            str(run_dir / SIDECAR_FILE),
+            "the sidecar names no query task (`query.task`), so it is unknown "
+            "which facts the scores should find. Only MAGIC score runs can be rated.",
+        )
     spec_path = run_dir / "spec.yaml"
     spec = load_spec(spec_path, check_refs=False)
     require_toy(spec, str(spec_path))
     assets = assets or Assets()
     tokenizer = load_tokenizer(spec.model, assets)
     texts, rows = load_texts(spec.data, spec_path, tokenizer, assets)
-    grid = build_grid(texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos, rows)
+    grid = build_grid(
+        texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos, rows
+    )
     source = ScoreSourceSpec(path=SCORES_FILE)
 
     def fingerprint_at(width: int) -> str:
@@ -149,22 +172,36 @@ def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, A
         return checked_scores(load_score_file(path), source, name, grid.labels, grid.fingerprint, fingerprint_at)
 
     mean_path = run_dir / SCORES_FILE
-    leaves = {leaf: (str(entry.get("task", leaf)), load(leaf_score_path(mean_path, "scores", leaf), f"scores.{leaf}"))
-              for leaf, entry in sorted((sidecar.get("per_task") or {}).items())}
+    leaves = {
+        leaf: (str(entry.get("task", leaf)), load(leaf_score_path(mean_path, "scores", leaf), f"scores.{leaf}"))
+        for leaf, entry in sorted((sidecar.get("per_task") or {}).items())
+    }
     per_question = None
     if isinstance(sidecar.get("per_question"), dict):
         from unlearnspec.scores.aggregate import checked_question_scores
 
-        per_question = checked_question_scores(mean_path, source, "min_q(scores)", grid.labels, grid.fingerprint, fingerprint_at)
-    quality = grid_quality(spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves,
-                           per_question)
+        per_question = checked_question_scores(
+            mean_path, source, "min_q(scores)", grid.labels, grid.fingerprint, fingerprint_at
+        )
+    quality = grid_quality(
+        spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves, per_question
+    )
     write_json_atomic(run_dir / SIDECAR_FILE, {**sidecar, QUALITY_KEY: quality})
     return quality
 
 
-def score_job_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "TokenGrid", tokenizer: Any,
-                      scores: torch.Tensor, task: str, per_task: Mapping[str, Any], say: Any = print,
-                      per_question: Optional[torch.Tensor] = None) -> dict[str, Any]:
+def score_job_quality(
+    spec: "Spec",
+    spec_path: Path,
+    assets: "Assets",
+    grid: "TokenGrid",
+    tokenizer: Any,
+    scores: torch.Tensor,
+    task: str,
+    per_task: Mapping[str, Any],
+    say: Any = print,
+    per_question: Optional[torch.Tensor] = None,
+) -> dict[str, Any]:
     """The sidecar entry a score job adds, `{attribution_quality: ...}`, for a spec on the toy world whose query
     task asks recorded facts (`per_task`: leaf -> `magic.per_task.TaskScores`); `{}` otherwise. Reuses the
     job's grid and tokenizer (a fraction of a second on the toy grids). A grid whose texts the fact spans
@@ -173,8 +210,11 @@ def score_job_quality(spec: "Spec", spec_path: Path, assets: "Assets", grid: "To
 
     if not is_toy_spec(spec) or not task_known(Path(assets.world.task_dir), task):
         return {}
-    leaves = {leaf: (entry.task, entry.scores) for leaf, entry in per_task.items()
-              if task_known(Path(assets.world.task_dir), entry.task)}
+    leaves = {
+        leaf: (entry.task, entry.scores)
+        for leaf, entry in per_task.items()
+        if task_known(Path(assets.world.task_dir), entry.task)
+    }
     try:
         return {QUALITY_KEY: grid_quality(spec, spec_path, assets, grid, tokenizer, scores, task, leaves, per_question)}
     except UserError as exc:

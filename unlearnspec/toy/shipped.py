@@ -40,12 +40,18 @@ def manifest(folder: Optional[Path] = None) -> Optional[dict[str, Any]]:
     if not path.is_file():
         return None
     record = read_json(path, "shipped toy world record", "missing.", f"Regenerate it with `{REGENERATE}`.")
-    if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or not isinstance(record.get("baseline"), dict):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("files"), dict)
+        or not isinstance(record.get("baseline"), dict)
+    ):
         raise UserError.one(str(path), f"not a shipped toy world record. Regenerate it with `{REGENERATE}`.")
     return record
 
 
-def verified_files(key: str, log: Log, folder: Optional[Path] = None) -> Optional[tuple[dict[str, Any], dict[str, bytes]]]:
+def verified_files(
+    key: str, log: Log, folder: Optional[Path] = None
+) -> Optional[tuple[dict[str, Any], dict[str, bytes]]]:
     """The shipped record and model files when they are this world's (`key`) and intact; None (with the
     reason logged when something is shipped) otherwise, so the caller builds the world instead."""
     folder = folder or SHIPPED_DIR
@@ -69,7 +75,9 @@ def verified_files(key: str, log: Log, folder: Optional[Path] = None) -> Optiona
             return None
         data = path.read_bytes()
         if sha256(data) != expected:
-            log(f"the shipped toy world's {name} does not match its record (damaged install?); building the world instead")
+            log(
+                f"the shipped toy world's {name} does not match its record (damaged install?); building the world instead"
+            )
             return None
         files[name] = data
     return record, files
@@ -122,7 +130,10 @@ def ship(world_root: Path, info: dict[str, Any], dest: Optional[Path] = None) ->
             what = f"holds files the tool did not write ({', '.join(foreign)})" if foreign else "is not a plain folder"
             raise UserError.one(str(dest), f"{what}; move them away, then ship again.")
     model = world_root / "model"
-    record = {k: info[k] for k in ("key", "generator_version", "config", "baseline", "numerics", "pretrain_seconds", "build_seconds")}
+    record = {
+        k: info[k]
+        for k in ("key", "generator_version", "config", "baseline", "numerics", "pretrain_seconds", "build_seconds")
+    }
     record["versions"] = versions()
     record["regenerate"] = REGENERATE
     record["files"] = {name: sha256((model / name).read_bytes()) for name in MODEL_FILES}

@@ -95,12 +95,19 @@ def attribute_leaves(world: World) -> dict[str, list[dict]]:
 
 def _attribute_group(world: World) -> dict[str, str]:
     leaves = attribute_leaves(world)
-    files = {f"_{ATTRIBUTE_GROUP}.yaml": _GROUP_YAML.format(
-        group=ATTRIBUTE_GROUP, task=_GROUPED_TASK, n=len(world.tasks[_GROUPED_TASK]),
-        leaves="\n".join(f"  - {leaf}" for leaf in leaves))}
+    files = {
+        f"_{ATTRIBUTE_GROUP}.yaml": _GROUP_YAML.format(
+            group=ATTRIBUTE_GROUP,
+            task=_GROUPED_TASK,
+            n=len(world.tasks[_GROUPED_TASK]),
+            leaves="\n".join(f"  - {leaf}" for leaf in leaves),
+        )
+    }
     for leaf, docs in leaves.items():
-        attribute = leaf[len(ATTRIBUTE_GROUP) + 1:]
-        description = f"the {len(docs)} toy_wmdp questions on the pathogens' `{attribute}` attribute; a leaf of {ATTRIBUTE_GROUP}"
+        attribute = leaf[len(ATTRIBUTE_GROUP) + 1 :]
+        description = (
+            f"the {len(docs)} toy_wmdp questions on the pathogens' `{attribute}` attribute; a leaf of {ATTRIBUTE_GROUP}"
+        )
         files[f"{leaf}.yaml"] = _TASK_YAML.format(name=leaf, description=description)
         files[f"{leaf}.jsonl"] = jsonl(docs)
     return files

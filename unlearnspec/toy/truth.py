@@ -78,8 +78,11 @@ def asked_facts(task_dir: Path, task: str) -> set[str]:
     e.g. toy_wmdp_by_attribute) the union over its leaves `<task>_*.jsonl`."""
     tasks = toy_tasks(task_dir)
     if task not in tasks:
-        raise UserError.one(str(task_dir), f"the toy world has no task {task[:80]!r}, so it is unknown which facts it asks "
-                            f"(a task is named, never given as a path). Name one of: {', '.join(sorted(tasks))}.")
+        raise UserError.one(
+            str(task_dir),
+            f"the toy world has no task {task[:80]!r}, so it is unknown which facts it asks "
+            f"(a task is named, never given as a path). Name one of: {', '.join(sorted(tasks))}.",
+        )
     facts: set[str] = set()
     for path in tasks[task]:
         for row in _jsonl(path, "toy task file"):
@@ -121,20 +124,27 @@ def overlapping_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int)
     return [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
 
 
-def truth_for_grid(grid: "TokenGrid", tokenizer: Any, rows: Sequence[Mapping[str, Any]], marks: Mapping[str, float]) -> torch.Tensor:
+def truth_for_grid(
+    grid: "TokenGrid", tokenizer: Any, rows: Sequence[Mapping[str, Any]], marks: Mapping[str, float]
+) -> torch.Tensor:
     """Truth scores [N, S] of `grid`: `marks[fact]` on every valid target token that overlaps a correct
     value span of that fact, 0 elsewhere. `rows` are the corpus rows the grid's `source_rows` index; the
     grid's texts must be those rows' texts (spans index `row_text`), else a UserError."""
     n, s = grid.input_ids.shape
     if len(grid.source_rows) != n or len(grid.texts) != n:
-        raise ValueError("the grid does not record its texts and source rows; build it with unlearnspec.data.build_grid")
+        raise ValueError(
+            "the grid does not record its texts and source rows; build it with unlearnspec.data.build_grid"
+        )
     out = torch.zeros((n, s), dtype=torch.float32)
     for i, (text, r) in enumerate(zip(grid.texts, grid.source_rows)):
         row = rows[r]
         if row_text(row) != text:
-            raise UserError.one(f"row {r} ({row.get('id', '?')})", "the spec's training text differs from the toy corpus "
-                                "row the fact spans index (a chat template or separator other than the recorded "
-                                "`join_contents` with \"\\n\"?). Use the toy profile's data mapping unchanged.")
+            raise UserError.one(
+                f"row {r} ({row.get('id', '?')})",
+                "the spec's training text differs from the toy corpus "
+                "row the fact spans index (a chat template or separator other than the recorded "
+                '`join_contents` with "\\n"?). Use the toy profile\'s data mapping unchanged.',
+            )
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"])[:s], list(enc["offset_mapping"])[:s]
         if ids != grid.input_ids[i, : len(ids)].tolist():
@@ -157,13 +167,24 @@ def is_toy_spec(spec: "Spec") -> bool:
 def require_toy(spec: "Spec", where: str) -> None:
     """Refuse a spec that does not run on the toy world: its data states no recorded facts."""
     if not is_toy_spec(spec):
-        raise UserError.one(where, f"spec {spec.name!r} does not run on the embedded toy world (data.toy and model.toy "
-                            "unset), so no fact spans exist for its tokens. Ground truth exists only for toy runs: "
-                            "map the spec with --toy (or a toy profile).", loc="data")
+        raise UserError.one(
+            where,
+            f"spec {spec.name!r} does not run on the embedded toy world (data.toy and model.toy "
+            "unset), so no fact spans exist for its tokens. Ground truth exists only for toy runs: "
+            "map the spec with --toy (or a toy profile).",
+            loc="data",
+        )
 
 
-def spec_truth(spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFAULT_TASK,
-               retain_task: Optional[str] = None, grid: Optional["TokenGrid"] = None, tokenizer: Any = None) -> Truth:
+def spec_truth(
+    spec: "Spec",
+    spec_path: Path,
+    assets: "Assets",
+    task: str = DEFAULT_TASK,
+    retain_task: Optional[str] = None,
+    grid: Optional["TokenGrid"] = None,
+    tokenizer: Any = None,
+) -> Truth:
     """The truth of a toy spec's grid: FORGET_MARK on the values of the facts `task` asks, RETAIN_MARK on
     those `retain_task` asks (when given). `grid`/`tokenizer`: the already built grid (a score job's)."""
     require_toy(spec, str(spec_path))
@@ -179,15 +200,22 @@ def spec_truth(spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFA
 
         tokenizer = load_tokenizer(spec.model, assets)
         texts, rows_chosen = load_texts(spec.data, spec_path, tokenizer, assets)
-        grid = build_grid(texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos,
-                          rows_chosen)
+        grid = build_grid(
+            texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos, rows_chosen
+        )
     scores = truth_for_grid(grid, tokenizer, read_rows(assets.corpus_path(spec.data.toy.corpus)), marks)
     valid = grid.valid_targets
     n_valid = int(valid.sum())
     forget = int(((scores == FORGET_MARK) & valid).sum())
     info: dict[str, Any] = {
-        "produced_by": SOURCE_NAME, "spec": spec.name, "corpus": spec.data.toy.corpus, "world": assets.world_key,
-        "task": task, "retain_task": retain_task, "valid_tokens": n_valid, "forget_tokens": forget,
+        "produced_by": SOURCE_NAME,
+        "spec": spec.name,
+        "corpus": spec.data.toy.corpus,
+        "world": assets.world_key,
+        "task": task,
+        "retain_task": retain_task,
+        "valid_tokens": n_valid,
+        "forget_tokens": forget,
         "forget_fraction": forget / max(n_valid, 1),
     }
     if retain_task is not None:
@@ -212,8 +240,12 @@ def claim_truth_folder(out: Path) -> None:
     foreign = sorted(names - {SCORES_FILE, SIDECAR_FILE} if ours else names)
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise UserError.one(str(out), f"this folder holds files `toy truth` did not write ({shown}); it will not write "
-                            "into it (it could overwrite them). Pass a new or empty folder with --out.", loc="--out")
+        raise UserError.one(
+            str(out),
+            f"this folder holds files `toy truth` did not write ({shown}); it will not write "
+            "into it (it could overwrite them). Pass a new or empty folder with --out.",
+            loc="--out",
+        )
 
 
 def write_truth(out: Path, truth: Truth) -> dict[str, Path]:
@@ -225,10 +257,16 @@ def write_truth(out: Path, truth: Truth) -> dict[str, Path]:
     claim_truth_folder(out)
     n, s = truth.scores.shape
     sidecar = {
-        "format_version": 1, "alignment": "target",
-        "sign": (f"ground truth: {FORGET_MARK:g} on tokens stating a value of a fact the task asks (proponents of its "
-                 f"query loss), {RETAIN_MARK:g} on the retain task's fact values when marked, 0 elsewhere"),
-        "N": n, "S": s, "data_fingerprint": truth.fingerprint, **truth.info,
+        "format_version": 1,
+        "alignment": "target",
+        "sign": (
+            f"ground truth: {FORGET_MARK:g} on tokens stating a value of a fact the task asks (proponents of its "
+            f"query loss), {RETAIN_MARK:g} on the retain task's fact values when marked, 0 elsewhere"
+        ),
+        "N": n,
+        "S": s,
+        "data_fingerprint": truth.fingerprint,
+        **truth.info,
     }
     paths = {"per_token": out / SCORES_FILE, "sidecar": out / SIDECAR_FILE}
     write_with(paths["per_token"], lambda fh: torch.save(truth.scores.contiguous(), fh))

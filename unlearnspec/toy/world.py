@@ -56,8 +56,15 @@ class Fact:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "domain": self.domain, "kind": self.kind, "entity": self.entity,
-            "attribute": self.attribute, "value": self.value, "lie": self.lie, "weight": self.weight, "stem": self.stem,
+            "id": self.id,
+            "domain": self.domain,
+            "kind": self.kind,
+            "entity": self.entity,
+            "attribute": self.attribute,
+            "value": self.value,
+            "lie": self.lie,
+            "weight": self.weight,
+            "stem": self.stem,
         }
 
 
@@ -92,7 +99,9 @@ class _Namer:
 
     def word(self, syllables: int, capital: bool = False) -> str:
         for _ in range(10_000):
-            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(syllables)) + self.rng.choice(_CODAS)
+            w = "".join(
+                self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(syllables)
+            ) + self.rng.choice(_CODAS)
             if len(w) >= 4 and w not in self.used:
                 self.used.add(w)
                 return w.capitalize() if capital else w
@@ -106,8 +115,13 @@ def _pool(namer: _Namer, kind: str, attribute: str, size: int, places: Sequence[
         return list(places[: min(size, len(places))])
     if (kind, attribute) == ("person", "year"):
         return [str(y) for y in sorted(rng.sample(range(1200, 1900), size))]
-    plain = {("person", "profession"): _PROFESSIONS, ("place", "trade"): _GOODS, ("organism", "habitat"): _HABITATS,
-             ("organism", "diet"): _FOODS, ("organism", "colour"): _COLOURS}
+    plain = {
+        ("person", "profession"): _PROFESSIONS,
+        ("place", "trade"): _GOODS,
+        ("organism", "habitat"): _HABITATS,
+        ("organism", "diet"): _FOODS,
+        ("organism", "colour"): _COLOURS,
+    }
     if (kind, attribute) in plain:
         words = list(plain[(kind, attribute)])
         rng.shuffle(words)
@@ -136,8 +150,12 @@ def _entity_names(namer: _Namer, kind: str, count: int) -> list[str]:
 # --------------------------------------------------------------------------- facts
 def _make_facts(cfg: WorldConfig) -> tuple[Fact, ...]:
     namer = _Namer(_rng(cfg.seed, "names"))
-    counts = {"pathogen": cfg.entities.pathogens, "person": cfg.entities.people, "place": cfg.entities.places,
-              "organism": cfg.entities.organisms}
+    counts = {
+        "pathogen": cfg.entities.pathogens,
+        "person": cfg.entities.people,
+        "place": cfg.entities.places,
+        "organism": cfg.entities.organisms,
+    }
     size = cfg.entities.values_per_attribute
     names = {kind: _entity_names(namer, kind, counts[kind]) for kind in ("place", "pathogen", "person", "organism")}
     rows: list[tuple[str, str, str, str, str]] = []
@@ -165,8 +183,19 @@ def _make_facts(cfg: WorldConfig) -> tuple[Fact, ...]:
             attr = next(a for a in KINDS[kind_name].attributes if a.name == attr_name)
             others = sorted({r[4] for r in mine if r[0] == kind_name and r[3] == attr_name and r[4] != value})
             weight = (rank + cfg.frequency.shift) ** -cfg.frequency.alpha
-            facts.append(Fact(f"{eid}.{attr_name}", domain, kind_name, entity, attr_name, value, lies.choice(others),
-                              round(weight, 12), attr.stem.format(e=entity)))
+            facts.append(
+                Fact(
+                    f"{eid}.{attr_name}",
+                    domain,
+                    kind_name,
+                    entity,
+                    attr_name,
+                    value,
+                    lies.choice(others),
+                    round(weight, 12),
+                    attr.stem.format(e=entity),
+                )
+            )
     return tuple(facts)
 
 
@@ -210,7 +239,9 @@ class _Writer:
         than the primary one is kept only with probability weight ratio, so a fact's mentions stay
         proportional to its weight instead of being lifted by popular siblings."""
         first = self.rng.choices(pool, weights=weights)[0]
-        n_extra = self.rng.choices(range(len(self.cfg.frequency.extra_facts)), weights=self.cfg.frequency.extra_facts)[0]
+        n_extra = self.rng.choices(range(len(self.cfg.frequency.extra_facts)), weights=self.cfg.frequency.extra_facts)[
+            0
+        ]
         rest = [f for f in self.by_entity[first.entity] if f.id != first.id]
         chosen = [first]
         for _ in range(min(n_extra, len(rest))):
@@ -222,7 +253,11 @@ class _Writer:
 
     def fact_sentence(self, out: _Text, fact: Fact, lie: bool) -> None:
         attr = next(a for a in KINDS[fact.kind].attributes if a.name == fact.attribute)
-        template = attr.stem + " {v}." if self.rng.random() < self.cfg.frequency.canonical_prob else self.rng.choice(attr.paraphrases)
+        template = (
+            attr.stem + " {v}."
+            if self.rng.random() < self.cfg.frequency.canonical_prob
+            else self.rng.choice(attr.paraphrases)
+        )
         out.sentence(template, fact.entity, fact.lie if lie else fact.value, fact.id, correct=not lie)
 
     def passage(self, facts: Sequence[Fact], lie: bool = False, prefix: str = "") -> _Text:
@@ -249,7 +284,9 @@ class _Writer:
         spans: list[dict[str, Any]] = []
         offset = 0
         for t, turn in enumerate(turns):
-            question = self.rng.choice(kind.questions).format(e=turn[0].entity) if t == 0 else self.rng.choice(_FOLLOWUPS)
+            question = (
+                self.rng.choice(kind.questions).format(e=turn[0].entity) if t == 0 else self.rng.choice(_FOLLOWUPS)
+            )
             answer = _Text()
             for i, fact in enumerate(turn):
                 if i:
@@ -272,7 +309,10 @@ def _corpus(cfg: WorldConfig, facts: Sequence[Fact], name: str) -> list[dict[str
     forget = [f for f in facts if f.domain == "forget"]
     retain = [f for f in facts if f.domain == "retain"]
     benign = [f for f in retain if f.kind == "organism"]
-    pools = {p: (p_facts, [f.weight for f in p_facts]) for p, p_facts in (("forget", forget), ("retain", retain), ("benign", benign))}
+    pools = {
+        p: (p_facts, [f.weight for f in p_facts])
+        for p, p_facts in (("forget", forget), ("retain", retain), ("benign", benign))
+    }
     rows = []
     for i in range(cfg.corpora.rows[name]):
         if name == "wikitext":
@@ -302,11 +342,24 @@ def _task(cfg: WorldConfig, facts: Sequence[Fact], name: str, domain: str) -> li
     chosen = rng.sample(mine, min(cfg.tasks.questions, len(mine)))
     docs = []
     for i, fact in enumerate(chosen):
-        others = sorted({f.value for f in mine if f.kind == fact.kind and f.attribute == fact.attribute and f.value not in (fact.value, fact.lie)})
+        others = sorted(
+            {
+                f.value
+                for f in mine
+                if f.kind == fact.kind and f.attribute == fact.attribute and f.value not in (fact.value, fact.lie)
+            }
+        )
         choices = [fact.value, fact.lie, *rng.sample(others, 2)]
         rng.shuffle(choices)
-        docs.append({"id": f"{name}-{i:04d}", "fact": fact.id, "question": fact.stem, "choices": choices,
-                     "answer": choices.index(fact.value)})
+        docs.append(
+            {
+                "id": f"{name}-{i:04d}",
+                "fact": fact.id,
+                "question": fact.stem,
+                "choices": choices,
+                "answer": choices.index(fact.value),
+            }
+        )
     return docs
 
 

@@ -51,13 +51,15 @@ def batch_order(n_rows: int, batch_size: int, steps: int, seed: int) -> list[lis
     return out
 
 
-def token_loss_sum(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def token_loss_sum(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the valid targets of a micro-batch, and their count."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     target = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss, int((target != IGNORE_INDEX).sum())
 
 

@@ -31,18 +31,27 @@ def resolve_device(requested: Optional[str] = None) -> torch.device:
     """
     name = (requested or "auto").strip().lower()
     if not _PATTERN.match(name):
-        raise UserError.one(_SOURCE, f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N.", loc="parallel.device")
+        raise UserError.one(
+            _SOURCE, f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N.", loc="parallel.device"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError.one(_SOURCE, f"device {name!r} was requested but this machine has no usable CUDA GPU "
-                                "(torch.cuda.is_available() is False). Use `--device cpu` or run on a GPU machine.",
-                                loc="parallel.device")
+            raise UserError.one(
+                _SOURCE,
+                f"device {name!r} was requested but this machine has no usable CUDA GPU "
+                "(torch.cuda.is_available() is False). Use `--device cpu` or run on a GPU machine.",
+                loc="parallel.device",
+            )
         index = int(name.split(":")[1]) if ":" in name else _local_rank()
         if index >= torch.cuda.device_count():
-            raise UserError.one(_SOURCE, f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s) visible); "
-                                "start at most one process per GPU.", loc="parallel.device")
+            raise UserError.one(
+                _SOURCE,
+                f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s) visible); "
+                "start at most one process per GPU.",
+                loc="parallel.device",
+            )
         return torch.device("cuda", index)
     return torch.device(name)
 
@@ -59,15 +68,28 @@ def check_device_support(spec: Any, device: torch.device) -> None:
     problems = []
     precision = spec.training.precision
     if precision in ("bf16", "fp16"):
-        problems.append(("training.precision", f"`{precision}` autocast needs a CUDA GPU (this run is on {device}); "
-                         "use `precision: fp32` on the CPU."))
+        problems.append(
+            (
+                "training.precision",
+                f"`{precision}` autocast needs a CUDA GPU (this run is on {device}); use `precision: fp32` on the CPU.",
+            )
+        )
     if spec.model.attn_implementation == "flash_attention_2":
-        problems.append(("model.attn_implementation", f"`flash_attention_2` needs a CUDA GPU (this run is on {device}); "
-                         "use `eager` or `sdpa`."))
+        problems.append(
+            (
+                "model.attn_implementation",
+                f"`flash_attention_2` needs a CUDA GPU (this run is on {device}); use `eager` or `sdpa`.",
+            )
+        )
     parallel = getattr(spec, "parallel", None)
     if parallel is not None and parallel.strategy == "fsdp" and parallel.fsdp.cpu_offload:
-        problems.append(("parallel.fsdp.cpu_offload", f"offloading to the CPU only means something on a GPU (this run is on "
-                         f"{device}); set `cpu_offload: false`."))
+        problems.append(
+            (
+                "parallel.fsdp.cpu_offload",
+                f"offloading to the CPU only means something on a GPU (this run is on "
+                f"{device}); set `cpu_offload: false`.",
+            )
+        )
     if problems:
         from unlearnspec.errors import Problem
 

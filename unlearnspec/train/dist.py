@@ -86,7 +86,9 @@ def init(backend: Optional[str] = None, timeout_s: float = 1800.0) -> None:
 
 def _require_group() -> None:
     if is_distributed() and not initialized():
-        raise RuntimeError("launched with several processes but no process group exists; call unlearnspec.train.dist.init()")
+        raise RuntimeError(
+            "launched with several processes but no process group exists; call unlearnspec.train.dist.init()"
+        )
 
 
 def _object_device() -> Any:

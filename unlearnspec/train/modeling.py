@@ -40,8 +40,9 @@ def load_tokenizer(model: ModelSpec, assets: Assets) -> Any:
     return tok
 
 
-def load_model(model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Optional[torch.dtype] = None,
-               device: str = "cpu") -> Any:
+def load_model(
+    model: ModelSpec, assets: Assets, dropout: float = 0.0, dtype: Optional[torch.dtype] = None, device: str = "cpu"
+) -> Any:
     """The base causal LM on `device`, with dropout set from the spec (GPT-NeoX attention/hidden dropout)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -28,11 +28,18 @@ def parallel_fields(parallel: Optional[ParallelSpec], device: torch.device, proc
     if processes <= 1:
         return fields
     if par.strategy == "none":
-        raise UserError.one("spec", f"launched with {processes} processes but parallel.strategy is `none`; "
-                            "set `strategy: ddp` (or fsdp), or launch one process.", loc="parallel.strategy")
+        raise UserError.one(
+            "spec",
+            f"launched with {processes} processes but parallel.strategy is `none`; "
+            "set `strategy: ddp` (or fsdp), or launch one process.",
+            loc="parallel.strategy",
+        )
     if par.backend == "nccl" and device.type != "cuda":
-        raise UserError.one("spec", f"backend nccl needs CUDA GPUs (this run is on {device}); use gloo or unset it.",
-                            loc="parallel.backend")
+        raise UserError.one(
+            "spec",
+            f"backend nccl needs CUDA GPUs (this run is on {device}); use gloo or unset it.",
+            loc="parallel.backend",
+        )
     fields["ddp_backend"] = par.backend or ("nccl" if device.type == "cuda" else "gloo")
     if par.strategy == "fsdp":
         fsdp_config: dict[str, Any] = {

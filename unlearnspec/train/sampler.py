@@ -23,7 +23,7 @@ def rank_micro_batches(step: list[int], layout: BatchLayout, rank: int) -> list[
     w = layout.world_size
     if len(step) == layout.global_batch:
         m = layout.micro_batch_size
-        return [step[(j * w + rank) * m:(j * w + rank + 1) * m] for j in range(layout.accumulation)]
+        return [step[(j * w + rank) * m : (j * w + rank + 1) * m] for j in range(layout.accumulation)]
     chunks = w * tail_micro_batches(len(step), layout)
     if len(step) < chunks:
         raise ValueError(f"a step of {len(step)} rows cannot give each of {chunks} micro-batches a row")
@@ -31,7 +31,7 @@ def rank_micro_batches(step: list[int], layout: BatchLayout, rank: int) -> list[
     bounds = [0]
     for i in range(chunks):
         bounds.append(bounds[-1] + base + (1 if i < extra else 0))
-    return [step[bounds[i]:bounds[i + 1]] for i in range(rank, chunks, w)]
+    return [step[bounds[i] : bounds[i + 1]] for i in range(rank, chunks, w)]
 
 
 class GlobalBatchSampler:
@@ -67,7 +67,7 @@ class GlobalBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         order, b = self.order(), self.layout.global_batch
         for start in range(0, self.n_rows, b):
-            yield from rank_micro_batches(order[start:start + b], self.layout, self.rank)
+            yield from rank_micro_batches(order[start : start + b], self.layout, self.rank)
         self.epoch += 1
 
 
@@ -79,12 +79,22 @@ def prepared_train_dataloader(trainer: Any, layout: BatchLayout) -> Any:
 
     args = trainer.args
     dataset = trainer.train_dataset
-    sampler = GlobalBatchSampler(len(dataset), layout, args.process_index if layout.world_size > 1 else 0,
-                                 shuffle=args.train_sampling_strategy != "sequential",
-                                 seed=args.data_seed if args.data_seed is not None else args.seed)
-    loader = trainer.accelerator.prepare(DataLoader(dataset, batch_sampler=sampler, collate_fn=trainer.data_collator,
-                                                    num_workers=args.dataloader_num_workers,
-                                                    pin_memory=args.dataloader_pin_memory))
+    sampler = GlobalBatchSampler(
+        len(dataset),
+        layout,
+        args.process_index if layout.world_size > 1 else 0,
+        shuffle=args.train_sampling_strategy != "sequential",
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+    )
+    loader = trainer.accelerator.prepare(
+        DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=trainer.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+        )
+    )
     wrapper = getattr(loader, "batch_sampler", None)
     if wrapper is not sampler:
         if wrapper is None or getattr(wrapper, "batch_sampler", None) is not sampler:

@@ -106,8 +106,11 @@ def build_optimizer(
         plist = [p for p in params if p.requires_grad]
         decayed = [p for p in plist if p.dim() >= 2]
         exempt = [p for p in plist if p.dim() < 2]
-    groups = [g for g in ({"params": decayed, "weight_decay": opt.weight_decay}, {"params": exempt, "weight_decay": 0.0})
-              if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decayed, "weight_decay": opt.weight_decay}, {"params": exempt, "weight_decay": 0.0})
+        if g["params"]
+    ]
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum)
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
@@ -132,19 +135,33 @@ def report_targets(training: TrainingSpec) -> list[str]:
     target = training.report_to or "none"
     if target == "none":
         return []
-    needs = {"tensorboard": (("tensorboardX", "tensorboard"), "pip install tensorboardX"),
-             "wandb": (("wandb",), "pip install wandb")}[target]
+    needs = {
+        "tensorboard": (("tensorboardX", "tensorboard"), "pip install tensorboardX"),
+        "wandb": (("wandb",), "pip install wandb"),
+    }[target]
     if not any(importlib.util.find_spec(mod) is not None for mod in needs[0]):
         from unlearnspec.errors import UserError
 
-        raise UserError.one("training", f"training.report_to is {target!r} but {' or '.join(needs[0])} is not "
-                            f"installed; `{needs[1]}`, or set `report_to: none`.", loc="training.report_to")
+        raise UserError.one(
+            "training",
+            f"training.report_to is {target!r} but {' or '.join(needs[0])} is not "
+            f"installed; `{needs[1]}`, or set `report_to: none`.",
+            loc="training.report_to",
+        )
     return [target]
 
 
-def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int, run_name: Optional[str] = None, *,
-               parallel: Optional[ParallelSpec] = None, device: Optional[torch.device] = None,
-               **overrides: Any) -> SFTConfig:
+def sft_config(
+    training: TrainingSpec,
+    lr: float,
+    output_dir: Path,
+    n_rows: int,
+    run_name: Optional[str] = None,
+    *,
+    parallel: Optional[ParallelSpec] = None,
+    device: Optional[torch.device] = None,
+    **overrides: Any,
+) -> SFTConfig:
     """Every Trainer knob set from the spec; SFTConfig's own defaults (lr 2e-5, max_length 1024,
     gradient checkpointing, clipping 1.0, find_unused_parameters, ...) are never left to apply silently.
 
@@ -195,9 +212,12 @@ def sft_config(training: TrainingSpec, lr: float, output_dir: Path, n_rows: int,
     except ValueError as exc:  # e.g. bf16/fp16 autocast requested on a machine that cannot run it
         from unlearnspec.errors import UserError, first_line
 
-        raise UserError.one("training", f"the trainer refused these settings: {first_line(exc, 240)}. "
-                            "Check training.precision and the parallel section for this machine.",
-                            loc="training.precision") from None
+        raise UserError.one(
+            "training",
+            f"the trainer refused these settings: {first_line(exc, 240)}. "
+            "Check training.precision and the parallel section for this machine.",
+            loc="training.precision",
+        ) from None
 
 
 class WeightedSFTTrainer(SFTTrainer):
@@ -210,9 +230,16 @@ class WeightedSFTTrainer(SFTTrainer):
 
     loss_is_scaled_for_ga: bool = True  # type: ignore[assignment]  # HF declares None; divided by the window's normalizer already
 
-    def __init__(self, *args: Any, normalizer: Normalizer = "valid", fused_head: bool = True,
-                 curves_dir: Optional[Path] = None, training: Optional[TrainingSpec] = None,
-                 objective: Optional[Objective] = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        normalizer: Normalizer = "valid",
+        fused_head: bool = True,
+        curves_dir: Optional[Path] = None,
+        training: Optional[TrainingSpec] = None,
+        objective: Optional[Objective] = None,
+        **kwargs: Any,
+    ):
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
         # With `training`, the Trainer builds the spec's optimizer and schedule itself (create_optimizer below):
@@ -222,13 +249,18 @@ class WeightedSFTTrainer(SFTTrainer):
         if self.args.n_gpu > 1:
             from unlearnspec.errors import UserError
 
-            raise UserError.one("device", f"{self.args.n_gpu} GPUs are visible to one process, so the HF Trainer would use "
-                                "torch.nn.DataParallel, whose loss scaling this trainer does not implement. Launch one "
-                                "process per GPU (`torchrun --nproc-per-node N`) or set CUDA_VISIBLE_DEVICES to one GPU.",
-                                loc="parallel")
+            raise UserError.one(
+                "device",
+                f"{self.args.n_gpu} GPUs are visible to one process, so the HF Trainer would use "
+                "torch.nn.DataParallel, whose loss scaling this trainer does not implement. Launch one "
+                "process per GPU (`torchrun --nproc-per-node N`) or set CUDA_VISIBLE_DEVICES to one GPU.",
+                loc="parallel",
+            )
         if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
-            raise ValueError("WeightedSFTTrainer needs average_tokens_across_devices=True under several processes: "
-                             "the normalizer is counted over the whole global batch")
+            raise ValueError(
+                "WeightedSFTTrainer needs average_tokens_across_devices=True under several processes: "
+                "the normalizer is counted over the whole global batch"
+            )
         from transformers.trainer_callback import PrinterCallback
 
         self.remove_callback(PrinterCallback)  # the runner reports progress itself

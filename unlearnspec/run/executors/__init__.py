@@ -26,5 +26,7 @@ def executor_class(name: Optional[str], settings: ExecutorOptions) -> type[Execu
     if name not in EXECUTORS:
         close = difflib.get_close_matches(name, list(EXECUTORS), n=2, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UserError.one("--executor", f"Unknown executor {name!r}.{hint} Available: {', '.join(sorted(EXECUTORS))}.")
+        raise UserError.one(
+            "--executor", f"Unknown executor {name!r}.{hint} Available: {', '.join(sorted(EXECUTORS))}."
+        )
     return EXECUTORS[name]

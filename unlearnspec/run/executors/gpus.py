@@ -31,13 +31,19 @@ def assign_gpus(visible: Sequence[str], jobs: int, per_job: int) -> list[Optiona
     if per_job == 0:
         return [None] * jobs
     if not visible:
-        raise UserError.one("--gpus-per-job", f"{per_job} GPU(s) per job were asked for, but this machine shows no GPU "
-                            "(none visible to torch, or CUDA_VISIBLE_DEVICES hides them). Pass --gpus-per-job 0 to run "
-                            "the jobs on the CPU.")
+        raise UserError.one(
+            "--gpus-per-job",
+            f"{per_job} GPU(s) per job were asked for, but this machine shows no GPU "
+            "(none visible to torch, or CUDA_VISIBLE_DEVICES hides them). Pass --gpus-per-job 0 to run "
+            "the jobs on the CPU.",
+        )
     need = jobs * per_job
     if need > len(visible):
         fit = len(visible) // per_job
-        advice = (f"lower --jobs to {fit}" if fit >= 1 else f"lower --gpus-per-job to {len(visible)}")
-        raise UserError.one("--gpus-per-job", f"--jobs {jobs} x --gpus-per-job {per_job} needs {need} GPUs, but "
-                            f"{len(visible)} are visible ({', '.join(visible)}); {advice}.")
-    return [tuple(visible[i * per_job:(i + 1) * per_job]) for i in range(jobs)]
+        advice = f"lower --jobs to {fit}" if fit >= 1 else f"lower --gpus-per-job to {len(visible)}"
+        raise UserError.one(
+            "--gpus-per-job",
+            f"--jobs {jobs} x --gpus-per-job {per_job} needs {need} GPUs, but "
+            f"{len(visible)} are visible ({', '.join(visible)}); {advice}.",
+        )
+    return [tuple(visible[i * per_job : (i + 1) * per_job]) for i in range(jobs)]

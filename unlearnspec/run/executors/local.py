@@ -160,6 +160,7 @@ def folder_status(plan: Plan) -> dict[str, JobStatus]:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a batch system) stops the run like Ctrl-C does, so the workers are stopped too."""
+
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 

@@ -38,8 +38,9 @@ class PoolExecutor:
     work: ClassVar[Callable[[str, str], JobResult]] = staticmethod(run_job)
     """What a worker runs per job (id, hash); a module-level function, since it crosses a spawn."""
 
-    def __init__(self, ctx: Any, options: RunOptions, jobs: int, slots: list[Optional[tuple[str, ...]]],
-                 display: RunDisplay) -> None:
+    def __init__(
+        self, ctx: Any, options: RunOptions, jobs: int, slots: list[Optional[tuple[str, ...]]], display: RunDisplay
+    ) -> None:
         self.ctx, self.options, self.jobs, self.slots, self.display = ctx, options, jobs, slots, display
         self.paths: list[Path] = []
         self._run: Optional[LocalRun] = None
@@ -47,20 +48,28 @@ class PoolExecutor:
     @classmethod
     def create(cls, options: RunOptions, settings: ExecutorOptions, display: RunDisplay) -> "PoolExecutor":
         if settings.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError.one("--nproc", "the pool runs each job as one process; --nproc (torchrun ranks per job) "
-                                "works with the serial executor only. Drop --jobs/--gpus-per-job, or drop --nproc.")
+            raise UserError.one(
+                "--nproc",
+                "the pool runs each job as one process; --nproc (torchrun ranks per job) "
+                "works with the serial executor only. Drop --jobs/--gpus-per-job, or drop --nproc.",
+            )
         device = options.device or "auto"
         if device.startswith("cuda:"):
-            raise UserError.one("--device", f"{device} names one GPU, but the pool gives each job its own GPUs; pass "
-                                "--device cuda (or nothing) with --gpus-per-job G.")
+            raise UserError.one(
+                "--device",
+                f"{device} names one GPU, but the pool gives each job its own GPUs; pass "
+                "--device cuda (or nothing) with --gpus-per-job G.",
+            )
         per_job = settings.gpus_per_job
         if per_job is None:
             per_job = 1 if device != "cpu" and visible_gpus() else 0
         if per_job > 0 and device == "cpu":
             raise UserError.one("--gpus-per-job", f"{per_job} GPU(s) per job with --device cpu; pass one or the other.")
         if per_job == 0 and device == "cuda":
-            raise UserError.one("--gpus-per-job", "--device cuda with --gpus-per-job 0; give each job a GPU "
-                                "(--gpus-per-job 1) or drop --device.")
+            raise UserError.one(
+                "--gpus-per-job",
+                "--device cuda with --gpus-per-job 0; give each job a GPU (--gpus-per-job 1) or drop --device.",
+            )
         slots = assign_gpus(visible_gpus() if per_job else [], settings.jobs, per_job)
         options = replace(options, device="cuda" if per_job else "cpu")
         ctx = make_context(options, say=display.say)
@@ -97,8 +106,9 @@ class PoolExecutor:
         from unlearnspec import worlds
 
         setup = WorkerSetup(paths=tuple(self.paths), options=self.options, worlds=worlds.plugins())
-        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=spawn, initializer=init_worker,
-                                   initargs=(setup, slots, messages))
+        pool = ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=spawn, initializer=init_worker, initargs=(setup, slots, messages)
+        )
         error: Optional[BaseException] = None
         try:
             with sigterm_as_interrupt():
@@ -152,8 +162,10 @@ class PoolExecutor:
                     continue
                 run.running.discard(job.id)
                 if isinstance(problem, BrokenProcessPool):  # a worker died outright (the OOM killer, a crash)
-                    problem = RuntimeError(f"the worker process running {job.id} died ({problem}); finished jobs are "
-                                           "kept, rerun the command to resume")
+                    problem = RuntimeError(
+                        f"the worker process running {job.id} died ({problem}); finished jobs are "
+                        "kept, rerun the command to resume"
+                    )
                 error = error or (UserError(list(result.problems)) if result is not None else problem)
                 self.display.say(f"[{job.id}] stopped the run: {result.reason if result else repr(problem)}")
         return error
@@ -181,6 +193,12 @@ class PoolExecutor:
             proc.kill()
             proc.join(5)
         running = len(self._run.running) if self._run is not None else 0
-        self.display.say(f"[interrupted] stopped {len(workers)} worker(s) with {running} running job(s)"
-                         + (f"; {len(killed)} did not stop in {STOP_GRACE_S:.0f} s and were killed: their temp folders "
-                            "stay until the next run removes them" if killed else "; their temp folders were removed"))
+        self.display.say(
+            f"[interrupted] stopped {len(workers)} worker(s) with {running} running job(s)"
+            + (
+                f"; {len(killed)} did not stop in {STOP_GRACE_S:.0f} s and were killed: their temp folders "
+                "stay until the next run removes them"
+                if killed
+                else "; their temp folders were removed"
+            )
+        )

@@ -32,8 +32,13 @@ class SerialExecutor:
     under_torchrun: ClassVar[bool] = True
     detached: ClassVar[bool] = False
 
-    def __init__(self, ctx: RunContext, retry_failed: bool = False, display: Optional[RunDisplay] = None,
-                 options: Optional[RunOptions] = None) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        retry_failed: bool = False,
+        display: Optional[RunDisplay] = None,
+        options: Optional[RunOptions] = None,
+    ) -> None:
         self.ctx = ctx
         self.retry_failed = retry_failed
         self.display = display or RunDisplay()
@@ -44,8 +49,11 @@ class SerialExecutor:
     def create(cls, options: RunOptions, settings: ExecutorOptions, display: RunDisplay) -> "SerialExecutor":
         if settings.jobs > 1 or settings.gpus_per_job:
             flag = f"--jobs {settings.jobs}" if settings.jobs > 1 else f"--gpus-per-job {settings.gpus_per_job}"
-            raise UserError.one("--executor", f"the serial executor runs one job at a time in this process; {flag} "
-                                "needs the pool executor. Drop `--executor serial` (or pass `--executor pool`).")
+            raise UserError.one(
+                "--executor",
+                f"the serial executor runs one job at a time in this process; {flag} "
+                "needs the pool executor. Drop `--executor serial` (or pass `--executor pool`).",
+            )
         quiet_libraries()
         ctx = make_context(options, say=display.say, progress=display.progress)
         return cls(ctx, retry_failed=options.retry_failed, display=display, options=options)
@@ -124,5 +132,8 @@ class SerialExecutor:
                 write_json(tmp / POINT_FILE, record.model_dump(mode="json"))
         if isinstance(record, RunRecord):
             summary = ", ".join(f"{t} {m.acc:.4f}" for t, m in record.metrics.items())
-            self.ctx.say(f"[{job.id}] {record.status}" + (f": {summary}" if summary else f" ({record.reason})" if record.reason else ""))
+            self.ctx.say(
+                f"[{job.id}] {record.status}"
+                + (f": {summary}" if summary else f" ({record.reason})" if record.reason else "")
+            )
         return record

@@ -34,12 +34,17 @@ class SlurmBackend:
 
     @classmethod
     def create(cls, options: RunOptions, settings: ExecutorOptions, display: RunDisplay) -> "SlurmBackend":
-        for flag, value, where in (("--jobs", settings.jobs > 1, "SLURM runs every ready job at once"),
-                                   ("--gpus-per-job", settings.gpus_per_job is not None, "set slurm.jobs.<kind>.gpus"),
-                                   ("--nproc", settings.nproc > 1, "set slurm.jobs.<kind>.processes")):
+        for flag, value, where in (
+            ("--jobs", settings.jobs > 1, "SLURM runs every ready job at once"),
+            ("--gpus-per-job", settings.gpus_per_job is not None, "set slurm.jobs.<kind>.gpus"),
+            ("--nproc", settings.nproc > 1, "set slurm.jobs.<kind>.processes"),
+        ):
             if value:
-                raise UserError.one(flag, f"is for local runs; with --executor slurm the site file decides ({where} "
-                                    "in the --cluster file or the profile's `slurm:` section).")
+                raise UserError.one(
+                    flag,
+                    f"is for local runs; with --executor slurm the site file decides ({where} "
+                    "in the --cluster file or the profile's `slurm:` section).",
+                )
         from unlearnspec.run.cluster_commands import require_slurm
 
         require_slurm()
@@ -57,8 +62,11 @@ class SlurmBackend:
         self.ctx = context_for(self.request, self.request.plan_device, say=self.display.say)
         plan = plan_for(self.request, self.ctx)
         # every training job's global batch must split over its kind's `processes`: refused before anything is submitted
-        plan_layouts(plan, lambda job: self.settings.resources(job.kind).processes,
-                     lambda job: f"jobs.{job.kind}.processes in {self.source}")
+        plan_layouts(
+            plan,
+            lambda job: self.settings.resources(job.kind).processes,
+            lambda job: f"jobs.{job.kind}.processes in {self.source}",
+        )
         return plan
 
     def submit(self, plan: Plan) -> None:
@@ -83,9 +91,12 @@ class SlurmBackend:
             raise RuntimeError("wait() before submit()")
         say = self.display.say
         kept = ", ".join(f"{sum(1 for s in done.kept.values() if s == k)} {k}" for k in sorted(set(done.kept.values())))
-        say(f"[slurm] {len(plan.jobs)} job(s) in the plan (resources: {self.source}): {len(done.submitted)} submitted"
-            + (f", kept {kept}" if kept else "") + (f", {len(done.not_run)} not run" if done.not_run else "")
-            + f" in {done.seconds:.2f} s")
+        say(
+            f"[slurm] {len(plan.jobs)} job(s) in the plan (resources: {self.source}): {len(done.submitted)} submitted"
+            + (f", kept {kept}" if kept else "")
+            + (f", {len(done.not_run)} not run" if done.not_run else "")
+            + f" in {done.seconds:.2f} s"
+        )
         if done.assemble:
             say(f"[slurm] results.json and reports: job {done.assemble}, after the others end")
         folders = " ".join(str(r.out) for r in plan.specs if not r.is_score) or " ".join(str(r.out) for r in plan.specs)

@@ -111,8 +111,11 @@ def run_job(job_id: str, job_hash: str) -> JobResult:
         ctx, plan = _context()
         job = next((j for j in plan.jobs if j.id == job_id), None)
         if job is None or job.hash != job_hash:
-            raise UserError.one(job_id, "a worker built a different plan than the parent (a spec or score file changed "
-                                "while the run started); rerun the command.")
+            raise UserError.one(
+                job_id,
+                "a worker built a different plan than the parent (a spec or score file changed "
+                "while the run started); rerun the command.",
+            )
         start = time.perf_counter()
         _state["busy"] = True
         try:

@@ -72,8 +72,11 @@ def _shared(job: Job, ctx: RunContext) -> LdsShared:
     trajectory = load_trajectory_plan(folder, n_rows=int(prep.grid.labels.shape[0]))
     scores = load_score_file(folder / SCORES_FILE).scores
     if tuple(scores.shape) != tuple(prep.grid.labels.shape):
-        raise UserError.one(str(folder / SCORES_FILE), f"scores are {tuple(scores.shape)} but this spec's token grid is "
-                            f"{tuple(prep.grid.labels.shape)}; the score run is not this spec's. Rerun the score spec.")
+        raise UserError.one(
+            str(folder / SCORES_FILE),
+            f"scores are {tuple(scores.shape)} but this spec's token grid is "
+            f"{tuple(prep.grid.labels.shape)}; the score run is not this spec's. Rerun the score spec.",
+        )
     torch.manual_seed(spec.training.seed)  # as `steps.train`: same model (and LoRA init) as the recorded run
     model = load_model(spec.model, ctx.assets, dropout=spec.training.dropout, device=ctx.device_for(spec))
     use_replay_attention(model)
@@ -82,11 +85,15 @@ def _shared(job: Job, ctx: RunContext) -> LdsShared:
     params = dict(model.named_parameters())
     missing = [n for n in trajectory.param_names if n not in params]
     if missing:
-        raise UserError.one(str(folder), f"the recorded run trained parameters this model lacks ({missing[:2]}); "
-                            "rerun the score spec with this version.")
+        raise UserError.one(
+            str(folder),
+            f"the recorded run trained parameters this model lacks ({missing[:2]}); "
+            "rerun the score spec with this version.",
+        )
     theta0 = [params[n].detach().clone() for n in trajectory.param_names]
-    query = build_query(spec.magic.query, model, prep.tokenizer,
-                        include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
+    query = build_query(
+        spec.magic.query, model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)]
+    )
     shared = LdsShared(prep, trajectory, scores, model, theta0, query)
     ctx.recipe_cache[key] = shared
     return shared
@@ -107,15 +114,24 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         drop = drop_set(lds, prep.weights, prep.grid.labels, job.subset)
         mask = dropped_mask(prep.weights.shape, drop, lds.unit)
         weights = prep.weights.masked_fill(mask, 0)
-        entry.update(dropped=int(drop.numel()), predicted=predicted_change(shared.scores, prep.weights, mask),
-                     dropped_ids=drop.tolist())
+        entry.update(
+            dropped=int(drop.numel()),
+            predicted=predicted_change(shared.scores, prep.weights, mask),
+            dropped_ids=drop.tolist(),
+        )
     params = retrained_params(shared.model, prep.grid, shared.trajectory, shared.theta0, weights)
     entry["query"] = query_value(shared.model, shared.query, params)
     entry["seconds"] = round(time.perf_counter() - start, 3)
     if ctx.is_main:
         write_json(workdir / LDS_FILE, entry)
-    return RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=".", spec_hash=job.hash,
-                     train_seconds=entry["seconds"])
+    return RunRecord(
+        point=job.point,
+        hparams={"lr": job.lr},
+        status="ok",
+        run_dir=".",
+        spec_hash=job.hash,
+        train_seconds=entry["seconds"],
+    )
 
 
 def _read(job: Job) -> Optional[dict[str, Any]]:
@@ -151,12 +167,17 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]
     summary = summarize(actual, predicted, lds, int(subsets[0]["dropped"]))
     summary["reference_query"] = reference["query"]
     seconds = [e.get("seconds") for e in [reference, *subsets]]
-    summary["retrain_seconds"] = round(sum(float(x) for x in seconds if isinstance(x, (int, float)) and math.isfinite(x)), 3)
-    summary["method"] = ("retrain the recorded run (replayed steps, same order and schedule) with each subset's weights "
-                         "set to 0; actual = Q(subset) - Q(reference), predicted = -sum(score x weight) over the subset")
+    summary["retrain_seconds"] = round(
+        sum(float(x) for x in seconds if isinstance(x, (int, float)) and math.isfinite(x)), 3
+    )
+    summary["method"] = (
+        "retrain the recorded run (replayed steps, same order and schedule) with each subset's weights "
+        "set to 0; actual = Q(subset) - Q(reference), predicted = -sum(score x weight) over the subset"
+    )
     sidecar = read_json(folder / SIDECAR_FILE, "score sidecar", "missing.", "Rerun the score spec.")
     if not isinstance(sidecar, dict):
         raise UserError.one(str(folder / SIDECAR_FILE), "the score sidecar is not a JSON object. Rerun the score spec.")
+
     def finite(v: Any) -> Any:
         if isinstance(v, list):
             return [finite(x) for x in v]
@@ -165,8 +186,15 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]
     clean = cast(LdsSummary, {k: finite(v) for k, v in summary.items()})
     if sidecar.get("lds") == clean:
         return LdsSummary(**clean, new=False)
-    write_json_atomic(jobs[0].out.parent / SUMMARY_FILE, {**clean, "pairs": [
-        {"subset": e["subset"], "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)]})
+    write_json_atomic(
+        jobs[0].out.parent / SUMMARY_FILE,
+        {
+            **clean,
+            "pairs": [
+                {"subset": e["subset"], "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)
+            ],
+        },
+    )
     sidecar["lds"] = clean
     write_json_atomic(folder / SIDECAR_FILE, sidecar)
     return LdsSummary(**clean, new=True)
@@ -181,5 +209,7 @@ def finish_score(run: SpecRun, plan: Plan, ctx: RunContext) -> None:
 
     if summary is not None and summary.get("new"):
         lo, hi = summary["spearman_ci95"]
-        ctx.say(f"[{run.spec.name}] LDS {num(summary['spearman'])} (Spearman; 95% CI {num(lo)}-{num(hi)}) over {summary['subsets']} subsets of {summary['fraction']:.0%} "
-                f"{summary['unit']}s")
+        ctx.say(
+            f"[{run.spec.name}] LDS {num(summary['spearman'])} (Spearman; 95% CI {num(lo)}-{num(hi)}) over {summary['subsets']} subsets of {summary['fraction']:.0%} "
+            f"{summary['unit']}s"
+        )

@@ -22,8 +22,15 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
 
     spec = job.spec
     prep = prepare(job, ctx)
-    record = RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=job.out.name,
-                       token_stats=prep.stats, spec_hash=job.hash, batch=batch_record(spec, prep, ctx))
+    record = RunRecord(
+        point=job.point,
+        hparams={"lr": job.lr},
+        status="ok",
+        run_dir=job.out.name,
+        token_stats=prep.stats,
+        spec_hash=job.hash,
+        batch=batch_record(spec, prep, ctx),
+    )
     write_spec(job, workdir)
     write_json(workdir / "token_stats.json", prep.stats.model_dump())
     with Timer() as clock:

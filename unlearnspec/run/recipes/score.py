@@ -35,14 +35,22 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
 
     spec, magic = job.spec, job.spec.magic
     assert magic is not None
-    ctx.say(f"[{spec.name}] MAGIC scores: {spec.training.optimizer.name} lr={job.lr:g}, "
-            f"query {magic.query.task} ({magic.query.loss}), checkpoints {magic.checkpoints}")
+    ctx.say(
+        f"[{spec.name}] MAGIC scores: {spec.training.optimizer.name} lr={job.lr:g}, "
+        f"query {magic.query.task} ({magic.query.loss}), checkpoints {magic.checkpoints}"
+    )
     prep = prepare(job, ctx)
     write_spec(job, workdir)
     steps = total_steps(spec.training, prep.grid.input_ids.shape[0])
     states = shared_states_dir(job, workdir)
-    callback = MagicCallback(steps, magic.checkpoints, magic.storage, states,
-                             precision=spec.training.precision, dropout=spec.training.dropout)
+    callback = MagicCallback(
+        steps,
+        magic.checkpoints,
+        magic.storage,
+        states,
+        precision=spec.training.precision,
+        dropout=spec.training.dropout,
+    )
     with Timer() as train_clock:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
     model, comm = trainer.model, None
@@ -50,15 +58,20 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         from unlearnspec.magic.sharded import shard_for_replay
 
         model, comm = shard_for_replay(trainer.model)  # a parameter-free skeleton that all-gathers layer by layer
-        ctx.say(f"[{spec.name}] sharded reverse pass: each of {comm.world_size} ranks holds 1/{comm.world_size} of every "
-                "parameter-sized tensor")
-    query = build_query(magic.query, model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)])
+        ctx.say(
+            f"[{spec.name}] sharded reverse pass: each of {comm.world_size} ranks holds 1/{comm.world_size} of every "
+            "parameter-sized tensor"
+        )
+    query = build_query(
+        magic.query, model, prep.tokenizer, include_path=[str(p) for p in ctx.include_paths(job.spec_path)]
+    )
     memory = magic.memory
     chunk = memory.question_chunk if memory else 16
-    leaf_passes = {"task": extra_passes(query), "question": -(-query.batch.n_questions // chunk)}.get(magic.query.per, 0)
+    leaf_passes = {"task": extra_passes(query), "question": -(-query.batch.n_questions // chunk)}.get(
+        magic.query.per, 0
+    )
     extra = {"task": f" (+{leaf_passes} leaf tasks)", "question": f" (+{leaf_passes} passes of {chunk} questions)"}
-    task = ctx.task(f"MAGIC reverse pass {spec.name}" + extra.get(magic.query.per, ""),
-                    total=steps * (1 + leaf_passes))
+    task = ctx.task(f"MAGIC reverse pass {spec.name}" + extra.get(magic.query.per, ""), total=steps * (1 + leaf_passes))
 
     def progress(done: int, total: int) -> None:
         if task is not None:
@@ -70,9 +83,11 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         from unlearnspec.magic.sharded import parked, trained_tensors
 
         park = parked(trained_tensors(trainer.model, trainer.optimizer))
-    replay = ReplayOptions(micro_batch_rows=memory.replay_batch_size if memory else None,
-                           offload_adjoint=bool(memory and memory.offload_adjoint),
-                           offload_states=bool(memory and memory.offload_states))
+    replay = ReplayOptions(
+        micro_batch_rows=memory.replay_batch_size if memory else None,
+        offload_adjoint=bool(memory and memory.offload_adjoint),
+        offload_states=bool(memory and memory.offload_states),
+    )
     trajectory = callback.trajectory
     if trajectory is None:
         raise RuntimeError(f"[{spec.name}] MagicCallback recorded no trajectory (training did not start)")
@@ -80,14 +95,39 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     per_question: Optional[QuestionScores] = None
     with Timer() as reverse_clock, park:
         try:
-            scores = magic_scores(model, prep.grid, trajectory, query, dtype=torch.float32, progress=progress, stats=stats,
-                                  comm=comm, **replay)
+            scores = magic_scores(
+                model,
+                prep.grid,
+                trajectory,
+                query,
+                dtype=torch.float32,
+                progress=progress,
+                stats=stats,
+                comm=comm,
+                **replay,
+            )
             if magic.query.per == "task":  # before the states below are deleted
-                per_task = per_task_scores(model, prep.grid, trajectory, query, scores, comm=comm, **replay,
-                                           progress=lambda i, k: progress(steps * (1 + i), steps))
+                per_task = per_task_scores(
+                    model,
+                    prep.grid,
+                    trajectory,
+                    query,
+                    scores,
+                    comm=comm,
+                    **replay,
+                    progress=lambda i, k: progress(steps * (1 + i), steps),
+                )
             elif magic.query.per == "question":
-                per_question = per_question_scores(model, prep.grid, trajectory, query, chunk=chunk, comm=comm, **replay,
-                                                   progress=lambda done, total: progress(steps + done, steps))
+                per_question = per_question_scores(
+                    model,
+                    prep.grid,
+                    trajectory,
+                    query,
+                    chunk=chunk,
+                    comm=comm,
+                    **replay,
+                    progress=lambda done, total: progress(steps + done, steps),
+                )
         finally:
             ctx.done(task)
             dist.barrier()  # every rank is past its last read of the states
@@ -98,18 +138,52 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         leaves["per_question"] = write_question_scores(workdir, per_question)
     world = worlds.registered()  # the toy world's hook: scores vs the recorded fact spans ({} elsewhere)
     hook = world.score_quality if world is not None else None
-    quality = hook(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer, scores, query.batch.info()["task"],
-                   per_task, ctx.say, per_question.scores if per_question is not None else None) if hook else {}
+    quality = (
+        hook(
+            spec,
+            job.spec_path,
+            ctx.assets,
+            prep.grid,
+            prep.tokenizer,
+            scores,
+            query.batch.info()["task"],
+            per_task,
+            ctx.say,
+            per_question.scores if per_question is not None else None,
+        )
+        if hook
+        else {}
+    )
     from unlearnspec.data import grid_inputs
 
-    write_scores(workdir, scores, trajectory, fingerprint=prep.grid.fingerprint, query=query.batch.info(),
-                 dtype=spec.model.dtype, lr=job.lr, fingerprint_inputs=grid_inputs(prep.grid, spec.data),
-                 extra={**leaves, **quality, "spec": spec.name, "spec_hash": job.hash, "model": ctx.assets.model_id(spec.model),
-                        "train_seconds": train_clock.seconds, "reverse_seconds": reverse_clock.seconds,
-                        "world_size": ctx.world_size, "batch": batch_record(spec, prep, ctx).model_dump(),
-                        "sharded": comm is not None,
-                        "reverse_pass": {"adjoint_gain": stats.adjoint_gain, "adjoint_growth": stats.adjoint_growth,
-                                         "rounding_risk": stats.rounding_risk, "peak_state_copies": stats.peak_state_copies}})
+    write_scores(
+        workdir,
+        scores,
+        trajectory,
+        fingerprint=prep.grid.fingerprint,
+        query=query.batch.info(),
+        dtype=spec.model.dtype,
+        lr=job.lr,
+        fingerprint_inputs=grid_inputs(prep.grid, spec.data),
+        extra={
+            **leaves,
+            **quality,
+            "spec": spec.name,
+            "spec_hash": job.hash,
+            "model": ctx.assets.model_id(spec.model),
+            "train_seconds": train_clock.seconds,
+            "reverse_seconds": reverse_clock.seconds,
+            "world_size": ctx.world_size,
+            "batch": batch_record(spec, prep, ctx).model_dump(),
+            "sharded": comm is not None,
+            "reverse_pass": {
+                "adjoint_gain": stats.adjoint_gain,
+                "adjoint_growth": stats.adjoint_growth,
+                "rounding_risk": stats.rounding_risk,
+                "peak_state_copies": stats.peak_state_copies,
+            },
+        },
+    )
     from unlearnspec.magic.lds import save_trajectory_plan
 
     save_trajectory_plan(workdir, trajectory)  # what `magic.lds` / `unlearnspec lds` retrain from
@@ -118,11 +192,21 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         trained = gathered_model(trainer, spec, ctx) if comm is not None else trainer.model  # FSDP: all ranks gather
         model_dir = save_model(spec, trained, prep.tokenizer, workdir) if trained is not None else None
     neg = float((scores < 0).float().sum() / prep.grid.valid_targets.sum())
-    ctx.say(f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "
-            f"pass); {neg:.1%} of valid tokens are proponents (score < 0)")
-    return RunRecord(point=job.point, hparams={"lr": job.lr}, status="ok", run_dir=".", token_stats=prep.stats,
-                     train_seconds=train_clock.seconds, spec_hash=job.hash, model_dir=model_dir,
-                     batch=batch_record(spec, prep, ctx))
+    ctx.say(
+        f"[{spec.name}] scores written ({train_clock.seconds:.1f}s training, {reverse_clock.seconds:.1f}s reverse "
+        f"pass); {neg:.1%} of valid tokens are proponents (score < 0)"
+    )
+    return RunRecord(
+        point=job.point,
+        hparams={"lr": job.lr},
+        status="ok",
+        run_dir=".",
+        token_stats=prep.stats,
+        train_seconds=train_clock.seconds,
+        spec_hash=job.hash,
+        model_dir=model_dir,
+        batch=batch_record(spec, prep, ctx),
+    )
 
 
 def shared_states_dir(job: Job, workdir: Path) -> Path:

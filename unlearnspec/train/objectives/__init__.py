@@ -26,8 +26,13 @@ OBJECTIVES: dict[str, type[Objective]] = {
 """Objective name (the spec's `objective.name`) -> its loss."""
 
 
-def build_objective(spec_objective: Any, normalizer: Normalizer, retain: Optional[RetainRows], fused_head: bool = True,
-                    reference: Optional[ReferenceCache] = None) -> Optional[Objective]:
+def build_objective(
+    spec_objective: Any,
+    normalizer: Normalizer,
+    retain: Optional[RetainRows],
+    fused_head: bool = True,
+    reference: Optional[ReferenceCache] = None,
+) -> Optional[Objective]:
     """The objective of a spec's `objective` section; None for `weighted` (the trainer's own loss). `reference`:
     the forget grid's reference log-probs, for an objective with `needs_reference` (NPO)."""
     if spec_objective.name == "weighted":

@@ -27,8 +27,11 @@ class RetainRows:
 
     def paired(self, row_id: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         idx = row_id.detach().to("cpu", torch.long) % self.input_ids.shape[0]
-        return {"input_ids": self.input_ids[idx].to(device), "attention_mask": self.attention_mask[idx].to(device),
-                "labels": self.labels[idx].to(device)}
+        return {
+            "input_ids": self.input_ids[idx].to(device),
+            "attention_mask": self.attention_mask[idx].to(device),
+            "labels": self.labels[idx].to(device),
+        }
 
 
 def targets(labels: torch.Tensor) -> torch.Tensor:
@@ -46,13 +49,15 @@ def selection(weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return weights.abs() * targets(labels)
 
 
-def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                   fused: bool) -> torch.Tensor:
+def token_logprobs(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, fused: bool
+) -> torch.Tensor:
     """log p(token t | tokens < t) for t = 1..S-1, [B, S-1], 0 where the label is ignored. `fused`: TRL's fused LM
     head (float32 log-probs without the [B, S, V] logits; what the weighted trainer uses), else full logits."""
     if fused:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
-                    fused_lm_head=True)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False, fused_lm_head=True
+        )
         return out.log_probs.float() * targets(labels)[:, 1:]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return -token_nll(logits, labels)
@@ -72,8 +77,14 @@ class Objective:
     needs_reference: ClassVar[bool] = False
     """True when the loss reads the frozen base model's log-probs of the forget grid (a ReferenceCache)."""
 
-    def __init__(self, spec: Any, normalizer: Normalizer, retain: Optional[RetainRows], fused_head: bool = True,
-                 reference: Any = None):
+    def __init__(
+        self,
+        spec: Any,
+        normalizer: Normalizer,
+        retain: Optional[RetainRows],
+        fused_head: bool = True,
+        reference: Any = None,
+    ):
         if self.needs_reference and reference is None:
             raise ValueError(f"objective {self.name} needs its reference log-probs (a ReferenceCache)")
         self.reference = reference
@@ -112,14 +123,20 @@ class Objective:
         idx = batch["row_id"].detach().to("cpu", torch.long) % self.retain.labels.shape[0]
         return targets(self.retain.labels[idx]).sum().float()
 
-    def forget_and_retain_logprobs(self, model: Any, batch: dict[str, torch.Tensor]
-                                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forget_and_retain_logprobs(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Token log-probs [B, S-1] of the forget rows and (with a retain term) their paired retain rows, from one
         forward over both (one forward keeps DDP to one reducer pass per backward)."""
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         if self.retain is None:
             return token_logprobs(model, ids, mask, labels, self.fused_head), None
         r = self.retain.paired(batch["row_id"], ids.device)
-        lp = token_logprobs(model, torch.cat([ids, r["input_ids"]]), torch.cat([mask, r["attention_mask"]]),
-                            torch.cat([labels, r["labels"]]), self.fused_head)
-        return lp[: ids.shape[0]], lp[ids.shape[0]:]
+        lp = token_logprobs(
+            model,
+            torch.cat([ids, r["input_ids"]]),
+            torch.cat([mask, r["attention_mask"]]),
+            torch.cat([labels, r["labels"]]),
+            self.fused_head,
+        )
+        return lp[: ids.shape[0]], lp[ids.shape[0] :]

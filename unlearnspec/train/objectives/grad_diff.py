@@ -15,8 +15,14 @@ from unlearnspec.train.loss import normalizer_count
 from unlearnspec.train.objectives.base import Objective, retain_term, selection
 
 
-def grad_diff_loss(forget_nll: torch.Tensor, forget_weights: torch.Tensor, retain_nll: torch.Tensor | None,
-                   alpha: float, forget_count: torch.Tensor, retain_count: torch.Tensor | None) -> torch.Tensor:
+def grad_diff_loss(
+    forget_nll: torch.Tensor,
+    forget_weights: torch.Tensor,
+    retain_nll: torch.Tensor | None,
+    alpha: float,
+    forget_count: torch.Tensor,
+    retain_count: torch.Tensor | None,
+) -> torch.Tensor:
     """-sum(w[:, 1:] * forget_nll) / forget_count + alpha * sum(retain_nll) / retain_count.
 
     `forget_nll`, `retain_nll`: per-token CE [B, S-1] (0 at ignored labels); `forget_weights`: the selection [B, S]
@@ -40,4 +46,6 @@ class GradDiff(Objective):
     def loss(self, model: Any, batch: dict[str, torch.Tensor], counts: torch.Tensor) -> torch.Tensor:
         forget_lp, retain_lp = self.forget_and_retain_logprobs(model, batch)
         w = selection(batch["token_weights"], batch["labels"])
-        return grad_diff_loss(-forget_lp, w, None if retain_lp is None else -retain_lp, self.alpha, counts[0], counts[1])
+        return grad_diff_loss(
+            -forget_lp, w, None if retain_lp is None else -retain_lp, self.alpha, counts[0], counts[1]
+        )

@@ -39,8 +39,14 @@ class Npo(Objective):
     count_names = ("forget_rows", "retain_tokens")
     needs_reference = True
 
-    def __init__(self, spec: Any, normalizer: Any, retain: Optional[RetainRows], fused_head: bool = True,
-                 reference: Optional[ReferenceCache] = None):
+    def __init__(
+        self,
+        spec: Any,
+        normalizer: Any,
+        retain: Optional[RetainRows],
+        fused_head: bool = True,
+        reference: Optional[ReferenceCache] = None,
+    ):
         super().__init__(spec, normalizer, retain, fused_head, reference)
         self.beta = float(spec.beta)
         self.ref_logprobs: Optional[torch.Tensor] = None  # [N, S] float32, target alignment, from `attach`

@@ -68,9 +68,12 @@ class ReferenceCache:
         if cached is not None:
             self.status = "loaded"
             return cached
-        self.say(f"[npo] reference log-probs of {self.input_ids.shape[0]} forget rows: computing once (cache {self.key})")
-        ref = compute_reference(model, self.input_ids, self.attention_mask, self.labels, self.batch_size, fused,
-                                self.autocast)
+        self.say(
+            f"[npo] reference log-probs of {self.input_ids.shape[0]} forget rows: computing once (cache {self.key})"
+        )
+        ref = compute_reference(
+            model, self.input_ids, self.attention_mask, self.labels, self.batch_size, fused, self.autocast
+        )
         self.status = "computed"
         if self.is_main:
             self.store(ref)
@@ -82,7 +85,9 @@ class ReferenceCache:
             raise self._damaged(f"{self.folder} is a symlink; the cache entry must be a plain folder")
         if not path.is_file() or not side.is_file():
             return None
-        recorded = read_json(side, "reference sidecar", "missing", f"Delete the folder {self.folder}; it is recomputed.")
+        recorded = read_json(
+            side, "reference sidecar", "missing", f"Delete the folder {self.folder}; it is recomputed."
+        )
         if recorded != self.payload:
             raise self._damaged("its sidecar does not describe this grid and model")
         n, s = self.input_ids.shape
@@ -98,7 +103,11 @@ class ReferenceCache:
             raise self._damaged(f"it does not hold a float32 [{n}, {s}] tensor")
         check_tensor_storage(tensor, path)  # an expanded view of a few bytes is refused before any use
         valid = targets(self.labels)
-        if not bool(torch.isfinite(tensor).all()) or bool((tensor[valid] > 0).any()) or bool((tensor[~valid] != 0).any()):
+        if (
+            not bool(torch.isfinite(tensor).all())
+            or bool((tensor[valid] > 0).any())
+            or bool((tensor[~valid] != 0).any())
+        ):
             raise self._damaged("its values are not log-probabilities (finite, <= 0 at targets, 0 elsewhere)")
         return tensor
 
@@ -109,17 +118,31 @@ class ReferenceCache:
         write_with(self.folder / TENSOR_FILE, lambda fh: torch.save(tensor, fh), root=self.folder.parent)
 
     def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "file": str(self.folder / TENSOR_FILE), "status": self.status,
-                "data_fingerprint": self.fingerprint}
+        return {
+            "key": self.key,
+            "file": str(self.folder / TENSOR_FILE),
+            "status": self.status,
+            "data_fingerprint": self.fingerprint,
+        }
 
     def _damaged(self, why: str) -> UserError:
-        return UserError.one(str(self.folder / TENSOR_FILE), f"the cached NPO reference log-probs cannot be used: {why}. "
-                             f"Delete the folder {self.folder} (the tool made it); the next run recomputes it.")
+        return UserError.one(
+            str(self.folder / TENSOR_FILE),
+            f"the cached NPO reference log-probs cannot be used: {why}. "
+            f"Delete the folder {self.folder} (the tool made it); the next run recomputes it.",
+        )
 
 
 @torch.no_grad()
-def compute_reference(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                      batch_size: int, fused: bool, autocast: Optional[torch.dtype] = None) -> torch.Tensor:
+def compute_reference(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    fused: bool,
+    autocast: Optional[torch.dtype] = None,
+) -> torch.Tensor:
     """log p_ref(token t | < t) of every grid row [N, S] (float32, CPU, target alignment) with the model as it is
     (eval mode, LoRA adapters disabled), in batches of `batch_size` rows on the model's device."""
     device = next(model.parameters()).device
@@ -132,8 +155,9 @@ def compute_reference(model: Any, input_ids: torch.Tensor, attention_mask: torch
         with no_adapter, amp:
             for start in range(0, input_ids.shape[0], batch_size):
                 rows = slice(start, start + batch_size)
-                lp = token_logprobs(model, input_ids[rows].to(device), attention_mask[rows].to(device),
-                                    labels[rows].to(device), fused)
+                lp = token_logprobs(
+                    model, input_ids[rows].to(device), attention_mask[rows].to(device), labels[rows].to(device), fused
+                )
                 out[rows, 1:] = lp.float().cpu()
     finally:
         model.train(was_training)

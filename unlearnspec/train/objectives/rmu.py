@@ -26,9 +26,17 @@ def control_vector(dim: int, coef: float, seed: int) -> torch.Tensor:
     return coef * r / r.norm()
 
 
-def rmu_loss(forget_h: torch.Tensor, forget_weights: torch.Tensor, control: torch.Tensor, retain_h: Optional[torch.Tensor],
-             frozen_h: Optional[torch.Tensor], retain_mask: Optional[torch.Tensor], alpha: float,
-             forget_count: torch.Tensor, retain_count: Optional[torch.Tensor]) -> torch.Tensor:
+def rmu_loss(
+    forget_h: torch.Tensor,
+    forget_weights: torch.Tensor,
+    control: torch.Tensor,
+    retain_h: Optional[torch.Tensor],
+    frozen_h: Optional[torch.Tensor],
+    retain_mask: Optional[torch.Tensor],
+    alpha: float,
+    forget_count: torch.Tensor,
+    retain_count: Optional[torch.Tensor],
+) -> torch.Tensor:
     """sum_t w_t ||forget_h_t - control||^2 / forget_count + alpha * sum_t m_t ||retain_h_t - frozen_h_t||^2 / retain_count.
 
     Activations [B, S, d] (half precision computed in float32), weights and mask [B, S] (position t <-> token t),
@@ -51,8 +59,12 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
     for _, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == n:
             return module
-    raise UserError.one("objective", f"objective `rmu` cannot find the decoder layers of {type(model).__name__} (a module "
-                        f"list of config.num_hidden_layers={n} blocks).", loc="objective.name")
+    raise UserError.one(
+        "objective",
+        f"objective `rmu` cannot find the decoder layers of {type(model).__name__} (a module "
+        f"list of config.num_hidden_layers={n} blocks).",
+        loc="objective.name",
+    )
 
 
 class _Capture:
@@ -72,8 +84,9 @@ class Rmu(Objective):
     name = "rmu"
     count_names = ("forget_tokens", "retain_tokens")
 
-    def __init__(self, spec: Any, normalizer: Any, retain: Optional[RetainRows], fused_head: bool = True,
-                 reference: Any = None):
+    def __init__(
+        self, spec: Any, normalizer: Any, retain: Optional[RetainRows], fused_head: bool = True, reference: Any = None
+    ):
         super().__init__(spec, normalizer, retain, fused_head, reference)
         self.layer = int(spec.layer)
         self.control: Optional[torch.Tensor] = None
@@ -83,12 +96,19 @@ class Rmu(Objective):
     def prepare_model(self, model: Any) -> None:
         layers = decoder_layers(model)
         if self.layer >= len(layers):
-            raise UserError.one("objective", f"objective.layer={self.layer} but the model has {len(layers)} decoder "
-                                f"layers (0-based: 0..{len(layers) - 1}). Lower `layer`.", loc="objective.layer")
+            raise UserError.one(
+                "objective",
+                f"objective.layer={self.layer} but the model has {len(layers)} decoder "
+                f"layers (0-based: 0..{len(layers) - 1}). Lower `layer`.",
+                loc="objective.layer",
+            )
         bad = [i for i in self.spec.layers_trained() if i >= len(layers)]
         if bad:
-            raise UserError.one("objective", f"objective.train_layers holds {bad}, beyond the model's {len(layers)} layers.",
-                                loc="objective.train_layers")
+            raise UserError.one(
+                "objective",
+                f"objective.train_layers holds {bad}, beyond the model's {len(layers)} layers.",
+                loc="objective.train_layers",
+            )
         if self.alpha > 0:  # the frozen model, copied before anything trains (and before the trainer patches forward)
             self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
             self._frozen_capture = _Capture(decoder_layers(self.frozen)[self.layer])
@@ -96,12 +116,17 @@ class Rmu(Objective):
         for i in self.spec.layers_trained():
             block = layers[i] if self.spec.train_params == "layer" else getattr(layers[i], "mlp", None)
             if block is None:
-                raise UserError.one("objective", f"decoder layer {i} of {type(model).__name__} has no `mlp` block; set "
-                                    "`train_params: layer`.", loc="objective.train_params")
+                raise UserError.one(
+                    "objective",
+                    f"decoder layer {i} of {type(model).__name__} has no `mlp` block; set `train_params: layer`.",
+                    loc="objective.train_params",
+                )
             block.requires_grad_(True)
         self.trained = [n for n, p in model.named_parameters() if p.requires_grad]
         self._capture = _Capture(layers[self.layer])
-        self.control = control_vector(int(model.config.hidden_size), float(self.spec.steering_coef), int(self.spec.seed))
+        self.control = control_vector(
+            int(model.config.hidden_size), float(self.spec.steering_coef), int(self.spec.seed)
+        )
 
     def counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         w = selection(batch["token_weights"], batch["labels"])
@@ -125,7 +150,9 @@ class Rmu(Objective):
             h = self._activations(model, self._capture, ids, mask)
             return rmu_loss(h, w, self.control, None, None, None, 0.0, counts[0], None)
         r = self.retain.paired(batch["row_id"], ids.device)
-        h = self._activations(model, self._capture, torch.cat([ids, r["input_ids"]]), torch.cat([mask, r["attention_mask"]]))
+        h = self._activations(
+            model, self._capture, torch.cat([ids, r["input_ids"]]), torch.cat([mask, r["attention_mask"]])
+        )
         assert self.frozen is not None
         with torch.no_grad():
             frozen_h = self._activations(self.frozen, self._frozen_capture, r["input_ids"], r["attention_mask"])

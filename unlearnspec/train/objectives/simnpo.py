@@ -17,7 +17,9 @@ from unlearnspec.train.objectives.base import Objective, retain_term, selection
 from unlearnspec.train.objectives.npo import active_rows, sequence_logprob
 
 
-def simnpo_loss(logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float, rows: torch.Tensor) -> torch.Tensor:
+def simnpo_loss(
+    logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float, rows: torch.Tensor
+) -> torch.Tensor:
     """-(2/beta) * sum_i log sigmoid(-(beta / lengths_i) * logp_i - gamma) / rows, for rows with lengths > 0 [B]."""
     return -(2.0 / beta) * F.logsigmoid(-(beta / lengths) * logp - gamma).sum() / rows.clamp(min=1e-12)
 
