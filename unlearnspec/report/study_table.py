@@ -66,8 +66,9 @@ def markdown(tables: list[ReportTable], oracle: ReportTable, name: str, png: Opt
             sel = f"{s[0]:+.4f} [{s[0] - 1.96 * s[1]:+.4f}, {s[0] + 1.96 * s[1]:+.4f}]" if s else "n/a"
             frac = f"{s[0] / best:.2f}" if s else "n/a"
             c = r.selectivity
+            own = "the oracle" if t.role == "positive_control" else "n/a"
             ctrl = "n/a (no matched control)" if c is None else f"{c.value:+.4f}" + (
-                f" ({c.oracle_fraction:.2f})" if c.oracle_fraction is not None else f" ({c.oracle_note or 'n/a'})")
+                f" ({c.oracle_fraction:.2f})" if c.oracle_fraction is not None else f" ({c.oracle_note or own})")
             cells = [f"{r.cells[x].acc:.3f}" + (" chance" if r.cells[x].at_chance else "") if x in r.cells else "n/a"
                      for x in (hazard, general)]
             note = " (collapsed)" if r.collapsed else ""
@@ -93,15 +94,15 @@ def plot(tables: list[ReportTable], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 7))
+    fig, ax = plt.subplots(figsize=(12, 7))
     base = _base(tables[0])
     hazard, general = _tasks(tables[0])
     ax.scatter([base.cells[general].acc], [base.cells[hazard].acc], marker="*", s=200, c="k", label="baseline")
     for i, t in enumerate(tables):
         rows = [r for r in t.rows if r.kind == "run" and r.status == "ok" and hazard in r.cells and general in r.cells]
         xs, ys = [r.cells[general].acc for r in rows], [r.cells[hazard].acc for r in rows]
-        color = plt.get_cmap("tab10")(i % 10)
-        ax.plot(xs, ys, "o-", color=color, label=t.spec)
+        color = plt.get_cmap("tab20")(i % 20)
+        ax.plot(xs, ys, "s-" if any(r.attack for r in rows) else "o-", color=color, label=t.spec)
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(r.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             if r.attack:  # the attack changes the general accuracy too, but only the hazard task is in its record
@@ -109,7 +110,7 @@ def plot(tables: list[ReportTable], path: Path) -> None:
     ax.set_xlabel(f"{general} accuracy (higher = kept)")
     ax.set_ylabel(f"{hazard} accuracy (lower = forgot); dashed arrow: after the attack's last step count")
     ax.set_title("Oracle, random, MAGIC selections and established methods, before and after the attack")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
