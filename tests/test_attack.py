@@ -39,7 +39,7 @@ def test_the_attack_section_validates_and_enters_the_hash():
 
     data = _spec_data()
     spec = validate_data(data, None, "x.yaml")
-    assert spec.attack is not None and spec.attack.steps == [5, 25, 100] and spec.attack.lora is None
+    assert spec.attack is not None and spec.attack.steps == [5, 25, 100] and spec.attack.lora is not None
     other = copy.deepcopy(data)
     other["attack"]["lr"] = 1e-5
     assert spec_hash(validate_data(other, None, "x.yaml")) != spec_hash(spec)  # it changes results
@@ -319,7 +319,11 @@ def test_d16_counts_the_attack_on_one_gpu_and_names_a_lora_attack_as_the_fix():
     from unlearnspec.doctor.memory_model import gib, train_activations
     from unlearnspec.doctor.memory_rules import fit_report, job_of, model_shape, phases
 
-    spec = validate_data(_spec_data(), None, "x.yaml")
+    full = _spec_data()  # the shipped spec with a full fine-tuning attack and none of its memory knobs
+    for section, key in (("attack", "lora"), ("attack", "micro_batch_size"), ("training", "micro_batch_size")):
+        full[section].pop(key)
+    full.pop("parallel")
+    spec = validate_data(full, None, "x.yaml")
     m, _ = model_shape(spec)
     est = phases(spec, m, job_of(spec, 1))
     copy_gb = gib(m.params * 4)
@@ -327,10 +331,14 @@ def test_d16_counts_the_attack_on_one_gpu_and_names_a_lora_attack_as_the_fix():
     assert math.isclose(est["attack"] / 2**30, 5 * copy_gb + act, rel_tol=1e-9) and gib(est["attack"]) > 80
     fits, now, _, fix = fit_report(spec, "point", 1, 80.0)
     assert fits is False and "attack 1" in now and "attack.lora" in fix
-    rmu = yaml.safe_load((SPECS / "comparators" / "rmu.yaml").read_text())  # AdamW training: no knob fits one GPU
+    rmu = yaml.safe_load((SPECS / "comparators" / "rmu.yaml").read_text())  # in float32, with a full attack
+    rmu["model"]["dtype"] = "float32"
+    for section, key in (("attack", "lora"), ("attack", "micro_batch_size"), ("training", "micro_batch_size")):
+        rmu[section].pop(key)
     fix = fit_report(validate_data(rmu, None, "x.yaml"), "point", 1, 80.0)[3]
-    assert "GPUs" in fix and "attack.lora" in fix  # more GPUs do not shrink the one-GPU attack
-    lora = copy.deepcopy(_spec_data())
+    # RMU refuses FSDP: more GPUs would not shrink it, so the fix is bfloat16 and a LoRA attack, not more GPUs
+    assert "model.dtype: bfloat16" in fix and "attack.lora" in fix and "GPUs (slurm" not in fix, fix
+    lora = copy.deepcopy(full)
     lora["attack"]["lora"] = {"rank": 8}
     est = phases(validate_data(lora, None, "x.yaml"), m, job_of(validate_data(lora, None, "x.yaml"), 4))
     assert math.isclose(est["attack"] / 2**30, 2 * copy_gb + act, rel_tol=1e-9)  # on the main GPU at any world size

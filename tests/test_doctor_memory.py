@@ -131,3 +131,63 @@ def test_training_peak_matches_the_model(optimizer):
         sgd_train(model, grid, plan_steps(6, 3, 3, 1e-3, seed=0), optimizer=OptimizerConfig(optimizer))  # type: ignore[arg-type]
     predicted = train_bytes(shape, 32, Setting(rows=3, optimizer=optimizer), with_params=False)
     assert abs(predicted / mem.peak - 1) <= 0.10, (predicted, mem.peak)  # measured +1.6% (sgd), +1.0% (adamw)
+
+
+def _comparator(tmp_path, name, **edits):
+    data = yaml.safe_load((REPO / "specs" / "comparators" / f"{name}.yaml").read_text())
+    for dotted, value in edits.items():
+        *head, last = dotted.split("__")
+        node = data
+        for key in head:
+            node = node[key]
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def _point_phases(path, gpus=1):
+    from unlearnspec.doctor.memory_rules import KNOWN_SHAPES, job_of, phases
+    from unlearnspec.spec import load_spec
+
+    spec = load_spec(path)
+    return spec, phases(spec, KNOWN_SHAPES[spec.model.name_or_path], job_of(spec, gpus))
+
+
+def test_a_retain_objective_counts_the_paired_retain_rows_in_its_forward(tmp_path):
+    """grad_diff/npo/simnpo/rmu forward each forget row with its paired retain row (train/objectives/base.py,
+    `forget_and_retain_logprobs`): twice the activations of `micro_batch_size` rows."""
+    from unlearnspec.memory import train_activations
+
+    spec, with_retain = _point_phases(_comparator(tmp_path, "npo", parallel=None))
+    _, without = _point_phases(_comparator(tmp_path, "npo", parallel=None, data__retain=None, objective__alpha=0.0))
+    one_row = train_activations(ModelShape(32, 4096, 32, 50304, 16384), 1024, 4)
+    assert with_retain["training"] - without["training"] == pytest.approx(one_row)  # micro_batch_size 1: 2 rows vs 1
+
+
+def test_rmu_counts_its_frozen_copy_and_only_its_trained_blocks_and_is_never_told_to_shard(tmp_path):
+    """RMU (float32 here): the model, its frozen copy, gradients + AdamW m, v of the 3 trained MLPs, 2 rows of
+    activations; it refuses FSDP, so the fix for 1 or 2 GPUs is bfloat16, never `parallel.strategy: fsdp`."""
+    from unlearnspec.memory import GIB, train_activations
+
+    path = _comparator(tmp_path, "rmu", model__dtype="float32")
+    m = ModelShape(32, 4096, 32, 50304, 16384)
+    _, est = _point_phases(path)
+    mlp = 2 * 4096 * 16384 + 16384 + 4096
+    assert est["training"] == pytest.approx(2 * m.params * 4 + 3 * 3 * mlp * 4 + 2 * train_activations(m, 1024, 4))
+    assert 80 < est["training"] / GIB < 82
+    for gpus in (1, 2):
+        site = yaml.safe_load(SITE.read_text())
+        site["slurm"]["jobs"]["point"].update(gpus=gpus, processes=gpus)
+        site_path = tmp_path / f"site{gpus}.yaml"
+        site_path.write_text(yaml.safe_dump(site))
+        point = [f for f in _d16(diagnose([path], cluster=site_path)[0]) if "point job" in f.message]
+        assert len(point) == 1 and point[0].severity == "error"
+        fix = point[0].fix
+        assert "model.dtype: bfloat16" in fix and "fsdp" not in fix.replace("refusing FSDP", "").lower(), fix
+        assert "GPUs (slurm.jobs.point" not in fix, fix
+    fitted = [f for f in _d16(diagnose([REPO / "specs" / "comparators"], cluster=SITE)[0]) if "rmu" in f.spec]
+    assert fitted and all(f.severity == "info" for f in fitted), fitted  # the shipped spec: bfloat16, micro-batch 1

@@ -25,6 +25,7 @@ from unlearnspec.doctor.memory_model import (
     fits,
     gib,
     host_bytes,
+    train_activations,
     kept_count,
     resident_bytes,
     reverse_bytes,
@@ -121,12 +122,12 @@ def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str
     seq, s = spec.data.max_seq_len, job.setting
     if kind == "baseline":
         return {"evaluation": eval_bytes(m, seq, job.eval_batch, s.dtype_bytes)}
-    train = train_bytes(m, seq, replace(s, rows=job.train_rows))
+    # an objective with `data.retain` sends each forget row and its paired retain row through one forward
+    rows = job.train_rows * (2 if spec.data.retain is not None else 1)
+    train = _rmu_bytes(spec, m, seq, s, rows) if _unsharded(spec) else train_bytes(m, seq, replace(s, rows=rows))
     if job.activation_checkpointing and s.fsdp and s.world > 1:  # one layer's activations plus each layer's input
-        from unlearnspec.doctor.memory_model import train_activations
-
-        full = job.train_rows * train_activations(m, seq, s.dtype_bytes)
-        train += full / m.layers + job.train_rows * m.layers * seq * m.hidden * s.dtype_bytes - full
+        full = rows * train_activations(m, seq, s.dtype_bytes)
+        train += full / m.layers + rows * m.layers * seq * m.hidden * s.dtype_bytes - full
     out = {"training": train}
     if spec.magic is not None and spec.lora is None:
         sharded = s.fsdp and s.world > 1  # the sharded job parks the trained shards in host RAM (`sharded.parked`)
@@ -145,11 +146,28 @@ def phases(spec: Spec, m: ModelShape, job: Job, kind: str = "point") -> dict[str
     return out
 
 
+def _unsharded(spec: Spec) -> bool:
+    """RMU refuses FSDP and LoRA: it trains some blocks of the model itself beside a frozen copy."""
+    return spec.objective.name == "rmu"
+
+
+def _rmu_bytes(spec: Spec, m: ModelShape, seq: int, s: Setting, rows: int) -> float:
+    """RMU's training (train/objectives/rmu.py): the whole model, its frozen copy when alpha > 0, gradients and
+    optimizer state of the trained blocks only (DDP: a bucket copy of those gradients), and the activations of
+    `rows` sequences (the forward runs every layer; counted whole, an upper bound)."""
+    obj, d, i = spec.objective, m.hidden, m.intermediate
+    block = 2 * d * i + i + d if obj.train_params == "mlp" else 4 * d * d + 4 * d + 2 * d * i + i + d + 4 * d
+    trained = sum(1 for x in obj.layers_trained() if x < m.layers) * block * s.dtype_bytes
+    states = 1 + (2 if s.optimizer != "sgd" else 0) + (1 if s.world > 1 else 0)  # gradients (+ m, v) (+ bucket)
+    copy = m.params * s.dtype_bytes
+    return copy * (2 if obj.alpha > 0 else 1) + states * trained + rows * train_activations(m, seq, s.dtype_bytes)
+
+
 def _moves(spec: Spec, job: Job, gpus: int) -> list[tuple[str, Job]]:
     """Cumulative knob changes, cheapest first: each entry is (what to set, the job with it and all before)."""
     out: list[tuple[str, Job]] = []
     s = job.setting
-    if gpus > 1 and not s.fsdp:
+    if gpus > 1 and not s.fsdp and not _unsharded(spec):
         job = replace(job, setting=replace(s, fsdp=True))
         out.append(("parallel.strategy: fsdp", job))
     if spec.magic is not None and spec.magic.checkpoints != "log" and not job.setting.offload_states:
@@ -215,11 +233,22 @@ def _device_fix(
 ) -> tuple[str, dict[str, float]]:
     """The knobs that make the GPU phases fit (cheapest first, cumulative), and the estimate with them."""
     chosen: dict[str, str] = {}  # field -> its setting (a later move of the same field replaces the earlier)
+    moved = job
     for knob, moved in _moves(spec, job, gpus):
         chosen[knob.split(":")[0]] = knob
         after = phases(spec, m, moved, kind)
         if _fit(after, gpu_gb, None):
             return f"set {'; '.join(chosen.values())}", after
+    if _unsharded(spec):  # more GPUs hold more replicas of the same per-GPU memory: only the dtype halves it
+        if job.setting.dtype_bytes > 2:
+            moved = replace(moved, setting=replace(moved.setting, dtype_bytes=2))
+            after = phases(spec, m, moved, kind)
+            if _fit(after, gpu_gb, None):
+                chosen["model.dtype"] = ("model.dtype: bfloat16 (objective `rmu` runs unsharded, refusing FSDP and "
+                                         "LoRA, so more GPUs would not shrink it; the WMDP paper's code loads both "
+                                         "models in bfloat16)")
+                return f"set {'; '.join(chosen.values())}", after
+        return "", {}
     for more in (2, 4, 8, 16):
         wide = replace(
             job,
@@ -261,6 +290,10 @@ def fit_report(
     fixes, after = [], est
     if not _fit(est, gpu_gb, None):
         knobs, after = _device_fix(spec, m, job, kind, gpus, gpu_gb)
+        if not knobs and _unsharded(spec):
+            return False, now, source, ("objective `rmu` runs unsharded (it refuses FSDP and LoRA), so more GPUs do "
+                                        "not shrink it, and no knob of the memory model makes it fit (bfloat16 "
+                                        "included): use larger GPUs")
         if not knobs:
             return (
                 False,

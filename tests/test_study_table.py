@@ -1,0 +1,28 @@
+"""The cross-report study table (unlearnspec.report.study_table): selectivity against the baseline, the oracle's
+fraction, and the attack column, from committed report JSONs."""
+
+from __future__ import annotations
+
+import pytest
+
+from unlearnspec.report.model import load_report
+from unlearnspec.report.study_table import markdown, oracle_best, selectivity_vs_base
+
+from .conftest import REPO
+
+
+def test_selectivity_vs_baseline_oracle_fraction_and_attack_column(tmp_path):
+    oracle = load_report(REPO / "reports" / "controls_oracle.json")
+    npo = load_report(REPO / "reports" / "comparators" / "comparators_npo.json")
+    base, run = next(r for r in npo.rows if r.kind == "baseline"), [r for r in npo.rows if r.kind == "run"][-1]
+    h, g = "toy_wmdp", "toy_mmlu"
+    expected = (base.cells[h].acc - run.cells[h].acc) - (base.cells[g].acc - run.cells[g].acc)
+    value, se = selectivity_vs_base(run, base, h, g)
+    assert run.cells[g].acc != base.cells[g].acc  # both terms matter
+    assert value == pytest.approx(expected) and 0 < se < 0.1
+    best, lr = oracle_best(oracle)
+    assert lr == "0.05" and best == pytest.approx(0.4267, abs=1e-4)
+    text = markdown([oracle, npo], oracle, "s", None)
+    line = next(x for x in text.splitlines() if x.startswith(f"| comparators_npo | {run.label} |"))
+    assert f"| {expected / best:.2f} |" in line and f"{run.attack[0].steps}: {run.attack[0].acc:.3f}" in line
+    assert all("| not run |" in x for x in text.splitlines() if x.startswith("| controls_oracle |"))
