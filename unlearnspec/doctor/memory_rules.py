@@ -25,14 +25,15 @@ from unlearnspec.doctor.memory_model import (
     fits,
     gib,
     host_bytes,
-    train_activations,
     kept_count,
     resident_bytes,
     reverse_bytes,
+    train_activations,
     train_bytes,
 )
 from unlearnspec.spec import Spec
 from unlearnspec.spec.batch import optimizer_steps
+from unlearnspec.spec.objectives import RmuObjective
 
 DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 KNOWN_SHAPES = {
@@ -156,6 +157,7 @@ def _rmu_bytes(spec: Spec, m: ModelShape, seq: int, s: Setting, rows: int) -> fl
     optimizer state of the trained blocks only (DDP: a bucket copy of those gradients), and the activations of
     `rows` sequences (the forward runs every layer; counted whole, an upper bound)."""
     obj, d, i = spec.objective, m.hidden, m.intermediate
+    assert isinstance(obj, RmuObjective)  # called for `objective: rmu` only
     block = 2 * d * i + i + d if obj.train_params == "mlp" else 4 * d * d + 4 * d + 2 * d * i + i + d + 4 * d
     trained = sum(1 for x in obj.layers_trained() if x < m.layers) * block * s.dtype_bytes
     states = 1 + (2 if s.optimizer != "sgd" else 0) + (1 if s.world > 1 else 0)  # gradients (+ m, v) (+ bucket)
@@ -244,9 +246,11 @@ def _device_fix(
             moved = replace(moved, setting=replace(moved.setting, dtype_bytes=2))
             after = phases(spec, m, moved, kind)
             if _fit(after, gpu_gb, None):
-                chosen["model.dtype"] = ("model.dtype: bfloat16 (objective `rmu` runs unsharded, refusing FSDP and "
-                                         "LoRA, so more GPUs would not shrink it; the WMDP paper's code loads both "
-                                         "models in bfloat16)")
+                chosen["model.dtype"] = (
+                    "model.dtype: bfloat16 (objective `rmu` runs unsharded, refusing FSDP and "
+                    "LoRA, so more GPUs would not shrink it; the WMDP paper's code loads both "
+                    "models in bfloat16)"
+                )
                 return f"set {'; '.join(chosen.values())}", after
         return "", {}
     for more in (2, 4, 8, 16):
@@ -291,9 +295,16 @@ def fit_report(
     if not _fit(est, gpu_gb, None):
         knobs, after = _device_fix(spec, m, job, kind, gpus, gpu_gb)
         if not knobs and _unsharded(spec):
-            return False, now, source, ("objective `rmu` runs unsharded (it refuses FSDP and LoRA), so more GPUs do "
-                                        "not shrink it, and no knob of the memory model makes it fit (bfloat16 "
-                                        "included): use larger GPUs")
+            return (
+                False,
+                now,
+                source,
+                (
+                    "objective `rmu` runs unsharded (it refuses FSDP and LoRA), so more GPUs do "
+                    "not shrink it, and no knob of the memory model makes it fit (bfloat16 "
+                    "included): use larger GPUs"
+                ),
+            )
         if not knobs:
             return (
                 False,
