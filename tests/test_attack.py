@@ -224,6 +224,7 @@ def test_d17_fires_on_unlearning_without_an_attack_and_not_otherwise(tmp_path: P
     (tmp_path / "specs" / "without.yaml").write_text(yaml.safe_dump(without))
     ascend = yaml.safe_load((SPECS / "controls" / "oracle.yaml").read_text())
     del ascend["control"]
+    ascend.pop("attack", None)  # the shipped oracle has an attack; without it, its ascending rule must warn
     (tmp_path / "specs" / "oracle.yaml").write_text(yaml.safe_dump(ascend))
     plain = yaml.safe_load((SPECS / "fixed" / "all_tokens.yaml").read_text())
     (tmp_path / "specs" / "plain.yaml").write_text(yaml.safe_dump(plain))

@@ -160,7 +160,7 @@ def _point_phases(path, gpus=1):
 def test_a_retain_objective_counts_the_paired_retain_rows_in_its_forward(tmp_path):
     """grad_diff/npo/simnpo/rmu forward each forget row with its paired retain row (train/objectives/base.py,
     `forget_and_retain_logprobs`): twice the activations of `micro_batch_size` rows."""
-    from unlearnspec.memory import train_activations
+    from unlearnspec.doctor.memory_model import train_activations
 
     spec, with_retain = _point_phases(_comparator(tmp_path, "npo", parallel=None))
     _, without = _point_phases(_comparator(tmp_path, "npo", parallel=None, data__retain=None, objective__alpha=0.0))
@@ -171,7 +171,7 @@ def test_a_retain_objective_counts_the_paired_retain_rows_in_its_forward(tmp_pat
 def test_rmu_counts_its_frozen_copy_and_only_its_trained_blocks_and_is_never_told_to_shard(tmp_path):
     """RMU (float32 here): the model, its frozen copy, gradients + AdamW m, v of the 3 trained MLPs, 2 rows of
     activations; it refuses FSDP, so the fix for 1 or 2 GPUs is bfloat16, never `parallel.strategy: fsdp`."""
-    from unlearnspec.memory import GIB, train_activations
+    from unlearnspec.doctor.memory_model import GIB, train_activations
 
     path = _comparator(tmp_path, "rmu", model__dtype="float32")
     m = ModelShape(32, 4096, 32, 50304, 16384)

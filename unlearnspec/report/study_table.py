@@ -137,8 +137,12 @@ def plot(tables: list[ReportTable], path: Path) -> None:
     ax.set_title("Oracle, random, MAGIC selections and established methods, before and after the attack")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from unlearnspec.safewrite import write_with
+
+    try:
+        write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}))
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -154,7 +158,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error(f"--oracle {args.oracle}: no report of that spec among the inputs")
     png = args.out / f"{args.name}.png"
     plot(tables, png)
-    (args.out / f"{args.name}.md").write_text(markdown(tables, oracle, args.name, png.name))
+    from unlearnspec.safewrite import write_text
+
+    write_text(args.out / f"{args.name}.md", markdown(tables, oracle, args.name, png.name))
 
 
 if __name__ == "__main__":

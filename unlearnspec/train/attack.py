@@ -45,7 +45,7 @@ def batch_order(n_rows: int, batch_size: int, steps: int, seed: int) -> list[lis
     out = []
     for _ in range(steps):
         while len(stream) < batch_size:
-            stream += torch.randperm(n_rows, generator=gen).tolist()
+            stream += torch.randperm(n_rows, generator=gen, device="cpu").tolist()  # CPU indices into the CPU grid
         out.append(stream[:batch_size])
         stream = stream[batch_size:]
     return out
@@ -75,7 +75,7 @@ def relearn(model: Any, grid: Any, attack: Any, device: str, after: Callable[[in
     model.train()
     for step, rows in enumerate(order, start=1):
         optimizer.zero_grad(set_to_none=True)
-        idx = torch.tensor(rows)
+        idx = torch.tensor(rows, device="cpu")  # indexes the grid, which stays on the CPU
         tokens = int((grid.labels[idx, 1:] != IGNORE_INDEX).sum())
         total = 0.0
         for chunk in idx.split(micro):
