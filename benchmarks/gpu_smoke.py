@@ -36,6 +36,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+import unlearnspec.toy  # noqa: E402,F401 - registers the embedded toy world, as the `unlearnspec` command does at start
+
 REPO = Path(__file__).resolve().parents[1]
 FAILED: list[str] = []
 

@@ -28,6 +28,8 @@ import warnings
 
 import torch
 
+import unlearnspec.toy  # noqa: E402,F401 - registers the embedded toy world, as the `unlearnspec` command does at start
+
 warnings.simplefilter("ignore")  # the rounding warning is what this script measures; print figures instead
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "fixed_adamw" / "magic_wmdp.yaml"

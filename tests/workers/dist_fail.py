@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+import unlearnspec.toy  # noqa: E402,F401 - registers the embedded toy world, as the `unlearnspec` command does at start
 from unlearnspec.train import dist
 
 
