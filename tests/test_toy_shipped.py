@@ -235,3 +235,20 @@ def test_toy_build_force_rebuilds_the_shipped_world_bit_for_bit(tmp_path):
     )
     assert info["baseline"] == record["baseline"], f"the rebuilt baseline differs from the shipped one. `{REGENERATE}`"
     assert info["numerics"] == record["numerics"]
+
+
+def test_a_world_another_process_installed_first_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two processes on a fresh cache (pytest-xdist workers, `run --jobs 2`) both install the world; the one that
+    finishes second must keep the first one's folder, which the first may already be reading (replacing it moved
+    it to a trash folder and deleted it under the reader)."""
+    monkeypatch.setenv("UNLEARNSPEC_CACHE", str(tmp_path / "cache"))
+    first = ensure_toy_world()
+    reader = open(first.root / "world.json", "rb")  # noqa: SIM115 - the first process, still reading
+    inode = os.stat(first.root).st_ino
+    try:
+        build._build_atomically(first.config, first.root, lambda _msg: None, from_shipped=True)  # the second
+        assert os.stat(first.root).st_ino == inode, "the finished world was replaced under its reader"
+        assert (first.root / "model" / "model.safetensors").is_file() and reader.read(1)
+    finally:
+        reader.close()
+    assert [p.name for p in first.root.parent.iterdir()] == [first.root.name]  # no temporary folder left

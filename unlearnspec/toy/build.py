@@ -101,7 +101,9 @@ def _build_atomically(cfg: WorldConfig, root: Path, log: Log, from_shipped: bool
         if not (from_shipped and install_shipped(cfg, tmp, log)):
             build_world(cfg, tmp, log)
         follow_umask(tmp)  # mkdtemp and safetensors made 0700/0600: a shared cache must be readable
-        if root.exists():  # --force, or another process finished first: replace it
+        if from_shipped and (root / INFO_FILE).is_file():
+            return  # another process installed the same world (same key) first: keep theirs, which it may be reading
+        if root.exists():  # --force, or a folder without its record: replace it
             trash = root.with_name(f".{root.name}.old-{os.getpid()}")
             os.replace(root, trash)
             os.replace(tmp, root)
