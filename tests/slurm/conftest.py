@@ -36,13 +36,20 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), every SLURM test runs in one worker, one after another: they
-    share the one cluster, whose queue and node some of them inspect."""
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+@pytest.fixture(autouse=True)
+def _one_slurm_test_at_a_time(tmp_path_factory: pytest.TempPathFactory):
+    """Under pytest-xdist the SLURM tests of both workers would share the one cluster (a 2-CPU node): jobs of one
+    test queue behind the other's and their waits time out, and some tests read the whole queue. A lock in the
+    session's shared temp folder lets one SLURM test run at a time (the other worker waits for it)."""
+    import fcntl
+
+    lock = tmp_path_factory.getbasetemp().parent / "slurm-tests.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
