@@ -82,9 +82,19 @@ def release_root(folder: Path) -> bool:
     return True
 
 
+def _in_the_way(final: Path) -> bool:
+    return final.is_symlink() or (final.exists() and (not final.is_dir() or marker(final) is None))
+
+
 def check_replaceable(final: Path) -> None:
-    """Refuse up front when a job's folder exists and is not the tool's own."""
-    if final.is_symlink() or (final.exists() and (not final.is_dir() or marker(final) is None)):
+    """Refuse up front when a job's folder exists and is not the tool's own. A folder seen between another
+    process's two renames (it replaces the same shared cache entry, e.g. a baseline) is looked at again: only a
+    foreign folder that stays in the way is refused."""
+    for wait in (0.0, 0.05, 0.2, 0.5):
+        time.sleep(wait)
+        if not _in_the_way(final):
+            return
+    if _in_the_way(final):
         raise UserError.one(
             str(final),
             "a file or folder not created by unlearnspec is in the way of this job's output; it is left untouched. "
@@ -131,9 +141,11 @@ def clean_stale_tmp(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 @contextmanager
-def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
+def atomic_dir(final: Path, keep_existing: bool = False, **info: Any) -> Iterator[Path]:
     """Yield a marked temp folder next to `final`; it replaces `final` only if the block succeeds and
-    `final` is absent or ours. On failure the temp folder is removed and `final` is untouched."""
+    `final` is absent or ours. On failure the temp folder is removed and `final` is untouched. With
+    `keep_existing` (a shared cache entry whose content depends only on its key), a `final` another process
+    finished meanwhile is kept and this one's copy dropped."""
     check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
@@ -158,6 +170,8 @@ def atomic_dir(final: Path, **info: Any) -> Iterator[Path]:
                 "(the job wrote into a temporary folder, now removed); rerun to resume.",
             ) from None
         check_replaceable(final)
+        if keep_existing and final.is_dir() and marker(final) is not None:
+            return  # another process finished the same shared entry first: keep it (a reader may be in it)
         if final.exists():
             old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
             os.replace(final, old)

@@ -123,7 +123,8 @@ class SerialExecutor:
 
             with tempfile.TemporaryDirectory(prefix="unlearnspec-rank-") as scratch:
                 return run_job(job, self.ctx, Path(scratch))
-        with atomic_dir(job.out, kind=job.kind, job=job.id, spec_hash=job.hash) as tmp:
+        shared = job.kind == "baseline"  # a cache entry keyed by what it evaluates: concurrent runs may both make it
+        with atomic_dir(job.out, keep_existing=shared, kind=job.kind, job=job.id, spec_hash=job.hash) as tmp:
             record = run_job(job, self.ctx, tmp)
             shutil.rmtree(tmp / "trainer", ignore_errors=True)  # HF's (empty) output folder
             shutil.rmtree(tmp / ".magic-states", ignore_errors=True)
