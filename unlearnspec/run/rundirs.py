@@ -94,12 +94,11 @@ def check_replaceable(final: Path) -> None:
         time.sleep(wait)
         if not _in_the_way(final):
             return
-    if _in_the_way(final):
-        raise UserError.one(
-            str(final),
-            "a file or folder not created by unlearnspec is in the way of this job's output; it is left untouched. "
-            "Move it away, or pass another --out / output.dir.",
-        )
+    raise UserError.one(
+        str(final),
+        "a file or folder not created by unlearnspec is in the way of this job's output; it is left untouched. "
+        "Move it away, or pass another --out / output.dir.",
+    )
 
 
 def writer_alive(info: dict[str, Any]) -> Optional[str]:
