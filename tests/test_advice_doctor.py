@@ -51,6 +51,28 @@ def test_d3_keeps_the_rescore_advice_where_magic_can_replay(tmp_path):
         assert "or rescore in the steered regime" in f.fix and "not possible" not in f.fix
 
 
+def test_d3_an_attacked_experiment_can_still_be_rescored(tmp_path):
+    """The relearning attack evaluates the unlearned model; it is no part of the training regime MAGIC replays,
+    so D3 must not tell the user that MAGIC refuses it (it once said "Delete `attack` here")."""
+    attack = {
+        "data": {"toy": {"corpus": "bio_forget"}, "select": {"count": 8, "min_chars": 20, "offset": 250}},
+        "steps": [5],
+        "lr": 1.0e-3,
+        "optimizer": {"name": "adamw", "weight_decay": 0.0},
+        "batch_size": 4,
+        "seed": 0,
+    }
+
+    def edit(d):
+        d["training"]["optimizer"] = {"name": "adamw"}
+        d["training"]["lr"] = 5.0e-5
+        d["attack"] = attack
+
+    findings, _ = diagnose([make_project(tmp_path, {"selective": edit})])
+    d3 = codes(findings, "D3", "selective")
+    assert d3 and all("or rescore in the steered regime" in f.fix and "attack" not in f.fix for f in d3), d3
+
+
 def test_rescore_refusals_follow_the_magic_rules():
     """The recorded bf16 experiments cannot be rescored as run; the fixed ones can."""
     (exp1,) = rescore_refusals(load_spec(SPECS / "exp1_value_weighted.yaml", check_refs=False))

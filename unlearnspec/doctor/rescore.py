@@ -78,7 +78,7 @@ def _value(data: dict[str, Any], loc: str) -> Any:
 def _as_score_spec(spec: Spec, magic: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The experiment as a score run: what MAGIC would replay to rescore it (one LR: the regime, not the sweep)."""
     data = spec.model_dump(mode="json", exclude_none=True)
-    for key in ("scores", "control", "role", "eval", "baseline"):
+    for key in ("scores", "control", "role", "eval", "baseline", "attack"):  # evaluation only, not the regime
         data.pop(key, None)
     data["magic"] = magic or {"query": {"task": "query"}}
     data["tokens"] = {"mode": "all"}
