@@ -21,7 +21,7 @@ TOY = REPO / "unlearnspec" / "profiles" / "toy.yaml"
 
 def test_example_site_file_and_toy_profile_resources():
     site = load_cluster(EXAMPLE).slurm
-    assert (site.jobs.score.gpus, site.jobs.score.processes, site.jobs.point.gpus) == (4, 4, 1)
+    assert (site.jobs.score.gpus, site.jobs.score.processes, site.jobs.point.gpus, site.jobs.point.processes) == (4, 4, 2, 2)
     assert site.sbatch_extra() == {"constraint": "a100|h100"}
     toy, source = slurm_settings(None, TOY)
     assert toy.jobs.point.gpus == 0 and "slurm section" in source
@@ -66,7 +66,7 @@ def test_sbatch_script_carries_every_resource(tmp_path):
     ):
         assert line in text, line
     point = sbatch_script(tmp_path, site, "point", "p", [], "afterok", "cmd")
-    assert "#SBATCH --gpus-per-node=1" in point and "--dependency" not in point
+    assert "#SBATCH --gpus-per-node=2" in point and "--dependency" not in point
 
 
 @pytest.fixture
