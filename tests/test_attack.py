@@ -210,6 +210,31 @@ def test_recovery_intervals_bootstrap_and_delta():
     assert same.recovery is None and fmt_recovery(same) == "n/a (no drop)"
 
 
+def test_recovery_is_na_when_the_drop_is_within_noise():
+    """controls_oracle at toy LR 0.01 fell by 1 of 300 questions (McNemar 1 vs 2, p = 1): R was printed as -5.00.
+    A drop its own test does not detect makes R a ratio over noise: n/a, with the p value; a clear drop keeps R."""
+    from unlearnspec.report.attack import attack_cell, fmt_recovery
+    from unlearnspec.report.evaluation import Evaluation
+
+    def ev(samples):
+        out = Evaluation()
+        out.add("toy_wmdp", sum(samples) / len(samples), len(samples), samples=samples)
+        return out
+
+    base = [1] * 230 + [0] * 70  # 0.767
+    unl = [0, 0] + [1] * 228 + [1] + [0] * 69  # 229/300: two lost, one gained (b=2, c=1)
+    att = [0] * 76 + [1] * 224  # 0.747: five more wrong, R would be (0.747-0.763)/(0.767-0.763) = -5
+    cell = attack_cell(100, "toy_wmdp", ev(att), ev(unl), ev(base))
+    assert cell.recovery is None and cell.recovery_note.startswith("drop within noise, p=1")
+    assert fmt_recovery(cell).startswith("n/a (drop within noise")
+    unpaired = [Evaluation() for _ in range(3)]  # without samples: the two-proportion test decides the same
+    for e, s in zip(unpaired, (base, unl, att)):
+        e.add("toy_wmdp", sum(s) / len(s), len(s))
+    assert attack_cell(100, "toy_wmdp", unpaired[2], unpaired[1], unpaired[0]).recovery is None
+    clear = [1] * 88 + [0] * 212  # the oracle at 0.05: 0.293, a drop far beyond noise
+    assert attack_cell(100, "toy_wmdp", ev(att), ev(clear), ev(base)).recovery is not None
+
+
 # --------------------------------------------------------------------------- doctor D17
 def test_d17_fires_on_unlearning_without_an_attack_and_not_otherwise(tmp_path: Path):
     from unlearnspec.doctor import diagnose

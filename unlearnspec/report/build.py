@@ -24,10 +24,9 @@ from unlearnspec.report.model import (
 from unlearnspec.report.power import table_mde
 from unlearnspec.report.reference import ReferenceFile
 from unlearnspec.report.selectivity import missing_selectivity, selectivity, selectivity_tasks, with_oracle
-from unlearnspec.report.stats import DEFAULT_POWER, at_chance, mcnemar, two_proportion_z, wilson_interval
+from unlearnspec.report.stats import ALPHA, DEFAULT_POWER, at_chance, mcnemar, two_proportion_z, wilson_interval
 from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
 
-ALPHA = 0.05
 
 
 def _p(value: float) -> float:

@@ -9,6 +9,8 @@ from statistics import NormalDist
 from typing import Literal, Optional, Sequence
 
 Z95 = 1.959963984540054
+ALPHA = 0.05
+"""Two-sided level of every test in a report (vs baseline, vs control, the attack's drop)."""
 """Two-sided 95% normal quantile."""
 
 CHANCE = 0.25

@@ -105,7 +105,9 @@ def markdown(tables: list[ReportTable], oracle: ReportTable, name: str, png: Opt
         "- selectivity vs control: the report's own selectivity against its matched all-tokens control at the "
         "same LR, with the report's fraction of the oracle's at that LR; the comparators have no matched control.",
         "- after attack: the hazard accuracy after k steps of the spec's relearning attack and R = (after − "
-        "unlearned) / (baseline − unlearned) (intervals in each report); `not run`: the spec had no `attack:`.",
+        "unlearned) / (baseline − unlearned) (intervals in each report); R n/a where the run lowered the hazard "
+        "accuracy by nothing or by less than its test vs the baseline detects (p ≥ 0.05): a ratio over noise; "
+        "`not run`: the spec had no `attack:`.",
     ]
     return "\n".join(lines) + "\n"
 
