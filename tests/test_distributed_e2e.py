@@ -111,10 +111,10 @@ def test_two_ranks_as_shipped_give_the_one_process_model_and_results_once(toy_wo
     "name,extra,split",
     [
         ("accumulation", ["--set", "training.micro_batch_size=2"], (2, 2)),
-        ("fsdp", ["--set", "parallel.strategy=fsdp"], (4, 1)),
+        ("ddp", ["--set", "parallel.strategy=ddp"], (4, 1)),  # exp7 as shipped shards (FSDP): DDP here
     ],
 )
-def test_accumulation_and_fsdp_train_the_one_process_model(toy_world, one_process, tmp_path, name, extra, split):
+def test_accumulation_and_ddp_train_the_one_process_model(toy_world, one_process, tmp_path, name, extra, split):
     out = tmp_path / name
     _run(toy_world, out, "--nproc", "2", *extra)
     rel = relative_difference(out / POINT, one_process / POINT)

@@ -21,7 +21,12 @@ TOY = REPO / "unlearnspec" / "profiles" / "toy.yaml"
 
 def test_example_site_file_and_toy_profile_resources():
     site = load_cluster(EXAMPLE).slurm
-    assert (site.jobs.score.gpus, site.jobs.score.processes, site.jobs.point.gpus, site.jobs.point.processes) == (4, 4, 2, 2)
+    assert (site.jobs.score.gpus, site.jobs.score.processes, site.jobs.point.gpus, site.jobs.point.processes) == (
+        4,
+        4,
+        2,
+        2,
+    )
     assert site.sbatch_extra() == {"constraint": "a100|h100"}
     toy, source = slurm_settings(None, TOY)
     assert toy.jobs.point.gpus == 0 and "slurm section" in source

@@ -28,7 +28,6 @@ from unlearnspec.report.stats import ALPHA, DEFAULT_POWER, at_chance, mcnemar, t
 from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
 
 
-
 def _p(value: float) -> float:
     return float(f"{value:.4g}")
 
