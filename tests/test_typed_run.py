@@ -95,18 +95,14 @@ def _run_files() -> list[Path]:
 
 def test_no_any_on_the_run_path():
     found = {
-        str(p.relative_to(REPO)): lines
-        for p in _run_files()
-        if (lines := any_uses(p.read_text(encoding="utf-8")))
+        str(p.relative_to(REPO)): lines for p in _run_files() if (lines := any_uses(p.read_text(encoding="utf-8")))
     }
     assert not found, f"`Any` on the run path (file: lines): {found}"
 
 
 def test_no_long_parameter_lists_on_the_run_path():
     found = {
-        str(p.relative_to(REPO)): sigs
-        for p in _run_files()
-        if (sigs := long_signatures(p.read_text(encoding="utf-8")))
+        str(p.relative_to(REPO)): sigs for p in _run_files() if (sigs := long_signatures(p.read_text(encoding="utf-8")))
     }
     assert not found, f"functions over {MAX_PARAMS} parameters (use an options dataclass): {found}"
 

@@ -159,8 +159,7 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
                 eval_seconds=evaluated_for,
             )
         )
-        if task is not None:
-            ctx.progress.update(task, completed=k)
+        ctx.advance(task, completed=k)
         since[0] = time.perf_counter()
 
     try:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from unlearnspec import worlds
 from unlearnspec.run.options import Reporter
 from unlearnspec.run.plan import Job, Plan
-from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
+from unlearnspec.run.sbatch import SbatchJob, _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.run.slurmstate import (
     REQUEST,
     RUN,
@@ -111,16 +111,18 @@ def context_for(request: Request, device: str, say: Any = print) -> Any:
 
 def plan_for(request: Request, ctx: Any) -> Plan:
     """The plan exactly as submitted (same paths, profile, overrides, output and plan device)."""
-    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.plan import PlanOptions, build_plan
 
     return build_plan(
         [Path(p) for p in request.paths],
-        profile=Path(request.profile) if request.profile else None,
-        overrides=tuple(request.overrides),
-        out=Path(request.out) if request.out else None,
-        auto_produce=ctx.toy,
-        assets=ctx.assets,
-        device=request.plan_device,
+        PlanOptions(
+            profile=Path(request.profile) if request.profile else None,
+            overrides=tuple(request.overrides),
+            out=Path(request.out) if request.out else None,
+            auto_produce=ctx.toy,
+            device=request.plan_device,
+        ),
+        ctx.assets,
     )
 
 
@@ -375,7 +377,7 @@ class SlurmExecutor:
         device = "cuda" if res.gpus else "cpu"
         folder = job_dir(job)
         task = SlurmTask(self.request, job.id, job.hash, str(folder), device, res.processes)
-        ex = _executor(folder, self.settings, kind, _job_name(job), after, "afterok")
+        ex = _executor(folder, self.settings, SbatchJob(kind, _job_name(job), tuple(after), "afterok"))
         sjob = ex.submit(task)
         write_state(folder / RUN, {"state": "submitted", "at": time.time()})
         write_state(
@@ -407,14 +409,8 @@ class SlurmExecutor:
         previous = slurm_id_of(read_json(folder / SUBMISSION) or {})
         if not submitted_any and previous and live_jobs([previous]):
             return previous
-        ex = _executor(
-            folder,
-            self.settings,
-            "assemble",
-            "us-assemble",
-            sorted(set(slurm_of.values()), key=lambda i: (len(i), i)),
-            "afterany",
-        )
+        after = tuple(sorted(set(slurm_of.values()), key=lambda i: (len(i), i)))
+        ex = _executor(folder, self.settings, SbatchJob("assemble", "us-assemble", after, "afterany"))
         sjob = ex.submit(AssembleTask(self.request, self.reporter))
         write_state(
             folder / SUBMISSION,

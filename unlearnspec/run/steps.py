@@ -144,8 +144,7 @@ def train(
 
     class Progress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if task is not None:
-                ctx.progress.update(task, completed=state.global_step)
+            ctx.advance(task, completed=state.global_step)
 
     trainer = WeightedSFTTrainer(
         model=model,

@@ -74,8 +74,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     task = ctx.task(f"MAGIC reverse pass {spec.name}" + extra.get(magic.query.per, ""), total=steps * (1 + leaf_passes))
 
     def progress(done: int, total: int) -> None:
-        if task is not None:
-            ctx.progress.update(task, completed=done, total=total * (1 + leaf_passes))
+        ctx.advance(task, completed=done, total=total * (1 + leaf_passes))
 
     stats = ReplayStats()
     park: contextlib.AbstractContextManager = contextlib.nullcontext()
