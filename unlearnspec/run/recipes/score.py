@@ -53,6 +53,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     )
     with Timer() as train_clock:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
+    if trainer.model is None:  # transformers types it Optional; a trainer that trained holds its model
+        raise RuntimeError("the trainer holds no model after training")
     model, comm = trainer.model, None
     if callback.trajectory is not None and callback.trajectory.shard_world > 1:  # FSDP: each rank recorded its shards
         from unlearnspec.magic.sharded import shard_for_replay
