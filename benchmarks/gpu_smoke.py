@@ -75,7 +75,7 @@ def sync(device: torch.device) -> None:
 def toy_point(device: torch.device, dry: bool) -> dict[str, float]:
     """Train and evaluate the first sweep point of exp7 on the toy world on `device`, through the tool's
     own plan and recipe (the job `unlearnspec run` would run); task -> acc."""
-    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.plan import PlanOptions, build_plan
     from unlearnspec.run.recipes import run_job
     from unlearnspec.run.study import RunOptions, make_context
     from unlearnspec.spec.profile import default_toy_profile
@@ -89,12 +89,14 @@ def toy_point(device: torch.device, dry: bool) -> dict[str, float]:
         ctx = make_context(options, say=lambda _m: None)
         plan = build_plan(
             [REPO / "specs" / "exp7_all_tokens.yaml"],
-            profile=options.profile,
-            overrides=tuple(overrides),
-            out=options.out,
-            assets=ctx.assets,
-            device=device.type,
-            cache_root=Path(tmp) / "cache",
+            PlanOptions(
+                profile=options.profile,
+                overrides=tuple(overrides),
+                out=options.out,
+                device=device.type,
+                cache_root=Path(tmp) / "cache",
+            ),
+            ctx.assets,
         )
         job = next(j for j in plan.jobs if j.kind == "point")
         work = Path(tmp) / "work"

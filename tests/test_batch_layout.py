@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from unlearnspec.cli import app
 from unlearnspec.errors import UserError
-from unlearnspec.run.plan import build_plan, plan_layouts, spec_hash
+from unlearnspec.run.plan import PlanOptions, build_plan, plan_layouts, spec_hash
 from unlearnspec.spec import TrainingSpec
 from unlearnspec.spec.batch import BatchLayout, batch_layout, optimizer_steps, tail_micro_batches
 from unlearnspec.spec.load import load_spec
@@ -278,9 +278,8 @@ def test_the_whole_study_splits_over_the_example_sites_processes():
     """Every shipped spec keeps its recorded global batch and runs under the example site file as it is."""
     site = yaml.safe_load((SPECS / "profiles" / "slurm_example.yaml").read_text())["slurm"]["jobs"]
     for profile in (None, default_toy_profile()):
-        plan = build_plan(
-            [SPECS], profile=profile, auto_produce=profile is not None, cache_root=Path("/nonexistent-cache")
-        )
+        options = PlanOptions(profile=profile, auto_produce=profile is not None, cache_root=Path("/nonexistent-cache"))
+        plan = build_plan([SPECS], options)
         layouts = plan_layouts(plan, lambda job: site[job.kind]["processes"], lambda job: job.kind)
         for job in plan.jobs:
             if job.kind == "score":

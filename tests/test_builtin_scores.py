@@ -68,7 +68,7 @@ def test_top_k_on_random_scores_picks_k_distinct_valid_tokens_reproducibly():
 # --------------------------------------------------------------------------- truth through the plan
 def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path):
     from unlearnspec.run.context import toy_context
-    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.plan import PlanOptions, build_plan
     from unlearnspec.run.steps import prepare
     from unlearnspec.scores.builtin import builtin_score_file
     from unlearnspec.spec.profile import default_toy_profile
@@ -79,7 +79,7 @@ def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path
     written = torch.load(out / "per_token_scores.pt", weights_only=True)
     side = json.loads((out / "scores.json").read_text())
     ctx = toy_context(default_toy_profile(), say=lambda _m: None)
-    plan = build_plan([ORACLE], profile=default_toy_profile(), assets=ctx.assets, cache_root=tmp_path / "cache")
+    plan = build_plan([ORACLE], PlanOptions(profile=default_toy_profile(), cache_root=tmp_path / "cache"), ctx.assets)
     job = next(j for j in plan.jobs if j.id == "point:controls_oracle/lr_0.05")
     assert job.inputs == () and job.after == ()  # no file, no score job: built when the grid is prepared
     prep = prepare(job, ctx)
@@ -191,7 +191,7 @@ def test_the_random_source_is_valid_on_the_real_model_and_truth_on_the_toy_world
 
 def test_plan_refuses_truth_on_the_real_model_and_takes_it_once_mapped_onto_the_toy_world(project, tmp_path):
     from unlearnspec.errors import UserError
-    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.plan import PlanOptions, build_plan
     from unlearnspec.spec.profile import default_toy_profile
 
     data = yaml.safe_load(RANDOM.read_text())
@@ -199,10 +199,12 @@ def test_plan_refuses_truth_on_the_real_model_and_takes_it_once_mapped_onto_the_
     path = project / "specs" / "controls" / "truth_real.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(UserError) as err:
-        build_plan([path], cache_root=tmp_path / "cache")
+        build_plan([path], PlanOptions(cache_root=tmp_path / "cache"))
     (problem,) = err.value.problems
     assert problem.loc == "scores.truth.produced_by" and "does not run on the toy world" in problem.message
-    plan = build_plan([path], profile=default_toy_profile(), cache_root=tmp_path / "cache")  # --toy: a toy spec now
+    plan = build_plan(
+        [path], PlanOptions(profile=default_toy_profile(), cache_root=tmp_path / "cache")
+    )  # --toy: a toy spec now
     assert [j.id for j in plan.jobs if j.kind == "point"] == [
         f"point:controls_random/lr_{x}" for x in ("0.01", "0.05", "0.2")
     ]

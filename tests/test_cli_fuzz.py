@@ -505,6 +505,7 @@ def _check_report_names(project: Path, data) -> None:
 def _check_site(project: Path, data) -> None:
     """Site-file text with line breaks and hostile resources: refused at validation, or never a script line."""
     from unlearnspec.errors import UserError
+    from unlearnspec.run.sbatch import SbatchJob
     from unlearnspec.run.slurm import sbatch_script
     from unlearnspec.spec.cluster import load_cluster
 
@@ -516,7 +517,7 @@ def _check_site(project: Path, data) -> None:
     settings = load_cluster(site).slurm
     for kind in ("score", "point", "baseline", "assemble"):
         try:
-            text = sbatch_script(project / "runs" / "job", settings, kind, "j", ["1"], "afterok", "python -u -m x")
+            text = sbatch_script(project / "runs" / "job", settings, SbatchJob(kind, "j", ("1",)), "python -u -m x")
         except UserError:
             continue
         leaked = hostile.script_leaks(text, OUTSIDE["marker"], list(settings.setup))  # as loaded: YAML folds U+0085

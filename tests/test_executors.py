@@ -19,7 +19,7 @@ from unlearnspec.run.executors.pool import PoolExecutor
 from unlearnspec.run.executors.serial import SerialExecutor
 from unlearnspec.run.options import RunOptions, make_context
 from unlearnspec.run.outcome import Outcome
-from unlearnspec.run.plan import build_plan
+from unlearnspec.run.plan import PlanOptions, build_plan
 from unlearnspec.run.progress import RunDisplay, estimate
 from unlearnspec.spec.profile import default_toy_profile
 
@@ -93,7 +93,7 @@ def test_eta_uses_the_mean_time_per_kind_and_the_running_jobs():
 
 
 def _exp7_plan():
-    return build_plan([REPO / "specs" / "exp7_all_tokens.yaml"], profile=default_toy_profile())
+    return build_plan([REPO / "specs" / "exp7_all_tokens.yaml"], PlanOptions(profile=default_toy_profile()))
 
 
 def test_plain_progress_prints_one_counted_line_per_job_and_a_summary():

@@ -10,17 +10,18 @@ import pytest
 import yaml
 
 from unlearnspec.errors import UserError
-from unlearnspec.run.plan import build_plan
+from unlearnspec.run.plan import PlanOptions, build_plan
 from unlearnspec.run.rundirs import MARKER, atomic_dir, check_replaceable, claim_root, clean_stale_tmp
 from unlearnspec.spec.profile import default_toy_profile
 
 from .conftest import REPO, SPECS
 
 
-def _plan(*paths: Path, **kw):
-    return build_plan(
-        list(paths), profile=default_toy_profile(), auto_produce=True, cache_root=Path("/nonexistent-cache"), **kw
+def _plan(*paths: Path, out: Path | None = None):
+    options = PlanOptions(
+        profile=default_toy_profile(), auto_produce=True, cache_root=Path("/nonexistent-cache"), out=out
     )
+    return build_plan(list(paths), options)
 
 
 def test_whole_study_plan_orders_producers_first_and_shares_baselines():
@@ -79,7 +80,7 @@ def test_a_produced_by_cycle_is_refused_with_the_chain(tmp_path):
         spec["scores"] = {"x": {"produced_by": f"{other}.yaml", "alignment": "target"}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError) as err:
-        build_plan([tmp_path / "a.yaml"], auto_produce=True, cache_root=tmp_path / "cache")
+        build_plan([tmp_path / "a.yaml"], PlanOptions(auto_produce=True, cache_root=tmp_path / "cache"))
     assert "leads back" in str(err.value) and "a.yaml -> b.yaml -> a.yaml" in str(err.value)
 
 
@@ -89,7 +90,7 @@ def test_two_specs_with_one_output_dir_are_refused(tmp_path):
     for name in ("one", "two"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
     with pytest.raises(UserError, match="also the output of"):
-        build_plan([tmp_path], cache_root=tmp_path / "cache")
+        build_plan([tmp_path], PlanOptions(cache_root=tmp_path / "cache"))
 
 
 # --------------------------------------------------------------------------- folders the tool owns
@@ -183,8 +184,8 @@ def test_the_plan_builds_without_torch():
     import sys
 
     code = (
-        "import sys; import unlearnspec.toy; from unlearnspec.run.plan import build_plan; from unlearnspec.spec.profile import default_toy_profile;"
-        f"build_plan([__import__('pathlib').Path({str(SPECS)!r})], profile=default_toy_profile(), auto_produce=True);"
+        "import sys; import unlearnspec.toy; from unlearnspec.run.plan import PlanOptions, build_plan; from unlearnspec.spec.profile import default_toy_profile;"
+        f"build_plan([__import__('pathlib').Path({str(SPECS)!r})], PlanOptions(profile=default_toy_profile(), auto_produce=True));"
         "print(sorted({'torch', 'transformers', 'trl', 'peft', 'lm_eval'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -20,7 +20,7 @@ from unlearnspec.report.render import grid, headers, markdown
 from unlearnspec.report.stats import mcnemar_mde
 from unlearnspec.run.assemble import assemble
 from unlearnspec.run.context import RunContext
-from unlearnspec.run.plan import build_plan
+from unlearnspec.run.plan import PlanOptions, build_plan
 from unlearnspec.run.results import load_results
 from unlearnspec.spec.profile import default_toy_profile
 
@@ -32,16 +32,14 @@ def test_results_record_the_specs_role(tmp_path):
     specs = make_project(tmp_path, {"all_tokens": lambda d: d.update(role="negative_control")})
     toy = default_toy_profile()
     plan = build_plan(
-        [specs / "fixed" / "all_tokens.yaml"], profile=toy, cache_root=tmp_path / "cache", out=tmp_path / "nowhere"
+        [specs / "fixed" / "all_tokens.yaml"],
+        PlanOptions(profile=toy, cache_root=tmp_path / "cache", out=tmp_path / "nowhere"),
     )
     info = assemble(plan.specs[0], plan, RunContext(profile=toy, profile_name="toy")).spec
     assert info.role == "negative_control"
     plan = build_plan(
         [specs / "fixed" / "selective.yaml"],
-        profile=toy,
-        cache_root=tmp_path / "cache2",
-        out=tmp_path / "nowhere2",
-        auto_produce=True,
+        PlanOptions(profile=toy, cache_root=tmp_path / "cache2", out=tmp_path / "nowhere2", auto_produce=True),
     )
     run = next(r for r in plan.specs if r.spec.name == "fixed_selective")
     assert assemble(run, plan, RunContext(profile=toy, profile_name="toy")).spec.role is None

@@ -73,6 +73,7 @@ def test_a_profiles_slurm_section_is_held_to_the_same_rule(tmp_path):
 def test_no_injected_line_reaches_a_job_script(tmp_path):
     """Past validation (a section built in code, a job folder from --out): the script is never written, so
     nothing a line break would start can run. Run what would have been written, with stub srun/python."""
+    from unlearnspec.run.sbatch import SbatchJob
     from unlearnspec.run.slurm import sbatch_script
 
     marker = tmp_path / "PWNED"
@@ -86,13 +87,13 @@ def test_no_injected_line_reaches_a_job_script(tmp_path):
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
     for settings, folder in ((bad, tmp_path / "job"), (good, tmp_path / f"job\ntouch {marker} #")):
         try:
-            text = sbatch_script(folder, settings, "point", "p", [], "afterok", "python -c pass")
+            text = sbatch_script(folder, settings, SbatchJob("point", "p"), "python -c pass")
         except UserError as exc:
             assert "control character" in str(exc)
             continue
         subprocess.run(["bash", "-c", text], env=env, capture_output=True, timeout=60)
     assert not marker.exists(), "a site field or folder name ran as a command in the job script"
-    clean = sbatch_script(tmp_path / "job", good, "point", "p", [], "afterok", "python -c pass")
+    clean = sbatch_script(tmp_path / "job", good, SbatchJob("point", "p"), "python -c pass")
     assert "#SBATCH --time=120" in clean and "#SBATCH --signal=USR2@90" in clean
 
 

@@ -49,11 +49,12 @@ def test_resource_rules_are_user_errors(tmp_path):
 
 
 def test_sbatch_script_carries_every_resource(tmp_path):
+    from unlearnspec.run.sbatch import SbatchJob
     from unlearnspec.run.slurm import sbatch_script
 
     site = load_cluster(EXAMPLE).slurm
     text = sbatch_script(
-        tmp_path, site, "score", "us-score-x", ["11", "12"], "afterok", "python -u -m submitit.core._submit"
+        tmp_path, site, SbatchJob("score", "us-score-x", ("11", "12"), "afterok"), "python -u -m submitit.core._submit"
     )
     for line in (
         "#SBATCH --gpus-per-node=4",
@@ -70,7 +71,7 @@ def test_sbatch_script_carries_every_resource(tmp_path):
         "module load cuda/12.4",
     ):
         assert line in text, line
-    point = sbatch_script(tmp_path, site, "point", "p", [], "afterok", "cmd")
+    point = sbatch_script(tmp_path, site, SbatchJob("point", "p"), "cmd")
     assert "#SBATCH --gpus-per-node=2" in point and "--dependency" not in point
 
 

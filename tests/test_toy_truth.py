@@ -141,7 +141,7 @@ def test_quality_counts_valid_tokens_only():
 # --------------------------------------------------------------------------- the real toy grid
 def test_truth_file_plugs_into_a_token_rule_on_the_specs_grid(toy_world, tmp_path):
     from unlearnspec.run.context import toy_context
-    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.plan import PlanOptions, build_plan
     from unlearnspec.run.steps import prepare
     from unlearnspec.spec.profile import default_toy_profile
 
@@ -162,7 +162,7 @@ def test_truth_file_plugs_into_a_token_rule_on_the_specs_grid(toy_world, tmp_pat
     spec_file = tmp_path / "truth_rule.yaml"
     spec_file.write_text(yaml.safe_dump(data))
     ctx = toy_context(default_toy_profile(), say=lambda _m: None)
-    plan = build_plan([spec_file], profile=default_toy_profile(), assets=ctx.assets)
+    plan = build_plan([spec_file], PlanOptions(profile=default_toy_profile()), ctx.assets)
     prep = prepare(plan.jobs[0], ctx)  # checked_scores refuses any fingerprint but the grid's
     assert prep.grid.fingerprint == side["data_fingerprint"]
     assert prep.stats.selected_tokens == side["forget_tokens"] and prep.stats.valid_tokens == side["valid_tokens"]

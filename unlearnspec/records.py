@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+JsonValue = Union[None, bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"]]
+"""A value as `json.loads` gives it. Read-back files are untrusted: narrow with isinstance before using a field."""
+JsonDict = dict[str, JsonValue]
+"""A JSON object read back from disk (a state file, a marker, a record)."""
 
 Count = Annotated[int, Field(ge=0, le=2**53)]
 """A count read back (questions, tokens): an int a float holds exactly; `n: 1e400` is a broken file."""

@@ -5,22 +5,35 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.records import HeldOut
-from unlearnspec.run.context import RunContext
+from unlearnspec.run.context import Prepared, RunContext
+from unlearnspec.run.plan import Job
 from unlearnspec.run.results import SAMPLES_FILE, AttackResult
 from unlearnspec.run.rundirs import write_json
 from unlearnspec.spec.schema import Spec
+from unlearnspec.spec.training import LoraSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from unlearnspec.data import TokenGrid
 
 ATTACK_DIR = "attack"
 """The attack's folder inside a point's folder: attack.json (the held-out rows) and one k=<k>/ per step count."""
 
 
 def attack_grid(
-    spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext, forget: Any, retain: Any
-) -> Optional["HeldOut"]:
+    spec: Spec,
+    spec_path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    ctx: RunContext,
+    forget: TokenGrid,
+    retain: Optional[TokenGrid],
+) -> Optional[HeldOut]:
     """The held-out rows [N_a, max_seq_len] of `attack.data` (None without `attack`), built as the forget grid is;
     a row that is also a row of `data` or `data.retain` (same row fingerprint) is refused before anything trains,
     or dropped with `attack.shared_rows: drop`."""
@@ -64,7 +77,7 @@ def attack_grid(
     return HeldOut(grid, dropped)
 
 
-def held_out_overlap(held: Any, used: dict[str, Any]) -> dict[int, str]:
+def held_out_overlap(held: TokenGrid, used: Mapping[str, Optional[TokenGrid]]) -> dict[int, str]:
     """Held-out row index -> the name of the first `used` grid holding a row with its fingerprint."""
     from unlearnspec.train.attack import row_fingerprints, shared_rows
 
@@ -78,7 +91,7 @@ def held_out_overlap(held: Any, used: dict[str, Any]) -> dict[int, str]:
     return found
 
 
-def _overlap_error(held: Any, shared: dict[int, str], where: str) -> UserError:
+def _overlap_error(held: TokenGrid, shared: dict[int, str], where: str) -> UserError:
     first = min(shared)
     names = " and ".join(f"`{n}`" for n in dict.fromkeys(shared.values()))
     text = held.texts[first][:60] if held.texts else ""
@@ -93,7 +106,7 @@ def _overlap_error(held: Any, shared: dict[int, str], where: str) -> UserError:
     )
 
 
-def unlearned_copy(model: Any, lora: Any, fresh: Callable[[], Any]) -> Any:
+def unlearned_copy(model: nn.Module, lora: Optional[LoraSpec], fresh: Callable[[], nn.Module]) -> nn.Module:
     """The evaluated model's weights (LoRA merged in, in place: the point is already evaluated and saved) in a freshly
     built model, every parameter trainable. Not a deepcopy: an objective's hooks and state stay behind (RMU's
     activation capture holds non-leaf tensors, which deepcopy refuses, and would keep capturing)."""
@@ -105,13 +118,17 @@ def unlearned_copy(model: Any, lora: Any, fresh: Callable[[], Any]) -> Any:
     return victim.requires_grad_(True)
 
 
-def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) -> Optional[list[AttackResult]]:
+def run_attack(
+    job: Job, model: nn.Module, prep: Prepared, ctx: RunContext, workdir: Path
+) -> Optional[list[AttackResult]]:
     """Fine-tune a copy of the evaluated `model` on the held-out rows and evaluate it after each step count
     (None when the spec has no `attack`). Main rank only: the attack is one process whatever trained the point."""
     spec = job.spec
     attack = spec.attack
     if attack is None or not ctx.is_main:
         return None
+    held, eval_spec = prep.attack, spec.eval
+    assert held is not None and eval_spec is not None, "a spec with `attack` has held-out rows and `eval`"
     import torch
 
     from unlearnspec.evaluation import evaluate_model
@@ -124,13 +141,13 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
     if attack.lora is not None:
         victim = apply_lora(victim, attack.lora)
     out = workdir / ATTACK_DIR
-    grid = prep.attack.grid
+    grid = held.grid
     write_json(
         out / "attack.json",
         {
             "attack": attack.model_dump(mode="json", exclude_none=True),
             "rows": int(grid.input_ids.shape[0]),
-            "dropped_shared_rows": prep.attack.dropped,
+            "dropped_shared_rows": held.dropped,
             "fingerprint": grid.fingerprint,
         },
     )
@@ -138,13 +155,13 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
     task = ctx.task(f"attack {spec.name}", total=attack.steps[-1])
     since = [time.perf_counter()]  # start of the attack training since the previous count
 
-    def after(k: int, trained: Any, losses: list[float]) -> None:
+    def after(k: int, trained: nn.Module, losses: list[float]) -> None:
         trained_for = round(time.perf_counter() - since[0], 3)
         folder = out / f"k={k}"
         ctx.say(f"[attack] {spec.name} {job.point}: {k} steps (loss {losses[-1]:.3f}); evaluating")
         start = time.perf_counter()
         result = evaluate_model(
-            trained, prep.tokenizer, spec.eval, ctx.include_paths(job.spec_path)
+            trained, prep.tokenizer, eval_spec, ctx.include_paths(job.spec_path)
         )  # as the point's own
         evaluated_for = round(time.perf_counter() - start, 3)
         write_json(folder / "eval.json", result.to_json())
@@ -159,8 +176,7 @@ def run_attack(job: Any, model: Any, prep: Any, ctx: RunContext, workdir: Path) 
                 eval_seconds=evaluated_for,
             )
         )
-        if task is not None:
-            ctx.progress.update(task, completed=k)
+        ctx.advance(task, completed=k)
         since[0] = time.perf_counter()
 
     try:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.run.executors.base import JobStatus
+from unlearnspec.run.options import RunOptions
 from unlearnspec.run.slurm import Request, context_for, plan_for, statuses
 from unlearnspec.run.slurmstate import REQUEST, SLURM_DIR, SlurmUnavailable
 from unlearnspec.spec.profile import slurm_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def require_slurm() -> None:
@@ -31,7 +35,7 @@ def require_slurm() -> None:
         )
 
 
-def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Request:
+def make_request(paths: list[Path], options: RunOptions, cluster: Optional[Path]) -> Request:
     """The request jobs rebuild the plan from: absolute paths, and the plan's device from the resources
     of baseline jobs (their cache key names the device kind they evaluate on)."""
     settings, _ = slurm_settings(cluster, options.profile)
@@ -49,7 +53,7 @@ def make_request(paths: list[Path], options: Any, cluster: Optional[Path]) -> Re
     )
 
 
-def _requests(paths: list[Path], options: Any) -> list[Request]:
+def _requests(paths: list[Path], options: RunOptions) -> list[Request]:
     """A run folder with .slurm/request.json is shown as submitted; spec paths are planned now."""
     requests, specs = [], []
     for p in paths:
@@ -71,7 +75,7 @@ def _requests(paths: list[Path], options: Any) -> list[Request]:
     return requests
 
 
-def _planned_device(specs: list[Path], options: Any) -> str:
+def _planned_device(specs: list[Path], options: RunOptions) -> str:
     """The device kind of a submitted request for these specs (so baseline ids match), else cpu."""
     from unlearnspec.spec.load import load_spec, resolve_path
 
@@ -85,12 +89,12 @@ def _planned_device(specs: list[Path], options: Any) -> str:
     return "cpu"
 
 
-def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = False) -> int:
+def show_status(paths: list[Path], options: RunOptions, console: Console, as_json: bool = False) -> int:
     """One row per job: state (done, failed, queued, running, not submitted, not run, cancelled, lost),
     why, its SLURM id and its log."""
     from rich.table import Table
 
-    rows: list[dict[str, Any]] = []
+    rows: list[JobStatus] = []
     for request in _requests(paths, options):
         ctx = context_for(request, request.plan_device, say=lambda m: None)
         plan = plan_for(request, ctx)
@@ -100,11 +104,11 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
             raise UserError.one(
                 "status", f"SLURM does not answer ({exc}); the folders alone say only done/failed."
             ) from None
-        rows.extend(asdict(st) for st in found.values())
+        rows.extend(found.values())
     if as_json:
-        console.out(json.dumps({"jobs": rows}, indent=2), highlight=False)
+        console.out(json.dumps({"jobs": [r.as_dict() for r in rows]}, indent=2), highlight=False)
         return 0
-    counts = {s: sum(1 for r in rows if r["state"] == s) for s in dict.fromkeys(r["state"] for r in rows)}
+    counts = {s: sum(1 for r in rows if r.state == s) for s in dict.fromkeys(r.state for r in rows)}
     table = Table(title="status: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for col in ("job", "state", "detail", "slurm", "log"):
         table.add_column(col, overflow="fold")
@@ -123,13 +127,13 @@ def show_status(paths: list[Path], options: Any, console: Any, as_json: bool = F
         return escape("".join(c if c.isprintable() else "?" for c in value))
 
     for r in rows:
-        state = f"[{colour[r['state']]}]{r['state']}[/]" if r["state"] in colour else text(r["state"])
+        state = f"[{colour[r.state]}]{r.state}[/]" if r.state in colour else text(r.state)
         table.add_row(
-            text(r["job"]),
+            text(r.job),
             state,
-            text(r["detail"]),
-            text(r["slurm_id"] or "-"),
-            text(r["log"]) if r["state"] != "done" else "",
+            text(r.detail),
+            text(r.slurm_id or "-"),
+            text(r.log) if r.state != "done" else "",
         )
     console.print(table)
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from unlearnspec.records import HeldOut, TokenStats
 from unlearnspec.spec.assets import Assets
@@ -14,9 +14,11 @@ from unlearnspec.spec.assets import Assets
 if TYPE_CHECKING:
     import datasets
     import torch
+    from rich.progress import Progress, TaskID
     from transformers import PreTrainedTokenizerBase
 
     from unlearnspec.data import TokenGrid
+    from unlearnspec.spec.schema import Spec
 
 Say = Callable[[str], None]
 
@@ -57,8 +59,8 @@ class RunContext:
     """--device was given: it wins over a spec's `parallel.device`."""
     toy: bool = False
     say: Say = print
-    progress: Any = None
-    """A rich Progress, or None."""
+    progress: Optional["Progress"] = None
+    """The live display's bars (in-job steps add theirs), or None."""
     prepared: dict[str, Prepared] = field(default_factory=dict)
     """Spec hash -> the prepared token grid and weights, shared by the points of a sweep."""
     recipe_cache: dict[str, object] = field(default_factory=dict)
@@ -74,13 +76,13 @@ class RunContext:
     def world_size(self) -> int:
         return world_size()
 
-    def device_for(self, spec: Any) -> str:
+    def device_for(self, spec: Spec) -> str:
         """--device, else the spec's `parallel.device` when set, else the run's automatic choice; settings
         that need a GPU (bf16/fp16 autocast, flash attention, FSDP CPU offload) are refused elsewhere."""
         from unlearnspec.train.device import check_device_support
         from unlearnspec.train.device import resolve_device as resolve
 
-        wanted = getattr(getattr(spec, "parallel", None), "device", None)
+        wanted = spec.parallel.device if spec.parallel is not None else None
         device = resolve(wanted) if not self.device_requested and wanted not in (None, "auto") else resolve(self.device)
         check_device_support(spec, device)
         return str(device)
@@ -88,11 +90,16 @@ class RunContext:
     def include_paths(self, spec_path: Path) -> list[Path]:
         return self.assets.include_paths(spec_path, toy=self.toy)
 
-    def task(self, description: str, total: Optional[int]) -> Any:
+    def task(self, description: str, total: Optional[int]) -> Optional[TaskID]:
         return self.progress.add_task(description, total=total) if self.progress is not None else None
 
-    def done(self, task: Any) -> None:
-        if task is not None:
+    def advance(self, task: Optional[TaskID], completed: float, total: Optional[float] = None) -> None:
+        """Move a bar `task` made (None: no display; `total` None keeps the bar's total)."""
+        if task is not None and self.progress is not None:
+            self.progress.update(task, completed=completed, total=total)
+
+    def done(self, task: Optional[TaskID]) -> None:
+        if task is not None and self.progress is not None:
             self.progress.remove_task(task)
 
 
@@ -103,7 +110,13 @@ def resolve_device(requested: Optional[str]) -> str:
     return str(resolve(requested))
 
 
-def toy_context(profile_path: Path, **kwargs: Any) -> RunContext:
+def toy_context(
+    profile_path: Path,
+    device: str = "cpu",
+    device_requested: bool = False,
+    say: Say = print,
+    progress: Optional[Progress] = None,
+) -> RunContext:
     """A context whose assets resolve toy names through the profile's world (threads set from the profile)."""
     from unlearnspec.spec.profile import Profile, load_profile
 
@@ -119,7 +132,13 @@ def toy_context(profile_path: Path, **kwargs: Any) -> RunContext:
 
         torch.set_num_threads(profile.threads)
     world = (profile_path.parent / profile.world) if profile.world else None
-    say = kwargs.get("say", print)
     return RunContext(
-        assets=Assets(world_config=world, log=say), profile=profile_path, profile_name=profile.name, toy=True, **kwargs
+        assets=Assets(world_config=world, log=say),
+        profile=profile_path,
+        profile_name=profile.name,
+        device=device,
+        device_requested=device_requested,
+        toy=True,
+        say=say,
+        progress=progress,
     )

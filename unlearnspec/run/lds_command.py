@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.records import JsonDict
 from unlearnspec.run.options import RunOptions
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
@@ -61,8 +65,9 @@ def lds_target(target: Path, options: RunOptions) -> tuple[Path, RunOptions]:
     return spec_path, replace(options, profile=profile, out=target.resolve())
 
 
-def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any], console: Any) -> int:
-    """Run the LDS jobs of one score run here; print the summary. Exit 0, or 1 when a retraining failed."""
+def run_lds_command(target: Path, options: RunOptions, settings: Mapping[str, object], console: Console) -> int:
+    """Run the LDS jobs of one score run here; print the summary. Exit 0, or 1 when a retraining failed. `settings`:
+    the `magic.lds` fields given on the command line (None: not given)."""
     from unlearnspec.run.executors.serial import SerialExecutor
     from unlearnspec.run.jobstate import job_state
     from unlearnspec.run.options import make_context, make_plan, quiet_libraries
@@ -87,7 +92,7 @@ def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any],
             f"holds no finished score run of {spec_path} as it is now (scores missing, or made "
             f"by another version of the spec). Run `unlearnspec run {spec_path}` first.",
         )
-    lds = run.spec.magic.lds  # type: ignore[union-attr]
+    lds = run.spec.magic.lds if run.spec.magic is not None else None
     assert lds is not None
     ctx.say(
         f"[lds] {run.spec.name}: {lds.subsets} retrainings of {lds.fraction:.0%} {lds.unit}s dropped + 1 reference, "
@@ -98,12 +103,17 @@ def run_lds_command(target: Path, options: RunOptions, settings: dict[str, Any],
     return _print_summary(run.out, console) if not outcome.failed else 1
 
 
-def _print_summary(folder: Path, console: Any) -> int:
+def _number(value: object) -> Optional[float]:
+    """A number of the read-back summary, else None (printed n/a)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _print_summary(folder: Path, console: Console) -> int:
     from rich.table import Table
 
     from unlearnspec.magic.lds import lds_table
 
-    entry = lds_table(folder / "scores.json")
+    entry: Optional[JsonDict] = lds_table(folder / "scores.json")
     if entry is None:
         console.print(f"[yellow]no LDS summary in {folder / 'scores.json'}[/yellow]")
         return 1
@@ -114,15 +124,17 @@ def _print_summary(folder: Path, console: Any) -> int:
     def num(x: Optional[float]) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
-    lo, hi = entry.get("spearman_ci95") or [None, None]
+    ci = entry.get("spearman_ci95")
+    lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else [None, None]
+    fraction = _number(entry.get("fraction"))
     table.add_row(
-        str(entry["unit"]),
-        f"{entry['fraction']:.1%}",
-        str(entry["subsets"]),
-        num(entry["spearman"]),
-        f"{num(lo)} - {num(hi)}",
-        num(entry.get("pearson")),
-        num(entry.get("scale_ratio")),
+        str(entry.get("unit")),
+        f"{fraction:.1%}" if fraction is not None else "n/a",
+        str(entry.get("subsets")),
+        num(_number(entry.get("spearman"))),
+        f"{num(_number(lo))} - {num(_number(hi))}",
+        num(_number(entry.get("pearson"))),
+        num(_number(entry.get("scale_ratio"))),
     )
     console.print(table)
     return 0

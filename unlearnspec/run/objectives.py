@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-from unlearnspec.run.context import RunContext
+from unlearnspec.records import JsonDict
+from unlearnspec.run.context import Prepared, RunContext
 from unlearnspec.spec.assets import package_version
 from unlearnspec.spec.schema import Spec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from unlearnspec.data import TokenGrid
+    from unlearnspec.train.objectives import Objective
 
 OBJECTIVE_FILE = "objective.json"
 """What a point of an unlearning objective records: the objective, the forget and retain grids' fingerprints, the
 reference cache entry (NPO) and the trained parameters (RMU)."""
 
 
-def retain_grid(spec: Spec, spec_path: Path, tokenizer: Any, ctx: RunContext) -> Optional[Any]:
+def retain_grid(
+    spec: Spec, spec_path: Path, tokenizer: PreTrainedTokenizerBase, ctx: RunContext
+) -> Optional[TokenGrid]:
     """The retain rows [N_r, max_seq_len] of `data.retain` (None without one), built as the forget grid is."""
     if spec.data.retain is None:
         return None
@@ -44,7 +53,7 @@ def _model_files(name_or_path: Optional[str]) -> Optional[str]:
     return h.hexdigest()[:20]
 
 
-def point_objective(spec: Spec, prep: Any, ctx: RunContext, device: str, fused: bool) -> Optional[Any]:
+def point_objective(spec: Spec, prep: Prepared, ctx: RunContext, device: str, fused: bool) -> Optional[Objective]:
     """The objective object of a point (None for `weighted`: the trainer's own loss)."""
     if spec.objective.name == "weighted":
         return None
@@ -86,7 +95,7 @@ def point_objective(spec: Spec, prep: Any, ctx: RunContext, device: str, fused: 
     return build_objective(spec.objective, spec.loss.normalizer, retain, fused, reference)
 
 
-def objective_record(objective: Any, prep: Any) -> dict[str, Any]:
+def objective_record(objective: Objective, prep: Prepared) -> JsonDict:
     """objective.json: the objective's own description plus the forget grid it trained on."""
     out = objective.describe()
     out["forget"] = {"rows": int(prep.grid.input_ids.shape[0]), "fingerprint": prep.grid.fingerprint}

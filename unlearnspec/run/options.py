@@ -6,18 +6,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
-from unlearnspec.run.context import RunContext, resolve_device, toy_context
-from unlearnspec.run.plan import Plan, build_plan
+from unlearnspec.run.context import RunContext, Say, resolve_device, toy_context
+from unlearnspec.run.plan import Plan, PlanOptions, build_plan
 from unlearnspec.spec.load import project_root
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 class Reporter(Protocol):
     """Writes and prints the reports of the experiment folders a run finished (the report layer, above this one,
     passes it in: `unlearnspec.report.commands.report_runs`; run/ never imports report/)."""
 
-    def __call__(self, runs: list[Path], out: Path, toy: bool, console: Any) -> None: ...
+    def __call__(self, runs: list[Path], out: Path, toy: bool, console: Console) -> None: ...
 
 
 @dataclass
@@ -47,7 +51,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def make_context(options: RunOptions, say: Any = print, progress: Any = None) -> RunContext:
+def make_context(options: RunOptions, say: Say = print, progress: Optional[Progress] = None) -> RunContext:
     device = resolve_device(options.device)
     explicit = options.device not in (None, "", "auto")
     if options.profile is not None:
@@ -58,12 +62,14 @@ def make_context(options: RunOptions, say: Any = print, progress: Any = None) ->
 def make_plan(paths: list[Path], options: RunOptions, ctx: RunContext) -> Plan:
     return build_plan(
         paths,
-        profile=options.profile,
-        overrides=tuple(options.overrides),
-        out=options.out,
-        auto_produce=options.auto_produce,
-        assets=ctx.assets,
-        device=ctx.device.split(":")[0],
+        PlanOptions(
+            profile=options.profile,
+            overrides=tuple(options.overrides),
+            out=options.out,
+            auto_produce=options.auto_produce,
+            device=ctx.device.split(":")[0],
+        ),
+        ctx.assets,
     )
 
 

@@ -217,14 +217,27 @@ def lds_jobs(score: Job) -> list[Job]:
     return jobs
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """How `build_plan` reads the specs (the profile and overrides change the experiments; the rest says where)."""
+
+    profile: Optional[Path] = None
+    overrides: tuple[str, ...] = ()
+    """`--set` overrides, applied to the specs named on the command line (not to the producers they pull in)."""
+    out: Optional[Path] = None
+    """--out: the output folder of the one spec given, instead of its output.dir."""
+    auto_produce: bool = False
+    """Plan the score producers whose score files are missing (else such a spec is refused with the command)."""
+    device: str = "cpu"
+    """The device kind baseline cache keys name (the device the baselines evaluate on)."""
+    cache_root: Optional[Path] = None
+    """Where baselines are cached; None: the tool's cache (`spec.assets.cache_root`)."""
+
+
 @dataclass
 class _Builder:
-    profile: Optional[Path]
-    overrides: list[str]
-    out: Optional[Path]
-    auto_produce: bool
+    options: PlanOptions
     assets: Assets
-    device: str
     cache_root: Path
     plan: Plan = field(default_factory=Plan)
     specs: dict[Path, Spec] = field(default_factory=dict)
@@ -235,7 +248,10 @@ class _Builder:
         if key not in self.specs:
             changes: list[MappedKnob] = []
             self.specs[key] = load_spec(
-                path, overrides=self.overrides if top else (), profile=self.profile, changes=changes
+                path,
+                overrides=list(self.options.overrides) if top else (),
+                profile=self.options.profile,
+                changes=changes,
             )
             self.plan.mapped[key] = changes
         return self.specs[key]
@@ -257,7 +273,7 @@ class _Builder:
         spec = self.load(path, top)
         inputs, after = self.score_inputs(path, spec)
         self.visiting.pop()
-        out = self.out if (self.out is not None and top) else resolve_path(path, spec.output.dir)
+        out = self.options.out if (self.options.out is not None and top) else resolve_path(path, spec.output.dir)
         digest = spec_hash(spec)
         jobs, lds = [], []
         if spec.magic is not None:
@@ -299,12 +315,12 @@ class _Builder:
             producer = self.load(producer_path, top=False)
             target = resolve_path(producer_path, producer.output.dir) / SCORES_FILE
             listed = any(s.path.resolve() == producer_path.resolve() for s in self.plan.specs)
-            if self.auto_produce or listed or producer_path.resolve() in self.visiting:
+            if self.options.auto_produce or listed or producer_path.resolve() in self.visiting:
                 run = self.add_spec(producer_path, top=False)
                 after.extend(run.points)
                 target = run.out / SCORES_FILE
             elif not target.is_file():
-                flag = f" --profile {self.profile}" if self.profile else ""
+                flag = f" --profile {self.options.profile}" if self.options.profile else ""
                 raise UserError.one(
                     str(path),
                     f"score source {name!r} needs {src.produced_by}, which has not been run (no {target}). "
@@ -317,7 +333,7 @@ class _Builder:
     def baseline(self, path: Path, spec: Spec) -> Optional[str]:
         if spec.magic is not None or spec.eval is None or not spec.baseline.evaluate:
             return None
-        key = baseline_key(spec, path, self.assets, self.device)
+        key = baseline_key(spec, path, self.assets, self.options.device)
         job_id = f"baseline:{key}"
         if not any(j.id == job_id for j in self.plan.jobs):
             self.plan.jobs.append(
@@ -333,30 +349,21 @@ class _Builder:
         return job_id
 
 
-def build_plan(
-    paths: list[Path],
-    *,
-    profile: Optional[Path] = None,
-    overrides: tuple[str, ...] = (),
-    out: Optional[Path] = None,
-    auto_produce: bool = False,
-    assets: Optional[Assets] = None,
-    device: str = "cpu",
-    cache_root: Optional[Path] = None,
-) -> Plan:
+def build_plan(paths: list[Path], options: Optional[PlanOptions] = None, assets: Optional[Assets] = None) -> Plan:
     """Expand spec files/folders into the plan. Score producers come before the points that read them;
     specs named as controls before the specs that compare with them."""
     from unlearnspec.spec.assets import cache_root as default_cache
 
+    options = options or PlanOptions()
     files, problems = find_spec_files(paths)
     files = [f for f in files if not is_profile_path(f) and not is_world_file(f)]
     if problems:
         raise UserError(problems)
     if not files:
         raise UserError([Problem(" ".join(map(str, paths)), "", "no spec files found.")])
-    if out is not None and len(files) > 1:
+    if options.out is not None and len(files) > 1:
         raise UserError.one("--out", "--out takes one spec; several specs each write to their own output.dir.")
-    b = _Builder(profile, list(overrides), out, auto_produce, assets or Assets(), device, cache_root or default_cache())
+    b = _Builder(options, assets or Assets(), options.cache_root or default_cache())
     loaded = {f: b.load(f, top=True) for f in files}
     controls = {resolve_path(p, s.control).resolve() for p, s in loaded.items() if s.control}
 
@@ -365,7 +372,7 @@ def build_plan(
 
     for f in sorted(files, key=rank):
         b.add_spec(f, top=True)
-    b.plan.profile = profile
+    b.plan.profile = options.profile
     _check_unique_outputs(b.plan)
     return b.plan
 

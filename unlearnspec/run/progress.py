@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-from rich.console import Group
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from unlearnspec.run.outcome import Outcome
@@ -59,11 +59,11 @@ class RunDisplay:
     """Progress of one run. `console` None: silent (other torchrun ranks); `live`: a rich live panel
     (stdout is a terminal) above which messages and per-job lines scroll."""
 
-    def __init__(self, console: Any = None, live: bool = False) -> None:
+    def __init__(self, console: Optional[Console] = None, live: bool = False) -> None:
         self.console = console
         self.live = live and console is not None
         self._lock = threading.Lock()
-        self._progress: Any = None
+        self._progress: Optional[_Panel] = None
         self.start = time.perf_counter()
         self.workers = 1
         self.total: Counter[str] = Counter()
@@ -92,7 +92,7 @@ class RunDisplay:
             self._progress = None
 
     @property
-    def progress(self) -> Any:
+    def progress(self) -> Optional[Progress]:
         """The rich Progress that in-job steps (training, reverse pass) add their bars to, or None."""
         return self._progress
 
@@ -193,10 +193,12 @@ class RunDisplay:
 class _Panel(Progress):
     """A rich Progress whose live area starts with the run's header, above the bars of the job at work."""
 
-    def __init__(self, display: RunDisplay, *columns: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, display: RunDisplay, *columns: ProgressColumn, console: Optional[Console] = None, transient: bool = False
+    ) -> None:
         self.display = display
-        super().__init__(*columns, **kwargs)
+        super().__init__(*columns, console=console, transient=transient)
 
-    def get_renderable(self) -> Any:
+    def get_renderable(self) -> RenderableType:
         header = Text(self.display.header())
         return Group(header, self.make_tasks_table(self.tasks)) if self.tasks else header

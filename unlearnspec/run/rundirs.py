@@ -15,9 +15,10 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional, Union
 
 from unlearnspec.errors import UserError
+from unlearnspec.records import JsonDict
 from unlearnspec.safeio import read_json_lenient, write_json_atomic
 from unlearnspec.safewrite import WriteRefused, disk_error
 
@@ -25,13 +26,13 @@ MARKER = ".unlearnspec.json"
 TMP_PREFIX = ".tmp-"
 
 
-def marker(folder: Path) -> Optional[dict[str, Any]]:
+def marker(folder: Path) -> Optional[JsonDict]:
     """The folder's ownership marker, or None when the tool did not create it."""
-    data = read_json_lenient(folder / MARKER, max_bytes=1 << 20)  # a FIFO or device named so is no marker
+    data: object = read_json_lenient(folder / MARKER, max_bytes=1 << 20)  # a FIFO or device named so is no marker
     return data if isinstance(data, dict) and data.get("by") == "unlearnspec" else None
 
 
-def _mark(folder: Path, **info: Any) -> None:
+def _mark(folder: Path, **info: Union[str, int]) -> None:
     write_json_atomic(folder / MARKER, {"by": "unlearnspec", **info})
 
 
@@ -101,7 +102,7 @@ def check_replaceable(final: Path) -> None:
     )
 
 
-def writer_alive(info: dict[str, Any]) -> Optional[str]:
+def writer_alive(info: JsonDict) -> Optional[str]:
     """Why a temp folder's writer may still be running (None: it is not). Its marker names the host and
     process that made it: a live process on this host, or any process on another host (a shared cluster
     filesystem: its liveness cannot be checked from here), may still be writing it."""
@@ -140,7 +141,7 @@ def clean_stale_tmp(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 @contextmanager
-def atomic_dir(final: Path, keep_existing: bool = False, **info: Any) -> Iterator[Path]:
+def atomic_dir(final: Path, keep_existing: bool = False, **info: str) -> Iterator[Path]:
     """Yield a marked temp folder next to `final`; it replaces `final` only if the block succeeds and
     `final` is absent or ours. On failure the temp folder is removed and `final` is untouched. With
     `keep_existing` (a shared cache entry whose content depends only on its key), a `final` another process
@@ -225,5 +226,6 @@ def provenance(root: Path) -> dict[str, str]:
     return info
 
 
-def write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: object) -> None:
+    """A value `json.dumps` encodes, written atomically."""
     write_json_atomic(path, payload)

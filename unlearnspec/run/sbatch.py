@@ -3,21 +3,53 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal, TypedDict, Union
 
 from unlearnspec.spec.cluster import JobKindName, SlurmSection
 
+if TYPE_CHECKING:
+    from submitit import SlurmExecutor
 
-def sbatch_parameters(
-    settings: SlurmSection, kind: JobKindName, name: str, after: list[str], how: str
-) -> dict[str, Any]:
+
+class SbatchParameters(TypedDict, total=False):
+    """submitit's sbatch parameters of one job, named as `submitit.slurm.slurm._make_sbatch_string` names them."""
+
+    job_name: str
+    time: int
+    nodes: int
+    ntasks_per_node: int
+    cpus_per_task: int
+    mem: str
+    setup: list[str]
+    additional_parameters: dict[str, Union[str, bool]]
+    """The site's `extra_sbatch` options ({name: value}, True for a bare flag) and `kill_on_invalid_dep`."""
+    gpus_per_node: int
+    partition: str
+    account: str
+    qos: str
+    dependency: str
+
+
+@dataclass(frozen=True)
+class SbatchJob:
+    """What one submission asks of sbatch besides the site's resources: its kind (which resources), its name and
+    the SLURM ids it waits for (`afterok` for a job's producers, `afterany` for the final assemble job)."""
+
+    kind: JobKindName
+    name: str
+    after: tuple[str, ...] = ()
+    how: Literal["afterok", "afterany"] = "afterok"
+
+
+def sbatch_parameters(settings: SlurmSection, job: SbatchJob) -> SbatchParameters:
     """submitit's sbatch parameters of one job: its kind's resources, the site's partition/account/qos and
     extra options, and its dependencies."""
-    res = settings.resources(kind)
+    res = settings.resources(job.kind)
     extra = {**settings.sbatch_extra(), "kill_on_invalid_dep": "yes"}
-    params: dict[str, Any] = dict(
-        job_name=name,
+    params = SbatchParameters(
+        job_name=job.name,
         time=res.time_min,
         nodes=1,
         ntasks_per_node=1,
@@ -28,15 +60,18 @@ def sbatch_parameters(
     )
     if res.gpus:
         params["gpus_per_node"] = res.gpus
-    for key in ("partition", "account", "qos"):
-        if getattr(settings, key):
-            params[key] = getattr(settings, key)
-    if after:
-        params["dependency"] = f"{how}:" + ":".join(after)
+    if settings.partition:
+        params["partition"] = settings.partition
+    if settings.account:
+        params["account"] = settings.account
+    if settings.qos:
+        params["qos"] = settings.qos
+    if job.after:
+        params["dependency"] = f"{job.how}:" + ":".join(job.after)
     return params
 
 
-def check_sbatch_text(params: dict[str, Any], folder: Path) -> None:
+def check_sbatch_text(params: SbatchParameters, folder: Path) -> None:
     """No text that ends up on an `#SBATCH` line may hold a control character: a line break would end the line,
     sbatch would stop reading options there (dropping --time and --signal) and bash would run the rest. The
     site and profile fields are refused at validation; this also covers the job folder (from --out or
@@ -57,21 +92,19 @@ def check_sbatch_text(params: dict[str, Any], folder: Path) -> None:
         )
 
 
-def sbatch_script(
-    folder: Path, settings: SlurmSection, kind: JobKindName, name: str, after: list[str], how: str, command: str
-) -> str:
+def sbatch_script(folder: Path, settings: SlurmSection, job: SbatchJob, command: str) -> str:
     """The sbatch script submitit writes for one job (no SLURM binaries needed: for checks and tests)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    params = sbatch_parameters(settings, kind, name, after, how)
+    params = sbatch_parameters(settings, job)
     check_sbatch_text(params, folder)
     return _make_sbatch_string(command=command, folder=folder, **params)
 
 
-def _executor(folder: Path, settings: SlurmSection, kind: JobKindName, name: str, after: list[str], how: str) -> Any:
+def _executor(folder: Path, settings: SlurmSection, job: SbatchJob) -> SlurmExecutor:
     import submitit
 
-    params = sbatch_parameters(settings, kind, name, after, how)
+    params = sbatch_parameters(settings, job)
     check_sbatch_text(params, folder)
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
     ex.update_parameters(**params)

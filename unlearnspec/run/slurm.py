@@ -17,12 +17,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from unlearnspec import worlds
-from unlearnspec.run.options import Reporter
+from unlearnspec.run.context import RunContext, Say
+from unlearnspec.run.options import Reporter, RunOptions
 from unlearnspec.run.plan import Job, Plan
-from unlearnspec.run.sbatch import _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
+from unlearnspec.run.sbatch import SbatchJob, _executor, sbatch_script  # noqa: F401 - sbatch_script: for callers and tests
 from unlearnspec.run.slurmstate import (
     REQUEST,
     RUN,
@@ -38,6 +39,11 @@ from unlearnspec.run.slurmstate import (
     write_state,
 )
 from unlearnspec.spec.cluster import JobKindName, SlurmSection
+
+if TYPE_CHECKING:
+    from submitit.helpers import DelayedSubmission
+
+    from unlearnspec.run.results import Results
 
 ASSEMBLE = "_assemble"
 
@@ -84,9 +90,7 @@ class Request:
                 str(path), f"not a submission request ({loc}: {first['msg']}). {fix}", loc=loc
             ) from None
 
-    def options(self, device: Optional[str] = None) -> Any:
-        from unlearnspec.run.options import RunOptions
-
+    def options(self, device: Optional[str] = None) -> RunOptions:
         path = lambda p: Path(p) if p else None  # noqa: E731
         return RunOptions(
             profile=path(self.profile),
@@ -99,9 +103,9 @@ class Request:
         )
 
 
-def context_for(request: Request, device: str, say: Any = print) -> Any:
+def context_for(request: Request, device: str, say: Say = print) -> RunContext:
     """A run context on `device` without probing it (the submitting node may have no GPU)."""
-    from unlearnspec.run.context import RunContext, toy_context
+    from unlearnspec.run.context import toy_context
 
     worlds.load_plugins(request.worlds, where="request.json worlds")  # a job process has not imported the CLI
     if request.profile is not None:
@@ -109,18 +113,20 @@ def context_for(request: Request, device: str, say: Any = print) -> Any:
     return RunContext(device=device, say=say)
 
 
-def plan_for(request: Request, ctx: Any) -> Plan:
+def plan_for(request: Request, ctx: RunContext) -> Plan:
     """The plan exactly as submitted (same paths, profile, overrides, output and plan device)."""
-    from unlearnspec.run.plan import build_plan
+    from unlearnspec.run.plan import PlanOptions, build_plan
 
     return build_plan(
         [Path(p) for p in request.paths],
-        profile=Path(request.profile) if request.profile else None,
-        overrides=tuple(request.overrides),
-        out=Path(request.out) if request.out else None,
-        auto_produce=ctx.toy,
-        assets=ctx.assets,
-        device=request.plan_device,
+        PlanOptions(
+            profile=Path(request.profile) if request.profile else None,
+            overrides=tuple(request.overrides),
+            out=Path(request.out) if request.out else None,
+            auto_produce=ctx.toy,
+            device=request.plan_device,
+        ),
+        ctx.assets,
     )
 
 
@@ -195,7 +201,8 @@ def _torchrun(
     if rc != 0:
         raise RuntimeError(f"torchrun with {processes} processes exited with status {rc}; see the job's log")
     done = read_json(state / "rank0.json") or {}
-    return str(done.get("status", "failed")), done.get("reason")
+    reason = done.get("reason")
+    return str(done.get("status", "failed")), reason if isinstance(reason, str) else None
 
 
 @dataclass
@@ -210,7 +217,7 @@ class SlurmTask:
     device: str = "cpu"
     processes: int = 1
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+    def checkpoint(self, *args: object, **kwargs: object) -> DelayedSubmission:
         import submitit
 
         write_state(Path(self.state_dir) / RUN, {"state": "requeued", "at": time.time(), **my_env()})
@@ -278,7 +285,7 @@ def _blocking(producer: JobStatus) -> str:
     return f"{producer.job} failed: {producer.detail}"
 
 
-def assemble_all(request: Request, say: Any = print, reporter: Optional[Reporter] = None) -> dict[Path, Any]:
+def assemble_all(request: Request, say: Say = print, reporter: Optional[Reporter] = None) -> dict[Path, Results]:
     from rich.console import Console
 
     from unlearnspec.run.assemble import assemble
@@ -328,7 +335,7 @@ class Submitted:
 class SlurmExecutor:
     """Submits what is neither done nor queued/running; the jobs do the work."""
 
-    ctx: Any
+    ctx: RunContext
     request: Request
     settings: SlurmSection
     reporter: Optional[Reporter] = None
@@ -370,12 +377,12 @@ class SlurmExecutor:
         return done
 
     def _submit(self, job: Job, after: list[str]) -> str:
-        kind: JobKindName = job.kind  # type: ignore[assignment]
+        kind: JobKindName = job.kind
         res = self.settings.resources(kind)
         device = "cuda" if res.gpus else "cpu"
         folder = job_dir(job)
         task = SlurmTask(self.request, job.id, job.hash, str(folder), device, res.processes)
-        ex = _executor(folder, self.settings, kind, _job_name(job), after, "afterok")
+        ex = _executor(folder, self.settings, SbatchJob(kind, _job_name(job), tuple(after), "afterok"))
         sjob = ex.submit(task)
         write_state(folder / RUN, {"state": "submitted", "at": time.time()})
         write_state(
@@ -407,14 +414,8 @@ class SlurmExecutor:
         previous = slurm_id_of(read_json(folder / SUBMISSION) or {})
         if not submitted_any and previous and live_jobs([previous]):
             return previous
-        ex = _executor(
-            folder,
-            self.settings,
-            "assemble",
-            "us-assemble",
-            sorted(set(slurm_of.values()), key=lambda i: (len(i), i)),
-            "afterany",
-        )
+        after = tuple(sorted(set(slurm_of.values()), key=lambda i: (len(i), i)))
+        ex = _executor(folder, self.settings, SbatchJob("assemble", "us-assemble", after, "afterany"))
         sjob = ex.submit(AssembleTask(self.request, self.reporter))
         write_state(
             folder / SUBMISSION,

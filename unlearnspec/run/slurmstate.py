@@ -14,8 +14,9 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Mapping, Optional
 
+from unlearnspec.records import JsonDict
 from unlearnspec.run.executors.base import JobStatus
 from unlearnspec.run.plan import Job
 
@@ -55,22 +56,22 @@ def job_dir(job: Job) -> Path:
     return job.out.parent / SLURM_DIR / job.out.name
 
 
-def read_json(path: Path) -> Optional[dict[str, Any]]:
+def read_json(path: Path) -> Optional[JsonDict]:
     """A state file, or None when it is missing, not a regular file, too large or not a JSON object."""
     from unlearnspec.safeio import read_json_lenient
 
-    data = read_json_lenient(path, max_bytes=16 << 20)
+    data: object = read_json_lenient(path, max_bytes=16 << 20)
     return data if isinstance(data, dict) else None
 
 
-def slurm_id_of(record: dict[str, Any]) -> str:
+def slurm_id_of(record: JsonDict) -> str:
     """The SLURM job id a state file records ('' when none, or not an id: `123` or an array's `123_4`); it is
     passed to squeue/sacct and onto `--dependency` lines, so nothing else gets through."""
     value = str(record.get("slurm_id", ""))
     return value if re.fullmatch(r"[0-9]{1,20}(_[0-9]{1,10})?", value) else ""
 
 
-def write_state(path: Path, payload: dict[str, Any]) -> None:
+def write_state(path: Path, payload: Mapping[str, object]) -> None:
     from unlearnspec.safeio import write_json
 
     write_json(path, payload, root=path.parent.parent)  # the job's state folder may not be a link
@@ -172,7 +173,7 @@ def job_status(job: Job, live: dict[str, Live], blocked: Optional[str] = None) -
     return _ended(row, job, read_json(job_dir(job) / RUN) or {}, blocked)
 
 
-def _ended(row: JobStatus, job: Job, run: dict[str, Any], blocked: Optional[str]) -> JobStatus:
+def _ended(row: JobStatus, job: Job, run: JsonDict, blocked: Optional[str]) -> JobStatus:
     """A submitted job SLURM no longer lists, which left no record in its folder."""
     if run.get("state") == "error":
         row.state, row.detail = "failed", str(run.get("reason", "the job raised an error"))

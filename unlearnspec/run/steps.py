@@ -7,12 +7,34 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkable
 
 from unlearnspec.run.context import Prepared, RunContext  # noqa: F401 - Prepared: re-exported
 from unlearnspec.run.plan import Job, spec_hash
 from unlearnspec.run.results import BatchRecord
 from unlearnspec.spec.schema import Spec
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import (
+        PreTrainedTokenizerBase,
+        Trainer,
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
+
+    from unlearnspec.evaluation import EvalResult
+    from unlearnspec.train.trainer import WeightedSFTTrainer
+
+
+@runtime_checkable
+class Pretrained(Protocol):
+    """What `save_model` writes: a transformers model, or a peft model (its LoRA adapters)."""
+
+    def save_pretrained(self, save_directory: Path, *, safe_serialization: bool) -> object: ...
 
 
 def prepare(job: Job, ctx: RunContext) -> Prepared:
@@ -106,9 +128,9 @@ def train(
     prep: Prepared,
     workdir: Path,
     ctx: RunContext,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[TrainerCallback] = (),
     exact_replay: bool = False,
-) -> Any:
+) -> WeightedSFTTrainer:
     """Train one point; returns the finished trainer. `exact_replay` (score runs) trains with the replay
     attention kernel and the full-logits loss, so the recorded run is what the reverse pass differentiates."""
     import torch
@@ -143,9 +165,10 @@ def train(
     task = ctx.task(f"train {spec.name} lr={lr:g}", total=steps)
 
     class Progress(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if task is not None:
-                ctx.progress.update(task, completed=state.global_step)
+        def on_step_end(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+        ) -> None:
+            ctx.advance(task, completed=state.global_step)
 
     trainer = WeightedSFTTrainer(
         model=model,
@@ -180,7 +203,9 @@ def train(
     return trainer
 
 
-def evaluate(spec: Spec, spec_path: Path, model: Any, tokenizer: Any, ctx: RunContext) -> Any:
+def evaluate(
+    spec: Spec, spec_path: Path, model: nn.Module, tokenizer: PreTrainedTokenizerBase, ctx: RunContext
+) -> EvalResult:
     """lm-eval on the in-memory model, on the main process only (the others wait for it)."""
     from unlearnspec.evaluation import evaluate_model
 
@@ -192,13 +217,15 @@ def evaluate(spec: Spec, spec_path: Path, model: Any, tokenizer: Any, ctx: RunCo
         ctx.done(task)
 
 
-def save_model(spec: Spec, model: Any, tokenizer: Any, folder: Path) -> str:
+def save_model(spec: Spec, model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> str:
     """Write `folder/model` as safetensors: the whole model with its tokenizer (LoRA merged in) for
     `save_model: final`, the peft adapter for `adapter` (call that before merging for evaluation)."""
     from unlearnspec.train.modeling import merged_for_eval
 
     target = folder / "model"
     to_save = model if spec.output.save_model == "adapter" else merged_for_eval(model, spec.lora, force=True)
+    if not isinstance(to_save, Pretrained):
+        raise TypeError(f"a {type(to_save).__name__} has no save_pretrained: not a transformers or peft model")
     to_save.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     from unlearnspec.safeio import follow_umask
@@ -223,11 +250,13 @@ class Timer:
         self.seconds = 0.0
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(
+        self, kind: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
         self.seconds = round(time.perf_counter() - self.start, 3)
 
 
-def gathered_model(trainer: Any, spec: Any, ctx: RunContext) -> Any:
+def gathered_model(trainer: Trainer, spec: Spec, ctx: RunContext) -> Optional[nn.Module]:
     """The trained model as one plain module on rank 0. Under FSDP every rank joins the all-gather of the
     shards (a collective), then rank 0 loads them into a freshly loaded copy of the base model."""
     if ctx.world_size == 1 or spec.parallel is None or spec.parallel.strategy != "fsdp":

@@ -4,7 +4,7 @@ live progress, then render the reports of the experiments that ran."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional, TypedDict
 
 from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: imported from here by callers
     RunOptions,
@@ -16,13 +16,28 @@ from unlearnspec.run.options import (  # noqa: F401 - RunOptions and friends: im
 from unlearnspec.run.plan import plan_layouts
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from unlearnspec.run.executors.base import ExecutorOptions
+
+
+class PlanRow(TypedDict):
+    """One job of `unlearnspec plan` (a row of the table, an entry of `--format json`'s `jobs`)."""
+
+    order: int
+    kind: str
+    id: str
+    folder: str
+    after: list[str]
+    state: str
+    batch: Optional[dict[str, int]]
+    """The batch split over the ranks (BatchLayout.as_dict) of a training job, else None."""
 
 
 def run_study(
     paths: list[Path],
     options: RunOptions,
-    console: Any,
+    console: Console,
     executor: Optional[str] = None,
     settings: Optional[ExecutorOptions] = None,
 ) -> int:
@@ -67,7 +82,9 @@ def check_launch(paths: list[Path], options: RunOptions, world_size: int) -> Non
     plan_layouts(make_plan(paths, options, ctx), lambda job: world_size, lambda job: f"--nproc {world_size}")
 
 
-def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: bool = False, world_size: int = 1) -> int:
+def show_plan(
+    paths: list[Path], options: RunOptions, console: Console, as_json: bool = False, world_size: int = 1
+) -> int:
     """Print the jobs in order: kind, id, folder, waits-for, state (done / failed / todo), and the batch split of
     each training job over `world_size` ranks (refused, with the fix, when they cannot share it)."""
     import json
@@ -79,7 +96,7 @@ def show_plan(paths: list[Path], options: RunOptions, console: Any, as_json: boo
     ctx = make_context(options, say=lambda m: None)
     plan = make_plan(paths, options, ctx)
     layouts = plan_layouts(plan, lambda job: world_size, lambda job: f"--nproc {world_size}")
-    rows: list[dict[str, Any]] = [
+    rows: list[PlanRow] = [
         {
             "order": i + 1,
             "kind": j.kind,

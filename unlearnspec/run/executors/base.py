@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
+from typing import TYPE_CHECKING, ClassVar, Optional, Protocol, Union
 
 from unlearnspec.run.context import RunContext
 from unlearnspec.run.outcome import Outcome
@@ -48,7 +48,8 @@ class JobStatus:
     def live(self) -> bool:
         return self.state in ("queued", "running")
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Union[str, bool]]:
+        """A row of `status --format json`."""
         return asdict(self)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from types import FrameType
+from typing import Iterator, Literal, Optional
 
 from unlearnspec.run.assemble import assemble
 from unlearnspec.run.context import RunContext
@@ -161,7 +162,7 @@ def folder_status(plan: Plan) -> dict[str, JobStatus]:
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a batch system) stops the run like Ctrl-C does, so the workers are stopped too."""
 
-    def interrupt(_signum: int, _frame: Any) -> None:
+    def interrupt(_signum: int, _frame: Optional[FrameType]) -> None:
         raise KeyboardInterrupt
 
     try:

@@ -13,16 +13,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 
 from unlearnspec.errors import UserError
+from unlearnspec.run.context import RunContext
 from unlearnspec.run.executors.base import ExecutorOptions, JobStatus, Outcome
 from unlearnspec.run.executors.gpus import assign_gpus, visible_gpus
 from unlearnspec.run.executors.local import LocalRun, folder_status, sigterm_as_interrupt
-from unlearnspec.run.executors.worker import JobResult, WorkerSetup, init_worker, run_job
+from unlearnspec.run.executors.worker import GpuSlot, JobResult, WorkerSetup, init_worker, run_job
 from unlearnspec.run.options import RunOptions, make_context, make_plan
 from unlearnspec.run.plan import Job, Plan, plan_layouts
 from unlearnspec.run.progress import RunDisplay
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 STOP_GRACE_S = 20.0
 """How long a stopped worker may take to unwind its job; then it is killed (its temp folder stays,
@@ -39,7 +43,7 @@ class PoolExecutor:
     """What a worker runs per job (id, hash); a module-level function, since it crosses a spawn."""
 
     def __init__(
-        self, ctx: Any, options: RunOptions, jobs: int, slots: list[Optional[tuple[str, ...]]], display: RunDisplay
+        self, ctx: RunContext, options: RunOptions, jobs: int, slots: list[GpuSlot], display: RunDisplay
     ) -> None:
         self.ctx, self.options, self.jobs, self.slots, self.display = ctx, options, jobs, slots, display
         self.paths: list[Path] = []
@@ -127,7 +131,7 @@ class PoolExecutor:
             raise error
         return run.close()
 
-    def _loop(self, run: LocalRun, pool: ProcessPoolExecutor, messages: Any) -> Optional[BaseException]:
+    def _loop(self, run: LocalRun, pool: ProcessPoolExecutor, messages: Queue[str]) -> Optional[BaseException]:
         """Hand over ready jobs while workers are free; record each result. After a job raised, the running
         ones finish and nothing new starts (as the serial executor stops); the error is returned."""
         waiting = list(run.plan.jobs)
@@ -170,7 +174,7 @@ class PoolExecutor:
                 self.display.say(f"[{job.id}] stopped the run: {result.reason if result else repr(problem)}")
         return error
 
-    def _drain(self, messages: Any) -> None:
+    def _drain(self, messages: Queue[str]) -> None:
         """Print what the workers said (in the order they said it)."""
         while True:
             try:

@@ -5,7 +5,7 @@ with what was submitted; a final SLURM job writes results.json and the reports."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 from unlearnspec.errors import UserError
 from unlearnspec.run.context import RunContext
@@ -13,6 +13,9 @@ from unlearnspec.run.executors.base import ExecutorOptions, JobStatus, Outcome
 from unlearnspec.run.options import RunOptions
 from unlearnspec.run.plan import Plan, plan_layouts
 from unlearnspec.run.progress import RunDisplay
+
+if TYPE_CHECKING:
+    from unlearnspec.run.slurm import Request, Submitted
 
 
 class SlurmBackend:
@@ -27,9 +30,9 @@ class SlurmBackend:
 
         self.options, self.cluster, self.display = options, cluster, display
         self.settings, self.source = slurm_settings(cluster, options.profile)
-        self.request: Any = None
+        self.request: Optional[Request] = None
         self.ctx: RunContext = RunContext(say=display.say)
-        self._done: Any = None
+        self._done: Optional[Submitted] = None
         self._plan: Optional[Plan] = None
 
     @classmethod
@@ -73,6 +76,8 @@ class SlurmBackend:
         from unlearnspec.run.slurm import SlurmExecutor
         from unlearnspec.run.slurmstate import SlurmUnavailable
 
+        if self.request is None:
+            raise RuntimeError("submit() before make_plan()")
         self._plan = plan
         try:
             self._done = SlurmExecutor(self.ctx, self.request, self.settings, self.options.reporter).submit(plan)

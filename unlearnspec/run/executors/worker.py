@@ -9,10 +9,19 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Optional
 
 from unlearnspec.errors import Problem, UserError
+from unlearnspec.run.context import RunContext
 from unlearnspec.run.options import RunOptions
+from unlearnspec.run.plan import Plan
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+GpuSlot = Optional[tuple[str, ...]]
+"""The GPUs one worker gets (CUDA_VISIBLE_DEVICES), None or () for none."""
 
 STOPPED = 143  # exit status of a worker the parent stopped (128 + SIGTERM)
 
@@ -47,10 +56,22 @@ class Stop(BaseException):
     """The parent stopped this worker: unwind the job (its atomic folder removes the temp folder), then exit."""
 
 
-_state: dict[str, Any] = {}
+@dataclass
+class _WorkerState:
+    """This worker process's own: its setup and message queue (from the initializer), whether a job runs now, and
+    the context and plan built on its first job."""
+
+    setup: Optional[WorkerSetup] = None
+    messages: Optional[Queue[str]] = None
+    busy: bool = False
+    ctx: Optional[RunContext] = None
+    plan: Optional[Plan] = None
 
 
-def init_worker(setup: WorkerSetup, slots: Any, messages: Any) -> None:
+_state = _WorkerState()
+
+
+def init_worker(setup: WorkerSetup, slots: Queue[GpuSlot], messages: Queue[str]) -> None:
     """Pool initializer, before anything imports torch: signals, this worker's GPU set, threads, numerics."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -65,12 +86,12 @@ def init_worker(setup: WorkerSetup, slots: Any, messages: Any) -> None:
     worlds.load_plugins(setup.worlds)  # the parent's worlds (the toy world), registered here too
     if setup.options.profile is not None:
         worlds.get().pin_for_profile(setup.options.profile)
-    _state.update(setup=setup, messages=messages, busy=False)
+    _state.setup, _state.messages, _state.busy = setup, messages, False
 
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
+def _on_sigterm(signum: int, _frame: Optional[FrameType]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup on the way out must not be cut short
-    if not _state.get("busy"):
+    if not _state.busy:
         _exit()
     raise Stop()
 
@@ -87,19 +108,23 @@ def _exit() -> None:
 
 
 def _say(message: str) -> None:
-    _state["messages"].put(message)
+    if _state.messages is None:
+        raise RuntimeError("a pool worker's message queue is set by init_worker")
+    _state.messages.put(message)
 
 
-def _context() -> tuple[Any, Any]:
+def _context() -> tuple[RunContext, Plan]:
     """This worker's run context and plan, built on its first job and kept for the next ones."""
-    if "plan" not in _state:
+    if _state.ctx is None or _state.plan is None:
         from unlearnspec.run.options import make_context, make_plan, quiet_libraries
 
-        setup: WorkerSetup = _state["setup"]
+        setup = _state.setup
+        if setup is None:
+            raise RuntimeError("a pool worker's setup is set by init_worker")
         quiet_libraries()
         ctx = make_context(setup.options, say=_say)
-        _state["ctx"], _state["plan"] = ctx, make_plan(list(setup.paths), setup.options, ctx)
-    return _state["ctx"], _state["plan"]
+        _state.ctx, _state.plan = ctx, make_plan(list(setup.paths), setup.options, ctx)
+    return _state.ctx, _state.plan
 
 
 def run_job(job_id: str, job_hash: str) -> JobResult:
@@ -117,11 +142,11 @@ def run_job(job_id: str, job_hash: str) -> JobResult:
                 "while the run started); rerun the command.",
             )
         start = time.perf_counter()
-        _state["busy"] = True
+        _state.busy = True
         try:
             record = SerialExecutor(ctx).run_job(job)
         finally:
-            _state["busy"] = False
+            _state.busy = False
     except Stop:  # the job's folders are cleaned up by now; leave without reporting
         _exit()
     except UserError as exc:

@@ -12,9 +12,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
+from typing import TYPE_CHECKING, Optional, Sequence, cast
+
+from typing_extensions import TypedDict
 
 from unlearnspec.errors import UserError
+from unlearnspec.records import JsonValue
 from unlearnspec.run.context import Prepared, RunContext
 from unlearnspec.run.jobstate import LDS_FILE, SIDECAR_FILE, job_state
 from unlearnspec.run.plan import LDS_SUFFIX, SCORES_FILE, Job, Plan, SpecRun, spec_hash
@@ -31,6 +34,38 @@ if TYPE_CHECKING:
     from unlearnspec.magic.trajectory import Trajectory
 
 SUMMARY_FILE = "summary.json"
+
+
+class _Dropped(TypedDict, total=False):
+    dropped: int
+    """Ids (rows or tokens) the subset dropped."""
+    predicted: float
+    """The scores' first-order prediction of the query's change."""
+    dropped_ids: list[int]
+
+
+class LdsEntry(_Dropped):
+    """lds.json of one retraining (the reference has no subset and drops nothing)."""
+
+    subset: Optional[int]
+    unit: str
+    fraction: float
+    seed: int
+    query: float
+    """The query loss Q of the retrained parameters."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A finished retraining's lds.json as read back: the numbers the summary uses, checked finite."""
+
+    subset: JsonValue
+    query: float
+    predicted: float
+    dropped: float
+    seconds: JsonValue
+    """As written; the summary adds only finite numbers."""
 
 
 def score_dir(job: Job) -> Path:
@@ -109,19 +144,27 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     prep = shared.prep
     start = time.perf_counter()
     weights = prep.weights
-    entry: dict[str, Any] = {"subset": job.subset, "unit": lds.unit, "fraction": lds.fraction, "seed": lds.seed}
+    dropped: _Dropped = {}
     if job.subset is not None:
         drop = drop_set(lds, prep.weights, prep.grid.labels, job.subset)
         mask = dropped_mask(prep.weights.shape, drop, lds.unit)
         weights = prep.weights.masked_fill(mask, 0)
-        entry.update(
-            dropped=int(drop.numel()),
-            predicted=predicted_change(shared.scores, prep.weights, mask),
-            dropped_ids=drop.tolist(),
-        )
+        dropped = {
+            "dropped": int(drop.numel()),
+            "predicted": predicted_change(shared.scores, prep.weights, mask),
+            "dropped_ids": drop.tolist(),
+        }
     params = retrained_params(shared.model, prep.grid, shared.trajectory, shared.theta0, weights)
-    entry["query"] = query_value(shared.model, shared.query, params)
-    entry["seconds"] = round(time.perf_counter() - start, 3)
+    query = query_value(shared.model, shared.query, params)
+    entry: LdsEntry = {
+        "subset": job.subset,
+        "unit": lds.unit,
+        "fraction": lds.fraction,
+        "seed": lds.seed,
+        **dropped,
+        "query": query,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
     if ctx.is_main:
         write_json(workdir / LDS_FILE, entry)
     return RunRecord(
@@ -134,18 +177,29 @@ def run_lds(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     )
 
 
-def _read(job: Job) -> Optional[dict[str, Any]]:
+def _finite(value: object) -> Optional[float]:
+    """A finite number as read (an int stays an int), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _read(job: Job) -> Optional[Retrained]:
+    """A finished retraining's lds.json, or None (not finished, unreadable, or a number missing or not finite)."""
     from unlearnspec.safeio import read_json_lenient
 
     if job_state(job) != "done":
         return None
-    data = read_json_lenient(job.out / LDS_FILE)
-    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    if not isinstance(data, dict) or not finite(data.get("query")):
+    data: object = read_json_lenient(job.out / LDS_FILE)
+    if not isinstance(data, dict):
         return None
-    if data.get("subset") is not None and not (finite(data.get("predicted")) and finite(data.get("dropped"))):
+    query, predicted, dropped = _finite(data.get("query")), _finite(data.get("predicted")), _finite(data.get("dropped"))
+    if query is None:
         return None
-    return data
+    subset = data.get("subset")
+    if (subset is not None or job.subset is not None) and (predicted is None or dropped is None):
+        return None  # a subset's retraining without its prediction
+    return Retrained(subset, query, predicted or 0.0, dropped or 0.0, data.get("seconds"))
 
 
 def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]:
@@ -162,11 +216,11 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]
     lds = magic.lds if magic is not None else None
     assert lds is not None, "LDS jobs come from a spec with magic.lds"
     subsets = [e for j, e in zip(jobs, entries) if j.subset is not None and e is not None]
-    actual = [e["query"] - reference["query"] for e in subsets]
-    predicted = [float(e["predicted"]) for e in subsets]
-    summary = summarize(actual, predicted, lds, int(subsets[0]["dropped"]))
-    summary["reference_query"] = reference["query"]
-    seconds = [e.get("seconds") for e in [reference, *subsets]]
+    actual = [e.query - reference.query for e in subsets]
+    predicted = [float(e.predicted) for e in subsets]
+    summary = summarize(actual, predicted, lds, int(subsets[0].dropped))
+    summary["reference_query"] = reference.query
+    seconds = [e.seconds for e in [reference, *subsets]]
     summary["retrain_seconds"] = round(
         sum(float(x) for x in seconds if isinstance(x, (int, float)) and math.isfinite(x)), 3
     )
@@ -174,11 +228,11 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]
         "retrain the recorded run (replayed steps, same order and schedule) with each subset's weights "
         "set to 0; actual = Q(subset) - Q(reference), predicted = -sum(score x weight) over the subset"
     )
-    sidecar = read_json(folder / SIDECAR_FILE, "score sidecar", "missing.", "Rerun the score spec.")
+    sidecar: object = read_json(folder / SIDECAR_FILE, "score sidecar", "missing.", "Rerun the score spec.")
     if not isinstance(sidecar, dict):
         raise UserError.one(str(folder / SIDECAR_FILE), "the score sidecar is not a JSON object. Rerun the score spec.")
 
-    def finite(v: Any) -> Any:
+    def finite(v: object) -> object:  # NaN and inf are written as null
         if isinstance(v, list):
             return [finite(x) for x in v]
         return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -190,9 +244,7 @@ def write_lds_summary(folder: Path, jobs: Sequence[Job]) -> Optional[LdsSummary]
         jobs[0].out.parent / SUMMARY_FILE,
         {
             **clean,
-            "pairs": [
-                {"subset": e["subset"], "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)
-            ],
+            "pairs": [{"subset": e.subset, "actual": a, "predicted": p} for e, a, p in zip(subsets, actual, predicted)],
         },
     )
     sidecar["lds"] = clean
@@ -204,7 +256,7 @@ def finish_score(run: SpecRun, plan: Plan, ctx: RunContext) -> None:
     """After a score spec's LDS retrainings: their summary into scores.json (once all have finished)."""
     summary = write_lds_summary(run.out, [plan.job(j) for j in run.lds])
 
-    def num(x: Any) -> str:
+    def num(x: Optional[float]) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     if summary is not None and summary.get("new"):

@@ -53,6 +53,7 @@ def run_point(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     trained = gathered_model(trainer, spec, ctx)  # a plain model on rank 0, also after FSDP sharded it
     if not ctx.is_main:
         return record  # evaluation and files belong to rank 0
+    assert trained is not None, "rank 0 holds the gathered model"
     if spec.output.save_model == "adapter":
         record.model_dir = save_model(spec, trained, prep.tokenizer, workdir)
     model = merged_for_eval(trained, spec.lora)

@@ -53,6 +53,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     )
     with Timer() as train_clock:
         trainer = train(spec, prep, workdir, ctx, callbacks=[callback], exact_replay=True)
+    if trainer.model is None:  # transformers types it Optional; a trainer that trained holds its model
+        raise RuntimeError("the trainer holds no model after training")
     model, comm = trainer.model, None
     if callback.trajectory is not None and callback.trajectory.shard_world > 1:  # FSDP: each rank recorded its shards
         from unlearnspec.magic.sharded import shard_for_replay
@@ -74,8 +76,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     task = ctx.task(f"MAGIC reverse pass {spec.name}" + extra.get(magic.query.per, ""), total=steps * (1 + leaf_passes))
 
     def progress(done: int, total: int) -> None:
-        if task is not None:
-            ctx.progress.update(task, completed=done, total=total * (1 + leaf_passes))
+        ctx.advance(task, completed=done, total=total * (1 + leaf_passes))
 
     stats = ReplayStats()
     park: contextlib.AbstractContextManager = contextlib.nullcontext()
