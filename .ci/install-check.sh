@@ -17,7 +17,8 @@ python -c "import unlearnspec, sys; assert '$REPO' not in unlearnspec.__file__, 
 export UNLEARNSPEC_CACHE="$WORK/cache"
 unlearnspec toy build | tee "$WORK/toy-build.log"
 grep -q "the shipped pretrained model, installed in" "$WORK/toy-build.log"
-unlearnspec run "$REPO/specs/exp7_all_tokens.yaml" --toy --out "$WORK/out" --set eval.tasks.0.limit=100 --set eval.tasks.1.limit=100
+# one LR of the four and 100 questions a task: the installed package runs a shipped spec end to end (CI time)
+unlearnspec run "$REPO/specs/exp7_all_tokens.yaml" --toy --out "$WORK/out" --set training.lr=1.0e-3 --set eval.tasks.0.limit=100 --set eval.tasks.1.limit=100
 test -f "$WORK/out/results.json" && test -f "$WORK/out/reports/exp7_all_tokens.md"
 unlearnspec report --reference-only > "$WORK/recorded.md"
 grep -q "Failed Experiment 1" "$WORK/recorded.md"
