@@ -11,7 +11,7 @@ from typing import List, Literal, Optional
 import typer
 
 import unlearnspec.toy  # noqa: F401 - registers the embedded toy world with unlearnspec.worlds (the plug-in at the edge)
-from unlearnspec.cli.results import diff, lds, report, status
+from unlearnspec.cli.results import results_app
 from unlearnspec.cli.support import (  # noqa: F401 - render_problems: re-exported for tests
     ClusterOption,
     DeviceOption,
@@ -36,6 +36,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+app.add_typer(results_app)  # report, diff, lds, status: listed after the commands below
 app.add_typer(toy_app, name="toy")
 
 NprocOption = typer.Option(
@@ -361,10 +362,6 @@ def plan(
         profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device
     )
     raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json", world_size=nproc))
-
-
-for _command in (report, diff, lds, status):  # defined in cli/results.py, listed after the commands above
-    app.command()(_command)
 
 
 def main() -> None:
