@@ -21,7 +21,7 @@ from unlearnspec.magic import (
     split_micro_batches,
     trainable_params,
 )
-from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
+from unlearnspec.magic.adam import AdamHyper, AdamState, AdamStep, adam_adjoint, adam_step
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.reverse import _Replay
 from unlearnspec.magic.trajectory import decay_list, state_key
@@ -159,15 +159,16 @@ def test_one_step_adjoint_equals_autograd_including_zero_second_moments(name: st
     out = p - lr * (mi / (1 - b1**k)) / (safe_sqrt(vi / (1 - b2**k)) + 1e-8)
     expected = torch.autograd.grad([out, mi, vi], inputs, grad_outputs=bars)
 
-    g_bar, theta_part, m_bar, v_bar = adam_adjoint([theta], [m], [v], [grad], lr, k, [wd], hyper, *([b] for b in bars))
+    step = AdamStep(lr, k, [wd], hyper)
+    g_bar, bar = adam_adjoint(AdamState([theta], [m], [v]), [grad], step, AdamState(*([b] for b in bars)))
     for got, want in zip(
-        (theta_part[0], m_bar[0], v_bar[0], g_bar[0]), (expected[0], expected[1], expected[2], expected[3])
+        (bar.theta[0], bar.m[0], bar.v[0], g_bar[0]), (expected[0], expected[1], expected[2], expected[3])
     ):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
-    theta_new, _, v_new = adam_step([theta], [m], [v], [grad], lr, k, [wd], hyper)
-    assert bool((v_new[0][0] == 0).all()) == (name == "adamw")  # Adam's L2 term makes g' nonzero
-    torch.testing.assert_close(theta_new[0], out.detach(), rtol=1e-13, atol=1e-15)
+    new = adam_step(AdamState([theta], [m], [v]), [grad], step)
+    assert bool((new.v[0][0] == 0).all()) == (name == "adamw")  # Adam's L2 term makes g' nonzero
+    torch.testing.assert_close(new.theta[0], out.detach(), rtol=1e-13, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- exactness through T steps
