@@ -243,7 +243,7 @@ def test_replay_reproduces_torch_adam(adam_case) -> None:
     """The replay's Adam steps reproduce torch.optim's parameters and moments from theta_0."""
     setup, _, _ = adam_case
     trajectory = setup.record("all")
-    replay = _Replay(setup.model, setup.grid, trajectory, True, ReplayStats())
+    replay = _Replay(setup.model, setup.grid, trajectory, hessian=True, stats=ReplayStats())
     state = replay.load(0)
     from unlearnspec.magic.attention import replay_mode
 
@@ -275,7 +275,7 @@ def _clipping_setup(name: str) -> AdamSetup:
     setup = AdamSetup(name, steps=4)
     norms = []
     trajectory = setup.record("all")
-    replay = _Replay(setup.model, setup.grid, trajectory, True, ReplayStats())
+    replay = _Replay(setup.model, setup.grid, trajectory, hessian=True, stats=ReplayStats())
     from unlearnspec.magic.attention import replay_mode
 
     with replay_mode(setup.model):

@@ -111,6 +111,20 @@ def test_reverse_pass_refuses_bf16_model() -> None:
         magic_scores(model.to(torch.bfloat16), g, trajectory, lambda p: torch.zeros(()))
 
 
+def test_reverse_pass_refuses_a_misspelt_keyword() -> None:
+    """The reverse-pass keywords are one typed ReplayOptions (**kwargs): a misspelt one is refused, as an unknown
+    keyword argument was when each was a parameter, instead of being ignored."""
+    model, g = tiny(), grid()
+    trajectory = sgd_train(model, g, plan_steps(4, 2, 2, 0.1), recorder=TrajectoryRecorder(2, "all"))
+    assert trajectory is not None
+    with pytest.raises(TypeError, match="micro_batch_row\\b"):
+        magic_scores(model, g, trajectory, lambda p: torch.zeros(()), micro_batch_row=1)  # type: ignore[call-arg]
+    progress: list[tuple[int, int]] = []
+    query = lambda p: sum(x.pow(2).sum() for x in p.values())  # noqa: E731
+    magic_scores(model, g, trajectory, query, micro_batch_rows=1, progress=lambda d, t: progress.append((d, t)))
+    assert progress == [(1, 2), (2, 2)]
+
+
 def test_replay_mode_restores_attention_and_mode() -> None:
     from unlearnspec.magic import REPLAY_ATTENTION, replay_mode
 

@@ -307,12 +307,12 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
 def test_per_question_scores_through_lora_equal_the_unrolled_oracle_per_question(optimizer: str) -> None:
     """Batched adjoints over adapter-sized parameters (the 7B use of `per: question`): every question's
     scores equal autograd through the unrolled LoRA-only run of that question's own loss."""
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.query import QueryLoss
 
     setup = LoraSetup(optimizer)
     trajectory = setup.record("sqrt")
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=2, dtype=None)
+    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, QuestionChunks(2), dtype=None)
     full = setup.query
     for q in range(full.batch.n_questions):
         setup.query = QueryLoss(setup.model, full.batch.subset([q], "q"), 1)

@@ -58,7 +58,9 @@ def trained(model, tokenizer):  # noqa: F811 - the fixtures imported above
 def test_leaf_scores_weighted_by_question_share_sum_to_the_mean_scores(trained):
     model, grid, trajectory, query = trained
     mean = magic_scores(model, grid, trajectory, query, dtype=None)
-    per = per_task_scores(model, grid, trajectory, query, mean, dtype=None)
+    ticks: list[tuple[int, int]] = []
+    per = per_task_scores(model, grid, trajectory, query, mean, dtype=None, progress=lambda d, t: ticks.append((d, t)))
+    assert ticks == [(d, 6) for d in range(1, 7)]  # reverse steps over both leaves' passes (2 x 3 steps)
     assert mean.dtype == torch.float64
     assert {k: v.questions for k, v in per.items()} == {"fixture_mcq_a": 6, "fixture_mcq_b": 4}
     assert {v.task for v in per.values()} == {"fixture_mcq_a", "fixture_mcq_b"}

@@ -146,7 +146,7 @@ def test_adamw_trainer_replay_and_scores_equal_unrolled_oracle(tmp_path, max_gra
     assert traj.weight_decay == {n: (0.1 if n in decayed else 0.0) for n in theta0}
     assert any("layernorm" in n or "bias" in n for n in theta0 if n not in decayed)
     # the replay's Adam arithmetic reproduces the trainer's run from theta_0 and zero moments
-    replay = _Replay(model, grid, traj, True, ReplayStats())
+    replay = _Replay(model, grid, traj, hessian=True, stats=ReplayStats())
     state = replay.load(0)
     with replay_mode(model):
         for t in range(steps):

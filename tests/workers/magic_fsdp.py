@@ -76,11 +76,11 @@ def record(name: str, states: Path):
 
 def _scores(model, grid, traj, query, name: str, comm=None) -> torch.Tensor:
     from unlearnspec.magic import magic_scores
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
 
     kwargs = dict(CASES[name][3])
     if CASES[name][4]:
-        return per_question_scores(model, grid, traj, query, chunk=4, dtype=None, comm=comm, **kwargs).scores
+        return per_question_scores(model, grid, traj, query, QuestionChunks(4), dtype=None, comm=comm, **kwargs).scores
     return magic_scores(model, grid, traj, query, dtype=None, comm=comm, **kwargs)
 
 

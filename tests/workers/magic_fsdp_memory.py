@@ -77,7 +77,7 @@ def measure(group, states: Path, questions: int = 0, replay: dict | None = None,
     from unlearnspec.magic import magic_scores
     from unlearnspec.magic.collective import Alone
     from unlearnspec.magic.memtrack import LiveBytes
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.sharded import rebind_query, shard_for_replay
 
     tag = f"rank{group.rank}of{group.world_size}" if group is not None else None
@@ -89,7 +89,9 @@ def measure(group, states: Path, questions: int = 0, replay: dict | None = None,
         query = rebind_query(query, model)
     with LiveBytes() as mem:
         if questions:
-            scores = per_question_scores(model, grid, traj, query, chunk=questions, comm=comm, **(replay or {})).scores
+            scores = per_question_scores(
+                model, grid, traj, query, QuestionChunks(questions), comm=comm, **(replay or {})
+            ).scores
         else:
             scores = magic_scores(model, grid, traj, query, comm=comm, **(replay or {}))
     return {"peak": mem.peak, "param_bytes": params, "scores_norm": float(scores.norm())}

@@ -8,6 +8,7 @@ from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.output import SCORES_FORMAT_VERSION, scores_metadata, write_scores
 from unlearnspec.magic.reference import sgd_train, trainable_params, unrolled_query, unrolled_scores
 from unlearnspec.magic.replay import GridLike
+from unlearnspec.magic.replay_options import ReplayOptions
 from unlearnspec.magic.reverse import Query, ReplayStats, magic_scores, query_gradient
 from unlearnspec.magic.trajectory import (
     DiskStore,
@@ -30,6 +31,7 @@ __all__ = [
     "OptimizerConfig",
     "Query",
     "RamStore",
+    "ReplayOptions",
     "ReplayStats",
     "Schedule",
     "StateStore",

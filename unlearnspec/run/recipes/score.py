@@ -27,7 +27,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     from unlearnspec.magic import ReplayStats, magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.output import write_question_scores, write_task_scores
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.per_task import extra_passes, per_task_scores
     from unlearnspec.magic.query import build_query
     from unlearnspec.magic.replay_options import ReplayOptions
@@ -87,6 +87,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         micro_batch_rows=memory.replay_batch_size if memory else None,
         offload_adjoint=bool(memory and memory.offload_adjoint),
         offload_states=bool(memory and memory.offload_states),
+        comm=comm,
     )
     trajectory = callback.trajectory
     if trajectory is None:
@@ -100,11 +101,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                 prep.grid,
                 trajectory,
                 query,
-                dtype=torch.float32,
-                progress=progress,
-                stats=stats,
-                comm=comm,
-                **replay,
+                **(replay | {"dtype": torch.float32, "progress": progress, "stats": stats}),
             )
             if magic.query.per == "task":  # before the states below are deleted
                 per_task = per_task_scores(
@@ -113,9 +110,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                     trajectory,
                     query,
                     scores,
-                    comm=comm,
-                    **replay,
-                    progress=lambda i, k: progress(steps * (1 + i), steps),
+                    **(replay | {"progress": lambda done, total: progress(steps + done, steps)}),
                 )
             elif magic.query.per == "question":
                 per_question = per_question_scores(
@@ -123,10 +118,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                     prep.grid,
                     trajectory,
                     query,
-                    chunk=chunk,
-                    comm=comm,
-                    **replay,
-                    progress=lambda done, total: progress(steps + done, steps),
+                    QuestionChunks(chunk),
+                    **(replay | {"progress": lambda done, total: progress(steps + done, steps)}),
                 )
         finally:
             ctx.done(task)
