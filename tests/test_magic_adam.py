@@ -332,7 +332,7 @@ def test_rounding_diagnostics_and_warning(monkeypatch) -> None:
 def test_sidecar_names_the_adam_regime(tmp_path) -> None:
     import json
 
-    from unlearnspec.magic import write_scores
+    from unlearnspec.magic import ScoreProvenance, write_scores
 
     setup = AdamSetup("adamw", steps=3, max_grad_norm=1.0)
     trajectory = setup.record("sqrt")
@@ -341,9 +341,7 @@ def test_sidecar_names_the_adam_regime(tmp_path) -> None:
         tmp_path,
         scores,
         trajectory,
-        fingerprint="f",
-        query={"task": "t", "loss": "answer_continuation", "n_questions": 3},
-        dtype="float64",
+        ScoreProvenance("f", {"task": "t", "loss": "answer_continuation", "n_questions": 3}, "float64"),
     )
     meta = json.loads(paths["sidecar"].read_text())["optimizer"]
     assert (

@@ -17,6 +17,7 @@ from unlearnspec.errors import UserError
 from unlearnspec.magic import (
     SCORES_FORMAT_VERSION,
     RamStore,
+    ScoreProvenance,
     TrajectoryRecorder,
     check_model_replayable,
     check_optimizer,
@@ -195,10 +196,12 @@ def test_write_scores_files(tmp_path) -> None:
         tmp_path / "out",
         scores,
         trajectory,
-        fingerprint="abc123",
-        query={"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2},
-        dtype="float32",
-        lr=0.1,
+        ScoreProvenance(
+            fingerprint="abc123",
+            query={"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2},
+            dtype="float32",
+            lr=0.1,
+        ),
     )
     per_token = torch.load(paths["per_token"], weights_only=True)
     per_example = torch.load(paths["per_example"], weights_only=True)

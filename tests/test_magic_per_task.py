@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from unlearnspec.errors import UserError
-from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, write_scores
+from unlearnspec.magic import ScoreProvenance, TrajectoryRecorder, magic_scores, plan_steps, sgd_train, write_scores
 from unlearnspec.magic.output import write_task_scores
 from unlearnspec.magic.per_task import leaf_names, per_task_scores
 from unlearnspec.magic.query import build_query
@@ -95,9 +95,7 @@ def test_leaf_files_load_through_the_sidecar_like_the_mean_file(trained, tmp_pat
         tmp_path,
         mean,
         trajectory,
-        fingerprint="fp",
-        query=query.batch.info(),
-        dtype="float64",
+        ScoreProvenance("fp", query.batch.info(), "float64"),
         extra={"per_task": block},
     )
     side = json.loads(paths["sidecar"].read_text())

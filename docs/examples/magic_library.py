@@ -9,7 +9,15 @@ import torch
 from torch.func import functional_call
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, unrolled_scores, write_scores
+from unlearnspec.magic import (
+    ScoreProvenance,
+    TrajectoryRecorder,
+    magic_scores,
+    plan_steps,
+    sgd_train,
+    unrolled_scores,
+    write_scores,
+)
 
 
 @dataclass
@@ -46,6 +54,7 @@ assert torch.allclose(scores, oracle, rtol=1e-4, atol=1e-6), (scores - oracle).a
 print(f"scores {tuple(scores.shape)}, max |MAGIC - unrolled autograd| = {(scores - oracle).abs().max().item():.1e}")
 
 # per_token_scores.pt, per_example_scores.pt and the scores.json sidecar that specs' token rules read.
-paths = write_scores("scores_out", scores, trajectory, fingerprint="my-data-v1",
-                     query={"task": "my_query", "loss": "mean_nll", "n_questions": 2}, dtype="float32", lr=0.1)
+provenance = ScoreProvenance(fingerprint="my-data-v1", query={"task": "my_query", "loss": "mean_nll", "n_questions": 2},
+                             dtype="float32", lr=0.1)
+paths = write_scores("scores_out", scores, trajectory, provenance)
 print("wrote", ", ".join(sorted(str(p) for p in paths.values())))

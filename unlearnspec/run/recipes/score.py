@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
-    from unlearnspec.magic import ReplayStats, magic_scores, write_scores
+    from unlearnspec.magic import ReplayStats, ScoreProvenance, magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.output import write_question_scores, write_task_scores
     from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
@@ -153,11 +153,9 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         workdir,
         scores,
         trajectory,
-        fingerprint=prep.grid.fingerprint,
-        query=query.batch.info(),
-        dtype=spec.model.dtype,
-        lr=job.lr,
-        fingerprint_inputs=grid_inputs(prep.grid, spec.data),
+        ScoreProvenance(
+            prep.grid.fingerprint, query.batch.info(), spec.model.dtype, job.lr, grid_inputs(prep.grid, spec.data)
+        ),
         extra={
             **leaves,
             **quality,
