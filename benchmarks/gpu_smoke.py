@@ -123,7 +123,7 @@ def check_toy(device: torch.device, dry: bool) -> str:
 def tiny_magic_setup(seed: int = 0):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from unlearnspec.magic import TrajectoryRecorder, plan_steps, sgd_train
+    from unlearnspec.magic import ReferenceRun, TrajectoryRecorder, plan_steps, sgd_train
     from unlearnspec.magic.query import QueryBatch, QueryLoss
     from unlearnspec.train.loss import IGNORE_INDEX
 
@@ -160,9 +160,8 @@ def tiny_magic_setup(seed: int = 0):
     trajectory = sgd_train(
         model,
         grid,
-        plan,
+        ReferenceRun(plan, weight_decay=0.01),
         recorder=TrajectoryRecorder(len(plan), "sqrt", weight_decay=0.01),
-        weight_decay=0.01,
         use_replay_attention=True,
     )
     return model, grid, query, trajectory
@@ -291,7 +290,14 @@ def check_trainers(device: torch.device, dry: bool) -> str:
 
 
 def check_magic_cost(device: torch.device, dry: bool) -> str:
-    from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, trainable_params
+    from unlearnspec.magic import (
+        ReferenceRun,
+        TrajectoryRecorder,
+        magic_scores,
+        plan_steps,
+        sgd_train,
+        trainable_params,
+    )
     from unlearnspec.magic.query import QueryBatch, QueryLoss
     from unlearnspec.train.loss import IGNORE_INDEX
 
@@ -323,7 +329,7 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
     reset()
     sync(device)
     start = time.perf_counter()
-    sgd_train(model, Grid, plan, use_replay_attention=True)
+    sgd_train(model, Grid, ReferenceRun(plan), use_replay_attention=True)
     sync(device)
     train_s = time.perf_counter() - start
     out = []
@@ -333,7 +339,7 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
         sync(device)
         start = time.perf_counter()
         trajectory = sgd_train(
-            model, Grid, plan, recorder=TrajectoryRecorder(steps, schedule), use_replay_attention=True
+            model, Grid, ReferenceRun(plan), recorder=TrajectoryRecorder(steps, schedule), use_replay_attention=True
         )
         magic_scores(model, Grid, trajectory, query)
         sync(device)

@@ -13,6 +13,7 @@ import torch
 
 from unlearnspec.magic import (
     DiskStore,
+    ReferenceRun,
     ReplayStats,
     TrajectoryRecorder,
     magic_scores,
@@ -76,11 +77,9 @@ class AdamSetup:
         return sgd_train(
             self.model,
             self.grid,
-            plan,
-            weight_decay=self.weight_decay,
+            ReferenceRun(plan, weight_decay=self.weight_decay, optimizer=self.config),
             recorder=recorder,
             use_replay_attention=True,
-            optimizer=self.config,
         )
 
     def scores(self, schedule: str = "all", store=None, plan=None, **kwargs) -> torch.Tensor:

@@ -13,7 +13,15 @@ import torch
 import yaml
 
 from unlearnspec.errors import UserError
-from unlearnspec.magic import ScoreProvenance, TrajectoryRecorder, magic_scores, plan_steps, sgd_train, write_scores
+from unlearnspec.magic import (
+    ReferenceRun,
+    ScoreProvenance,
+    TrajectoryRecorder,
+    magic_scores,
+    plan_steps,
+    sgd_train,
+    write_scores,
+)
 from unlearnspec.magic.output import write_task_scores
 from unlearnspec.magic.per_task import leaf_names, per_task_scores
 from unlearnspec.magic.query import build_query
@@ -50,7 +58,9 @@ def trained(model, tokenizer):  # noqa: F811 - the fixtures imported above
         mask[r, : len(tokens)] = 1
     grid = Grid(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX))
     recorder = TrajectoryRecorder(3, "all")
-    trajectory = sgd_train(model, grid, plan_steps(6, 3, 2, 0.5), recorder=recorder, use_replay_attention=True)
+    trajectory = sgd_train(
+        model, grid, ReferenceRun(plan_steps(6, 3, 2, 0.5)), recorder=recorder, use_replay_attention=True
+    )
     query = build_query(QuerySpec(task=GROUP, batch_size=4), model, tokenizer, include_path=str(FIXTURES))
     return model, grid, trajectory, query
 

@@ -10,6 +10,7 @@ import torch
 from unlearnspec.data import build_grid
 from unlearnspec.errors import UserError
 from unlearnspec.magic import (
+    ReferenceRun,
     ReplayStats,
     magic_scores,
     register_replay_attention,
@@ -96,7 +97,7 @@ def test_recorded_trajectory_is_the_run_that_happened(tmp_path):
     replay = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64)
     replay.load_state_dict(theta0)
     assert traj.weight_decay == {n: (0.05 if p.dim() > 1 else 0.0) for n, p in theta0.items()}  # HF's groups
-    sgd_train(replay, grid, traj.steps, weight_decay=traj.weight_decay, use_replay_attention=True)
+    sgd_train(replay, grid, ReferenceRun(traj.steps, weight_decay=traj.weight_decay), use_replay_attention=True)
     for name, p in replay.named_parameters():
         torch.testing.assert_close(p, dict(model.named_parameters())[name], rtol=1e-10, atol=1e-12)
 
@@ -111,7 +112,11 @@ def test_trainer_scores_equal_unrolled_autograd(tmp_path, schedule):
         layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64
     )  # not a deepcopy: TRL patched forward
     expected = unrolled_scores(
-        reference, grid, cb.trajectory.steps, _query(reference), theta0, weight_decay=cb.trajectory.weight_decay
+        reference,
+        grid,
+        ReferenceRun(cb.trajectory.steps, weight_decay=cb.trajectory.weight_decay),
+        _query(reference),
+        theta0,
     )
     rel = float((scores - expected).norm() / expected.norm())
     assert rel <= 1e-10, rel

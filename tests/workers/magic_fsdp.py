@@ -54,7 +54,7 @@ CASES = {
 def record(name: str, states: Path):
     """(model at theta_T, grid, trajectory, query) of a case, recorded in this process."""
     from tests.test_magic import N, hf_style_decay, tiny_grid, tiny_model
-    from unlearnspec.magic import DiskStore, TrajectoryRecorder, plan_steps, sgd_train, trainable_params
+    from unlearnspec.magic import DiskStore, ReferenceRun, TrajectoryRecorder, plan_steps, sgd_train, trainable_params
     from unlearnspec.magic.optimizers import OptimizerConfig
 
     opt, schedule, storage, _, _ = CASES[name]
@@ -69,7 +69,11 @@ def record(name: str, states: Path):
     store = DiskStore(states / name) if storage == "disk" else None
     recorder = TrajectoryRecorder(STEPS, schedule, store=store, weight_decay=decay, optimizer=config)  # type: ignore[arg-type]
     traj = sgd_train(
-        model, grid, plan, weight_decay=decay, recorder=recorder, use_replay_attention=True, optimizer=config
+        model,
+        grid,
+        ReferenceRun(plan, weight_decay=decay, optimizer=config),
+        recorder=recorder,
+        use_replay_attention=True,
     )
     return model, grid, traj, _query(model)
 

@@ -37,7 +37,14 @@ def record(
 
     from tests.test_magic import Grid
     from tests.workers.magic_fsdp import _query
-    from unlearnspec.magic import DiskStore, TrajectoryRecorder, plan_steps, register_replay_attention, sgd_train
+    from unlearnspec.magic import (
+        DiskStore,
+        ReferenceRun,
+        TrajectoryRecorder,
+        plan_steps,
+        register_replay_attention,
+        sgd_train,
+    )
     from unlearnspec.magic.optimizers import OptimizerConfig
     from unlearnspec.magic.trajectory import Trajectory
 
@@ -61,7 +68,7 @@ def record(
     opt = OptimizerConfig(optimizer)  # type: ignore[arg-type]
     plan = plan_steps(ROWS, steps, sh["rows"], 1e-3 if optimizer != "sgd" else 0.1, seed=3)
     recorder = TrajectoryRecorder(steps, schedule, weight_decay=0.0, optimizer=opt)  # type: ignore[arg-type]
-    traj = sgd_train(model, grid, plan, recorder=recorder, use_replay_attention=True, optimizer=opt)
+    traj = sgd_train(model, grid, ReferenceRun(plan, optimizer=opt), recorder=recorder, use_replay_attention=True)
     store = DiskStore(states, tag=tag)
     for step in traj.store.steps():  # on disk, as the run would have written them (the RAM copies are dropped)
         kept = traj.store.get(step)

@@ -6,7 +6,7 @@ from unlearnspec.magic.attention import REPLAY_ATTENTION, register_replay_attent
 from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args, optimizer_config
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.output import SCORES_FORMAT_VERSION, ScoreProvenance, scores_metadata, write_scores
-from unlearnspec.magic.reference import sgd_train, trainable_params, unrolled_query, unrolled_scores
+from unlearnspec.magic.reference import ReferenceRun, sgd_train, trainable_params, unrolled_query, unrolled_scores
 from unlearnspec.magic.replay import GridLike
 from unlearnspec.magic.replay_options import ReplayOptions
 from unlearnspec.magic.reverse import Query, ReplayStats, magic_scores, query_gradient
@@ -31,6 +31,7 @@ __all__ = [
     "OptimizerConfig",
     "Query",
     "RamStore",
+    "ReferenceRun",
     "ReplayOptions",
     "ReplayStats",
     "Schedule",
