@@ -66,7 +66,7 @@ def report(
 
     Example: [bold]unlearnspec report specs/exp5_selective.yaml specs/exp7_all_tokens.yaml[/bold]
     """
-    from unlearnspec.report.commands import run_reference_only, run_report
+    from unlearnspec.report.commands import ReportOutput, run_reference_only, run_report
     from unlearnspec.report.inputs import Selection
 
     console = _console()
@@ -74,16 +74,8 @@ def report(
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
-        run_report(
-            inputs or [],
-            out or Path("reports"),
-            reference,
-            toy,
-            plot,
-            console,
-            Selection(hazard_task, general_task, power),
-            study_name=study_name,
-        )
+        output = ReportOutput(out or Path("reports"), plot, study_name)
+        run_report(inputs or [], output, reference, toy, console, Selection(hazard_task, general_task, power))
 
 
 @results_app.command()
