@@ -183,20 +183,13 @@ def doctor(
 
     Example: [bold]unlearnspec doctor specs/[/bold]
     """
-    from unlearnspec.doctor import diagnose, exit_code, print_findings, to_json
+    from unlearnspec.doctor import Thresholds, diagnose, exit_code, print_findings, to_json
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
+    thresholds = Thresholds(lr_factor, lds_min, lds_fraction_factor, power, near_zero)
     findings, count = diagnose(
-        paths,
-        lr_factor,
-        profile=resolve_profile(toy, profile),
-        lds_min=lds_min,
-        lds_fraction_factor=lds_fraction_factor,
-        power=power,
-        near_zero=near_zero,
-        cluster=cluster,
-        gpu_mem_gb=gpu_mem_gb,
+        paths, thresholds, profile=resolve_profile(toy, profile), cluster=cluster, gpu_mem_gb=gpu_mem_gb
     )
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
