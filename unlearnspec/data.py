@@ -19,6 +19,7 @@ from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import ChatSpec, DataSourceSpec, DataSpec, SelectSpec
 
 if TYPE_CHECKING:
+    from unlearnspec.spec import Spec
     from unlearnspec.spec.assets import Assets
 
 IGNORE_INDEX = -100
@@ -47,6 +48,19 @@ class TokenGrid:
         valid = self.labels != IGNORE_INDEX
         valid[:, 0] = False
         return valid
+
+
+@dataclass(frozen=True)
+class SpecGrid:
+    """A spec's token grid as the job that built it holds it, with what it came from: the spec, its file, the
+    assets it resolves through and the tokenizer. What a world's producer and score-quality hook read (see
+    `unlearnspec.worlds`), so they need not build the grid again."""
+
+    spec: "Spec"
+    spec_path: Path
+    assets: "Assets"
+    grid: TokenGrid
+    tokenizer: Any
 
 
 def grid_fingerprint(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer_id: str) -> str:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from unlearnspec import __version__
 from unlearnspec.magic.optimizers import OPTIMIZERS
 from unlearnspec.magic.trajectory import Trajectory
 from unlearnspec.safeio import write_json, write_with
+
+if TYPE_CHECKING:
+    from unlearnspec.magic.per_task import TaskScores
 
 SCORES_FORMAT_VERSION = 1
 PER_TOKEN_FILE = "per_token_scores.pt"
@@ -161,6 +164,18 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
             "reverse_seconds": entry.seconds,
         }
     return block
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """A score job's scores of its query: the mean query's [N, S], and, when computed, each leaf task's (rule leaf
+    name -> `per_task.TaskScores`) and each question's [Q, N, S]."""
+
+    task: str
+    """The query task (a leaf task or a group)."""
+    scores: torch.Tensor
+    per_task: Mapping[str, "TaskScores"]
+    per_question: torch.Tensor | None = None
 
 
 PER_QUESTION_FILE = "per_question_scores.pt"

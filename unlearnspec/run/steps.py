@@ -24,7 +24,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     key = spec_hash(job.spec)
     if key in ctx.prepared:
         return ctx.prepared[key]
-    from unlearnspec.data import GridFingerprints, build_grid, load_texts
+    from unlearnspec.data import GridFingerprints, SpecGrid, build_grid, load_texts
     from unlearnspec.scores import checked_scores, leaf_score_path, load_score_file, token_stats, token_weights
     from unlearnspec.spec.rules import parse_source
     from unlearnspec.train.modeling import load_tokenizer
@@ -47,7 +47,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
         if src.built_in:
             from unlearnspec.scores.builtin import builtin_score_file
 
-            built = builtin_score_file(name, src, spec, job.spec_path, assets, grid, tokenizer)
+            built = builtin_score_file(name, src, SpecGrid(spec, job.spec_path, assets, grid, tokenizer))
             scores[name] = checked_scores(built, src, name, grid.labels, grid.fingerprint, fingerprint_at)
     inputs = dict(job.inputs)
     aggregates: dict[str, list[str]] = {}

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
+    from unlearnspec.data import SpecGrid, grid_inputs
     from unlearnspec.magic import ReplayStats, ScoreProvenance, magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
-    from unlearnspec.magic.output import write_question_scores, write_task_scores
+    from unlearnspec.magic.output import QueryScores, write_question_scores, write_task_scores
     from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.per_task import extra_passes, per_task_scores
     from unlearnspec.magic.query import build_query
@@ -133,22 +134,15 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     hook = world.score_quality if world is not None else None
     quality = (
         hook(
-            spec,
-            job.spec_path,
-            ctx.assets,
-            prep.grid,
-            prep.tokenizer,
-            scores,
-            query.batch.info()["task"],
-            per_task,
+            SpecGrid(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer),
+            QueryScores(
+                query.batch.info()["task"], scores, per_task, per_question.scores if per_question is not None else None
+            ),
             ctx.say,
-            per_question.scores if per_question is not None else None,
         )
         if hook
         else {}
     )
-    from unlearnspec.data import grid_inputs
-
     write_scores(
         workdir,
         scores,
