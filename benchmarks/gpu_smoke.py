@@ -222,6 +222,7 @@ def check_trainers(device: torch.device, dry: bool) -> str:
 
     from unlearnspec.data import TokenGrid, grid_fingerprint
     from unlearnspec.spec import TrainingSpec
+    from unlearnspec.train.parallel import Placement
     from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
 
     shape = pythia_shape(dry)
@@ -265,14 +266,14 @@ def check_trainers(device: torch.device, dry: bool) -> str:
                     1e-5,
                     Path(out),
                     n_rows,
-                    device=device,
+                    Placement(device=device),
                     max_length=seq,
                     dataset_kwargs=None,
                     remove_unused_columns=True,
                 )
                 trainer = SFTTrainer(model=model, args=cfg, train_dataset=stock_ds, **both)
             else:
-                cfg = sft_config(training, 1e-5, Path(out), n_rows, device=device)
+                cfg = sft_config(training, 1e-5, Path(out), n_rows, Placement(device=device))
                 trainer = WeightedSFTTrainer(
                     model=model, args=cfg, train_dataset=grid_dataset(grid, grid.valid_targets.float()), **both
                 )

@@ -237,7 +237,14 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
     from unlearnspec.data import build_grid
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.spec import TrainingSpec
-    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
+    from unlearnspec.train.trainer import (
+        LossSetup,
+        WeightedSFTTrainer,
+        build_optimizer,
+        build_scheduler,
+        grid_dataset,
+        sft_config,
+    )
 
     from .test_magic_trainer import _query
     from .tiny import tiny_texts, tiny_tokenizer
@@ -273,8 +280,7 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
         processing_class=tiny_tokenizer(),
         optimizers=(opt, build_scheduler(spec, opt, steps)),
         callbacks=[cb],
-        normalizer="valid",
-        fused_head=False,
+        loss=LossSetup(normalizer="valid", fused_head=False),
     )
     cb.attach(trainer)
     trainer.train()

@@ -22,6 +22,7 @@ from unlearnspec.magic.callback import MagicCallback
 from unlearnspec.magic.reverse import _Replay
 from unlearnspec.spec import TrainingSpec
 from unlearnspec.train.trainer import (
+    LossSetup,
     WeightedSFTTrainer,
     build_optimizer,
     build_scheduler,
@@ -68,8 +69,7 @@ def _setup(tmp_path, checkpoints="all", steps=4, **training):
         processing_class=tiny_tokenizer(),
         optimizers=(opt, sched),
         callbacks=[cb],
-        normalizer="valid",
-        fused_head=False,
+        loss=LossSetup(normalizer="valid", fused_head=False),
     )
     cb.attach(trainer)
     return grid, model, theta0, trainer, cb

@@ -11,7 +11,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 import torch
 
@@ -48,6 +48,20 @@ class TokenGrid:
         valid = self.labels != IGNORE_INDEX
         valid[:, 0] = False
         return valid
+
+
+class GridLike(Protocol):
+    """The fixed token grid [N, S]: labels are input_ids with IGNORE_INDEX at pads (target alignment). A TokenGrid
+    is one; so is any object with these three tensors."""
+
+    @property
+    def input_ids(self) -> torch.Tensor: ...
+
+    @property
+    def attention_mask(self) -> torch.Tensor: ...
+
+    @property
+    def labels(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

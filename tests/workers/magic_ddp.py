@@ -44,7 +44,8 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.reverse import _Replay
     from unlearnspec.spec import ParallelSpec, TrainingSpec
-    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
+    from unlearnspec.train.parallel import Placement
+    from unlearnspec.train.trainer import LossSetup, WeightedSFTTrainer, grid_dataset, sft_config
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(1)
@@ -70,16 +71,15 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
             if strategy == "fsdp_ac"
             else ParallelSpec(strategy=strategy)
         )
-        args = sft_config(spec, 0.8, Path(tmp), ROWS, device=torch.device("cpu"), parallel=parallel)
+        args = sft_config(spec, 0.8, Path(tmp), ROWS, Placement(device=torch.device("cpu"), parallel=parallel))
         trainer = WeightedSFTTrainer(
             model=model,
             args=args,
             train_dataset=grid_dataset(grid, grid.valid_targets.double()),
             processing_class=tiny_tokenizer(),
             callbacks=[cb],
-            normalizer="valid",
-            fused_head=False,
             training=spec,
+            loss=LossSetup(normalizer="valid", fused_head=False),
         )
         cb.attach(trainer)
         trainer.train()

@@ -115,8 +115,10 @@ def train(
     from transformers import TrainerCallback
 
     from unlearnspec.train.modeling import apply_lora, load_model
+    from unlearnspec.train.parallel import Placement
     from unlearnspec.train.trainer import (
         CURVES_DIR,
+        LossSetup,
         WeightedSFTTrainer,
         curves_run_name,
         sft_config,
@@ -154,18 +156,15 @@ def train(
             lr,
             workdir / "trainer",
             n,
+            Placement(torch.device(device), spec.parallel),
             run_name=curves_run_name(spec.name, f"lr={lr:g}"),
-            parallel=spec.parallel,
-            device=torch.device(device),
         ),
         train_dataset=prep.dataset,
         processing_class=prep.tokenizer,
         training=spec.training,  # the trainer builds the spec's optimizer and schedule (FSDP shards first)
         callbacks=[*callbacks, Progress()],
-        normalizer=spec.loss.normalizer,
-        fused_head=not exact_replay,
+        loss=LossSetup(spec.loss.normalizer, fused_head=not exact_replay, objective=objective),
         curves_dir=workdir / CURVES_DIR,  # inside the point's folder (trainer/ is removed after training)
-        objective=objective,
     )
     if objective is not None:
         objective.attach(trainer)  # NPO: the reference log-probs (cached per forget grid and model)
