@@ -44,8 +44,9 @@ class _Replay(StateKeeping):
         self.grid = grid
         self.traj = trajectory
         self.hessian = options.get("hessian", True)
-        self.stats = options.get("stats") or ReplayStats()
-        self.comm = options.get("comm") or Alone()
+        stats, comm = options.get("stats"), options.get("comm")
+        self.stats = stats if stats is not None else ReplayStats()
+        self.comm = comm if comm is not None else Alone()
         self.micro_batch_rows = options.get("micro_batch_rows")
         self.offload = options.get("offload_adjoint", False)
         self.offload_states = options.get("offload_states", False)
