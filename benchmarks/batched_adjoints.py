@@ -73,7 +73,7 @@ def main() -> None:
     import torch
 
     from unlearnspec.magic import magic_scores
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.query import QueryLoss
 
     with tempfile.TemporaryDirectory(prefix="batched-adjoints-") as tmp:
@@ -92,7 +92,7 @@ def main() -> None:
             )
 
         def batched() -> torch.Tensor:
-            return per_question_scores(model, grid, trajectory, query, questions=rows, chunk=args.k).scores
+            return per_question_scores(model, grid, trajectory, query, QuestionChunks(args.k, rows)).scores
 
         ratios = []
         for r in range(args.rounds):

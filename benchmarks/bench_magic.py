@@ -28,6 +28,7 @@ import torch
 
 from unlearnspec.magic import (
     OptimizerConfig,
+    ReferenceRun,
     ReplayStats,
     TrajectoryRecorder,
     magic_scores,
@@ -146,9 +147,11 @@ def train_and_score(model, grid, query, plan, schedule: str, stats: ReplayStats,
     if adam:
         plan = adam_plan(plan)
         recorder = TrajectoryRecorder(len(plan), schedule, weight_decay=ADAM_DECAY, optimizer=ADAMW)  # type: ignore[arg-type]
-        trajectory = sgd_train(model, grid, plan, weight_decay=ADAM_DECAY, recorder=recorder, optimizer=ADAMW)
+        trajectory = sgd_train(
+            model, grid, ReferenceRun(plan, weight_decay=ADAM_DECAY, optimizer=ADAMW), recorder=recorder
+        )
     else:
-        trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), schedule))  # type: ignore[arg-type]
+        trajectory = sgd_train(model, grid, ReferenceRun(plan), recorder=TrajectoryRecorder(len(plan), schedule))  # type: ignore[arg-type]
     assert trajectory is not None
     return magic_scores(model, grid, trajectory, query, stats=stats)
 
@@ -160,10 +163,10 @@ def profile_reverse(model, grid, query, plan, theta0, adam: bool = False) -> Non
     if adam:
         recorder = TrajectoryRecorder(len(plan), "sqrt", weight_decay=ADAM_DECAY, optimizer=ADAMW)
         trajectory = sgd_train(
-            model, grid, adam_plan(plan), weight_decay=ADAM_DECAY, recorder=recorder, optimizer=ADAMW
+            model, grid, ReferenceRun(adam_plan(plan), weight_decay=ADAM_DECAY, optimizer=ADAMW), recorder=recorder
         )
     else:
-        trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(len(plan), "all"))
+        trajectory = sgd_train(model, grid, ReferenceRun(plan), recorder=TrajectoryRecorder(len(plan), "all"))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         magic_scores(model, grid, trajectory, query)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))

@@ -82,7 +82,8 @@ def main() -> None:
 
     from unlearnspec.spec import ObjectiveSpec, TrainingSpec
     from unlearnspec.train.objectives import OBJECTIVES, ReferenceCache, RetainRows, build_objective
-    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
+    from unlearnspec.train.parallel import Placement
+    from unlearnspec.train.trainer import LossSetup, WeightedSFTTrainer, grid_dataset, sft_config
 
     shape = SHAPES[args.shape]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,12 +143,12 @@ def main() -> None:
                 timer = StepTimer()
                 trainer = WeightedSFTTrainer(
                     model=model,
-                    args=sft_config(training, 1e-4, Path(tmp) / name, shape["rows"], device=device),
+                    args=sft_config(training, 1e-4, Path(tmp) / name, shape["rows"], Placement(device=device)),
                     train_dataset=grid_dataset(forget, weights),
                     processing_class=tok,
                     training=training,
-                    objective=objective,
                     callbacks=[timer],
+                    loss=LossSetup(objective=objective),
                 )
                 if objective is not None:
                     start = time.perf_counter()

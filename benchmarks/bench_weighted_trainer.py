@@ -53,7 +53,14 @@ def main() -> None:
 
     from unlearnspec.data import TokenGrid, grid_fingerprint
     from unlearnspec.spec import TrainingSpec
-    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
+    from unlearnspec.train.trainer import (
+        LossSetup,
+        WeightedSFTTrainer,
+        build_optimizer,
+        build_scheduler,
+        grid_dataset,
+        sft_config,
+    )
 
     vocab, seq, batch = 4096, 128, 8
     n_rows = batch * args.steps
@@ -106,7 +113,7 @@ def main() -> None:
                     processing_class=tok,
                     optimizers=(opt, sched),
                     callbacks=[timer],
-                    normalizer="valid",
+                    loss=LossSetup(normalizer="valid"),
                 )
             from transformers.trainer_callback import PrinterCallback
 

@@ -125,7 +125,7 @@ def check_toy(device: torch.device, dry: bool) -> str:
 def tiny_magic_setup(seed: int = 0):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from unlearnspec.magic import TrajectoryRecorder, plan_steps, sgd_train
+    from unlearnspec.magic import ReferenceRun, TrajectoryRecorder, plan_steps, sgd_train
     from unlearnspec.magic.query import QueryBatch, QueryLoss
     from unlearnspec.train.loss import IGNORE_INDEX
 
@@ -162,9 +162,8 @@ def tiny_magic_setup(seed: int = 0):
     trajectory = sgd_train(
         model,
         grid,
-        plan,
+        ReferenceRun(plan, weight_decay=0.01),
         recorder=TrajectoryRecorder(len(plan), "sqrt", weight_decay=0.01),
-        weight_decay=0.01,
         use_replay_attention=True,
     )
     return model, grid, query, trajectory
@@ -225,6 +224,7 @@ def check_trainers(device: torch.device, dry: bool) -> str:
 
     from unlearnspec.data import TokenGrid, grid_fingerprint
     from unlearnspec.spec import TrainingSpec
+    from unlearnspec.train.parallel import Placement
     from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
 
     shape = pythia_shape(dry)
@@ -268,14 +268,14 @@ def check_trainers(device: torch.device, dry: bool) -> str:
                     1e-5,
                     Path(out),
                     n_rows,
-                    device=device,
+                    Placement(device=device),
                     max_length=seq,
                     dataset_kwargs=None,
                     remove_unused_columns=True,
                 )
                 trainer = SFTTrainer(model=model, args=cfg, train_dataset=stock_ds, **both)
             else:
-                cfg = sft_config(training, 1e-5, Path(out), n_rows, device=device)
+                cfg = sft_config(training, 1e-5, Path(out), n_rows, Placement(device=device))
                 trainer = WeightedSFTTrainer(
                     model=model, args=cfg, train_dataset=grid_dataset(grid, grid.valid_targets.float()), **both
                 )
@@ -293,7 +293,14 @@ def check_trainers(device: torch.device, dry: bool) -> str:
 
 
 def check_magic_cost(device: torch.device, dry: bool) -> str:
-    from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, trainable_params
+    from unlearnspec.magic import (
+        ReferenceRun,
+        TrajectoryRecorder,
+        magic_scores,
+        plan_steps,
+        sgd_train,
+        trainable_params,
+    )
     from unlearnspec.magic.query import QueryBatch, QueryLoss
     from unlearnspec.train.loss import IGNORE_INDEX
 
@@ -325,7 +332,7 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
     reset()
     sync(device)
     start = time.perf_counter()
-    sgd_train(model, Grid, plan, use_replay_attention=True)
+    sgd_train(model, Grid, ReferenceRun(plan), use_replay_attention=True)
     sync(device)
     train_s = time.perf_counter() - start
     out = []
@@ -335,7 +342,7 @@ def check_magic_cost(device: torch.device, dry: bool) -> str:
         sync(device)
         start = time.perf_counter()
         trajectory = sgd_train(
-            model, Grid, plan, recorder=TrajectoryRecorder(steps, schedule), use_replay_attention=True
+            model, Grid, ReferenceRun(plan), recorder=TrajectoryRecorder(steps, schedule), use_replay_attention=True
         )
         magic_scores(model, Grid, trajectory, query)
         sync(device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from unlearnspec.report.build import table_from_results
+from unlearnspec.report.build import Selection, StudyContext, table_from_results
 from unlearnspec.report.plot import _axes_tasks
 from unlearnspec.report.render import headers, markdown
 from unlearnspec.run.plan import spec_hash
@@ -52,7 +52,7 @@ def _runs(tmp_path, hazard=None):
 
 def test_two_wmdp_tasks_without_a_name_say_why_the_column_is_missing(tmp_path):
     exp, ctrl = _runs(tmp_path)
-    table = table_from_results(*exp, control=ctrl, control_status="", toy=True)
+    table = table_from_results(*exp, toy=True, study=StudyContext(control=ctrl, control_status=""))
     assert table.hazard_task is None and "selectivity [95% CI]" not in headers(table)
     text = markdown(table)
     assert (
@@ -64,13 +64,15 @@ def test_two_wmdp_tasks_without_a_name_say_why_the_column_is_missing(tmp_path):
 
 def test_the_specs_hazard_task_drives_the_column_and_the_plot_and_the_option_overrides(tmp_path):
     exp, ctrl = _runs(tmp_path, hazard=LEAF)
-    table = table_from_results(*exp, control=ctrl, control_status="", toy=True)
+    table = table_from_results(*exp, toy=True, study=StudyContext(control=ctrl, control_status=""))
     assert (table.hazard_task, table.general_task) == (LEAF, "toy_mmlu") and table.selectivity_note is None
     assert "selectivity [95% CI]" in headers(table) and "No selectivity column" not in markdown(table)
     # the leaf dropped 7 more questions of 40 than the control, the general task as much as the control
     assert table.row("lr=0.05").selectivity.value == pytest.approx(7 / 40, abs=1e-4)
     assert _axes_tasks(table)[2] == LEAF  # the plot's hazard axis is the task the study targets, not the group
-    override = table_from_results(*exp, control=ctrl, control_status="", toy=True, hazard_task="toy_wmdp")
+    override = table_from_results(
+        *exp, toy=True, study=StudyContext(control=ctrl, control_status=""), selection=Selection(hazard_task="toy_wmdp")
+    )
     assert override.hazard_task == "toy_wmdp" and _axes_tasks(override)[2] == "toy_wmdp"
     assert override.row("lr=0.05").selectivity.value == pytest.approx(4 / 200, abs=1e-4)
 

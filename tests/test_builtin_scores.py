@@ -67,6 +67,7 @@ def test_top_k_on_random_scores_picks_k_distinct_valid_tokens_reproducibly():
 
 # --------------------------------------------------------------------------- truth through the plan
 def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path):
+    from unlearnspec.data import SpecGrid
     from unlearnspec.run.context import toy_context
     from unlearnspec.run.plan import PlanOptions, build_plan
     from unlearnspec.run.steps import prepare
@@ -83,9 +84,8 @@ def test_truth_built_by_prepare_equals_the_toy_truth_command(toy_world, tmp_path
     job = next(j for j in plan.jobs if j.id == "point:controls_oracle/lr_0.05")
     assert job.inputs == () and job.after == ()  # no file, no score job: built when the grid is prepared
     prep = prepare(job, ctx)
-    built = builtin_score_file(
-        "truth", job.spec.scores["truth"], job.spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer
-    )
+    on = SpecGrid(job.spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer)
+    built = builtin_score_file("truth", job.spec.scores["truth"], on)
     assert torch.equal(built.scores, written) and built.sidecar["data_fingerprint"] == side["data_fingerprint"]
     # the oracle rule ascends on exactly the truth tokens: all 60 of them, nothing else
     assert side["forget_tokens"] == 60 and prep.stats.selected_tokens == 60 == prep.stats.ascending_tokens

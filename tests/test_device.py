@@ -15,7 +15,7 @@ import torch
 from unlearnspec.errors import UserError
 from unlearnspec.spec import ParallelSpec, Spec, TrainingSpec
 from unlearnspec.train.device import check_device_support, resolve_device
-from unlearnspec.train.parallel import parallel_fields
+from unlearnspec.train.parallel import Placement, parallel_fields
 from unlearnspec.train.trainer import sft_config
 
 PKG = Path(__file__).resolve().parents[1] / "unlearnspec"
@@ -122,8 +122,8 @@ def test_magic_accepts_fsdp():
 
 def test_sft_config_device_decides_use_cpu(tmp_path):
     training = TrainingSpec.model_validate(dict(optimizer={"name": "sgd"}, lr=0.1, batch_size=2, max_steps=1))
-    assert sft_config(training, 0.1, tmp_path, 4, device=torch.device("cpu")).use_cpu is True
-    assert sft_config(training, 0.1, tmp_path, 4, device=torch.device("cuda", 0)).use_cpu is False
+    assert sft_config(training, 0.1, tmp_path, 4, Placement(device=torch.device("cpu"))).use_cpu is True
+    assert sft_config(training, 0.1, tmp_path, 4, Placement(device=torch.device("cuda", 0))).use_cpu is False
 
 
 # --------------------------------------------------------------------------- MAGIC on the model's device

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnspec.doctor import diagnose, exit_code
+from unlearnspec.doctor import Thresholds, diagnose, exit_code
 from unlearnspec.doctor.spec_rules import estimate_fraction
 from unlearnspec.spec.rules import parse_rule
 
@@ -334,7 +334,7 @@ def test_d6_estimated_shift_from_the_rule(tmp_path):
     (d6,) = codes(findings, "D6")
     assert d6.severity == "warning" and "x4.00" in d6.message and "ESTIMATED" in d6.evidence[0]
     # Raising the tolerated factor silences it.
-    findings, _ = diagnose([tmp_path / "specs"], lr_factor=5.0)
+    findings, _ = diagnose([tmp_path / "specs"], Thresholds(lr_factor=5.0))
     assert codes(findings, "D6") == []
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnspec.doctor import diagnose
+from unlearnspec.doctor import Thresholds, diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.spec.profile import default_toy_profile
 
@@ -156,7 +156,7 @@ def test_d14_largest_effect_below_the_mde(tmp_path):
     specs = _project(tmp_path / "quiet")
     _real(tmp_path / "quiet", QUIET_EXP, QUIET_CTRL)
     (d14,) = d(diagnose([specs])[0], "D14")
-    (strict,) = d(diagnose([specs], power=0.95)[0], "D14")
+    (strict,) = d(diagnose([specs], Thresholds(power=0.95))[0], "D14")
     assert "(power 0.95" in strict.message and "(power 0.80" in d14.message
     # vs the control, WMDP: exp right 373-6+2 = 369, control 373-3+2 = 372 -> Δ -0.0035; flips overlap on the first
     # answers, so the discordant pairs are b = 0, c = 3 (psi = 3/868); MMLU: Δ -0.0010, b = 0, c = 2 (psi 2/2000).
@@ -173,4 +173,4 @@ def test_d14_largest_effect_below_the_mde(tmp_path):
     _real(tmp_path / "moved", MOVED_EXP, QUIET_CTRL)
     assert d(diagnose([specs])[0], "D14") == []
     with pytest.raises(UserError, match="--power"):
-        diagnose([specs], power=0.3)
+        diagnose([specs], Thresholds(power=0.3))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.test_magic import Grid, tiny_model, tiny_query
-from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, trainable_params
+from unlearnspec.magic import ReferenceRun, TrajectoryRecorder, magic_scores, plan_steps, sgd_train, trainable_params
 from unlearnspec.magic.lds import (
     average_ranks,
     drop_set,
@@ -49,7 +49,9 @@ class Run:
         self.theta0 = {n: p.detach().clone() for n, p in trainable_params(self.model).items()}
         plan = plan_steps(N, STEPS, BATCH, lr, seed=7)
         recorder = TrajectoryRecorder(len(plan), "all")
-        self.trajectory = sgd_train(self.model, self.grid, plan, recorder=recorder, use_replay_attention=True)
+        self.trajectory = sgd_train(
+            self.model, self.grid, ReferenceRun(plan), recorder=recorder, use_replay_attention=True
+        )
         self.final = {n: p.detach().clone() for n, p in trainable_params(self.model).items()}
         self.scores = magic_scores(self.model, self.grid, self.trajectory, self.query, dtype=None)
         self.weights = torch.ones(N, S, dtype=torch.float64)

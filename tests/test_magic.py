@@ -15,6 +15,7 @@ import torch
 
 from unlearnspec.magic import (
     DiskStore,
+    ReferenceRun,
     ReplayStats,
     TrajectoryRecorder,
     magic_scores,
@@ -106,7 +107,11 @@ class Setup:
         plan = plan if plan is not None else self.plan
         recorder = TrajectoryRecorder(len(plan), schedule, store=store, weight_decay=self.weight_decay)  # type: ignore[arg-type]
         return sgd_train(
-            self.model, self.grid, plan, weight_decay=self.weight_decay, recorder=recorder, use_replay_attention=True
+            self.model,
+            self.grid,
+            ReferenceRun(plan, weight_decay=self.weight_decay),
+            recorder=recorder,
+            use_replay_attention=True,
         )
 
     def scores(self, schedule: str = "all", store=None, plan=None, **kwargs) -> torch.Tensor:
@@ -115,7 +120,12 @@ class Setup:
 
     def q_of_weights(self, weights: torch.Tensor) -> float:
         q = unrolled_query(
-            self.model, self.grid, self.plan, self.query, self.theta0, weights, weight_decay=self.weight_decay
+            self.model,
+            self.grid,
+            ReferenceRun(self.plan, weight_decay=self.weight_decay),
+            self.query,
+            self.theta0,
+            weights,
         )
         return q.detach().item()
 
@@ -150,7 +160,7 @@ def exact(setup: Setup) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def reference(setup: Setup) -> torch.Tensor:
-    return unrolled_scores(setup.model, setup.grid, setup.plan, setup.query, setup.theta0)
+    return unrolled_scores(setup.model, setup.grid, ReferenceRun(setup.plan), setup.query, setup.theta0)
 
 
 def test_matches_unrolled_autograd(exact: torch.Tensor, reference: torch.Tensor) -> None:
@@ -215,10 +225,9 @@ def test_weight_decay_changes_scores() -> None:
     reference = unrolled_scores(
         per_param.model,
         per_param.grid,
-        per_param.plan,
+        ReferenceRun(per_param.plan, weight_decay=per_param.weight_decay),
         per_param.query,
         per_param.theta0,
-        weight_decay=per_param.weight_decay,
     )
     assert rel_err(per_param.scores("sqrt"), reference) <= 1e-10
 

@@ -13,6 +13,7 @@ import torch
 
 from unlearnspec.magic import (
     DiskStore,
+    ReferenceRun,
     ReplayStats,
     TrajectoryRecorder,
     magic_scores,
@@ -21,7 +22,7 @@ from unlearnspec.magic import (
     split_micro_batches,
     trainable_params,
 )
-from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
+from unlearnspec.magic.adam import AdamHyper, AdamState, AdamStep, adam_adjoint, adam_step
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.reverse import _Replay
 from unlearnspec.magic.trajectory import decay_list, state_key
@@ -76,11 +77,9 @@ class AdamSetup:
         return sgd_train(
             self.model,
             self.grid,
-            plan,
-            weight_decay=self.weight_decay,
+            ReferenceRun(plan, weight_decay=self.weight_decay, optimizer=self.config),
             recorder=recorder,
             use_replay_attention=True,
-            optimizer=self.config,
         )
 
     def scores(self, schedule: str = "all", store=None, plan=None, **kwargs) -> torch.Tensor:
@@ -159,15 +158,16 @@ def test_one_step_adjoint_equals_autograd_including_zero_second_moments(name: st
     out = p - lr * (mi / (1 - b1**k)) / (safe_sqrt(vi / (1 - b2**k)) + 1e-8)
     expected = torch.autograd.grad([out, mi, vi], inputs, grad_outputs=bars)
 
-    g_bar, theta_part, m_bar, v_bar = adam_adjoint([theta], [m], [v], [grad], lr, k, [wd], hyper, *([b] for b in bars))
+    step = AdamStep(lr, k, [wd], hyper)
+    g_bar, bar = adam_adjoint(AdamState([theta], [m], [v]), [grad], step, AdamState(*([b] for b in bars)))
     for got, want in zip(
-        (theta_part[0], m_bar[0], v_bar[0], g_bar[0]), (expected[0], expected[1], expected[2], expected[3])
+        (bar.theta[0], bar.m[0], bar.v[0], g_bar[0]), (expected[0], expected[1], expected[2], expected[3])
     ):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
-    theta_new, _, v_new = adam_step([theta], [m], [v], [grad], lr, k, [wd], hyper)
-    assert bool((v_new[0][0] == 0).all()) == (name == "adamw")  # Adam's L2 term makes g' nonzero
-    torch.testing.assert_close(theta_new[0], out.detach(), rtol=1e-13, atol=1e-15)
+    new = adam_step(AdamState([theta], [m], [v]), [grad], step)
+    assert bool((new.v[0][0] == 0).all()) == (name == "adamw")  # Adam's L2 term makes g' nonzero
+    torch.testing.assert_close(new.theta[0], out.detach(), rtol=1e-13, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- exactness through T steps
@@ -242,7 +242,7 @@ def test_replay_reproduces_torch_adam(adam_case) -> None:
     """The replay's Adam steps reproduce torch.optim's parameters and moments from theta_0."""
     setup, _, _ = adam_case
     trajectory = setup.record("all")
-    replay = _Replay(setup.model, setup.grid, trajectory, True, ReplayStats())
+    replay = _Replay(setup.model, setup.grid, trajectory, hessian=True, stats=ReplayStats())
     state = replay.load(0)
     from unlearnspec.magic.attention import replay_mode
 
@@ -274,7 +274,7 @@ def _clipping_setup(name: str) -> AdamSetup:
     setup = AdamSetup(name, steps=4)
     norms = []
     trajectory = setup.record("all")
-    replay = _Replay(setup.model, setup.grid, trajectory, True, ReplayStats())
+    replay = _Replay(setup.model, setup.grid, trajectory, hessian=True, stats=ReplayStats())
     from unlearnspec.magic.attention import replay_mode
 
     with replay_mode(setup.model):
@@ -331,7 +331,7 @@ def test_rounding_diagnostics_and_warning(monkeypatch) -> None:
 def test_sidecar_names_the_adam_regime(tmp_path) -> None:
     import json
 
-    from unlearnspec.magic import write_scores
+    from unlearnspec.magic import ScoreProvenance, write_scores
 
     setup = AdamSetup("adamw", steps=3, max_grad_norm=1.0)
     trajectory = setup.record("sqrt")
@@ -340,9 +340,7 @@ def test_sidecar_names_the_adam_regime(tmp_path) -> None:
         tmp_path,
         scores,
         trajectory,
-        fingerprint="f",
-        query={"task": "t", "loss": "answer_continuation", "n_questions": 3},
-        dtype="float64",
+        ScoreProvenance("f", {"task": "t", "loss": "answer_continuation", "n_questions": 3}, "float64"),
     )
     meta = json.loads(paths["sidecar"].read_text())["optimizer"]
     assert (

@@ -17,6 +17,8 @@ from unlearnspec.errors import UserError
 from unlearnspec.magic import (
     SCORES_FORMAT_VERSION,
     RamStore,
+    ReferenceRun,
+    ScoreProvenance,
     TrajectoryRecorder,
     check_model_replayable,
     check_optimizer,
@@ -105,10 +107,35 @@ def test_refuses_packing_mixed_precision() -> None:
 
 def test_reverse_pass_refuses_bf16_model() -> None:
     model, g = tiny(), grid()
-    trajectory = sgd_train(model, g, plan_steps(4, 2, 2, 0.1), recorder=TrajectoryRecorder(2, "all"))
+    trajectory = sgd_train(model, g, ReferenceRun(plan_steps(4, 2, 2, 0.1)), recorder=TrajectoryRecorder(2, "all"))
     assert trajectory is not None
     with pytest.raises(UserError, match="float32"):
         magic_scores(model.to(torch.bfloat16), g, trajectory, lambda p: torch.zeros(()))
+
+
+def test_reverse_pass_refuses_a_misspelt_keyword() -> None:
+    """The reverse-pass keywords are one typed ReplayOptions (**kwargs): a misspelt one is refused, as an unknown
+    keyword argument was when each was a parameter, instead of being ignored."""
+    model, g = tiny(), grid()
+    trajectory = sgd_train(model, g, ReferenceRun(plan_steps(4, 2, 2, 0.1)), recorder=TrajectoryRecorder(2, "all"))
+    assert trajectory is not None
+    with pytest.raises(TypeError, match="micro_batch_row\\b"):
+        magic_scores(model, g, trajectory, lambda p: torch.zeros(()), micro_batch_row=1)  # type: ignore[call-arg]
+    progress: list[tuple[int, int]] = []
+    query = lambda p: sum(x.pow(2).sum() for x in p.values())  # noqa: E731
+    magic_scores(model, g, trajectory, query, micro_batch_rows=1, progress=lambda d, t: progress.append((d, t)))
+    assert progress == [(1, 2), (2, 2)]
+
+
+def test_the_unrolled_reference_refuses_a_run_that_is_not_plain_sgd() -> None:
+    """ReferenceRun carries the optimizer for sgd_train; the unrolled references replay SGD only and say so."""
+    from unlearnspec.magic import OptimizerConfig, unrolled_scores
+
+    model, g = tiny(), grid()
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run = ReferenceRun(plan_steps(4, 2, 2, 0.1), optimizer=OptimizerConfig("adamw"))
+    with pytest.raises(ValueError, match="plain SGD, not adamw"):
+        unrolled_scores(model, g, run, lambda p: torch.zeros(()), theta0)
 
 
 def test_replay_mode_restores_attention_and_mode() -> None:
@@ -169,7 +196,9 @@ def test_kept_steps_sizes() -> None:
 def test_write_scores_files(tmp_path) -> None:
     model, g = tiny(), grid()
     plan = plan_steps(4, 3, 2, [0.1, 0.1, 0.05])
-    trajectory = sgd_train(model, g, plan, weight_decay=0.01, recorder=TrajectoryRecorder(3, "sqrt", weight_decay=0.01))
+    trajectory = sgd_train(
+        model, g, ReferenceRun(plan, weight_decay=0.01), recorder=TrajectoryRecorder(3, "sqrt", weight_decay=0.01)
+    )
     assert trajectory is not None
     q_ids = g.input_ids[:2]
 
@@ -181,10 +210,12 @@ def test_write_scores_files(tmp_path) -> None:
         tmp_path / "out",
         scores,
         trajectory,
-        fingerprint="abc123",
-        query={"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2},
-        dtype="float32",
-        lr=0.1,
+        ScoreProvenance(
+            fingerprint="abc123",
+            query={"task": "toy_wmdp", "loss": "answer_letter", "n_questions": 2},
+            dtype="float32",
+            lr=0.1,
+        ),
     )
     per_token = torch.load(paths["per_token"], weights_only=True)
     per_example = torch.load(paths["per_example"], weights_only=True)

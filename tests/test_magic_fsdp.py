@@ -61,7 +61,7 @@ def test_the_cases_exercise_what_they_claim(references, tmp_path):
     first_order = magic_scores(model, grid, traj, query, dtype=None, comm=Alone(), hessian=False)
     assert _rel(first_order, references["sgd_sqrt"]) > 0.1
     model, grid, traj, _ = record("adamw_clip_all", tmp_path)
-    replay = _Replay(model, grid, traj, True, ReplayStats(), Alone())
+    replay = _Replay(model, grid, traj, hessian=True, stats=ReplayStats(), comm=Alone())
     norms = [float(grad_norm(replay.gradient(replay.load(t)[0], t))) for t in range(traj.total_steps)]
     assert min(norms) > MAX_NORM, norms
 

@@ -15,6 +15,7 @@ import torch
 
 from unlearnspec.errors import UserError
 from unlearnspec.magic import (
+    ReferenceRun,
     ReplayStats,
     TrajectoryRecorder,
     magic_scores,
@@ -89,11 +90,9 @@ class LoraSetup:
         return sgd_train(
             self.model,
             self.grid,
-            self.plan,
-            weight_decay=self.weight_decay,
+            ReferenceRun(self.plan, weight_decay=self.weight_decay, optimizer=self.config),
             recorder=recorder,
             use_replay_attention=True,
-            optimizer=self.config,
         )
 
     def scores(self, schedule: str = "all", **kwargs) -> torch.Tensor:
@@ -103,7 +102,7 @@ class LoraSetup:
         """dQ/dw by autograd (create_graph) through the unrolled adapter-only run."""
         if self.config.name == "sgd":
             return unrolled_scores(
-                self.model, self.grid, self.plan, self.query, self.theta0, weight_decay=self.weight_decay
+                self.model, self.grid, ReferenceRun(self.plan, weight_decay=self.weight_decay), self.query, self.theta0
             )
         return adam_unrolled_scores(
             self.model,
@@ -120,7 +119,12 @@ class LoraSetup:
     def q_of_weights(self, weights: torch.Tensor) -> float:
         """Q(theta_T(w)) of the SGD run (for `finite_difference_errors`)."""
         q = unrolled_query(
-            self.model, self.grid, self.plan, self.query, self.theta0, weights, weight_decay=self.weight_decay
+            self.model,
+            self.grid,
+            ReferenceRun(self.plan, weight_decay=self.weight_decay),
+            self.query,
+            self.theta0,
+            weights,
         )
         return q.detach().item()
 
@@ -204,7 +208,11 @@ def test_adapter_dropout_is_refused() -> None:
     model = lora_model(spec)
     grid, query = tiny_grid(), tiny_query(model)
     trajectory = sgd_train(
-        model, grid, plan_steps(N, 1, 3, 0.1, seed=3), recorder=TrajectoryRecorder(1, "all"), use_replay_attention=True
+        model,
+        grid,
+        ReferenceRun(plan_steps(N, 1, 3, 0.1, seed=3)),
+        recorder=TrajectoryRecorder(1, "all"),
+        use_replay_attention=True,
     )
     with pytest.raises(UserError, match="lora_dropout"):
         magic_scores(model, grid, trajectory, query)
@@ -229,7 +237,14 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
     from unlearnspec.data import build_grid
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.spec import TrainingSpec
-    from unlearnspec.train.trainer import WeightedSFTTrainer, build_optimizer, build_scheduler, grid_dataset, sft_config
+    from unlearnspec.train.trainer import (
+        LossSetup,
+        WeightedSFTTrainer,
+        build_optimizer,
+        build_scheduler,
+        grid_dataset,
+        sft_config,
+    )
 
     from .test_magic_trainer import _query
     from .tiny import tiny_texts, tiny_tokenizer
@@ -265,8 +280,7 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
         processing_class=tiny_tokenizer(),
         optimizers=(opt, build_scheduler(spec, opt, steps)),
         callbacks=[cb],
-        normalizer="valid",
-        fused_head=False,
+        loss=LossSetup(normalizer="valid", fused_head=False),
     )
     cb.attach(trainer)
     trainer.train()
@@ -285,7 +299,7 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
     assert all(torch.equal(ref_params[n], p) for n, p in {**base0, **theta0}.items())
     if optimizer == "sgd":
         expected = unrolled_scores(
-            reference, grid, traj.steps, _query(reference), theta0, weight_decay=traj.weight_decay
+            reference, grid, ReferenceRun(traj.steps, weight_decay=traj.weight_decay), _query(reference), theta0
         )
     else:
         expected = adam_unrolled_scores(
@@ -307,12 +321,12 @@ def test_callback_records_only_adapters_and_scores_equal_unrolled(tmp_path, opti
 def test_per_question_scores_through_lora_equal_the_unrolled_oracle_per_question(optimizer: str) -> None:
     """Batched adjoints over adapter-sized parameters (the 7B use of `per: question`): every question's
     scores equal autograd through the unrolled LoRA-only run of that question's own loss."""
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.query import QueryLoss
 
     setup = LoraSetup(optimizer)
     trajectory = setup.record("sqrt")
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=2, dtype=None)
+    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, QuestionChunks(2), dtype=None)
     full = setup.query
     for q in range(full.batch.n_questions):
         setup.query = QueryLoss(setup.model, full.batch.subset([q], "q"), 1)

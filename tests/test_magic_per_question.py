@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unlearnspec.magic import DiskStore, magic_scores
-from unlearnspec.magic.per_question import per_question_scores
+from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
 from unlearnspec.magic.query import QueryLoss
 
 from .test_magic import Setup, one_thread  # noqa: F401 - one_thread: an autouse fixture
@@ -51,7 +51,7 @@ def test_batched_equals_separate_passes_and_sums_to_the_mean(sgd) -> None:
     setup, trajectory = sgd
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
     out = per_question_scores(
-        setup.model, setup.grid, trajectory, setup.query, chunk=2, dtype=None
+        setup.model, setup.grid, trajectory, setup.query, QuestionChunks(2), dtype=None
     )  # chunks of 2 and 1
     assert out.scores.shape == (3, *setup.grid.labels.shape) and out.scores.dtype == torch.float64
     assert out.doc_keys == ("a", "b", "c") and out.weights == pytest.approx([1 / 3] * 3)
@@ -67,7 +67,7 @@ def test_dropping_the_hessian_term_is_caught(sgd) -> None:
     setup, trajectory = sgd
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
     first_order = per_question_scores(
-        setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None, hessian=False
+        setup.model, setup.grid, trajectory, setup.query, QuestionChunks(3), dtype=None, hessian=False
     )
     assert max_err(first_order.scores, ref) > 1e-2
 
@@ -78,7 +78,14 @@ def test_schedules_storage_and_memory_knobs(sgd, schedule: str, tmp_path) -> Non
     trajectory = setup.record(schedule, store=DiskStore(tmp_path / "states"))
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
     out = per_question_scores(
-        setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None, micro_batch_rows=1, offload_adjoint=True
+        setup.model,
+        setup.grid,
+        trajectory,
+        setup.query,
+        QuestionChunks(3),
+        dtype=None,
+        micro_batch_rows=1,
+        offload_adjoint=True,
     )
     assert max_err(out.scores, ref) < EXACT
 
@@ -86,7 +93,7 @@ def test_schedules_storage_and_memory_knobs(sgd, schedule: str, tmp_path) -> Non
 def test_a_subset_of_questions_in_order(sgd) -> None:
     setup, trajectory = sgd
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=4, questions=[2, 0], dtype=None)
+    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, QuestionChunks(4, [2, 0]), dtype=None)
     assert out.doc_keys == ("c", "a")
     assert max_err(out.scores, ref[[2, 0]]) < EXACT
 
@@ -98,7 +105,7 @@ def test_adamw_with_and_without_clipping(clip) -> None:
     setup = AdamSetup("adamw", max_grad_norm=clip)
     trajectory = setup.record("sqrt")
     ref = separate(setup.model, setup.grid, trajectory, setup.query)
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=3, dtype=None)
+    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, QuestionChunks(3), dtype=None)
     assert max_err(out.scores, ref) < EXACT
     mean = magic_scores(setup.model, setup.grid, trajectory, setup.query, dtype=None)
     assert max_err(weighted_sum(out), mean) < SUM_TO_MEAN
@@ -106,11 +113,11 @@ def test_adamw_with_and_without_clipping(clip) -> None:
 
 def test_float32_output_by_default(sgd) -> None:
     setup, trajectory = sgd
-    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=2)
+    out = per_question_scores(setup.model, setup.grid, trajectory, setup.query, QuestionChunks(2))
     assert out.scores.dtype == torch.float32
 
 
 def test_bad_chunk_is_refused(sgd) -> None:
     setup, trajectory = sgd
     with pytest.raises(ValueError, match="chunk"):
-        per_question_scores(setup.model, setup.grid, trajectory, setup.query, chunk=0)
+        per_question_scores(setup.model, setup.grid, trajectory, setup.query, QuestionChunks(0))

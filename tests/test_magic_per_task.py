@@ -13,7 +13,15 @@ import torch
 import yaml
 
 from unlearnspec.errors import UserError
-from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, write_scores
+from unlearnspec.magic import (
+    ReferenceRun,
+    ScoreProvenance,
+    TrajectoryRecorder,
+    magic_scores,
+    plan_steps,
+    sgd_train,
+    write_scores,
+)
 from unlearnspec.magic.output import write_task_scores
 from unlearnspec.magic.per_task import leaf_names, per_task_scores
 from unlearnspec.magic.query import build_query
@@ -50,7 +58,9 @@ def trained(model, tokenizer):  # noqa: F811 - the fixtures imported above
         mask[r, : len(tokens)] = 1
     grid = Grid(ids, mask, ids.masked_fill(mask == 0, IGNORE_INDEX))
     recorder = TrajectoryRecorder(3, "all")
-    trajectory = sgd_train(model, grid, plan_steps(6, 3, 2, 0.5), recorder=recorder, use_replay_attention=True)
+    trajectory = sgd_train(
+        model, grid, ReferenceRun(plan_steps(6, 3, 2, 0.5)), recorder=recorder, use_replay_attention=True
+    )
     query = build_query(QuerySpec(task=GROUP, batch_size=4), model, tokenizer, include_path=str(FIXTURES))
     return model, grid, trajectory, query
 
@@ -58,7 +68,9 @@ def trained(model, tokenizer):  # noqa: F811 - the fixtures imported above
 def test_leaf_scores_weighted_by_question_share_sum_to_the_mean_scores(trained):
     model, grid, trajectory, query = trained
     mean = magic_scores(model, grid, trajectory, query, dtype=None)
-    per = per_task_scores(model, grid, trajectory, query, mean, dtype=None)
+    ticks: list[tuple[int, int]] = []
+    per = per_task_scores(model, grid, trajectory, query, mean, dtype=None, progress=lambda d, t: ticks.append((d, t)))
+    assert ticks == [(d, 6) for d in range(1, 7)]  # reverse steps over both leaves' passes (2 x 3 steps)
     assert mean.dtype == torch.float64
     assert {k: v.questions for k, v in per.items()} == {"fixture_mcq_a": 6, "fixture_mcq_b": 4}
     assert {v.task for v in per.values()} == {"fixture_mcq_a", "fixture_mcq_b"}
@@ -93,9 +105,7 @@ def test_leaf_files_load_through_the_sidecar_like_the_mean_file(trained, tmp_pat
         tmp_path,
         mean,
         trajectory,
-        fingerprint="fp",
-        query=query.batch.info(),
-        dtype="float64",
+        ScoreProvenance("fp", query.batch.info(), "float64"),
         extra={"per_task": block},
     )
     side = json.loads(paths["sidecar"].read_text())

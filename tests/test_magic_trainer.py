@@ -10,6 +10,7 @@ import torch
 from unlearnspec.data import build_grid
 from unlearnspec.errors import UserError
 from unlearnspec.magic import (
+    ReferenceRun,
     ReplayStats,
     magic_scores,
     register_replay_attention,
@@ -21,6 +22,7 @@ from unlearnspec.magic.callback import MagicCallback
 from unlearnspec.magic.reverse import _Replay
 from unlearnspec.spec import TrainingSpec
 from unlearnspec.train.trainer import (
+    LossSetup,
     WeightedSFTTrainer,
     build_optimizer,
     build_scheduler,
@@ -67,8 +69,7 @@ def _setup(tmp_path, checkpoints="all", steps=4, **training):
         processing_class=tiny_tokenizer(),
         optimizers=(opt, sched),
         callbacks=[cb],
-        normalizer="valid",
-        fused_head=False,
+        loss=LossSetup(normalizer="valid", fused_head=False),
     )
     cb.attach(trainer)
     return grid, model, theta0, trainer, cb
@@ -96,7 +97,7 @@ def test_recorded_trajectory_is_the_run_that_happened(tmp_path):
     replay = tiny_model(layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64)
     replay.load_state_dict(theta0)
     assert traj.weight_decay == {n: (0.05 if p.dim() > 1 else 0.0) for n, p in theta0.items()}  # HF's groups
-    sgd_train(replay, grid, traj.steps, weight_decay=traj.weight_decay, use_replay_attention=True)
+    sgd_train(replay, grid, ReferenceRun(traj.steps, weight_decay=traj.weight_decay), use_replay_attention=True)
     for name, p in replay.named_parameters():
         torch.testing.assert_close(p, dict(model.named_parameters())[name], rtol=1e-10, atol=1e-12)
 
@@ -111,7 +112,11 @@ def test_trainer_scores_equal_unrolled_autograd(tmp_path, schedule):
         layers=2, hidden=16, heads=2, seed=7, dtype=torch.float64
     )  # not a deepcopy: TRL patched forward
     expected = unrolled_scores(
-        reference, grid, cb.trajectory.steps, _query(reference), theta0, weight_decay=cb.trajectory.weight_decay
+        reference,
+        grid,
+        ReferenceRun(cb.trajectory.steps, weight_decay=cb.trajectory.weight_decay),
+        _query(reference),
+        theta0,
     )
     rel = float((scores - expected).norm() / expected.norm())
     assert rel <= 1e-10, rel
@@ -146,7 +151,7 @@ def test_adamw_trainer_replay_and_scores_equal_unrolled_oracle(tmp_path, max_gra
     assert traj.weight_decay == {n: (0.1 if n in decayed else 0.0) for n in theta0}
     assert any("layernorm" in n or "bias" in n for n in theta0 if n not in decayed)
     # the replay's Adam arithmetic reproduces the trainer's run from theta_0 and zero moments
-    replay = _Replay(model, grid, traj, True, ReplayStats())
+    replay = _Replay(model, grid, traj, hessian=True, stats=ReplayStats())
     state = replay.load(0)
     with replay_mode(model):
         for t in range(steps):

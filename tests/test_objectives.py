@@ -13,7 +13,7 @@ from unlearnspec.train.loss import normalizer_count, token_nll
 from unlearnspec.train.objectives.base import selection, token_logprobs
 from unlearnspec.train.objectives.grad_diff import grad_diff_loss
 from unlearnspec.train.objectives.npo import active_rows, npo_loss, sequence_logprob
-from unlearnspec.train.objectives.rmu import control_vector, rmu_loss
+from unlearnspec.train.objectives.rmu import RetainActivations, control_vector, rmu_loss
 from unlearnspec.train.objectives.simnpo import simnpo_loss
 
 from .tiny import tiny_model, tiny_texts, tiny_tokenizer
@@ -130,17 +130,8 @@ def test_rmu_by_hand():
     # forget h at positions 0..2 = (9,9), (1,2), (3,5); selection [0, 1, 1]; c*u = (1, 1):
     # ||(0,1)||^2 = 1, ||(2,4)||^2 = 20 -> 21 / D_f = 2 -> 10.5.
     # retain h (0,0), (1,1), (2,2) vs frozen (5,5), (1,0), (2,4), mask [0, 1, 1]: 1 + 4 = 5 / D_r = 2 -> 2.5; alpha 2 -> 5.
-    loss = rmu_loss(
-        t([[[9, 9], [1, 2], [3, 5]]]),
-        t([[0, 1, 1]]),
-        t([1, 1]),
-        t([[[0, 0], [1, 1], [2, 2]]]),
-        t([[[5, 5], [1, 0], [2, 4]]]),
-        t([[0, 1, 1]]),
-        2.0,
-        t(2.0),
-        t(2.0),
-    )
+    retain = RetainActivations(t([[[0, 0], [1, 1], [2, 2]]]), t([[[5, 5], [1, 0], [2, 4]]]), t([[0, 1, 1]]), t(2.0))
+    loss = rmu_loss(t([[[9, 9], [1, 2], [3, 5]]]), t([[0, 1, 1]]), t([1, 1]), t(2.0), retain, 2.0)
     assert float(loss) == pytest.approx(15.5, abs=1e-12)
 
 
@@ -148,7 +139,8 @@ def test_rmu_with_c_zero_and_alpha_zero_is_the_squared_norm_of_the_activations()
     g = torch.Generator().manual_seed(1)
     h = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
     w = torch.tensor([[0, 1, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.float64)
-    loss = rmu_loss(h, w, control_vector(7, 0.0, seed=3).double(), h, h + 1, w, 0.0, w.sum(), w.sum())
+    retain = RetainActivations(h, h + 1, w, w.sum())
+    loss = rmu_loss(h, w, control_vector(7, 0.0, seed=3).double(), w.sum(), retain, 0.0)
     expected = sum(float(h[b, s].pow(2).sum()) for b in range(2) for s in range(5) if w[b, s]) / float(w.sum())
     assert float(loss) == pytest.approx(expected, rel=1e-12)
 

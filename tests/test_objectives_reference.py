@@ -56,8 +56,8 @@ def test_only_the_main_process_writes(tmp_path):
 def test_reference_equals_the_models_own_log_probs_in_batches(tmp_path):
     forget, _, _ = grids()
     model = tiny_model()
-    whole = compute_reference(model, forget.input_ids, forget.attention_mask, forget.labels, 16, fused=False)
-    parts = compute_reference(model, forget.input_ids, forget.attention_mask, forget.labels, 3, fused=False)
+    whole = compute_reference(model, forget, 16, fused=False)
+    parts = compute_reference(model, forget, 3, fused=False)
     assert torch.allclose(whole, parts, atol=1e-6) and model.training
 
 

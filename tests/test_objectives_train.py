@@ -123,9 +123,9 @@ def test_npo_reference_is_the_base_model_with_lora_adapters_disabled(tmp_path):
 
     forget, _, _ = grids()
     trainer, objective = build({"objective": NPO, "batch_size": 8, "lora": True}, tmp_path)
-    base = compute_reference(tiny_model(), forget.input_ids, forget.attention_mask, forget.labels, 8, fused=False)
+    base = compute_reference(tiny_model(), forget, 8, fused=False)
     assert torch.allclose(objective.ref_logprobs, base, atol=1e-5)
-    adapted = compute_reference(trainer.model, forget.input_ids, forget.attention_mask, forget.labels, 8, fused=False)
+    adapted = compute_reference(trainer.model, forget, 8, fused=False)
     assert torch.allclose(adapted, base, atol=1e-5)  # compute_reference itself disables the adapters
     with torch.no_grad():
         policy = token_logprobs(trainer.model, forget.input_ids, forget.attention_mask, forget.labels, fused=False)

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from unlearnspec.cli import app
-from unlearnspec.doctor import diagnose
+from unlearnspec.doctor import Thresholds, diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.scores import token_weights
 from unlearnspec.scores.aggregate import QUESTIONS_FILE, min_q, near_zero_questions, rank_q, source_aggregates, wsum_q
@@ -372,7 +372,7 @@ def test_doctor_warns_on_near_zero_questions_and_not_on_healthy_ones(tmp_path):
     assert d15.severity == "warning" and d15.rule == "per-question-scores"
     assert "2 of 5 questions have near-zero scores" in d15.message and "`min_q(wmdp)`" in d15.message
     assert "q2 (toy_wmdp/2), q3 (toy_wmdp/3)" in d15.evidence[0] and "contribute its own top tokens" in d15.fix
-    assert not [f for f in diagnose([bad], near_zero=1e-4)[0] if f.code == "D15" and "2 of 5" in f.message]
+    assert not [f for f in diagnose([bad], Thresholds(near_zero=1e-4))[0] if f.code == "D15" and "2 of 5" in f.message]
     good = _doctor_spec(tmp_path / "good", _toy_folder(tmp_path / "good", [1.0, 0.5, 0.3, 0.8]), "wsum_q(wmdp)")
     assert not [f for f in diagnose([good])[0] if f.code == "D15"]
     result = CliRunner().invoke(app, ["doctor", str(bad), "--format", "json", "--near-zero", "0"])

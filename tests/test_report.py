@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from unlearnspec.report.build import table_from_reference, table_from_results
-from unlearnspec.report.commands import run_report
+from unlearnspec.report.commands import ReportOutput, run_report
 from unlearnspec.report.inputs import RunInput, find_control, report_for
 from unlearnspec.report.model import load_report
 from unlearnspec.report.reference import load_reference
@@ -157,9 +157,9 @@ def test_missing_control_is_said_not_guessed(project):
 def test_files_are_byte_identical_on_rerun_and_free_of_absolute_paths(project, tmp_path_factory):
     out = project / "reports"
     args = [str(project / "runs" / "exp5_selective"), str(project / "runs" / "exp7_all_tokens")]
-    first = run_report(args, out, None, False, True, _console())
+    first = run_report(args, ReportOutput(out), None, False, _console())
     before = {p.name: p.read_bytes() for p in first}
-    second = run_report(args, out, None, False, True, _console())
+    second = run_report(args, ReportOutput(out), None, False, _console())
     assert {p.name: p.read_bytes() for p in second} == before
     assert {"exp5_selective.md", "exp5_selective.json", "exp5_selective.png", "study.png", "study.md"} <= set(before)
     md = before["exp5_selective.md"].decode()
@@ -169,7 +169,9 @@ def test_files_are_byte_identical_on_rerun_and_free_of_absolute_paths(project, t
 
 
 def test_json_matches_markdown_content(project):
-    run_report([str(project / "runs" / "exp5_selective")], project / "reports", None, False, False, _console())
+    run_report(
+        [str(project / "runs" / "exp5_selective")], ReportOutput(project / "reports", False), None, False, _console()
+    )
     table = load_report(project / "reports" / "exp5_selective.json")
     md = (project / "reports" / "exp5_selective.md").read_text()
     for row in grid(table):
@@ -210,7 +212,9 @@ def test_toy_task_display_names(tmp_path):
 
 
 def test_plot_written_and_linked(project):
-    files = run_report([str(project / "runs" / "exp5_selective")], project / "reports", None, False, True, _console())
+    files = run_report(
+        [str(project / "runs" / "exp5_selective")], ReportOutput(project / "reports"), None, False, _console()
+    )
     png = project / "reports" / "exp5_selective.png"
     assert png in files and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -226,7 +230,9 @@ def test_plot_skipped_with_a_note_without_matplotlib(project, monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    files = run_report([str(project / "runs" / "exp5_selective")], project / "reports", None, False, True, _console())
+    files = run_report(
+        [str(project / "runs" / "exp5_selective")], ReportOutput(project / "reports"), None, False, _console()
+    )
     assert not any(p.suffix == ".png" for p in files)
     assert "plot skipped: matplotlib is not installed" in (project / "reports" / "exp5_selective.md").read_text()
 

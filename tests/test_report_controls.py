@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from unlearnspec.errors import UserError
-from unlearnspec.report.build import table_from_results
-from unlearnspec.report.commands import run_report
+from unlearnspec.report.build import StudyContext, table_from_results
+from unlearnspec.report.commands import ReportOutput, run_report
 from unlearnspec.report.diff import diff_tables
 from unlearnspec.report.inputs import RunInput, Selection, report_for
 from unlearnspec.report.model import load_report
@@ -188,8 +188,7 @@ def test_unpaired_selectivity_is_labelled(tmp_path):
     table = table_from_results(
         load_results(tmp_path / "r"),
         tmp_path / "r",
-        control=(load_results(tmp_path / "c"), tmp_path / "c"),
-        control_status="x",
+        study=StudyContext(control=(load_results(tmp_path / "c"), tmp_path / "c"), control_status="x"),
     )
     sel = table.rows[1].selectivity
     # no samples: Var = p(1-p)/n per side and task (n 868 WMDP, 14042 MMLU in the fixture)
@@ -243,9 +242,9 @@ def test_study_files_byte_identical_on_rerun_with_controls_marked(tmp_path):
     folders = _study(tmp_path)
     out = tmp_path / "reports"
     args = [str(f) for f in folders.values()]
-    first = run_report(args, out, None, False, True, _console())
+    first = run_report(args, ReportOutput(out), None, False, _console())
     before = {p.name: p.read_bytes() for p in first}
-    assert {p.name: p.read_bytes() for p in run_report(args, out, None, False, True, _console())} == before
+    assert {p.name: p.read_bytes() for p in run_report(args, ReportOutput(out), None, False, _console())} == before
     assert {"study.png", "selective.json", "oracle.json", "random.json"} <= set(before)
     data = json.loads(before["selective.json"])
     assert data["positive_control"] == "oracle" and data["rows"][2]["selectivity"]["oracle_fraction"] == 0.3833
@@ -301,7 +300,14 @@ def test_task_roles_from_the_command_line(tmp_path):
     with pytest.raises(UserError, match="--hazard-task"):
         _built(folders, "selective", Selection(hazard_task="toy_wmdp"))
     with pytest.raises(UserError, match="--power"):
-        run_report([str(folders["selective"])], tmp_path / "out", None, False, False, _console(), Selection(power=1.0))
+        run_report(
+            [str(folders["selective"])],
+            ReportOutput(tmp_path / "out", False),
+            None,
+            False,
+            _console(),
+            Selection(power=1.0),
+        )
     from typer.testing import CliRunner
 
     from unlearnspec.cli import app
@@ -323,7 +329,9 @@ def test_one_task_without_samples_is_labelled_mixed(tmp_path):
     )
     sel = (
         table_from_results(
-            load_results(tmp_path / "r"), tmp_path / "r", control=(load_results(tmp_path / "c"), tmp_path / "c")
+            load_results(tmp_path / "r"),
+            tmp_path / "r",
+            study=StudyContext(control=(load_results(tmp_path / "c"), tmp_path / "c")),
         )
         .rows[0]
         .selectivity
@@ -337,10 +345,10 @@ def test_the_study_index_can_be_named(tmp_path):
     folders = _study(tmp_path)
     out = tmp_path / "reports"
     args = [str(f) for f in folders.values()]
-    names = {p.name for p in run_report(args, out, None, False, True, _console(), study_name="controls_study")}
+    names = {p.name for p in run_report(args, ReportOutput(out, study_name="controls_study"), None, False, _console())}
     assert {"controls_study.md", "controls_study.png"} <= names and "study.md" not in names
     assert "- [oracle](oracle.md)" in (out / "controls_study.md").read_text()
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(UserError, match="--study-name"):
-        run_report(args, out, None, False, True, _console(), study_name="../escape")
+        run_report(args, ReportOutput(out, study_name="../escape"), None, False, _console())
     assert sorted(p.name for p in out.iterdir()) == before  # refused before anything was written

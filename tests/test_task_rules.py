@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearnspec.doctor import diagnose
+from unlearnspec.doctor import Thresholds, diagnose
 from unlearnspec.errors import UserError
 from unlearnspec.magic.output import write_task_scores
 from unlearnspec.magic.per_task import TaskScores
@@ -227,7 +227,9 @@ def test_doctor_warns_on_near_zero_leaves_and_not_on_healthy_ones(tmp_path):
     assert d15.severity == "warning" and "2 of 5 leaf tasks have near-zero scores" in d15.message
     assert "`min_t(wmdp)`" in d15.message and "for: origin, technique" in d15.evidence[0]
     assert "scores.json" in d15.evidence[1] and "wsum_t(wmdp)" in d15.fix and "min_t and rank_t" in d15.fix
-    assert "1 of 5 leaf tasks" in [f for f in diagnose([bad], near_zero=0.0)[0] if f.code == "D15"][0].message
+    assert (
+        "1 of 5 leaf tasks" in [f for f in diagnose([bad], Thresholds(near_zero=0.0))[0] if f.code == "D15"][0].message
+    )
     good = _doctor_spec(tmp_path / "good", _toy_leaves(tmp_path / "good", {"a": 1.0, "b": 0.4}), "rank_t(wmdp)")
     assert not [f for f in diagnose([good])[0] if f.code == "D15"]
 

@@ -12,6 +12,7 @@ from unlearnspec.spec import LoraSpec, TrainingSpec
 from unlearnspec.train.loss import normalizer_count, token_nll, weighted_token_loss
 from unlearnspec.train.trainer import (
     GridCollator,
+    LossSetup,
     TrainingDiverged,
     WeightedSFTTrainer,
     build_optimizer,
@@ -44,7 +45,7 @@ def _trainer(
     opt = build_optimizer(training, [p for p in model.parameters() if p.requires_grad], lr)
     sched = build_scheduler(training, opt, steps)
     args = sft_config(training, lr, tmp_path, grid.input_ids.shape[0])
-    extra = {"normalizer": normalizer} if cls is WeightedSFTTrainer else {"data_collator": GridCollator()}
+    extra = {"loss": LossSetup(normalizer)} if cls is WeightedSFTTrainer else {"data_collator": GridCollator()}
     return cls(
         model=model,
         args=args,

@@ -11,7 +11,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ from unlearnspec.errors import UserError, first_line
 from unlearnspec.spec import ChatSpec, DataSourceSpec, DataSpec, SelectSpec
 
 if TYPE_CHECKING:
+    from unlearnspec.spec import Spec
     from unlearnspec.spec.assets import Assets
 
 IGNORE_INDEX = -100
@@ -47,6 +48,33 @@ class TokenGrid:
         valid = self.labels != IGNORE_INDEX
         valid[:, 0] = False
         return valid
+
+
+class GridLike(Protocol):
+    """The fixed token grid [N, S]: labels are input_ids with IGNORE_INDEX at pads (target alignment). A TokenGrid
+    is one; so is any object with these three tensors."""
+
+    @property
+    def input_ids(self) -> torch.Tensor: ...
+
+    @property
+    def attention_mask(self) -> torch.Tensor: ...
+
+    @property
+    def labels(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SpecGrid:
+    """A spec's token grid as the job that built it holds it, with what it came from: the spec, its file, the
+    assets it resolves through and the tokenizer. What a world's producer and score-quality hook read (see
+    `unlearnspec.worlds`), so they need not build the grid again."""
+
+    spec: "Spec"
+    spec_path: Path
+    assets: "Assets"
+    grid: TokenGrid
+    tokenizer: Any
 
 
 def grid_fingerprint(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer_id: str) -> str:

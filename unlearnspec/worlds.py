@@ -41,8 +41,9 @@ class Producer:
     description: str
     """One line for `Unknown producer` messages."""
     scores: Callable[..., tuple["torch.Tensor", dict[str, object]]]
-    """(spec, spec_path, assets, task, retain_task, grid, tokenizer) -> (scores [N, S] float32, sidecar entries);
-    the parameters are fixed by its one caller, `unlearnspec.scores.builtin` (a layer above this module)."""
+    """(on: data.SpecGrid, task, retain_task) -> (scores [N, S] float32, sidecar entries) for the spec's grid `on`;
+    the parameters are fixed by its one caller, `unlearnspec.scores.builtin` (a layer above this module, which is
+    why they are not typed here)."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class World:
     from its world file without building it (what `doctor`'s memory model needs)."""
     producers: Mapping[str, Producer] = field(default_factory=dict)
     score_quality: Optional[Callable[..., dict[str, object]]] = None
-    """(spec, spec_path, assets, grid, tokenizer, scores, task, per_task, say, per_question) -> sidecar entries a
-    score job adds (e.g. attribution quality against the ground truth), `{}` when it does not apply; the
-    parameters are fixed by its one caller, `unlearnspec.run.recipes.score`."""
+    """(on: data.SpecGrid, scored: magic.output.QueryScores, say) -> sidecar entries a score job adds (e.g.
+    attribution quality against the ground truth), `{}` when it does not apply; the parameters are fixed by its
+    one caller, `unlearnspec.run.recipes.score`."""
 
 
 _WORLDS: dict[str, World] = {}

@@ -9,7 +9,16 @@ import torch
 from torch.func import functional_call
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from unlearnspec.magic import TrajectoryRecorder, magic_scores, plan_steps, sgd_train, unrolled_scores, write_scores
+from unlearnspec.magic import (
+    ReferenceRun,
+    ScoreProvenance,
+    TrajectoryRecorder,
+    magic_scores,
+    plan_steps,
+    sgd_train,
+    unrolled_scores,
+    write_scores,
+)
 
 
 @dataclass
@@ -29,7 +38,7 @@ theta0 = {name: p.detach().clone() for name, p in model.named_parameters()}  # o
 
 # Train 3 SGD steps of 2 rows each, recording the trajectory (`sqrt`: O(sqrt T) stored states).
 plan = plan_steps(n_rows=4, steps=3, batch_size=2, lr=0.1)
-trajectory = sgd_train(model, grid, plan, recorder=TrajectoryRecorder(3, "sqrt"))
+trajectory = sgd_train(model, grid, ReferenceRun(plan), recorder=TrajectoryRecorder(3, "sqrt"))
 
 
 def query(params):
@@ -41,11 +50,12 @@ def query(params):
 scores = magic_scores(model, grid, trajectory, query)  # [N, S]: d(query loss)/d(token weight)
 
 # What the tests check on every change (tiny models only): autograd through the unrolled run agrees.
-oracle = unrolled_scores(model, grid, plan, query, theta0)
+oracle = unrolled_scores(model, grid, ReferenceRun(plan), query, theta0)
 assert torch.allclose(scores, oracle, rtol=1e-4, atol=1e-6), (scores - oracle).abs().max()
 print(f"scores {tuple(scores.shape)}, max |MAGIC - unrolled autograd| = {(scores - oracle).abs().max().item():.1e}")
 
 # per_token_scores.pt, per_example_scores.pt and the scores.json sidecar that specs' token rules read.
-paths = write_scores("scores_out", scores, trajectory, fingerprint="my-data-v1",
-                     query={"task": "my_query", "loss": "mean_nll", "n_questions": 2}, dtype="float32", lr=0.1)
+provenance = ScoreProvenance(fingerprint="my-data-v1", query={"task": "my_query", "loss": "mean_nll", "n_questions": 2},
+                             dtype="float32", lr=0.1)
+paths = write_scores("scores_out", scores, trajectory, provenance)
 print("wrote", ", ".join(sorted(str(p) for p in paths.values())))

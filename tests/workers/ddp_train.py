@@ -49,8 +49,8 @@ def run_case(case: dict, out: Path) -> dict:
 
     from tests.tiny import tiny_model, tiny_tokenizer
     from unlearnspec.spec import ParallelSpec, TrainingSpec
-    from unlearnspec.train.parallel import full_state_dict
-    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
+    from unlearnspec.train.parallel import Placement, full_state_dict
+    from unlearnspec.train.trainer import LossSetup, WeightedSFTTrainer, grid_dataset, sft_config
 
     AcceleratorState._reset_state(reset_partial_state=False)  # DDP and FSDP cases share one launch
     grid, weights = grid_and_weights()
@@ -72,14 +72,14 @@ def run_case(case: dict, out: Path) -> dict:
     model = tiny_model()
     initial = flat(model.named_parameters())
     with tempfile.TemporaryDirectory() as tmp:
-        args = sft_config(training, LR, Path(tmp), ROWS, parallel=parallel, device=torch.device("cpu"))
+        args = sft_config(training, LR, Path(tmp), ROWS, Placement(device=torch.device("cpu"), parallel=parallel))
         trainer = WeightedSFTTrainer(
             model=model,
             args=args,
             train_dataset=grid_dataset(grid, weights),
             processing_class=tiny_tokenizer(),
-            normalizer=case["normalizer"],
             training=training,
+            loss=LossSetup(normalizer=case["normalizer"]),
         )
         saved = WeightedSFTTrainer._data_parallel_factor
         if case.get("drop_factor"):

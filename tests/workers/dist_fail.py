@@ -26,6 +26,7 @@ def diverging_run() -> str:
     from tests.tiny import tiny_model, tiny_texts, tiny_tokenizer
     from unlearnspec.data import build_grid
     from unlearnspec.spec import TrainingSpec
+    from unlearnspec.train.parallel import Placement
     from unlearnspec.train.trainer import TrainingDiverged, WeightedSFTTrainer, grid_dataset, sft_config
 
     grid = build_grid(tiny_texts(24, 0), tiny_tokenizer(), 16, "tiny")
@@ -35,7 +36,7 @@ def diverging_run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = WeightedSFTTrainer(
             model=tiny_model(),
-            args=sft_config(training, 0.1, Path(tmp), 24, device=torch.device("cpu")),
+            args=sft_config(training, 0.1, Path(tmp), 24, Placement(device=torch.device("cpu"))),
             train_dataset=grid_dataset(grid, grid.valid_targets.float()),
             processing_class=tiny_tokenizer(),
             training=training,

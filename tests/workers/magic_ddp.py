@@ -44,7 +44,8 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
     from unlearnspec.magic.callback import MagicCallback
     from unlearnspec.magic.reverse import _Replay
     from unlearnspec.spec import ParallelSpec, TrainingSpec
-    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
+    from unlearnspec.train.parallel import Placement
+    from unlearnspec.train.trainer import LossSetup, WeightedSFTTrainer, grid_dataset, sft_config
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(1)
@@ -70,16 +71,15 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
             if strategy == "fsdp_ac"
             else ParallelSpec(strategy=strategy)
         )
-        args = sft_config(spec, 0.8, Path(tmp), ROWS, device=torch.device("cpu"), parallel=parallel)
+        args = sft_config(spec, 0.8, Path(tmp), ROWS, Placement(device=torch.device("cpu"), parallel=parallel))
         trainer = WeightedSFTTrainer(
             model=model,
             args=args,
             train_dataset=grid_dataset(grid, grid.valid_targets.double()),
             processing_class=tiny_tokenizer(),
             callbacks=[cb],
-            normalizer="valid",
-            fused_head=False,
             training=spec,
+            loss=LossSetup(normalizer="valid", fused_head=False),
         )
         cb.attach(trainer)
         trainer.train()
@@ -98,10 +98,10 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
             model, grid, traj, query, dtype=None, micro_batch_rows=1, offload_adjoint=True, offload_states=True
         ),
     }
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
 
     result["per_question"] = per_question_scores(
-        model, grid, traj, query, chunk=2, dtype=None
+        model, grid, traj, query, QuestionChunks(2), dtype=None
     ).scores  # 2 batched passes
     saved = _Replay._reduce_hvp
     _Replay._reduce_hvp = lambda self, hv: None  # the mutation: each rank keeps only its own rows' H v
@@ -117,7 +117,7 @@ def run(out: Path, states: Path, strategy: str = "ddp") -> dict:
 def _sharded(trainer, traj, grid, world: int, out: Path) -> dict:
     """Scores of an FSDP-trained run from the sharded pass, and the recorded shards against the gathered model."""
     from unlearnspec.magic import magic_scores
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.sharded import default_group, rebind_query, shard_for_replay
     from unlearnspec.magic.trajectory import plain_name
     from unlearnspec.train.parallel import full_state_dict
@@ -147,7 +147,9 @@ def _sharded(trainer, traj, grid, world: int, out: Path) -> dict:
             offload_adjoint=True,
             offload_states=True,
         ),
-        "per_question": per_question_scores(skeleton, grid, traj, query, chunk=2, dtype=None, comm=comm).scores,
+        "per_question": per_question_scores(
+            skeleton, grid, traj, query, QuestionChunks(2), dtype=None, comm=comm
+        ).scores,
     }
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(result, out / "magic_fsdp.pt")

@@ -54,7 +54,7 @@ CASES = {
 def record(name: str, states: Path):
     """(model at theta_T, grid, trajectory, query) of a case, recorded in this process."""
     from tests.test_magic import N, hf_style_decay, tiny_grid, tiny_model
-    from unlearnspec.magic import DiskStore, TrajectoryRecorder, plan_steps, sgd_train, trainable_params
+    from unlearnspec.magic import DiskStore, ReferenceRun, TrajectoryRecorder, plan_steps, sgd_train, trainable_params
     from unlearnspec.magic.optimizers import OptimizerConfig
 
     opt, schedule, storage, _, _ = CASES[name]
@@ -69,18 +69,22 @@ def record(name: str, states: Path):
     store = DiskStore(states / name) if storage == "disk" else None
     recorder = TrajectoryRecorder(STEPS, schedule, store=store, weight_decay=decay, optimizer=config)  # type: ignore[arg-type]
     traj = sgd_train(
-        model, grid, plan, weight_decay=decay, recorder=recorder, use_replay_attention=True, optimizer=config
+        model,
+        grid,
+        ReferenceRun(plan, weight_decay=decay, optimizer=config),
+        recorder=recorder,
+        use_replay_attention=True,
     )
     return model, grid, traj, _query(model)
 
 
 def _scores(model, grid, traj, query, name: str, comm=None) -> torch.Tensor:
     from unlearnspec.magic import magic_scores
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
 
     kwargs = dict(CASES[name][3])
     if CASES[name][4]:
-        return per_question_scores(model, grid, traj, query, chunk=4, dtype=None, comm=comm, **kwargs).scores
+        return per_question_scores(model, grid, traj, query, QuestionChunks(4), dtype=None, comm=comm, **kwargs).scores
     return magic_scores(model, grid, traj, query, dtype=None, comm=comm, **kwargs)
 
 

@@ -37,7 +37,14 @@ def record(
 
     from tests.test_magic import Grid
     from tests.workers.magic_fsdp import _query
-    from unlearnspec.magic import DiskStore, TrajectoryRecorder, plan_steps, register_replay_attention, sgd_train
+    from unlearnspec.magic import (
+        DiskStore,
+        ReferenceRun,
+        TrajectoryRecorder,
+        plan_steps,
+        register_replay_attention,
+        sgd_train,
+    )
     from unlearnspec.magic.optimizers import OptimizerConfig
     from unlearnspec.magic.trajectory import Trajectory
 
@@ -61,7 +68,7 @@ def record(
     opt = OptimizerConfig(optimizer)  # type: ignore[arg-type]
     plan = plan_steps(ROWS, steps, sh["rows"], 1e-3 if optimizer != "sgd" else 0.1, seed=3)
     recorder = TrajectoryRecorder(steps, schedule, weight_decay=0.0, optimizer=opt)  # type: ignore[arg-type]
-    traj = sgd_train(model, grid, plan, recorder=recorder, use_replay_attention=True, optimizer=opt)
+    traj = sgd_train(model, grid, ReferenceRun(plan, optimizer=opt), recorder=recorder, use_replay_attention=True)
     store = DiskStore(states, tag=tag)
     for step in traj.store.steps():  # on disk, as the run would have written them (the RAM copies are dropped)
         kept = traj.store.get(step)
@@ -77,7 +84,7 @@ def measure(group, states: Path, questions: int = 0, replay: dict | None = None,
     from unlearnspec.magic import magic_scores
     from unlearnspec.magic.collective import Alone
     from unlearnspec.magic.memtrack import LiveBytes
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.sharded import rebind_query, shard_for_replay
 
     tag = f"rank{group.rank}of{group.world_size}" if group is not None else None
@@ -89,7 +96,9 @@ def measure(group, states: Path, questions: int = 0, replay: dict | None = None,
         query = rebind_query(query, model)
     with LiveBytes() as mem:
         if questions:
-            scores = per_question_scores(model, grid, traj, query, chunk=questions, comm=comm, **(replay or {})).scores
+            scores = per_question_scores(
+                model, grid, traj, query, QuestionChunks(questions), comm=comm, **(replay or {})
+            ).scores
         else:
             scores = magic_scores(model, grid, traj, query, comm=comm, **(replay or {}))
     return {"peak": mem.peak, "param_bytes": params, "scores_norm": float(scores.norm())}

@@ -45,7 +45,8 @@ def build(case: dict, workdir: Path, model=None):
     from tests.tiny import tiny_model, tiny_tokenizer
     from unlearnspec.spec import ObjectiveSpec, ParallelSpec, TrainingSpec
     from unlearnspec.train.objectives import OBJECTIVES, ReferenceCache, RetainRows, build_objective
-    from unlearnspec.train.trainer import WeightedSFTTrainer, grid_dataset, sft_config
+    from unlearnspec.train.parallel import Placement
+    from unlearnspec.train.trainer import LossSetup, WeightedSFTTrainer, grid_dataset, sft_config
 
     forget, retain, weights = grids()
     spec = TypeAdapter(ObjectiveSpec).validate_python(case["objective"])
@@ -88,15 +89,16 @@ def build(case: dict, workdir: Path, model=None):
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
-    args = sft_config(training, lr, workdir / "trainer", ROWS, parallel=ParallelSpec(), device=torch.device("cpu"))
+    args = sft_config(
+        training, lr, workdir / "trainer", ROWS, Placement(device=torch.device("cpu"), parallel=ParallelSpec())
+    )
     trainer = WeightedSFTTrainer(
         model=model,
         args=args,
         train_dataset=grid_dataset(forget, weights),
         processing_class=tiny_tokenizer(),
-        normalizer=case.get("normalizer", "valid"),
         training=training,
-        objective=objective,
+        loss=LossSetup(normalizer=case.get("normalizer", "valid"), objective=objective),
     )
     objective.attach(trainer)
     return trainer, objective

@@ -11,7 +11,7 @@ from typing import List, Literal, Optional
 import typer
 
 import unlearnspec.toy  # noqa: F401 - registers the embedded toy world with unlearnspec.worlds (the plug-in at the edge)
-from unlearnspec.cli.results import diff, lds, report, status
+from unlearnspec.cli.results import results_app
 from unlearnspec.cli.support import (  # noqa: F401 - render_problems: re-exported for tests
     ClusterOption,
     DeviceOption,
@@ -36,6 +36,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+app.add_typer(results_app)  # report, diff, lds, status: listed after the commands below
 app.add_typer(toy_app, name="toy")
 
 NprocOption = typer.Option(
@@ -182,20 +183,13 @@ def doctor(
 
     Example: [bold]unlearnspec doctor specs/[/bold]
     """
-    from unlearnspec.doctor import diagnose, exit_code, print_findings, to_json
+    from unlearnspec.doctor import Thresholds, diagnose, exit_code, print_findings, to_json
 
     if format not in ("table", "json"):
         raise UserError.one("--format", f"unknown format {format!r}; use table or json.")
+    thresholds = Thresholds(lr_factor, lds_min, lds_fraction_factor, power, near_zero)
     findings, count = diagnose(
-        paths,
-        lr_factor,
-        profile=resolve_profile(toy, profile),
-        lds_min=lds_min,
-        lds_fraction_factor=lds_fraction_factor,
-        power=power,
-        near_zero=near_zero,
-        cluster=cluster,
-        gpu_mem_gb=gpu_mem_gb,
+        paths, thresholds, profile=resolve_profile(toy, profile), cluster=cluster, gpu_mem_gb=gpu_mem_gb
     )
     if format == "json":
         sys.stdout.write(to_json(findings, count, strict))
@@ -361,10 +355,6 @@ def plan(
         profile=resolve_profile(toy, profile), auto_produce=toy, overrides=set_ or [], out=out, device=device
     )
     raise typer.Exit(show_plan(paths, options, _console(), as_json=format == "json", world_size=nproc))
-
-
-for _command in (report, diff, lds, status):  # defined in cli/results.py, listed after the commands above
-    app.command()(_command)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """The commands that read what runs wrote: `report`, `diff`, `lds` (validate a finished score run) and
-`status`. They are plain functions here; unlearnspec.cli registers them on the app."""
+`status`, on their own Typer app that unlearnspec.cli merges into the main one (after its own commands)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from unlearnspec.cli.support import (
 )
 from unlearnspec.errors import UserError
 
+results_app = typer.Typer()
 
+
+@results_app.command()
 @user_errors
 def report(
     inputs: Optional[List[str]] = typer.Argument(
@@ -63,7 +66,7 @@ def report(
 
     Example: [bold]unlearnspec report specs/exp5_selective.yaml specs/exp7_all_tokens.yaml[/bold]
     """
-    from unlearnspec.report.commands import run_reference_only, run_report
+    from unlearnspec.report.commands import ReportOutput, run_reference_only, run_report
     from unlearnspec.report.inputs import Selection
 
     console = _console()
@@ -71,18 +74,11 @@ def report(
     if reference_only:
         run_reference_only(inputs or [], out, plot, console)
     else:
-        run_report(
-            inputs or [],
-            out or Path("reports"),
-            reference,
-            toy,
-            plot,
-            console,
-            Selection(hazard_task, general_task, power),
-            study_name=study_name,
-        )
+        output = ReportOutput(out or Path("reports"), plot, study_name)
+        run_report(inputs or [], output, reference, toy, console, Selection(hazard_task, general_task, power))
 
 
+@results_app.command()
 @user_errors
 def diff(
     old: str = typer.Argument(..., help="Report JSON, reference JSON, results.json, run folder or spec file."),
@@ -100,6 +96,7 @@ def diff(
     raise typer.Exit(run_diff(old, new, _console(), format))
 
 
+@results_app.command()
 @user_errors
 def lds(
     target: Path = typer.Argument(..., help="A score run folder (holding scores.json), or a MAGIC spec file."),
@@ -137,6 +134,7 @@ def lds(
     raise typer.Exit(run_lds_command(spec_path, options, settings, _console()))
 
 
+@results_app.command()
 @user_errors
 def status(
     paths: List[Path] = typer.Argument(..., help="Run folders submitted with --executor slurm, or spec files/folders."),

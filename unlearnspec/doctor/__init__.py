@@ -7,6 +7,7 @@ Imports no torch/transformers/lm_eval: it reads YAML and JSON only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -37,40 +38,59 @@ from unlearnspec.spec.load import find_spec_files, is_profile_path
 DEFAULT_LR_FACTOR = 1.25
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """The cut-offs of the rules that judge numbers (each is a `doctor` option of the same name)."""
+
+    lr_factor: float = DEFAULT_LR_FACTOR
+    """D6: the largest per-token LR ratio to the control that is not a shift."""
+    lds_min: float = DEFAULT_LDS_MIN
+    """D11: a score source whose LDS (Spearman) is below this is an error."""
+    lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR
+    """D11: how far the LDS's dropped fraction may be from the selection's before it warns."""
+    power: float = DEFAULT_POWER
+    """D14 (and the tables' MDE): the power the minimum detectable effect is stated at."""
+    near_zero: float = DEFAULT_NEAR_ZERO
+    """D15: the share of the median unit's max |score| below which a unit (question, leaf task) is near zero."""
+
+    def check(self) -> None:
+        """A UserError naming the option when a threshold is out of its range."""
+        if not self.lr_factor >= 1.0:
+            raise UserError.one(
+                "--lr-factor", f"must be >= 1 (got {self.lr_factor}); it bounds the per-token LR ratio to the control."
+            )
+        if not -1.0 <= self.lds_min <= 1.0:
+            raise UserError.one("--lds-min", f"must be a correlation in [-1, 1] (got {self.lds_min}).")
+        if not self.lds_fraction_factor >= 1.0:
+            raise UserError.one("--lds-fraction-factor", f"must be >= 1 (got {self.lds_fraction_factor}).")
+        if not 0.5 <= self.power < 1.0:
+            raise UserError.one(
+                "--power",
+                f"must be in [0.5, 1) (got {self.power}); it is the probability of detecting an effect of the MDE's "
+                "size.",
+            )
+        if not 0.0 <= self.near_zero < 1.0:
+            raise UserError.one(
+                "--near-zero",
+                f"must be in [0, 1) (got {self.near_zero}); it is a share of the median question's (leaf task's) "
+                "max |score|.",
+            )
+
+
 def diagnose(
     paths: Iterable[str | Path],
-    lr_factor: float = DEFAULT_LR_FACTOR,
+    thresholds: Thresholds = Thresholds(),
     profile: Optional[Path] = None,
-    lds_min: float = DEFAULT_LDS_MIN,
-    lds_fraction_factor: float = DEFAULT_LDS_FRACTION_FACTOR,
-    power: float = DEFAULT_POWER,
-    near_zero: float = DEFAULT_NEAR_ZERO,
     cluster: Optional[Path] = None,
     gpu_mem_gb: Optional[float] = None,
 ) -> tuple[list[Finding], int]:
     """All findings for the spec files under `paths` (profiles skipped) and how many specs were read.
     With a `profile` (e.g. the toy profile), specs are read as mapped, so results of `run --toy` are checked.
-    The specs of one call that share a control form a study (D13, D14; `power`: the power of its MDE).
-    `near_zero`: D15's share of the median unit's (question's, leaf task's) max |score| below which a unit is near zero.
+    The specs of one call that share a control form a study (D13, D14). `thresholds`: the rules' cut-offs.
     `cluster` (a site file) and `gpu_mem_gb` (wins over the site's `gpu_mem_gb`): D16, whether each job fits its GPUs."""
-    if not lr_factor >= 1.0:
-        raise UserError.one(
-            "--lr-factor", f"must be >= 1 (got {lr_factor}); it bounds the per-token LR ratio to the control."
-        )
-    if not -1.0 <= lds_min <= 1.0:
-        raise UserError.one("--lds-min", f"must be a correlation in [-1, 1] (got {lds_min}).")
-    if not lds_fraction_factor >= 1.0:
-        raise UserError.one("--lds-fraction-factor", f"must be >= 1 (got {lds_fraction_factor}).")
-    if not 0.5 <= power < 1.0:
-        raise UserError.one(
-            "--power",
-            f"must be in [0.5, 1) (got {power}); it is the probability of detecting an effect of the MDE's size.",
-        )
-    if not 0.0 <= near_zero < 1.0:
-        raise UserError.one(
-            "--near-zero",
-            f"must be in [0, 1) (got {near_zero}); it is a share of the median question's (leaf task's) max |score|.",
-        )
+    thresholds.check()
+    lr_factor, power, near_zero = thresholds.lr_factor, thresholds.power, thresholds.near_zero
+    lds_min, lds_fraction_factor = thresholds.lds_min, thresholds.lds_fraction_factor
     if gpu_mem_gb is not None and not gpu_mem_gb > 0:
         raise UserError.one("--gpu-mem-gb", f"must be a GPU's memory in GB, > 0 (got {gpu_mem_gb}).")
     site = None
@@ -116,6 +136,7 @@ __all__ = [
     "DEFAULT_NEAR_ZERO",
     "DEFAULT_POWER",
     "RULES",
+    "Thresholds",
     "Finding",
     "diagnose",
     "exit_code",

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 from unlearnspec.doctor.context import Entry, Workspace
 from unlearnspec.doctor.findings import Finding
-from unlearnspec.report.build import table_from_reference, table_from_results
+from unlearnspec.report.build import Selection, StudyContext, table_from_reference, table_from_results
 from unlearnspec.report.model import ReportTable, Row
 from unlearnspec.report.render import TEST_LABEL, fmt_p
 from unlearnspec.report.stats import DEFAULT_POWER
@@ -23,9 +23,8 @@ def tables_for(entry: Entry, ws: Workspace, power: float = DEFAULT_POWER) -> lis
     if found is not None:
         ctrl = ws.results(control) if control is not None else None
         status = "results" if ctrl is not None else None
-        out.append(
-            ("results.json", table_from_results(found[0], found[1], control=ctrl, control_status=status, power=power))
-        )
+        study = StudyContext(control=ctrl, control_status=status)
+        out.append(("results.json", table_from_results(*found, study=study, selection=Selection(power=power))))
     ref = ws.reference(entry)
     if ref is not None:
         ctrl_ref = ws.reference(control) if control is not None else None

@@ -5,9 +5,10 @@ training token by d(query loss)/d(token weight) with one reverse pass (Ilyas & E
 from unlearnspec.magic.attention import REPLAY_ATTENTION, register_replay_attention, replay_attention, replay_mode
 from unlearnspec.magic.checks import check_model_replayable, check_optimizer, check_training_args, optimizer_config
 from unlearnspec.magic.optimizers import OptimizerConfig
-from unlearnspec.magic.output import SCORES_FORMAT_VERSION, scores_metadata, write_scores
-from unlearnspec.magic.reference import sgd_train, trainable_params, unrolled_query, unrolled_scores
+from unlearnspec.magic.output import SCORES_FORMAT_VERSION, ScoreProvenance, scores_metadata, write_scores
+from unlearnspec.magic.reference import ReferenceRun, sgd_train, trainable_params, unrolled_query, unrolled_scores
 from unlearnspec.magic.replay import GridLike
+from unlearnspec.magic.replay_options import ReplayOptions
 from unlearnspec.magic.reverse import Query, ReplayStats, magic_scores, query_gradient
 from unlearnspec.magic.trajectory import (
     DiskStore,
@@ -30,8 +31,11 @@ __all__ = [
     "OptimizerConfig",
     "Query",
     "RamStore",
+    "ReferenceRun",
+    "ReplayOptions",
     "ReplayStats",
     "Schedule",
+    "ScoreProvenance",
     "StateStore",
     "Step",
     "Trajectory",

@@ -88,48 +88,65 @@ def denominator(v_new: Tensors, hyper: AdamHyper, k: int) -> Tensors:
     return list(u)
 
 
-def adam_step(
-    theta: Tensors, m: Tensors, v: Tensors, grad: Tensors, lr: float, k: int, decays: Sequence[float], hyper: AdamHyper
-) -> tuple[Tensors, Tensors, Tensors]:
-    """One step (new tensors; inputs untouched) at step count k (1 on the first step), as torch does it."""
+@dataclass(frozen=True)
+class AdamState:
+    """The tensors one Adam step reads and writes: theta and the moments m, v (one tensor per parameter each). The
+    adjoint of a state has the same shape: (theta_bar, m_bar, v_bar)."""
+
+    theta: Tensors
+    m: Tensors
+    v: Tensors
+
+
+@dataclass(frozen=True)
+class AdamStep:
+    """What fixes one step's arithmetic besides the state and the gradient."""
+
+    lr: float
+    k: int
+    """The optimizer's step count at this step (1 on the first step)."""
+    decays: Sequence[float]
+    """Weight decay per parameter, ordered like the state's tensors."""
+    hyper: AdamHyper
+
+
+def adam_step(state: AdamState, grad: Tensors, step: AdamStep) -> AdamState:
+    """One step (new tensors; inputs untouched), as torch does it."""
+    hyper, lr, decays = step.hyper, step.lr, step.decays
+    theta = state.theta
     g = fold_decay(grad, theta, decays, hyper)
     if hyper.decoupled and any(decays):
         theta = [p.mul(1 - lr * wd) if wd else p for p, wd in zip(theta, decays)]
-    m_new, v_new = moments(m, v, g, hyper)
-    u = denominator(v_new, hyper, k)
-    inv_bc1, _ = _bias(hyper, k)
+    m_new, v_new = moments(state.m, state.v, g, hyper)
+    u = denominator(v_new, hyper, step.k)
+    inv_bc1, _ = _bias(hyper, step.k)
     theta_new = torch._foreach_addcdiv(theta, m_new, u, value=-(lr * inv_bc1))
-    return list(theta_new), m_new, v_new
+    return AdamState(list(theta_new), m_new, v_new)
 
 
 def adam_adjoint(
-    theta: Tensors,
-    m: Tensors,
-    v: Tensors,
+    state: AdamState,
     grad: Tensors,
-    lr: float,
-    k: int,
-    decays: Sequence[float],
-    hyper: AdamHyper,
-    theta_bar: Tensors,
-    m_bar: Tensors,
-    v_bar: Tensors,
+    step: AdamStep,
+    adjoint: AdamState,
     *,
     second_moment: bool = True,
     touched: Tensors | None = None,
-) -> tuple[Tensors, Tensors, Tensors, Tensors]:
-    """(g_bar, theta_bar_partial, m_bar_prev, v_bar_prev) of one step (see the module docstring).
+) -> tuple[Tensors, AdamState]:
+    """(g_bar, adjoint of the step's input state) from `adjoint`, that of its output state (see the module docstring).
 
     `grad` is the raw (clipped, if the run clipped) gradient of step t at theta; g_bar is the adjoint
-    of that gradient. theta_bar_partial lacks the H_t g_bar term, which the caller adds.
+    of that gradient. The returned theta_bar lacks the H_t g_bar term, which the caller adds.
     `second_moment=False` drops V (the v-adjoint); it exists only for the mutation test. A `touched`
     list receives g_bar where v' > 0 and 0 elsewhere (coordinates no gradient ever reached carry a huge
     but harmless g_bar: their gradients and Hessian couplings are exactly 0).
     """
+    hyper, lr, decays = step.hyper, step.lr, step.decays
+    theta, theta_bar, m_bar, v_bar = state.theta, adjoint.theta, adjoint.m, adjoint.v
     b1, b2 = hyper.betas
     g = fold_decay(grad, theta, decays, hyper)
-    m_new, v_new = moments(m, v, g, hyper)
-    inv_bc1, s = _bias(hyper, k)
+    m_new, v_new = moments(state.m, state.v, g, hyper)
+    inv_bc1, s = _bias(hyper, step.k)
     c = lr * inv_bc1
     r = torch._foreach_sqrt(v_new)
     u = torch._foreach_div(r, s)  # the arithmetic of `denominator`, keeping r = sqrt(v')
@@ -156,4 +173,4 @@ def adam_adjoint(
         theta_part = [tb.mul(1 - lr * wd) if wd else tb.clone() for tb, wd in zip(theta_bar, decays)]
     else:
         theta_part = [tb.add(gb, alpha=wd) if wd else tb.clone() for tb, gb, wd in zip(theta_bar, g_bar, decays)]
-    return list(g_bar), theta_part, list(torch._foreach_mul(big_m, b1)), list(torch._foreach_mul(big_v, b2))
+    return list(g_bar), AdamState(theta_part, list(torch._foreach_mul(big_m, b1)), list(torch._foreach_mul(big_v, b2)))

@@ -11,8 +11,19 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict, Unpack
 
 REPLAY_ATTENTION = "unlearnspec_replay"
+
+
+class KernelKeywords(TypedDict, total=False):
+    """The keywords transformers passes an attention kernel that this one reads. Models pass more (position ids, a
+    sliding window, ...), which it ignores, as transformers' `eager_attention_forward` does."""
+
+    scaling: float
+    """The factor of the attention logits (1 / sqrt(head_dim) in most models)."""
+    dropout: float
+    """Attention dropout; replays run with 0 (model.eval())."""
 
 
 def replay_attention(
@@ -21,12 +32,13 @@ def replay_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **_kwargs: object,
+    **kwargs: Unpack[KernelKeywords],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as transformers' `eager_attention_forward`, with the softmax kept in `query.dtype`."""
-    if dropout:
+    if "scaling" not in kwargs:
+        raise TypeError("replay_attention() needs the keyword argument 'scaling', as eager_attention_forward does")
+    scaling = kwargs["scaling"]
+    if kwargs.get("dropout", 0.0):
         raise RuntimeError("MAGIC replay attention got dropout > 0; replays must run with dropout 0 (model.eval()).")
     if key.shape[1] != query.shape[1]:  # grouped-query attention: share each KV head across its query heads
         repeat = query.shape[1] // key.shape[1]

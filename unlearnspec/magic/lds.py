@@ -28,7 +28,6 @@ from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.collective import Collective, default_collective
 from unlearnspec.magic.optimizers import OptimizerConfig
 from unlearnspec.magic.replay import GridLike
-from unlearnspec.magic.replay_stats import ReplayStats
 from unlearnspec.magic.reverse import _Replay
 from unlearnspec.magic.trajectory import RamStore, Step, Trajectory
 from unlearnspec.spec.training import LdsSpec
@@ -162,7 +161,7 @@ def retrained_params(
     if trajectory.optimizer.initial_step != 0:
         raise ValueError("LDS retraining needs a run that started with a fresh optimizer")
     with replay_mode(model):
-        replay = _Replay(model, grid, trajectory, hessian=False, stats=ReplayStats(), comm=comm or default_collective())
+        replay = _Replay(model, grid, trajectory, hessian=False, comm=comm or default_collective())
         replay.weights = weights
         theta = [p.detach().clone().to(replay.device) for p in theta0]
         state = [theta] + [[torch.zeros_like(p) for p in theta] for _ in replay.rule.state_names]

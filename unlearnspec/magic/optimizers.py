@@ -18,7 +18,7 @@ from typing import Optional, Protocol
 
 import torch
 
-from unlearnspec.magic.adam import AdamHyper, adam_adjoint, adam_step
+from unlearnspec.magic.adam import AdamHyper, AdamState, AdamStep, adam_adjoint, adam_step
 from unlearnspec.magic.batched import adjoint_dots
 from unlearnspec.spec.training import OptimizerName
 
@@ -120,32 +120,25 @@ class AdamAdjoint:
         self.touched: Tensors = []
         """g_bar of the last adjoint step on coordinates with v' > 0 (for the rounding diagnostics)."""
 
-    def _k(self, t: int) -> int:
-        return self.initial_step + t + 1
+    def _step(self, t: int, lr: float) -> AdamStep:
+        return AdamStep(lr, self.initial_step + t + 1, self.decays, self.hyper)
 
     def step(self, theta, state, grad, t, lr):
-        m, v = state
-        theta_new, m_new, v_new = adam_step(theta, m, v, grad, lr, self._k(t), self.decays, self.hyper)
-        return theta_new, [m_new, v_new]
+        new = adam_step(AdamState(theta, *state), grad, self._step(t, lr))
+        return new.theta, [new.m, new.v]
 
     def adjoint(self, theta, state, grad, t, lr, adjoint):
         assert grad is not None
-        m, v = state
         self.touched = []
-        g_bar, theta_part, m_bar, v_bar = adam_adjoint(
-            theta,
-            m,
-            v,
+        g_bar, bar = adam_adjoint(
+            AdamState(theta, *state),
             grad,
-            lr,
-            self._k(t),
-            self.decays,
-            self.hyper,
-            *adjoint,
+            self._step(t, lr),
+            AdamState(*adjoint),
             second_moment=self.second_moment,
             touched=self.touched,
         )
-        return g_bar, [theta_part, m_bar, v_bar]
+        return g_bar, [bar.theta, bar.m, bar.v]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +22,9 @@ from unlearnspec import __version__
 from unlearnspec.magic.optimizers import OPTIMIZERS
 from unlearnspec.magic.trajectory import Trajectory
 from unlearnspec.safeio import write_json, write_with
+
+if TYPE_CHECKING:
+    from unlearnspec.magic.per_task import TaskScores
 
 SCORES_FORMAT_VERSION = 1
 PER_TOKEN_FILE = "per_token_scores.pt"
@@ -68,18 +72,25 @@ def _optimizer_summary(trajectory: Trajectory, lr: float) -> dict[str, Any]:
     return out
 
 
-def scores_metadata(
-    scores: torch.Tensor,
-    trajectory: Trajectory,
-    *,
-    fingerprint: str,
-    query: Mapping[str, Any],
-    dtype: str,
-    lr: float | None = None,
-    fingerprint_inputs: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The sidecar contents. `query` needs task, loss and n_questions (see `QueryBatch.info`);
-    `fingerprint_inputs`: what the data fingerprint is made of (`data.fingerprint_inputs`), so a mismatch names it."""
+@dataclass(frozen=True)
+class ScoreProvenance:
+    """What the sidecar records about where the scores came from, besides the trajectory."""
+
+    fingerprint: str
+    """The data fingerprint of the token grid the run trained on (`data.TokenGrid.fingerprint`)."""
+    query: Mapping[str, Any]
+    """The query's task, loss and n_questions (see `QueryBatch.info`)."""
+    dtype: str
+    """The model's dtype during the run (`model.dtype` of the spec)."""
+    lr: float | None = None
+    """The run's LR (None: the trajectory's largest)."""
+    fingerprint_inputs: Mapping[str, Any] | None = None
+    """What the fingerprint is made of (`data.fingerprint_inputs`), so a mismatch names it."""
+
+
+def scores_metadata(scores: torch.Tensor, trajectory: Trajectory, provenance: ScoreProvenance) -> dict[str, Any]:
+    """The sidecar contents."""
+    query, lr, inputs = provenance.query, provenance.lr, provenance.fingerprint_inputs
     missing = {"task", "loss", "n_questions"} - set(query)
     if missing:
         raise ValueError(f"query metadata lacks {sorted(missing)}")
@@ -93,8 +104,8 @@ def scores_metadata(
         "sign": "d(query loss)/d(token weight); negative = training on the token lowers the query loss (proponent)",
         "N": int(scores.shape[0]),
         "S": int(scores.shape[1]),
-        "data_fingerprint": fingerprint,
-        **({"data_fingerprint_inputs": dict(fingerprint_inputs)} if fingerprint_inputs is not None else {}),
+        "data_fingerprint": provenance.fingerprint,
+        **({"data_fingerprint_inputs": dict(inputs)} if inputs is not None else {}),
         "normalizer": "valid",
         "query": {"task": query["task"], "loss": query["loss"], "n_questions": int(query["n_questions"])},
         "optimizer": _optimizer_summary(trajectory, float(lr) if lr is not None else max(lrs)),
@@ -102,7 +113,7 @@ def scores_metadata(
         "steps": trajectory.total_steps,
         "batch_size": rows[0] if len(rows) == 1 else rows,  # rows per optimizer step (all ranks): the global batch
         "micro_batches_per_step": micro[0] if len(micro) == 1 else micro,  # recorded forward passes, all ranks
-        "dtype": dtype,
+        "dtype": provenance.dtype,
         "checkpoints": trajectory.schedule,
         "files": {"per_token": PER_TOKEN_FILE, "per_example": PER_EXAMPLE_FILE},
         "unlearnspec_version": __version__,
@@ -113,31 +124,18 @@ def write_scores(
     out_dir: str | os.PathLike[str],
     scores: torch.Tensor,
     trajectory: Trajectory,
-    *,
-    fingerprint: str,
-    query: Mapping[str, Any],
-    dtype: str,
-    lr: float | None = None,
+    provenance: ScoreProvenance,
     extra: Mapping[str, Any] | None = None,
-    fingerprint_inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the three files (sidecar last, so its presence marks a complete set); returns their paths.
-    `extra` adds provenance keys to the sidecar (spec name and hash, model id, timings)."""
+    `extra` adds keys to the sidecar (spec name and hash, model id, timings)."""
     if scores.dim() != 2:
         raise ValueError(f"scores must be [N, S] (got {tuple(scores.shape)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_token = scores.detach().to(torch.float32).cpu().contiguous()
     per_example = per_token.sum(dim=1)
-    meta = scores_metadata(
-        per_token,
-        trajectory,
-        fingerprint=fingerprint,
-        query=query,
-        dtype=dtype,
-        lr=lr,
-        fingerprint_inputs=fingerprint_inputs,
-    )
+    meta = scores_metadata(per_token, trajectory, provenance)
     meta.update(extra or {})
     paths = {"per_token": out / PER_TOKEN_FILE, "per_example": out / PER_EXAMPLE_FILE, "sidecar": out / SIDECAR_FILE}
     _save_tensor(paths["per_token"], per_token)
@@ -166,6 +164,18 @@ def write_task_scores(out_dir: str | os.PathLike[str], per_task: Mapping[str, An
             "reverse_seconds": entry.seconds,
         }
     return block
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """A score job's scores of its query: the mean query's [N, S], and, when computed, each leaf task's (rule leaf
+    name -> `per_task.TaskScores`) and each question's [Q, N, S]."""
+
+    task: str
+    """The query task (a leaf task or a group)."""
+    scores: torch.Tensor
+    per_task: Mapping[str, "TaskScores"]
+    per_question: torch.Tensor | None = None
 
 
 PER_QUESTION_FILE = "per_question_scores.pt"

@@ -50,42 +50,49 @@ class QuestionScores:
         return [1.0 / q] * q
 
 
+@dataclass(frozen=True)
+class QuestionChunks:
+    """Which questions of a query `per_question_scores` scores, and how many share one batched reverse pass."""
+
+    chunk: int = 16
+    """Questions per reverse pass (K of the batched adjoints): a memory knob (`magic.memory.question_chunk`)."""
+    questions: Optional[Sequence[int]] = None
+    """Rows of the query batch to score, in this order (None: every question)."""
+
+
 def per_question_scores(
     model: nn.Module,
     grid: GridLike,
     trajectory: Trajectory,
     query: QueryLoss,
-    *,
-    chunk: int = 16,
-    questions: Optional[Sequence[int]] = None,
-    dtype: torch.dtype | None = torch.float32,
-    progress: Callable[[int, int], None] | None = None,
-    comm: Collective | None = None,
+    chunks: QuestionChunks = QuestionChunks(),
     **replay: Unpack[ReplayOptions],
 ) -> QuestionScores:
-    """Scores of each question of `query` (or of the rows `questions` only), `chunk` per batched reverse pass.
-    `replay`: the keywords of `reverse_passes` (micro_batch_rows, offload_adjoint, offload_states, hessian, ...).
-    `progress(done, total)` counts reverse steps over all passes (total = passes x steps)."""
+    """Scores of each question of `query` (or of the rows `chunks.questions` only), `chunks.chunk` per batched
+    reverse pass. `replay`: the keywords of `magic_scores` (micro_batch_rows, offload_adjoint, hessian, comm,
+    dtype, ...); its `progress(done, total)` counts reverse steps over all passes (total = passes x steps)."""
+    chunk = chunks.chunk
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 (got {chunk})")
-    rows = list(range(query.batch.n_questions)) if questions is None else list(questions)
+    rows = list(range(query.batch.n_questions)) if chunks.questions is None else list(chunks.questions)
     if not rows:
         raise ValueError("no questions to score")
     n, s = grid.labels.shape
     started = time.perf_counter()
-    chunks = [rows[a : a + chunk] for a in range(0, len(rows), chunk)]
+    parts = [rows[a : a + chunk] for a in range(0, len(rows), chunk)]
     out: torch.Tensor | None = None
 
     def starts(names: list[str], final: Callable[[], list[torch.Tensor]], c: Collective):
-        for part in chunks:
+        for part in parts:
             yield question_gradients(query, part, names, final(), c)
 
     steps = trajectory.total_steps
-    tick = None if progress is None else (lambda done, _total: progress(done, steps * len(chunks)))
+    progress = replay.get("progress")
+    tick = None if progress is None else (lambda done, _total: progress(done, steps * len(parts)))
     at = 0
-    for scores in reverse_passes(model, grid, trajectory, starts, progress=tick, comm=comm, on_host=True, **replay):
+    for scores in reverse_passes(model, grid, trajectory, starts, on_host=True, **(replay | {"progress": tick})):
         if out is None:
-            out = torch.empty(len(rows), n, s, dtype=dtype or scores.dtype, device="cpu")  # host RAM: [Q, N, S]
+            out = torch.empty(len(rows), n, s, dtype=scores.dtype, device="cpu")  # host RAM: [Q, N, S]
         out[at : at + scores.shape[0]] = scores
         at += scores.shape[0]
     assert out is not None and at == len(rows)

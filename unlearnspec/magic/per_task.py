@@ -10,6 +10,7 @@ K x that of the mean pass, training once), the same peak device memory, K [N, S]
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,6 @@ from torch import nn
 from typing_extensions import Unpack
 
 from unlearnspec.errors import UserError
-from unlearnspec.magic.collective import Collective
 from unlearnspec.magic.query import QueryLoss
 from unlearnspec.magic.replay import GridLike
 from unlearnspec.magic.replay_options import ReplayOptions
@@ -77,27 +77,31 @@ def per_task_scores(
     trajectory: Trajectory,
     query: QueryLoss,
     mean_scores: torch.Tensor | None = None,
-    *,
-    dtype: torch.dtype | None = torch.float32,
-    progress: Callable[[int, int], None] | None = None,
-    comm: Collective | None = None,
     **replay: Unpack[ReplayOptions],
 ) -> dict[str, TaskScores]:
-    """Rule leaf name -> scores of that leaf's query, one `magic_scores` pass each (same `comm` and `replay`
-    keywords: micro_batch_rows, offload_adjoint, offload_states, hessian, second_moment). A query of a single leaf is the mean query:
-    its scores are `mean_scores` when given. Scores are returned as `dtype` (None: the compute dtype) on the
-    CPU. `progress(i, K)` is called after each leaf's pass."""
+    """Rule leaf name -> scores of that leaf's query, one `magic_scores` pass each with the same `replay` keywords
+    (micro_batch_rows, offload_adjoint, offload_states, hessian, second_moment, comm, dtype, ...). A query of a
+    single leaf is the mean query: its scores are `mean_scores` when given. Scores are returned as `dtype`
+    (default float32; None: the compute dtype) on the CPU. `progress(done, total)` counts reverse steps over all
+    the leaves' passes (total = passes x steps)."""
     leaves = query.per_task()
     names = leaf_names(query.batch.task, list(leaves))
     out: dict[str, TaskScores] = {}
+    progress, steps = replay.get("progress"), trajectory.total_steps
     for i, (task, leaf_query) in enumerate(leaves.items()):
         started = time.perf_counter()
         if mean_scores is not None and len(leaves) == 1:
             scores = mean_scores
         else:
-            scores = magic_scores(model, grid, trajectory, leaf_query, dtype=dtype, comm=comm, **replay)
+            tick = None
+            if progress is not None:
+                tick = functools.partial(_leaf_progress, progress, i * steps, len(leaves) * steps)
+            scores = magic_scores(model, grid, trajectory, leaf_query, **(replay | {"progress": tick}))
         seconds = 0.0 if scores is mean_scores else round(time.perf_counter() - started, 3)
         out[names[task]] = TaskScores(task, leaf_query.batch.n_questions, scores.detach().cpu(), seconds)
-        if progress is not None:
-            progress(i + 1, len(leaves))
     return out
+
+
+def _leaf_progress(progress: Callable[[int, int], None], before: int, total: int, done: int, _steps: int) -> None:
+    """One leaf's pass reports `done` of its steps; over all leaves that is `before + done` of `total`."""
+    progress(before + done, total)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,24 +27,34 @@ def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A training run as the reference implementations execute it: its steps (rows and LR of each), the weight
+    decay (one value or one per parameter name) and the torch optimizer. `sgd_train` runs any optimizer of
+    OPTIMIZERS; the unrolled references replay plain SGD only."""
+
+    plan: Sequence[Step]
+    weight_decay: WeightDecay = 0.0
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+
 def sgd_train(
     model: nn.Module,
     grid: GridLike,
-    plan: Sequence[Step],
+    run: ReferenceRun,
     *,
-    weight_decay: WeightDecay = 0.0,
     weights: torch.Tensor | None = None,
     recorder: TrajectoryRecorder | None = None,
     use_replay_attention: bool = False,
-    optimizer: OptimizerConfig = OptimizerConfig(),
 ) -> Trajectory | None:
     """Train `model` in place with a stock torch optimizer: per step, sum over micro-batches of
-    weighted_token_loss / D_t, clip if `optimizer.max_grad_norm`, then torch.optim.SGD/Adam/AdamW.step().
+    weighted_token_loss / D_t, clip if `run.optimizer.max_grad_norm`, then torch.optim.SGD/Adam/AdamW.step().
 
     D_t counts the valid target tokens of the whole step (normalizer `valid`). Returns the recorded
-    trajectory when a recorder is given (its optimizer must be `optimizer`). `use_replay_attention`
+    trajectory when a recorder is given (its optimizer must be `run.optimizer`). `use_replay_attention`
     trains with the replay kernel.
     """
+    plan, weight_decay, optimizer = run.plan, run.weight_decay, run.optimizer
     params = trainable_params(model)
     groups: dict[float, list[torch.Tensor]] = {}
     for (_name, p), wd in zip(params.items(), decay_list(weight_decay, list(params))):
@@ -92,20 +103,20 @@ def sgd_train(
 def unrolled_query(
     model: nn.Module,
     grid: GridLike,
-    plan: Sequence[Step],
+    run: ReferenceRun,
     query: Query,
     theta0: Mapping[str, torch.Tensor],
     weights: torch.Tensor,
-    *,
-    weight_decay: WeightDecay = 0.0,
-    create_graph: bool = False,
 ) -> torch.Tensor:
-    """Q(theta_T(weights)) by running the SGD steps functionally from theta0.
+    """Q(theta_T(weights)) by running the SGD steps of `run` functionally from theta0.
 
-    With `create_graph=True` the result is differentiable in `weights` through all T steps.
+    When `weights` requires grad, the result is differentiable in `weights` through all T steps (autograd keeps
+    every step's graph); otherwise each step's parameters are detached.
     """
-    names = list(theta0)
-    decays = decay_list(weight_decay, names)
+    if run.optimizer.name != "sgd":
+        raise ValueError(f"the unrolled reference replays plain SGD, not {run.optimizer.name}")
+    plan, create_graph, names = run.plan, weights.requires_grad, list(theta0)
+    decays = decay_list(run.weight_decay, names)
     theta = [p.detach().clone().requires_grad_() for p in theta0.values()]
     device = theta[0].device
     with replay_mode(model):
@@ -135,17 +146,11 @@ def unrolled_query(
 
 
 def unrolled_scores(
-    model: nn.Module,
-    grid: GridLike,
-    plan: Sequence[Step],
-    query: Query,
-    theta0: Mapping[str, torch.Tensor],
-    *,
-    weight_decay: WeightDecay = 0.0,
+    model: nn.Module, grid: GridLike, run: ReferenceRun, query: Query, theta0: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
     """dQ/dw at w = 1 by full autograd through the unrolled run ([N, S], model dtype). Tiny models only."""
     first = next(iter(theta0.values()))
     weights = torch.ones(grid.labels.shape, dtype=first.dtype, device=first.device, requires_grad=True)
-    q = unrolled_query(model, grid, plan, query, theta0, weights, weight_decay=weight_decay, create_graph=True)
+    q = unrolled_query(model, grid, run, query, theta0, weights)
     (grad,) = torch.autograd.grad(q, weights)
     return grad

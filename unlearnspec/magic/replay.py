@@ -5,26 +5,13 @@ SGD steps, the query and the reference implementations: the trainer's loss (`unl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from unlearnspec.data import GridLike  # noqa: F401 - re-exported: the grid every replay reads
 from unlearnspec.train.loss import IGNORE_INDEX
-
-
-class GridLike(Protocol):
-    """The fixed token grid [N, S]: labels are input_ids with IGNORE_INDEX at pads (target alignment)."""
-
-    @property
-    def input_ids(self) -> torch.Tensor: ...
-
-    @property
-    def attention_mask(self) -> torch.Tensor: ...
-
-    @property
-    def labels(self) -> torch.Tensor: ...
 
 
 def forward_logits(

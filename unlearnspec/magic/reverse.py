@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from unlearnspec.magic.attention import replay_mode
 from unlearnspec.magic.batched import adjoint_dots, double_backward
@@ -28,6 +29,7 @@ from unlearnspec.magic.collective import Alone, Collective, default_collective
 from unlearnspec.magic.optimizers import Reduce, clip, clip_adjoint, grad_norm, make_adjoint
 from unlearnspec.magic.query_grad import BatchedQuery, Query, query_gradient  # noqa: F401 - re-exported
 from unlearnspec.magic.replay import GridLike, forward_logits, valid_targets
+from unlearnspec.magic.replay_options import ReplayOptions, check_replay_options
 from unlearnspec.magic.replay_state import State, StateKeeping
 from unlearnspec.magic.replay_stats import ROUNDING_RISK_WARN, ReplayStats, rounding_warning  # noqa: F401 - ReplayStats re-exported
 from unlearnspec.magic.trajectory import Trajectory
@@ -37,33 +39,24 @@ from unlearnspec.train.loss import weighted_token_loss
 class _Replay(StateKeeping):
     """Replays steps of one trajectory on one model; all state lists are ordered like `names`."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        grid: GridLike,
-        trajectory: Trajectory,
-        hessian: bool,
-        stats: ReplayStats,
-        comm: Collective | None = None,
-        micro_batch_rows: int | None = None,
-        offload_adjoint: bool = False,
-        offload_states: bool = False,
-        second_moment: bool = True,
-    ):
+    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, **options: Unpack[ReplayOptions]):
         self.model = model
         self.grid = grid
         self.traj = trajectory
-        self.hessian = hessian
-        self.stats = stats
-        self.comm = comm or Alone()
-        self.micro_batch_rows = micro_batch_rows
-        self.offload = offload_adjoint
-        self.offload_states = offload_states
+        self.hessian = options.get("hessian", True)
+        stats, comm = options.get("stats"), options.get("comm")
+        self.stats = stats if stats is not None else ReplayStats()
+        self.comm = comm if comm is not None else Alone()
+        self.micro_batch_rows = options.get("micro_batch_rows")
+        self.offload = options.get("offload_adjoint", False)
+        self.offload_states = options.get("offload_states", False)
         self.device = next(model.parameters()).device
         self.names = list(trajectory.param_names)
         self.weights: torch.Tensor | None = None
         """Per-token weights [N, S] of the forward steps (`step`); None = 1 on every token (the recorded run)."""
-        self.rule = make_adjoint(trajectory.optimizer, trajectory.decays(), second_moment=second_moment)
+        self.rule = make_adjoint(
+            trajectory.optimizer, trajectory.decays(), second_moment=options.get("second_moment", True)
+        )
         self.max_grad_norm = trajectory.optimizer.max_grad_norm
         self.needs_grad = self.rule.needs_grad or self.max_grad_norm is not None
         self.per_state = 1 + len(self.rule.state_names)  # parameter-sized tensors per state
@@ -267,52 +260,26 @@ class _Replay(StateKeeping):
 
 
 def magic_scores(
-    model: nn.Module,
-    grid: GridLike,
-    trajectory: Trajectory,
-    query: Query,
-    *,
-    hessian: bool = True,
-    second_moment: bool = True,
-    dtype: torch.dtype | None = torch.float32,
-    stats: ReplayStats | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    comm: Collective | None = None,
-    micro_batch_rows: int | None = None,
-    offload_adjoint: bool = False,
-    offload_states: bool = False,
+    model: nn.Module, grid: GridLike, trajectory: Trajectory, query: Query, **replay: Unpack[ReplayOptions]
 ) -> torch.Tensor:
     """Per-token scores dQ/dw [N, S] in target alignment (exactly 0 at column 0, pads, ignored labels).
 
-    Computed in the parameters' dtype and returned as `dtype` (None keeps the compute dtype).
-    `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
-    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule, storage and optimizer are the
-    trajectory's. `hessian=False` drops the H g_bar term (first-order scores) and `second_moment=False`
-    Adam's v-adjoint; both exist for the mutation tests.
+    Computed in the parameters' dtype and returned as `replay["dtype"]` (default float32; None keeps the compute
+    dtype). `query(params)` (or `query.parts(params)`, summed) is the query loss at a parameter dict, usually
+    `unlearnspec.magic.query.QueryLoss`. The checkpoint schedule, storage and optimizer are the trajectory's.
 
-    `comm` (default: the torch.distributed group when one with several ranks exists) splits each step's
-    rows over the ranks; every rank returns the same full score matrix (rank 0 writes it).
-    `micro_batch_rows` re-splits each step's rows into double backwards of that many rows (memory knob;
-    unset: the recorded micro-batches). `offload_adjoint` keeps the adjoint and the H g_bar accumulator in
-    host RAM between steps; `offload_states` keeps the states a `sqrt`/`all` segment recomputes in host
-    RAM (else up to ceil(sqrt T) states sit on the device during a segment).
+    The keywords (`ReplayOptions`): `hessian=False` drops the H g_bar term (first-order scores) and
+    `second_moment=False` Adam's v-adjoint; both exist for the mutation tests. `comm` (default: the
+    torch.distributed group when one with several ranks exists) splits each step's rows over the ranks; every
+    rank returns the same full score matrix (rank 0 writes it). `micro_batch_rows` re-splits each step's rows
+    into double backwards of that many rows (memory knob; unset: the recorded micro-batches). `offload_adjoint`
+    keeps the adjoint and the H g_bar accumulator in host RAM between steps; `offload_states` keeps the states a
+    `sqrt`/`all` segment recomputes in host RAM (else up to ceil(sqrt T) states sit on the device during a
+    segment). `stats` receives the pass's diagnostics, `progress(done, total)` its reverse steps.
     """
     start = lambda names, final, c: [query_gradient(query, names, final(), c)]  # noqa: E731
-    (scores,) = reverse_passes(
-        model,
-        grid,
-        trajectory,
-        start,
-        hessian=hessian,
-        second_moment=second_moment,
-        stats=stats,
-        progress=progress,
-        comm=comm,
-        micro_batch_rows=micro_batch_rows,
-        offload_adjoint=offload_adjoint,
-        offload_states=offload_states,
-    )
-    return scores if dtype is None else scores.to(dtype)
+    (scores,) = reverse_passes(model, grid, trajectory, start, **replay)
+    return scores
 
 
 StartAdjoints = Callable[[list[str], Callable[[], list[torch.Tensor]], Collective], Iterable[list[torch.Tensor]]]
@@ -327,19 +294,14 @@ def reverse_passes(
     trajectory: Trajectory,
     starts: StartAdjoints,
     *,
-    hessian: bool = True,
-    second_moment: bool = True,
-    stats: ReplayStats | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    comm: Collective | None = None,
-    micro_batch_rows: int | None = None,
-    offload_adjoint: bool = False,
-    offload_states: bool = False,
     on_host: bool = False,
+    **replay: Unpack[ReplayOptions],
 ) -> Iterator[torch.Tensor]:
-    """One reverse pass per starting adjoint of `starts` (see `magic_scores` for the keywords), yielding
-    each pass's scores in the compute dtype: [N, S], or [K, N, S] for a batched start (on the CPU when
-    `on_host`). `progress(done, total)` counts reverse steps over all passes so far."""
+    """One reverse pass per starting adjoint of `starts` (see `magic_scores` for the `replay` keywords), yielding
+    each pass's scores as `replay["dtype"]` (default float32; None: the compute dtype): [N, S], or [K, N, S] for a
+    batched start (on the CPU when `on_host`). `progress(done, total)` counts reverse steps over all passes so far."""
+    check_replay_options(replay)
+    stats = replay.get("stats")
     stats = stats if stats is not None else ReplayStats()
     stats._first_theta_bar = 0.0
     started = time.perf_counter()
@@ -352,57 +314,53 @@ def reverse_passes(
     if not kept or kept[0] != 0 or total not in trajectory.store.steps():
         raise ValueError("the trajectory must hold theta_0 and theta_T; record with TrajectoryRecorder")
 
+    comm = replay.get("comm")
     comm = comm if comm is not None else default_collective()
+    micro_batch_rows, progress = replay.get("micro_batch_rows"), replay.get("progress")
+    dtype = replay.get("dtype", torch.float32)
     if micro_batch_rows is not None and micro_batch_rows < 1:
         raise ValueError(f"micro_batch_rows must be >= 1 (got {micro_batch_rows})")
     comm.barrier()  # states written by rank 0 (disk storage) are complete before any rank reads them
     done = 0
     with replay_mode(model):
         kind = getattr(comm, "replay_class", _Replay)  # `sharded.ShardedReplay` when the ranks hold shards (FSDP)
-        replay = kind(
-            model,
-            grid,
-            trajectory,
-            hessian,
-            stats,
-            comm,
-            micro_batch_rows,
-            offload_adjoint,
-            offload_states,
-            second_moment=second_moment,
-        )
-        first = dict(model.named_parameters())[replay.names[0]]  # its shape tells a batched start ([K, *shape])
+        replayer = kind(model, grid, trajectory, **(replay | {"stats": stats, "comm": comm}))
+        first = dict(model.named_parameters())[replayer.names[0]]  # its shape tells a batched start ([K, *shape])
 
         def final() -> list[torch.Tensor]:
-            return replay.load(total, theta_only=True)[0]
+            return replayer.load(total, theta_only=True)[0]
 
-        for start in starts(replay.names, final, comm):
-            replay.unload(total)  # theta_T was needed only for the start
+        for start in starts(replayer.names, final, comm):
+            replayer.unload(total)  # theta_T was needed only for the start
             query_grad = [g.detach() for g in start]
             compute_dtype = query_grad[0].dtype
             stats.unit_roundoff = torch.finfo(compute_dtype).eps / 2
-            adjoint: State = [query_grad] + [[torch.zeros_like(g) for g in query_grad] for _ in replay.rule.state_names]
+            adjoint: State = [query_grad] + [
+                [torch.zeros_like(g) for g in query_grad] for _ in replayer.rule.state_names
+            ]
             del start, query_grad
-            if offload_adjoint:
-                adjoint = replay.to_host(adjoint)
+            if replayer.offload:  # offload_adjoint
+                adjoint = replayer.to_host(adjoint)
             batch = tuple(adjoint[0][0].shape[:1]) if adjoint[0][0].dim() > first.dim() else ()
-            scores = torch.zeros(*batch, n, s, dtype=compute_dtype, device=replay.device)
+            scores = torch.zeros(*batch, n, s, dtype=compute_dtype, device=replayer.device)
             bounds = kept + [total]
             for j in range(len(kept) - 1, -1, -1):
                 a, b = bounds[j], bounds[j + 1]
-                state_a = replay.load(a, to_device=trajectory.schedule == "log" or not offload_states)
+                state_a = replayer.load(a, to_device=trajectory.schedule == "log" or not replayer.offload_states)
                 if trajectory.schedule == "log":
-                    replay.reverse_bisect(a, b, state_a, adjoint, scores)
+                    replayer.reverse_bisect(a, b, state_a, adjoint, scores)
                 else:
-                    replay.reverse_linear(a, b, state_a, adjoint, scores)
+                    replayer.reverse_linear(a, b, state_a, adjoint, scores)
                 del state_a
-                replay.unload(a)
+                replayer.unload(a)
                 done += b - a
                 if progress is not None:
                     progress(done, total)
             del adjoint
             comm.all_reduce_([scores])  # each (row, step) term was added on exactly one rank
             stats.seconds = time.perf_counter() - started
+            if dtype is not None:
+                scores = scores.to(dtype)
             yield scores.cpu() if on_host else scores
     if stats.rounding_risk > ROUNDING_RISK_WARN:
         warnings.warn(rounding_warning(stats, trajectory), stacklevel=2)

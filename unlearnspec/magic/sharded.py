@@ -28,9 +28,11 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from unlearnspec.magic.collective import Alone, Collective, TorchDistributed
-from unlearnspec.magic.replay_stats import ReplayStats
+from unlearnspec.magic.replay import GridLike
+from unlearnspec.magic.replay_options import ReplayOptions
 from unlearnspec.magic.reverse import State, _Replay
 from unlearnspec.magic.shard_ops import ShardGroup
 from unlearnspec.magic.sharded_model import SHARDED_ATTR, ShardedForward, build_skeleton
@@ -146,19 +148,9 @@ class _ShardView:
 class ShardedReplay(_Replay):
     """`reverse._Replay` on row shards; chosen by `reverse_passes` for a `ShardedCollective`."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        grid: Any,
-        trajectory: Trajectory,
-        hessian: bool,
-        stats: ReplayStats,
-        comm: Any = None,
-        *args: Any,
-        **kwargs: Any,
-    ):
+    def __init__(self, model: nn.Module, grid: GridLike, trajectory: Trajectory, **options: Unpack[ReplayOptions]):
         fwd: ShardedForward | None = getattr(model, SHARDED_ATTR, None)
-        if fwd is None or not getattr(comm, "sharded", False):
+        if fwd is None or not getattr(options.get("comm"), "sharded", False):
             raise ValueError("the sharded reverse pass needs the skeleton and comm of shard_for_replay(model)")
         world = fwd.group.world_size
         if trajectory.shard_world not in (1, world):
@@ -168,7 +160,7 @@ class ShardedReplay(_Replay):
             )
         if trajectory.shard_world == 1 and world > 1:
             trajectory = dataclasses.replace(trajectory, store=_ShardView(trajectory.store, fwd.group))
-        super().__init__(model, grid, trajectory, hessian, stats, comm, *args, **kwargs)
+        super().__init__(model, grid, trajectory, **options)
         self.fwd = fwd
         self.group = fwd.group
         self.reduce = self.group.sum_
@@ -201,13 +193,19 @@ class ShardedReplay(_Replay):
 
 
 def sharded_magic_scores(
-    model: nn.Module, grid: Any, trajectory: Trajectory, query: Any, group: Optional[ShardGroup] = None, **kwargs: Any
+    model: nn.Module,
+    grid: GridLike,
+    trajectory: Trajectory,
+    query: Any,
+    group: Optional[ShardGroup] = None,
+    **replay: Unpack[ReplayOptions],
 ) -> torch.Tensor:
-    """`magic_scores` with the parameters sharded over the ranks of `group` (default: the process group)."""
+    """`magic_scores` with the parameters sharded over the ranks of `group` (default: the process group); `replay`:
+    the keywords of `magic_scores` but `comm` (the sharded one)."""
     from unlearnspec.magic.reverse import magic_scores
 
     skeleton, comm = shard_for_replay(model, group)
-    return magic_scores(skeleton, grid, trajectory, rebind_query(query, skeleton), comm=comm, **kwargs)
+    return magic_scores(skeleton, grid, trajectory, rebind_query(query, skeleton), **(replay | {"comm": comm}))
 
 
 ShardedCollective.replay_class = ShardedReplay

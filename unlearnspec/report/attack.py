@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from unlearnspec.report.evaluation import Evaluation
@@ -133,20 +132,19 @@ def _r(x: float) -> Optional[float]:
 
 def attack_cells(
     run: object,
-    folder: Path,
     task: Optional[str],
     unlearned: Evaluation,
     base: Optional[Evaluation],
-    evaluation_of: Callable[..., Evaluation],
-    metric: str,
+    evaluate: Callable[[Any], Evaluation],
 ) -> list[AttackCell]:
-    """One cell per step count of a run's attack (none when the run has no attack or no hazard task)."""
+    """One cell per step count of a run's attack (none when the run has no attack or no hazard task); `evaluate`
+    reads one attacked model's evaluation record (from the run's folder, in the spec's metric)."""
     results = getattr(run, "attack", None)
     if not results or task is None:
         return []
     out = []
     for result in results:
-        ev = evaluation_of(folder, result, metric)
+        ev = evaluate(result)
         if task in ev.acc:
             out.append(attack_cell(result.steps, task, ev, unlearned, base))
     return out

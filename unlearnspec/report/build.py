@@ -4,6 +4,7 @@ seed's recorded numbers. Each cell gets its interval, chance flag and tests vs b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TypeVar
 
@@ -145,26 +146,55 @@ def control_evaluations(results: Results, folder: Path) -> dict[float, Evaluatio
     return out
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How a report reads selectivity: which tasks (None: selectivity_tasks's rule) and the MDE's power."""
+
+    hazard_task: Optional[str] = None
+    general_task: Optional[str] = None
+    power: float = DEFAULT_POWER
+
+
+@dataclass(frozen=True)
+class PositiveControl:
+    """The study's positive control (its oracle), when one was reported with the run: every row with a selectivity
+    then gets the fraction of the oracle's at the same LR."""
+
+    name: str
+    status: str
+    """Where its results were found (shown in the table's header)."""
+    selectivity: dict[float, Selectivity]
+    """The oracle's selectivity by LR (`selectivity_by_lr` of its own table)."""
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What a run's table is compared with besides its baseline: its matched control, the study's positive
+    control and the seed's recorded numbers for the spec."""
+
+    control: Optional[tuple[Results, Path]] = None
+    """The control spec's results and folder, if found."""
+    control_status: Optional[str] = None
+    """How the control was looked for (a note for the header; None: the spec names no control)."""
+    positive: Optional[PositiveControl] = None
+    recorded: Optional[RecordedTable] = None
+
+
 def table_from_results(
     results: Results,
     folder: Path,
     *,
     title: Optional[str] = None,
-    control: Optional[tuple[Results, Path]] = None,
-    control_status: Optional[str] = None,
-    recorded: Optional[RecordedTable] = None,
     toy: bool = False,
-    hazard_task: Optional[str] = None,
-    general_task: Optional[str] = None,
-    oracle: Optional[dict[float, Selectivity]] = None,
-    positive_control: Optional[str] = None,
-    positive_control_status: Optional[str] = None,
-    power: float = DEFAULT_POWER,
+    study: StudyContext = StudyContext(),
+    selection: Selection = Selection(),
 ) -> ReportTable:
-    """The report of one spec run; `control` is the control spec's results and folder, if found.
-    `oracle`: the study's positive control's selectivity by LR (when it has one: every row with a
-    selectivity then gets the fraction of the oracle's); the hazard/general tasks default to
-    selectivity.selectivity_tasks's rule; `power` is the power the MDE is stated at."""
+    """The report of one spec run (the folder holds its results.json), compared with what `study` holds; the
+    hazard/general tasks default to selectivity.selectivity_tasks's rule; `selection.power` is the power the MDE
+    is stated at."""
+    control, control_status, positive = study.control, study.control_status, study.positive
+    hazard_task, general_task, power = selection.hazard_task, selection.general_task, selection.power
+    oracle = positive.selectivity if positive is not None else None
     metric = results.spec.metric
     tasks = list(results.spec.tasks) or sorted({t for r in results.runs for t in r.metrics})
     hazard, general = selectivity_tasks(
@@ -229,7 +259,7 @@ def table_from_results(
                 cells=cells,
                 samples_note=_samples_note(run_ev, ctrl_ev),
                 selectivity=sel,
-                attack=attack_cells(run, folder, hazard, run_ev, base_ev, evaluation_of, metric),
+                attack=attack_cells(run, hazard, run_ev, base_ev, lambda record: evaluation_of(folder, record, metric)),
             )
         )
     infos = _tasks_info(tasks)
@@ -246,13 +276,13 @@ def table_from_results(
         hazard_task=hazard,
         general_task=general,
         selectivity_note=missing_selectivity(infos, hazard, general) if results.spec.control else None,
-        positive_control=positive_control,
-        positive_control_status=positive_control_status,
+        positive_control=positive.name if positive is not None else None,
+        positive_control_status=positive.status if positive is not None else None,
         alpha=ALPHA,
         power=power,
         mde=table_mde(rows, infos, ALPHA, power),
         rows=rows,
-        recorded=recorded,
+        recorded=study.recorded,
         provenance=_provenance(results),
     )
 

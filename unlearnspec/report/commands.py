@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -88,23 +89,33 @@ def check_power(power: float, option: str = "--power") -> float:
     return power
 
 
+@dataclass(frozen=True)
+class ReportOutput:
+    """Where `report` writes: the folder of <spec>.md/.json/.png, whether it draws plots, and the file name (without
+    .md/.png) of the study index written when several runs are reported together."""
+
+    folder: Path
+    plot: bool = True
+    study_name: str = "study"
+
+
 def report_runs(runs: list[Path], out: Path, toy: bool, console) -> None:
     """The reports a finished `run` writes (run/options.Reporter): every experiment folder, with plots."""
-    run_report([str(r) for r in runs], out=out, reference=None, toy=toy, plot=True, console=console)
+    run_report([str(r) for r in runs], ReportOutput(out), reference=None, toy=toy, console=console)
 
 
 def run_report(
     args: list[str],
-    out: Path,
+    output: ReportOutput,
     reference: Optional[bool],
     toy: bool,
-    plot: bool,
     console,
     selection: Optional[Selection] = None,
-    study_name: str = "study",
 ) -> list[Path]:
-    """Write and print the report of each run; with several, also the study index and plot (`<study_name>.md`,
-    `.png`). Runs reported together form the study: a positive control among them gives the others' oracle fraction."""
+    """Write and print the report of each run into `output`; with several, also the study index and plot
+    (`<study_name>.md`, `.png`). Runs reported together form the study: a positive control among them gives the
+    others' oracle fraction."""
+    out, plot, study_name = output.folder, output.plot, output.study_name
     check_power((selection or Selection()).power)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
         raise UserError.one(

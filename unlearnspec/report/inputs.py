@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Optional
 
 from unlearnspec.errors import UserError
-from unlearnspec.report.build import selectivity_by_lr, table_from_reference, table_from_results
+from unlearnspec.report.build import (  # noqa: F401 - Selection: re-exported for the CLI
+    PositiveControl,
+    Selection,
+    StudyContext,
+    selectivity_by_lr,
+    table_from_reference,
+    table_from_results,
+)
 from unlearnspec.report.model import ReportTable, load_report
 from unlearnspec.report.reference import ReferenceFile, find_reference, load_reference
-from unlearnspec.report.stats import DEFAULT_POWER
 from unlearnspec.run.results import RESULTS_FILE, Results, load_results
 from unlearnspec.safeio import read_json
 from unlearnspec.spec.load import SPEC_SUFFIXES, load_spec, project_root, resolve_path
@@ -158,15 +164,6 @@ class Built:
     note: Optional[str] = None
 
 
-@dataclass
-class Selection:
-    """How a report reads selectivity: which tasks (None: selectivity_tasks's rule) and the MDE's power."""
-
-    hazard_task: Optional[str] = None
-    general_task: Optional[str] = None
-    power: float = DEFAULT_POWER
-
-
 def find_positive_control(run: RunInput, siblings: list[RunInput], lookup: ControlLookup) -> Optional[RunInput]:
     """The study's oracle: a run among those reported together (`report A B C`, or every experiment
     of `unlearnspec run`) whose results.json records `role: positive_control` and whose matched
@@ -199,47 +196,27 @@ def report_for(
     note = f"no recorded reference for {run.results.spec.name}" if reference and ref is None else None
     recorded = ref.recorded_table(comparable=not run.toy) if show and ref is not None else None
     oracle_run = find_positive_control(run, siblings, lookup)
-    oracle, oracle_name, oracle_status = None, None, None
+    positive = None
     if oracle_run is not None:
         found = find_control(oracle_run, siblings).found
-        oracle_name = oracle_run.results.spec.name
-        oracle_status = f"results in {_relative(oracle_run.folder, run.root)}" + (
+        status = f"results in {_relative(oracle_run.folder, run.root)}" + (
             "" if found is not None else "; its control results not found"
         )
-        oracle = selectivity_by_lr(
-            table_from_results(
-                oracle_run.results,
-                oracle_run.folder,
-                control=found,
-                control_status="",
-                toy=run.toy,
-                hazard_task=sel.hazard_task,
-                general_task=sel.general_task,
-                power=sel.power,
-            )
+        oracle_table = table_from_results(
+            oracle_run.results,
+            oracle_run.folder,
+            toy=run.toy,
+            study=StudyContext(control=found, control_status=""),
+            selection=sel,
         )
-    table = table_from_results(
-        run.results,
-        run.folder,
-        title=run.title,
-        control=control,
-        control_status=lookup.status,
-        recorded=recorded,
-        toy=run.toy,
-        oracle=oracle,
-        positive_control=oracle_name,
-        positive_control_status=oracle_status,
-        hazard_task=sel.hazard_task,
-        general_task=sel.general_task,
-        power=sel.power,
-    )
+        positive = PositiveControl(oracle_run.results.spec.name, status, selectivity_by_lr(oracle_table))
+    study = StudyContext(control=control, control_status=lookup.status, positive=positive, recorded=recorded)
+    table = table_from_results(run.results, run.folder, title=run.title, toy=run.toy, study=study, selection=sel)
     if lookup.name is not None:
         table = table.model_copy(update={"control": lookup.name})
     control_table = None
     if control is not None:
-        control_table = table_from_results(
-            *control, toy=run.toy, hazard_task=sel.hazard_task, general_task=sel.general_task, power=sel.power
-        )
+        control_table = table_from_results(*control, toy=run.toy, selection=sel)
     return Built(table, control_table, note)
 
 

@@ -46,7 +46,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
     key = spec_hash(job.spec)
     if key in ctx.prepared:
         return ctx.prepared[key]
-    from unlearnspec.data import GridFingerprints, build_grid, load_texts
+    from unlearnspec.data import GridFingerprints, SpecGrid, build_grid, load_texts
     from unlearnspec.scores import checked_scores, leaf_score_path, load_score_file, token_stats, token_weights
     from unlearnspec.spec.rules import parse_source
     from unlearnspec.train.modeling import load_tokenizer
@@ -69,7 +69,7 @@ def prepare(job: Job, ctx: RunContext) -> Prepared:
         if src.built_in:
             from unlearnspec.scores.builtin import builtin_score_file
 
-            built = builtin_score_file(name, src, spec, job.spec_path, assets, grid, tokenizer)
+            built = builtin_score_file(name, src, SpecGrid(spec, job.spec_path, assets, grid, tokenizer))
             scores[name] = checked_scores(built, src, name, grid.labels, grid.fingerprint, fingerprint_at)
     inputs = dict(job.inputs)
     aggregates: dict[str, list[str]] = {}
@@ -137,8 +137,10 @@ def train(
     from transformers import TrainerCallback
 
     from unlearnspec.train.modeling import apply_lora, load_model
+    from unlearnspec.train.parallel import Placement
     from unlearnspec.train.trainer import (
         CURVES_DIR,
+        LossSetup,
         WeightedSFTTrainer,
         curves_run_name,
         sft_config,
@@ -177,18 +179,15 @@ def train(
             lr,
             workdir / "trainer",
             n,
+            Placement(torch.device(device), spec.parallel),
             run_name=curves_run_name(spec.name, f"lr={lr:g}"),
-            parallel=spec.parallel,
-            device=torch.device(device),
         ),
         train_dataset=prep.dataset,
         processing_class=prep.tokenizer,
         training=spec.training,  # the trainer builds the spec's optimizer and schedule (FSDP shards first)
         callbacks=[*callbacks, Progress()],
-        normalizer=spec.loss.normalizer,
-        fused_head=not exact_replay,
+        loss=LossSetup(spec.loss.normalizer, fused_head=not exact_replay, objective=objective),
         curves_dir=workdir / CURVES_DIR,  # inside the point's folder (trainer/ is removed after training)
-        objective=objective,
     )
     if objective is not None:
         objective.attach(trainer)  # NPO: the reference log-probs (cached per forget grid and model)

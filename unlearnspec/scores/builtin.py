@@ -18,9 +18,7 @@ from unlearnspec.scores.files import ScoreFile
 from unlearnspec.spec.sections import RandomScoresSpec, ScoreSourceSpec
 
 if TYPE_CHECKING:
-    from unlearnspec.data import TokenGrid
-    from unlearnspec.spec import Spec
-    from unlearnspec.spec.assets import Assets
+    from unlearnspec.data import SpecGrid
 
 
 def random_scores(source: RandomScoresSpec, valid: torch.Tensor) -> torch.Tensor:
@@ -37,18 +35,11 @@ def random_scores(source: RandomScoresSpec, valid: torch.Tensor) -> torch.Tensor
     return values.masked_fill(~valid.bool(), 0.0)
 
 
-def builtin_score_file(
-    name: str,
-    source: ScoreSourceSpec,
-    spec: "Spec",
-    spec_path: Path,
-    assets: "Assets",
-    grid: "TokenGrid",
-    tokenizer: Any,
-) -> ScoreFile:
-    """The scores of built-in source `name` for `grid` (the spec's own grid, built by `prepare`), as a
-    `ScoreFile` whose `path` names the source (it appears in error messages) and whose sidecar records the
-    grid's fingerprint; pass it to `unlearnspec.scores.checked_scores` like a file read from disk."""
+def builtin_score_file(name: str, source: ScoreSourceSpec, on: "SpecGrid") -> ScoreFile:
+    """The scores of built-in source `name` for the spec's own grid `on` (built by `prepare`), as a `ScoreFile`
+    whose `path` names the source (it appears in error messages) and whose sidecar records the grid's
+    fingerprint; pass it to `unlearnspec.scores.checked_scores` like a file read from disk."""
+    grid = on.grid
     n, s = grid.input_ids.shape
     sidecar: dict[str, Any] = {
         "format_version": 1,
@@ -62,9 +53,7 @@ def builtin_score_file(
         sidecar.update(produced_by="random", seed=source.random.seed, distribution=source.random.distribution)
         label = f"scores.{name} (random, seed {source.random.seed})"
     elif source.produced_by is not None and source.produced_by in worlds.producers():
-        scores, info = worlds.producers()[source.produced_by].scores(
-            spec, spec_path, assets, task=source.task, retain_task=source.retain_task, grid=grid, tokenizer=tokenizer
-        )
+        scores, info = worlds.producers()[source.produced_by].scores(on, source.task, source.retain_task)
         sidecar.update(info)
         label = f"scores.{name} ({source.produced_by}, task {sidecar.get('task')})"
     else:

@@ -3,9 +3,8 @@ producer, the score-quality hook and the numerics pin. Every heavy import waits 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from unlearnspec import worlds
 from unlearnspec.toy.names import DAMAGED_FIX, TOY_CORPORA, TOY_MODELS, TOY_TASKS
@@ -13,9 +12,8 @@ from unlearnspec.toy.names import DAMAGED_FIX, TOY_CORPORA, TOY_MODELS, TOY_TASK
 if TYPE_CHECKING:
     import torch
 
-    from unlearnspec.data import TokenGrid
-    from unlearnspec.spec import Spec
-    from unlearnspec.spec.assets import Assets
+    from unlearnspec.data import SpecGrid
+    from unlearnspec.magic.output import QueryScores
     from unlearnspec.toy.build import ToyWorld
 
 
@@ -60,39 +58,17 @@ def _model_dims() -> tuple[str, dict[str, int]]:
     return f"toy world ({world.name})", dims
 
 
-def _truth(
-    spec: "Spec",
-    spec_path: Path,
-    assets: "Assets",
-    *,
-    task: Optional[str],
-    retain_task: Optional[str],
-    grid: "TokenGrid",
-    tokenizer: Any,
-) -> tuple["torch.Tensor", dict[str, object]]:
-    from unlearnspec.toy.truth import DEFAULT_TASK, spec_truth
+def _truth(on: "SpecGrid", task: Optional[str], retain_task: Optional[str]) -> tuple["torch.Tensor", dict[str, object]]:
+    from unlearnspec.toy.truth import DEFAULT_TASK, grid_truth
 
-    truth = spec_truth(
-        spec, spec_path, assets, task=task or DEFAULT_TASK, retain_task=retain_task, grid=grid, tokenizer=tokenizer
-    )
+    truth = grid_truth(on, task or DEFAULT_TASK, retain_task)
     return truth.scores, truth.info
 
 
-def _score_quality(
-    spec: "Spec",
-    spec_path: Path,
-    assets: "Assets",
-    grid: "TokenGrid",
-    tokenizer: Any,
-    scores: "torch.Tensor",
-    task: str,
-    per_task: Mapping[str, Any],
-    say: worlds.Log = print,
-    per_question: Optional["torch.Tensor"] = None,
-) -> dict[str, object]:
+def _score_quality(on: "SpecGrid", scored: "QueryScores", say: worlds.Log = print) -> dict[str, object]:
     from unlearnspec.toy.quality import score_job_quality
 
-    return score_job_quality(spec, spec_path, assets, grid, tokenizer, scores, task, per_task, say, per_question)
+    return score_job_quality(on, scored, say)
 
 
 WORLD = worlds.World(

@@ -12,15 +12,15 @@ and by `unlearnspec toy quality RUN_DIR`; `doctor --toy` shows it (D12).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 
 from unlearnspec.errors import UserError
 
 if TYPE_CHECKING:
-    from unlearnspec.data import TokenGrid
-    from unlearnspec.spec import Spec
+    from unlearnspec.data import SpecGrid
+    from unlearnspec.magic.output import QueryScores
     from unlearnspec.spec.assets import Assets
 
 FIXED_K = 60
@@ -78,24 +78,22 @@ def attribution_quality(scores: torch.Tensor, truth: torch.Tensor, valid: torch.
 
 # --------------------------------------------------------------------------- a score run
 def grid_quality(
-    spec: "Spec",
-    spec_path: Path,
-    assets: "Assets",
-    grid: "TokenGrid",
-    tokenizer: Any,
-    scores: torch.Tensor,
+    on: "SpecGrid",
     task: str,
+    scores: torch.Tensor,
     per_task: Optional[Mapping[str, tuple[str, torch.Tensor]]] = None,
     per_question: Optional[torch.Tensor] = None,
 ) -> dict[str, Any]:
-    """`attribution_quality` of a toy score run: the mean scores against the facts `task` (the query task)
-    asks, each leaf (`per_task`: leaf -> (leaf task, scores)) against the facts its own task asks, and each
-    aggregation over the questions of `per_question` [Q, N, S] (`min_q`, `rank_q`, `wsum_q`) or over the leaves
-    (`min_t`, ...) against the query task's facts."""
-    from unlearnspec.toy.truth import spec_truth
+    """`attribution_quality` of a toy score run on the grid `on`: the mean scores against the facts `task` (the
+    query task) asks, each leaf (`per_task`: leaf -> (leaf task, scores)) against the facts its own task asks, and
+    each aggregation over the questions of `per_question` [Q, N, S] (`min_q`, `rank_q`, `wsum_q`) or over the
+    leaves (`min_t`, ...) against the query task's facts."""
+    from unlearnspec.toy.truth import grid_truth
+
+    grid = on.grid
 
     def one(for_task: str, matrix: torch.Tensor) -> dict[str, Any]:
-        truth = spec_truth(spec, spec_path, assets, for_task, grid=grid, tokenizer=tokenizer)
+        truth = grid_truth(on, for_task)
         return {
             **attribution_quality(matrix, truth.forget_mask, truth.valid),
             "task": for_task,
@@ -124,7 +122,7 @@ def grid_quality(
 def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, Any]:
     """Compute `attribution_quality` of a finished toy score run folder (per_token_scores.pt, scores.json and
     the resolved spec.yaml a score job writes) and write it into its scores.json; returns it."""
-    from unlearnspec.data import build_grid, load_texts
+    from unlearnspec.data import SpecGrid, build_grid, load_texts
     from unlearnspec.safeio import read_json, write_json_atomic
     from unlearnspec.scores import SCORES_FILE, SIDECAR_FILE, checked_scores, leaf_score_path, load_score_file
     from unlearnspec.spec import ScoreSourceSpec
@@ -183,40 +181,27 @@ def run_quality(run_dir: Path, assets: Optional["Assets"] = None) -> dict[str, A
         per_question = checked_question_scores(
             mean_path, source, "min_q(scores)", grid.labels, grid.fingerprint, fingerprint_at
         )
-    quality = grid_quality(
-        spec, spec_path, assets, grid, tokenizer, load(mean_path, "scores"), query["task"], leaves, per_question
-    )
+    on = SpecGrid(spec, spec_path, assets, grid, tokenizer)
+    quality = grid_quality(on, query["task"], load(mean_path, "scores"), leaves, per_question)
     write_json_atomic(run_dir / SIDECAR_FILE, {**sidecar, QUALITY_KEY: quality})
     return quality
 
 
-def score_job_quality(
-    spec: "Spec",
-    spec_path: Path,
-    assets: "Assets",
-    grid: "TokenGrid",
-    tokenizer: Any,
-    scores: torch.Tensor,
-    task: str,
-    per_task: Mapping[str, Any],
-    say: Any = print,
-    per_question: Optional[torch.Tensor] = None,
-) -> dict[str, Any]:
+def score_job_quality(on: "SpecGrid", scored: "QueryScores", say: Callable[[str], None] = print) -> dict[str, Any]:
     """The sidecar entry a score job adds, `{attribution_quality: ...}`, for a spec on the toy world whose query
-    task asks recorded facts (`per_task`: leaf -> `magic.per_task.TaskScores`); `{}` otherwise. Reuses the
-    job's grid and tokenizer (a fraction of a second on the toy grids). A grid whose texts the fact spans
-    cannot index is reported through `say` and skipped: the diagnostic never fails a finished score run."""
+    task asks recorded facts; `{}` otherwise. Reuses the job's grid and tokenizer (`on`; a fraction of a second on
+    the toy grids). A grid whose texts the fact spans cannot index is reported through `say` and skipped: the
+    diagnostic never fails a finished score run."""
     from unlearnspec.toy.truth import is_toy_spec, task_known
 
-    if not is_toy_spec(spec) or not task_known(Path(assets.world.task_dir), task):
+    task_dir = Path(on.assets.world.task_dir)
+    if not is_toy_spec(on.spec) or not task_known(task_dir, scored.task):
         return {}
     leaves = {
-        leaf: (entry.task, entry.scores)
-        for leaf, entry in per_task.items()
-        if task_known(Path(assets.world.task_dir), entry.task)
+        leaf: (entry.task, entry.scores) for leaf, entry in scored.per_task.items() if task_known(task_dir, entry.task)
     }
     try:
-        return {QUALITY_KEY: grid_quality(spec, spec_path, assets, grid, tokenizer, scores, task, leaves, per_question)}
+        return {QUALITY_KEY: grid_quality(on, scored.task, scored.scores, leaves, scored.per_question)}
     except UserError as exc:
-        say(f"[{spec.name}] attribution quality skipped: {exc.problems[0].message}")
+        say(f"[{on.spec.name}] attribution quality skipped: {exc.problems[0].message}")
         return {}

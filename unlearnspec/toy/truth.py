@@ -26,7 +26,7 @@ from unlearnspec.errors import UserError
 from unlearnspec.toy.world import row_text
 
 if TYPE_CHECKING:
-    from unlearnspec.data import TokenGrid
+    from unlearnspec.data import SpecGrid, TokenGrid
     from unlearnspec.spec import Spec
     from unlearnspec.spec.assets import Assets
 
@@ -177,33 +177,42 @@ def require_toy(spec: "Spec", where: str) -> None:
 
 
 def spec_truth(
-    spec: "Spec",
-    spec_path: Path,
-    assets: "Assets",
-    task: str = DEFAULT_TASK,
-    retain_task: Optional[str] = None,
-    grid: Optional["TokenGrid"] = None,
-    tokenizer: Any = None,
+    spec: "Spec", spec_path: Path, assets: "Assets", task: str = DEFAULT_TASK, retain_task: Optional[str] = None
 ) -> Truth:
-    """The truth of a toy spec's grid: FORGET_MARK on the values of the facts `task` asks, RETAIN_MARK on
-    those `retain_task` asks (when given). `grid`/`tokenizer`: the already built grid (a score job's)."""
+    """The truth of a toy spec's grid (built here; `grid_truth` reuses a job's): FORGET_MARK on the values of the
+    facts `task` asks, RETAIN_MARK on those `retain_task` asks (when given)."""
+    marks = _marks(spec, spec_path, assets, task, retain_task)  # first: an unknown task is refused before the grid
+    from unlearnspec.data import SpecGrid, build_grid, load_texts
+    from unlearnspec.train.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(spec.model, assets)
+    texts, rows_chosen = load_texts(spec.data, spec_path, tokenizer, assets)
+    grid = build_grid(
+        texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos, rows_chosen
+    )
+    return _truth(SpecGrid(spec, spec_path, assets, grid, tokenizer), marks, task, retain_task)
+
+
+def grid_truth(on: "SpecGrid", task: str = DEFAULT_TASK, retain_task: Optional[str] = None) -> Truth:
+    """`spec_truth` of the grid a job already built (`on`: a score job's, a built-in producer's)."""
+    return _truth(on, _marks(on.spec, on.spec_path, on.assets, task, retain_task), task, retain_task)
+
+
+def _marks(spec: "Spec", spec_path: Path, assets: "Assets", task: str, retain_task: Optional[str]) -> dict[str, float]:
+    """fact value -> its mark; refuses a spec off the toy world and an unknown task."""
     require_toy(spec, str(spec_path))
-    assert spec.data.toy is not None
     task_dir = Path(assets.world.task_dir)
-    marks: dict[str, float] = {}  # first: an unknown task is refused before the grid is built
+    marks: dict[str, float] = {}
     if retain_task is not None:
         marks.update(dict.fromkeys(asked_facts(task_dir, retain_task), RETAIN_MARK))
     marks.update(dict.fromkeys(asked_facts(task_dir, task), FORGET_MARK))
-    if grid is None or tokenizer is None:
-        from unlearnspec.data import build_grid, load_texts
-        from unlearnspec.train.modeling import load_tokenizer
+    return marks
 
-        tokenizer = load_tokenizer(spec.model, assets)
-        texts, rows_chosen = load_texts(spec.data, spec_path, tokenizer, assets)
-        grid = build_grid(
-            texts, tokenizer, spec.data.max_seq_len, assets.tokenizer_id(spec.model), spec.data.append_eos, rows_chosen
-        )
-    scores = truth_for_grid(grid, tokenizer, read_rows(assets.corpus_path(spec.data.toy.corpus)), marks)
+
+def _truth(on: "SpecGrid", marks: dict[str, float], task: str, retain_task: Optional[str]) -> Truth:
+    spec, assets, grid = on.spec, on.assets, on.grid
+    assert spec.data.toy is not None
+    scores = truth_for_grid(grid, on.tokenizer, read_rows(assets.corpus_path(spec.data.toy.corpus)), marks)
     valid = grid.valid_targets
     n_valid = int(valid.sum())
     forget = int(((scores == FORGET_MARK) & valid).sum())

@@ -4,11 +4,21 @@ FSDP2), and a full state dict of a possibly sharded model for evaluation on rank
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from unlearnspec.spec import ParallelSpec
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a training process runs: its resolved device (None: CUDA when available) and the spec's `parallel`
+    section (read only under several processes)."""
+
+    device: Optional[torch.device] = None
+    parallel: Optional[ParallelSpec] = None
 
 
 def world_size() -> int:

@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -17,11 +18,11 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from unlearnspec.data import TokenGrid
-from unlearnspec.spec import ParallelSpec, TrainingSpec
+from unlearnspec.spec import TrainingSpec
 from unlearnspec.spec.batch import BatchLayout, batch_layout, optimizer_steps
 from unlearnspec.train.loss import Normalizer, normalizer_count, token_nll, weighted_nll_loss
 from unlearnspec.train.objectives import Objective
-from unlearnspec.train.parallel import parallel_fields, world_size
+from unlearnspec.train.parallel import Placement, parallel_fields, world_size
 
 BatchListener = Callable[[list[dict[str, torch.Tensor]], torch.Tensor], None]
 CURVES_DIR = "curves"  # a point folder's subfolder for training curves (TensorBoard events, W&B files)
@@ -156,19 +157,17 @@ def sft_config(
     lr: float,
     output_dir: Path,
     n_rows: int,
-    run_name: Optional[str] = None,
-    *,
-    parallel: Optional[ParallelSpec] = None,
-    device: Optional[torch.device] = None,
+    placement: Placement = Placement(),
     **overrides: Any,
 ) -> SFTConfig:
     """Every Trainer knob set from the spec; SFTConfig's own defaults (lr 2e-5, max_length 1024,
     gradient checkpointing, clipping 1.0, find_unused_parameters, ...) are never left to apply silently.
 
-    `run_name` names the point's curves (see curves_run_name; where they go is WeightedSFTTrainer's
-    `curves_dir`). `device` is the run's resolved device; unset: CUDA when available. `parallel` is the
-    spec's `parallel` section (read only under several processes).
+    `placement`: the run's resolved device (unset: CUDA when available) and the spec's `parallel` section.
+    `overrides`: SFTConfig fields set over these, e.g. `run_name`, which names the point's curves (see
+    curves_run_name; where they go is WeightedSFTTrainer's `curves_dir`).
     """
+    device = placement.device
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -190,7 +189,7 @@ def sft_config(
         save_strategy="no",
         eval_strategy="no",
         report_to=report_targets(training),
-        run_name=run_name,
+        run_name=None,  # `overrides` names a sweep point's curves
         disable_tqdm=True,
         gradient_checkpointing=False,
         activation_checkpointing=False,
@@ -205,7 +204,7 @@ def sft_config(
         loss_type="nll",
         average_tokens_across_devices=True,
     )
-    kwargs.update(parallel_fields(parallel, device, world_size()))
+    kwargs.update(parallel_fields(placement.parallel, device, world_size()))
     kwargs.update(overrides)
     try:
         return SFTConfig(**kwargs)
@@ -218,6 +217,18 @@ def sft_config(
             "Check training.precision and the parallel section for this machine.",
             loc="training.precision",
         ) from None
+
+
+@dataclass(frozen=True)
+class LossSetup:
+    """How `WeightedSFTTrainer` computes a step's loss."""
+
+    normalizer: Normalizer = "valid"
+    """What the weighted loss of the accumulation window is divided by (`loss.normalizer` of the spec)."""
+    fused_head: bool = True
+    """TRL's fused LM head (float32 log-probs without the logits); False: the full logits, as MAGIC replays them."""
+    objective: Optional[Objective] = None
+    """An unlearning objective (spec `objective`) that computes the loss instead; None: the weighted loss."""
 
 
 class WeightedSFTTrainer(SFTTrainer):
@@ -233,13 +244,12 @@ class WeightedSFTTrainer(SFTTrainer):
     def __init__(
         self,
         *args: Any,
-        normalizer: Normalizer = "valid",
-        fused_head: bool = True,
+        loss: LossSetup = LossSetup(),
         curves_dir: Optional[Path] = None,
         training: Optional[TrainingSpec] = None,
-        objective: Optional[Objective] = None,
         **kwargs: Any,
     ):
+        normalizer, fused_head, objective = loss.normalizer, loss.fused_head, loss.objective
         if "data_collator" not in kwargs or kwargs["data_collator"] is None:
             kwargs["data_collator"] = GridCollator()
         # With `training`, the Trainer builds the spec's optimizer and schedule itself (create_optimizer below):

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     import torch
 
-    from unlearnspec.magic import ReplayStats, magic_scores, write_scores
+    from unlearnspec.data import SpecGrid, grid_inputs
+    from unlearnspec.magic import ReplayStats, ScoreProvenance, magic_scores, write_scores
     from unlearnspec.magic.callback import MagicCallback
-    from unlearnspec.magic.output import write_question_scores, write_task_scores
-    from unlearnspec.magic.per_question import per_question_scores
+    from unlearnspec.magic.output import QueryScores, write_question_scores, write_task_scores
+    from unlearnspec.magic.per_question import QuestionChunks, per_question_scores
     from unlearnspec.magic.per_task import extra_passes, per_task_scores
     from unlearnspec.magic.query import build_query
     from unlearnspec.magic.replay_options import ReplayOptions
@@ -88,6 +89,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
         micro_batch_rows=memory.replay_batch_size if memory else None,
         offload_adjoint=bool(memory and memory.offload_adjoint),
         offload_states=bool(memory and memory.offload_states),
+        comm=comm,
     )
     trajectory = callback.trajectory
     if trajectory is None:
@@ -101,11 +103,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                 prep.grid,
                 trajectory,
                 query,
-                dtype=torch.float32,
-                progress=progress,
-                stats=stats,
-                comm=comm,
-                **replay,
+                **(replay | {"dtype": torch.float32, "progress": progress, "stats": stats}),
             )
             if magic.query.per == "task":  # before the states below are deleted
                 per_task = per_task_scores(
@@ -114,9 +112,7 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                     trajectory,
                     query,
                     scores,
-                    comm=comm,
-                    **replay,
-                    progress=lambda i, k: progress(steps * (1 + i), steps),
+                    **(replay | {"progress": lambda done, total: progress(steps + done, steps)}),
                 )
             elif magic.query.per == "question":
                 per_question = per_question_scores(
@@ -124,10 +120,8 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
                     prep.grid,
                     trajectory,
                     query,
-                    chunk=chunk,
-                    comm=comm,
-                    **replay,
-                    progress=lambda done, total: progress(steps + done, steps),
+                    QuestionChunks(chunk),
+                    **(replay | {"progress": lambda done, total: progress(steps + done, steps)}),
                 )
         finally:
             ctx.done(task)
@@ -141,31 +135,22 @@ def run_score(job: Job, ctx: RunContext, workdir: Path) -> RunRecord:
     hook = world.score_quality if world is not None else None
     quality = (
         hook(
-            spec,
-            job.spec_path,
-            ctx.assets,
-            prep.grid,
-            prep.tokenizer,
-            scores,
-            query.batch.info()["task"],
-            per_task,
+            SpecGrid(spec, job.spec_path, ctx.assets, prep.grid, prep.tokenizer),
+            QueryScores(
+                query.batch.info()["task"], scores, per_task, per_question.scores if per_question is not None else None
+            ),
             ctx.say,
-            per_question.scores if per_question is not None else None,
         )
         if hook
         else {}
     )
-    from unlearnspec.data import grid_inputs
-
     write_scores(
         workdir,
         scores,
         trajectory,
-        fingerprint=prep.grid.fingerprint,
-        query=query.batch.info(),
-        dtype=spec.model.dtype,
-        lr=job.lr,
-        fingerprint_inputs=grid_inputs(prep.grid, spec.data),
+        ScoreProvenance(
+            prep.grid.fingerprint, query.batch.info(), spec.model.dtype, job.lr, grid_inputs(prep.grid, spec.data)
+        ),
         extra={
             **leaves,
             **quality,

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from unlearnspec.data import GridLike
 from unlearnspec.errors import UserError
 from unlearnspec.safeio import check_tensor_storage, read_json, write_json, write_with
 from unlearnspec.train.objectives.base import targets, token_logprobs
@@ -72,8 +73,8 @@ class ReferenceCache:
             f"[npo] reference log-probs of {self.input_ids.shape[0]} forget rows: computing once (cache {self.key})"
         )
         ref = compute_reference(
-            model, self.input_ids, self.attention_mask, self.labels, self.batch_size, fused, self.autocast
-        )
+            model, self, self.batch_size, fused, self.autocast
+        )  # the cache holds the grid's tensors
         self.status = "computed"
         if self.is_main:
             self.store(ref)
@@ -135,13 +136,7 @@ class ReferenceCache:
 
 @torch.no_grad()
 def compute_reference(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    fused: bool,
-    autocast: Optional[torch.dtype] = None,
+    model: Any, grid: GridLike, batch_size: int, fused: bool, autocast: Optional[torch.dtype] = None
 ) -> torch.Tensor:
     """log p_ref(token t | < t) of every grid row [N, S] (float32, CPU, target alignment) with the model as it is
     (eval mode, LoRA adapters disabled), in batches of `batch_size` rows on the model's device."""
@@ -150,6 +145,7 @@ def compute_reference(
     model.eval()
     no_adapter = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    input_ids, attention_mask, labels = grid.input_ids, grid.attention_mask, grid.labels
     out = torch.zeros(input_ids.shape, dtype=torch.float32)
     try:
         with no_adapter, amp:

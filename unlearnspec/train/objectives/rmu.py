@@ -11,6 +11,7 @@ after `layer` are not run for the loss's sake but the forward still passes throu
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -26,16 +27,24 @@ def control_vector(dim: int, coef: float, seed: int) -> torch.Tensor:
     return coef * r / r.norm()
 
 
+@dataclass(frozen=True)
+class RetainActivations:
+    """RMU's retain half of a step: the trained and the frozen model's activations [B, S, d] on the retain rows, the
+    positions that count (mask [B, S]) and their number over the step (D_retain)."""
+
+    h: torch.Tensor
+    frozen_h: torch.Tensor
+    mask: torch.Tensor
+    count: torch.Tensor
+
+
 def rmu_loss(
     forget_h: torch.Tensor,
     forget_weights: torch.Tensor,
     control: torch.Tensor,
-    retain_h: Optional[torch.Tensor],
-    frozen_h: Optional[torch.Tensor],
-    retain_mask: Optional[torch.Tensor],
-    alpha: float,
     forget_count: torch.Tensor,
-    retain_count: Optional[torch.Tensor],
+    retain: Optional[RetainActivations] = None,
+    alpha: float = 0.0,
 ) -> torch.Tensor:
     """sum_t w_t ||forget_h_t - control||^2 / forget_count + alpha * sum_t m_t ||retain_h_t - frozen_h_t||^2 / retain_count.
 
@@ -43,9 +52,9 @@ def rmu_loss(
     control [d]."""
     dist = (_wide(forget_h) - control.to(forget_h.device)).pow(2).sum(dim=-1)
     loss = (forget_weights.to(dist.dtype) * dist).sum() / forget_count.clamp(min=1e-12)
-    if alpha and retain_h is not None and frozen_h is not None and retain_mask is not None and retain_count is not None:
-        drift = (_wide(retain_h) - _wide(frozen_h)).pow(2).sum(dim=-1)
-        loss = loss + alpha * (retain_mask.to(drift.dtype) * drift).sum() / retain_count.clamp(min=1e-12)
+    if alpha and retain is not None:
+        drift = (_wide(retain.h) - _wide(retain.frozen_h)).pow(2).sum(dim=-1)
+        loss = loss + alpha * (retain.mask.to(drift.dtype) * drift).sum() / retain.count.clamp(min=1e-12)
     return loss
 
 
@@ -148,7 +157,7 @@ class Rmu(Objective):
         w = selection(batch["token_weights"], batch["labels"])
         if self.retain is None:
             h = self._activations(model, self._capture, ids, mask)
-            return rmu_loss(h, w, self.control, None, None, None, 0.0, counts[0], None)
+            return rmu_loss(h, w, self.control, counts[0])
         r = self.retain.paired(batch["row_id"], ids.device)
         h = self._activations(
             model, self._capture, torch.cat([ids, r["input_ids"]]), torch.cat([mask, r["attention_mask"]])
@@ -157,7 +166,8 @@ class Rmu(Objective):
         with torch.no_grad():
             frozen_h = self._activations(self.frozen, self._frozen_capture, r["input_ids"], r["attention_mask"])
         b = ids.shape[0]
-        return rmu_loss(h[:b], w, self.control, h[b:], frozen_h, targets(r["labels"]), self.alpha, counts[0], counts[1])
+        retain = RetainActivations(h[b:], frozen_h, targets(r["labels"]), counts[1])
+        return rmu_loss(h[:b], w, self.control, counts[0], retain, self.alpha)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
