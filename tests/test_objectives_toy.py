@@ -37,6 +37,7 @@ def _spec(tmp_path, name: str) -> str:
     data["training"].update(lr=[1e-4, 2e-4] if name == "npo" else [1e-4], max_steps=20)
     if name == "rmu":
         data["training"]["optimizer"] = {"name": "adamw", "weight_decay": 0.0}
+        data.pop("parallel")  # the base spec shards (FSDP) over the example site's 2 GPUs; RMU refuses FSDP
     for task in data["eval"]["tasks"]:
         task["limit"] = 50
     path = tmp_path / f"{name}.yaml"
