@@ -29,3 +29,14 @@ def test_selectivity_vs_baseline_oracle_fraction_and_attack_column(tmp_path):
     assert f"| {expected / best:.2f} |" in line and f"{run.attack[0].steps}: {run.attack[0].acc:.3f}" in line
     topk_lines = [x for x in text.splitlines() if x.startswith("| controls_magic_topk |")]
     assert topk_lines and all("| not run |" in x for x in topk_lines)
+
+
+def test_a_failed_point_says_why_not_no_matched_control():
+    """controls_magic_topk_not_mmlu at toy LR 0.2 diverged (non-finite loss): its row names that."""
+    oracle = load_report(REPO / "reports" / "controls_oracle.json")
+    table = load_report(REPO / "reports" / "controls_magic_topk_not_mmlu.json")
+    failed = [r for r in table.rows if r.kind == "run" and r.status != "ok"]
+    assert failed, "the committed report has a failed point"
+    text = markdown([oracle, table], oracle, "s", None)
+    line = next(x for x in text.splitlines() if x.startswith(f"| controls_magic_topk_not_mmlu | {failed[0].label} |"))
+    assert "failed" in line and "non-finite" in line and "no matched control" not in line

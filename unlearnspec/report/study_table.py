@@ -74,6 +74,10 @@ def markdown(tables: list[ReportTable], oracle: ReportTable, name: str, png: Opt
         hazard, general = _tasks(t)
         base = _base(t)
         for r in (r for r in t.rows if r.kind == "run"):
+            if r.status != "ok":  # a failed point has no accuracies: say why, not "no matched control"
+                why = f"{r.status}" + (f": {r.reason}" if r.reason else "")
+                lines.append(f"| {t.spec} | {r.label} | {why} | | | | | |")
+                continue
             s = selectivity_vs_base(r, base, hazard, general)
             sel = f"{s[0]:+.4f} [{s[0] - 1.96 * s[1]:+.4f}, {s[0] + 1.96 * s[1]:+.4f}]" if s else "n/a"
             frac = f"{s[0] / best:.2f}" if s else "n/a"
