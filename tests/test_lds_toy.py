@@ -19,6 +19,7 @@ ROWS = ["--set", "data.select.count=400", "--set", "training.max_steps=100"]
 
 
 @pytest.mark.slow
+@pytest.mark.first
 def test_score_run_with_lds_and_the_lds_command(toy_world, tmp_path):
     env = _env(toy_world)
     out = tmp_path / "scores"
@@ -43,6 +44,7 @@ def test_score_run_with_lds_and_the_lds_command(toy_world, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.first
 def test_doctor_flags_a_nonlinear_score_run(toy_world, tmp_path):
     """The toy SGD lr mapping before this change (x2000 -> 0.2): LDS measured 0.18 at 10 subsets."""
     env = _env(toy_world)

@@ -207,6 +207,7 @@ def test_the_rebuild_comparison_sees_one_bit_and_ignores_only_the_writer_version
 
 # Slow: pretrains the toy world from scratch (600 steps with the pinned portable kernels, ~4-5 CPU-minutes).
 @pytest.mark.slow
+@pytest.mark.first
 def test_toy_build_force_rebuilds_the_shipped_world_bit_for_bit(tmp_path):
     record = manifest()
     assert record is not None and record["key"] == world_key(load_config(None)), STALE  # fail fast, before pretraining
