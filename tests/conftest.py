@@ -34,6 +34,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("first") is None)  # stable: the rest keep their order
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`-n N` without an explicit `--dist`: work stealing, so an idle worker takes queued tests from the busy one and
+    the long `first` tests do not leave one worker running alone at the end (pytest-xdist's default, `load`, hands
+    each worker a fixed share up front). Optional: a run without xdist (`-p no:xdist`) never calls it."""
+    if any(arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args):
+        return None  # the user chose a mode
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _torch_numerics_restored():
     """A toy-world run applies the world's numerics to this process (oneDNN, threads); put them back after
