@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from unlearnspec.report.evaluation import Evaluation
 from unlearnspec.report.model import AttackCell
-from unlearnspec.report.stats import ALPHA, Z95, mcnemar, two_proportion_z, wilson_interval
+from unlearnspec.report.stats import ALPHA, Z95, wilson_interval
 
 BOOTSTRAP_ITERS = 2000
 """Resamples of the questions for the recovery fraction's percentile interval."""
@@ -118,11 +118,7 @@ def _drop_within_noise(task: str, base: Evaluation, unlearned: Evaluation) -> Op
     """Why R is n/a although the hazard acc fell: the fall is not significant (McNemar on the same questions, else
     the two-proportion z test: the report's own test vs the baseline). R's denominator would be noise, and a ratio
     over noise swings anywhere (one question up or down gave R = -5 on 300 toy questions)."""
-    paired = unlearned.paired_with(base, task)
-    if paired is not None:
-        result = mcnemar(*paired)
-    else:
-        result = two_proportion_z(unlearned.acc[task], unlearned.n[task], base.acc[task], base.n[task])
+    result = unlearned.test_against(base, task)
     return None if result.significant(ALPHA) else f"{DROP_WITHIN_NOISE}, p={result.p:.2g}"
 
 

@@ -25,7 +25,7 @@ from unlearnspec.report.model import (
 from unlearnspec.report.power import table_mde
 from unlearnspec.report.reference import ReferenceFile
 from unlearnspec.report.selectivity import missing_selectivity, selectivity, selectivity_tasks, with_oracle
-from unlearnspec.report.stats import ALPHA, DEFAULT_POWER, at_chance, mcnemar, two_proportion_z, wilson_interval
+from unlearnspec.report.stats import ALPHA, DEFAULT_POWER, at_chance, wilson_interval
 from unlearnspec.run.results import EvalRecord, Results, RunRecord, load_samples
 
 
@@ -38,11 +38,7 @@ def compare(task: str, new: Evaluation, ref: Evaluation) -> Optional[Comparison]
     else the unpaired two-proportion z test."""
     if task not in new.acc or task not in ref.acc:
         return None
-    paired = new.paired_with(ref, task)
-    if paired is not None:
-        result = mcnemar(*paired)
-    else:
-        result = two_proportion_z(new.acc[task], new.n[task], ref.acc[task], ref.n[task])
+    result = new.test_against(ref, task)
     return Comparison(
         delta=round(new.acc[task] - ref.acc[task], 4),
         p=_p(result.p),

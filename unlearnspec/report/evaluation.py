@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from unlearnspec.report.stats import binomial_stderr
+from unlearnspec.report.stats import TestResult, binomial_stderr, mcnemar, two_proportion_z
 
 
 @dataclass
@@ -34,3 +34,11 @@ class Evaluation:
         """Both sides' per-question correctness on `task` when both logged it for the same questions."""
         a, b = self.samples.get(task), other.samples.get(task)
         return (a, b) if a is not None and b is not None and len(a) == len(b) else None
+
+    def test_against(self, ref: "Evaluation", task: str) -> TestResult:
+        """This model minus `ref` on `task`: McNemar when both logged per-question correctness on the same questions,
+        else the unpaired two-proportion z test (the one test every comparison in a report uses)."""
+        paired = self.paired_with(ref, task)
+        if paired is not None:
+            return mcnemar(*paired)
+        return two_proportion_z(self.acc[task], self.n[task], ref.acc[task], ref.n[task])
