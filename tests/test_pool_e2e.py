@@ -124,7 +124,10 @@ def test_an_interrupted_pool_run_leaves_nothing_half_written_and_resumes(serial,
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:  # an LDS retraining done and another being written
             names = [p.name for p in lds.iterdir()] if lds.is_dir() else []
-            if any((lds / n / "lds.json").is_file() for n in names) and any(n.startswith(".tmp-") for n in names):
+            done = any(
+                (lds / n / "lds.json").is_file() for n in names if not n.startswith(".tmp-")
+            )  # renamed: finished
+            if done and any(n.startswith(".tmp-") for n in names):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be interrupted"
